@@ -1,0 +1,243 @@
+//! The `routerd` command line.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    compile::Health,
+    config::Overrides,
+    daemon::{self, RunOptions},
+    datapath::{Pins, sys},
+    explain, inspect,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "routerd",
+    version,
+    about = "eBPF node router for Gloo-Mesh-shaped routing config"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Debug)]
+struct ConfigArgs {
+    /// Config file or directory of *.yaml files.
+    #[arg(long, short = 'c', default_value = "configs")]
+    config: PathBuf,
+    /// This node's cluster (overrides RouterConfig spec.cluster).
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    zone: Option<String>,
+    #[arg(long)]
+    subzone: Option<String>,
+    /// IPv4 VIP range, e.g. 240.240.0.0/16.
+    #[arg(long)]
+    vip_v4: Option<String>,
+    /// IPv6 VIP range, e.g. 2001:2::/48.
+    #[arg(long)]
+    vip_v6: Option<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            cluster: self.cluster.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            subzone: self.subzone.clone(),
+            vip_v4: self.vip_v4.clone(),
+            vip_v6: self.vip_v6.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+struct PinArgs {
+    /// bpffs directory for pinned maps and links (the layout version is appended).
+    #[arg(long, default_value = "/sys/fs/bpf/router")]
+    pin_root: PathBuf,
+    /// Where the daemon keeps its pid and last applied plan.
+    #[arg(long, default_value = "/run/routerd")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: attach, apply the config, reload on change and SIGHUP.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// cgroup v2 directory to attach to (default: the cgroup2 mount's root).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Remove the datapath on exit instead of leaving it routing.
+        #[arg(long)]
+        cleanup: bool,
+        /// Do not watch the config path (reload on SIGHUP only).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Validate the config and print the plan summary (nothing is applied).
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the whole plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a virtual host's VIPs, tiers, endpoints and why.
+    Explain {
+        /// HOST or HOST:PORT
+        target: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Read the pinned maps: services, backends, counters.
+    Inspect {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running daemon and remove everything it pinned.
+    Stop {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ROUTERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let t = std::time::Instant::now();
+    match daemon::build_plan(&args.config, &args.overrides(), &Health::default()) {
+        Err(e) => {
+            eprint!("{e}");
+            Ok(ExitCode::from(1))
+        }
+        Ok(plan) => {
+            let elapsed = t.elapsed();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "config OK: {} virtual hosts, {} services, {} backends (compiled in {:.1} ms)",
+                plan.hosts.len(),
+                plan.services.len(),
+                plan.backends.len(),
+                elapsed.as_secs_f64() * 1e3
+            );
+            println!(
+                "node: cluster {:?}, locality {}",
+                plan.node.cluster, plan.node.locality
+            );
+            for h in &plan.hosts {
+                let ports: Vec<String> = h.ports.iter().map(|p| p.to_string()).collect();
+                println!(
+                    "  {:<36} {:<16} {:<26} ports {}",
+                    h.name,
+                    h.vip4,
+                    h.vip6.to_string(),
+                    if ports.is_empty() {
+                        "none".into()
+                    } else {
+                        ports.join(",")
+                    }
+                );
+            }
+            for n in &plan.notices {
+                println!("note: {n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.cmd {
+        Cmd::Run {
+            config,
+            pins,
+            cgroup,
+            cleanup,
+            no_watch,
+        } => (|| {
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => sys::cgroup2_mount()?,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(daemon::run(RunOptions {
+                overrides: config.overrides(),
+                config: config.config,
+                cgroup,
+                pins: Pins::new(pins.pin_root),
+                state_dir: pins.state_dir,
+                cleanup,
+                watch: !no_watch,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Cmd::Check { config, json } => check(&config, json),
+        Cmd::Explain { target, config } => (|| {
+            let plan = daemon::build_plan(&config.config, &config.overrides(), &Health::default())
+                .map_err(anyhow::Error::msg)?;
+            match explain::explain(&plan, &target) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        })(),
+        Cmd::Inspect { pins, json } => (|| {
+            let r = inspect::read(&Pins::new(&pins.pin_root), &pins.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", inspect::render(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Cmd::Stop { pins } => (|| {
+            daemon::stop(&Pins::new(&pins.pin_root), &pins.state_dir)?;
+            println!(
+                "stopped; removed {}",
+                Pins::new(&pins.pin_root).dir().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        })(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("routerd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Validated config (+ endpoint health) -> [`Plan`]. Pure and deterministic:
+//! the same inputs give the same plan on every node and after every restart.
+//!
+//! Layers: a virtual host and port (logical) -> its route's destinations
+//! (concrete backend sets, weighted by Gloo's remainder rule) -> endpoints
+//! ranked by locality ([`locality`]) -> one slot table ([`slots`]).
+pub mod locality;
+pub mod policy;
+pub mod routes;
+pub mod slots;
+pub mod vip;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::{
+    config::{
+        ConfigError, Diagnostic, Resource, Validated,
+        model::*,
+        resolve::{self, Dest},
+    },
+    plan::*,
+};
+use locality::{Candidate, Ranking};
+use slots::Share;
+
+/// Endpoint health from active checks and outlier detection. Endpoints not
+/// listed are healthy.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub unhealthy: BTreeSet<SocketAddr>,
+}
+
+/// Gloo's remainder rule for `forwardTo` weights (percentages):
+/// - a single destination takes 100% whatever its weight;
+/// - destinations without a weight (0 counts as unset, as in proto3) share
+///   what the weighted ones leave of 100, equally (the first ones get the
+///   rounding remainder);
+/// - if every destination has a weight and they sum to less than 100, the
+///   first destination gets the remainder.
+///
+/// Sums over 100 are rejected by validation.
+pub fn effective_weights(ws: &[Option<u32>]) -> Vec<u32> {
+    if ws.len() == 1 {
+        return vec![100];
+    }
+    let set: u32 = ws.iter().map(|w| w.unwrap_or(0)).sum::<u32>().min(100);
+    let unset: Vec<usize> = (0..ws.len()).filter(|i| ws[*i].unwrap_or(0) == 0).collect();
+    let mut out: Vec<u32> = ws.iter().map(|w| w.unwrap_or(0)).collect();
+    let rest = 100 - set;
+    if unset.len() == ws.len() || (!unset.is_empty() && rest > 0) {
+        let each = rest / unset.len() as u32;
+        let mut extra = rest % unset.len() as u32;
+        for i in &unset {
+            out[*i] = each + u32::from(extra > 0);
+            extra = extra.saturating_sub(1);
+        }
+    } else if unset.is_empty() && rest > 0 {
+        out[0] += rest;
+    }
+    out
+}
+
+static NO_SUBSET: Labels = Labels::new();
+
+/// What a host:port forwards to: destinations with their weights.
+struct Routing<'a> {
+    origin: Origin,
+    route: Option<String>,
+    dests: Vec<(Dest<'a>, u32)>,
+}
+
+fn to_diag(o: &Origin, msg: String) -> Diagnostic {
+    Diagnostic {
+        file: o.file.clone(),
+        line: o.line,
+        column: 0,
+        resource: Some(format!("{} {}/{}", o.kind, o.namespace, o.name)),
+        message: msg,
+    }
+}
+
+struct Compiler<'a> {
+    v: &'a Validated,
+    health: &'a Health,
+    notices: Vec<Notice>,
+}
+
+impl<'a> Compiler<'a> {
+    fn notice(&mut self, origin: &Origin, message: String) {
+        self.notices.push(Notice {
+            origin: origin.clone(),
+            message,
+        });
+    }
+
+    fn route_dests(
+        &self,
+        rt: &'a Resource<RouteTableSpec>,
+        f: &'a ForwardTo,
+    ) -> Vec<(Dest<'a>, u32)> {
+        let refs: Vec<&'a DestinationRef> = if f.destinations.is_empty() {
+            rt.spec
+                .default_destination
+                .iter()
+                .map(|d| &d.value)
+                .collect()
+        } else {
+            f.destinations.iter().map(|d| &d.value).collect()
+        };
+        let weights = effective_weights(&refs.iter().map(|d| d.weight).collect::<Vec<_>>());
+        refs.iter()
+            .zip(weights)
+            .filter_map(|(d, w)| {
+                resolve::resolve_dest(
+                    &self.v.config,
+                    &self.v.inventory,
+                    &self.v.settings,
+                    d,
+                    rt.namespace(),
+                )
+                .ok()
+                .map(|d| (d, w))
+            })
+            .collect()
+    }
+
+    /// Candidate endpoints of one destination in one family.
+    fn candidates(&self, d: &Dest<'a>, v6: bool) -> Vec<Candidate<'a>> {
+        let mut out = Vec::new();
+        let mut push = |svc: &'a crate::config::inventory::SvcEntry, port, subset| {
+            for (addr, ep) in svc.endpoints(port, v6, subset) {
+                out.push(Candidate {
+                    addr,
+                    ep,
+                    service: svc.id.to_string(),
+                    healthy: !self.health.unhealthy.contains(&addr),
+                });
+            }
+        };
+        match d {
+            Dest::Service { svc, port, subset } => push(svc, port, subset),
+            Dest::Virtual { vd, port, subset } => {
+                for sel in &vd.spec.services {
+                    for svc in self.v.inventory.select(&sel.value) {
+                        if let Some(p) = resolve::vd_backing_port(svc, port) {
+                            push(svc, p, subset);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|c| c.addr);
+        out.dedup_by_key(|c| c.addr);
+        out
+    }
+
+    /// Endpoints left out because Kubernetes says they are not ready.
+    fn not_ready(&self, d: &Dest<'a>, v6: bool) -> Vec<(SocketAddr, String)> {
+        let mut out = Vec::new();
+        let mut scan = |svc: &crate::config::inventory::SvcEntry, port| {
+            let all = svc.endpoints_any(port, v6);
+            for (addr, ep) in all {
+                if !ep.ready && !svc.publish_not_ready {
+                    out.push((
+                        addr,
+                        format!("not ready ({} {}, {})", svc.id, ep.cluster, ep.locality),
+                    ));
+                }
+            }
+        };
+        match d {
+            Dest::Service { svc, port, .. } => scan(svc, port),
+            Dest::Virtual { vd, port, .. } => {
+                for sel in &vd.spec.services {
+                    for svc in self.v.inventory.select(&sel.value) {
+                        if let Some(p) = resolve::vd_backing_port(svc, port) {
+                            scan(svc, p);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Any endpoint (ready or not) of this family behind the destination?
+    fn has_family(&self, d: &Dest<'a>, v6: bool) -> bool {
+        let svc_has = |svc: &crate::config::inventory::SvcEntry| {
+            svc.endpoints.iter().any(|e| e.ip.is_ipv6() == v6)
+        };
+        match d {
+            Dest::Service { svc, .. } => svc_has(svc),
+            Dest::Virtual { vd, .. } => vd
+                .spec
+                .services
+                .iter()
+                .any(|s| self.v.inventory.select(&s.value).any(svc_has)),
+        }
+    }
+
+    fn ranking(&self, d: &Dest<'a>) -> Ranking {
+        let s = &self.v.settings;
+        let applied = policy::applied(&self.v.config, d);
+        let fp = applied.failover;
+        let name = |p: &Resource<FailoverPolicySpec>| {
+            format!("FailoverPolicy {}/{}", p.namespace(), p.name())
+        };
+        if applied.outlier.is_none() && s.locality_requires_outlier_detection {
+            return Ranking::Off {
+                reason: "no OutlierDetectionPolicy applies, and (as in Istio) locality priorities need \
+                         outlier detection; set RouterConfig localityRequiresOutlierDetection: false to \
+                         apply them anyway"
+                    .into(),
+            };
+        }
+        if s.node.locality.region.is_empty() {
+            return Ranking::Off {
+                reason: "the node's region is not set (RouterConfig spec.region or --region)"
+                    .into(),
+            };
+        }
+        let Some(fp) = fp else {
+            return Ranking::Priority {
+                policy: None,
+                failover: Vec::new(),
+            };
+        };
+        let cfg = fp.spec.config.clone().unwrap_or_default();
+        if let Some(pl) = &cfg.priority_labels {
+            return Ranking::Labels {
+                policy: name(fp),
+                labels: pl.labels.clone(),
+            };
+        }
+        // The first mapping whose `from` matches this node decides.
+        let mapping = cfg
+            .locality_mappings
+            .iter()
+            .map(|m| &m.value)
+            .find(|m| locality::from_matches(&m.from, &s.node.locality));
+        match mapping {
+            Some(m) if m.to.iter().all(|t| t.weight.is_some()) => Ranking::Distribute {
+                policy: name(fp),
+                targets: m.to.clone(),
+            },
+            Some(m) => Ranking::Priority {
+                policy: Some(name(fp)),
+                failover: m.to.clone(),
+            },
+            None => Ranking::Priority {
+                policy: Some(name(fp)),
+                failover: Vec::new(),
+            },
+        }
+    }
+
+    /// One service (VIP, port, proto) from its routing.
+    fn service(
+        &self,
+        host: &str,
+        vip: IpAddr,
+        port: u16,
+        proto: Proto,
+        r: &Routing<'a>,
+    ) -> ServicePlan {
+        let v6 = vip.is_ipv6();
+        let mut dests = Vec::new();
+        let mut weights: BTreeMap<SocketAddr, Share> = BTreeMap::new();
+        // Destinations with no healthy endpoint drop out and the others'
+        // weights are renormalised (connections cannot be "failed" per share).
+        let live: Vec<bool> = r
+            .dests
+            .iter()
+            .map(|(d, w)| *w > 0 && self.candidates(d, v6).iter().any(|c| c.healthy))
+            .collect();
+        let live_w: u32 = r
+            .dests
+            .iter()
+            .zip(&live)
+            .filter(|(_, l)| **l)
+            .map(|((_, w), _)| *w)
+            .sum();
+        for ((d, w), is_live) in r.dests.iter().zip(&live) {
+            let cands = self.candidates(d, v6);
+            let ranking = self.ranking(d);
+            let (mode, tiers) = locality::tiers(&self.v.settings.node, &cands, &ranking);
+            if *is_live {
+                for t in &tiers {
+                    let healthy: Vec<&EndpointPlan> =
+                        t.endpoints.iter().filter(|e| e.healthy).collect();
+                    if t.load_percent == 0 || healthy.is_empty() {
+                        continue;
+                    }
+                    let share = Share::new(
+                        u128::from(*w) * u128::from(t.load_percent),
+                        u128::from(live_w) * 100 * healthy.len() as u128,
+                    );
+                    for e in healthy {
+                        let cur = weights.get(&e.addr).copied().unwrap_or(Share::ZERO);
+                        weights.insert(e.addr, cur.add(share));
+                    }
+                }
+            }
+            let excluded = self.not_ready(d, v6);
+            dests.push(DestinationPlan {
+                label: d.label(),
+                weight: *w,
+                mode,
+                tiers,
+                excluded,
+            });
+        }
+        let shares: Vec<(SocketAddr, Share)> = weights.into_iter().collect();
+        let slots = slots::apportion(&shares)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(endpoint, slots)| SlotShare { endpoint, slots })
+            .collect();
+        ServicePlan {
+            vip,
+            port,
+            proto,
+            host: host.to_string(),
+            origin: r.origin.clone(),
+            route: r.route.clone(),
+            destinations: dests,
+            slots,
+        }
+    }
+}
+
+/// Compile a validated config into a plan.
+pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
+    let mut c = Compiler {
+        v,
+        health,
+        notices: v.notices.clone(),
+    };
+    let cfg = &v.config;
+    let delegated = routes::delegated_tables(cfg);
+
+    // Virtual hosts: VirtualDestination hosts and east-west route table hosts.
+    struct HostSrc<'a> {
+        name: String,
+        vd: Option<&'a Resource<VirtualDestinationSpec>>,
+        rt: Option<&'a Resource<RouteTableSpec>>,
+    }
+    let mut hosts: BTreeMap<String, HostSrc<'_>> = BTreeMap::new();
+    for vd in &cfg.virtual_destinations {
+        for h in &vd.spec.hosts {
+            hosts
+                .entry(h.value.to_ascii_lowercase())
+                .or_insert_with(|| HostSrc {
+                    name: h.value.clone(),
+                    vd: None,
+                    rt: None,
+                })
+                .vd = Some(vd);
+        }
+    }
+    for rt in &cfg.route_tables {
+        let key = (rt.namespace().to_string(), rt.name().to_string());
+        if delegated.contains_key(&key) {
+            continue;
+        }
+        if !rt.spec.virtual_gateways.is_empty() {
+            if !rt.spec.hosts.is_empty() {
+                c.notice(&rt.origin, "is bound to a VirtualGateway: north-south serving comes with the L7 proxy; not served yet".into());
+            }
+            continue;
+        }
+        for h in &rt.spec.hosts {
+            if h.value.starts_with("*.") {
+                let mut o = rt.origin.clone();
+                o.line = rt.line_of(h);
+                c.notice(&o, format!("wildcard host `{}` has no single VIP; it needs the L7 proxy and DNS (not served yet)", h.value));
+                continue;
+            }
+            hosts
+                .entry(h.value.to_ascii_lowercase())
+                .or_insert_with(|| HostSrc {
+                    name: h.value.clone(),
+                    vd: None,
+                    rt: None,
+                })
+                .rt = Some(rt);
+        }
+    }
+    let names: Vec<String> = hosts.keys().cloned().collect();
+    let vips = vip::allocate(&names, &v.settings.vip_ranges).map_err(|e| ConfigError {
+        errors: vec![Diagnostic {
+            file: "<settings>".into(),
+            line: 0,
+            column: 0,
+            resource: None,
+            message: format!("{e}: use a larger VIP range (RouterConfig spec.vipRanges)"),
+        }],
+    })?;
+
+    let mut services = Vec::new();
+    let mut host_plans = Vec::new();
+    let mut errors = Vec::new();
+    for (key, src) in &hosts {
+        let (v4, v6) = vips[key];
+        // (port, proto) -> routing
+        let mut ports: BTreeMap<(u16, Proto), Routing<'_>> = BTreeMap::new();
+        let origin;
+        if let Some(rt) = src.rt {
+            origin = rt.origin.clone();
+            let (flat, _) = routes::flatten(cfg, rt);
+            // Ports: matcher ports, then the destination ports of routes that
+            // name no port, then (for a VirtualDestination host) its ports.
+            let mut candidates: BTreeSet<u16> = BTreeSet::new();
+            for r in &flat {
+                let mut any_unported = r.matchers.is_empty();
+                for m in &r.matchers {
+                    match m.named_port() {
+                        Some(Some(p)) => {
+                            candidates.insert(p as u16);
+                        }
+                        Some(None) => any_unported = true,
+                        None => {}
+                    }
+                }
+                if any_unported {
+                    if let Some(f) = r.forward_to() {
+                        for (d, _) in c.route_dests(r.table, f) {
+                            if d.proto() == Proto::Tcp {
+                                candidates.insert(d.front_port());
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(vd) = src.vd {
+                for p in &vd.spec.ports {
+                    if resolve::vd_proto(&p.value) == Proto::Tcp {
+                        candidates.insert(p.value.number as u16);
+                    }
+                }
+            }
+            for p in candidates {
+                match routes::decide_port(&flat, p) {
+                    routes::PortDecision::L4(r) => {
+                        let dests = r
+                            .forward_to()
+                            .map(|f| c.route_dests(r.table, f))
+                            .unwrap_or_default();
+                        ports.insert(
+                            (p, Proto::Tcp),
+                            Routing {
+                                origin: r.origin.clone(),
+                                route: Some(r.name.clone()),
+                                dests,
+                            },
+                        );
+                    }
+                    routes::PortDecision::NeedsL7 { route, why } => {
+                        let msg = format!(
+                            "{}:{p}: route `{}` needs the L7 proxy ({why}), which is not available yet; \
+                             connections to this port are refused until it is",
+                            src.name, route.name
+                        );
+                        c.notice(&route.origin, msg);
+                    }
+                    routes::PortDecision::None => {}
+                }
+            }
+        } else {
+            origin = src.vd.map(|vd| vd.origin.clone()).unwrap_or_default();
+        }
+        // VirtualDestination ports the route table does not decide.
+        if let Some(vd) = src.vd {
+            for p in &vd.spec.ports {
+                let proto = resolve::vd_proto(&p.value);
+                let key = (p.value.number as u16, proto);
+                if src.rt.is_some() && proto == Proto::Tcp {
+                    continue; // the route table decided (or refused) every TCP port
+                }
+                ports.entry(key).or_insert_with(|| Routing {
+                    origin: vd.origin.clone(),
+                    route: None,
+                    dests: vec![(
+                        Dest::Virtual {
+                            vd,
+                            port: &p.value,
+                            subset: &NO_SUBSET,
+                        },
+                        100,
+                    )],
+                });
+            }
+        }
+        let mut served = Vec::new();
+        for ((port, proto), r) in &ports {
+            let mut made = false;
+            for (vip, is6) in [(IpAddr::V4(v4), false), (IpAddr::V6(v6), true)] {
+                let family_known = r.dests.iter().any(|(d, _)| c.has_family(d, is6));
+                // A v4 service always exists (so a host with no endpoints at all
+                // answers EHOSTUNREACH); a v6 one only if v6 endpoints exist.
+                if family_known || (!is6 && !r.dests.iter().any(|(d, _)| c.has_family(d, true))) {
+                    services.push(c.service(&src.name, vip, *port, *proto, r));
+                    made = true;
+                }
+            }
+            if made {
+                served.push(*port);
+            }
+            if r.dests.is_empty() {
+                errors.push(to_diag(
+                    &r.origin,
+                    format!("{}:{port}: no destination resolved", src.name),
+                ));
+            }
+        }
+        served.dedup();
+        host_plans.push(HostPlan {
+            name: src.name.clone(),
+            vip4: v4,
+            vip6: v6,
+            origin,
+            ports: served,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError { errors });
+    }
+    services.sort_by(|a, b| (a.vip, a.port, a.proto).cmp(&(b.vip, b.port, b.proto)));
+    for s in &services {
+        if s.slots.is_empty() {
+            let msg = format!(
+                "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
+                s.host, s.port, s.proto, s.vip
+            );
+            c.notice(&s.origin, msg);
+        }
+    }
+    let mut backends: BTreeMap<SocketAddr, BackendPlan> = BTreeMap::new();
+    for s in &services {
+        for d in &s.destinations {
+            for t in &d.tiers {
+                for e in &t.endpoints {
+                    if s.slots.iter().any(|x| x.endpoint == e.addr) {
+                        backends.entry(e.addr).or_insert_with(|| BackendPlan {
+                            addr: e.addr,
+                            cluster: e.cluster.clone(),
+                            locality: e.locality.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut notices = c.notices;
+    notices.sort_by(|a, b| {
+        (&a.origin.file, a.origin.line, &a.message).cmp(&(
+            &b.origin.file,
+            b.origin.line,
+            &b.message,
+        ))
+    });
+    notices.dedup();
+    Ok(Plan {
+        node: v.settings.node.clone(),
+        vip_ranges: v.settings.vip_ranges,
+        refuse_unknown_vips: v.settings.refuse_unknown_vips,
+        hosts: host_plans,
+        services,
+        backends: backends.into_values().collect(),
+        notices,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remainder_rule() {
+        assert_eq!(effective_weights(&[Some(30)]), vec![100]);
+        assert_eq!(effective_weights(&[None, None]), vec![50, 50]);
+        assert_eq!(effective_weights(&[None, None, None]), vec![34, 33, 33]);
+        assert_eq!(effective_weights(&[Some(80), None]), vec![80, 20]);
+        assert_eq!(effective_weights(&[Some(60), None, None]), vec![60, 20, 20]);
+        assert_eq!(effective_weights(&[Some(50), Some(30)]), vec![70, 30]);
+        assert_eq!(effective_weights(&[Some(100), None]), vec![100, 0]);
+        assert_eq!(effective_weights(&[Some(0), Some(0)]), vec![50, 50]);
+    }
+}

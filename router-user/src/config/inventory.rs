@@ -1,0 +1,461 @@
+//! The inventory a mesh learns from its clusters: Services and their
+//! endpoints (from EndpointSlices), resolved once and indexed for lookup by
+//! reference (`by_name`) and by label selector (`select`, a scan: selectors are
+//! evaluated at compile time only, never on the connect path).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use super::{Config, diag::Diags, model::*};
+use crate::plan::{Locality, Origin, Proto};
+
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
+pub const LABEL_CLUSTER: &str = "topology.istio.io/cluster";
+
+/// `cluster/namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.cluster, self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct SvcPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target: Target,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ep {
+    pub ip: IpAddr,
+    /// `(port name, port number, protocol)` from the slice.
+    pub ports: Vec<(Option<String>, u16, Proto)>,
+    /// The slice's labels plus topology labels derived from the locality.
+    pub labels: Labels,
+    pub locality: Locality,
+    pub cluster: String,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SvcEntry {
+    pub id: ServiceId,
+    pub origin: Origin,
+    pub labels: Labels,
+    pub ports: Vec<SvcPort>,
+    pub endpoints: Vec<Ep>,
+    pub publish_not_ready: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Why: route destinations name services by cluster/namespace/name.
+    pub by_name: BTreeMap<ServiceId, SvcEntry>,
+}
+
+pub fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        other => Err(format!(
+            "protocol `{other}` is not supported; expected TCP or UDP"
+        )),
+    }
+}
+
+fn valid_port(n: u32) -> Option<u16> {
+    (1..=65535).contains(&n).then_some(n as u16)
+}
+
+impl SvcEntry {
+    /// A service port chosen by a Gloo `PortSelector` (number = the Service's
+    /// `port`, or its name). `None` is allowed only for single-port services.
+    pub fn port(&self, sel: Option<&PortSelector>) -> Result<&SvcPort, String> {
+        let known = || {
+            self.ports
+                .iter()
+                .map(|p| match &p.name {
+                    Some(n) => format!("{} ({n})", p.port),
+                    None => p.port.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match sel {
+            Some(PortSelector {
+                number: Some(n), ..
+            }) => self
+                .ports
+                .iter()
+                .find(|p| u32::from(p.port) == *n)
+                .ok_or_else(|| {
+                    format!(
+                        "Service {} has no port {n} (its ports: {})",
+                        self.id,
+                        known()
+                    )
+                }),
+            Some(PortSelector {
+                name: Some(name), ..
+            }) => self
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .ok_or_else(|| {
+                    format!(
+                        "Service {} has no port named `{name}` (its ports: {})",
+                        self.id,
+                        known()
+                    )
+                }),
+            _ => match self.ports.as_slice() {
+                [one] => Ok(one),
+                [] => Err(format!("Service {} has no ports", self.id)),
+                _ => Err(format!(
+                    "Service {} has several ports ({}); the destination must say which with \
+                     `port: {{number: N}}` or `port: {{name: NAME}}`",
+                    self.id,
+                    known()
+                )),
+            },
+        }
+    }
+
+    /// Endpoints of `port` in the given family whose labels contain `subset`.
+    /// Not-ready endpoints are left out (as Kubernetes and Istio do) unless the
+    /// Service publishes not-ready addresses.
+    pub fn endpoints(&self, port: &SvcPort, v6: bool, subset: &Labels) -> Vec<(SocketAddr, &Ep)> {
+        self.endpoints_where(port, v6, |ep| {
+            (ep.ready || self.publish_not_ready)
+                && subset.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
+        })
+    }
+
+    /// Every endpoint of `port` in the family, ready or not.
+    pub fn endpoints_any(&self, port: &SvcPort, v6: bool) -> Vec<(SocketAddr, &Ep)> {
+        self.endpoints_where(port, v6, |_| true)
+    }
+
+    fn endpoints_where(
+        &self,
+        port: &SvcPort,
+        v6: bool,
+        keep: impl Fn(&Ep) -> bool,
+    ) -> Vec<(SocketAddr, &Ep)> {
+        let mut out = Vec::new();
+        for ep in &self.endpoints {
+            if ep.ip.is_ipv6() != v6 || !keep(ep) {
+                continue;
+            }
+            // Slice ports carry the Service port's name and the resolved target
+            // number; fall back to the target number for unnamed ports.
+            let by_name = ep
+                .ports
+                .iter()
+                .find(|(n, _, pr)| *n == port.name && *pr == port.proto);
+            let by_number = || match &port.target {
+                Target::Number(t) => ep
+                    .ports
+                    .iter()
+                    .find(|(_, p, pr)| p == t && *pr == port.proto),
+                Target::Name(_) => None,
+            };
+            if let Some((_, p, _)) = by_name.or_else(by_number) {
+                out.push((SocketAddr::new(ep.ip, *p), ep));
+            }
+        }
+        out.sort_by_key(|(a, _)| *a);
+        out.dedup_by_key(|(a, _)| *a);
+        out
+    }
+}
+
+pub fn selector_matches(sel: &ObjectSelector, id: &ServiceId, labels: &Labels) -> bool {
+    sel.name.as_ref().is_none_or(|n| *n == id.name)
+        && sel.namespace.as_ref().is_none_or(|n| *n == id.namespace)
+        && sel.cluster.as_ref().is_none_or(|c| *c == id.cluster)
+        && sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Inventory {
+    pub fn get(&self, id: &ServiceId) -> Option<&SvcEntry> {
+        self.by_name.get(id)
+    }
+
+    pub fn select<'a>(
+        &'a self,
+        sel: &'a ObjectSelector,
+    ) -> impl Iterator<Item = &'a SvcEntry> + 'a {
+        self.by_name
+            .values()
+            .filter(move |s| selector_matches(sel, &s.id, &s.labels))
+    }
+
+    /// Build from Services and EndpointSlices, reporting malformed ones.
+    pub fn build(cfg: &Config, diags: &mut Diags) -> Inventory {
+        let mut inv = Inventory::default();
+        for svc in &cfg.services {
+            let o = &svc.origin;
+            let res = Some(svc.display());
+            let Some(cluster) = svc.meta.cluster_name.clone().filter(|c| !c.is_empty()) else {
+                diags.push(
+                    &o.file,
+                    o.line,
+                    res,
+                    "metadata.clusterName is required on inventory \
+                    objects: name the cluster this Service was discovered in",
+                );
+                continue;
+            };
+            let id = ServiceId {
+                cluster,
+                namespace: o.namespace.clone(),
+                name: svc.meta.name.clone(),
+            };
+            let mut ports = Vec::new();
+            let mut names = BTreeSet::new();
+            for p in &svc.spec.ports {
+                let line = svc.line_of(p);
+                let p = &p.value;
+                let Some(port) = valid_port(p.port) else {
+                    diags.push(
+                        &o.file,
+                        line,
+                        res.clone(),
+                        format!("port {} is out of range 1-65535", p.port),
+                    );
+                    continue;
+                };
+                let proto = match parse_proto(p.protocol.as_deref()) {
+                    Ok(pr) => pr,
+                    Err(e) => {
+                        diags.push(&o.file, line, res.clone(), e);
+                        continue;
+                    }
+                };
+                if !names.insert(p.name.clone()) {
+                    diags.push(
+                        &o.file,
+                        line,
+                        res.clone(),
+                        format!(
+                            "port name {:?} is used twice; each port needs a distinct name",
+                            p.name
+                        ),
+                    );
+                }
+                let target = match &p.target_port {
+                    None => Target::Number(port),
+                    Some(IntOrString::Int(n)) => match valid_port(*n) {
+                        Some(t) => Target::Number(t),
+                        None => {
+                            diags.push(
+                                &o.file,
+                                line,
+                                res.clone(),
+                                format!("targetPort {n} is out of range 1-65535"),
+                            );
+                            continue;
+                        }
+                    },
+                    Some(IntOrString::Str(s)) => match s.parse::<u32>().ok().and_then(valid_port) {
+                        Some(t) => Target::Number(t),
+                        None => Target::Name(s.clone()),
+                    },
+                };
+                ports.push(SvcPort {
+                    name: p.name.clone(),
+                    port,
+                    target,
+                    proto,
+                });
+            }
+            if inv.by_name.contains_key(&id) {
+                diags.push(
+                    &o.file,
+                    o.line,
+                    res,
+                    format!("Service {id} is defined twice"),
+                );
+                continue;
+            }
+            inv.by_name.insert(
+                id.clone(),
+                SvcEntry {
+                    id,
+                    origin: o.clone(),
+                    labels: svc.meta.labels.clone(),
+                    ports,
+                    endpoints: Vec::new(),
+                    publish_not_ready: svc.spec.publish_not_ready_addresses.unwrap_or(false),
+                },
+            );
+        }
+
+        let mut seen_ips: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
+        for es in &cfg.endpoint_slices {
+            let o = &es.origin;
+            let res = Some(es.display());
+            let Some(cluster) = es.meta.cluster_name.clone().filter(|c| !c.is_empty()) else {
+                diags.push(
+                    &o.file,
+                    o.line,
+                    res,
+                    "metadata.clusterName is required on inventory \
+                    objects: name the cluster this EndpointSlice was discovered in",
+                );
+                continue;
+            };
+            let Some(svc_name) = es.meta.labels.get(LABEL_SERVICE_NAME) else {
+                diags.push(&o.file, o.line, res, format!(
+                    "missing label `{LABEL_SERVICE_NAME}`: an EndpointSlice names its Service with it"));
+                continue;
+            };
+            let id = ServiceId {
+                cluster: cluster.clone(),
+                namespace: o.namespace.clone(),
+                name: svc_name.clone(),
+            };
+            let v6 = match es.spec.address_type.as_str() {
+                "IPv4" => false,
+                "IPv6" => true,
+                other => {
+                    diags.push(
+                        &o.file,
+                        o.line,
+                        res,
+                        format!("addressType `{other}` is not supported; expected IPv4 or IPv6"),
+                    );
+                    continue;
+                }
+            };
+            let mut ports = Vec::new();
+            for p in &es.spec.ports {
+                match (valid_port(p.port), parse_proto(p.protocol.as_deref())) {
+                    (Some(n), Ok(pr)) => ports.push((p.name.clone(), n, pr)),
+                    (None, _) => diags.push(
+                        &o.file,
+                        o.line,
+                        res.clone(),
+                        format!("port {} is out of range 1-65535", p.port),
+                    ),
+                    (_, Err(e)) => diags.push(&o.file, o.line, res.clone(), e),
+                }
+            }
+            let Some(entry) = inv.by_name.get_mut(&id) else {
+                diags.push(
+                    &o.file,
+                    o.line,
+                    res,
+                    format!(
+                        "belongs to Service {id} (label {LABEL_SERVICE_NAME}), which is not in the \
+                     inventory: add the Service or fix the label"
+                    ),
+                );
+                continue;
+            };
+            let slice_locality = |key: &str, ep: &Endpoint| {
+                ep.deprecated_topology
+                    .get(key)
+                    .or_else(|| es.meta.labels.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            for ep in &es.spec.endpoints {
+                let line = es.line_of(ep);
+                let ep = &ep.value;
+                let locality = Locality {
+                    region: slice_locality(LABEL_REGION, ep),
+                    zone: ep
+                        .zone
+                        .clone()
+                        .unwrap_or_else(|| slice_locality(LABEL_ZONE, ep)),
+                    subzone: slice_locality(LABEL_SUBZONE, ep),
+                };
+                let mut labels = es.meta.labels.clone();
+                labels.remove(LABEL_SERVICE_NAME);
+                labels.insert(LABEL_CLUSTER.into(), cluster.clone());
+                for (k, v) in [
+                    (LABEL_REGION, &locality.region),
+                    (LABEL_ZONE, &locality.zone),
+                    (LABEL_SUBZONE, &locality.subzone),
+                ] {
+                    if !v.is_empty() {
+                        labels.insert(k.into(), v.clone());
+                    }
+                }
+                let cond = ep.conditions.clone().unwrap_or_default();
+                // Kubernetes: a nil `ready` means ready; terminating endpoints are not.
+                let ready = cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false);
+                if ep.addresses.is_empty() {
+                    diags.push(&o.file, line, res.clone(), "endpoint has no addresses");
+                }
+                for a in &ep.addresses {
+                    let ip: IpAddr = match a.parse() {
+                        Ok(ip) => ip,
+                        Err(_) => {
+                            diags.push(
+                                &o.file,
+                                line,
+                                res.clone(),
+                                format!("`{a}` is not an IP address"),
+                            );
+                            continue;
+                        }
+                    };
+                    if ip.is_ipv6() != v6 {
+                        diags.push(
+                            &o.file,
+                            line,
+                            res.clone(),
+                            format!(
+                                "address {ip} does not match addressType {}",
+                                es.spec.address_type
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some((other_cluster, other_res)) = seen_ips.get(&ip) {
+                        if *other_cluster != cluster {
+                            diags.push(&o.file, line, res.clone(), format!(
+                                "endpoint {ip} also appears in cluster {other_cluster} ({other_res}); \
+                                 the router reaches endpoints by address, so clusters need \
+                                 non-overlapping endpoint addresses"));
+                            continue;
+                        }
+                    } else {
+                        seen_ips.insert(ip, (cluster.clone(), es.display()));
+                    }
+                    entry.endpoints.push(Ep {
+                        ip,
+                        ports: ports.clone(),
+                        labels: labels.clone(),
+                        locality: locality.clone(),
+                        cluster: cluster.clone(),
+                        ready,
+                    });
+                }
+            }
+        }
+        inv
+    }
+}

@@ -1,0 +1,332 @@
+//! Reading config: a file or a directory (recursively, `*.yaml`/`*.yml`, in
+//! name order) of multi-document YAML. Each document is dispatched by `kind`
+//! and parsed strictly; every error carries the file and the line.
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
+
+use super::{Config, Resource, diag::Diags, model::*};
+use crate::plan::Origin;
+
+/// A document of a file, with the 1-based line its text starts on.
+struct RawDoc<'a> {
+    text: &'a str,
+    first_line: u64,
+}
+
+/// Split a YAML stream on `---` / `...` marker lines. Markers must start at
+/// column 0 (block scalars cannot contain an unindented line, so a column-0
+/// `---` is always a document boundary).
+fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1u64;
+    let mut offset = 0usize;
+    let mut line_no = 1u64;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end_matches(['\n', '\r']);
+        let is_marker = trimmed == "---"
+            || trimmed.starts_with("--- ")
+            || trimmed.starts_with("---\t")
+            || trimmed == "...";
+        if is_marker {
+            docs.push(RawDoc {
+                text: &text[start..offset],
+                first_line: start_line,
+            });
+            // Content after `--- ` on the same line belongs to the next document;
+            // blank it out by starting after the marker line.
+            start = offset + line.len();
+            start_line = line_no + 1;
+        }
+        offset += line.len();
+        line_no += 1;
+    }
+    docs.push(RawDoc {
+        text: &text[start..],
+        first_line: start_line,
+    });
+    docs.retain(|d| {
+        d.text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Line of the first non-blank, non-comment line of a document.
+fn content_line(doc: &RawDoc<'_>) -> u64 {
+    for (i, l) in doc.text.lines().enumerate() {
+        let t = l.trim();
+        if !t.is_empty() && !t.starts_with('#') {
+            return doc.first_line + i as u64;
+        }
+    }
+    doc.first_line
+}
+
+/// Files under `path`, sorted.
+pub fn config_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let md = std::fs::metadata(path)?;
+    if md.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') {
+                continue; // editor swap files, hidden dirs
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn saphyr_error(
+    diags: &mut Diags,
+    file: &str,
+    doc: &RawDoc<'_>,
+    resource: Option<String>,
+    e: &serde_saphyr::Error,
+) {
+    let msg = DefaultMessageFormatter.format_message(e).into_owned();
+    let (line, column) = match e.location() {
+        Some(l) if l.line() > 0 => (doc.first_line + l.line() - 1, l.column()),
+        _ => (content_line(doc), 0),
+    };
+    diags.errors.push(super::diag::Diagnostic {
+        file: file.to_string(),
+        line,
+        column,
+        resource,
+        message: msg.escape_debug().to_string().replace("\\'", "'"),
+    });
+}
+
+const SUPPORTED: &str = "RouteTable, VirtualDestination, VirtualGateway (networking.gloo.solo.io/v2); \
+FailoverPolicy, OutlierDetectionPolicy (resilience.policy.gloo.solo.io/v2); \
+Service (v1); EndpointSlice (discovery.k8s.io/v1); RouterConfig (routerd.io/v1alpha1)";
+
+fn expected_api(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "RouteTable" | "VirtualDestination" | "VirtualGateway" => GLOO_NETWORKING,
+        "FailoverPolicy" | "OutlierDetectionPolicy" => GLOO_RESILIENCE,
+        "Service" => K8S_CORE,
+        "EndpointSlice" => K8S_DISCOVERY,
+        "RouterConfig" => ROUTER_API,
+        _ => return None,
+    })
+}
+
+struct DocCtx<'a, 'b> {
+    file: &'a str,
+    doc: &'a RawDoc<'b>,
+    resource: String,
+}
+
+fn parse_typed<T: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<T> {
+    match serde_saphyr::from_str::<T>(cx.doc.text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            saphyr_error(diags, cx.file, cx.doc, Some(cx.resource.clone()), &e);
+            None
+        }
+    }
+}
+
+fn origin(cx: &DocCtx<'_, '_>, kind: &str, meta: &ObjectMeta) -> Origin {
+    Origin {
+        kind: kind.to_string(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: meta.name.clone(),
+        file: cx.file.to_string(),
+        line: content_line(cx.doc),
+    }
+}
+
+fn resource<S>(cx: &DocCtx<'_, '_>, d: Doc<S>) -> Resource<S> {
+    Resource {
+        origin: origin(cx, &d.kind, &d.metadata),
+        meta: d.metadata,
+        spec: d.spec,
+        line_base: cx.doc.first_line - 1,
+    }
+}
+
+/// Parse one file's text into `cfg`. `file` is how errors name it.
+pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
+    for doc in split_documents(text) {
+        let header: Header = match serde_saphyr::from_str(doc.text) {
+            Ok(h) => h,
+            Err(e) => {
+                saphyr_error(diags, file, &doc, None, &e);
+                continue;
+            }
+        };
+        let line = content_line(&doc);
+        let Some(kind) = header.kind.clone() else {
+            diags.push(
+                file,
+                line,
+                None,
+                format!("document has no `kind`; expected one of: {SUPPORTED}"),
+            );
+            continue;
+        };
+        let name = header.metadata.as_ref().and_then(|m| m.name.clone());
+        let ns = header
+            .metadata
+            .as_ref()
+            .and_then(|m| m.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let resource_name = format!("{kind} {ns}/{}", name.as_deref().unwrap_or("<unnamed>"));
+        let Some(api) = expected_api(&kind) else {
+            diags.push(
+                file,
+                line,
+                Some(resource_name),
+                format!("unsupported kind `{kind}`; supported kinds are: {SUPPORTED}"),
+            );
+            continue;
+        };
+        match header.api_version.as_deref() {
+            Some(v) if v == api => {}
+            other => {
+                diags.push(
+                    file,
+                    line,
+                    Some(resource_name),
+                    format!(
+                        "apiVersion is {}, expected `{api}` for kind {kind}",
+                        other
+                            .map(|v| format!("`{v}`"))
+                            .unwrap_or_else(|| "missing".into())
+                    ),
+                );
+                continue;
+            }
+        }
+        if name.as_deref().is_none_or(str::is_empty) {
+            diags.push(file, line, Some(resource_name), "metadata.name is required");
+            continue;
+        }
+        let cx = DocCtx {
+            file,
+            doc: &doc,
+            resource: resource_name,
+        };
+        match kind.as_str() {
+            "RouteTable" => {
+                if let Some(d) = parse_typed::<Doc<RouteTableSpec>>(&cx, diags) {
+                    cfg.route_tables.push(resource(&cx, d));
+                }
+            }
+            "VirtualDestination" => {
+                if let Some(d) = parse_typed::<Doc<VirtualDestinationSpec>>(&cx, diags) {
+                    cfg.virtual_destinations.push(resource(&cx, d));
+                }
+            }
+            "VirtualGateway" => {
+                if let Some(d) = parse_typed::<Doc<VirtualGatewaySpec>>(&cx, diags) {
+                    cfg.virtual_gateways.push(resource(&cx, d));
+                }
+            }
+            "FailoverPolicy" => {
+                if let Some(d) = parse_typed::<Doc<FailoverPolicySpec>>(&cx, diags) {
+                    cfg.failover_policies.push(resource(&cx, d));
+                }
+            }
+            "OutlierDetectionPolicy" => {
+                if let Some(d) = parse_typed::<Doc<OutlierDetectionPolicySpec>>(&cx, diags) {
+                    cfg.outlier_policies.push(resource(&cx, d));
+                }
+            }
+            "Service" => {
+                if let Some(d) = parse_typed::<Doc<ServiceSpec>>(&cx, diags) {
+                    cfg.services.push(resource(&cx, d));
+                }
+            }
+            "EndpointSlice" => {
+                if let Some(d) = parse_typed::<EndpointSliceDoc>(&cx, diags) {
+                    let o = origin(&cx, &d.kind, &d.metadata);
+                    cfg.endpoint_slices.push(Resource {
+                        origin: o,
+                        line_base: doc.first_line - 1,
+                        meta: d.metadata,
+                        spec: super::EndpointSliceBody {
+                            address_type: d.address_type,
+                            endpoints: d.endpoints,
+                            ports: d.ports,
+                        },
+                    });
+                }
+            }
+            "RouterConfig" => {
+                if let Some(d) = parse_typed::<Doc<RouterConfigSpec>>(&cx, diags) {
+                    cfg.router_configs.push(resource(&cx, d));
+                }
+            }
+            _ => unreachable!("expected_api covers every kind"),
+        }
+    }
+}
+
+/// Load every file under `path`. Errors are collected, not returned early.
+pub fn load_path(path: &Path, cfg: &mut Config, diags: &mut Diags) {
+    let shown = path.display().to_string();
+    let files =
+        match config_files(path) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(&shown, 0, None, format!(
+                "cannot read config: {e}. Expected a YAML file or a directory of *.yaml files"));
+                return;
+            }
+        };
+    if files.is_empty() {
+        diags.push(
+            &shown,
+            0,
+            None,
+            "no *.yaml or *.yml files found; expected at least one",
+        );
+        return;
+    }
+    for f in files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(&f) {
+            Ok(text) => {
+                cfg.files.push(name.clone());
+                load_text(&name, &text, cfg, diags);
+            }
+            Err(e) => diags.push(&name, 0, None, format!("cannot read file: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_and_tracks_lines() {
+        let text = "# c\n---\nkind: A\n---\n\n---   \n--- # x\nkind: B\nmetadata: {}\n...\n";
+        let docs = split_documents(text);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(content_line(&docs[0]), 3);
+        assert_eq!(content_line(&docs[1]), 8);
+        let one = split_documents("kind: A\n");
+        assert_eq!(one.len(), 1);
+        assert_eq!(content_line(&one[0]), 1);
+    }
+}

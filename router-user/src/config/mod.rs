@@ -1,0 +1,257 @@
+//! Config: the model ([`model`]), loading with file:line diagnostics
+//! ([`load`]), the resolved inventory of services and endpoints
+//! ([`inventory`]) and cross-resource validation ([`validate`]).
+//!
+//! Two phases, as in ztunnel: everything is converted and validated first,
+//! outside any lock; only a config without errors reaches the compiler, and
+//! only a compiled plan reaches the kernel. A rejected config changes nothing.
+pub mod diag;
+pub mod inventory;
+pub mod load;
+pub mod model;
+pub mod resolve;
+pub mod validate;
+
+use std::path::Path;
+
+pub use diag::{ConfigError, Diagnostic};
+use model::*;
+
+use crate::plan::{Locality, NodeInfo, Notice, Origin, VipRanges};
+
+/// One resource with where it came from.
+#[derive(Clone, Debug)]
+pub struct Resource<S> {
+    pub meta: ObjectMeta,
+    pub spec: S,
+    pub origin: Origin,
+    /// Lines before the document in its file: `Spanned` locations are
+    /// relative to the document.
+    pub line_base: u64,
+}
+
+impl<S> Resource<S> {
+    /// Absolute line of a value inside this resource.
+    pub fn line_of<T>(&self, v: &Spanned<T>) -> u64 {
+        let l = v.referenced.line();
+        if l == 0 {
+            self.origin.line
+        } else {
+            self.line_base + l
+        }
+    }
+    pub fn namespace(&self) -> &str {
+        &self.origin.namespace
+    }
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+    /// `Kind namespace/name` (inventory objects also name their cluster).
+    pub fn display(&self) -> String {
+        match &self.meta.cluster_name {
+            Some(c) => format!(
+                "{} {}/{}/{}",
+                self.origin.kind, c, self.origin.namespace, self.meta.name
+            ),
+            None => format!(
+                "{} {}/{}",
+                self.origin.kind, self.origin.namespace, self.meta.name
+            ),
+        }
+    }
+}
+
+/// The body of an EndpointSlice (it has no `spec`).
+#[derive(Clone, Debug)]
+pub struct EndpointSliceBody {
+    pub address_type: String,
+    pub endpoints: Vec<Spanned<Endpoint>>,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// Everything loaded from the config path.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub route_tables: Vec<Resource<RouteTableSpec>>,
+    pub virtual_destinations: Vec<Resource<VirtualDestinationSpec>>,
+    pub virtual_gateways: Vec<Resource<VirtualGatewaySpec>>,
+    pub failover_policies: Vec<Resource<FailoverPolicySpec>>,
+    pub outlier_policies: Vec<Resource<OutlierDetectionPolicySpec>>,
+    pub services: Vec<Resource<ServiceSpec>>,
+    pub endpoint_slices: Vec<Resource<EndpointSliceBody>>,
+    pub router_configs: Vec<Resource<RouterConfigSpec>>,
+    /// Files read, in order.
+    pub files: Vec<String>,
+}
+
+/// Command-line settings that override the RouterConfig resource.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub cluster: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub subzone: Option<String>,
+    pub vip_v4: Option<String>,
+    pub vip_v6: Option<String>,
+}
+
+/// The router's settings after merging RouterConfig and overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub node: NodeInfo,
+    pub vip_ranges: VipRanges,
+    pub locality_requires_outlier_detection: bool,
+    pub refuse_unknown_vips: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node: NodeInfo::default(),
+            vip_ranges: VipRanges::default(),
+            locality_requires_outlier_detection: true,
+            refuse_unknown_vips: true,
+        }
+    }
+}
+
+/// A config that passed validation, with what validation noticed.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub inventory: inventory::Inventory,
+    pub settings: Settings,
+    pub notices: Vec<Notice>,
+}
+
+impl Config {
+    pub fn router(&self) -> Option<&Resource<RouterConfigSpec>> {
+        self.router_configs.first()
+    }
+}
+
+/// Load and validate everything under `path`.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Validated, ConfigError> {
+    let mut cfg = Config::default();
+    let mut diags = diag::Diags::default();
+    load::load_path(path, &mut cfg, &mut diags);
+    finish(cfg, overrides, diags)
+}
+
+/// Load and validate YAML text (tests, fuzzing). `file` names it in errors.
+pub fn load_str(file: &str, text: &str, overrides: &Overrides) -> Result<Validated, ConfigError> {
+    let mut cfg = Config::default();
+    let mut diags = diag::Diags::default();
+    load::load_text(file, text, &mut cfg, &mut diags);
+    cfg.files.push(file.to_string());
+    finish(cfg, overrides, diags)
+}
+
+fn finish(
+    cfg: Config,
+    overrides: &Overrides,
+    mut diags: diag::Diags,
+) -> Result<Validated, ConfigError> {
+    let settings = settings(&cfg, overrides, &mut diags);
+    let inventory = inventory::Inventory::build(&cfg, &mut diags);
+    let notices = validate::validate(&cfg, &inventory, &settings, &mut diags);
+    diags.into_result(Validated {
+        config: cfg,
+        inventory,
+        settings,
+        notices,
+    })
+}
+
+fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
+    let mut s = Settings::default();
+    for extra in cfg.router_configs.iter().skip(1) {
+        let first = &cfg.router_configs[0];
+        diags.push(
+            &extra.origin.file,
+            extra.origin.line,
+            Some(extra.display()),
+            format!(
+                "a second RouterConfig; there must be at most one (the first is {} at {}:{})",
+                first.display(),
+                first.origin.file,
+                first.origin.line
+            ),
+        );
+    }
+    let rc = cfg.router().map(|r| &r.spec).cloned().unwrap_or_default();
+    let pick = |flag: &Option<String>, spec: &Option<String>| {
+        flag.clone().or_else(|| spec.clone()).unwrap_or_default()
+    };
+    s.node = NodeInfo {
+        cluster: pick(&o.cluster, &rc.cluster),
+        locality: Locality {
+            region: pick(&o.region, &rc.region),
+            zone: pick(&o.zone, &rc.zone),
+            subzone: pick(&o.subzone, &rc.subzone),
+        },
+        labels: rc.labels.clone(),
+    };
+    // The node's own topology labels, for `priorityLabels`.
+    for (k, v) in [
+        (inventory::LABEL_CLUSTER, &s.node.cluster),
+        (inventory::LABEL_REGION, &s.node.locality.region),
+        (inventory::LABEL_ZONE, &s.node.locality.zone),
+        (inventory::LABEL_SUBZONE, &s.node.locality.subzone),
+    ] {
+        if !v.is_empty() {
+            s.node
+                .labels
+                .entry(k.to_string())
+                .or_insert_with(|| v.clone());
+        }
+    }
+    let (file, line, res) = match cfg.router() {
+        Some(r) => (r.origin.file.clone(), r.origin.line, Some(r.display())),
+        None => ("<flags>".to_string(), 0, None),
+    };
+    let ranges = rc.vip_ranges.clone().unwrap_or_default();
+    if let Some(v4) = o.vip_v4.clone().or(ranges.ipv4) {
+        match v4.parse::<ipnet::Ipv4Net>() {
+            Ok(n) if (8..=30).contains(&n.prefix_len()) => s.vip_ranges.v4 = n.trunc(),
+            Ok(n) => diags.push(
+                &file,
+                line,
+                res.clone(),
+                format!(
+                    "IPv4 VIP range {n} has prefix length {}; expected /8 to /30",
+                    n.prefix_len()
+                ),
+            ),
+            Err(_) => diags.push(
+                &file,
+                line,
+                res.clone(),
+                format!("IPv4 VIP range `{v4}` is not a CIDR like 240.240.0.0/16"),
+            ),
+        }
+    }
+    if let Some(v6) = o.vip_v6.clone().or(ranges.ipv6) {
+        match v6.parse::<ipnet::Ipv6Net>() {
+            Ok(n) if (16..=120).contains(&n.prefix_len()) => s.vip_ranges.v6 = n.trunc(),
+            Ok(n) => diags.push(
+                &file,
+                line,
+                res.clone(),
+                format!(
+                    "IPv6 VIP range {n} has prefix length {}; expected /16 to /120",
+                    n.prefix_len()
+                ),
+            ),
+            Err(_) => diags.push(
+                &file,
+                line,
+                res.clone(),
+                format!("IPv6 VIP range `{v6}` is not a CIDR like 2001:2::/48"),
+            ),
+        }
+    }
+    s.locality_requires_outlier_detection = rc.locality_requires_outlier_detection.unwrap_or(true);
+    s.refuse_unknown_vips = rc.refuse_unknown_vips.unwrap_or(true);
+    s
+}

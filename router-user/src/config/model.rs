@@ -1,0 +1,678 @@
+//! The resource shapes, field for field. Gloo Mesh's
+//! `networking.gloo.solo.io/v2` and `resilience.policy.gloo.solo.io/v2`
+//! (camelCase), Kubernetes `v1 Service` and `discovery.k8s.io/v1
+//! EndpointSlice` for the inventory, and our own `RouterConfig`.
+//!
+//! Every struct denies unknown fields: a typo or an unsupported feature is an
+//! error that names the field, not a silent no-op. Kubernetes objects list the
+//! standard fields we do not use as `Ignored`, so `kubectl get -o yaml` output
+//! loads unchanged.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, de::IgnoredAny};
+pub use serde_saphyr::Spanned;
+
+pub type Labels = BTreeMap<String, String>;
+pub type Ignored = Option<IgnoredAny>;
+
+pub const GLOO_NETWORKING: &str = "networking.gloo.solo.io/v2";
+pub const GLOO_RESILIENCE: &str = "resilience.policy.gloo.solo.io/v2";
+pub const K8S_CORE: &str = "v1";
+pub const K8S_DISCOVERY: &str = "discovery.k8s.io/v1";
+pub const ROUTER_API: &str = "routerd.io/v1alpha1";
+
+/// Kubernetes ObjectMeta. `clusterName` names the cluster an inventory object
+/// was discovered in.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: Labels,
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+    // Standard fields present in exported objects; not used.
+    #[serde(default)]
+    pub uid: Ignored,
+    #[serde(default)]
+    pub resource_version: Ignored,
+    #[serde(default)]
+    pub generation: Ignored,
+    #[serde(default)]
+    pub creation_timestamp: Ignored,
+    #[serde(default)]
+    pub deletion_timestamp: Ignored,
+    #[serde(default)]
+    pub deletion_grace_period_seconds: Ignored,
+    #[serde(default)]
+    pub managed_fields: Ignored,
+    #[serde(default)]
+    pub owner_references: Ignored,
+    #[serde(default)]
+    pub finalizers: Ignored,
+    #[serde(default)]
+    pub generate_name: Ignored,
+    #[serde(default)]
+    pub self_link: Ignored,
+}
+
+/// A whole document: `apiVersion`, `kind`, `metadata`, `spec`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Doc<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default)]
+    pub status: Ignored,
+}
+
+/// Just enough to dispatch a document by kind (unknown fields allowed).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<HeaderMeta>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct HeaderMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+// ----------------------------------------------------------------------------
+// networking.gloo.solo.io/v2
+// ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+/// Selects objects by labels and/or name, namespace, cluster (all optional; all
+/// given must match).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectSelector {
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSelector {
+    #[serde(default)]
+    pub number: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRef {
+    #[serde(rename = "ref")]
+    pub ref_: ObjectRef,
+    /// `SERVICE` (default) or `VIRTUAL_DESTINATION`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+    /// Label subset of the destination's endpoints.
+    #[serde(default)]
+    pub subset: Labels,
+    /// Share of traffic, see the remainder rule in compile::routes.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StringMatch {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatcher {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub regex: bool,
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QueryMatcher {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub regex: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatcher {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcher>,
+    #[serde(default)]
+    pub query_parameters: Vec<QueryMatcher>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegexPattern {
+    pub regex: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegexRewrite {
+    pub pattern: RegexPattern,
+    pub substitution: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardTo {
+    #[serde(default)]
+    pub destinations: Vec<Spanned<DestinationRef>>,
+    #[serde(default)]
+    pub path_rewrite: Option<String>,
+    #[serde(default)]
+    pub regex_rewrite: Option<RegexRewrite>,
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+    #[serde(default)]
+    pub auto_host_rewrite: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTableSelector {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Delegate {
+    #[serde(default)]
+    pub route_tables: Vec<RouteTableSelector>,
+    /// `TABLE_WEIGHT` (default) or `ROUTE_SPECIFICITY`.
+    #[serde(default)]
+    pub sort_method: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Redirect {
+    #[serde(default)]
+    pub host_redirect: Option<String>,
+    #[serde(default)]
+    pub path_redirect: Option<String>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub response_code: Option<String>,
+    #[serde(default)]
+    pub https_redirect: bool,
+    #[serde(default)]
+    pub port_redirect: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DirectResponse {
+    pub status: u32,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub matchers: Vec<HttpMatcher>,
+    #[serde(default)]
+    pub forward_to: Option<ForwardTo>,
+    #[serde(default)]
+    pub delegate: Option<Delegate>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpMatcher {
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub matchers: Vec<TcpMatcher>,
+    #[serde(default)]
+    pub forward_to: Option<ForwardTo>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTableSpec {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub virtual_gateways: Vec<ObjectRef>,
+    /// Parsed; every process in the attached cgroup gets the table.
+    #[serde(default)]
+    pub workload_selectors: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    pub default_destination: Option<Spanned<DestinationRef>>,
+    /// Order among sibling delegated tables (higher first).
+    #[serde(default)]
+    pub weight: Option<i32>,
+    /// `ROUTE_REPLACEMENT` or `FREEZE_CONFIG` (L7; validated only).
+    #[serde(default)]
+    pub failure_mode: Option<String>,
+    #[serde(default)]
+    pub http: Vec<Spanned<HttpRoute>>,
+    #[serde(default)]
+    pub tcp: Vec<Spanned<TcpRoute>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VdPort {
+    pub number: u32,
+    /// HTTP, HTTP2, GRPC, TCP, TLS, HTTPS or UDP (default TCP).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub target_port: Option<PortSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualDestinationSpec {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub services: Vec<Spanned<ObjectSelector>>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<VdPort>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub secret_name: Option<String>,
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowedRouteTable {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub selector: Option<ObjectSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listener {
+    pub port: PortSelector,
+    #[serde(default)]
+    pub http: Option<IgnoredAny>,
+    #[serde(default)]
+    pub tcp: Option<IgnoredAny>,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    #[serde(default)]
+    pub https_redirect: Option<bool>,
+    #[serde(default)]
+    pub allowed_route_tables: Vec<AllowedRouteTable>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualGatewaySpec {
+    #[serde(default)]
+    pub workloads: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<Listener>>,
+}
+
+// ----------------------------------------------------------------------------
+// resilience.policy.gloo.solo.io/v2
+// ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationSelector {
+    /// `SERVICE` or `VIRTUAL_DESTINATION` (default: both).
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub selector: Option<ObjectSelector>,
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalitySelector {
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub sub_zone: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalityTarget {
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub sub_zone: Option<String>,
+    /// With weights on every target, traffic is *distributed* by weight
+    /// (Istio's `distribute`); without, targets are failover order.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalityMapping {
+    pub from: LocalitySelector,
+    #[serde(default)]
+    pub to: Vec<LocalityTarget>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PriorityLabels {
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailoverConfig {
+    #[serde(default)]
+    pub locality_mappings: Vec<Spanned<LocalityMapping>>,
+    #[serde(default)]
+    pub priority_labels: Option<PriorityLabels>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailoverPolicySpec {
+    #[serde(default)]
+    pub apply_to_destinations: Vec<Spanned<DestinationSelector>>,
+    #[serde(default)]
+    pub config: Option<FailoverConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierConfig {
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetectionPolicySpec {
+    #[serde(default)]
+    pub apply_to_destinations: Vec<Spanned<DestinationSelector>>,
+    #[serde(default)]
+    pub config: Option<OutlierConfig>,
+}
+
+// ----------------------------------------------------------------------------
+// Kubernetes inventory
+// ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(u32),
+    Str(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u32,
+    #[serde(default)]
+    pub target_port: Option<IntOrString>,
+    /// TCP (default) or UDP.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+    #[serde(default)]
+    pub node_port: Ignored,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub ports: Vec<Spanned<ServicePort>>,
+    #[serde(default)]
+    pub selector: Labels,
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub publish_not_ready_addresses: Option<bool>,
+    // Standard fields we do not use.
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Ignored,
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Ignored,
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: Ignored,
+    #[serde(default)]
+    pub external_name: Ignored,
+    #[serde(default)]
+    pub session_affinity: Ignored,
+    #[serde(default)]
+    pub session_affinity_config: Ignored,
+    #[serde(default, rename = "loadBalancerIP")]
+    pub load_balancer_ip: Ignored,
+    #[serde(default)]
+    pub load_balancer_source_ranges: Ignored,
+    #[serde(default)]
+    pub load_balancer_class: Ignored,
+    #[serde(default)]
+    pub allocate_load_balancer_node_ports: Ignored,
+    #[serde(default)]
+    pub ip_families: Ignored,
+    #[serde(default)]
+    pub ip_family_policy: Ignored,
+    #[serde(default)]
+    pub internal_traffic_policy: Ignored,
+    #[serde(default)]
+    pub external_traffic_policy: Ignored,
+    #[serde(default)]
+    pub health_check_node_port: Ignored,
+    #[serde(default)]
+    pub traffic_distribution: Ignored,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointConditions {
+    #[serde(default)]
+    pub ready: Option<bool>,
+    #[serde(default)]
+    pub serving: Option<bool>,
+    #[serde(default)]
+    pub terminating: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub conditions: Option<EndpointConditions>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// `topology.kubernetes.io/region`, `topology.istio.io/subzone` live here
+    /// (or on the slice's labels).
+    #[serde(default)]
+    pub deprecated_topology: Labels,
+    #[serde(default)]
+    pub target_ref: Ignored,
+    #[serde(default)]
+    pub hints: Ignored,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// EndpointSlice has no `spec`: its fields are at the top level.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSliceDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<Endpoint>>,
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+// ----------------------------------------------------------------------------
+// routerd.io/v1alpha1
+// ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VipRangesSpec {
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+}
+
+/// The node's identity and the router's own settings. Flags override it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouterConfigSpec {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub subzone: Option<String>,
+    /// Labels of this node's workloads (for `priorityLabels`).
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub vip_ranges: Option<VipRangesSpec>,
+    /// Istio applies locality priorities only to destinations with outlier
+    /// detection. Default true (Istio's behaviour); false applies them always.
+    #[serde(default)]
+    pub locality_requires_outlier_detection: Option<bool>,
+    /// Refuse connections into the VIP ranges that match no service (default true).
+    #[serde(default)]
+    pub refuse_unknown_vips: Option<bool>,
+}

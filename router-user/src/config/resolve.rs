@@ -1,0 +1,259 @@
+//! Reference resolution, shared by validation (which reports failures) and
+//! the compiler (which only sees configs where it succeeded).
+use super::{
+    Config, Resource, Settings,
+    inventory::{Inventory, ServiceId, SvcEntry, SvcPort, Target},
+    model::*,
+};
+use crate::plan::Proto;
+
+/// A `forwardTo` destination, resolved.
+#[derive(Clone, Debug)]
+pub enum Dest<'a> {
+    Service {
+        svc: &'a SvcEntry,
+        port: &'a SvcPort,
+        subset: &'a Labels,
+    },
+    Virtual {
+        vd: &'a Resource<VirtualDestinationSpec>,
+        port: &'a VdPort,
+        subset: &'a Labels,
+    },
+}
+
+impl Dest<'_> {
+    /// The port number a client dials when this destination has no matcher port.
+    pub fn front_port(&self) -> u16 {
+        match self {
+            Dest::Service { port, .. } => port.port,
+            Dest::Virtual { port, .. } => port.number as u16,
+        }
+    }
+    pub fn proto(&self) -> Proto {
+        match self {
+            Dest::Service { port, .. } => port.proto,
+            Dest::Virtual { port, .. } => vd_proto(port),
+        }
+    }
+    pub fn label(&self) -> String {
+        let subset = |s: &Labels| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                let v: Vec<String> = s.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(" subset {}", v.join(","))
+            }
+        };
+        match self {
+            Dest::Service {
+                svc,
+                port,
+                subset: s,
+            } => format!("Service {} port {}{}", svc.id, port.port, subset(s)),
+            Dest::Virtual {
+                vd,
+                port,
+                subset: s,
+            } => format!(
+                "VirtualDestination {}/{} port {}{}",
+                vd.namespace(),
+                vd.name(),
+                port.number,
+                subset(s)
+            ),
+        }
+    }
+}
+
+/// VirtualDestination port protocol -> transport. HTTP-family protocols ride TCP.
+pub fn vd_proto(p: &VdPort) -> Proto {
+    if p.protocol.as_deref() == Some("UDP") {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    }
+}
+
+pub const VD_PROTOCOLS: [&str; 7] = ["HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP", "UDP"];
+
+/// Find the Service a destination names. Without a cluster: the node's
+/// cluster if it has the Service, else the only cluster that has it.
+pub fn find_service<'a>(
+    inv: &'a Inventory,
+    settings: &Settings,
+    r: &ObjectRef,
+    ns: &str,
+) -> Result<&'a SvcEntry, String> {
+    let namespace = r.namespace.clone().unwrap_or_else(|| ns.to_string());
+    if let Some(c) = &r.cluster {
+        let id = ServiceId {
+            cluster: c.clone(),
+            namespace: namespace.clone(),
+            name: r.name.clone(),
+        };
+        return inv.get(&id).ok_or_else(|| {
+            let elsewhere: Vec<String> = inv
+                .by_name
+                .keys()
+                .filter(|k| k.name == r.name && k.namespace == namespace)
+                .map(|k| k.cluster.clone())
+                .collect();
+            let hint = if elsewhere.is_empty() {
+                "check the name and namespace, or add the Service and its EndpointSlices to the inventory".to_string()
+            } else {
+                format!("it exists in cluster(s) {}", elsewhere.join(", "))
+            };
+            format!("refers to Service {id}, which does not exist: {hint}")
+        });
+    }
+    let matches: Vec<&SvcEntry> = inv
+        .by_name
+        .values()
+        .filter(|s| s.id.name == r.name && s.id.namespace == namespace)
+        .collect();
+    if let Some(s) = matches
+        .iter()
+        .find(|s| !settings.node.cluster.is_empty() && s.id.cluster == settings.node.cluster)
+    {
+        return Ok(s);
+    }
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "refers to Service {namespace}/{} (no cluster given), which does not exist in any \
+             cluster: check the name and namespace, or add it to the inventory",
+            r.name
+        )),
+        many => Err(format!(
+            "refers to Service {namespace}/{} without a cluster, and it exists in several ({}) \
+             none of which is this node's cluster: add `cluster:` to the ref",
+            r.name,
+            many.iter()
+                .map(|s| s.id.cluster.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+pub fn find_vd<'a>(
+    cfg: &'a Config,
+    r: &ObjectRef,
+    ns: &str,
+) -> Result<&'a Resource<VirtualDestinationSpec>, String> {
+    let namespace = r.namespace.clone().unwrap_or_else(|| ns.to_string());
+    cfg.virtual_destinations
+        .iter()
+        .find(|v| v.name() == r.name && v.namespace() == namespace)
+        .ok_or_else(|| {
+            format!(
+                "refers to VirtualDestination {namespace}/{}, which does not exist: check the \
+                 name and namespace",
+                r.name
+            )
+        })
+}
+
+/// The VirtualDestination port a destination selects.
+pub fn vd_port<'a>(
+    vd: &'a Resource<VirtualDestinationSpec>,
+    sel: Option<&PortSelector>,
+) -> Result<&'a VdPort, String> {
+    let ports: Vec<&VdPort> = vd.spec.ports.iter().map(|p| &p.value).collect();
+    let known = ports
+        .iter()
+        .map(|p| p.number.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match sel {
+        Some(PortSelector {
+            number: Some(n), ..
+        }) => ports.into_iter().find(|p| p.number == *n).ok_or_else(|| {
+            format!(
+                "VirtualDestination {}/{} has no port {n} (its ports: {known})",
+                vd.namespace(),
+                vd.name()
+            )
+        }),
+        Some(PortSelector { name: Some(n), .. }) => Err(format!(
+            "VirtualDestination ports have no names; select port `{n}` by number (its ports: {known})"
+        )),
+        _ => match ports.as_slice() {
+            [one] => Ok(one),
+            _ => Err(format!(
+                "VirtualDestination {}/{} has several ports ({known}); say which with `port: {{number: N}}`",
+                vd.namespace(),
+                vd.name()
+            )),
+        },
+    }
+}
+
+pub fn resolve_dest<'a>(
+    cfg: &'a Config,
+    inv: &'a Inventory,
+    settings: &Settings,
+    d: &'a DestinationRef,
+    ns: &str,
+) -> Result<Dest<'a>, String> {
+    match d.kind.as_deref().unwrap_or("SERVICE") {
+        "SERVICE" => {
+            let svc = find_service(inv, settings, &d.ref_, ns)?;
+            let port = svc.port(d.port.as_ref())?;
+            Ok(Dest::Service {
+                svc,
+                port,
+                subset: &d.subset,
+            })
+        }
+        "VIRTUAL_DESTINATION" => {
+            let vd = find_vd(cfg, &d.ref_, ns)?;
+            let port = vd_port(vd, d.port.as_ref())?;
+            Ok(Dest::Virtual {
+                vd,
+                port,
+                subset: &d.subset,
+            })
+        }
+        "EXTERNAL_SERVICE" => Err(
+            "kind EXTERNAL_SERVICE is not supported yet; use SERVICE or VIRTUAL_DESTINATION".into(),
+        ),
+        other => Err(format!(
+            "kind `{other}` is not a destination kind; expected SERVICE or VIRTUAL_DESTINATION"
+        )),
+    }
+}
+
+/// The port of a service backing a VirtualDestination port: `targetPort` by
+/// name or number, else the service port numbered like the VD port, else the
+/// service's only port.
+pub fn vd_backing_port<'a>(svc: &'a SvcEntry, vp: &VdPort) -> Option<&'a SvcPort> {
+    let proto = vd_proto(vp);
+    let ok = |p: &&SvcPort| p.proto == proto;
+    match &vp.target_port {
+        Some(PortSelector { name: Some(n), .. }) => svc
+            .ports
+            .iter()
+            .filter(ok)
+            .find(|p| p.name.as_deref() == Some(n) || p.target == Target::Name(n.clone())),
+        Some(PortSelector {
+            number: Some(n), ..
+        }) => svc
+            .ports
+            .iter()
+            .filter(ok)
+            .find(|p| u32::from(p.port) == *n || p.target == Target::Number(*n as u16)),
+        _ => svc
+            .ports
+            .iter()
+            .filter(ok)
+            .find(|p| u32::from(p.port) == vp.number)
+            .or_else(
+                || match svc.ports.iter().filter(ok).collect::<Vec<_>>().as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                },
+            ),
+    }
+}

@@ -1,0 +1,731 @@
+//! Cross-resource validation. Errors reject the whole config (nothing is
+//! applied); notices say what is accepted but not served, or ignored.
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Config, Resource, Settings, diag::Diags, inventory::Inventory, model::*, resolve};
+use crate::{compile::routes, plan::Notice};
+
+struct V<'a> {
+    cfg: &'a Config,
+    inv: &'a Inventory,
+    settings: &'a Settings,
+    diags: &'a mut Diags,
+    notices: Vec<Notice>,
+}
+
+impl V<'_> {
+    fn err<S>(&mut self, r: &Resource<S>, line: u64, msg: impl Into<String>) {
+        self.diags
+            .push(&r.origin.file, line, Some(r.display()), msg);
+    }
+    fn notice<S>(&mut self, r: &Resource<S>, line: u64, msg: impl Into<String>) {
+        let mut origin = r.origin.clone();
+        origin.line = line;
+        self.notices.push(Notice {
+            origin,
+            message: msg.into(),
+        });
+    }
+}
+
+/// A DNS name, or (for route tables) a left-most `*.` wildcard.
+pub fn valid_host(h: &str, allow_wildcard: bool) -> bool {
+    let h = if allow_wildcard {
+        h.strip_prefix("*.").unwrap_or(h)
+    } else {
+        h
+    };
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+pub fn validate(
+    cfg: &Config,
+    inv: &Inventory,
+    settings: &Settings,
+    diags: &mut Diags,
+) -> Vec<Notice> {
+    let mut v = V {
+        cfg,
+        inv,
+        settings,
+        diags,
+        notices: Vec::new(),
+    };
+    duplicates(&mut v);
+    for vd in &cfg.virtual_destinations {
+        virtual_destination(&mut v, vd);
+    }
+    vd_host_uniqueness(&mut v);
+    let delegated = routes::delegated_tables(cfg);
+    for rt in &cfg.route_tables {
+        route_table(
+            &mut v,
+            rt,
+            delegated.contains_key(&(rt.namespace().to_string(), rt.name().to_string())),
+        );
+    }
+    route_host_uniqueness(&mut v);
+    for gw in &cfg.virtual_gateways {
+        virtual_gateway(&mut v, gw);
+    }
+    for p in &cfg.failover_policies {
+        failover_policy(&mut v, p);
+        let sels = p.spec.apply_to_destinations.clone();
+        apply_to(&mut v, p, &sels);
+    }
+    for p in &cfg.outlier_policies {
+        let sels = p.spec.apply_to_destinations.clone();
+        apply_to(&mut v, p, &sels);
+        if p.spec.config.is_none() {
+            v.notice(p, p.origin.line, "has no `config`: Istio's defaults apply (consecutive 5xx errors: 5, interval 10s, base ejection 30s, max ejection 10%)");
+        }
+    }
+    v.notices
+}
+
+fn duplicates(v: &mut V<'_>) {
+    let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let cfg = v.cfg;
+    let mut check =
+        |display: String, file: &str, line: u64, diags: &mut Diags| {
+            if let Some((f, l)) = seen.get(&display) {
+                diags.push(file, line, Some(display.clone()), format!(
+                "defined twice (first at {f}:{l}); names must be unique per kind and namespace"));
+            } else {
+                seen.insert(display, (file.to_string(), line));
+            }
+        };
+    macro_rules! each {
+        ($list:expr) => {
+            for r in &$list {
+                check(r.display(), &r.origin.file, r.origin.line, v.diags);
+            }
+        };
+    }
+    each!(cfg.route_tables);
+    each!(cfg.virtual_destinations);
+    each!(cfg.virtual_gateways);
+    each!(cfg.failover_policies);
+    each!(cfg.outlier_policies);
+    each!(cfg.endpoint_slices);
+}
+
+fn virtual_destination(v: &mut V<'_>, vd: &Resource<VirtualDestinationSpec>) {
+    if vd.spec.hosts.is_empty() {
+        v.err(
+            vd,
+            vd.origin.line,
+            "spec.hosts is empty; a VirtualDestination needs at least one hostname",
+        );
+    }
+    for h in &vd.spec.hosts {
+        if !valid_host(&h.value, false) {
+            v.err(vd, vd.line_of(h), format!(
+                "host `{}` is not a valid DNS name (wildcards are not allowed on VirtualDestinations)", h.value));
+        }
+    }
+    if vd.spec.services.is_empty() {
+        v.err(vd, vd.origin.line, "spec.services is empty; select the backing services by labels, name, namespace or cluster");
+    }
+    if vd.spec.ports.is_empty() {
+        v.err(
+            vd,
+            vd.origin.line,
+            "spec.ports is empty; list the ports clients dial, e.g. `- number: 8080`",
+        );
+    }
+    let mut numbers = BTreeSet::new();
+    for p in &vd.spec.ports {
+        let line = vd.line_of(p);
+        let pv = &p.value;
+        if !(1..=65535).contains(&pv.number) {
+            v.err(
+                vd,
+                line,
+                format!("port {} is out of range 1-65535", pv.number),
+            );
+        }
+        if !numbers.insert((pv.number, resolve::vd_proto(pv))) {
+            v.err(vd, line, format!("port {} is listed twice", pv.number));
+        }
+        if let Some(proto) = &pv.protocol {
+            if !resolve::VD_PROTOCOLS.contains(&proto.as_str()) {
+                v.err(
+                    vd,
+                    line,
+                    format!(
+                        "protocol `{proto}` is not supported; expected one of {}",
+                        resolve::VD_PROTOCOLS.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(tp) = &pv.target_port {
+            if tp.number.is_some_and(|n| !(1..=65535).contains(&n)) {
+                v.err(vd, line, "targetPort.number is out of range 1-65535");
+            }
+        }
+    }
+    // Selectors that match nothing are legal (label selectors often do, for a
+    // while) but worth a notice, as are selected services lacking the port.
+    for s in &vd.spec.services {
+        let line = vd.line_of(s);
+        let selected: Vec<_> = v.inv.select(&s.value).collect();
+        if selected.is_empty() {
+            v.notice(
+                vd,
+                line,
+                "service selector matches no Service in the inventory (yet)",
+            );
+        }
+        for svc in selected {
+            for p in &vd.spec.ports {
+                if resolve::vd_backing_port(svc, &p.value).is_none() {
+                    v.notice(vd, line, format!(
+                        "selected Service {} has no port for VirtualDestination port {}; it contributes no endpoints there",
+                        svc.id, p.value.number));
+                }
+            }
+        }
+    }
+}
+
+fn vd_host_uniqueness(v: &mut V<'_>) {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for vd in &v.cfg.virtual_destinations {
+        for h in &vd.spec.hosts {
+            let key = h.value.to_ascii_lowercase();
+            if let Some(other) = seen.get(&key) {
+                let msg = format!(
+                    "host `{}` is already claimed by {other}; VirtualDestination hosts must be unique",
+                    h.value
+                );
+                v.diags
+                    .push(&vd.origin.file, vd.line_of(h), Some(vd.display()), msg);
+            } else {
+                seen.insert(
+                    key,
+                    format!("{} ({}:{})", vd.display(), vd.origin.file, vd.line_of(h)),
+                );
+            }
+        }
+    }
+}
+
+fn check_destinations(
+    v: &mut V<'_>,
+    rt: &Resource<RouteTableSpec>,
+    route: &str,
+    dests: &[Spanned<DestinationRef>],
+) {
+    let mut sum_set = 0u64;
+    for d in dests {
+        let line = rt.line_of(d);
+        if let Err(e) = resolve::resolve_dest(v.cfg, v.inv, v.settings, &d.value, rt.namespace()) {
+            v.err(rt, line, format!("route `{route}`: destination {e}"));
+        }
+        if let Some(w) = d.value.weight {
+            if w > 100 {
+                v.err(rt, line, format!("route `{route}`: weight {w} is over 100; weights are percentages that sum to 100"));
+            }
+            sum_set += u64::from(w);
+        }
+    }
+    if dests.len() > 1 && sum_set > 100 {
+        let line = rt.line_of(&dests[0]);
+        v.err(rt, line, format!(
+            "route `{route}`: destination weights sum to {sum_set}; they must sum to at most 100 \
+             (destinations without a weight share what is left)"));
+    }
+}
+
+fn check_matcher(
+    v: &mut V<'_>,
+    rt: &Resource<RouteTableSpec>,
+    line: u64,
+    route: &str,
+    m: &HttpMatcher,
+) {
+    if let Some(u) = &m.uri {
+        let n = [u.exact.is_some(), u.prefix.is_some(), u.regex.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if n != 1 {
+            v.err(rt, line, format!("route `{route}`: a `uri` matcher needs exactly one of exact, prefix or regex (found {n})"));
+        }
+        if let Some(r) = &u.regex {
+            if let Err(e) = regex::Regex::new(r) {
+                v.err(
+                    rt,
+                    line,
+                    format!("route `{route}`: uri regex `{r}` does not compile: {e}"),
+                );
+            }
+        }
+    }
+    for h in &m.headers {
+        if h.name.is_empty() {
+            v.err(
+                rt,
+                line,
+                format!("route `{route}`: a header matcher needs a name"),
+            );
+        }
+        if h.regex {
+            match &h.value {
+                Some(r) => {
+                    if let Err(e) = regex::Regex::new(r) {
+                        v.err(
+                            rt,
+                            line,
+                            format!("route `{route}`: header regex `{r}` does not compile: {e}"),
+                        );
+                    }
+                }
+                None => v.err(
+                    rt,
+                    line,
+                    format!(
+                        "route `{route}`: header `{}` has regex: true but no value",
+                        h.name
+                    ),
+                ),
+            }
+        }
+    }
+    for q in &m.query_parameters {
+        if q.regex {
+            if let Some(r) = &q.value {
+                if let Err(e) = regex::Regex::new(r) {
+                    v.err(
+                        rt,
+                        line,
+                        format!("route `{route}`: query regex `{r}` does not compile: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(meth) = &m.method {
+        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
+            v.err(
+                rt,
+                line,
+                format!("route `{route}`: method `{meth}` is not an HTTP method like GET or POST"),
+            );
+        }
+    }
+    if let Some(p) = m.port {
+        if !(1..=65535).contains(&p) {
+            v.err(
+                rt,
+                line,
+                format!("route `{route}`: port {p} is out of range 1-65535"),
+            );
+        }
+    }
+}
+
+fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
+    for h in &rt.spec.hosts {
+        if !valid_host(&h.value, true) {
+            v.err(
+                rt,
+                rt.line_of(h),
+                format!(
+                    "host `{}` is not a valid DNS name or `*.domain` wildcard",
+                    h.value
+                ),
+            );
+        }
+    }
+    if rt.spec.hosts.is_empty() && !is_child {
+        v.notice(
+            rt,
+            rt.origin.line,
+            "has no hosts and no table delegates to it: it is never used",
+        );
+    }
+    if is_child && !rt.spec.hosts.is_empty() {
+        v.notice(
+            rt,
+            rt.origin.line,
+            "is delegated to and also has hosts; as a child its hosts are ignored",
+        );
+    }
+    if rt.spec.workload_selectors.is_some() {
+        v.notice(rt, rt.origin.line, "workloadSelectors are not applied: the table serves every process in the attached cgroup");
+    }
+    for gw in &rt.spec.virtual_gateways {
+        let ns = gw
+            .namespace
+            .clone()
+            .unwrap_or_else(|| rt.namespace().to_string());
+        if !v
+            .cfg
+            .virtual_gateways
+            .iter()
+            .any(|g| g.name() == gw.name && g.namespace() == ns)
+        {
+            v.err(
+                rt,
+                rt.origin.line,
+                format!(
+                    "virtualGateways refers to VirtualGateway {ns}/{}, which does not exist",
+                    gw.name
+                ),
+            );
+        }
+    }
+    if let Some(fm) = &rt.spec.failure_mode {
+        if fm != "ROUTE_REPLACEMENT" && fm != "FREEZE_CONFIG" {
+            v.err(
+                rt,
+                rt.origin.line,
+                format!(
+                    "failureMode `{fm}` is not valid; expected ROUTE_REPLACEMENT or FREEZE_CONFIG"
+                ),
+            );
+        }
+    }
+    if let Some(d) = &rt.spec.default_destination {
+        if let Err(e) = resolve::resolve_dest(v.cfg, v.inv, v.settings, &d.value, rt.namespace()) {
+            v.err(rt, rt.line_of(d), format!("defaultDestination {e}"));
+        }
+    }
+    for (i, r) in rt.spec.http.iter().enumerate() {
+        let line = rt.line_of(r);
+        let route = r.value.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+        let r = &r.value;
+        let actions = [
+            r.forward_to.is_some(),
+            r.delegate.is_some(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if actions != 1 {
+            v.err(rt, line, format!(
+                "route `{route}` has {actions} actions; it needs exactly one of forwardTo, delegate, redirect or directResponse"));
+        }
+        for m in &r.matchers {
+            check_matcher(v, rt, line, &route, m);
+        }
+        if let Some(f) = &r.forward_to {
+            if f.destinations.is_empty() && rt.spec.default_destination.is_none() {
+                v.err(rt, line, format!("route `{route}`: forwardTo has no destinations and the table has no defaultDestination"));
+            }
+            if f.path_rewrite.is_some() && f.regex_rewrite.is_some() {
+                v.err(
+                    rt,
+                    line,
+                    format!("route `{route}`: pathRewrite and regexRewrite are exclusive"),
+                );
+            }
+            if let Some(rr) = &f.regex_rewrite {
+                if let Err(e) = regex::Regex::new(&rr.pattern.regex) {
+                    v.err(
+                        rt,
+                        line,
+                        format!("route `{route}`: regexRewrite pattern does not compile: {e}"),
+                    );
+                }
+            }
+            check_destinations(v, rt, &route, &f.destinations);
+        }
+        if let Some(d) = &r.delegate {
+            if d.route_tables.is_empty() {
+                v.err(
+                    rt,
+                    line,
+                    format!("route `{route}`: delegate.routeTables is empty"),
+                );
+            }
+            if let Some(sm) = &d.sort_method {
+                if sm != "TABLE_WEIGHT" && sm != "ROUTE_SPECIFICITY" {
+                    v.err(rt, line, format!("route `{route}`: sortMethod `{sm}` is not valid; expected TABLE_WEIGHT or ROUTE_SPECIFICITY"));
+                }
+            }
+        }
+        if let Some(rd) = &r.redirect {
+            const CODES: [&str; 5] = [
+                "MOVED_PERMANENTLY",
+                "FOUND",
+                "SEE_OTHER",
+                "TEMPORARY_REDIRECT",
+                "PERMANENT_REDIRECT",
+            ];
+            if let Some(c) = &rd.response_code {
+                if !CODES.contains(&c.as_str()) {
+                    v.err(rt, line, format!("route `{route}`: redirect responseCode `{c}` is not valid; expected one of {}", CODES.join(", ")));
+                }
+            }
+        }
+        if let Some(dr) = &r.direct_response {
+            if !(100..=599).contains(&dr.status) {
+                v.err(
+                    rt,
+                    line,
+                    format!(
+                        "route `{route}`: directResponse status {} is not an HTTP status (100-599)",
+                        dr.status
+                    ),
+                );
+            }
+        }
+    }
+    for (i, r) in rt.spec.tcp.iter().enumerate() {
+        let line = rt.line_of(r);
+        let route = r.value.name.clone().unwrap_or_else(|| format!("tcp[{i}]"));
+        let r = &r.value;
+        for m in &r.matchers {
+            if m.port.is_some_and(|p| !(1..=65535).contains(&p)) {
+                v.err(
+                    rt,
+                    line,
+                    format!("route `{route}`: port is out of range 1-65535"),
+                );
+            }
+        }
+        match &r.forward_to {
+            None => v.err(
+                rt,
+                line,
+                format!("route `{route}`: a tcp route needs forwardTo"),
+            ),
+            Some(f) => {
+                if f.path_rewrite.is_some()
+                    || f.regex_rewrite.is_some()
+                    || f.host_rewrite.is_some()
+                    || f.auto_host_rewrite.is_some()
+                {
+                    v.err(rt, line, format!("route `{route}`: rewrites are HTTP features; a tcp route cannot have them"));
+                }
+                if f.destinations.is_empty() && rt.spec.default_destination.is_none() {
+                    v.err(rt, line, format!("route `{route}`: forwardTo has no destinations and the table has no defaultDestination"));
+                }
+                check_destinations(v, rt, &route, &f.destinations);
+            }
+        }
+    }
+    if is_child {
+        return;
+    }
+    // Delegation problems and shadowed (conflicting) routes, on the flattened table.
+    let (flat, errors) = routes::flatten(v.cfg, rt);
+    for e in errors {
+        v.diags.push(
+            &e.origin.file,
+            e.line,
+            Some(format!(
+                "{} {}/{}",
+                e.origin.kind, e.origin.namespace, e.origin.name
+            )),
+            e.message,
+        );
+    }
+    let mut seen: BTreeMap<(bool, String), String> = BTreeMap::new();
+    for r in &flat {
+        let key = (r.is_http(), canonical_matchers(r));
+        if let Some(first) = seen.get(&key) {
+            v.diags.push(&r.origin.file, r.origin.line, Some(format!("RouteTable {}/{}", r.origin.namespace, r.origin.name)), format!(
+                "route `{}` conflicts with route `{first}`: both match {}, so this one can never match; \
+                 change its matchers or remove it", r.name, if key.1.is_empty() { "everything".into() } else { key.1.clone() }));
+        } else {
+            seen.insert(key, r.name.clone());
+        }
+    }
+}
+
+/// A canonical text of a flattened route's matchers, for conflict detection.
+fn canonical_matchers(r: &routes::FlatRoute<'_>) -> String {
+    let mut alts: Vec<String> = r
+        .matchers
+        .iter()
+        .map(|m| {
+            let mut parts: Vec<String> = m
+                .http
+                .iter()
+                .map(|h| {
+                    let mut h2 = (*h).clone();
+                    h2.name = None;
+                    format!("{h2:?}")
+                })
+                .collect();
+            parts.extend(m.tcp_ports.iter().map(|p| format!("port {p}")));
+            parts.sort();
+            parts.join("&")
+        })
+        .collect();
+    alts.sort();
+    alts.dedup();
+    alts.join("|")
+}
+
+fn route_host_uniqueness(v: &mut V<'_>) {
+    // East-west tables (no virtualGateways) share one host space; each
+    // gateway has its own.
+    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+    for rt in &v.cfg.route_tables {
+        let scopes: Vec<String> = if rt.spec.virtual_gateways.is_empty() {
+            vec!["east-west".into()]
+        } else {
+            rt.spec
+                .virtual_gateways
+                .iter()
+                .map(|g| {
+                    format!(
+                        "gateway {}/{}",
+                        g.namespace.clone().unwrap_or_else(|| rt.namespace().into()),
+                        g.name
+                    )
+                })
+                .collect()
+        };
+        for h in &rt.spec.hosts {
+            for scope in &scopes {
+                let key = (scope.clone(), h.value.to_ascii_lowercase());
+                if let Some(other) = seen.get(&key) {
+                    let msg = format!(
+                        "host `{}` is already served ({scope}) by {other}; one host belongs to one route table \
+                         (use delegation to split it between teams)",
+                        h.value
+                    );
+                    v.diags
+                        .push(&rt.origin.file, rt.line_of(h), Some(rt.display()), msg);
+                } else {
+                    seen.insert(
+                        key,
+                        format!("{} ({}:{})", rt.display(), rt.origin.file, rt.line_of(h)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn virtual_gateway(v: &mut V<'_>, gw: &Resource<VirtualGatewaySpec>) {
+    if gw.spec.listeners.is_empty() {
+        v.err(
+            gw,
+            gw.origin.line,
+            "spec.listeners is empty; a VirtualGateway needs at least one listener",
+        );
+    }
+    let mut ports = BTreeSet::new();
+    for l in &gw.spec.listeners {
+        let line = gw.line_of(l);
+        let lv = &l.value;
+        match lv.port.number {
+            Some(n) if (1..=65535).contains(&n) => {
+                if !ports.insert(n) {
+                    v.err(gw, line, format!("listener port {n} is used twice"));
+                }
+            }
+            _ => v.err(
+                gw,
+                line,
+                "listener needs `port: {number: N}` with N in 1-65535",
+            ),
+        }
+        if lv.http.is_some() == lv.tcp.is_some() {
+            v.err(
+                gw,
+                line,
+                "a listener needs exactly one of `http: {}` or `tcp: {}`",
+            );
+        }
+        if let Some(t) = &lv.tls {
+            if t.mode.as_deref().unwrap_or("SIMPLE") != "SIMPLE" {
+                v.err(
+                    gw,
+                    line,
+                    format!(
+                        "tls mode `{}` is not supported; expected SIMPLE",
+                        t.mode.as_deref().unwrap_or("")
+                    ),
+                );
+            }
+            if t.secret_name.is_none() && (t.cert_file.is_none() || t.key_file.is_none()) {
+                v.err(gw, line, "tls needs certFile and keyFile (or secretName)");
+            }
+        }
+    }
+    v.notice(gw, gw.origin.line, "VirtualGateway listeners are validated but not served yet (the north-south path comes with the L7 proxy)");
+}
+
+fn failover_policy(v: &mut V<'_>, p: &Resource<FailoverPolicySpec>) {
+    let Some(cfg) = &p.spec.config else { return };
+    for m in &cfg.locality_mappings {
+        let line = p.line_of(m);
+        let mv = &m.value;
+        if mv.from.region.is_none() && mv.from.zone.is_none() && mv.from.sub_zone.is_none() {
+            v.err(p, line, "localityMappings[].from needs at least a region");
+        }
+        if mv.to.is_empty() {
+            v.err(p, line, "localityMappings[].to is empty; list the localities to fail over (or distribute) to");
+        }
+        let weighted = mv.to.iter().filter(|t| t.weight.is_some()).count();
+        if weighted != 0 && weighted != mv.to.len() {
+            v.err(p, line, "either every localityMappings[].to entry has a weight (distribute) or none has (failover order)");
+        }
+        if weighted == mv.to.len() && weighted > 0 {
+            let sum: u32 = mv.to.iter().filter_map(|t| t.weight).sum();
+            if sum != 100 {
+                v.err(
+                    p,
+                    line,
+                    format!("distribute weights sum to {sum}; they must sum to 100"),
+                );
+            }
+        }
+    }
+    if let Some(pl) = &cfg.priority_labels {
+        if pl.labels.is_empty() {
+            v.err(
+                p,
+                p.origin.line,
+                "priorityLabels.labels is empty; list label keys in priority order",
+            );
+        }
+        if !cfg.locality_mappings.is_empty() {
+            v.err(
+                p,
+                p.origin.line,
+                "priorityLabels and localityMappings are exclusive (as in Istio); use one",
+            );
+        }
+    }
+}
+
+fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelector>]) {
+    if sels.is_empty() {
+        v.err(
+            p,
+            p.origin.line,
+            "spec.applyToDestinations is empty; select the destinations this policy applies to",
+        );
+    }
+    for s in sels {
+        let line = p.line_of(s);
+        match s.value.kind.as_deref() {
+            None | Some("SERVICE") | Some("VIRTUAL_DESTINATION") => {}
+            Some(k) => v.err(p, line, format!("applyToDestinations kind `{k}` is not supported; expected SERVICE or VIRTUAL_DESTINATION")),
+        }
+        let any = crate::compile::policy::selector_hits(v.cfg, v.inv, &s.value);
+        if !any {
+            v.notice(p, line, "applyToDestinations selects nothing (yet)");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! `routerd run`: load, compile, attach, apply; then reload on file change
+//! and SIGHUP. A config that fails to load or compile is reported and
+//! changes nothing: the last good plan keeps serving.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    compile::{self, Health},
+    config::{self, Overrides},
+    datapath::{self, Datapath, Pins, Startup},
+    plan::Plan,
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub overrides: Overrides,
+    pub cgroup: PathBuf,
+    pub pins: Pins,
+    pub state_dir: PathBuf,
+    /// Remove everything on exit (instead of leaving the datapath serving).
+    pub cleanup: bool,
+    pub watch: bool,
+}
+
+/// Files the daemon keeps in its state directory.
+pub fn plan_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("plan.json")
+}
+pub fn pid_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("routerd.pid")
+}
+
+/// Load, validate and compile; the error text is what an operator reads.
+pub fn build_plan(path: &Path, overrides: &Overrides, health: &Health) -> Result<Plan, String> {
+    let v = config::load(path, overrides).map_err(|e| e.to_string())?;
+    compile::compile(&v, health).map_err(|e| e.to_string())
+}
+
+fn write_state(state_dir: &Path, plan: &Plan) -> Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let tmp = state_dir.join("plan.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(plan)?)?;
+    std::fs::rename(&tmp, plan_file(state_dir))?;
+    Ok(())
+}
+
+fn log_notices(plan: &Plan) {
+    for n in &plan.notices {
+        tracing::warn!("{n}");
+    }
+}
+
+fn apply(dp: &mut Datapath, plan: &Plan, state_dir: &Path, started: Instant) -> Result<()> {
+    let report = dp.apply(plan)?;
+    write_state(state_dir, plan)?;
+    tracing::info!(
+        generation = dp.generation(),
+        services = plan.services.len(),
+        backends = plan.backends.len(),
+        hosts = plan.hosts.len(),
+        added = report.services_added,
+        changed = report.services_changed,
+        removed = report.services_removed,
+        writes = report.writes,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "applied"
+    );
+    Ok(())
+}
+
+/// Spawn a watcher that sends a unit on every change under `path`.
+fn watch(path: &Path) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    // Watch the parent of a file: editors replace files by rename.
+    let target = if path.is_file() {
+        path.parent().unwrap_or(Path::new("."))
+    } else {
+        path
+    };
+    w.watch(target, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", target.display()))?;
+    Ok((w, rx))
+}
+
+fn spawn_logger(dp: &mut Datapath) {
+    let Some(ebpf) = dp.ebpf.as_mut() else { return };
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the logger owns its ring buffer fd and keeps it open
+                // for as long as the AsyncFd holds the logger.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                let Ok(mut fd) = registered else { return };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::debug!("kernel log forwarding unavailable: {e}"),
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let started = Instant::now();
+    let health = Health::default();
+    let first = build_plan(&opts.config, &opts.overrides, &health);
+    if let Err(e) = &first {
+        if !opts.pins.exists() {
+            // Nothing is serving: refuse to start rather than attach an empty datapath.
+            anyhow::bail!("{e}");
+        }
+        tracing::error!("{e}");
+        tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
+    }
+    let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup)?;
+    spawn_logger(&mut dp);
+    let startup = dp.startup;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Ok(plan) = &first {
+        log_notices(plan);
+        apply(&mut dp, plan, &opts.state_dir, started)?;
+    }
+    tracing::info!(?startup, compile_and_load_ms = compile_ms, "routerd ready");
+    std::fs::create_dir_all(&opts.state_dir)?;
+    std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (_watcher, mut changes) = if opts.watch {
+        let (w, rx) = watch(&opts.config)?;
+        (Some(w), rx)
+    } else {
+        (None, mpsc::unbounded_channel().1)
+    };
+    let mut last_plan = first.ok();
+    loop {
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            Some(()) = changes.recv() => {
+                // Debounce: editors write in several steps.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while changes.try_recv().is_ok() {}
+                "config change"
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let t = Instant::now();
+        match build_plan(&opts.config, &opts.overrides, &health) {
+            Err(e) => tracing::error!(
+                reason = why,
+                "reload rejected, the last good config keeps serving:\n{e}"
+            ),
+            Ok(plan) => {
+                if last_plan.as_ref() == Some(&plan) {
+                    tracing::info!(
+                        reason = why,
+                        generation = dp.generation(),
+                        "reload: no change"
+                    );
+                    continue;
+                }
+                log_notices(&plan);
+                match apply(&mut dp, &plan, &opts.state_dir, t) {
+                    Ok(()) => last_plan = Some(plan),
+                    Err(e) => tracing::error!(
+                        reason = why,
+                        "applying the new plan failed (nothing partial was left): {e:#}"
+                    ),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file(&opts.state_dir));
+    if opts.cleanup {
+        drop(dp);
+        cleanup(&opts.pins, &opts.state_dir)?;
+        tracing::info!("stopped; datapath removed (--cleanup)");
+    } else {
+        tracing::info!(
+            "stopped; the datapath keeps routing from {} (run `routerd stop` to remove it)",
+            opts.pins.dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// Remove pins and state. Idempotent.
+pub fn cleanup(pins: &Pins, state_dir: &Path) -> Result<()> {
+    datapath::remove(pins)?;
+    for f in [plan_file(state_dir), pid_file(state_dir)] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir(state_dir);
+    Ok(())
+}
+
+/// `routerd stop`: signal a running daemon, wait for it, remove everything.
+pub fn stop(pins: &Pins, state_dir: &Path) -> Result<()> {
+    if let Ok(pid) = std::fs::read_to_string(pid_file(state_dir)) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    cleanup(pins, state_dir)?;
+    Ok(())
+}
+
+impl std::fmt::Display for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Startup::Loaded => "loaded",
+            Startup::Adopted => "adopted",
+            Startup::Replaced => "replaced",
+        })
+    }
+}

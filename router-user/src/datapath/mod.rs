@@ -1,0 +1,379 @@
+//! The kernel side, from user space: load the programs, pin maps and links
+//! under a versioned bpffs directory, attach to a cgroup, adopt what a previous
+//! daemon left there, and write plans into the maps ([`sync`]).
+//!
+//! Pinned layout (`<pin-root>/v1/`):
+//! - one file per map, named like the map (`ROUTER_SVC_V1`, ...);
+//! - `links/<program>`: one bpf_link per program, attached to the cgroup.
+//!
+//! Links and maps outlive the daemon: while it is down, routing goes on with
+//! the last plan; a restarted daemon adopts them instead of flushing them.
+//! aya reuses a pinned map without checking its layout, which is why the
+//! version is in the directory name and in every map name.
+pub mod sync;
+pub mod sys;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
+};
+use router_common::{
+    Backend, BackendStats, Config, GlobalStats, META_PATH_LEN, Meta, PIN_SUBDIR, PINNED_MAPS,
+    PROGRAMS, SlotKey, SvcHeader, SvcKey, SvcStats,
+};
+
+/// The kernel object, embedded at build time by build.rs from
+/// `target/bpf/router-ebpf.o` (`cargo xtask build-ebpf`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf.o"));
+
+pub fn object() -> Result<&'static [u8]> {
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this routerd was built without its eBPF object. Build it with \
+             `cargo xtask build-ebpf` and rebuild routerd (or use `cargo xtask build`); \
+             the object is embedded from target/bpf/router-ebpf.o"
+        );
+    }
+    Ok(EBPF_OBJECT)
+}
+
+/// FNV-1a 64: identifies the object the attached programs came from.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Where things are pinned.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    /// e.g. `/sys/fs/bpf/router`
+    pub root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Pins { root: root.into() }
+    }
+    /// `<root>/v1`
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(PIN_SUBDIR)
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir().join("links")
+    }
+    pub fn link(&self, prog: &str) -> PathBuf {
+        self.links_dir().join(prog)
+    }
+    pub fn exists(&self) -> bool {
+        self.dir().exists()
+    }
+}
+
+/// Typed handles on the pinned maps.
+pub struct Maps {
+    pub services: HashMap<MapData, SvcKey, SvcHeader>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub config: Array<MapData, Config>,
+    pub meta: Array<MapData, Meta>,
+    pub svc_stats: PerCpuArray<MapData, SvcStats>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub global_stats: PerCpuArray<MapData, GlobalStats>,
+}
+
+fn open_pinned<T>(pins: &Pins, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is routerd running, or has it run on this host?)",
+            path.display()
+        )
+    })?;
+    let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
+    T::try_from(map).with_context(|| {
+        format!(
+            "pinned map {} has an unexpected type or layout; it was probably left by \
+             another version: run `routerd stop --pin-root {}` and start again",
+            path.display(),
+            pins.root.display()
+        )
+    })
+}
+
+impl Maps {
+    pub fn open(pins: &Pins) -> Result<Self> {
+        use router_common::*;
+        Ok(Maps {
+            services: open_pinned(pins, MAP_SERVICES)?,
+            slots: open_pinned(pins, MAP_SLOTS)?,
+            backends: open_pinned(pins, MAP_BACKENDS)?,
+            config: open_pinned(pins, MAP_CONFIG)?,
+            meta: open_pinned(pins, MAP_META)?,
+            svc_stats: open_pinned(pins, MAP_SVC_STATS)?,
+            backend_stats: open_pinned(pins, MAP_BACKEND_STATS)?,
+            global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
+        })
+    }
+
+    pub fn read_meta(&self) -> Result<Meta> {
+        Ok(self.meta.get(&0, 0)?)
+    }
+}
+
+/// What [`Datapath::open`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startup {
+    /// Nothing usable was pinned: programs loaded, attached and pinned.
+    Loaded,
+    /// A previous daemon's programs (same object, same cgroup) were adopted as
+    /// they are: nothing was detached, no connection saw a gap.
+    Adopted,
+    /// Pinned programs came from another build: the new ones were attached
+    /// first, then the old links released (maps and their contents kept).
+    Replaced,
+}
+
+pub struct Datapath {
+    pub pins: Pins,
+    pub maps: Maps,
+    pub cgroup: PathBuf,
+    pub startup: Startup,
+    /// Kept while the daemon runs so aya-log can read the programs' log ring.
+    pub ebpf: Option<Ebpf>,
+    mirror: sync::Mirror,
+}
+
+fn cgroup_path_bytes(p: &Path) -> [u8; META_PATH_LEN] {
+    let mut out = [0u8; META_PATH_LEN];
+    let s = p.as_os_str().as_encoded_bytes();
+    let n = s.len().min(META_PATH_LEN - 1);
+    out[..n].copy_from_slice(&s[..n]);
+    out
+}
+
+pub fn meta_cgroup_path(m: &Meta) -> String {
+    let end = m
+        .cgroup_path
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(META_PATH_LEN);
+    String::from_utf8_lossy(&m.cgroup_path[..end]).into_owned()
+}
+
+impl Datapath {
+    /// Load (or adopt) the datapath pinned under `pins`, attached to `cgroup`.
+    pub fn open(pins: Pins, cgroup: &Path) -> Result<Self> {
+        let object = object()?;
+        sys::raise_memlock();
+        sys::ensure_bpffs(&pins.root)?;
+        sys::check_cgroup2(cgroup)?;
+        let cgroup_id = sys::cgroup_id(cgroup)?;
+        let hash = fnv1a(object);
+
+        let links_present = PROGRAMS.iter().all(|p| pins.link(p).exists());
+        let existing = if links_present {
+            Maps::open(&pins).ok()
+        } else {
+            None
+        };
+        if let Some(maps) = existing {
+            let meta = maps.read_meta()?;
+            if meta.cgroup_id != 0 && meta.cgroup_id != cgroup_id {
+                bail!(
+                    "the datapath pinned at {} is attached to cgroup {} (id {}), not to {}. \
+                     One pin root serves one cgroup: run `routerd stop --pin-root {}` first, \
+                     or pass --cgroup {} (or another --pin-root)",
+                    pins.dir().display(),
+                    meta_cgroup_path(&meta),
+                    meta.cgroup_id,
+                    cgroup.display(),
+                    pins.root.display(),
+                    meta_cgroup_path(&meta),
+                );
+            }
+            if meta.object_hash == hash {
+                let mirror = sync::Mirror::read(&maps)?;
+                tracing::info!(
+                    dir = %pins.dir().display(),
+                    generation = meta.generation,
+                    services = mirror.service_count(),
+                    "adopted the pinned datapath (programs, links and maps kept as they are)"
+                );
+                return Ok(Datapath {
+                    pins,
+                    maps,
+                    cgroup: cgroup.to_path_buf(),
+                    startup: Startup::Adopted,
+                    ebpf: None,
+                    mirror,
+                });
+            }
+        }
+        let replacing = links_present;
+        let ebpf = Self::load_and_attach(&pins, cgroup, object)?;
+        let mut maps = Maps::open(&pins)?;
+        let mut meta = maps.read_meta()?;
+        meta.object_hash = hash;
+        meta.cgroup_id = cgroup_id;
+        meta.cgroup_path = cgroup_path_bytes(cgroup);
+        maps.meta.set(0, meta, 0)?;
+        let mirror = sync::Mirror::read(&maps)?;
+        let startup = if replacing {
+            Startup::Replaced
+        } else {
+            Startup::Loaded
+        };
+        tracing::info!(
+            dir = %pins.dir().display(),
+            cgroup = %cgroup.display(),
+            ?startup,
+            "datapath attached"
+        );
+        Ok(Datapath {
+            pins,
+            maps,
+            cgroup: cgroup.to_path_buf(),
+            startup,
+            ebpf: Some(ebpf),
+            mirror,
+        })
+    }
+
+    fn load_and_attach(pins: &Pins, cgroup: &Path, object: &[u8]) -> Result<Ebpf> {
+        std::fs::create_dir_all(pins.links_dir())
+            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+        restrict_dir(&pins.root);
+        let map_paths: Vec<(String, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|m| (m.to_string(), pins.map(m)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(|e| {
+            anyhow::anyhow!(
+                "loading the eBPF object failed: {e:#}. The router needs a kernel with BTF, \
+                 cgroup BPF, socket-local storage and bpf_set_retval (Linux 6.1 or later is \
+                 tested); see README.md, 'Requirements'"
+            )
+        })?;
+        let cg =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+            // With bpf_link (kernel >= 5.7, which aya uses when it can) a cgroup
+            // attachment is always multi-program and link_create must get flags
+            // 0: passing AllowMultiple makes the kernel answer EINVAL.
+            let id = prog
+                .attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            let path = pins.link(name);
+            // Replace an old pin without a gap: keep the old link alive (our fd)
+            // until the new one is pinned, then let it go.
+            let old = if path.exists() {
+                Some(PinnedLink::from_pin(&path)?.unpin()?)
+            } else {
+                None
+            };
+            link.pin(&path)
+                .with_context(|| format!("pinning link {}", path.display()))?;
+            drop(old);
+        }
+        Ok(ebpf)
+    }
+
+    /// Write `plan` into the maps with ordered writes; see [`sync`].
+    pub fn apply(&mut self, plan: &crate::plan::Plan) -> Result<sync::SyncReport> {
+        let report = sync::apply(&mut self.maps, &mut self.mirror, plan)?;
+        let mut meta = self.maps.read_meta()?;
+        meta.generation += 1;
+        meta.applied_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.maps.meta.set(0, meta, 0)?;
+        Ok(report)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.maps.read_meta().map(|m| m.generation).unwrap_or(0)
+    }
+}
+
+fn verifier_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    // The verifier log is the only useful part of a load failure; keep it whole.
+    anyhow::anyhow!("the kernel rejected program {name}: {e:#?}")
+}
+
+fn restrict_dir(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+}
+
+/// Detach everything pinned under `pins` and remove the pins. Idempotent.
+pub fn remove(pins: &Pins) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !pins.root.exists() {
+        return Ok(removed);
+    }
+    sys::ensure_bpffs(&pins.root)?;
+    for prog in PROGRAMS {
+        let path = pins.link(prog);
+        if path.exists() {
+            match PinnedLink::from_pin(&path) {
+                // Unpinning drops the last reference: the link detaches.
+                Ok(link) => drop(link.unpin()?),
+                Err(_) => std::fs::remove_file(&path)?,
+            }
+            removed.push(path);
+        }
+    }
+    let links = pins.links_dir();
+    if links.exists() {
+        // Anything else left there (an interrupted upgrade) goes too.
+        for e in std::fs::read_dir(&links)? {
+            let p = e?.path();
+            std::fs::remove_file(&p)?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(&links)?;
+    }
+    let dir = pins.dir();
+    if dir.exists() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(&dir)?;
+    }
+    // The root only if we leave it empty (it may hold other layout versions).
+    let _ = std::fs::remove_dir(&pins.root);
+    Ok(removed)
+}

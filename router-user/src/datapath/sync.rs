@@ -1,0 +1,482 @@
+//! Plan -> maps, with ordered writes so that a `connect()` running at any
+//! moment sees either the old or the new version of a service, never a slot
+//! that is not yet valid:
+//!
+//! 1. backends (new ones get ids; counters zeroed before first use);
+//! 2. per service: the slot table into the *inactive* bank, then the header
+//!    (one atomic map update switches `count` and `base` together), then the
+//!    old bank is deleted;
+//! 3. the config entry (VIP ranges);
+//! 4. services that went away: header first, then their slots;
+//! 5. backends no slot uses any more.
+//!
+//! Everything is checked against the map sizes *before* the first write, so a
+//! plan that does not fit is refused whole ("no partial state").
+//!
+//! [`Mirror`] is the daemon's copy of what the kernel holds, read back from
+//! the pinned maps at start-up (so a restarted daemon diffs against reality)
+//! and kept in step with every successful write.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::PerCpuValues;
+use router_common::{
+    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, FAMILY_V4,
+    FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey, SvcStats,
+};
+use serde::Serialize;
+
+use super::Maps;
+use crate::plan::{Plan, ServicePlan};
+
+/// An IP as the kernel's four network-order words, plus the family tag.
+pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    }
+}
+
+/// Host-order port -> the network-order u16 the kernel stores.
+pub fn port_be(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+pub fn port_host(be: u16) -> u16 {
+    u16::from_be_bytes(be.to_ne_bytes())
+}
+
+pub fn svc_key(s: &ServicePlan) -> SvcKey {
+    let (addr, family) = ip_words(s.vip);
+    SvcKey {
+        addr,
+        port: port_be(s.port),
+        proto: s.proto.number(),
+        family,
+    }
+}
+
+pub fn key_addr(k: &SvcKey) -> SocketAddr {
+    SocketAddr::new(words_ip(k.addr, k.family), port_host(k.port))
+}
+
+pub fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(words_ip(b.addr, b.family), port_host(b.port))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SvcState {
+    header: SvcHeader,
+    /// Backend ids of the active bank, in slot order.
+    slots: Vec<u32>,
+}
+
+/// What the kernel holds, as far as this daemon knows.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    backends: BTreeMap<SocketAddr, (u32, Backend)>,
+    backend_ids: BTreeSet<u32>,
+    services: BTreeMap<SvcKey, SvcState>,
+    svc_ids: BTreeSet<u32>,
+}
+
+fn lowest_free(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+    // Ids are dense from 1; the first gap (or the next number) is free.
+    let mut expect = 1;
+    for id in used {
+        if *id != expect {
+            break;
+        }
+        expect += 1;
+    }
+    (expect < max).then_some(expect)
+}
+
+impl Mirror {
+    /// Read the pinned maps. Slots outside any service's active bank (left by
+    /// an interrupted sync) are deleted here.
+    pub fn read(maps: &Maps) -> Result<Self> {
+        let mut m = Mirror::default();
+        for item in maps.backends.iter() {
+            let (id, b) = item.context("reading the backends map")?;
+            m.backends.insert(backend_addr(&b), (id, b));
+            m.backend_ids.insert(id);
+        }
+        for item in maps.services.iter() {
+            let (k, h) = item.context("reading the services map")?;
+            let mut slots = Vec::with_capacity(h.count as usize);
+            for i in 0..h.count {
+                let slot = SlotKey {
+                    svc_id: h.svc_id,
+                    slot: h.base + i,
+                };
+                slots.push(maps.slots.get(&slot, 0).with_context(|| {
+                    format!(
+                        "service {} lacks slot {} of its active bank",
+                        key_addr(&k),
+                        slot.slot
+                    )
+                })?);
+            }
+            m.svc_ids.insert(h.svc_id);
+            m.services.insert(k, SvcState { header: h, slots });
+        }
+        Ok(m)
+    }
+
+    /// Delete slot entries no header points at. Returns how many.
+    pub fn collect_garbage(&self, maps: &mut Maps) -> Result<usize> {
+        let active: BTreeMap<u32, (u32, u32)> = self
+            .services
+            .values()
+            .map(|s| {
+                (
+                    s.header.svc_id,
+                    (s.header.base, s.header.base + s.header.count),
+                )
+            })
+            .collect();
+        let stale: Vec<SlotKey> = maps
+            .slots
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| match active.get(&k.svc_id) {
+                Some((lo, hi)) => k.slot < *lo || k.slot >= *hi,
+                None => true,
+            })
+            .collect();
+        for k in &stale {
+            let _ = maps.slots.remove(k);
+        }
+        Ok(stale.len())
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+    fn slot_entries(&self) -> usize {
+        self.services.values().map(|s| s.slots.len()).sum()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub services_added: usize,
+    pub services_changed: usize,
+    pub services_unchanged: usize,
+    pub services_removed: usize,
+    pub backends_added: usize,
+    pub backends_changed: usize,
+    pub backends_removed: usize,
+    /// Map updates and deletes issued.
+    pub writes: usize,
+}
+
+impl SyncReport {
+    pub fn is_noop(&self) -> bool {
+        self.services_added
+            + self.services_changed
+            + self.services_removed
+            + self.backends_added
+            + self.backends_changed
+            + self.backends_removed
+            == 0
+    }
+}
+
+fn index_of<T: PartialEq>(list: &[T], x: &T) -> u16 {
+    list.iter()
+        .position(|y| y == x)
+        .map(|i| i as u16 + 1)
+        .unwrap_or(0)
+}
+
+fn zeroed<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    Ok(PerCpuValues::try_from(vec![T::default(); n])?)
+}
+
+/// Expand a plan service's shares into the kernel's slot order.
+fn expand_slots(s: &ServicePlan, ids: &BTreeMap<SocketAddr, u32>) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(s.total_slots() as usize);
+    for share in &s.slots {
+        let id = *ids.get(&share.endpoint).with_context(|| {
+            format!(
+                "plan bug: endpoint {} of {} is not in plan.backends",
+                share.endpoint,
+                s.label()
+            )
+        })?;
+        out.extend(std::iter::repeat_n(id, share.slots as usize));
+    }
+    Ok(out)
+}
+
+/// Refuse a plan that cannot fit, before writing anything.
+fn check_capacity(mirror: &Mirror, plan: &Plan) -> Result<()> {
+    let backends: BTreeSet<SocketAddr> = plan.backends.iter().map(|b| b.addr).collect();
+    let union_backends = backends.len()
+        + mirror
+            .backends
+            .keys()
+            .filter(|a| !backends.contains(a))
+            .count();
+    if union_backends >= MAX_BACKENDS as usize {
+        bail!(
+            "the plan needs {} backends (old and new ones coexist while it is applied) but the \
+             backend map holds {}; reduce the number of endpoints",
+            union_backends,
+            MAX_BACKENDS - 1
+        );
+    }
+    let keys: BTreeSet<SvcKey> = plan.services.iter().map(svc_key).collect();
+    let union_services = keys.len() + mirror.services.keys().filter(|k| !keys.contains(k)).count();
+    if union_services >= MAX_SERVICES as usize {
+        bail!(
+            "the plan needs {} services (old and new coexist while it is applied) but the \
+             service map holds {}; reduce the number of virtual hosts or ports",
+            union_services,
+            MAX_SERVICES - 1
+        );
+    }
+    let mut peak = mirror.slot_entries();
+    for s in &plan.services {
+        let n = s.total_slots();
+        if n > BANK_SLOTS {
+            bail!(
+                "service {} needs {} slots; at most {} fit (compiler bug)",
+                s.label(),
+                n,
+                BANK_SLOTS
+            );
+        }
+        peak += n as usize;
+    }
+    if peak > MAX_SLOT_ENTRIES as usize {
+        bail!(
+            "applying this plan needs up to {} slot entries at once but the slot map holds {}; \
+             reduce endpoints per service or the number of services",
+            peak,
+            MAX_SLOT_ENTRIES
+        );
+    }
+    Ok(())
+}
+
+pub fn config_entry(plan: &Plan) -> Config {
+    let (v4_net, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.network()));
+    let (v4_mask, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.netmask()));
+    let (v6_net, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.network()));
+    let (v6_mask, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.netmask()));
+    Config {
+        flags: CFG_VALID
+            | if plan.refuse_unknown_vips {
+                CFG_REFUSE_UNKNOWN_VIP
+            } else {
+                0
+            },
+        v4_net: v4_net[0],
+        v4_mask: v4_mask[0],
+        _pad: 0,
+        v6_net,
+        v6_mask,
+    }
+}
+
+pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncReport> {
+    check_capacity(mirror, plan)?;
+    let mut r = SyncReport::default();
+    let clusters = plan.clusters();
+    let localities = plan.localities();
+
+    // 1. Backends.
+    let mut ids: BTreeMap<SocketAddr, u32> = BTreeMap::new();
+    for b in &plan.backends {
+        let (addr, family) = ip_words(b.addr.ip());
+        let value = Backend {
+            addr,
+            port: port_be(b.addr.port()),
+            family,
+            _pad: 0,
+            cluster_id: index_of(&clusters, &b.cluster),
+            locality_id: index_of(&localities, &b.locality),
+        };
+        match mirror.backends.get(&b.addr).copied() {
+            Some((id, old)) => {
+                if old != value {
+                    maps.backends.insert(id, value, 0)?;
+                    r.writes += 1;
+                    r.backends_changed += 1;
+                    mirror.backends.insert(b.addr, (id, value));
+                }
+                ids.insert(b.addr, id);
+            }
+            None => {
+                let id = lowest_free(&mirror.backend_ids, MAX_BACKENDS)
+                    .context("no free backend id (capacity was checked: bug)")?;
+                maps.backend_stats.set(id, zeroed::<BackendStats>()?, 0)?;
+                maps.backends.insert(id, value, 0)?;
+                r.writes += 2;
+                r.backends_added += 1;
+                mirror.backend_ids.insert(id);
+                mirror.backends.insert(b.addr, (id, value));
+                ids.insert(b.addr, id);
+            }
+        }
+    }
+
+    // 2. Services: inactive bank, header flip, old bank out.
+    let mut wanted: BTreeSet<SvcKey> = BTreeSet::new();
+    for s in &plan.services {
+        let key = svc_key(s);
+        wanted.insert(key);
+        let slots = expand_slots(s, &ids)?;
+        let (svc_id, old) = match mirror.services.get(&key) {
+            Some(st) => {
+                if st.slots == slots && st.header.count as usize == slots.len() {
+                    r.services_unchanged += 1;
+                    continue;
+                }
+                (st.header.svc_id, Some(st.clone()))
+            }
+            None => {
+                let id = lowest_free(&mirror.svc_ids, MAX_SERVICES)
+                    .context("no free service id (capacity was checked: bug)")?;
+                maps.svc_stats.set(id, zeroed::<SvcStats>()?, 0)?;
+                r.writes += 1;
+                mirror.svc_ids.insert(id);
+                (id, None)
+            }
+        };
+        let base = match &old {
+            Some(st) if st.header.base == 1 => BANK_SLOTS + 1,
+            _ => 1,
+        };
+        for (i, id) in slots.iter().enumerate() {
+            maps.slots.insert(
+                SlotKey {
+                    svc_id,
+                    slot: base + i as u32,
+                },
+                id,
+                0,
+            )?;
+        }
+        r.writes += slots.len();
+        let header = SvcHeader {
+            svc_id,
+            count: slots.len() as u32,
+            base,
+            flags: 0,
+            proxy_port: 0,
+        };
+        maps.services.insert(key, header, 0)?;
+        r.writes += 1;
+        if let Some(st) = &old {
+            for i in 0..st.header.count {
+                let _ = maps.slots.remove(&SlotKey {
+                    svc_id,
+                    slot: st.header.base + i,
+                });
+            }
+            r.writes += st.header.count as usize;
+            r.services_changed += 1;
+        } else {
+            r.services_added += 1;
+        }
+        mirror.services.insert(key, SvcState { header, slots });
+    }
+
+    // 3. Config.
+    let cfg = config_entry(plan);
+    if maps.config.get(&0, 0).ok() != Some(cfg) {
+        maps.config.set(0, cfg, 0)?;
+        r.writes += 1;
+    }
+
+    // 4. Services that went away: header first, so no lookup reaches the slots.
+    let gone: Vec<SvcKey> = mirror
+        .services
+        .keys()
+        .filter(|k| !wanted.contains(k))
+        .copied()
+        .collect();
+    for key in gone {
+        let st = mirror.services.remove(&key).expect("listed above");
+        maps.services.remove(&key)?;
+        for i in 0..st.header.count {
+            let _ = maps.slots.remove(&SlotKey {
+                svc_id: st.header.svc_id,
+                slot: st.header.base + i,
+            });
+        }
+        r.writes += 1 + st.header.count as usize;
+        mirror.svc_ids.remove(&st.header.svc_id);
+        r.services_removed += 1;
+    }
+
+    // 5. Backends nothing points at any more.
+    let unused: Vec<SocketAddr> = mirror
+        .backends
+        .keys()
+        .filter(|a| !ids.contains_key(a))
+        .copied()
+        .collect();
+    for addr in unused {
+        let (id, _) = mirror.backends.remove(&addr).expect("listed above");
+        maps.backends.remove(&id)?;
+        mirror.backend_ids.remove(&id);
+        r.writes += 1;
+        r.backends_removed += 1;
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip() {
+        for ip in ["240.240.1.2", "10.0.0.1", "2001:2::1", "fd00::abcd:1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let (w, f) = ip_words(ip);
+            assert_eq!(words_ip(w, f), ip);
+        }
+        // Network byte order in memory: 10.0.0.1 is bytes 0a 00 00 01.
+        let (w, _) = ip_words("10.0.0.1".parse().unwrap());
+        assert_eq!(w[0].to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(port_be(80).to_ne_bytes(), [0, 80]);
+        assert_eq!(port_host(port_be(8080)), 8080);
+    }
+
+    #[test]
+    fn lowest_free_fills_gaps() {
+        let used: BTreeSet<u32> = [1, 2, 4].into_iter().collect();
+        assert_eq!(lowest_free(&used, 10), Some(3));
+        let used: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
+        assert_eq!(lowest_free(&used, 4), None);
+        assert_eq!(lowest_free(&BTreeSet::new(), 4), Some(1));
+    }
+}

@@ -1,0 +1,186 @@
+//! Host facts the datapath needs: where cgroup v2 and bpffs are, the memlock
+//! limit. Never assume a path: hybrid hosts mount cgroup2 at
+//! `/sys/fs/cgroup/unified`, most others at `/sys/fs/cgroup`.
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo to find the cgroup2 mount")?;
+    parse_cgroup2_mount(&info).context(
+        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo). The router \
+         attaches to a cgroup v2 directory: mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified` or pass --cgroup",
+    )
+}
+
+/// Pure part of [`cgroup2_mount`]: mountinfo lines are
+/// `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mountpoint = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_mountinfo(mountpoint)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Make sure `dir` lives on a bpffs; mount one at `mount_point` if needed.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
+    // Walk up to the first existing ancestor.
+    let mut probe = pin_root.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            bail!("{} has no existing ancestor", pin_root.display());
+        }
+    }
+    if is_bpffs(&probe) {
+        return Ok(());
+    }
+    // The conventional mount point is /sys/fs/bpf; mount it there if the pin
+    // root is under it and nothing is mounted yet.
+    let default = Path::new("/sys/fs/bpf");
+    if pin_root.starts_with(default) && default.exists() && !is_bpffs(default) {
+        nix::mount::mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .with_context(|| {
+            format!(
+                "mounting bpffs at {}: the router pins its maps and links there so that \
+                 routing survives a daemon restart. Mount it yourself with \
+                 `mount -t bpf bpf /sys/fs/bpf`, or pass --pin-root on a bpffs",
+                default.display()
+            )
+        })?;
+        tracing::info!("mounted bpffs at {}", default.display());
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a bpffs (found no bpf filesystem at {}). Pass a --pin-root under a \
+         mounted bpffs (usually /sys/fs/bpf)",
+        pin_root.display(),
+        probe.display()
+    )
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+pub fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if rc != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Inode number of a cgroup directory: what the kernel calls the cgroup id.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    let md = std::fs::metadata(path).with_context(|| format!("cgroup {}", path.display()))?;
+    if !md.is_dir() {
+        bail!(
+            "{} is not a directory; expected a cgroup v2 directory",
+            path.display()
+        );
+    }
+    Ok(md.ino())
+}
+
+/// Check that `path` is a directory of the cgroup v2 hierarchy.
+pub fn check_cgroup2(path: &Path) -> Result<()> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+    let st = nix::sys::statfs::statfs(path).with_context(|| {
+        format!(
+            "cgroup {}: does it exist? Create it or pass another --cgroup",
+            path.display()
+        )
+    })?;
+    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        bail!(
+            "{} is not on a cgroup v2 filesystem; the router attaches to cgroup v2 \
+             directories (the cgroup2 mount on this host is {})",
+            path.display(),
+            cgroup2_mount()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| e.to_string())
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        let info = "\
+25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_in_unified_layout_and_unescapes() {
+        let info = "30 1 0:26 / /sys/fs/cg\\040root rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cg root"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! routerd as a library: everything lives here so that tests, benchmarks and
+//! the thin `routerd` binary link the same code. See ARCHITECTURE.md.
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod explain;
+pub mod inspect;
+pub mod plan;
