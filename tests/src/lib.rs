@@ -1,1 +1,653 @@
+//! The kernel-facing test harness, shared by the integration tests, the VM
+//! suite and the demo. Real parts only: network namespaces made with `ip`,
+//! a child cgroup v2 per test, the real `routerd` binary loading the real
+//! programs, real backends (`rt-backend`) and clients (`rt-probe`, curl).
+//!
+//! Safety rules it enforces:
+//! - VIPs are dialled only from a namespace with no default route (`node`),
+//!   so a connection the router does not rewrite fails locally.
+//! - Programs attach to a per-test child cgroup, never the cgroup2 root; the
+//!   harness never moves itself into it (clients join it before `exec`).
+//! - Every namespace, cgroup, pinned object and temp dir is removed in `Drop`
+//!   (also when a test panics), and leftovers of killed test runs are swept
+//!   at the start of the next one.
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Condvar, Mutex, Once,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// What a backend answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Backend identity.
+    pub id: String,
+    /// Address the backend's socket is bound to.
+    pub local: String,
+    /// The client as the backend sees it.
+    pub peer: String,
+    /// HTTP path, or the UDP payload.
+    pub path: String,
+}
+
+/// One client attempt, as `rt-probe` prints it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub ok: bool,
+    pub errno: Option<i32>,
+    pub error: Option<String>,
+    /// The peer the application sees: getpeername(), or a UDP reply's source.
+    pub peer: Option<String>,
+    pub answer: Option<Answer>,
+}
+
+/// Fail loudly where the tests must run (CI is root with CAP_BPF).
+pub fn require_root() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(
+        uid, 0,
+        "kernel tests load BPF programs, create network namespaces and cgroups: run them as root \
+         (`sudo cargo xtask test`). They are not skipped."
+    );
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        if let Err(e) = sweep_stale() {
+            eprintln!("warning: sweeping leftovers of earlier runs failed: {e:#}");
+        }
+    });
+}
+
+/// Directory holding the workspace's binaries (routerd, rt-backend, rt-probe):
+/// `$ROUTER_BIN_DIR`, or the profile directory the running test lives in.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ROUTER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (`cargo xtask test` does: \
+         `cargo build --workspace --bins`), or set ROUTER_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name: `rt<pid hex>x<n>`. Kept short because interface names
+/// are limited to 15 bytes.
+pub fn unique() -> String {
+    format!("rt{:x}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+fn pid_of(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("rt")?;
+    let (hex, _) = rest.split_once('x')?;
+    i32::from_str_radix(hex, 16).ok()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Remove namespaces, cgroups, pins and temp dirs left by test processes
+/// that no longer exist (killed runs cannot clean up after themselves).
+pub fn sweep_stale() -> Result<()> {
+    let mine = |name: &str| pid_of(name).is_some_and(|p| !alive(p));
+    if let Ok(list) = ip(&["netns", "list"]) {
+        for line in list.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if mine(name) {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+    let cg = router_user::datapath::sys::cgroup2_mount()?;
+    for e in std::fs::read_dir(&cg)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if mine(&name) {
+            drop(Cgroup { path: e.path() });
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if mine(&name) {
+                let _ = router_user::datapath::remove(&router_user::datapath::Pins::new(e.path()));
+            }
+        }
+    }
+    for e in std::fs::read_dir(std::env::temp_dir())?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if mine(&name) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Result<Self> {
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A child cgroup v2 directory; on drop its processes are killed and it is removed.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(name: &str) -> Result<Self> {
+        let path = router_user::datapath::sys::cgroup2_mount()?.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Cgroup { path })
+    }
+
+    /// Make `cmd` join this cgroup before it execs (the harness itself never moves).
+    pub fn enter(&self, cmd: &mut Command) {
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: only async-signal-safe calls (open, write, close, getpid) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut buf = [0u8; 16];
+                let mut n = libc::getpid() as u32;
+                let mut i = buf.len();
+                loop {
+                    i -= 1;
+                    buf[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let w = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+                libc::close(fd);
+                if w < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for p in pids {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(name: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+    pub fn write(&self, rel: &str, text: &str) -> Result<PathBuf> {
+        let p = self.path.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Write then rename, as an operator's tooling would: readers never see half a file.
+        let tmp = p.with_extension("tmp~");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A backend socket to serve in the world namespace.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    pub udp: bool,
+    pub addr: SocketAddr,
+    pub id: String,
+}
+
+impl Listen {
+    pub fn tcp(addr: &str, id: &str) -> Self {
+        Listen { udp: false, addr: addr.parse().expect("socket address"), id: id.into() }
+    }
+    pub fn udp(addr: &str, id: &str) -> Self {
+        Listen { udp: true, addr: addr.parse().expect("socket address"), id: id.into() }
+    }
+}
+
+/// Two namespaces joined by a veth pair: `node` (where clients run; routes to
+/// 10.0.0.0/8 and fd00::/8 only, no default route) and `world` (where every
+/// backend address lives, on its loopback), plus the test's cgroup and
+/// a temp dir.
+pub struct World {
+    pub tag: String,
+    pub backends: Option<Proc>,
+    pub cgroup: Cgroup,
+    pub node: Netns,
+    pub world: Netns,
+    pub dir: TempDir,
+}
+
+impl World {
+    pub fn new(listens: &[Listen]) -> Result<Self> {
+        let tag = unique();
+        let dir = TempDir::new(&tag)?;
+        let node = Netns::new(format!("{tag}n"))?;
+        let world = Netns::new(format!("{tag}w"))?;
+        let cgroup = Cgroup::new(&tag)?;
+        let (va, vb) = (format!("{tag}a"), format!("{tag}b"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        ip(&["link", "set", &va, "netns", &node.name])?;
+        ip(&["link", "set", &vb, "netns", &world.name])?;
+        node.ip(&["addr", "add", "10.255.255.1/30", "dev", &va])?;
+        node.ip(&["-6", "addr", "add", "fd00:ffff::1/64", "dev", &va, "nodad"])?;
+        node.ip(&["link", "set", &va, "up"])?;
+        node.ip(&["route", "add", "10.0.0.0/8", "via", "10.255.255.2"])?;
+        node.ip(&["-6", "route", "add", "fd00::/8", "via", "fd00:ffff::2"])?;
+        world.ip(&["addr", "add", "10.255.255.2/30", "dev", &vb])?;
+        world.ip(&["-6", "addr", "add", "fd00:ffff::2/64", "dev", &vb, "nodad"])?;
+        world.ip(&["link", "set", &vb, "up"])?;
+        // Backend addresses go on the world's loopback: local delivery, no
+        // extra kernel module (VM kernels ship `dummy` as a module).
+        let mut addrs: Vec<IpAddr> = listens.iter().map(|l| l.addr.ip()).collect();
+        addrs.sort();
+        addrs.dedup();
+        for a in addrs {
+            match a {
+                IpAddr::V4(v4) => {
+                    assert!(v4.octets()[0] == 10, "test backends live in 10.0.0.0/8 (got {a})");
+                    world.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+                }
+                IpAddr::V6(v6) => {
+                    assert!(v6.octets()[0] == 0xfd, "test backends live in fd00::/8 (got {a})");
+                    world.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"])?;
+                }
+            }
+        }
+        let mut w = World { tag, backends: None, cgroup, node, world, dir };
+        if !listens.is_empty() {
+            w.start_backends(listens)?;
+        }
+        Ok(w)
+    }
+
+    pub fn start_backends(&mut self, listens: &[Listen]) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.world.name]).arg(bin("rt-backend"));
+        for l in listens {
+            cmd.arg("--listen").arg(format!("{}:{}:{}", if l.udp { "udp" } else { "tcp" }, l.addr, l.id));
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting rt-backend")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("rt-backend did not start (printed {line:?})");
+        }
+        self.backends = Some(Proc(child));
+        Ok(())
+    }
+
+    /// A command run in the node namespace, inside the test cgroup (so the
+    /// router's programs apply to it).
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = self.outside(program);
+        self.cgroup.enter(&mut cmd);
+        cmd
+    }
+
+    /// A command run in the node namespace but outside the test cgroup.
+    pub fn outside(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node.name]).arg(program);
+        cmd
+    }
+
+    /// Run `rt-probe` with `args` in the cgroup and parse its lines.
+    pub fn probe(&self, args: &[&str]) -> Result<Vec<Probe>> {
+        parse_probes(&run(self.client(bin("rt-probe")).args(args))?)
+    }
+
+    /// Same, outside the cgroup.
+    pub fn probe_outside(&self, args: &[&str]) -> Result<Vec<Probe>> {
+        parse_probes(&run(self.outside(bin("rt-probe")).args(args))?)
+    }
+}
+
+pub fn parse_probes(out: &str) -> Result<Vec<Probe>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad probe line {l:?}")))
+        .collect()
+}
+
+/// Count answers per backend id.
+pub fn tally(probes: &[Probe]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for p in probes {
+        let k = match &p.answer {
+            Some(a) => a.id.clone(),
+            None => format!("error:{}", p.errno.map(|e| e.to_string()).unwrap_or_else(|| p.error.clone().unwrap_or_default())),
+        };
+        *m.entry(k).or_default() += 1;
+    }
+    m
+}
+
+/// A running `routerd run` process with its own pin root and state dir.
+pub struct Routerd {
+    child: Option<Child>,
+    pub args: Vec<String>,
+    pub pin_root: PathBuf,
+    pub state_dir: PathBuf,
+    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Routerd {
+    /// Start `routerd run` on `config` attached to `cgroup`; wait until ready.
+    pub fn start(tag: &str, config: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+        let state_dir = std::env::temp_dir().join(format!("{tag}-state"));
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            cgroup.display().to_string(),
+            "--pin-root".into(),
+            pin_root.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Routerd { child: None, args, pin_root, state_dir, logs: Arc::default() };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// (Re)start the process with the same arguments and wait until ready.
+    pub fn spawn(&mut self) -> Result<()> {
+        let mut child = Command::new(bin("routerd"))
+            .args(&self.args)
+            .env("ROUTERD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting routerd")?;
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        let start = logs.0.lock().unwrap().len();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[routerd] {line}");
+                let (m, cv) = &*logs;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        self.child = Some(child);
+        self.wait_for_from(start, Duration::from_secs(20), |l| l.contains("routerd ready"))
+            .context("routerd did not become ready")?;
+        Ok(())
+    }
+
+    fn wait_for_from(&self, start: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.logs;
+        let mut logs = m.lock().unwrap();
+        let mut i = start;
+        loop {
+            while i < logs.len() {
+                if pred(&logs[i]) {
+                    return Ok(logs[i].clone());
+                }
+                if logs[i].contains("Error:") || logs[i].starts_with("routerd:") {
+                    bail!("routerd failed: {}", logs[i]);
+                }
+                i += 1;
+            }
+            let now = Instant::now();
+            if now > deadline {
+                bail!("timed out after {timeout:?}; routerd logged:\n{}", logs.join("\n"));
+            }
+            logs = cv.wait_timeout(logs, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.logs.0.lock().unwrap().len()
+    }
+
+    /// Wait for a log line after position `start` satisfying `pred`.
+    pub fn wait_for(&self, start: usize, pred: impl Fn(&str) -> bool) -> Result<String> {
+        self.wait_for_from(start, Duration::from_secs(15), pred)
+    }
+
+    /// SIGHUP and wait for the outcome line: "applied", "no change" or "rejected".
+    pub fn reload(&self) -> Result<String> {
+        let start = self.log_len();
+        self.signal(libc::SIGHUP);
+        self.wait_for(start, |l| l.contains("applied") || l.contains("no change") || l.contains("reload rejected"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGKILL: the datapath stays pinned and attached.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (the datapath stays unless started with --cleanup).
+    pub fn terminate(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("routerd exited with {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `routerd stop`: remove everything.
+    pub fn stop(&mut self) -> Result<()> {
+        self.terminate()?;
+        run(Command::new(bin("routerd")).args([
+            "stop",
+            "--pin-root",
+            &self.pin_root.display().to_string(),
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ]))?;
+        Ok(())
+    }
+
+    /// `routerd inspect --json`.
+    pub fn inspect(&self) -> Result<serde_json::Value> {
+        let out = run(Command::new(bin("routerd")).args([
+            "inspect",
+            "--json",
+            "--pin-root",
+            &self.pin_root.display().to_string(),
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ]))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.0.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Routerd {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = router_user::daemon::cleanup(&router_user::datapath::Pins::new(&self.pin_root), &self.state_dir);
+    }
+}
+
+/// YAML builders for test configs (the same shapes as configs/).
+pub mod yaml {
+    /// A RouterConfig for a node in `cluster` at `region`/`zone`.
+    pub fn router(cluster: &str, region: &str, zone: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {{name: node}}\n\
+             spec:\n  cluster: {cluster}\n  region: {region}\n  zone: {zone}\n{extra}---\n"
+        )
+    }
+
+    /// A Service with one port.
+    pub fn service(cluster: &str, name: &str, port: u16, proto: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t, clusterName: {cluster}, labels: {{app: {name}}}}}\n\
+             spec:\n  ports:\n  - {{name: p, port: {port}, protocol: {proto}}}\n---\n"
+        )
+    }
+
+    /// An endpoint: address, zone, ready.
+    pub type Ep<'a> = (&'a str, &'a str, bool);
+
+    /// An EndpointSlice of `svc` in `cluster`/`region` with extra slice labels.
+    pub fn slice(cluster: &str, region: &str, svc: &str, slice: &str, port: u16, proto: &str, labels: &str, eps: &[Ep<'_>]) -> String {
+        let v6 = eps.first().is_some_and(|e| e.0.contains(':'));
+        let mut s = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: t\n  clusterName: {cluster}\n\
+             \x20 labels: {{kubernetes.io/service-name: {svc}, topology.kubernetes.io/region: {region}{labels}}}\n\
+             addressType: {}\nports: [{{name: p, port: {port}, protocol: {proto}}}]\nendpoints:\n",
+            if v6 { "IPv6" } else { "IPv4" }
+        );
+        for (addr, zone, ready) in eps {
+            s.push_str(&format!("- {{addresses: [\"{addr}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n"));
+        }
+        s.push_str("---\n");
+        s
+    }
+
+    /// A VirtualDestination over services labelled `app: <app>`.
+    pub fn vd(name: &str, host: &str, app: &str, port: u16, protocol: &str, labels: &str) -> String {
+        format!(
+            "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {name}, namespace: t, labels: {{{labels}}}}}\n\
+             spec:\n  hosts: [{host}]\n  services: [{{labels: {{app: {app}}}}}]\n  ports: [{{number: {port}, protocol: {protocol}}}]\n---\n"
+        )
+    }
+
+    /// Outlier detection (which turns locality priorities on) for VDs labelled `lb: local`.
+    pub fn outlier() -> String {
+        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {name: od, namespace: t}\n\
+         spec:\n  applyToDestinations: [{kind: VIRTUAL_DESTINATION, selector: {labels: {lb: local}}}]\n  config: {consecutiveErrors: 1}\n---\n"
+            .to_string()
+    }
+}
+
+/// The plan routerd will compute for `config` (to learn VIPs in tests).
+pub fn plan(config: &Path) -> Result<router_user::plan::Plan> {
+    router_user::daemon::build_plan(config, &Default::default(), &Default::default()).map_err(anyhow::Error::msg)
+}
+
+/// `VIP:port` of `host` (IPv4 or IPv6).
+pub fn vip(plan: &router_user::plan::Plan, host: &str, port: u16, v6: bool) -> SocketAddr {
+    let h = plan.host(host).unwrap_or_else(|| panic!("no host {host} in plan"));
+    let ip: IpAddr = if v6 { h.vip6.into() } else { h.vip4.into() };
+    SocketAddr::new(ip, port)
+}

@@ -1,0 +1,153 @@
+//! A real client for tests and the demo. Prints one JSON line ([`Probe`]) per
+//! attempt: the peer the application sees (`getpeername`, or the source of a
+//! UDP reply), and what the backend answered.
+//!
+//! - `rt-probe tcp 240.240.1.2:8080 --count 100`: new connection, HTTP GET each time.
+//! - `rt-probe tcp ADDR --hold`: one connection; a request, then wait for a line
+//!   on stdin, then a second request on the same connection.
+//! - `rt-probe udp ADDR [--connected] --count 10`: a new socket per datagram.
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use router_tests::{Answer, Probe};
+use tokio::{
+    io::AsyncBufReadExt,
+    net::{TcpStream, UdpSocket},
+};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Tcp {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        hold: bool,
+        #[arg(long, default_value = "/")]
+        path: String,
+    },
+    Udp {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        connected: bool,
+    },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn failed(e: &std::io::Error) -> Probe {
+    Probe { ok: false, errno: e.raw_os_error(), error: Some(e.to_string()), peer: None, answer: None }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> Result<Answer, String> {
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| "timeout waiting for the response".to_string())?
+        .map_err(|e| e.to_string())?;
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))
+}
+
+async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
+    let stream = match tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => return (Probe { error: Some("connect timeout".into()), ..Probe::default() }, None),
+        Ok(Err(e)) => return (failed(&e), None),
+        Ok(Ok(s)) => s,
+    };
+    let peer = stream.peer_addr().ok().map(|p| p.to_string());
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(x) => x,
+        Err(e) => return (Probe { peer, error: Some(e.to_string()), ..Probe::default() }, None),
+    };
+    tokio::spawn(conn);
+    match get(&mut sender, addr, path).await {
+        Ok(a) => (Probe { ok: true, peer, answer: Some(a), ..Probe::default() }, Some(sender)),
+        Err(e) => (Probe { peer, error: Some(e), ..Probe::default() }, None),
+    }
+}
+
+async fn udp_once(addr: SocketAddr, connected: bool) -> Probe {
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let s = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
+    let sent = if connected {
+        match s.connect(addr).await {
+            Ok(()) => s.send(b"ping").await,
+            Err(e) => return failed(&e),
+        }
+    } else {
+        s.send_to(b"ping", addr).await
+    };
+    if let Err(e) = sent {
+        return failed(&e);
+    }
+    let mut buf = vec![0u8; 2048];
+    match tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await {
+        Err(_) => Probe { error: Some("no reply".into()), ..Probe::default() },
+        Ok(Err(e)) => failed(&e),
+        Ok(Ok((n, from))) => Probe {
+            ok: true,
+            peer: Some(from.to_string()),
+            answer: serde_json::from_slice(&buf[..n]).ok(),
+            ..Probe::default()
+        },
+    }
+}
+
+fn emit(p: &Probe) {
+    println!("{}", serde_json::to_string(p).unwrap());
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Tcp { addr, count, hold, path } => {
+            if hold {
+                let (p, sender) = tcp_once(addr, &path).await;
+                emit(&p);
+                let mut line = String::new();
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                let _ = stdin.read_line(&mut line).await;
+                let second = match sender {
+                    Some(mut s) => match get(&mut s, addr, &path).await {
+                        Ok(a) => Probe { ok: true, peer: p.peer.clone(), answer: Some(a), ..Probe::default() },
+                        Err(e) => Probe { error: Some(e), ..Probe::default() },
+                    },
+                    None => Probe { error: Some("no connection".into()), ..Probe::default() },
+                };
+                emit(&second);
+            } else {
+                for _ in 0..count {
+                    emit(&tcp_once(addr, &path).await.0);
+                }
+            }
+        }
+        Cmd::Udp { addr, count, connected } => {
+            for _ in 0..count {
+                emit(&udp_once(addr, connected).await);
+            }
+        }
+    }
+    Ok(())
+}
