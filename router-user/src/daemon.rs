@@ -129,6 +129,10 @@ fn spawn_logger(dp: &mut Datapath) {
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let started = Instant::now();
+    // Handlers first: a SIGHUP that arrives while we start must not kill us.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let health = Health::default();
     let first = build_plan(&opts.config, &opts.overrides, &health);
     if let Err(e) = &first {
@@ -151,9 +155,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     std::fs::create_dir_all(&opts.state_dir)?;
     std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let (_watcher, mut changes) = if opts.watch {
         let (w, rx) = watch(&opts.config)?;
         (Some(w), rx)

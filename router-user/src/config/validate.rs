@@ -519,10 +519,8 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
             }
         }
     }
-    if is_child {
-        return;
-    }
-    // Delegation problems and shadowed (conflicting) routes, on the flattened table.
+    // Delegation problems (cycles, selectors matching nothing) on every
+    // table, children included: a cycle has no root.
     let (flat, errors) = routes::flatten(v.cfg, rt);
     for e in errors {
         v.diags.push(
@@ -535,13 +533,20 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
             e.message,
         );
     }
-    let mut seen: BTreeMap<(bool, String), String> = BTreeMap::new();
+    if is_child {
+        return;
+    }
+    // Shadowed (conflicting) routes, on the flattened table.
+    // Only within one table: across delegated tables overlap is normal and
+    // TABLE_WEIGHT or ROUTE_SPECIFICITY decides.
+    let mut seen: BTreeMap<(String, bool, String), String> = BTreeMap::new();
+
     for r in &flat {
-        let key = (r.is_http(), canonical_matchers(r));
+        let key = (r.table.display(), r.is_http(), canonical_matchers(r));
         if let Some(first) = seen.get(&key) {
             v.diags.push(&r.origin.file, r.origin.line, Some(format!("RouteTable {}/{}", r.origin.namespace, r.origin.name)), format!(
                 "route `{}` conflicts with route `{first}`: both match {}, so this one can never match; \
-                 change its matchers or remove it", r.name, if key.1.is_empty() { "everything".into() } else { key.1.clone() }));
+                 change its matchers or remove it", r.name, if key.2.is_empty() { "everything".into() } else { key.2.clone() }));
         } else {
             seen.insert(key, r.name.clone());
         }

@@ -1,0 +1,138 @@
+//! The daemon's life: reloads (SIGHUP and file changes), bad configs, kill -9
+//! and restart with adoption of the pinned datapath.
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+use router_tests::{yaml, *};
+
+/// `web` with endpoints in the node's zone (e1), another zone (e2) and
+/// another region; `ready_e1` says whether the node's zone has ready ones.
+fn config(ready_e1: bool) -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::service("c1", "web", 8080, "TCP");
+    y += &yaml::slice("c1", "east", "web", "web-1", 8080, "TCP", "", &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)]);
+    y += &yaml::service("c2", "web", 8080, "TCP");
+    y += &yaml::slice("c2", "west", "web", "web-2", 8080, "TCP", "", &[("10.2.0.1", "w1", true)]);
+    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
+    y += &yaml::outlier();
+    y
+}
+
+fn listens() -> Vec<Listen> {
+    vec![
+        Listen::tcp("10.1.0.1:8080", "e1"),
+        Listen::tcp("10.1.1.1:8080", "e2"),
+        Listen::tcp("10.2.0.1:8080", "west"),
+    ]
+}
+
+fn start(watch: bool) -> (World, Routerd, std::net::SocketAddr) {
+    require_root();
+    let world = World::new(&listens()).unwrap();
+    world.dir.write("config/web.yaml", &config(true)).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let extra: &[&str] = if watch { &[] } else { &["--no-watch"] };
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, extra).unwrap();
+    (world, routerd, vip)
+}
+
+fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
+    let t = tally(&world.probe(&["tcp", &vip.to_string(), "--count", &n.to_string()]).unwrap());
+    assert_eq!(t.len(), 1, "expected one backend: {t:?}");
+    t.into_keys().next().unwrap()
+}
+
+#[test]
+fn reload_moves_new_connections_to_the_next_tier_and_keeps_established_ones() {
+    let (world, routerd, vip) = start(false);
+    assert_eq!(only(&world, vip, 20), "e1");
+
+    // An established connection to the closest endpoint.
+    let mut held = world
+        .client(bin("rt-probe"))
+        .args(["tcp", &vip.to_string(), "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let first: Probe = serde_json::from_str(&line).unwrap();
+    assert_eq!(first.answer.unwrap().id, "e1");
+
+    // The closest endpoint stops being ready: new connections go to the next tier.
+    world.dir.write("config/web.yaml", &config(false)).unwrap();
+    let outcome = routerd.reload().unwrap();
+    assert!(outcome.contains("applied"), "{outcome}");
+    assert_eq!(only(&world, vip, 20), "e2");
+
+    // The established connection keeps working, on the same backend.
+    held.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let second: Probe = serde_json::from_str(&line).unwrap();
+    assert!(second.ok, "{second:?}");
+    assert_eq!(second.answer.unwrap().id, "e1");
+    held.wait().unwrap();
+}
+
+#[test]
+fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
+    let (world, routerd, vip) = start(false);
+    let gen_line = |l: &str| l.split("generation=").nth(1).and_then(|x| x.split_whitespace().next()).map(str::to_string);
+    let before = routerd.logs().iter().rev().find_map(|l| gen_line(l)).unwrap();
+    for bad in [
+        "kind: RouteTable\nspec: [\n",                                             // malformed YAML
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hostz: [a]\n", // unknown field
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hosts: [x.t.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: nope}}]}\n", // dangling
+    ] {
+        world.dir.write("config/bad.yaml", bad).unwrap();
+        let outcome = routerd.reload().unwrap();
+        assert!(outcome.contains("reload rejected"), "{outcome}");
+        let logs = routerd.logs().join("\n");
+        assert!(logs.contains("bad.yaml:"), "the error names the file and line:\n{logs}");
+        assert_eq!(only(&world, vip, 5), "e1", "still serving the last good config");
+    }
+    let after = routerd.logs().iter().rev().find_map(|l| gen_line(l)).unwrap();
+    assert_eq!(before, after, "nothing was applied");
+    std::fs::remove_file(world.dir.path.join("config/bad.yaml")).unwrap();
+    assert!(routerd.reload().unwrap().contains("no change"));
+}
+
+#[test]
+fn a_file_change_is_picked_up_without_a_signal() {
+    let (world, routerd, vip) = start(true);
+    assert_eq!(only(&world, vip, 5), "e1");
+    let mark = routerd.log_len();
+    world.dir.write("config/web.yaml", &config(false)).unwrap();
+    routerd.wait_for(mark, |l| l.contains("applied")).unwrap();
+    assert_eq!(only(&world, vip, 10), "e2");
+}
+
+#[test]
+fn kill_9_does_not_stop_routing_and_a_restart_adopts_the_maps() {
+    let (world, mut routerd, vip) = start(false);
+    assert_eq!(only(&world, vip, 5), "e1");
+    let counted = |r: &Routerd| -> u64 {
+        let j = r.inspect().unwrap();
+        j["services"].as_array().unwrap().iter().find(|s| s["vip"] == vip.to_string()).unwrap()["connects"].as_u64().unwrap()
+    };
+    assert_eq!(counted(&routerd), 5);
+    routerd.kill9();
+    // Routing goes on with nobody home.
+    assert_eq!(only(&world, vip, 10), "e1");
+    assert_eq!(counted(&routerd), 15, "the kernel kept counting");
+    // A new daemon adopts what is pinned: no flush (counters kept), no gap.
+    let mark = routerd.log_len();
+    routerd.spawn().unwrap();
+    let logs = routerd.logs()[mark..].join("\n");
+    assert!(logs.contains("adopted the pinned datapath"), "{logs}");
+    assert_eq!(counted(&routerd), 15);
+    assert_eq!(only(&world, vip, 5), "e1");
+    // And it serves reloads as before.
+    world.dir.write("config/web.yaml", &config(false)).unwrap();
+    assert!(routerd.reload().unwrap().contains("applied"));
+    assert_eq!(only(&world, vip, 5), "e2");
+}
