@@ -73,11 +73,14 @@ pub const PROGRAMS: [&str; 8] = [
 // Sizes.
 // ---------------------------------------------------------------------------
 
-/// Largest service id + 1 (ids start at 1; 0 means "none"). Sizes the per-CPU
-/// service counters, so it is kept moderate: 16 bytes x this x CPUs.
-pub const MAX_SERVICES: u32 = 131_072;
-/// Largest backend id + 1 (ids start at 1). Sizes the per-CPU backend counters.
-pub const MAX_BACKENDS: u32 = 262_144;
+/// Default size of the service map and its per-CPU counters: largest service
+/// id + 1 (ids start at 1; 0 means "none"). The counters are preallocated
+/// (32 bytes x this x CPUs), so the default is moderate; the daemon sets the
+/// real size when it first loads the datapath (`--max-services`).
+pub const MAX_SERVICES: u32 = 16_384;
+/// Default size of the backend map and its per-CPU counters (16 bytes x this
+/// x CPUs); `--max-backends` at first load.
+pub const MAX_BACKENDS: u32 = 65_536;
 /// Slots per bank. A service's slot table lives in one of two banks
 /// (`1..=BANK_SLOTS` or `BANK_SLOTS+1..=2*BANK_SLOTS`); the daemon writes the
 /// inactive bank, then flips the header, so a reader never sees a mix.

@@ -139,13 +139,10 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         svc_id,
         slot: base + pick % count,
     };
-    let backend = match unsafe { SLOTS.get(&slot) } {
+    let backend = match unsafe { SLOTS.get(slot) } {
         Some(id) => {
             let id = *id;
-            match unsafe { BACKENDS.get(&id) } {
-                Some(b) => Some((id, *b)),
-                None => None,
-            }
+            unsafe { BACKENDS.get(id) }.map(|b| (id, *b))
         }
         None => None,
     };
@@ -316,7 +313,7 @@ fn do_sendmsg(ctx: &SockAddrContext, family: u8) -> i32 {
                 port,
                 _pad: [0; 6],
             };
-            if UDP_REVNAT.insert(&rk, &rv, 0).is_err() {
+            if UDP_REVNAT.insert(rk, rv, 0).is_err() {
                 bump_global(|s| s.revnat_failed += 1);
             }
             ALLOW
@@ -351,7 +348,7 @@ fn do_reverse(ctx: &SockAddrContext, family: u8, udp: bool) -> i32 {
             _pad: [0; 5],
         };
         // SAFETY: value copied immediately.
-        if let Some(v) = unsafe { UDP_REVNAT.get(&rk) } {
+        if let Some(v) = unsafe { UDP_REVNAT.get(rk) } {
             let (vip, vport) = (v.vip, v.port);
             write_addr(ctx, family, &vip, vport);
         }

@@ -7,7 +7,7 @@ use crate::{
     compile::Health,
     config::Overrides,
     daemon::{self, RunOptions},
-    datapath::{Pins, sys},
+    datapath::{self, Pins, sys},
     explain, inspect,
 };
 
@@ -84,6 +84,12 @@ enum Cmd {
         /// Do not watch the config path (reload on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        /// Size of the service maps when the datapath is first created.
+        #[arg(long, default_value_t = router_common::MAX_SERVICES)]
+        max_services: u32,
+        /// Size of the backend maps when the datapath is first created.
+        #[arg(long, default_value_t = router_common::MAX_BACKENDS)]
+        max_backends: u32,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -181,6 +187,8 @@ pub fn main() -> ExitCode {
             cgroup,
             cleanup,
             no_watch,
+            max_services,
+            max_backends,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -195,6 +203,10 @@ pub fn main() -> ExitCode {
                 config: config.config,
                 cgroup,
                 pins: Pins::new(pins.pin_root),
+                sizes: datapath::Sizes {
+                    services: max_services,
+                    backends: max_backends,
+                },
                 state_dir: pins.state_dir,
                 cleanup,
                 watch: !no_watch,

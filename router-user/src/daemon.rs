@@ -25,6 +25,7 @@ pub struct RunOptions {
     pub overrides: Overrides,
     pub cgroup: PathBuf,
     pub pins: Pins,
+    pub sizes: datapath::Sizes,
     pub state_dir: PathBuf,
     /// Remove everything on exit (instead of leaving the datapath serving).
     pub cleanup: bool,
@@ -83,10 +84,10 @@ fn watch(path: &Path) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedRece
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = mpsc::unbounded_channel();
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !ev.kind.is_access() {
-                let _ = tx.send(());
-            }
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+        {
+            let _ = tx.send(());
         }
     })?;
     // Watch the parent of a file: editors replace files by rename.
@@ -140,10 +141,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // Nothing is serving: refuse to start rather than attach an empty datapath.
             anyhow::bail!("{e}");
         }
-        tracing::error!("{e}");
+        for p in e.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
+            tracing::error!("{p}");
+        }
+
         tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
     }
-    let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup)?;
+    let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
     spawn_logger(&mut dp);
     let startup = dp.startup;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -176,10 +180,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         };
         let t = Instant::now();
         match build_plan(&opts.config, &opts.overrides, &health) {
-            Err(e) => tracing::error!(
-                reason = why,
-                "reload rejected, the last good config keeps serving:\n{e}"
-            ),
+            Err(e) => {
+                // One event per problem (log pipelines split on lines), then
+                // the verdict, so a reader of the verdict has seen them all.
+                let problems: Vec<&str> = e
+                    .lines()
+                    .skip(1)
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                for p in &problems {
+                    tracing::error!("{p}");
+                }
+                tracing::error!(
+                    reason = why,
+                    errors = problems.len(),
+                    "reload rejected: the last good config keeps serving"
+                );
+            }
             Ok(plan) => {
                 if last_plan.as_ref() == Some(&plan) {
                     tracing::info!(
@@ -226,14 +244,14 @@ pub fn cleanup(pins: &Pins, state_dir: &Path) -> Result<()> {
 
 /// `routerd stop`: signal a running daemon, wait for it, remove everything.
 pub fn stop(pins: &Pins, state_dir: &Path) -> Result<()> {
-    if let Ok(pid) = std::fs::read_to_string(pid_file(state_dir)) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+    if let Ok(pid) = std::fs::read_to_string(pid_file(state_dir))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

@@ -74,14 +74,22 @@ fn assert_err(text: &str, needle: &str, line_needle: &str, resource: &str, messa
     let e = errors(text);
     let line = line_of(text, line_needle);
     let want = format!("t.yaml:{line}");
-    let hit = e.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no error containing {needle:?} in:\n{e}"));
+    let hit = e
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no error containing {needle:?} in:\n{e}"));
     assert!(hit.contains(&want), "error should be at {want}: {hit}");
-    assert!(hit.contains(resource), "error should name {resource}: {hit}");
+    assert!(
+        hit.contains(resource),
+        "error should name {resource}: {hit}"
+    );
     assert!(hit.contains(message), "error should say {message:?}: {hit}");
 }
 
 fn rt(body: &str) -> String {
-    format!("{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n{body}")
+    format!(
+        "{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n{body}"
+    )
 }
 
 #[test]
@@ -93,37 +101,90 @@ fn malformed_yaml_names_file_and_line() {
 
 #[test]
 fn unknown_fields_are_errors_with_line_and_column() {
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c1}\n        wieght: 10\n");
-    assert_err(&text, "wieght", "wieght", "RouteTable ns/rt", "unknown field `wieght`");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c1}\n        wieght: 10\n",
+    );
+    assert_err(
+        &text,
+        "wieght",
+        "wieght",
+        "RouteTable ns/rt",
+        "unknown field `wieght`",
+    );
 }
 
 #[test]
 fn unsupported_kinds_and_api_versions_say_what_is_expected() {
-    let e = errors(&format!("{NODE}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\n"));
-    assert!(e.contains("unsupported kind `VirtualService`") && e.contains("RouteTable"), "{e}");
-    let e = errors(&format!("{NODE}apiVersion: networking.gloo.solo.io/v1\nkind: RouteTable\nmetadata: {{name: x}}\nspec: {{}}\n"));
+    let e = errors(&format!(
+        "{NODE}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\n"
+    ));
+    assert!(
+        e.contains("unsupported kind `VirtualService`") && e.contains("RouteTable"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{NODE}apiVersion: networking.gloo.solo.io/v1\nkind: RouteTable\nmetadata: {{name: x}}\nspec: {{}}\n"
+    ));
     assert!(e.contains("expected `networking.gloo.solo.io/v2`"), "{e}");
 }
 
 #[test]
 fn dangling_references_are_errors() {
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: nope, cluster: c1}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: nope, cluster: c1}\n",
+    );
     assert_err(&text, "nope", "nope", "RouteTable ns/rt", "does not exist");
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c3}\n");
-    assert_err(&text, "c3", "c3", "RouteTable ns/rt", "it exists in cluster(s) c1, c2");
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: vd}\n        kind: VIRTUAL_DESTINATION\n");
-    assert_err(&text, "VirtualDestination ns/vd", "ref: {name: vd}", "RouteTable ns/rt", "does not exist");
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - name: d\n    delegate: {routeTables: [{labels: {team: x}}]}\n");
-    assert_err(&text, "none exists", "name: d", "RouteTable ns/rt", "labels team=x");
-    let text = rt("  hosts: [a.mesh]\n  virtualGateways: [{name: gw}]\n  http:\n  - forwardTo: {destinations: [{ref: {name: svc}}]}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c3}\n",
+    );
+    assert_err(
+        &text,
+        "c3",
+        "c3",
+        "RouteTable ns/rt",
+        "it exists in cluster(s) c1, c2",
+    );
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: vd}\n        kind: VIRTUAL_DESTINATION\n",
+    );
+    assert_err(
+        &text,
+        "VirtualDestination ns/vd",
+        "ref: {name: vd}",
+        "RouteTable ns/rt",
+        "does not exist",
+    );
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - name: d\n    delegate: {routeTables: [{labels: {team: x}}]}\n",
+    );
+    assert_err(
+        &text,
+        "none exists",
+        "name: d",
+        "RouteTable ns/rt",
+        "labels team=x",
+    );
+    let text = rt(
+        "  hosts: [a.mesh]\n  virtualGateways: [{name: gw}]\n  http:\n  - forwardTo: {destinations: [{ref: {name: svc}}]}\n",
+    );
     assert!(errors(&text).contains("VirtualGateway ns/gw, which does not exist"));
 }
 
 #[test]
 fn invalid_weights_are_errors() {
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc}, weight: 60}\n      - {ref: {name: svc, cluster: c2}, weight: 50}\n");
-    assert_err(&text, "sum to 110", "weight: 60", "RouteTable ns/rt", "at most 100");
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc}, weight: 160}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc}, weight: 60}\n      - {ref: {name: svc, cluster: c2}, weight: 50}\n",
+    );
+    assert_err(
+        &text,
+        "sum to 110",
+        "weight: 60",
+        "RouteTable ns/rt",
+        "at most 100",
+    );
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc}, weight: 160}\n",
+    );
     assert_err(&text, "over 100", "weight: 160", "RouteTable ns/rt", "160");
 }
 
@@ -134,9 +195,18 @@ fn duplicate_hosts_are_errors() {
         rt("  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: svc}}]}\n")
     );
     let e = errors(&text);
-    assert!(e.contains("RouteTable ns/other: host `a.mesh` is already served (east-west) by RouteTable ns/rt"), "{e}");
+    assert!(
+        e.contains(
+            "RouteTable ns/other: host `a.mesh` is already served (east-west) by RouteTable ns/rt"
+        ),
+        "{e}"
+    );
     let vd = "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {name: NAME, namespace: ns}\nspec:\n  hosts: [v.mesh]\n  services: [{labels: {app: svc}}]\n  ports: [{number: 80}]\n---\n";
-    let text = format!("{NODE}{INVENTORY}{}{}", vd.replace("NAME", "one"), vd.replace("NAME", "two"));
+    let text = format!(
+        "{NODE}{INVENTORY}{}{}",
+        vd.replace("NAME", "one"),
+        vd.replace("NAME", "two")
+    );
     let e = errors(&text);
     assert!(e.contains("VirtualDestination ns/two: host `v.mesh` is already claimed by VirtualDestination ns/one"), "{e}");
 }
@@ -145,25 +215,44 @@ fn duplicate_hosts_are_errors() {
 fn delegation_cycles_are_errors() {
     let text = format!(
         "{}---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: child, namespace: ns}}\nspec:\n  http:\n  - name: back\n    delegate: {{routeTables: [{{name: rt}}]}}\n",
-        rt("  hosts: [a.mesh]\n  http:\n  - name: down\n    delegate: {routeTables: [{name: child}]}\n")
+        rt(
+            "  hosts: [a.mesh]\n  http:\n  - name: down\n    delegate: {routeTables: [{name: child}]}\n"
+        )
     );
     let e = errors(&text);
-    assert!(e.contains("delegation cycle: ns/rt -> ns/child -> ns/rt"), "{e}");
+    assert!(
+        e.contains("delegation cycle: ns/rt -> ns/child -> ns/rt"),
+        "{e}"
+    );
 }
 
 #[test]
 fn conflicting_routes_are_errors() {
-    let text = rt("  hosts: [a.mesh]\n  tcp:\n  - name: one\n    matchers: [{port: 80}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n  - name: two\n    matchers: [{port: 80}]\n    forwardTo: {destinations: [{ref: {name: svc, cluster: c2}}]}\n");
-    assert_err(&text, "conflicts", "name: two", "RouteTable ns/rt", "route `two` conflicts with route `one`");
+    let text = rt(
+        "  hosts: [a.mesh]\n  tcp:\n  - name: one\n    matchers: [{port: 80}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n  - name: two\n    matchers: [{port: 80}]\n    forwardTo: {destinations: [{ref: {name: svc, cluster: c2}}]}\n",
+    );
+    assert_err(
+        &text,
+        "conflicts",
+        "name: two",
+        "RouteTable ns/rt",
+        "route `two` conflicts with route `one`",
+    );
 }
 
 #[test]
 fn inventory_errors_name_the_object() {
-    let text = format!("{NODE}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: ghost}}}}\naddressType: IPv4\nendpoints: []\n");
+    let text = format!(
+        "{NODE}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: ghost}}}}\naddressType: IPv4\nendpoints: []\n"
+    );
     assert!(errors(&text).contains("EndpointSlice c1/ns/s: belongs to Service c1/ns/ghost"));
-    let text = format!("{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n");
+    let text = format!(
+        "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n"
+    );
     assert!(errors(&text).contains("metadata.clusterName is required"));
-    let text = format!("{NODE}{INVENTORY}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dup, namespace: ns, clusterName: c2, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [10.0.0.1]}}\n");
+    let text = format!(
+        "{NODE}{INVENTORY}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dup, namespace: ns, clusterName: c2, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [10.0.0.1]}}\n"
+    );
     assert!(errors(&text).contains("endpoint 10.0.0.1 also appears in cluster c1"));
 }
 
@@ -175,8 +264,13 @@ fn bad_settings_are_errors() {
 
 #[test]
 fn multi_port_services_need_a_port() {
-    let inv = INVENTORY.replace("ports: [{name: http, port: 80}]", "ports: [{name: http, port: 80}, {name: admin, port: 81}]");
-    let text = format!("{NODE}{inv}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: svc}}}}]}}\n");
+    let inv = INVENTORY.replace(
+        "ports: [{name: http, port: 80}]",
+        "ports: [{name: http, port: 80}, {name: admin, port: 81}]",
+    );
+    let text = format!(
+        "{NODE}{inv}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: svc}}}}]}}\n"
+    );
     assert!(errors(&text).contains("has several ports (80 (http), 81 (admin))"));
 }
 
@@ -186,47 +280,74 @@ fn multi_port_services_need_a_port() {
 
 fn shares(p: &Plan, host: &str, port: u16) -> Vec<(String, u32)> {
     let h = p.host(host).unwrap();
-    let s = p.service(h.vip4.into(), port, Proto::Tcp).unwrap_or_else(|| panic!("no service {host}:{port}"));
-    s.slots.iter().map(|x| (x.endpoint.ip().to_string(), x.slots)).collect()
+    let s = p
+        .service(h.vip4.into(), port, Proto::Tcp)
+        .unwrap_or_else(|| panic!("no service {host}:{port}"));
+    s.slots
+        .iter()
+        .map(|x| (x.endpoint.ip().to_string(), x.slots))
+        .collect()
 }
 
 #[test]
 fn delegation_flattens_in_table_weight_order_and_combines_matchers() {
     let child = |name: &str, weight: i32, port: u16, cluster: &str| {
-        format!("---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: {name}, namespace: ns, labels: {{team: t}}}}\nspec:\n  weight: {weight}\n  tcp:\n  - matchers: [{{port: {port}}}]\n    forwardTo: {{destinations: [{{ref: {{name: svc, cluster: {cluster}}}, port: {{number: 80}}}}]}}\n")
+        format!(
+            "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: {name}, namespace: ns, labels: {{team: t}}}}\nspec:\n  weight: {weight}\n  tcp:\n  - matchers: [{{port: {port}}}]\n    forwardTo: {{destinations: [{{ref: {{name: svc, cluster: {cluster}}}, port: {{number: 80}}}}]}}\n"
+        )
     };
     // Both children claim port 80; the heavier table comes first and wins.
     let text = format!(
         "{}{}{}",
-        rt("  hosts: [a.mesh]\n  http:\n  - name: d\n    delegate: {routeTables: [{labels: {team: t}}]}\n"),
+        rt(
+            "  hosts: [a.mesh]\n  http:\n  - name: d\n    delegate: {routeTables: [{labels: {team: t}}]}\n"
+        ),
         child("light", 1, 80, "c2"),
         child("heavy", 10, 80, "c1")
     );
     let p = plan(&text);
     let s = shares(&p, "a.mesh", 80);
-    assert!(s.iter().all(|(ip, _)| ip.starts_with("10.0.0.")), "heavy (c1) wins: {s:?}");
-    let svc = p.service(p.host("a.mesh").unwrap().vip4.into(), 80, Proto::Tcp).unwrap();
+    assert!(
+        s.iter().all(|(ip, _)| ip.starts_with("10.0.0.")),
+        "heavy (c1) wins: {s:?}"
+    );
+    let svc = p
+        .service(p.host("a.mesh").unwrap().vip4.into(), 80, Proto::Tcp)
+        .unwrap();
     assert_eq!(svc.origin.name, "heavy");
 }
 
 #[test]
 fn routes_that_need_l7_are_reported_not_served() {
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - name: api\n    matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - name: api\n    matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
+    );
     let p = plan(&text);
     assert!(p.services.is_empty());
-    let n = p.notices.iter().find(|n| n.message.contains("needs the L7 proxy")).expect("notice");
+    let n = p
+        .notices
+        .iter()
+        .find(|n| n.message.contains("needs the L7 proxy"))
+        .expect("notice");
     assert!(n.message.contains("path prefix /api"), "{n}");
     assert_eq!(n.origin.line as usize, line_of(&text, "name: api"));
     // A catch-all prefix needs no HTTP decision.
-    let text = rt("  hosts: [a.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
+    );
     assert_eq!(plan(&text).services.len(), 1);
 }
 
 #[test]
 fn route_weights_become_slot_shares() {
-    let text = rt("  hosts: [a.mesh]\n  tcp:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc, cluster: c1}, port: {number: 80}, subset: {version: v2}, weight: 75}\n      - {ref: {name: svc, cluster: c2}, port: {number: 80}}\n");
+    let text = rt(
+        "  hosts: [a.mesh]\n  tcp:\n  - forwardTo:\n      destinations:\n      - {ref: {name: svc, cluster: c1}, port: {number: 80}, subset: {version: v2}, weight: 75}\n      - {ref: {name: svc, cluster: c2}, port: {number: 80}}\n",
+    );
     let p = plan(&text);
-    assert_eq!(shares(&p, "a.mesh", 80), vec![("10.0.0.3".into(), 3), ("10.1.0.1".into(), 1)]);
+    assert_eq!(
+        shares(&p, "a.mesh", 80),
+        vec![("10.0.0.3".into(), 3), ("10.1.0.1".into(), 1)]
+    );
 }
 
 fn vd_with(policies: &str, settings: &str) -> Plan {
@@ -246,46 +367,105 @@ fn without_outlier_detection_locality_is_off_as_in_istio() {
     assert_eq!(shares(&p, "v.mesh", 80).len(), 4, "every endpoint shares");
     // The documented switch applies priorities without outlier detection.
     let p = vd_with("", ", localityRequiresOutlierDetection: false");
-    assert_eq!(shares(&p, "v.mesh", 80), vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]);
+    assert_eq!(
+        shares(&p, "v.mesh", 80),
+        vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]
+    );
 }
 
 #[test]
 fn with_outlier_detection_the_closest_tier_takes_everything() {
     let p = vd_with(OD, "");
-    assert_eq!(shares(&p, "v.mesh", 80), vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]);
+    assert_eq!(
+        shares(&p, "v.mesh", 80),
+        vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]
+    );
     let d = &p.services[0].destinations[0];
-    let tiers: Vec<(u32, usize, &str)> = d.tiers.iter().map(|t| (t.load_percent, t.endpoints.len(), t.reason.as_str())).collect();
-    assert_eq!(tiers, vec![(100, 2, "same region, zone and subzone"), (0, 1, "same region"), (0, 1, "other localities")]);
+    let tiers: Vec<(u32, usize, &str)> = d
+        .tiers
+        .iter()
+        .map(|t| (t.load_percent, t.endpoints.len(), t.reason.as_str()))
+        .collect();
+    assert_eq!(
+        tiers,
+        vec![
+            (100, 2, "same region, zone and subzone"),
+            (0, 1, "same region"),
+            (0, 1, "other localities")
+        ]
+    );
 }
 
 #[test]
 fn unhealthy_endpoints_spill_with_the_overprovisioning_factor() {
-    let text = format!("{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: vd, namespace: ns, labels: {{lb: x}}}}\nspec:\n  hosts: [v.mesh]\n  services: [{{labels: {{app: svc}}}}]\n  ports: [{{number: 80, targetPort: {{name: http}}}}]\n---\n{OD}");
+    let text = format!(
+        "{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: vd, namespace: ns, labels: {{lb: x}}}}\nspec:\n  hosts: [v.mesh]\n  services: [{{labels: {{app: svc}}}}]\n  ports: [{{number: 80, targetPort: {{name: http}}}}]\n---\n{OD}"
+    );
     let v = load_str("t.yaml", &text, &Overrides::default()).unwrap();
     let mut h = Health::default();
     h.unhealthy.insert("10.0.0.1:8080".parse().unwrap());
     let p = compile(&v, &h).unwrap();
     // P0 has 1 of 2 healthy: health 70, so 70% stays and 30% spills to P1.
-    let loads: Vec<u32> = p.services[0].destinations[0].tiers.iter().map(|t| t.load_percent).collect();
+    let loads: Vec<u32> = p.services[0].destinations[0]
+        .tiers
+        .iter()
+        .map(|t| t.load_percent)
+        .collect();
     assert_eq!(loads, vec![70, 30, 0]);
-    assert_eq!(shares(&p, "v.mesh", 80), vec![("10.0.0.2".into(), 3), ("10.0.0.3".into(), 7)]);
+    assert_eq!(
+        shares(&p, "v.mesh", 80),
+        vec![("10.0.0.2".into(), 3), ("10.0.0.3".into(), 7)]
+    );
 }
 
 #[test]
 fn failover_policies_order_regions_distribute_and_priority_labels() {
-    let fp = |config: &str| format!("{OD}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: FailoverPolicy\nmetadata: {{name: fp, namespace: ns}}\nspec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{name: vd}}}}]\n  config:\n{config}");
+    let fp = |config: &str| {
+        format!(
+            "{OD}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: FailoverPolicy\nmetadata: {{name: fp, namespace: ns}}\nspec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{name: vd}}}}]\n  config:\n{config}"
+        )
+    };
     // Failover: region r2 ranks before "other localities".
-    let p = vd_with(&fp("    localityMappings:\n    - from: {region: r1}\n      to: [{region: r2}]\n"), "");
-    let reasons: Vec<String> = p.services[0].destinations[0].tiers.iter().map(|t| t.reason.clone()).collect();
+    let p = vd_with(
+        &fp("    localityMappings:\n    - from: {region: r1}\n      to: [{region: r2}]\n"),
+        "",
+    );
+    let reasons: Vec<String> = p.services[0].destinations[0]
+        .tiers
+        .iter()
+        .map(|t| t.reason.clone())
+        .collect();
     assert_eq!(reasons[2], "failover target 1 (region r2)");
     // Distribute: 80% to z1, 20% to region r2, whatever the health order.
-    let p = vd_with(&fp("    localityMappings:\n    - from: {region: r1}\n      to:\n      - {region: r1, zone: z1, weight: 80}\n      - {region: r2, weight: 20}\n"), "");
-    assert!(matches!(p.services[0].destinations[0].mode, LocalityMode::Distribute { .. }));
-    assert_eq!(shares(&p, "v.mesh", 80), vec![("10.0.0.1".into(), 2), ("10.0.0.3".into(), 2), ("10.1.0.1".into(), 1)]);
+    let p = vd_with(
+        &fp(
+            "    localityMappings:\n    - from: {region: r1}\n      to:\n      - {region: r1, zone: z1, weight: 80}\n      - {region: r2, weight: 20}\n",
+        ),
+        "",
+    );
+    assert!(matches!(
+        p.services[0].destinations[0].mode,
+        LocalityMode::Distribute { .. }
+    ));
+    assert_eq!(
+        shares(&p, "v.mesh", 80),
+        vec![
+            ("10.0.0.1".into(), 2),
+            ("10.0.0.3".into(), 2),
+            ("10.1.0.1".into(), 1)
+        ]
+    );
     // Priority labels: the node is in cluster c1; endpoints of c1 first.
-    let p = vd_with(&fp("    priorityLabels: {labels: [topology.istio.io/cluster]}\n"), "");
+    let p = vd_with(
+        &fp("    priorityLabels: {labels: [topology.istio.io/cluster]}\n"),
+        "",
+    );
     assert_eq!(shares(&p, "v.mesh", 80).len(), 3);
-    assert!(shares(&p, "v.mesh", 80).iter().all(|(ip, _)| ip.starts_with("10.0.0.")));
+    assert!(
+        shares(&p, "v.mesh", 80)
+            .iter()
+            .all(|(ip, _)| ip.starts_with("10.0.0."))
+    );
 }
 
 #[test]
@@ -295,8 +475,21 @@ fn plans_are_deterministic_and_vips_ignore_document_order() {
         "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {name: vd, namespace: ns}\nspec:\n  hosts: [v.mesh]\n  services: [{labels: {app: svc}}]\n  ports: [{number: 80}]\n".to_string(),
     ];
     let a = plan(&format!("{}---\n{}", docs[0], docs[1]));
-    let b = plan(&format!("{}---\n{NODE}{INVENTORY}{}", docs[1], docs[0].trim_start_matches(&format!("{NODE}{INVENTORY}"))));
-    assert_eq!(a.hosts.iter().map(|h| (&h.name, h.vip4, h.vip6)).collect::<Vec<_>>(), b.hosts.iter().map(|h| (&h.name, h.vip4, h.vip6)).collect::<Vec<_>>());
+    let b = plan(&format!(
+        "{}---\n{NODE}{INVENTORY}{}",
+        docs[1],
+        docs[0].trim_start_matches(&format!("{NODE}{INVENTORY}"))
+    ));
+    assert_eq!(
+        a.hosts
+            .iter()
+            .map(|h| (&h.name, h.vip4, h.vip6))
+            .collect::<Vec<_>>(),
+        b.hosts
+            .iter()
+            .map(|h| (&h.name, h.vip4, h.vip6))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(a.services.len(), b.services.len());
     for (x, y) in a.services.iter().zip(&b.services) {
         assert_eq!((x.vip, x.port, &x.slots), (y.vip, y.port, &y.slots));
@@ -307,12 +500,19 @@ fn plans_are_deterministic_and_vips_ignore_document_order() {
 #[test]
 fn the_example_config_compiles_with_the_textbook_pair() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-    let v = router_user::config::load(&dir, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        router_user::config::load(&dir, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     let p = compile(&v, &Health::default()).unwrap();
     // app-a forwards straight to its service in cluster 1.
     let a = shares(&p, "app-a.shop.mesh.internal", 8080);
-    assert!(!a.is_empty() && a.iter().all(|(ip, _)| ip.starts_with("10.1.")), "{a:?}");
+    assert!(
+        !a.is_empty() && a.iter().all(|(ip, _)| ip.starts_with("10.1.")),
+        "{a:?}"
+    );
     // app-b's closest healthy instances are in cluster 2.
     let b = shares(&p, "app-b.shop.mesh.internal", 8080);
-    assert!(!b.is_empty() && b.iter().all(|(ip, _)| ip.starts_with("10.2.")), "{b:?}");
+    assert!(
+        !b.is_empty() && b.iter().all(|(ip, _)| ip.starts_with("10.2.")),
+        "{b:?}"
+    );
 }

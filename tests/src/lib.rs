@@ -98,7 +98,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A short unique name: `rt<pid hex>x<n>`. Kept short because interface names
 /// are limited to 15 bytes.
 pub fn unique() -> String {
-    format!("rt{:x}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "rt{:x}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 fn pid_of(name: &str) -> Option<i32> {
@@ -114,7 +118,10 @@ fn alive(pid: i32) -> bool {
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -192,13 +199,20 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn new(name: &str) -> Result<Self> {
         let path = router_user::datapath::sys::cgroup2_mount()?.join(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Cgroup { path })
     }
 
     /// Make `cmd` join this cgroup before it execs (the harness itself never moves).
     pub fn enter(&self, cmd: &mut Command) {
-        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
         // SAFETY: only async-signal-safe calls (open, write, close, getpid) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -233,7 +247,10 @@ impl Drop for Cgroup {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
@@ -298,10 +315,18 @@ pub struct Listen {
 
 impl Listen {
     pub fn tcp(addr: &str, id: &str) -> Self {
-        Listen { udp: false, addr: addr.parse().expect("socket address"), id: id.into() }
+        Listen {
+            udp: false,
+            addr: addr.parse().expect("socket address"),
+            id: id.into(),
+        }
     }
     pub fn udp(addr: &str, id: &str) -> Self {
-        Listen { udp: true, addr: addr.parse().expect("socket address"), id: id.into() }
+        Listen {
+            udp: true,
+            addr: addr.parse().expect("socket address"),
+            id: id.into(),
+        }
     }
 }
 
@@ -345,16 +370,37 @@ impl World {
         for a in addrs {
             match a {
                 IpAddr::V4(v4) => {
-                    assert!(v4.octets()[0] == 10, "test backends live in 10.0.0.0/8 (got {a})");
+                    assert!(
+                        v4.octets()[0] == 10,
+                        "test backends live in 10.0.0.0/8 (got {a})"
+                    );
                     world.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
                 }
                 IpAddr::V6(v6) => {
-                    assert!(v6.octets()[0] == 0xfd, "test backends live in fd00::/8 (got {a})");
-                    world.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"])?;
+                    assert!(
+                        v6.octets()[0] == 0xfd,
+                        "test backends live in fd00::/8 (got {a})"
+                    );
+                    world.ip(&[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{a}/128"),
+                        "dev",
+                        "lo",
+                        "nodad",
+                    ])?;
                 }
             }
         }
-        let mut w = World { tag, backends: None, cgroup, node, world, dir };
+        let mut w = World {
+            tag,
+            backends: None,
+            cgroup,
+            node,
+            world,
+            dir,
+        };
         if !listens.is_empty() {
             w.start_backends(listens)?;
         }
@@ -363,9 +409,15 @@ impl World {
 
     pub fn start_backends(&mut self, listens: &[Listen]) -> Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.world.name]).arg(bin("rt-backend"));
+        cmd.args(["netns", "exec", &self.world.name])
+            .arg(bin("rt-backend"));
         for l in listens {
-            cmd.arg("--listen").arg(format!("{}:{}:{}", if l.udp { "udp" } else { "tcp" }, l.addr, l.id));
+            cmd.arg("--listen").arg(format!(
+                "{}:{}:{}",
+                if l.udp { "udp" } else { "tcp" },
+                l.addr,
+                l.id
+            ));
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("starting rt-backend")?;
@@ -418,7 +470,12 @@ pub fn tally(probes: &[Probe]) -> std::collections::BTreeMap<String, usize> {
     for p in probes {
         let k = match &p.answer {
             Some(a) => a.id.clone(),
-            None => format!("error:{}", p.errno.map(|e| e.to_string()).unwrap_or_else(|| p.error.clone().unwrap_or_default())),
+            None => format!(
+                "error:{}",
+                p.errno
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| p.error.clone().unwrap_or_default())
+            ),
         };
         *m.entry(k).or_default() += 1;
     }
@@ -451,7 +508,13 @@ impl Routerd {
             state_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Routerd { child: None, args, pin_root, state_dir, logs: Arc::default() };
+        let mut d = Routerd {
+            child: None,
+            args,
+            pin_root,
+            state_dir,
+            logs: Arc::default(),
+        };
         d.spawn()?;
         Ok(d)
     }
@@ -477,12 +540,19 @@ impl Routerd {
             }
         });
         self.child = Some(child);
-        self.wait_for_from(start, Duration::from_secs(20), |l| l.contains("routerd ready"))
-            .context("routerd did not become ready")?;
+        self.wait_for_from(start, Duration::from_secs(20), |l| {
+            l.contains("routerd ready")
+        })
+        .context("routerd did not become ready")?;
         Ok(())
     }
 
-    fn wait_for_from(&self, start: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+    fn wait_for_from(
+        &self,
+        start: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.logs;
         let mut logs = m.lock().unwrap();
@@ -499,7 +569,10 @@ impl Routerd {
             }
             let now = Instant::now();
             if now > deadline {
-                bail!("timed out after {timeout:?}; routerd logged:\n{}", logs.join("\n"));
+                bail!(
+                    "timed out after {timeout:?}; routerd logged:\n{}",
+                    logs.join("\n")
+                );
             }
             logs = cv.wait_timeout(logs, deadline - now).unwrap().0;
         }
@@ -518,7 +591,9 @@ impl Routerd {
     pub fn reload(&self) -> Result<String> {
         let start = self.log_len();
         self.signal(libc::SIGHUP);
-        self.wait_for(start, |l| l.contains("applied") || l.contains("no change") || l.contains("reload rejected"))
+        self.wait_for(start, |l| {
+            l.contains("applied") || l.contains("no change") || l.contains("reload rejected")
+        })
     }
 
     pub fn signal(&self, sig: i32) {
@@ -583,7 +658,10 @@ impl Routerd {
 impl Drop for Routerd {
     fn drop(&mut self) {
         self.kill9();
-        let _ = router_user::daemon::cleanup(&router_user::datapath::Pins::new(&self.pin_root), &self.state_dir);
+        let _ = router_user::daemon::cleanup(
+            &router_user::datapath::Pins::new(&self.pin_root),
+            &self.state_dir,
+        );
     }
 }
 
@@ -608,24 +686,41 @@ pub mod yaml {
     /// An endpoint: address, zone, ready.
     pub type Ep<'a> = (&'a str, &'a str, bool);
 
-    /// An EndpointSlice of `svc` in `cluster`/`region` with extra slice labels.
-    pub fn slice(cluster: &str, region: &str, svc: &str, slice: &str, port: u16, proto: &str, labels: &str, eps: &[Ep<'_>]) -> String {
+    /// An EndpointSlice of `svc` in `cluster`/`region`.
+    pub fn slice(
+        cluster: &str,
+        region: &str,
+        svc: &str,
+        slice: &str,
+        port: u16,
+        proto: &str,
+        eps: &[Ep<'_>],
+    ) -> String {
         let v6 = eps.first().is_some_and(|e| e.0.contains(':'));
         let mut s = format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: t\n  clusterName: {cluster}\n\
-             \x20 labels: {{kubernetes.io/service-name: {svc}, topology.kubernetes.io/region: {region}{labels}}}\n\
+             \x20 labels: {{kubernetes.io/service-name: {svc}, topology.kubernetes.io/region: {region}}}\n\
              addressType: {}\nports: [{{name: p, port: {port}, protocol: {proto}}}]\nendpoints:\n",
             if v6 { "IPv6" } else { "IPv4" }
         );
         for (addr, zone, ready) in eps {
-            s.push_str(&format!("- {{addresses: [\"{addr}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n"));
+            s.push_str(&format!(
+                "- {{addresses: [\"{addr}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n"
+            ));
         }
         s.push_str("---\n");
         s
     }
 
     /// A VirtualDestination over services labelled `app: <app>`.
-    pub fn vd(name: &str, host: &str, app: &str, port: u16, protocol: &str, labels: &str) -> String {
+    pub fn vd(
+        name: &str,
+        host: &str,
+        app: &str,
+        port: u16,
+        protocol: &str,
+        labels: &str,
+    ) -> String {
         format!(
             "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {name}, namespace: t, labels: {{{labels}}}}}\n\
              spec:\n  hosts: [{host}]\n  services: [{{labels: {{app: {app}}}}}]\n  ports: [{{number: {port}, protocol: {protocol}}}]\n---\n"
@@ -642,12 +737,15 @@ pub mod yaml {
 
 /// The plan routerd will compute for `config` (to learn VIPs in tests).
 pub fn plan(config: &Path) -> Result<router_user::plan::Plan> {
-    router_user::daemon::build_plan(config, &Default::default(), &Default::default()).map_err(anyhow::Error::msg)
+    router_user::daemon::build_plan(config, &Default::default(), &Default::default())
+        .map_err(anyhow::Error::msg)
 }
 
 /// `VIP:port` of `host` (IPv4 or IPv6).
 pub fn vip(plan: &router_user::plan::Plan, host: &str, port: u16, v6: bool) -> SocketAddr {
-    let h = plan.host(host).unwrap_or_else(|| panic!("no host {host} in plan"));
+    let h = plan
+        .host(host)
+        .unwrap_or_else(|| panic!("no host {host} in plan"));
     let ip: IpAddr = if v6 { h.vip6.into() } else { h.vip4.into() };
     SocketAddr::new(ip, port)
 }

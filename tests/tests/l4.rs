@@ -14,22 +14,82 @@ const ENETUNREACH: i32 = 101;
 fn scenario() -> (String, Vec<Listen>) {
     let mut y = yaml::router("c1", "east", "e1", "");
     y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice("c1", "east", "web", "web-1", 8080, "TCP", "", &[("10.1.0.1", "e1", true), ("10.1.0.2", "e1", true), ("10.1.1.1", "e2", true)]);
-    y += &yaml::slice("c1", "east", "web", "web-1-v6", 8080, "TCP", "", &[("fd00:1::1", "e1", true), ("fd00:1::2", "e2", true)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web-1",
+        8080,
+        "TCP",
+        &[
+            ("10.1.0.1", "e1", true),
+            ("10.1.0.2", "e1", true),
+            ("10.1.1.1", "e2", true),
+        ],
+    );
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web-1-v6",
+        8080,
+        "TCP",
+        &[("fd00:1::1", "e1", true), ("fd00:1::2", "e2", true)],
+    );
     y += &yaml::service("c2", "web", 8080, "TCP");
-    y += &yaml::slice("c2", "west", "web", "web-2", 8080, "TCP", "", &[("10.2.0.1", "w1", true)]);
+    y += &yaml::slice(
+        "c2",
+        "west",
+        "web",
+        "web-2",
+        8080,
+        "TCP",
+        &[("10.2.0.1", "w1", true)],
+    );
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
     y += &yaml::outlier();
     y += &yaml::service("c1", "a", 7000, "TCP");
-    y += &yaml::slice("c1", "east", "a", "a", 7000, "TCP", "", &[("10.3.0.1", "e1", true)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "a",
+        "a",
+        7000,
+        "TCP",
+        &[("10.3.0.1", "e1", true)],
+    );
     y += &yaml::service("c1", "b", 7000, "TCP");
-    y += &yaml::slice("c1", "east", "b", "b", 7000, "TCP", "", &[("10.3.0.2", "e2", true)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "b",
+        "b",
+        7000,
+        "TCP",
+        &[("10.3.0.2", "e2", true)],
+    );
     y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: split, namespace: t}\nspec:\n  hosts: [split.t.mesh]\n  tcp:\n  - name: canary\n    matchers: [{port: 7000}]\n    forwardTo:\n      destinations:\n      - {ref: {name: a, cluster: c1}, port: {number: 7000}, weight: 80}\n      - {ref: {name: b, cluster: c1}, port: {number: 7000}, weight: 20}\n---\n";
     y += &yaml::service("c1", "echo", 9000, "UDP");
-    y += &yaml::slice("c1", "east", "echo", "echo", 9000, "UDP", "", &[("10.4.0.1", "e1", true), ("10.4.0.2", "e1", true)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "echo",
+        "echo",
+        9000,
+        "UDP",
+        &[("10.4.0.1", "e1", true), ("10.4.0.2", "e1", true)],
+    );
     y += &yaml::vd("echo", "echo.t.mesh", "echo", 9000, "UDP", "lb: local");
     y += &yaml::service("c1", "down", 8000, "TCP");
-    y += &yaml::slice("c1", "east", "down", "down", 8000, "TCP", "", &[("10.5.0.1", "e1", false)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "down",
+        "down",
+        8000,
+        "TCP",
+        &[("10.5.0.1", "e1", false)],
+    );
     y += &yaml::vd("down", "down.t.mesh", "down", 8000, "TCP", "");
     let listens = vec![
         Listen::tcp("10.1.0.1:8080", "web-e1-a"),
@@ -56,12 +116,22 @@ struct Setup {
 fn setup_with(yaml_text: &str, listens: &[Listen], extra: &[&str]) -> Setup {
     require_root();
     let world = World::new(listens).expect("world");
-    let cfg = world.dir.write("config/all.yaml", yaml_text).unwrap().parent().unwrap().to_path_buf();
+    let cfg = world
+        .dir
+        .write("config/all.yaml", yaml_text)
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let plan = plan(&cfg).expect("plan");
     let mut args = vec!["--no-watch"];
     args.extend_from_slice(extra);
     let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &args).expect("routerd");
-    Setup { world, routerd, plan }
+    Setup {
+        world,
+        routerd,
+        plan,
+    }
 }
 
 fn setup() -> Setup {
@@ -77,22 +147,50 @@ fn ids(probes: &[Probe]) -> BTreeMap<String, usize> {
 fn vip_connect_lands_on_the_closest_tier_and_getpeername_shows_the_vip() {
     let s = setup();
     let vip = vip(&s.plan, "web.t.mesh", 8080, false);
-    let probes = s.world.probe(&["tcp", &vip.to_string(), "--count", "60"]).unwrap();
+    let probes = s
+        .world
+        .probe(&["tcp", &vip.to_string(), "--count", "60"])
+        .unwrap();
     let t = ids(&probes);
-    assert_eq!(t.keys().cloned().collect::<Vec<_>>(), vec!["web-e1-a", "web-e1-b"], "only the node's zone: {t:?}");
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        vec!["web-e1-a", "web-e1-b"],
+        "only the node's zone: {t:?}"
+    );
     // Both same-zone endpoints share (p = 1/2, 60 tries: each gets some).
     assert!(t.values().all(|n| *n >= 10), "{t:?}");
     for p in &probes {
-        assert_eq!(p.peer.as_deref(), Some(vip.to_string().as_str()), "getpeername must return the VIP");
+        assert_eq!(
+            p.peer.as_deref(),
+            Some(vip.to_string().as_str()),
+            "getpeername must return the VIP"
+        );
         let a = p.answer.as_ref().unwrap();
-        assert!(a.local.starts_with("10.1.0."), "backend saw the connection on its own address: {a:?}");
-        assert!(a.peer.starts_with("10.255.255.1:"), "client address is kept: {a:?}");
+        assert!(
+            a.local.starts_with("10.1.0."),
+            "backend saw the connection on its own address: {a:?}"
+        );
+        assert!(
+            a.peer.starts_with("10.255.255.1:"),
+            "client address is kept: {a:?}"
+        );
     }
     // The kernel's counters agree with what the clients saw.
     let r = s.routerd.inspect().unwrap();
-    let svc = r["services"].as_array().unwrap().iter().find(|x| x["vip"] == vip.to_string()).unwrap().clone();
+    let svc = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["vip"] == vip.to_string())
+        .unwrap()
+        .clone();
     assert_eq!(svc["connects"], 60);
-    let per: u64 = svc["backends"].as_array().unwrap().iter().map(|b| b["connects"].as_u64().unwrap()).sum();
+    let per: u64 = svc["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["connects"].as_u64().unwrap())
+        .sum();
     assert_eq!(per, 60);
 }
 
@@ -101,15 +199,24 @@ fn weights_split_within_a_statistical_bound() {
     let s = setup();
     let vip = vip(&s.plan, "split.t.mesh", 7000, false);
     let n = 1000usize;
-    let probes = s.world.probe(&["tcp", &vip.to_string(), "--count", &n.to_string()]).unwrap();
+    let probes = s
+        .world
+        .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
+        .unwrap();
     let t = ids(&probes);
     assert_eq!(t.values().sum::<usize>(), n);
     let a = *t.get("a").unwrap_or(&0) as f64 / n as f64;
     // p = 0.8, sigma = sqrt(p(1-p)/n) = 0.0126; 5 sigma = 0.063.
-    assert!((a - 0.8).abs() < 0.063, "share of a = {a} (expected 0.8 +- 0.063): {t:?}");
+    assert!(
+        (a - 0.8).abs() < 0.063,
+        "share of a = {a} (expected 0.8 +- 0.063): {t:?}"
+    );
     assert_eq!(t.len(), 2, "{t:?}");
     // The slot table is exactly 4:1.
-    let svc = s.plan.service(vip.ip(), 7000, router_user::plan::Proto::Tcp).unwrap();
+    let svc = s
+        .plan
+        .service(vip.ip(), 7000, router_user::plan::Proto::Tcp)
+        .unwrap();
     let mut slots: Vec<u32> = svc.slots.iter().map(|x| x.slots).collect();
     slots.sort();
     assert_eq!(slots, vec![1, 4]);
@@ -120,14 +227,21 @@ fn udp_through_a_vip_replies_come_from_the_vip() {
     let s = setup();
     let vip = vip(&s.plan, "echo.t.mesh", 9000, false);
     for mode in [&[][..], &["--connected"][..]] {
-        let mut args = vec!["udp", &vip.to_string() as &str, "--count", "20"].into_iter().map(String::from).collect::<Vec<_>>();
+        let mut args = vec!["udp", &vip.to_string() as &str, "--count", "20"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
         args.extend(mode.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let probes = s.world.probe(&args).unwrap();
         assert_eq!(probes.len(), 20);
         for p in &probes {
             assert!(p.ok, "{mode:?}: {p:?}");
-            assert_eq!(p.peer.as_deref(), Some(vip.to_string().as_str()), "{mode:?}: reply source must be the VIP");
+            assert_eq!(
+                p.peer.as_deref(),
+                Some(vip.to_string().as_str()),
+                "{mode:?}: reply source must be the VIP"
+            );
             assert!(p.answer.as_ref().unwrap().id.starts_with("echo-"));
         }
         // Unconnected sends pick by socket cookie: new sockets spread over both.
@@ -161,11 +275,18 @@ fn unknown_vips_and_ports_are_refused_not_routed_out() {
 fn ipv6_vips_route_to_ipv6_endpoints() {
     let s = setup();
     let vip = vip(&s.plan, "web.t.mesh", 8080, true);
-    let probes = s.world.probe(&["tcp", &vip.to_string(), "--count", "10"]).unwrap();
+    let probes = s
+        .world
+        .probe(&["tcp", &vip.to_string(), "--count", "10"])
+        .unwrap();
     for p in &probes {
         assert!(p.ok, "{p:?}");
         assert_eq!(p.peer.as_deref(), Some(vip.to_string().as_str()));
-        assert_eq!(p.answer.as_ref().unwrap().id, "web-v6-e1", "closest tier only");
+        assert_eq!(
+            p.answer.as_ref().unwrap().id,
+            "web-v6-e1",
+            "closest tier only"
+        );
     }
 }
 
@@ -174,7 +295,11 @@ fn processes_outside_the_cgroup_are_untouched() {
     let s = setup();
     let vip = vip(&s.plan, "web.t.mesh", 8080, false);
     let p = &s.world.probe_outside(&["tcp", &vip.to_string()]).unwrap()[0];
-    assert_eq!(p.errno, Some(ENETUNREACH), "not rewritten, so no route: {p:?}");
+    assert_eq!(
+        p.errno,
+        Some(ENETUNREACH),
+        "not rewritten, so no route: {p:?}"
+    );
     // And plain traffic from inside the cgroup is untouched too.
     let p = &s.world.probe(&["tcp", "10.2.0.1:8080"]).unwrap()[0];
     assert_eq!(p.answer.as_ref().map(|a| a.id.as_str()), Some("web-west"));

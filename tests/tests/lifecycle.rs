@@ -10,9 +10,25 @@ use router_tests::{yaml, *};
 fn config(ready_e1: bool) -> String {
     let mut y = yaml::router("c1", "east", "e1", "");
     y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice("c1", "east", "web", "web-1", 8080, "TCP", "", &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)]);
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web-1",
+        8080,
+        "TCP",
+        &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)],
+    );
     y += &yaml::service("c2", "web", 8080, "TCP");
-    y += &yaml::slice("c2", "west", "web", "web-2", 8080, "TCP", "", &[("10.2.0.1", "w1", true)]);
+    y += &yaml::slice(
+        "c2",
+        "west",
+        "web",
+        "web-2",
+        8080,
+        "TCP",
+        &[("10.2.0.1", "w1", true)],
+    );
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
     y += &yaml::outlier();
     y
@@ -38,7 +54,11 @@ fn start(watch: bool) -> (World, Routerd, std::net::SocketAddr) {
 }
 
 fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
-    let t = tally(&world.probe(&["tcp", &vip.to_string(), "--count", &n.to_string()]).unwrap());
+    let t = tally(
+        &world
+            .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
+            .unwrap(),
+    );
     assert_eq!(t.len(), 1, "expected one backend: {t:?}");
     t.into_keys().next().unwrap()
 }
@@ -81,10 +101,20 @@ fn reload_moves_new_connections_to_the_next_tier_and_keeps_established_ones() {
 #[test]
 fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
     let (world, routerd, vip) = start(false);
-    let gen_line = |l: &str| l.split("generation=").nth(1).and_then(|x| x.split_whitespace().next()).map(str::to_string);
-    let before = routerd.logs().iter().rev().find_map(|l| gen_line(l)).unwrap();
+    let gen_line = |l: &str| {
+        l.split("generation=")
+            .nth(1)
+            .and_then(|x| x.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let before = routerd
+        .logs()
+        .iter()
+        .rev()
+        .find_map(|l| gen_line(l))
+        .unwrap();
     for bad in [
-        "kind: RouteTable\nspec: [\n",                                             // malformed YAML
+        "kind: RouteTable\nspec: [\n", // malformed YAML
         "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hostz: [a]\n", // unknown field
         "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hosts: [x.t.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: nope}}]}\n", // dangling
     ] {
@@ -92,10 +122,22 @@ fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
         let outcome = routerd.reload().unwrap();
         assert!(outcome.contains("reload rejected"), "{outcome}");
         let logs = routerd.logs().join("\n");
-        assert!(logs.contains("bad.yaml:"), "the error names the file and line:\n{logs}");
-        assert_eq!(only(&world, vip, 5), "e1", "still serving the last good config");
+        assert!(
+            logs.contains("bad.yaml:"),
+            "the error names the file and line:\n{logs}"
+        );
+        assert_eq!(
+            only(&world, vip, 5),
+            "e1",
+            "still serving the last good config"
+        );
     }
-    let after = routerd.logs().iter().rev().find_map(|l| gen_line(l)).unwrap();
+    let after = routerd
+        .logs()
+        .iter()
+        .rev()
+        .find_map(|l| gen_line(l))
+        .unwrap();
     assert_eq!(before, after, "nothing was applied");
     std::fs::remove_file(world.dir.path.join("config/bad.yaml")).unwrap();
     assert!(routerd.reload().unwrap().contains("no change"));
@@ -117,7 +159,14 @@ fn kill_9_does_not_stop_routing_and_a_restart_adopts_the_maps() {
     assert_eq!(only(&world, vip, 5), "e1");
     let counted = |r: &Routerd| -> u64 {
         let j = r.inspect().unwrap();
-        j["services"].as_array().unwrap().iter().find(|s| s["vip"] == vip.to_string()).unwrap()["connects"].as_u64().unwrap()
+        j["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["vip"] == vip.to_string())
+            .unwrap()["connects"]
+            .as_u64()
+            .unwrap()
     };
     assert_eq!(counted(&routerd), 5);
     routerd.kill9();

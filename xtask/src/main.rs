@@ -28,6 +28,17 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// The demo: a two-cluster world in network namespaces, routerd on
+    /// configs/, real clients by VIP; cleans up after itself.
+    Demo,
+    /// Formatting and clippy (-D warnings) for both workspaces.
+    Lint,
+    /// Everything CI runs: set-up, lint, build, unit and kernel tests.
+    Test {
+        /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
 }
 
 pub fn root() -> PathBuf {
@@ -55,7 +66,82 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn setup() -> Result<()> {
     toolchain::ensure_rust_src()?;
     toolchain::ensure_bpf_linker()?;
+    toolchain::ensure_packages(&[("ip", "iproute2"), ("curl", "curl")])?;
     Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        bail!(
+            "{what} loads BPF programs and creates network namespaces: run it as root (sudo -E cargo xtask ...)"
+        );
+    }
+    Ok(())
+}
+
+fn ebpf_cargo(sub: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("router-ebpf"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env_remove("RUSTFLAGS")
+        .args([
+            sub,
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root().join("target/ebpf"));
+    cmd
+}
+
+fn lint() -> Result<()> {
+    let root = root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root.join("router-ebpf"))
+        .args(["fmt", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
+    Ok(())
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    require_root("the test suite")?;
+    build(false)?;
+    lint()?;
+    let root = root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .env("ROUTER_BIN_DIR", root.join("target/debug"))
+        .env("RUST_BACKTRACE", "0");
+    if !rest.is_empty() {
+        cmd.arg("--").args(rest);
+    }
+    run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    require_root("the demo")?;
+    build(false)?;
+    let root = root();
+    run(Command::new(root.join("target/debug/rt-demo"))
+        .current_dir(&root)
+        .args(["--config", "configs"])
+        .env("RUST_BACKTRACE", "0"))
 }
 
 fn build_ebpf() -> Result<()> {
@@ -65,24 +151,11 @@ fn build_ebpf() -> Result<()> {
     // RUSTC_BOOTSTRAP scoped to this one cargo call: stable rustc only honours
     // -Z build-std with it. --btf emits .BTF/.BTF.ext, which the BTF map
     // definitions (and socket-local storage in particular) require.
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join("router-ebpf"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
-        )
-        .env_remove("RUSTFLAGS")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
+    let mut cmd = ebpf_cargo("build");
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+    );
     run(&mut cmd)?;
     let built = target_dir.join("bpfel-unknown-none/release/router-ebpf");
     let dest = ebpf_object();
@@ -112,5 +185,8 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Build { release } => build(release),
+        Cmd::Demo => demo(),
+        Cmd::Lint => lint(),
+        Cmd::Test { rest } => test(&rest),
     }
 }

@@ -158,3 +158,42 @@ pub fn ensure_bpf_linker() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Install Debian packages for commands that are missing: `(command, package)`.
+pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let on_path = |c: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(c).is_file()))
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(c, _)| !on_path(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let install: Vec<&str> = ["install", "-y", "-qq"]
+        .into_iter()
+        .chain(missing.iter().copied())
+        .collect();
+    // Package lists may be missing on a fresh machine: update once and retry.
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    if !installed {
+        bail!(
+            "could not install {} with apt-get; install them by hand and run again",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -24,11 +24,9 @@ pub fn priority_loads(levels: &[(u32, u32)]) -> Vec<u32> {
     let health: Vec<u32> = levels
         .iter()
         .map(|&(h, t)| {
-            if t == 0 {
-                0
-            } else {
-                (OVERPROVISIONING * h / t).min(100)
-            }
+            (OVERPROVISIONING * h)
+                .checked_div(t)
+                .map_or(0, |x| x.min(100))
         })
         .collect();
     let total = health.iter().sum::<u32>().min(100);
@@ -45,10 +43,10 @@ pub fn priority_loads(levels: &[(u32, u32)]) -> Vec<u32> {
         })
         .collect();
     // Rounding leftovers go to the first level that has health.
-    if remaining > 0 {
-        if let Some(i) = health.iter().position(|h| *h > 0) {
-            loads[i] += remaining;
-        }
+    if remaining > 0
+        && let Some(i) = health.iter().position(|h| *h > 0)
+    {
+        loads[i] += remaining;
     }
     loads
 }
@@ -259,17 +257,15 @@ pub fn tiers(
         let mut left = 100u32;
         for (t, w) in out.iter_mut().zip(&weights) {
             t.priority = 0;
-            t.load_percent = if sum == 0 {
-                0
-            } else {
-                (w * 100 / sum).min(left)
-            };
+            t.load_percent = (w * 100).checked_div(sum).map_or(0, |x| x.min(left));
+
             left -= t.load_percent;
         }
-        if sum > 0 && left > 0 {
-            if let Some(t) = out.iter_mut().find(|t| t.load_percent > 0) {
-                t.load_percent += left;
-            }
+        if sum > 0
+            && left > 0
+            && let Some(t) = out.iter_mut().find(|t| t.load_percent > 0)
+        {
+            t.load_percent += left;
         }
         return (mode, out);
     }

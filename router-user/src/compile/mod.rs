@@ -300,7 +300,7 @@ impl<'a> Compiler<'a> {
                     );
                     for e in healthy {
                         let cur = weights.get(&e.addr).copied().unwrap_or(Share::ZERO);
-                        weights.insert(e.addr, cur.add(share));
+                        weights.insert(e.addr, cur + share);
                     }
                 }
             }
@@ -425,12 +425,10 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                         None => {}
                     }
                 }
-                if any_unported {
-                    if let Some(f) = r.forward_to() {
-                        for (d, _) in c.route_dests(r.table, f) {
-                            if d.proto() == Proto::Tcp {
-                                candidates.insert(d.front_port());
-                            }
+                if any_unported && let Some(f) = r.forward_to() {
+                    for (d, _) in c.route_dests(r.table, f) {
+                        if d.proto() == Proto::Tcp {
+                            candidates.insert(d.front_port());
                         }
                     }
                 }
@@ -528,7 +526,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
     if !errors.is_empty() {
         return Err(ConfigError { errors });
     }
-    services.sort_by(|a, b| (a.vip, a.port, a.proto).cmp(&(b.vip, b.port, b.proto)));
+    services.sort_by_key(|a| (a.vip, a.port, a.proto));
     for s in &services {
         if s.slots.is_empty() {
             let msg = format!(

@@ -9,12 +9,13 @@ use super::super::config::{
 };
 
 fn selector_hits_dest(sel: &DestinationSelector, d: &Dest<'_>) -> bool {
-    let kind_ok = match (sel.kind.as_deref(), d) {
-        (None, _) => true,
-        (Some("SERVICE"), Dest::Service { .. }) => true,
-        (Some("VIRTUAL_DESTINATION"), Dest::Virtual { .. }) => true,
-        _ => false,
-    };
+    let kind_ok = matches!(
+        (sel.kind.as_deref(), d),
+        (None, _)
+            | (Some("SERVICE"), Dest::Service { .. })
+            | (Some("VIRTUAL_DESTINATION"), Dest::Virtual { .. })
+    );
+
     let port_ok = match &sel.port {
         Some(PortSelector {
             number: Some(n), ..

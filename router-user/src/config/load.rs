@@ -23,8 +23,7 @@ fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
     let mut start = 0usize;
     let mut start_line = 1u64;
     let mut offset = 0usize;
-    let mut line_no = 1u64;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u64..).zip(text.split_inclusive('\n')) {
         let trimmed = line.trim_end_matches(['\n', '\r']);
         let is_marker = trimmed == "---"
             || trimmed.starts_with("--- ")
@@ -41,7 +40,6 @@ fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
             start_line = line_no + 1;
         }
         offset += line.len();
-        line_no += 1;
     }
     docs.push(RawDoc {
         text: &text[start..],

@@ -156,22 +156,22 @@ fn virtual_destination(v: &mut V<'_>, vd: &Resource<VirtualDestinationSpec>) {
         if !numbers.insert((pv.number, resolve::vd_proto(pv))) {
             v.err(vd, line, format!("port {} is listed twice", pv.number));
         }
-        if let Some(proto) = &pv.protocol {
-            if !resolve::VD_PROTOCOLS.contains(&proto.as_str()) {
-                v.err(
-                    vd,
-                    line,
-                    format!(
-                        "protocol `{proto}` is not supported; expected one of {}",
-                        resolve::VD_PROTOCOLS.join(", ")
-                    ),
-                );
-            }
+        if let Some(proto) = &pv.protocol
+            && !resolve::VD_PROTOCOLS.contains(&proto.as_str())
+        {
+            v.err(
+                vd,
+                line,
+                format!(
+                    "protocol `{proto}` is not supported; expected one of {}",
+                    resolve::VD_PROTOCOLS.join(", ")
+                ),
+            );
         }
-        if let Some(tp) = &pv.target_port {
-            if tp.number.is_some_and(|n| !(1..=65535).contains(&n)) {
-                v.err(vd, line, "targetPort.number is out of range 1-65535");
-            }
+        if let Some(tp) = &pv.target_port
+            && tp.number.is_some_and(|n| !(1..=65535).contains(&n))
+        {
+            v.err(vd, line, "targetPort.number is out of range 1-65535");
         }
     }
     // Selectors that match nothing are legal (label selectors often do, for a
@@ -262,14 +262,14 @@ fn check_matcher(
         if n != 1 {
             v.err(rt, line, format!("route `{route}`: a `uri` matcher needs exactly one of exact, prefix or regex (found {n})"));
         }
-        if let Some(r) = &u.regex {
-            if let Err(e) = regex::Regex::new(r) {
-                v.err(
-                    rt,
-                    line,
-                    format!("route `{route}`: uri regex `{r}` does not compile: {e}"),
-                );
-            }
+        if let Some(r) = &u.regex
+            && let Err(e) = regex::Regex::new(r)
+        {
+            v.err(
+                rt,
+                line,
+                format!("route `{route}`: uri regex `{r}` does not compile: {e}"),
+            );
         }
     }
     for h in &m.headers {
@@ -303,35 +303,34 @@ fn check_matcher(
         }
     }
     for q in &m.query_parameters {
-        if q.regex {
-            if let Some(r) = &q.value {
-                if let Err(e) = regex::Regex::new(r) {
-                    v.err(
-                        rt,
-                        line,
-                        format!("route `{route}`: query regex `{r}` does not compile: {e}"),
-                    );
-                }
-            }
-        }
-    }
-    if let Some(meth) = &m.method {
-        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
+        if q.regex
+            && let Some(r) = &q.value
+            && let Err(e) = regex::Regex::new(r)
+        {
             v.err(
                 rt,
                 line,
-                format!("route `{route}`: method `{meth}` is not an HTTP method like GET or POST"),
+                format!("route `{route}`: query regex `{r}` does not compile: {e}"),
             );
         }
     }
-    if let Some(p) = m.port {
-        if !(1..=65535).contains(&p) {
-            v.err(
-                rt,
-                line,
-                format!("route `{route}`: port {p} is out of range 1-65535"),
-            );
-        }
+    if let Some(meth) = &m.method
+        && (meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        v.err(
+            rt,
+            line,
+            format!("route `{route}`: method `{meth}` is not an HTTP method like GET or POST"),
+        );
+    }
+    if let Some(p) = m.port
+        && !(1..=65535).contains(&p)
+    {
+        v.err(
+            rt,
+            line,
+            format!("route `{route}`: port {p} is out of range 1-65535"),
+        );
     }
 }
 
@@ -386,21 +385,20 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
             );
         }
     }
-    if let Some(fm) = &rt.spec.failure_mode {
-        if fm != "ROUTE_REPLACEMENT" && fm != "FREEZE_CONFIG" {
-            v.err(
-                rt,
-                rt.origin.line,
-                format!(
-                    "failureMode `{fm}` is not valid; expected ROUTE_REPLACEMENT or FREEZE_CONFIG"
-                ),
-            );
-        }
+    if let Some(fm) = &rt.spec.failure_mode
+        && fm != "ROUTE_REPLACEMENT"
+        && fm != "FREEZE_CONFIG"
+    {
+        v.err(
+            rt,
+            rt.origin.line,
+            format!("failureMode `{fm}` is not valid; expected ROUTE_REPLACEMENT or FREEZE_CONFIG"),
+        );
     }
-    if let Some(d) = &rt.spec.default_destination {
-        if let Err(e) = resolve::resolve_dest(v.cfg, v.inv, v.settings, &d.value, rt.namespace()) {
-            v.err(rt, rt.line_of(d), format!("defaultDestination {e}"));
-        }
+    if let Some(d) = &rt.spec.default_destination
+        && let Err(e) = resolve::resolve_dest(v.cfg, v.inv, v.settings, &d.value, rt.namespace())
+    {
+        v.err(rt, rt.line_of(d), format!("defaultDestination {e}"));
     }
     for (i, r) in rt.spec.http.iter().enumerate() {
         let line = rt.line_of(r);
@@ -433,14 +431,14 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
                     format!("route `{route}`: pathRewrite and regexRewrite are exclusive"),
                 );
             }
-            if let Some(rr) = &f.regex_rewrite {
-                if let Err(e) = regex::Regex::new(&rr.pattern.regex) {
-                    v.err(
-                        rt,
-                        line,
-                        format!("route `{route}`: regexRewrite pattern does not compile: {e}"),
-                    );
-                }
+            if let Some(rr) = &f.regex_rewrite
+                && let Err(e) = regex::Regex::new(&rr.pattern.regex)
+            {
+                v.err(
+                    rt,
+                    line,
+                    format!("route `{route}`: regexRewrite pattern does not compile: {e}"),
+                );
             }
             check_destinations(v, rt, &route, &f.destinations);
         }
@@ -452,10 +450,11 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
                     format!("route `{route}`: delegate.routeTables is empty"),
                 );
             }
-            if let Some(sm) = &d.sort_method {
-                if sm != "TABLE_WEIGHT" && sm != "ROUTE_SPECIFICITY" {
-                    v.err(rt, line, format!("route `{route}`: sortMethod `{sm}` is not valid; expected TABLE_WEIGHT or ROUTE_SPECIFICITY"));
-                }
+            if let Some(sm) = &d.sort_method
+                && sm != "TABLE_WEIGHT"
+                && sm != "ROUTE_SPECIFICITY"
+            {
+                v.err(rt, line, format!("route `{route}`: sortMethod `{sm}` is not valid; expected TABLE_WEIGHT or ROUTE_SPECIFICITY"));
             }
         }
         if let Some(rd) = &r.redirect {
@@ -466,23 +465,23 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
                 "TEMPORARY_REDIRECT",
                 "PERMANENT_REDIRECT",
             ];
-            if let Some(c) = &rd.response_code {
-                if !CODES.contains(&c.as_str()) {
-                    v.err(rt, line, format!("route `{route}`: redirect responseCode `{c}` is not valid; expected one of {}", CODES.join(", ")));
-                }
+            if let Some(c) = &rd.response_code
+                && !CODES.contains(&c.as_str())
+            {
+                v.err(rt, line, format!("route `{route}`: redirect responseCode `{c}` is not valid; expected one of {}", CODES.join(", ")));
             }
         }
-        if let Some(dr) = &r.direct_response {
-            if !(100..=599).contains(&dr.status) {
-                v.err(
-                    rt,
-                    line,
-                    format!(
-                        "route `{route}`: directResponse status {} is not an HTTP status (100-599)",
-                        dr.status
-                    ),
-                );
-            }
+        if let Some(dr) = &r.direct_response
+            && !(100..=599).contains(&dr.status)
+        {
+            v.err(
+                rt,
+                line,
+                format!(
+                    "route `{route}`: directResponse status {} is not an HTTP status (100-599)",
+                    dr.status
+                ),
+            );
         }
     }
     for (i, r) in rt.spec.tcp.iter().enumerate() {

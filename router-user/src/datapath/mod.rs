@@ -180,9 +180,26 @@ pub fn meta_cgroup_path(m: &Meta) -> String {
     String::from_utf8_lossy(&m.cgroup_path[..end]).into_owned()
 }
 
+/// Map sizes chosen when the datapath is first loaded (pinned maps keep
+/// theirs; a restart with other sizes adopts the existing ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub services: u32,
+    pub backends: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            services: router_common::MAX_SERVICES,
+            backends: router_common::MAX_BACKENDS,
+        }
+    }
+}
+
 impl Datapath {
     /// Load (or adopt) the datapath pinned under `pins`, attached to `cgroup`.
-    pub fn open(pins: Pins, cgroup: &Path) -> Result<Self> {
+    pub fn open(pins: Pins, cgroup: &Path, sizes: Sizes) -> Result<Self> {
         let object = object()?;
         sys::raise_memlock();
         sys::ensure_bpffs(&pins.root)?;
@@ -230,7 +247,7 @@ impl Datapath {
             }
         }
         let replacing = links_present;
-        let ebpf = Self::load_and_attach(&pins, cgroup, object)?;
+        let ebpf = Self::load_and_attach(&pins, cgroup, object, sizes)?;
         let mut maps = Maps::open(&pins)?;
         let mut meta = maps.read_meta()?;
         meta.object_hash = hash;
@@ -259,7 +276,7 @@ impl Datapath {
         })
     }
 
-    fn load_and_attach(pins: &Pins, cgroup: &Path, object: &[u8]) -> Result<Ebpf> {
+    fn load_and_attach(pins: &Pins, cgroup: &Path, object: &[u8], sizes: Sizes) -> Result<Ebpf> {
         std::fs::create_dir_all(pins.links_dir())
             .with_context(|| format!("creating {}", pins.links_dir().display()))?;
         restrict_dir(&pins.root);
@@ -268,6 +285,13 @@ impl Datapath {
             .map(|m| (m.to_string(), pins.map(m)))
             .collect();
         let mut loader = EbpfLoader::new();
+        // Sizes only take effect for maps created now (not yet pinned).
+        use router_common::{MAP_BACKEND_STATS, MAP_BACKENDS, MAP_SERVICES, MAP_SVC_STATS};
+        loader
+            .map_max_entries(MAP_SERVICES, sizes.services)
+            .map_max_entries(MAP_SVC_STATS, sizes.services)
+            .map_max_entries(MAP_BACKENDS, sizes.backends)
+            .map_max_entries(MAP_BACKEND_STATS, sizes.backends);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }

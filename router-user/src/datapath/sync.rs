@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use router_common::{
     BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, FAMILY_V4,
-    FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey, SvcStats,
+    FAMILY_V6, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey, SvcStats,
 };
 use serde::Serialize;
 
@@ -234,7 +234,12 @@ fn expand_slots(s: &ServicePlan, ids: &BTreeMap<SocketAddr, u32>) -> Result<Vec<
 }
 
 /// Refuse a plan that cannot fit, before writing anything.
-fn check_capacity(mirror: &Mirror, plan: &Plan) -> Result<()> {
+fn check_capacity(
+    mirror: &Mirror,
+    plan: &Plan,
+    max_services: u32,
+    max_backends: u32,
+) -> Result<()> {
     let backends: BTreeSet<SocketAddr> = plan.backends.iter().map(|b| b.addr).collect();
     let union_backends = backends.len()
         + mirror
@@ -242,22 +247,26 @@ fn check_capacity(mirror: &Mirror, plan: &Plan) -> Result<()> {
             .keys()
             .filter(|a| !backends.contains(a))
             .count();
-    if union_backends >= MAX_BACKENDS as usize {
+    if union_backends >= max_backends as usize {
         bail!(
             "the plan needs {} backends (old and new ones coexist while it is applied) but the \
-             backend map holds {}; reduce the number of endpoints",
+             backend maps hold {}: reduce the number of endpoints, or re-create the datapath \
+             with a larger --max-backends (sizes are fixed when it is first loaded: \
+             `routerd stop`, then `routerd run --max-backends N`)",
             union_backends,
-            MAX_BACKENDS - 1
+            max_backends - 1
         );
     }
     let keys: BTreeSet<SvcKey> = plan.services.iter().map(svc_key).collect();
     let union_services = keys.len() + mirror.services.keys().filter(|k| !keys.contains(k)).count();
-    if union_services >= MAX_SERVICES as usize {
+    if union_services >= max_services as usize {
         bail!(
             "the plan needs {} services (old and new coexist while it is applied) but the \
-             service map holds {}; reduce the number of virtual hosts or ports",
+             service maps hold {}: reduce the number of virtual hosts or ports, or re-create \
+             the datapath with a larger --max-services (`routerd stop`, then \
+             `routerd run --max-services N`)",
             union_services,
-            MAX_SERVICES - 1
+            max_services - 1
         );
     }
     let mut peak = mirror.slot_entries();
@@ -305,7 +314,9 @@ pub fn config_entry(plan: &Plan) -> Config {
 }
 
 pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncReport> {
-    check_capacity(mirror, plan)?;
+    // Ids index the per-CPU counter arrays, whose sizes were fixed at load.
+    let (max_services, max_backends) = (maps.svc_stats.len(), maps.backend_stats.len());
+    check_capacity(mirror, plan, max_services, max_backends)?;
     let mut r = SyncReport::default();
     let clusters = plan.clusters();
     let localities = plan.localities();
@@ -333,7 +344,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
                 ids.insert(b.addr, id);
             }
             None => {
-                let id = lowest_free(&mirror.backend_ids, MAX_BACKENDS)
+                let id = lowest_free(&mirror.backend_ids, max_backends)
                     .context("no free backend id (capacity was checked: bug)")?;
                 maps.backend_stats.set(id, zeroed::<BackendStats>()?, 0)?;
                 maps.backends.insert(id, value, 0)?;
@@ -361,7 +372,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
                 (st.header.svc_id, Some(st.clone()))
             }
             None => {
-                let id = lowest_free(&mirror.svc_ids, MAX_SERVICES)
+                let id = lowest_free(&mirror.svc_ids, max_services)
                     .context("no free service id (capacity was checked: bug)")?;
                 maps.svc_stats.set(id, zeroed::<SvcStats>()?, 0)?;
                 r.writes += 1;

@@ -23,9 +23,15 @@ struct Args {
 }
 
 fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
-    let (proto, rest) = spec.split_once(':').context("expected proto:addr:port:id")?;
-    let (addr, id) = rest.rsplit_once(':').context("expected proto:addr:port:id")?;
-    let addr: SocketAddr = addr.parse().with_context(|| format!("bad address in {spec}"))?;
+    let (proto, rest) = spec
+        .split_once(':')
+        .context("expected proto:addr:port:id")?;
+    let (addr, id) = rest
+        .rsplit_once(':')
+        .context("expected proto:addr:port:id")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address in {spec}"))?;
     if proto != "tcp" && proto != "udp" {
         bail!("proto must be tcp or udp in {spec}");
     }
@@ -34,7 +40,9 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
 
 async fn serve_tcp(l: TcpListener, id: Arc<String>) {
     loop {
-        let Ok((stream, peer)) = l.accept().await else { continue };
+        let Ok((stream, peer)) = l.accept().await else {
+            continue;
+        };
         let local = stream.local_addr().ok();
         let id = id.clone();
         tokio::spawn(async move {
@@ -46,10 +54,15 @@ async fn serve_tcp(l: TcpListener, id: Arc<String>) {
                     path: req.uri().path().to_string(),
                 };
                 async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(serde_json::to_vec(&a).unwrap()))))
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                        serde_json::to_vec(&a).unwrap(),
+                    ))))
                 }
             });
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -58,7 +71,9 @@ async fn serve_udp(s: UdpSocket, id: Arc<String>) {
     let local = s.local_addr().map(|l| l.to_string()).unwrap_or_default();
     let mut buf = vec![0u8; 2048];
     loop {
-        let Ok((n, peer)) = s.recv_from(&mut buf).await else { continue };
+        let Ok((n, peer)) = s.recv_from(&mut buf).await else {
+            continue;
+        };
         let a = Answer {
             id: id.to_string(),
             local: local.clone(),
@@ -69,18 +84,35 @@ async fn serve_udp(s: UdpSocket, id: Arc<String>) {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(serve()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rt-backend: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<()> {
     let args = Args::parse();
     let mut tasks = Vec::new();
     for spec in &args.listen {
         let (proto, addr, id) = parse(spec)?;
         let id = Arc::new(id);
         if proto == "tcp" {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("binding tcp {addr}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding tcp {addr}"))?;
             tasks.push(tokio::spawn(serve_tcp(l, id)));
         } else {
-            let s = UdpSocket::bind(addr).await.with_context(|| format!("binding udp {addr}"))?;
+            let s = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding udp {addr}"))?;
             tasks.push(tokio::spawn(serve_udp(s, id)));
         }
     }

@@ -49,7 +49,13 @@ enum Cmd {
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn failed(e: &std::io::Error) -> Probe {
-    Probe { ok: false, errno: e.raw_os_error(), error: Some(e.to_string()), peer: None, answer: None }
+    Probe {
+        ok: false,
+        errno: e.raw_os_error(),
+        error: Some(e.to_string()),
+        peer: None,
+        answer: None,
+    }
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -63,30 +69,72 @@ async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> Result<Answer
         .await
         .map_err(|_| "timeout waiting for the response".to_string())?
         .map_err(|e| e.to_string())?;
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))
 }
 
 async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
     let stream = match tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await {
-        Err(_) => return (Probe { error: Some("connect timeout".into()), ..Probe::default() }, None),
+        Err(_) => {
+            return (
+                Probe {
+                    error: Some("connect timeout".into()),
+                    ..Probe::default()
+                },
+                None,
+            );
+        }
         Ok(Err(e)) => return (failed(&e), None),
         Ok(Ok(s)) => s,
     };
     let peer = stream.peer_addr().ok().map(|p| p.to_string());
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
         Ok(x) => x,
-        Err(e) => return (Probe { peer, error: Some(e.to_string()), ..Probe::default() }, None),
+        Err(e) => {
+            return (
+                Probe {
+                    peer,
+                    error: Some(e.to_string()),
+                    ..Probe::default()
+                },
+                None,
+            );
+        }
     };
     tokio::spawn(conn);
     match get(&mut sender, addr, path).await {
-        Ok(a) => (Probe { ok: true, peer, answer: Some(a), ..Probe::default() }, Some(sender)),
-        Err(e) => (Probe { peer, error: Some(e), ..Probe::default() }, None),
+        Ok(a) => (
+            Probe {
+                ok: true,
+                peer,
+                answer: Some(a),
+                ..Probe::default()
+            },
+            Some(sender),
+        ),
+        Err(e) => (
+            Probe {
+                peer,
+                error: Some(e),
+                ..Probe::default()
+            },
+            None,
+        ),
     }
 }
 
 async fn udp_once(addr: SocketAddr, connected: bool) -> Probe {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
     let s = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(e) => return failed(&e),
@@ -104,7 +152,10 @@ async fn udp_once(addr: SocketAddr, connected: bool) -> Probe {
     }
     let mut buf = vec![0u8; 2048];
     match tokio::time::timeout(TIMEOUT, s.recv_from(&mut buf)).await {
-        Err(_) => Probe { error: Some("no reply".into()), ..Probe::default() },
+        Err(_) => Probe {
+            error: Some("no reply".into()),
+            ..Probe::default()
+        },
         Ok(Err(e)) => failed(&e),
         Ok(Ok((n, from))) => Probe {
             ok: true,
@@ -122,7 +173,12 @@ fn emit(p: &Probe) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Args::parse().cmd {
-        Cmd::Tcp { addr, count, hold, path } => {
+        Cmd::Tcp {
+            addr,
+            count,
+            hold,
+            path,
+        } => {
             if hold {
                 let (p, sender) = tcp_once(addr, &path).await;
                 emit(&p);
@@ -131,10 +187,21 @@ async fn main() -> Result<()> {
                 let _ = stdin.read_line(&mut line).await;
                 let second = match sender {
                     Some(mut s) => match get(&mut s, addr, &path).await {
-                        Ok(a) => Probe { ok: true, peer: p.peer.clone(), answer: Some(a), ..Probe::default() },
-                        Err(e) => Probe { error: Some(e), ..Probe::default() },
+                        Ok(a) => Probe {
+                            ok: true,
+                            peer: p.peer.clone(),
+                            answer: Some(a),
+                            ..Probe::default()
+                        },
+                        Err(e) => Probe {
+                            error: Some(e),
+                            ..Probe::default()
+                        },
                     },
-                    None => Probe { error: Some("no connection".into()), ..Probe::default() },
+                    None => Probe {
+                        error: Some("no connection".into()),
+                        ..Probe::default()
+                    },
                 };
                 emit(&second);
             } else {
@@ -143,7 +210,11 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Udp { addr, count, connected } => {
+        Cmd::Udp {
+            addr,
+            count,
+            connected,
+        } => {
             for _ in 0..count {
                 emit(&udp_once(addr, connected).await);
             }
