@@ -307,6 +307,61 @@ fn processes_outside_the_cgroup_are_untouched() {
 }
 
 #[test]
+fn curl_by_host_name_reaches_the_closest_tier() {
+    let s = setup();
+    let vip = vip(&s.plan, "web.t.mesh", 8080, false);
+    let out = run(s.world.client("curl").args([
+        "-sS",
+        "--max-time",
+        "3",
+        "--resolve",
+        &format!("web.t.mesh:8080:{}", vip.ip()),
+        "http://web.t.mesh:8080/hello",
+    ]))
+    .expect("curl");
+    let a: Answer = serde_json::from_str(&out).expect("backend answer");
+    assert!(a.id.starts_with("web-e1-"), "{a:?}");
+    assert_eq!(a.path, "/hello");
+}
+
+#[test]
+fn a_new_build_replaces_the_programs_without_a_gap() {
+    let mut s = setup();
+    let vip = vip(&s.plan, "web.t.mesh", 8080, false);
+    s.routerd.terminate().unwrap();
+    // Pretend the pinned programs came from another build.
+    let pins = router_user::datapath::Pins::new(&s.routerd.pin_root);
+    let mut maps = router_user::datapath::Maps::open(&pins).unwrap();
+    let mut meta = maps.read_meta().unwrap();
+    meta.object_hash ^= 1;
+    maps.meta.set(0, meta, 0).unwrap();
+    // Still routing with nobody home, then the restart swaps the programs.
+    assert!(s.world.probe(&["tcp", &vip.to_string()]).unwrap()[0].ok);
+    let mark = s.routerd.log_len();
+    s.routerd.spawn().unwrap();
+    assert!(
+        s.routerd.logs()[mark..]
+            .iter()
+            .any(|l| l.contains("startup=Replaced")),
+        "{:?}",
+        s.routerd.logs()
+    );
+    let probes = s
+        .world
+        .probe(&["tcp", &vip.to_string(), "--count", "10"])
+        .unwrap();
+    assert!(
+        probes
+            .iter()
+            .all(|p| p.ok && p.answer.as_ref().unwrap().id.starts_with("web-e1-")),
+        "{probes:?}"
+    );
+    // Exactly one set of programs stays attached.
+    let links: Vec<_> = std::fs::read_dir(pins.links_dir()).unwrap().collect();
+    assert_eq!(links.len(), 8);
+}
+
+#[test]
 fn detaching_restores_plain_behaviour() {
     let mut s = setup();
     let vip = vip(&s.plan, "web.t.mesh", 8080, false);
