@@ -168,6 +168,10 @@ pub fn render(r: &Report) -> String {
         "{:<44} {:<30} {:>6} {:>9} {:>9} {:>10}",
         "SERVICE", "HOST", "SLOTS", "CONNECTS", "DGRAMS", "NO-BACKEND"
     );
+    let _ = writeln!(
+        o,
+        "  -> BACKEND (connects and datagrams: the backend's totals over all services)"
+    );
     for s in &r.services {
         let _ = writeln!(
             o,

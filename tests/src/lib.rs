@@ -51,6 +51,27 @@ pub struct Probe {
     pub answer: Option<Answer>,
 }
 
+/// One connect-path measurement, as `rt-probe bench` prints it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bench {
+    pub connects: u64,
+    pub errors: u64,
+    /// Connections per second.
+    pub rate: f64,
+    /// Connect latency percentiles, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub first_error: Option<String>,
+}
+
+/// Pin the calling process to one CPU (benchmarks keep client and server apart).
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
 /// Fail loudly where the tests must run (CI is root with CAP_BPF).
 pub fn require_root() {
     // SAFETY: getuid has no preconditions.
@@ -308,25 +329,28 @@ impl Drop for Proc {
 /// A backend socket to serve in the world namespace.
 #[derive(Clone, Debug)]
 pub struct Listen {
-    pub udp: bool,
+    /// `tcp` (HTTP/1.1), `udp` (echo) or `sink` (accept and drop, for benchmarks).
+    pub proto: &'static str,
     pub addr: SocketAddr,
     pub id: String,
 }
 
 impl Listen {
-    pub fn tcp(addr: &str, id: &str) -> Self {
+    pub fn new(proto: &'static str, addr: SocketAddr, id: &str) -> Self {
         Listen {
-            udp: false,
-            addr: addr.parse().expect("socket address"),
+            proto,
+            addr,
             id: id.into(),
         }
     }
+    pub fn tcp(addr: &str, id: &str) -> Self {
+        Listen::new("tcp", addr.parse().expect("socket address"), id)
+    }
     pub fn udp(addr: &str, id: &str) -> Self {
-        Listen {
-            udp: true,
-            addr: addr.parse().expect("socket address"),
-            id: id.into(),
-        }
+        Listen::new("udp", addr.parse().expect("socket address"), id)
+    }
+    pub fn sink(addr: &str, id: &str) -> Self {
+        Listen::new("sink", addr.parse().expect("socket address"), id)
     }
 }
 
@@ -408,16 +432,18 @@ impl World {
     }
 
     pub fn start_backends(&mut self, listens: &[Listen]) -> Result<()> {
+        self.start_backends_with(listens, &[])
+    }
+
+    /// Start `rt-backend` with extra arguments (e.g. `--cpu 0`).
+    pub fn start_backends_with(&mut self, listens: &[Listen], extra: &[&str]) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.world.name])
-            .arg(bin("rt-backend"));
+            .arg(bin("rt-backend"))
+            .args(extra);
         for l in listens {
-            cmd.arg("--listen").arg(format!(
-                "{}:{}:{}",
-                if l.udp { "udp" } else { "tcp" },
-                l.addr,
-                l.id
-            ));
+            cmd.arg("--listen")
+                .arg(format!("{}:{}:{}", l.proto, l.addr, l.id));
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("starting rt-backend")?;

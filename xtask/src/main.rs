@@ -33,6 +33,12 @@ enum Cmd {
     Demo,
     /// Formatting and clippy (-D warnings) for both workspaces.
     Lint,
+    /// Benchmarks, side by side with the alternatives; writes docs/benchmarks.md.
+    Bench {
+        /// Arguments for rt-bench (e.g. --services 1,1000 --millis 1000).
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
     /// Everything CI runs: set-up, lint, build, unit and kernel tests.
     Test {
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -84,6 +90,11 @@ fn ebpf_cargo(sub: &str) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root().join("router-ebpf"))
         .env("RUSTC_BOOTSTRAP", "1")
+        // The same flags for build and clippy, so they share one cache.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+        )
         .env_remove("RUSTFLAGS")
         .args([
             sub,
@@ -134,6 +145,19 @@ fn test(rest: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+fn bench(rest: &[String]) -> Result<()> {
+    require_root("the benchmarks")?;
+    build(true)?;
+    let root = root();
+    std::fs::create_dir_all(root.join("docs"))?;
+    run(Command::new(root.join("target/release/rt-bench"))
+        .current_dir(&root)
+        .arg("--out")
+        .arg(root.join("docs/benchmarks.md"))
+        .args(rest)
+        .env("RUST_BACKTRACE", "0"))
+}
+
 fn demo() -> Result<()> {
     require_root("the demo")?;
     build(false)?;
@@ -151,12 +175,7 @@ fn build_ebpf() -> Result<()> {
     // RUSTC_BOOTSTRAP scoped to this one cargo call: stable rustc only honours
     // -Z build-std with it. --btf emits .BTF/.BTF.ext, which the BTF map
     // definitions (and socket-local storage in particular) require.
-    let mut cmd = ebpf_cargo("build");
-    cmd.env(
-        "CARGO_ENCODED_RUSTFLAGS",
-        ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
-    );
-    run(&mut cmd)?;
+    run(&mut ebpf_cargo("build"))?;
     let built = target_dir.join("bpfel-unknown-none/release/router-ebpf");
     let dest = ebpf_object();
     std::fs::create_dir_all(dest.parent().unwrap())?;
@@ -187,6 +206,7 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Demo => demo(),
         Cmd::Lint => lint(),
+        Cmd::Bench { rest } => bench(&rest),
         Cmd::Test { rest } => test(&rest),
     }
 }

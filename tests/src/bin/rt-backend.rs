@@ -17,6 +17,9 @@ use tokio::net::{TcpListener, UdpSocket};
 
 #[derive(Parser)]
 struct Args {
+    /// Pin the process to this CPU (benchmarks).
+    #[arg(long)]
+    cpu: Option<usize>,
     /// proto:ip:port:id (IPv6 as tcp:[fd00::1]:80:id)
     #[arg(long = "listen", required = true)]
     listen: Vec<String>,
@@ -32,8 +35,8 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {spec}"))?;
-    if proto != "tcp" && proto != "udp" {
-        bail!("proto must be tcp or udp in {spec}");
+    if proto != "tcp" && proto != "udp" && proto != "sink" {
+        bail!("proto must be tcp, udp or sink in {spec}");
     }
     Ok((proto.to_string(), addr, id.to_string()))
 }
@@ -98,13 +101,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `sink:ADDR:id`: accept and drop connections as fast as possible on a
+/// thread of its own (for connect-rate benchmarks, where a slow accept loop
+/// would overflow the backlog and turn SYN drops into 1 s retransmits).
+fn sink(addr: SocketAddr) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding sink {addr}"))?;
+    // SAFETY: re-listen with a larger backlog on our own socket.
+    unsafe { libc::listen(l.as_raw_fd(), 65535) };
+    std::thread::spawn(move || {
+        loop {
+            let _ = l.accept();
+        }
+    });
+    Ok(())
+}
+
 async fn serve() -> Result<()> {
     let args = Args::parse();
+    if let Some(cpu) = args.cpu {
+        router_tests::pin_to_cpu(cpu)?;
+    }
     let mut tasks = Vec::new();
     for spec in &args.listen {
         let (proto, addr, id) = parse(spec)?;
         let id = Arc::new(id);
-        if proto == "tcp" {
+        if proto == "sink" {
+            sink(addr)?;
+        } else if proto == "tcp" {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding tcp {addr}"))?;
@@ -120,5 +144,7 @@ async fn serve() -> Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    // Sinks run on threads of their own: stay alive for them.
+    std::future::pending::<()>().await;
     Ok(())
 }

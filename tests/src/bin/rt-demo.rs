@@ -45,16 +45,13 @@ fn listens(config: &std::path::Path) -> Result<Vec<Listen>> {
             for (_, port, proto) in &ep.ports {
                 let id = format!("{}@{}/{}", svc.id.name, ep.cluster, ep.locality.zone);
                 let addr = SocketAddr::new(ep.ip, *port);
-                out.push(Listen {
-                    udp: *proto == Proto::Udp,
-                    addr,
-                    id,
-                });
+                let proto = if *proto == Proto::Udp { "udp" } else { "tcp" };
+                out.push(Listen::new(proto, addr, &id));
             }
         }
     }
-    out.sort_by_key(|l| (l.addr, l.udp));
-    out.dedup_by_key(|l| (l.addr, l.udp));
+    out.sort_by_key(|l| (l.addr, l.proto));
+    out.dedup_by_key(|l| (l.addr, l.proto));
     Ok(out)
 }
 

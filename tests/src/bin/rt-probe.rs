@@ -44,6 +44,80 @@ enum Cmd {
         #[arg(long)]
         connected: bool,
     },
+    /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
+    Bench {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+        /// Pin to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+/// The connect path, measured from the client: blocking `connect()` (the
+/// cgroup hook runs inside it), then close with RST so no TIME_WAIT piles up.
+fn bench(addr: SocketAddr, millis: u64) -> router_tests::Bench {
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+    let mut lat_ns: Vec<u64> = Vec::with_capacity(200_000);
+    let mut errors = 0u64;
+    let mut first_error = None;
+    let start = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        let t = std::time::Instant::now();
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => {
+                lat_ns.push(t.elapsed().as_nanos() as u64);
+                let _ = socket_linger_zero(&s);
+            }
+            Err(e) => {
+                errors += 1;
+                if first_error.is_none() {
+                    first_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat_ns.sort_unstable();
+    let pct = |p: f64| {
+        lat_ns
+            .get(((lat_ns.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    router_tests::Bench {
+        connects: lat_ns.len() as u64,
+        errors,
+        rate: lat_ns.len() as f64 / secs,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        first_error,
+    }
+}
+
+fn socket_linger_zero(s: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -209,6 +283,12 @@ async fn main() -> Result<()> {
                     emit(&tcp_once(addr, &path).await.0);
                 }
             }
+        }
+        Cmd::Bench { addr, millis, cpu } => {
+            if let Some(cpu) = cpu {
+                router_tests::pin_to_cpu(cpu)?;
+            }
+            println!("{}", serde_json::to_string(&bench(addr, millis)).unwrap());
         }
         Cmd::Udp {
             addr,
