@@ -515,6 +515,8 @@ pub struct Routerd {
     pub pin_root: PathBuf,
     pub state_dir: PathBuf,
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// Copy routerd's log lines to our stderr (tests: yes; the demo: no).
+    pub echo: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Routerd {
@@ -540,6 +542,9 @@ impl Routerd {
             pin_root,
             state_dir,
             logs: Arc::default(),
+            echo: Arc::new(std::sync::atomic::AtomicBool::new(
+                std::env::var_os("ROUTERD_QUIET").is_none(),
+            )),
         };
         d.spawn()?;
         Ok(d)
@@ -557,9 +562,12 @@ impl Routerd {
         let stderr = child.stderr.take().unwrap();
         let logs = self.logs.clone();
         let start = logs.0.lock().unwrap().len();
+        let echo = self.echo.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[routerd] {line}");
+                if echo.load(Ordering::Relaxed) {
+                    eprintln!("[routerd] {line}");
+                }
                 let (m, cv) = &*logs;
                 m.lock().unwrap().push(line);
                 cv.notify_all();

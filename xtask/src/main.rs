@@ -165,7 +165,8 @@ fn demo() -> Result<()> {
     run(Command::new(root.join("target/debug/rt-demo"))
         .current_dir(&root)
         .args(["--config", "configs"])
-        .env("RUST_BACKTRACE", "0"))
+        .env("RUST_BACKTRACE", "0")
+        .env("ROUTERD_QUIET", "1"))
 }
 
 fn build_ebpf() -> Result<()> {

@@ -169,7 +169,13 @@ fn demo() -> Result<()> {
     );
     let config = world.dir.path.join("configs");
     copy_dir(&args.config, &config)?;
+    let t = std::time::Instant::now();
     let mut routerd = Routerd::start(&world.tag, &config, &world.cgroup.path, &[])?;
+    println!(
+        "started: routerd {} (ready in {:.0} ms)",
+        routerd.args.join(" "),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let plan = plan(&config)?;
 
     heading("routerd check: what the config compiles to");
