@@ -18,6 +18,7 @@ use std::{
 use crate::{
     config::{
         ConfigError, Diagnostic, Resource, Validated,
+        inventory::{SvcEntry, SvcPort},
         model::*,
         resolve::{self, Dest},
     },
@@ -127,31 +128,38 @@ impl<'a> Compiler<'a> {
             .collect()
     }
 
+    /// The (service, port, subset) sets behind a destination: one for a
+    /// Service, one per selected service with a backing port for a
+    /// VirtualDestination.
+    fn backing(&self, d: &Dest<'a>) -> Vec<(&'a SvcEntry, &'a SvcPort, &'a Labels)> {
+        match *d {
+            Dest::Service { svc, port, subset } => vec![(svc, port, subset)],
+            Dest::Virtual { vd, port, subset } => vd
+                .spec
+                .services
+                .iter()
+                .flat_map(|sel| self.v.inventory.select(&sel.value))
+                .filter_map(|svc| resolve::vd_backing_port(svc, port).map(|p| (svc, p, subset)))
+                .collect(),
+        }
+    }
+
     /// Candidate endpoints of one destination in one family.
     fn candidates(&self, d: &Dest<'a>, v6: bool) -> Vec<Candidate<'a>> {
-        let mut out = Vec::new();
-        let mut push = |svc: &'a crate::config::inventory::SvcEntry, port, subset| {
-            for (addr, ep) in svc.endpoints(port, v6, subset) {
-                out.push(Candidate {
-                    addr,
-                    ep,
-                    service: svc.id.to_string(),
-                    healthy: !self.health.unhealthy.contains(&addr),
-                });
-            }
-        };
-        match d {
-            Dest::Service { svc, port, subset } => push(svc, port, subset),
-            Dest::Virtual { vd, port, subset } => {
-                for sel in &vd.spec.services {
-                    for svc in self.v.inventory.select(&sel.value) {
-                        if let Some(p) = resolve::vd_backing_port(svc, port) {
-                            push(svc, p, subset);
-                        }
-                    }
-                }
-            }
-        }
+        let mut out: Vec<Candidate<'a>> = self
+            .backing(d)
+            .into_iter()
+            .flat_map(|(svc, port, subset)| {
+                svc.endpoints(port, v6, subset)
+                    .into_iter()
+                    .map(move |(addr, ep)| Candidate {
+                        addr,
+                        ep,
+                        service: svc.id.to_string(),
+                        healthy: !self.health.unhealthy.contains(&addr),
+                    })
+            })
+            .collect();
         out.sort_by_key(|c| c.addr);
         out.dedup_by_key(|c| c.addr);
         out
@@ -159,46 +167,28 @@ impl<'a> Compiler<'a> {
 
     /// Endpoints left out because Kubernetes says they are not ready.
     fn not_ready(&self, d: &Dest<'a>, v6: bool) -> Vec<(SocketAddr, String)> {
-        let mut out = Vec::new();
-        let mut scan = |svc: &crate::config::inventory::SvcEntry, port| {
-            let all = svc.endpoints_any(port, v6);
-            for (addr, ep) in all {
-                if !ep.ready && !svc.publish_not_ready {
-                    out.push((
-                        addr,
-                        format!("not ready ({} {}, {})", svc.id, ep.cluster, ep.locality),
-                    ));
-                }
-            }
-        };
-        match d {
-            Dest::Service { svc, port, .. } => scan(svc, port),
-            Dest::Virtual { vd, port, .. } => {
-                for sel in &vd.spec.services {
-                    for svc in self.v.inventory.select(&sel.value) {
-                        if let Some(p) = resolve::vd_backing_port(svc, port) {
-                            scan(svc, p);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        self.backing(d)
+            .into_iter()
+            .filter(|(svc, _, _)| !svc.publish_not_ready)
+            .flat_map(|(svc, port, _)| {
+                svc.endpoints_any(port, v6)
+                    .into_iter()
+                    .filter(|(_, ep)| !ep.ready)
+                    .map(move |(addr, ep)| {
+                        (
+                            addr,
+                            format!("not ready ({} {}, {})", svc.id, ep.cluster, ep.locality),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Any endpoint (ready or not) of this family behind the destination?
     fn has_family(&self, d: &Dest<'a>, v6: bool) -> bool {
-        let svc_has = |svc: &crate::config::inventory::SvcEntry| {
-            svc.endpoints.iter().any(|e| e.ip.is_ipv6() == v6)
-        };
-        match d {
-            Dest::Service { svc, .. } => svc_has(svc),
-            Dest::Virtual { vd, .. } => vd
-                .spec
-                .services
-                .iter()
-                .any(|s| self.v.inventory.select(&s.value).any(svc_has)),
-        }
+        self.backing(d)
+            .iter()
+            .any(|(svc, port, _)| !svc.endpoints_any(port, v6).is_empty())
     }
 
     fn ranking(&self, d: &Dest<'a>) -> Ranking {
@@ -348,17 +338,23 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         vd: Option<&'a Resource<VirtualDestinationSpec>>,
         rt: Option<&'a Resource<RouteTableSpec>>,
     }
+    /// Host names are case-insensitive; the first spelling is kept.
+    fn host<'m, 'a>(
+        hosts: &'m mut BTreeMap<String, HostSrc<'a>>,
+        name: &str,
+    ) -> &'m mut HostSrc<'a> {
+        hosts
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| HostSrc {
+                name: name.to_string(),
+                vd: None,
+                rt: None,
+            })
+    }
     let mut hosts: BTreeMap<String, HostSrc<'_>> = BTreeMap::new();
     for vd in &cfg.virtual_destinations {
         for h in &vd.spec.hosts {
-            hosts
-                .entry(h.value.to_ascii_lowercase())
-                .or_insert_with(|| HostSrc {
-                    name: h.value.clone(),
-                    vd: None,
-                    rt: None,
-                })
-                .vd = Some(vd);
+            host(&mut hosts, &h.value).vd = Some(vd);
         }
     }
     for rt in &cfg.route_tables {
@@ -379,14 +375,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 c.notice(&o, format!("wildcard host `{}` has no single VIP; it needs the L7 proxy and DNS (not served yet)", h.value));
                 continue;
             }
-            hosts
-                .entry(h.value.to_ascii_lowercase())
-                .or_insert_with(|| HostSrc {
-                    name: h.value.clone(),
-                    vd: None,
-                    rt: None,
-                })
-                .rt = Some(rt);
+            host(&mut hosts, &h.value).rt = Some(rt);
         }
     }
     let names: Vec<String> = hosts.keys().cloned().collect();

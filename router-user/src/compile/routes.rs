@@ -220,52 +220,48 @@ fn combine<'a>(parent: &[MatchAll<'a>], child: &[MatchAll<'a>]) -> Vec<MatchAll<
 }
 
 fn own_routes<'a>(t: &'a Resource<RouteTableSpec>) -> Vec<(FlatRoute<'a>, Option<&'a Delegate>)> {
-    let mut out = Vec::new();
-    for (i, r) in t.spec.http.iter().enumerate() {
-        let line = t.line_of(r);
-        let r = &r.value;
+    let route = |line: u64, name: String, labels: &Labels, kind, matchers| {
         let mut origin = t.origin.clone();
         origin.line = line;
+        FlatRoute {
+            table: t,
+            origin,
+            name,
+            labels: labels.clone(),
+            kind,
+            matchers,
+        }
+    };
+    let mut out = Vec::new();
+    for (i, r) in t.spec.http.iter().enumerate() {
+        let (line, r) = (t.line_of(r), &r.value);
+        let name = r.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+        let matchers = r
+            .matchers
+            .iter()
+            .map(|m| MatchAll {
+                http: vec![m],
+                tcp_ports: vec![],
+            })
+            .collect();
         out.push((
-            FlatRoute {
-                table: t,
-                origin,
-                name: r.name.clone().unwrap_or_else(|| format!("http[{i}]")),
-                labels: r.labels.clone(),
-                kind: RouteKind::Http(r),
-                matchers: r
-                    .matchers
-                    .iter()
-                    .map(|m| MatchAll {
-                        http: vec![m],
-                        tcp_ports: vec![],
-                    })
-                    .collect(),
-            },
+            route(line, name, &r.labels, RouteKind::Http(r), matchers),
             r.delegate.as_ref(),
         ));
     }
     for (i, r) in t.spec.tcp.iter().enumerate() {
-        let line = t.line_of(r);
-        let r = &r.value;
-        let mut origin = t.origin.clone();
-        origin.line = line;
+        let (line, r) = (t.line_of(r), &r.value);
+        let name = r.name.clone().unwrap_or_else(|| format!("tcp[{i}]"));
+        let matchers = r
+            .matchers
+            .iter()
+            .map(|m| MatchAll {
+                http: vec![],
+                tcp_ports: m.port.into_iter().collect(),
+            })
+            .collect();
         out.push((
-            FlatRoute {
-                table: t,
-                origin,
-                name: r.name.clone().unwrap_or_else(|| format!("tcp[{i}]")),
-                labels: r.labels.clone(),
-                kind: RouteKind::Tcp(r),
-                matchers: r
-                    .matchers
-                    .iter()
-                    .map(|m| MatchAll {
-                        http: vec![],
-                        tcp_ports: m.port.into_iter().collect(),
-                    })
-                    .collect(),
-            },
+            route(line, name, &r.labels, RouteKind::Tcp(r), matchers),
             None,
         ));
     }

@@ -196,6 +196,24 @@ pub fn selector_matches(sel: &ObjectSelector, id: &ServiceId, labels: &Labels) -
         && sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// An inventory object's cluster (`metadata.clusterName`, required).
+fn cluster_of<S>(r: &super::Resource<S>, diags: &mut Diags) -> Option<String> {
+    let c = r.meta.cluster_name.clone().filter(|c| !c.is_empty());
+    if c.is_none() {
+        diags.push(
+            &r.origin.file,
+            r.origin.line,
+            Some(r.display()),
+            format!(
+                "metadata.clusterName is required on inventory objects: name the cluster this {} \
+             was discovered in",
+                r.origin.kind
+            ),
+        );
+    }
+    c
+}
+
 impl Inventory {
     pub fn get(&self, id: &ServiceId) -> Option<&SvcEntry> {
         self.by_name.get(id)
@@ -216,14 +234,7 @@ impl Inventory {
         for svc in &cfg.services {
             let o = &svc.origin;
             let res = Some(svc.display());
-            let Some(cluster) = svc.meta.cluster_name.clone().filter(|c| !c.is_empty()) else {
-                diags.push(
-                    &o.file,
-                    o.line,
-                    res,
-                    "metadata.clusterName is required on inventory \
-                    objects: name the cluster this Service was discovered in",
-                );
+            let Some(cluster) = cluster_of(svc, diags) else {
                 continue;
             };
             let id = ServiceId {
@@ -315,14 +326,7 @@ impl Inventory {
         for es in &cfg.endpoint_slices {
             let o = &es.origin;
             let res = Some(es.display());
-            let Some(cluster) = es.meta.cluster_name.clone().filter(|c| !c.is_empty()) else {
-                diags.push(
-                    &o.file,
-                    o.line,
-                    res,
-                    "metadata.clusterName is required on inventory \
-                    objects: name the cluster this EndpointSlice was discovered in",
-                );
+            let Some(cluster) = cluster_of(es, diags) else {
                 continue;
             };
             let Some(svc_name) = es.meta.labels.get(LABEL_SERVICE_NAME) else {
