@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod toolchain;
+mod vm;
 
 #[derive(Parser)]
 #[command(about = "Build, demo and test tasks for the router")]
@@ -39,8 +40,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
     },
-    /// Everything CI runs: set-up, lint, build, unit and kernel tests.
+    /// The kernel tests inside qemu on Debian's packaged kernels (6.1, 6.12).
+    VmTest {
+        /// Kernel lines or packages to test (default: all pinned ones).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+    },
+    /// Everything CI runs: set-up, lint, build, unit and kernel tests on this
+    /// kernel, then the kernel tests in VMs (6.1, 6.12, and 5.10 for the
+    /// requirements checks).
     Test {
+        /// Skip the VM suite (quicker local runs; CI runs it).
+        #[arg(long)]
+        no_vm: bool,
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         rest: Vec<String>,
@@ -129,7 +141,7 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-fn test(rest: &[String]) -> Result<()> {
+fn test(no_vm: bool, rest: &[String]) -> Result<()> {
     require_root("the test suite")?;
     build(false)?;
     lint()?;
@@ -142,7 +154,12 @@ fn test(rest: &[String]) -> Result<()> {
     if !rest.is_empty() {
         cmd.arg("--").args(rest);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if no_vm {
+        eprintln!("xtask: skipped the VM suite (--no-vm)");
+        return Ok(());
+    }
+    vm::vm_test(&[])
 }
 
 fn bench(rest: &[String]) -> Result<()> {
@@ -200,14 +217,28 @@ fn build(release: bool) -> Result<()> {
     run(&mut cmd)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Build { release } => build(release),
         Cmd::Demo => demo(),
         Cmd::Lint => lint(),
+        Cmd::VmTest { kernels } => {
+            build_ebpf()?;
+            vm::vm_test(&kernels)
+        }
         Cmd::Bench { rest } => bench(&rest),
-        Cmd::Test { rest } => test(&rest),
+        Cmd::Test { no_vm, rest } => test(no_vm, &rest),
     }
 }

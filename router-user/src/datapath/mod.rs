@@ -247,7 +247,17 @@ impl Datapath {
             }
         }
         let replacing = links_present;
-        let ebpf = Self::load_and_attach(&pins, cgroup, object, sizes)?;
+        let ebpf = match Self::load_and_attach(&pins, cgroup, object, sizes) {
+            Ok(e) => e,
+            Err(e) => {
+                // A first load that fails leaves nothing behind; a failed
+                // replacement leaves the previous datapath serving.
+                if !replacing {
+                    let _ = remove(&pins);
+                }
+                return Err(e);
+            }
+        };
         let mut maps = Maps::open(&pins)?;
         let mut meta = maps.read_meta()?;
         meta.object_hash = hash;
@@ -304,12 +314,18 @@ impl Datapath {
         })?;
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        // Load (verify) every program before attaching any: a kernel that
+        // rejects one must not be left with half a datapath attached.
         for name in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr =
+                ebpf.program_mut(name).expect("loaded above").try_into()?;
             // With bpf_link (kernel >= 5.7, which aya uses when it can) a cgroup
             // attachment is always multi-program and link_create must get flags
             // 0: passing AllowMultiple makes the kernel answer EINVAL.
@@ -350,8 +366,62 @@ impl Datapath {
     }
 }
 
+/// Kernel helpers the programs call, with the Linux version that made each
+/// available to `cgroup/sock_addr` programs (README, "Requirements").
+pub const REQUIRED_HELPERS: [(&str, u32, &str, &str); 3] = [
+    (
+        "bpf_set_retval",
+        187,
+        "5.18",
+        "refusing connect() with an explicit errno (EHOSTUNREACH, ECONNREFUSED)",
+    ),
+    (
+        "bpf_sk_storage_get",
+        107,
+        "5.10",
+        "socket-local storage, which lets getpeername/recvmsg show the VIP",
+    ),
+    (
+        "bpf_get_socket_cookie",
+        46,
+        "5.7",
+        "sticking unconnected UDP sockets to one backend",
+    ),
+];
+
+/// If a verifier log says a helper is missing, which one. Kernels that know
+/// the helper but not for this program type say `unknown func NAME#ID` or
+/// `cannot use helper NAME#ID`; kernels older than the helper say
+/// `invalid func unknown#ID`.
+pub fn missing_helper(log: &str) -> Option<(&'static str, u32, &'static str, &'static str)> {
+    let line = log.lines().find(|l| {
+        l.contains("unknown func") || l.contains("cannot use helper") || l.contains("invalid func")
+    })?;
+    REQUIRED_HELPERS
+        .iter()
+        .copied()
+        .find(|(_, id, _, _)| line.trim_end().ends_with(&format!("#{id}")))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn verifier_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    // The verifier log is the only useful part of a load failure; keep it whole.
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+        let log = verifier_log.to_string();
+        if let Some((helper, _, since, what)) = missing_helper(&log) {
+            return anyhow::anyhow!(
+                "this kernel ({}) lacks {helper} in cgroup/sock_addr programs, which routerd uses for \
+                 {what}; it appeared in Linux {since}. routerd needs Linux 5.18 or later (6.1 and 6.12 \
+                 are tested): upgrade the kernel. (The kernel rejected program {name}.)",
+                kernel_release()
+            );
+        }
+    }
+    // Anything else: the verifier log is the only useful part; keep it whole.
     anyhow::anyhow!("the kernel rejected program {name}: {e:#?}")
 }
 
@@ -400,4 +470,22 @@ pub fn remove(pins: &Pins) -> Result<Vec<PathBuf>> {
     // The root only if we leave it empty (it may hold other layout versions).
     let _ = std::fs::remove_dir(&pins.root);
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_missing_helper() {
+        let log = "0: R1=ctx() R10=fp0\n; bpf_set_retval\n12: (85) call unknown#187\nunknown func bpf_set_retval#187\n";
+        assert_eq!(missing_helper(log).map(|m| m.0), Some("bpf_set_retval"));
+        let log = "program of this type cannot use helper bpf_sk_storage_get#107\n";
+        assert_eq!(missing_helper(log).map(|m| m.2), Some("5.10"));
+        assert_eq!(
+            missing_helper("invalid func unknown#187\n").map(|m| m.0),
+            Some("bpf_set_retval")
+        );
+        assert_eq!(missing_helper("R1 invalid mem access 'scalar'\n"), None);
+    }
 }
