@@ -42,9 +42,14 @@ pub const MAP_BACKEND_STATS: &str = "ROUTER_BSTAT_V1";
 pub const MAP_GLOBAL_STATS: &str = "ROUTER_GSTAT_V1";
 /// Array of one `Meta`: written and read by the daemon only.
 pub const MAP_META: &str = "ROUTER_META_V1";
+/// Array of one u64: CLOCK_MONOTONIC nanoseconds until which the daemon's DNS
+/// listener counts as alive. The daemon pushes it forward every second; when
+/// it stops (or is killed), DNS capture stops within seconds and queries go
+/// to the resolver the process asked, as if routerd were not there.
+pub const MAP_DNS_ALIVE: &str = "ROUTER_DNSOK_V1";
 
 /// Every map the daemon pins, in the order it creates them.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -55,6 +60,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
     MAP_META,
+    MAP_DNS_ALIVE,
 ];
 
 /// The programs, by ELF symbol name, with the cgroup attach point each one uses.
@@ -109,6 +115,14 @@ pub const CFG_VALID: u32 = 1;
 /// `Config::flags`: refuse connections to addresses inside the VIP ranges that
 /// are not a known service (instead of letting them leave the host).
 pub const CFG_REFUSE_UNKNOWN_VIP: u32 = 2;
+/// `Config::flags`: send DNS (port 53, UDP and TCP) to the daemon's listener.
+pub const CFG_DNS_CAPTURE: u32 = 4;
+/// The DNS port, host byte order.
+pub const DNS_PORT: u16 = 53;
+/// `SO_MARK` on the daemon's DNS sockets; `Config::mark` carries it.
+pub const DNS_MARK: u32 = 0x5244_4e53; // "RDNS"
+/// How far ahead the daemon sets `MAP_DNS_ALIVE` (it refreshes every second).
+pub const DNS_ALIVE_NS: u64 = 3_000_000_000;
 
 /// errno values the programs set with `bpf_set_retval` (as negatives).
 pub const ERRNO_NO_BACKEND: i32 = 113; // EHOSTUNREACH: a known service, no healthy backend
@@ -190,10 +204,20 @@ pub struct Config {
     /// IPv4 VIP range: network and mask, network byte order.
     pub v4_net: u32,
     pub v4_mask: u32,
-    pub _pad: u32,
+    /// `SO_MARK` of the daemon's own DNS sockets, which are never captured
+    /// (host byte order). 0: no exemption.
+    pub mark: u32,
     /// IPv6 VIP range: network and mask, as four network-byte-order words.
     pub v6_net: [u32; 4],
     pub v6_mask: [u32; 4],
+    /// The daemon's DNS listener for IPv4 clients, network byte order.
+    /// 0: IPv4 DNS is not captured.
+    pub dns4: u32,
+    /// The DNS listener's port, network byte order.
+    pub dns_port: u16,
+    pub _pad: u16,
+    /// The DNS listener for IPv6 clients. All zero: IPv6 DNS is not captured.
+    pub dns6: [u32; 4],
 }
 
 /// Value of [`MAP_SOCK_REVNAT`] (socket-local storage, freed with the socket):
@@ -273,6 +297,8 @@ pub struct GlobalStats {
     /// Connections rewritten whose reverse translation could not be stored
     /// (getpeername then shows the backend).
     pub revnat_failed: u64,
+    /// DNS connects and datagrams sent to the daemon's listener.
+    pub dns_captured: u64,
 }
 
 /// Length of [`Meta::cgroup_path`].
@@ -321,18 +347,19 @@ assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
 assert_layout!(Backend, 24);
-assert_layout!(Config, 48);
+assert_layout!(Config, 72);
 assert_layout!(RevNat, 40);
 assert_layout!(UdpRevKey, 32);
 assert_layout!(UdpRevValue, 24);
 assert_layout!(SvcStats, 32);
 assert_layout!(BackendStats, 16);
-assert_layout!(GlobalStats, 16);
+assert_layout!(GlobalStats, 24);
 assert_layout!(Meta, 256);
 const _: () = assert!(core::mem::offset_of!(SvcKey, port) == 16);
 const _: () = assert!(core::mem::offset_of!(SvcKey, family) == 19);
 const _: () = assert!(core::mem::offset_of!(Backend, cluster_id) == 20);
 const _: () = assert!(core::mem::offset_of!(Config, v6_net) == 16);
+const _: () = assert!(core::mem::offset_of!(Config, dns6) == 56);
 const _: () = assert!(core::mem::offset_of!(RevNat, vip_port) == 32);
 const _: () = assert!(core::mem::offset_of!(UdpRevKey, addr) == 8);
 const _: () = assert!(2 * BANK_SLOTS < u32::MAX);

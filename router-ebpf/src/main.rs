@@ -26,12 +26,14 @@
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
-    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+    },
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, ERRNO_NO_BACKEND,
+    BANK_SLOTS, Backend, BackendStats, CFG_DNS_CAPTURE, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, DNS_PORT, ERRNO_NO_BACKEND,
     ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats, MAX_BACKENDS, MAX_SERVICES,
     MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SlotKey, SvcHeader, SvcKey,
     SvcStats, UdpRevKey, UdpRevValue, addr,
@@ -59,6 +61,9 @@ static SVC_STATS: PerCpuArray<SvcStats, { MAX_SERVICES as usize }> = PerCpuArray
 static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 #[btf_map(name = "ROUTER_GSTAT_V1")]
 static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
+/// Until when (monotonic ns) the daemon's DNS listener is alive.
+#[btf_map(name = "ROUTER_DNSOK_V1")]
+static DNS_ALIVE: Array<u64, 1> = Array::new();
 /// Daemon-only bookkeeping (never read here); declared in the object so that it
 /// is created and pinned with the other maps.
 #[btf_map(name = "ROUTER_META_V1")]
@@ -101,20 +106,68 @@ fn bump_svc(id: u32, f: impl FnOnce(&mut SvcStats)) {
     }
 }
 
-/// Is `key` inside a configured VIP range (and should an unknown VIP be refused)?
+/// An address that is no service: capture DNS, refuse inside the VIP
+/// ranges, or pass. One config lookup, only on this (miss) path.
 #[inline(always)]
-fn refuse_unknown(key: &SvcKey) -> bool {
+fn miss(ctx: &SockAddrContext, key: &SvcKey) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
-        return false;
+        return Verdict::Pass;
     };
-    if cfg.flags & CFG_VALID == 0 || cfg.flags & CFG_REFUSE_UNKNOWN_VIP == 0 {
-        return false;
+    if cfg.flags & CFG_VALID == 0 {
+        return Verdict::Pass;
     }
-    if key.family == FAMILY_V4 {
-        addr::in_v4_range(cfg, key.addr[0])
+    if cfg.flags & CFG_DNS_CAPTURE != 0 && key.port == DNS_PORT.to_be() {
+        if let Some(b) = dns_listener(ctx, cfg, key) {
+            bump_global(|s| s.dns_captured += 1);
+            return Verdict::Rewrite(b);
+        }
+    }
+    if cfg.flags & CFG_REFUSE_UNKNOWN_VIP != 0 {
+        let inside = if key.family == FAMILY_V4 {
+            addr::in_v4_range(cfg, key.addr[0])
+        } else {
+            addr::in_v6_range(cfg, &key.addr)
+        };
+        if inside {
+            bump_global(|s| s.unknown_vip += 1);
+            return Verdict::Refuse(ERRNO_UNKNOWN_VIP);
+        }
+    }
+    Verdict::Pass
+}
+
+/// The daemon's DNS listener for this family, unless the query is already
+/// going there or comes from the daemon itself (its sockets carry `cfg.mark`).
+#[inline(always)]
+fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Backend> {
+    let addr = if key.family == FAMILY_V4 {
+        [cfg.dns4, 0, 0, 0]
     } else {
-        addr::in_v6_range(cfg, &key.addr)
+        cfg.dns6
+    };
+    if addr == [0, 0, 0, 0] || (addr == key.addr && cfg.dns_port == key.port) {
+        return None;
     }
+    // A dead daemon must not take DNS down with it: capture only while its
+    // heartbeat is fresh.
+    let alive_until = DNS_ALIVE.get(0).copied().unwrap_or(0);
+    // SAFETY: helper call.
+    if unsafe { bpf_ktime_get_ns() } > alive_until {
+        return None;
+    }
+    if cfg.mark != 0 {
+        // SAFETY: ctx->sk is a valid bpf_sock for sock_addr programs; 4-byte load.
+        let mark = unsafe { core::ptr::read_volatile(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).mark) };
+        if mark == cfg.mark {
+            return None;
+        }
+    }
+    Some(Backend {
+        addr,
+        port: cfg.dns_port,
+        family: key.family,
+        ..Backend::default()
+    })
 }
 
 /// The O(1) lookup: header, one slot, one backend. `pick` is a 32-bit value
@@ -124,11 +177,7 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
     // SAFETY: values of hash maps are read once, copied, before any update
     // from this program could invalidate them.
     let Some(hdr) = (unsafe { SERVICES.get(key) }) else {
-        if refuse_unknown(key) {
-            bump_global(|s| s.unknown_vip += 1);
-            return Verdict::Refuse(ERRNO_UNKNOWN_VIP);
-        }
-        return Verdict::Pass;
+        return miss(ctx, key);
     };
     let (svc_id, count, base) = (hdr.svc_id, hdr.count, hdr.base);
     if count == 0 {

@@ -42,6 +42,15 @@ struct ConfigArgs {
     /// IPv6 VIP range, e.g. 2001:2::/48.
     #[arg(long)]
     vip_v6: Option<String>,
+    /// Do not serve DNS for virtual hosts (overrides RouterConfig spec.dns.enabled).
+    #[arg(long)]
+    no_dns: bool,
+    /// Serve DNS but do not capture port-53 traffic (spec.dns.capture: false).
+    #[arg(long)]
+    no_dns_capture: bool,
+    /// Upstream resolver, `ip` or `ip:port` (repeatable; default: resolv.conf).
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<String>,
 }
 
 impl ConfigArgs {
@@ -53,6 +62,9 @@ impl ConfigArgs {
             subzone: self.subzone.clone(),
             vip_v4: self.vip_v4.clone(),
             vip_v6: self.vip_v6.clone(),
+            no_dns: self.no_dns,
+            no_dns_capture: self.no_dns_capture,
+            dns_upstreams: self.dns_upstreams.clone(),
         }
     }
 }
@@ -90,6 +102,10 @@ enum Cmd {
         /// Size of the backend maps when the datapath is first created.
         #[arg(long, default_value_t = router_common::MAX_BACKENDS)]
         max_backends: u32,
+        /// Open the DNS sockets in this network namespace (e.g.
+        /// /var/run/netns/NAME) instead of the daemon's own.
+        #[arg(long)]
+        dns_netns: Option<PathBuf>,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -189,6 +205,7 @@ pub fn main() -> ExitCode {
             no_watch,
             max_services,
             max_backends,
+            dns_netns,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -208,6 +225,7 @@ pub fn main() -> ExitCode {
                     backends: max_backends,
                 },
                 state_dir: pins.state_dir,
+                dns_netns,
                 cleanup,
                 watch: !no_watch,
             }))?;

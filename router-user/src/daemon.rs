@@ -3,19 +3,21 @@
 //! changes nothing: the last good plan keeps serving.
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 
 use crate::{
     compile::{self, Health},
     config::{self, Overrides},
     datapath::{self, Datapath, Pins, Startup},
+    dns::{self, DnsOptions, Names},
     plan::Plan,
 };
 
@@ -30,6 +32,15 @@ pub struct RunOptions {
     /// Remove everything on exit (instead of leaving the datapath serving).
     pub cleanup: bool,
     pub watch: bool,
+    /// Network namespace for the DNS sockets (None: the daemon's).
+    pub dns_netns: Option<PathBuf>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Files the daemon keeps in its state directory.
@@ -149,11 +160,51 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
     spawn_logger(&mut dp);
+    // DNS listeners are bound before the heartbeat that lets the datapath
+    // capture DNS, so capture never points at a socket that is not there.
+    let last_applied: Option<Plan> = std::fs::read(plan_file(&opts.state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let known = first.as_ref().ok().or(last_applied.as_ref());
+    let dns_plan = known.map(|p| p.dns.clone()).unwrap_or_default();
+    let (names_tx, names_rx) = watch::channel(Arc::new(
+        known
+            .map(|p| Names::from_plan(p, p.dns.ttl))
+            .unwrap_or_default(),
+    ));
+    if dns_plan.enabled {
+        let upstreams = if dns_plan.upstreams.is_empty() {
+            dns::system_upstreams(opts.dns_netns.as_deref())
+        } else {
+            dns_plan.upstreams.clone()
+        };
+        dns::start(
+            DnsOptions {
+                listen: dns_plan.listeners(),
+                upstreams,
+                netns: opts.dns_netns.clone(),
+            },
+            names_rx,
+        )
+        .await?;
+    }
     let startup = dp.startup;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let heartbeat = |dp: &mut Datapath| {
+        let until = if dns_plan.enabled {
+            monotonic_ns() + router_common::DNS_ALIVE_NS
+        } else {
+            0
+        };
+        if let Err(e) = dp.set_dns_alive(until) {
+            tracing::warn!("could not refresh the DNS heartbeat: {e:#}");
+        }
+    };
+    heartbeat(&mut dp);
     if let Ok(plan) = &first {
         log_notices(plan);
         apply(&mut dp, plan, &opts.state_dir, started)?;
+        names_tx.send_replace(Arc::new(Names::from_plan(plan, plan.dns.ttl)));
     }
     tracing::info!(?startup, compile_and_load_ms = compile_ms, "routerd ready");
     std::fs::create_dir_all(&opts.state_dir)?;
@@ -166,8 +217,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         (None, mpsc::unbounded_channel().1)
     };
     let mut last_plan = first.ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let why = tokio::select! {
+            _ = tick.tick() => {
+                heartbeat(&mut dp);
+                continue;
+            }
             _ = hup.recv() => "SIGHUP",
             Some(()) = changes.recv() => {
                 // Debounce: editors write in several steps.
@@ -209,7 +265,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 log_notices(&plan);
                 match apply(&mut dp, &plan, &opts.state_dir, t) {
-                    Ok(()) => last_plan = Some(plan),
+                    Ok(()) => {
+                        if plan.dns.listeners() != dns_plan.listeners()
+                            || plan.dns.enabled != dns_plan.enabled
+                        {
+                            tracing::warn!(
+                                "DNS listener settings changed: they take effect at the next restart"
+                            );
+                        }
+                        names_tx.send_replace(Arc::new(Names::from_plan(&plan, plan.dns.ttl)));
+                        last_plan = Some(plan);
+                    }
                     Err(e) => tracing::error!(
                         reason = why,
                         "applying the new plan failed (nothing partial was left): {e:#}"
@@ -219,6 +285,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(pid_file(&opts.state_dir));
+    // No listener any more: stop capturing DNS now rather than in 3 s.
+    let _ = dp.set_dns_alive(0);
     if opts.cleanup {
         drop(dp);
         cleanup(&opts.pins, &opts.state_dir)?;

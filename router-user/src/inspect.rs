@@ -49,6 +49,7 @@ pub struct Report {
     pub services: Vec<ServiceReport>,
     pub unknown_vip_refused: u64,
     pub revnat_failed: u64,
+    pub dns_captured: u64,
 }
 
 fn sum<T: aya::Pod + Default + Copy>(
@@ -143,7 +144,7 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     }
     services.sort_by_key(|s| (s.host.clone(), s.vip, s.proto));
     let g = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
-        [s.unknown_vip, s.revnat_failed, 0, 0]
+        [s.unknown_vip, s.revnat_failed, s.dns_captured, 0]
     });
     Ok(Report {
         dir: pins.dir().display().to_string(),
@@ -153,6 +154,7 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         services,
         unknown_vip_refused: g[0],
         revnat_failed: g[1],
+        dns_captured: g[2],
     })
 }
 
@@ -201,5 +203,6 @@ pub fn render(r: &Report) -> String {
         r.unknown_vip_refused
     );
     let _ = writeln!(o, "reverse translation not stored: {}", r.revnat_failed);
+    let _ = writeln!(o, "DNS queries captured: {}", r.dns_captured);
     o
 }

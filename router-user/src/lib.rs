@@ -5,6 +5,7 @@ pub mod compile;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod explain;
 pub mod inspect;
 pub mod plan;

@@ -258,12 +258,52 @@ pub struct BackendPlan {
     pub locality: Locality,
 }
 
+/// DNS for virtual hosts (README, "Names").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsPlan {
+    /// Serve DNS at all.
+    pub enabled: bool,
+    /// Send port-53 traffic of the attached cgroup to the listener.
+    pub capture: bool,
+    /// Listener addresses (IPv4 always; IPv6 optional) and port.
+    pub listen4: Ipv4Addr,
+    pub listen6: Option<Ipv6Addr>,
+    pub port: u16,
+    /// TTL of answers for virtual hosts, seconds.
+    pub ttl: u32,
+    /// Upstream resolvers; empty: the node's resolv.conf.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+impl Default for DnsPlan {
+    fn default() -> Self {
+        DnsPlan {
+            enabled: true,
+            capture: true,
+            listen4: Ipv4Addr::new(127, 0, 0, 153),
+            listen6: None,
+            port: 53,
+            ttl: 5,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+impl DnsPlan {
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut v = vec![SocketAddr::new(self.listen4.into(), self.port)];
+        v.extend(self.listen6.map(|a| SocketAddr::new(a.into(), self.port)));
+        v
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub node: NodeInfo,
     pub vip_ranges: VipRanges,
     /// Refuse connections into the VIP ranges that match no service.
     pub refuse_unknown_vips: bool,
+    pub dns: DnsPlan,
     /// Sorted by name.
     pub hosts: Vec<HostPlan>,
     /// Sorted by (vip, port, proto).

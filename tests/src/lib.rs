@@ -316,6 +316,16 @@ impl Drop for TempDir {
     }
 }
 
+/// `/etc/netns/<name>/`: files `ip netns exec` bind-mounts over `/etc` for
+/// processes in that namespace. Removed on drop.
+pub struct EtcNetns(pub PathBuf);
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A process killed on drop.
 pub struct Proc(pub Child);
 
@@ -360,6 +370,8 @@ impl Listen {
 /// a temp dir.
 pub struct World {
     pub tag: String,
+    /// `/etc/netns/<node>/` (the node's resolv.conf), removed on drop.
+    pub etc: EtcNetns,
     pub backends: Option<Proc>,
     pub cgroup: Cgroup,
     pub node: Netns,
@@ -417,7 +429,9 @@ impl World {
                 }
             }
         }
+        let etc = EtcNetns(PathBuf::from("/etc/netns").join(&node.name));
         let mut w = World {
+            etc,
             tag,
             backends: None,
             cgroup,
@@ -455,6 +469,76 @@ impl World {
         }
         self.backends = Some(Proc(child));
         Ok(())
+    }
+
+    /// Point the node namespace's resolv.conf at `nameserver`.
+    pub fn resolv_conf(&self, nameserver: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.etc.0)?;
+        std::fs::write(
+            self.etc.0.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:1 attempts:2\n"),
+        )?;
+        Ok(())
+    }
+
+    /// A real resolver (dnsmasq) in the world namespace on `addr`, serving
+    /// `records` (`name,ip` host records) and nothing else (no upstream).
+    pub fn dnsmasq(&self, addr: &str, records: &[&str]) -> Result<Proc> {
+        self.world
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.world.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .args([
+            "--user=root",
+            "--bind-interfaces",
+            "--port=53",
+            "--local-ttl=30",
+        ])
+        // Authoritative for the test domains: unknown names are NXDOMAIN.
+        .args(["--local=/test/", "--local=/mesh/", "--local=/invalid/"])
+        .arg(format!("--listen-address={addr}"))
+        .arg(format!(
+            "--pid-file={}",
+            self.dir.path.join("dnsmasq.pid").display()
+        ))
+        .args(records.iter().map(|r| format!("--host-record={r}")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
+        let proc = Proc(child);
+        // Wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let ok = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.world.name,
+                    "dig",
+                    "+time=1",
+                    "+tries=1",
+                    "+short",
+                    &format!("@{addr}"),
+                    "ready.invalid",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Ok(proc);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("dnsmasq did not answer on {addr}")
     }
 
     /// A command run in the node namespace, inside the test cgroup (so the
@@ -535,6 +619,13 @@ impl Routerd {
             "--state-dir".into(),
             state_dir.display().to_string(),
         ];
+        // DNS sockets live in the test's client namespace (World names it
+        // `<tag>n`), where the captured queries arrive and upstreams are.
+        let node_ns = PathBuf::from(format!("/var/run/netns/{tag}n"));
+        if node_ns.exists() && !extra.contains(&"--dns-netns") {
+            args.push("--dns-netns".into());
+            args.push(node_ns.display().to_string());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Routerd {
             child: None,

@@ -84,7 +84,12 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn setup() -> Result<()> {
     toolchain::ensure_rust_src()?;
     toolchain::ensure_bpf_linker()?;
-    toolchain::ensure_packages(&[("ip", "iproute2"), ("curl", "curl")])?;
+    toolchain::ensure_packages(&[
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "bind9-dnsutils"),
+    ])?;
     Ok(())
 }
 

@@ -366,6 +366,20 @@ fn build_initramfs(
     std::fs::copy(which("busybox")?, root.join("bin/busybox"))?;
     copy_with_libs(&which("ip")?, "/usr/sbin/ip", &root)?;
     copy_with_libs(&which("curl")?, "/usr/bin/curl", &root)?;
+    // The DNS tests: a real resolver, dig, and glibc's getent.
+    copy_with_libs(&which("dnsmasq")?, "/usr/sbin/dnsmasq", &root)?;
+    copy_with_libs(&which("dig")?, "/usr/bin/dig", &root)?;
+    copy_with_libs(&which("getent")?, "/usr/bin/getent", &root)?;
+    for (file, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/nsswitch.conf", "hosts: files dns\n"),
+        ("etc/hosts", "127.0.0.1 localhost\n"),
+        // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over it.
+        ("etc/resolv.conf", ""),
+    ] {
+        std::fs::write(root.join(file), text)?;
+    }
     for b in &bins.bins {
         std::fs::copy(b, root.join("bin").join(b.file_name().unwrap()))?;
     }
@@ -500,6 +514,8 @@ fn boot(kernel: &Kernel, initramfs: &Path, log: &Path) -> Result<Outcome> {
 
 pub fn vm_test(selected: &[String]) -> Result<()> {
     toolchain::ensure_packages(&[
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "bind9-dnsutils"),
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
         ("cpio", "cpio"),

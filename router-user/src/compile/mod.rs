@@ -554,6 +554,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         node: v.settings.node.clone(),
         vip_ranges: v.settings.vip_ranges,
         refuse_unknown_vips: v.settings.refuse_unknown_vips,
+        dns: v.settings.dns.clone(),
         hosts: host_plans,
         services,
         backends: backends.into_values().collect(),

@@ -17,7 +17,7 @@ use std::path::Path;
 pub use diag::{ConfigError, Diagnostic};
 use model::*;
 
-use crate::plan::{Locality, NodeInfo, Notice, Origin, VipRanges};
+use crate::plan::{DnsPlan, Locality, NodeInfo, Notice, Origin, VipRanges};
 
 /// One resource with where it came from.
 #[derive(Clone, Debug)]
@@ -93,6 +93,12 @@ pub struct Overrides {
     pub subzone: Option<String>,
     pub vip_v4: Option<String>,
     pub vip_v6: Option<String>,
+    /// `--no-dns`: do not serve DNS.
+    pub no_dns: bool,
+    /// `--no-dns-capture`: serve DNS but leave port 53 alone.
+    pub no_dns_capture: bool,
+    /// `--dns-upstream`: replaces spec.dns.upstreams.
+    pub dns_upstreams: Vec<String>,
 }
 
 /// The router's settings after merging RouterConfig and overrides.
@@ -102,6 +108,7 @@ pub struct Settings {
     pub vip_ranges: VipRanges,
     pub locality_requires_outlier_detection: bool,
     pub refuse_unknown_vips: bool,
+    pub dns: DnsPlan,
 }
 
 impl Default for Settings {
@@ -111,6 +118,7 @@ impl Default for Settings {
             vip_ranges: VipRanges::default(),
             locality_requires_outlier_detection: true,
             refuse_unknown_vips: true,
+            dns: DnsPlan::default(),
         }
     }
 }
@@ -253,5 +261,50 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     }
     s.locality_requires_outlier_detection = rc.locality_requires_outlier_detection.unwrap_or(true);
     s.refuse_unknown_vips = rc.refuse_unknown_vips.unwrap_or(true);
+    s.dns = dns_settings(&rc.dns.clone().unwrap_or_default(), o, |msg| {
+        diags.push(&file, line, res.clone(), msg)
+    });
     s
+}
+
+fn dns_settings(d: &DnsSpec, o: &Overrides, mut err: impl FnMut(String)) -> DnsPlan {
+    let mut p = DnsPlan {
+        enabled: d.enabled.unwrap_or(true) && !o.no_dns,
+        capture: d.capture.unwrap_or(true) && !o.no_dns_capture,
+        ttl: d.ttl.unwrap_or(5),
+        port: d.port.unwrap_or(53),
+        ..DnsPlan::default()
+    };
+    if let Some(l) = &d.listen {
+        match l.parse() {
+            Ok(a) => p.listen4 = a,
+            Err(_) => err(format!("spec.dns.listen `{l}` is not an IPv4 address")),
+        }
+    }
+    if let Some(l) = &d.listen6 {
+        match l.parse() {
+            Ok(a) => p.listen6 = Some(a),
+            Err(_) => err(format!("spec.dns.listen6 `{l}` is not an IPv6 address")),
+        }
+    }
+    if p.port == 0 {
+        err("spec.dns.port must be 1-65535".into());
+    }
+    let ups = if o.dns_upstreams.is_empty() {
+        &d.upstreams
+    } else {
+        &o.dns_upstreams
+    };
+    for u in ups {
+        let parsed = u
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()));
+        match parsed {
+            Ok(a) => p.upstreams.push(a),
+            Err(_) => err(format!(
+                "DNS upstream `{u}` is not an address like 10.0.0.2 or 10.0.0.2:53"
+            )),
+        }
+    }
+    p
 }

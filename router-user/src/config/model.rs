@@ -675,4 +675,33 @@ pub struct RouterConfigSpec {
     /// Refuse connections into the VIP ranges that match no service (default true).
     #[serde(default)]
     pub refuse_unknown_vips: Option<bool>,
+    #[serde(default)]
+    pub dns: Option<DnsSpec>,
+}
+
+/// `spec.dns` of the RouterConfig.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsSpec {
+    /// Serve DNS for virtual hosts (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Steer port-53 traffic of the attached cgroup to routerd (default true).
+    #[serde(default)]
+    pub capture: Option<bool>,
+    /// TTL of answers for virtual hosts, seconds (default 5).
+    #[serde(default)]
+    pub ttl: Option<u32>,
+    /// IPv4 listener address (default 127.0.0.153).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// IPv6 listener address (default: none, IPv6 DNS is not captured).
+    #[serde(default)]
+    pub listen6: Option<String>,
+    /// Listener port (default 53).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Upstream resolvers, `ip` or `ip:port` (default: the node's resolv.conf).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }

@@ -93,6 +93,7 @@ pub struct Maps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub config: Array<MapData, Config>,
     pub meta: Array<MapData, Meta>,
+    pub dns_alive: Array<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -129,6 +130,7 @@ impl Maps {
             backends: open_pinned(pins, MAP_BACKENDS)?,
             config: open_pinned(pins, MAP_CONFIG)?,
             meta: open_pinned(pins, MAP_META)?,
+            dns_alive: open_pinned(pins, MAP_DNS_ALIVE)?,
             svc_stats: open_pinned(pins, MAP_SVC_STATS)?,
             backend_stats: open_pinned(pins, MAP_BACKEND_STATS)?,
             global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
@@ -359,6 +361,11 @@ impl Datapath {
             .unwrap_or(0);
         self.maps.meta.set(0, meta, 0)?;
         Ok(report)
+    }
+
+    /// Keep DNS capture on until `until` (CLOCK_MONOTONIC ns); 0 turns it off now.
+    pub fn set_dns_alive(&mut self, until: u64) -> Result<()> {
+        Ok(self.maps.dns_alive.set(0, until, 0)?)
     }
 
     pub fn generation(&self) -> u64 {

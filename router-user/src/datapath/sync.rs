@@ -298,8 +298,24 @@ pub fn config_entry(plan: &Plan) -> Config {
     let (v4_mask, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.netmask()));
     let (v6_net, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.network()));
     let (v6_mask, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.netmask()));
+    let dns = &plan.dns;
+    let capture = dns.enabled && dns.capture;
+    let (dns4, _) = ip_words(IpAddr::V4(dns.listen4));
+    let dns6 = dns
+        .listen6
+        .map(|a| ip_words(IpAddr::V6(a)).0)
+        .unwrap_or([0; 4]);
     Config {
+        mark: router_common::DNS_MARK,
+        dns4: dns4[0],
+        dns6,
+        dns_port: port_be(dns.port),
         flags: CFG_VALID
+            | if capture {
+                router_common::CFG_DNS_CAPTURE
+            } else {
+                0
+            }
             | if plan.refuse_unknown_vips {
                 CFG_REFUSE_UNKNOWN_VIP
             } else {

@@ -8,10 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::Comman
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use router_tests::*;
-use router_user::{
-    config::Overrides,
-    plan::{Plan, Proto},
-};
+use router_user::{config::Overrides, plan::Proto};
 
 #[derive(Parser)]
 struct Args {
@@ -55,28 +52,46 @@ fn listens(config: &std::path::Path) -> Result<Vec<Listen>> {
     Ok(out)
 }
 
-fn curl(world: &World, host: &str, vip: SocketAddr) -> Result<std::result::Result<Answer, String>> {
-    let url_host = if vip.is_ipv6() {
-        format!("{host}:{}:[{}]", vip.port(), vip.ip())
-    } else {
-        format!("{host}:{}:{}", vip.port(), vip.ip())
-    };
+/// `curl http://host:port/` by name (resolved through routerd's DNS, which
+/// the kernel captures): the backend's answer and the peer curl saw.
+fn curl(
+    world: &World,
+    host: &str,
+    port: u16,
+    v6: bool,
+) -> Result<std::result::Result<(Answer, String), String>> {
     let out = world
         .client("curl")
         .args([
             "-sS",
             "--max-time",
             "3",
-            "--resolve",
-            &url_host,
-            &format!("http://{host}:{}/", vip.port()),
+            if v6 { "-6" } else { "-4" },
+            "-w",
+            "\\n%{remote_ip}",
         ])
+        .arg(format!("http://{host}:{port}/"))
         .output()
         .context("running curl (apt-get install curl)")?;
     if !out.status.success() {
         return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
-    Ok(serde_json::from_slice(&out.stdout).map_err(|e| e.to_string()))
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, peer) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Ok(serde_json::from_str(body)
+        .map(|a| (a, peer.to_string()))
+        .map_err(|e| e.to_string()))
+}
+
+const RESOLVER: &str = "10.53.0.1";
+
+/// A name's IPv4 address as a process in the cgroup resolves it (glibc).
+fn resolve(world: &World, name: &str) -> Result<std::net::IpAddr> {
+    let out = run(world.client("getent").args(["ahostsv4", name]))?;
+    out.split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{name} did not resolve: {out:?}"))
 }
 
 fn heading(s: &str) {
@@ -85,25 +100,23 @@ fn heading(s: &str) {
 
 fn show_curls(
     world: &World,
-    plan: &Plan,
     host: &str,
     port: u16,
     v6: bool,
     n: usize,
 ) -> Result<BTreeMap<String, usize>> {
-    let vip = vip(plan, host, port, v6);
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        match curl(world, host, vip)? {
-            Ok(a) => {
+        match curl(world, host, port, v6)? {
+            Ok((a, peer)) => {
                 println!(
-                    "  curl http://{host}:{port}/ -> VIP {vip} -> answered by {} ({})",
+                    "  curl http://{host}:{port}/ -> connected to {peer} -> answered by {} ({})",
                     a.id, a.local
                 );
                 *seen.entry(a.id).or_default() += 1;
             }
             Err(e) => {
-                println!("  curl http://{host}:{port}/ -> VIP {vip} -> {e}");
+                println!("  curl http://{host}:{port}/ -> {e}");
                 *seen.entry(format!("error: {e}")).or_default() += 1;
             }
         }
@@ -158,13 +171,18 @@ fn demo() -> Result<()> {
         "routerd demo: the example config in {}, a node in cluster-1 (us-east/us-east-1a)",
         args.config.display()
     );
-    let backends = listens(&args.config)?;
+    let mut backends = listens(&args.config)?;
+    // Something outside the mesh, reached by a name the upstream resolver knows.
+    backends.push(Listen::tcp("10.9.9.9:8080", "status-page@outside"));
     let world = World::new(&backends)?;
+    let _resolver = world.dnsmasq(RESOLVER, &["status.example.test,10.9.9.9"])?;
+    world.resolv_conf(RESOLVER)?;
     println!(
-        "world: namespaces {} (clients; no default route) and {} ({} backends in 2 clusters), cgroup {}",
+        "world: namespaces {} (clients; no default route; resolv.conf: nameserver {RESOLVER}) and {} \
+         ({} backends in 2 clusters and one outside, and a dnsmasq resolver), cgroup {}",
         world.node.name,
         world.world.name,
-        backends.len(),
+        backends.len() - 1,
         world.cgroup.path.display()
     );
     let config = world.dir.path.join("configs");
@@ -176,7 +194,41 @@ fn demo() -> Result<()> {
         routerd.args.join(" "),
         t.elapsed().as_secs_f64() * 1e3
     );
-    let plan = plan(&config)?;
+
+    heading(
+        "names: routerd answers for virtual hosts; everything else goes to the node's resolver",
+    );
+    for name in [
+        "app-a.shop.mesh.internal",
+        "app-b.shop.mesh.internal",
+        "status.example.test",
+    ] {
+        let got = run(world.client("getent").args(["ahosts", name])).unwrap_or_default();
+        let addrs: std::collections::BTreeSet<&str> = got
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        println!(
+            "  getent ahosts {name} -> {}",
+            addrs.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let dig = run(world.client("dig").args([
+        "+noall",
+        "+comments",
+        "+answer",
+        "app-b.shop.mesh.internal",
+        "AAAA",
+    ]))?;
+    let status = dig
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("?");
+    println!(
+        "  dig app-b.shop.mesh.internal AAAA -> {status}, no answer (app-b has no IPv6 endpoints: NODATA, not NXDOMAIN)"
+    );
+    show_curls(&world, "status.example.test", 8080, false, 1)?;
 
     heading("routerd check: what the config compiles to");
     for l in run(Command::new(&routerd_bin)
@@ -188,21 +240,21 @@ fn demo() -> Result<()> {
     }
 
     heading("app-a: a route straight to app-a's Service in cluster-1");
-    let a = show_curls(&world, &plan, "app-a.shop.mesh.internal", 8080, false, 6)?;
+    let a = show_curls(&world, "app-a.shop.mesh.internal", 8080, false, 6)?;
     println!("  => {a:?}");
     explain(&routerd_bin, &config, "app-a.shop.mesh.internal:8080")?;
 
     heading(
         "app-b: a route to a VirtualDestination whose closest healthy instance is in cluster-2",
     );
-    let b = show_curls(&world, &plan, "app-b.shop.mesh.internal", 8080, false, 6)?;
+    let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 6)?;
     println!("  => {b:?}");
     explain(&routerd_bin, &config, "app-b.shop.mesh.internal")?;
 
     heading(
         "reviews: delegated to the reviews team's table, 80/20 between v1 and v2 (200 connections)",
     );
-    let vip_r = vip(&plan, "reviews.shop.mesh.internal", 9080, false);
+    let vip_r = SocketAddr::new(resolve(&world, "reviews.shop.mesh.internal")?, 9080);
     let probes = world.probe(&["tcp", &vip_r.to_string(), "--count", "200"])?;
     let mut by_version: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &probes {
@@ -220,7 +272,7 @@ fn demo() -> Result<()> {
     );
 
     heading("echo: UDP through a VIP; the reply comes from the VIP");
-    let vip_e = vip(&plan, "echo.shop.mesh.internal", 9000, false);
+    let vip_e = SocketAddr::new(resolve(&world, "echo.shop.mesh.internal")?, 9000);
     for p in world.probe(&["udp", &vip_e.to_string(), "--count", "3"])? {
         let a = p.answer.clone().unwrap_or_default();
         println!(
@@ -232,12 +284,12 @@ fn demo() -> Result<()> {
     }
 
     heading("IPv6: app-a's IPv6 VIP");
-    show_curls(&world, &plan, "app-a.shop.mesh.internal", 8080, true, 2)?;
+    show_curls(&world, "app-a.shop.mesh.internal", 8080, true, 2)?;
 
     heading("getpeername: the application sees the VIP, the backend sees the client");
     let p = &world.probe(&[
         "tcp",
-        &vip(&plan, "app-a.shop.mesh.internal", 8080, false).to_string(),
+        &SocketAddr::new(resolve(&world, "app-a.shop.mesh.internal")?, 8080).to_string(),
     ])?[0];
     let a = p.answer.clone().unwrap_or_default();
     println!(
@@ -251,7 +303,7 @@ fn demo() -> Result<()> {
     heading(
         "ratings: routes on the path, which needs the L7 proxy (not available yet): refused, not misrouted",
     );
-    show_curls(&world, &plan, "ratings.shop.mesh.internal", 9090, false, 1)?;
+    show_curls(&world, "ratings.shop.mesh.internal", 9090, false, 1)?;
     explain(&routerd_bin, &config, "ratings.shop.mesh.internal")?;
     let p = &world.probe(&["tcp", "240.240.255.254:80"])?[0];
     println!(
@@ -265,17 +317,35 @@ fn demo() -> Result<()> {
     let mark = routerd.log_len();
     set_app_b_ready(&config, true)?;
     routerd.wait_for(mark, |l| l.contains("applied"))?;
-    let b = show_curls(&world, &plan, "app-b.shop.mesh.internal", 8080, false, 3)?;
+    let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (the same zone is preferred again)");
     let mark = routerd.log_len();
     set_app_b_ready(&config, false)?;
     routerd.wait_for(mark, |l| l.contains("applied"))?;
-    let b = show_curls(&world, &plan, "app-b.shop.mesh.internal", 8080, false, 3)?;
+    let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (back to cluster-2)");
 
     heading("kill -9 routerd: routing goes on; a restart adopts the pinned maps");
+    let vip_a = SocketAddr::new(resolve(&world, "app-a.shop.mesh.internal")?, 8080);
     routerd.kill9();
-    show_curls(&world, &plan, "app-a.shop.mesh.internal", 8080, false, 2)?;
+    for p in world.probe(&["tcp", &vip_a.to_string(), "--count", "2"])? {
+        let a = p.answer.unwrap_or_default();
+        println!(
+            "  connect {vip_a} (app-a's VIP) with routerd dead -> answered by {} ({})",
+            a.id, a.local
+        );
+    }
+    // DNS capture follows a heartbeat: within 3 s queries go back to the
+    // node's resolver, which knows the outside names but not the mesh's.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    for name in ["status.example.test", "app-a.shop.mesh.internal"] {
+        match resolve(&world, name) {
+            Ok(ip) => println!("  getent {name} with routerd dead -> {ip}"),
+            Err(_) => println!(
+                "  getent {name} with routerd dead -> not found (virtual host names need routerd)"
+            ),
+        }
+    }
     let mark = routerd.log_len();
     routerd.spawn()?;
     if routerd.logs()[mark..]
@@ -284,6 +354,7 @@ fn demo() -> Result<()> {
     {
         println!("  restarted routerd adopted the pinned datapath (no flush, counters kept)");
     }
+    show_curls(&world, "app-a.shop.mesh.internal", 8080, false, 1)?;
 
     heading("routerd inspect: the kernel's maps and per-CPU counters");
     let out = run(Command::new(&routerd_bin).args([

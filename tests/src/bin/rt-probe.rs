@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long)]
         connected: bool,
     },
+    /// Hostile DNS input against a resolver address; prints a [`Junk`] line.
+    DnsJunk { addr: SocketAddr },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
     Bench {
         addr: SocketAddr,
@@ -94,6 +96,71 @@ fn bench(addr: SocketAddr, millis: u64) -> router_tests::Bench {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         first_error,
+    }
+}
+
+/// What a DNS server did with bad input.
+#[derive(serde::Serialize)]
+struct Junk {
+    /// Replies to datagrams shorter than a header (should be none).
+    random_replies: usize,
+    /// A header followed by garbage got FORMERR with the same id.
+    formerr: bool,
+    /// A 5000-byte datagram got a reply (should not).
+    oversized_reply: bool,
+    /// The server closed a TCP connection that announced 65535 bytes and sent 3.
+    tcp_short_closed_or_idle: bool,
+}
+
+fn dns_junk(addr: SocketAddr) -> Junk {
+    use std::io::{Read, Write};
+    let bind = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let s = std::net::UdpSocket::bind(bind).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut random_replies = 0;
+    // Shorter than a DNS header: nothing to answer.
+    for len in [1u32, 3, 5, 8, 11] {
+        let junk: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let _ = s.send_to(&junk, addr);
+        if s.recv_from(&mut buf).is_ok() {
+            random_replies += 1;
+        }
+    }
+    // A readable header (id 0xbeef, one question) followed by nonsense.
+    let header = [
+        0xbe, 0xef, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff,
+    ];
+    let _ = s.send_to(&header, addr);
+    let formerr = match s.recv_from(&mut buf) {
+        Ok((n, _)) => n >= 4 && buf[0] == 0xbe && buf[1] == 0xef && buf[3] & 0x0f == 1,
+        Err(_) => false,
+    };
+    let _ = s.send_to(&vec![0u8; 5000], addr);
+    let oversized_reply = s.recv_from(&mut buf).is_ok();
+    let tcp_short_closed_or_idle =
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut t) => {
+                let _ = t.write_all(&[0xff, 0xff, 1, 2, 3]);
+                t.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                // Either the server waits for the rest (read times out) or closes (0 bytes).
+                matches!(t.read(&mut buf), Ok(0) | Err(_))
+            }
+            Err(_) => false,
+        };
+    Junk {
+        random_replies,
+        formerr,
+        oversized_reply,
+        tcp_short_closed_or_idle,
     }
 }
 
@@ -283,6 +350,9 @@ async fn main() -> Result<()> {
                     emit(&tcp_once(addr, &path).await.0);
                 }
             }
+        }
+        Cmd::DnsJunk { addr } => {
+            println!("{}", serde_json::to_string(&dns_junk(addr)).unwrap());
         }
         Cmd::Bench { addr, millis, cpu } => {
             if let Some(cpu) = cpu {

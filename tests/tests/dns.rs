@@ -1,0 +1,252 @@
+//! Virtual hostnames resolve on the node: real resolver (dnsmasq) upstream,
+//! real clients (getent through glibc, dig, curl), DNS captured by the
+//! kernel hooks with no resolv.conf change.
+use std::process::Command;
+
+use router_tests::{yaml, *};
+
+const RESOLVER: &str = "10.53.0.1";
+
+fn config(extra_host: bool) -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::service("c1", "web", 8080, "TCP");
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web",
+        8080,
+        "TCP",
+        &[("10.1.0.1", "e1", true)],
+    );
+    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "");
+    if extra_host {
+        y += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
+    }
+    y
+}
+
+struct Dns {
+    world: World,
+    routerd: Routerd,
+    _dnsmasq: Proc,
+    vip: std::net::SocketAddr,
+}
+
+fn setup(extra: &[&str]) -> Dns {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp("10.1.0.1:8080", "web"),
+        Listen::tcp("10.7.0.1:8080", "outside-web"),
+    ])
+    .unwrap();
+    let dnsmasq = world
+        .dnsmasq(
+            RESOLVER,
+            &["up.test,10.7.0.1", "both.test,10.7.0.2,fd00:7::2"],
+        )
+        .unwrap();
+    world.resolv_conf(RESOLVER).unwrap();
+    world.dir.write("config/all.yaml", &config(false)).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let mut args = vec!["--no-watch"];
+    args.extend_from_slice(extra);
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &args).unwrap();
+    Dns {
+        world,
+        routerd,
+        _dnsmasq: dnsmasq,
+        vip,
+    }
+}
+
+fn out(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("run");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `dig` in the cgroup (captured) or outside it.
+fn dig(d: &Dns, inside: bool, args: &[&str]) -> String {
+    let mut cmd = if inside {
+        d.world.client("dig")
+    } else {
+        d.world.outside("dig")
+    };
+    out(cmd.args(["+time=2", "+tries=1"]).args(args))
+}
+
+fn status(dig_output: &str) -> String {
+    dig_output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_string()
+}
+
+#[test]
+fn getent_resolves_virtual_hosts_and_upstream_names() {
+    let d = setup(&[]);
+    let vh = out(d.world.client("getent").args(["hosts", "web.t.mesh"]));
+    assert!(vh.starts_with(&format!("{} ", d.vip.ip())), "{vh:?}");
+    let up = out(d.world.client("getent").args(["hosts", "up.test"]));
+    assert!(up.starts_with("10.7.0.1 "), "{up:?}");
+    // Outside the cgroup nothing is captured: the resolver does not know the mesh.
+    let outside = out(d.world.outside("getent").args(["hosts", "web.t.mesh"]));
+    assert!(outside.is_empty(), "{outside:?}");
+}
+
+#[test]
+fn answers_appear_to_come_from_the_resolver_asked() {
+    let d = setup(&[]);
+    let a = dig(&d, true, &["web.t.mesh", "A"]);
+    assert!(
+        a.contains(&format!("web.t.mesh.\t\t5\tIN\tA\t{}", d.vip.ip())),
+        "{a}"
+    );
+    assert!(
+        a.contains(&format!("SERVER: {RESOLVER}#53")),
+        "the reply comes from the resolver the client asked:\n{a}"
+    );
+    // An owned name without the type: NODATA, not NXDOMAIN.
+    let aaaa = dig(&d, true, &["web.t.mesh", "AAAA"]);
+    assert_eq!(status(&aaaa), "NOERROR", "{aaaa}");
+    assert!(aaaa.contains("ANSWER: 0"), "{aaaa}");
+    // Names nobody has: the upstream's NXDOMAIN.
+    assert_eq!(status(&dig(&d, true, &["nope.t.mesh"])), "NXDOMAIN");
+    // Over TCP too.
+    let tcp = dig(&d, true, &["+tcp", "+short", "web.t.mesh"]);
+    assert_eq!(tcp.trim(), d.vip.ip().to_string());
+}
+
+#[test]
+fn upstream_answers_pass_through_unchanged() {
+    let d = setup(&[]);
+    for q in [
+        ["both.test", "A"],
+        ["both.test", "AAAA"],
+        ["up.test", "TXT"],
+    ] {
+        let inside = dig(
+            &d,
+            true,
+            &["+noall", "+answer", "+authority", "+comments", q[0], q[1]],
+        );
+        let direct = dig(
+            &d,
+            false,
+            &["+noall", "+answer", "+authority", "+comments", q[0], q[1]],
+        );
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("id:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&inside), strip(&direct), "{q:?}");
+    }
+}
+
+#[test]
+fn curl_by_name_reaches_the_backend() {
+    let d = setup(&[]);
+    let body = out(d.world.client("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        "http://web.t.mesh:8080/by-name",
+    ]));
+    let a: Answer = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!((a.id.as_str(), a.path.as_str()), ("web", "/by-name"));
+    let body = out(d
+        .world
+        .client("curl")
+        .args(["-sS", "--max-time", "5", "http://up.test:8080/"]));
+    assert!(body.contains("outside-web"), "{body}");
+}
+
+#[test]
+fn with_capture_off_queries_go_to_the_upstream_untouched() {
+    let d = setup(&["--no-dns-capture"]);
+    assert_eq!(
+        status(&dig(&d, true, &["web.t.mesh"])),
+        "NXDOMAIN",
+        "the resolver answered itself"
+    );
+    // routerd still answers when asked directly.
+    let direct = dig(&d, true, &["+short", "@127.0.0.153", "web.t.mesh"]);
+    assert_eq!(direct.trim(), d.vip.ip().to_string());
+    let r = d.routerd.inspect().unwrap();
+    assert_eq!(r["dns_captured"], 0);
+}
+
+#[test]
+fn hostile_input_does_not_disturb_the_server() {
+    let d = setup(&[]);
+    let junk = out(d
+        .world
+        .client(bin("rt-probe"))
+        .args(["dns-junk", &format!("{RESOLVER}:53")]));
+    let j: serde_json::Value = serde_json::from_str(&junk).unwrap();
+    assert_eq!(j["random_replies"], 0, "{j}");
+    assert_eq!(j["formerr"], true, "{j}");
+    assert_eq!(j["oversized_reply"], false, "{j}");
+    assert_eq!(j["tcp_short_closed_or_idle"], true, "{j}");
+    // A flood of forwarded queries, then normal service.
+    let flood = d.world.client("sh").arg("-c").arg(format!(
+        "for i in $(seq 1 300); do dig +time=1 +tries=1 @{RESOLVER} flood$i.test >/dev/null & done; wait"
+    )).status().unwrap();
+    assert!(flood.success());
+    let a = dig(&d, true, &["+short", "web.t.mesh"]);
+    assert_eq!(a.trim(), d.vip.ip().to_string());
+    assert!(d.routerd.logs().iter().all(|l| !l.contains("panicked")));
+}
+
+#[test]
+fn a_reload_adds_and_removes_names() {
+    let d = setup(&[]);
+    assert_eq!(status(&dig(&d, true, &["new.t.mesh"])), "NXDOMAIN");
+    d.world.dir.write("config/all.yaml", &config(true)).unwrap();
+    assert!(d.routerd.reload().unwrap().contains("applied"));
+    let new = dig(&d, true, &["+short", "new.t.mesh"]);
+    assert!(new.trim().starts_with("240.240."), "{new}");
+    d.world
+        .dir
+        .write("config/all.yaml", &config(false))
+        .unwrap();
+    assert!(d.routerd.reload().unwrap().contains("applied"));
+    assert_eq!(status(&dig(&d, true, &["new.t.mesh"])), "NXDOMAIN");
+}
+
+#[test]
+fn a_dead_daemon_gives_dns_back_to_the_resolver() {
+    let mut d = setup(&[]);
+    assert_eq!(
+        dig(&d, true, &["+short", "web.t.mesh"]).trim(),
+        d.vip.ip().to_string()
+    );
+    d.routerd.kill9();
+    // Within the heartbeat (3 s) capture stops; DNS keeps working meanwhile
+    // or right after, never for long against a dead socket.
+    let start = std::time::Instant::now();
+    loop {
+        let up = dig(&d, true, &["+short", "up.test"]);
+        if up.trim() == "10.7.0.1" && status(&dig(&d, true, &["web.t.mesh"])) == "NXDOMAIN" {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 8,
+            "capture still on after {:?}: {up}",
+            start.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Routing (not DNS) goes on, and a restart captures again.
+    assert!(d.world.probe(&["tcp", &d.vip.to_string()]).unwrap()[0].ok);
+    d.routerd.spawn().unwrap();
+    assert_eq!(
+        dig(&d, true, &["+short", "web.t.mesh"]).trim(),
+        d.vip.ip().to_string()
+    );
+}
