@@ -33,10 +33,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_DNS_CAPTURE, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, DNS_PORT, ERRNO_NO_BACKEND,
-    ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SlotKey, SvcHeader, SvcKey,
-    SvcStats, UdpRevKey, UdpRevValue, addr,
+    BANK_SLOTS, Backend, BackendStats, CFG_DNS_CAPTURE, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config,
+    DNS_PORT, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats, MAX_BACKENDS,
+    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SlotKey, SvcHeader,
+    SvcKey, SvcStats, UdpRevKey, UdpRevValue, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -157,7 +157,8 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Bac
     }
     if cfg.mark != 0 {
         // SAFETY: ctx->sk is a valid bpf_sock for sock_addr programs; 4-byte load.
-        let mark = unsafe { core::ptr::read_volatile(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).mark) };
+        let mark =
+            unsafe { core::ptr::read_volatile(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).mark) };
         if mark == cfg.mark {
             return None;
         }
