@@ -116,11 +116,12 @@ fn miss(ctx: &SockAddrContext, key: &SvcKey) -> Verdict {
     if cfg.flags & CFG_VALID == 0 {
         return Verdict::Pass;
     }
-    if cfg.flags & CFG_DNS_CAPTURE != 0 && key.port == DNS_PORT.to_be() {
-        if let Some(b) = dns_listener(ctx, cfg, key) {
-            bump_global(|s| s.dns_captured += 1);
-            return Verdict::Rewrite(b);
-        }
+    if cfg.flags & CFG_DNS_CAPTURE != 0
+        && key.port == DNS_PORT.to_be()
+        && let Some(b) = dns_listener(ctx, cfg, key)
+    {
+        bump_global(|s| s.dns_captured += 1);
+        return Verdict::Rewrite(b);
     }
     if cfg.flags & CFG_REFUSE_UNKNOWN_VIP != 0 {
         let inside = if key.family == FAMILY_V4 {

@@ -145,14 +145,12 @@ pub fn respond(query: &[u8], names: &Names) -> Reply {
             RData::A(A(*v4)),
         ));
     }
-    if matches!(want, RecordType::AAAA | RecordType::ANY) {
-        if let Some(v6) = v6 {
-            resp.add_answer(Record::from_rdata(
-                name.clone(),
-                names.ttl,
-                RData::AAAA(AAAA(*v6)),
-            ));
-        }
+    if let (RecordType::AAAA | RecordType::ANY, Some(v6)) = (want, v6) {
+        resp.add_answer(Record::from_rdata(
+            name.clone(),
+            names.ttl,
+            RData::AAAA(AAAA(*v6)),
+        ));
     }
     if resp.answers.is_empty() {
         // NODATA: the name exists, this type does not (RFC 2308: SOA for
