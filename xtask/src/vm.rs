@@ -224,6 +224,8 @@ fn build_static() -> Result<Binaries> {
     run(Command::new("cargo")
         .current_dir(&root)
         .env("RUSTFLAGS", flags)
+        // No debug info: it would make the initramfs ~1 GB (it unpacks into RAM).
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .args([
             "build",
             "--target",
@@ -239,6 +241,8 @@ fn build_static() -> Result<Binaries> {
     let out = Command::new("cargo")
         .current_dir(&root)
         .env("RUSTFLAGS", flags)
+        // No debug info: it would make the initramfs ~1 GB (it unpacks into RAM).
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .args([
             "test",
             "--no-run",
