@@ -124,6 +124,10 @@ pub const DNS_MARK: u32 = 0x5244_4e53; // "RDNS"
 /// How far ahead the daemon sets `MAP_DNS_ALIVE` (it refreshes every second).
 pub const DNS_ALIVE_NS: u64 = 3_000_000_000;
 
+/// `SvcHeader::flags`: connections go to the daemon's L7 proxy (on
+/// `Config::proxy4/6`, port `SvcHeader::proxy_port`); there are no slots.
+pub const SVC_F_PROXY: u16 = 1;
+
 /// errno values the programs set with `bpf_set_retval` (as negatives).
 pub const ERRNO_NO_BACKEND: i32 = 113; // EHOSTUNREACH: a known service, no healthy backend
 pub const ERRNO_UNKNOWN_VIP: i32 = 111; // ECONNREFUSED: inside a VIP range, not a service
@@ -159,10 +163,10 @@ pub struct SvcHeader {
     pub count: u32,
     /// Slot number of the first slot of the active bank: 1 or `BANK_SLOTS + 1`.
     pub base: u32,
-    /// Reserved for per-service flags (L7 redirect, ...). 0 today.
+    /// `SVC_F_*` bits.
     pub flags: u16,
-    /// Reserved: port of the daemon's L7 proxy for this service, network byte
-    /// order. 0: no proxy.
+    /// With [`SVC_F_PROXY`]: the L7 proxy's listener port for this service,
+    /// network byte order. 0: no proxy.
     pub proxy_port: u16,
 }
 
@@ -218,6 +222,13 @@ pub struct Config {
     pub _pad: u16,
     /// The DNS listener for IPv6 clients. All zero: IPv6 DNS is not captured.
     pub dns6: [u32; 4],
+    /// The L7 proxy's listener address for IPv4 clients, network byte order
+    /// (the port is per service, in `SvcHeader::proxy_port`).
+    pub proxy4: u32,
+    pub _pad2: u32,
+    /// The proxy's listener for IPv6 clients. All zero: IPv6 clients of L7
+    /// services are refused (EHOSTUNREACH).
+    pub proxy6: [u32; 4],
 }
 
 /// Value of [`MAP_SOCK_REVNAT`] (socket-local storage, freed with the socket):
@@ -347,7 +358,7 @@ assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
 assert_layout!(Backend, 24);
-assert_layout!(Config, 72);
+assert_layout!(Config, 96);
 assert_layout!(RevNat, 40);
 assert_layout!(UdpRevKey, 32);
 assert_layout!(UdpRevValue, 24);
@@ -360,6 +371,7 @@ const _: () = assert!(core::mem::offset_of!(SvcKey, family) == 19);
 const _: () = assert!(core::mem::offset_of!(Backend, cluster_id) == 20);
 const _: () = assert!(core::mem::offset_of!(Config, v6_net) == 16);
 const _: () = assert!(core::mem::offset_of!(Config, dns6) == 56);
+const _: () = assert!(core::mem::offset_of!(Config, proxy6) == 80);
 const _: () = assert!(core::mem::offset_of!(RevNat, vip_port) == 32);
 const _: () = assert!(core::mem::offset_of!(UdpRevKey, addr) == 8);
 const _: () = assert!(2 * BANK_SLOTS < u32::MAX);

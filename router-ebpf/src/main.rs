@@ -35,8 +35,8 @@ use aya_ebpf::{
 use router_common::{
     BANK_SLOTS, Backend, BackendStats, CFG_DNS_CAPTURE, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config,
     DNS_PORT, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats, MAX_BACKENDS,
-    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SlotKey, SvcHeader,
-    SvcKey, SvcStats, UdpRevKey, UdpRevValue, addr,
+    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SVC_F_PROXY, SlotKey,
+    SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -104,6 +104,33 @@ fn bump_svc(id: u32, f: impl FnOnce(&mut SvcStats)) {
         // SAFETY: per-CPU value, valid for the duration of the program.
         f(unsafe { &mut *p });
     }
+}
+
+/// An L7 service: the connection goes to the daemon's proxy listener for it.
+#[inline(always)]
+fn proxy(key: &SvcKey, svc_id: u32, port: u16, kind: Kind) -> Verdict {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Verdict::Refuse(ERRNO_NO_BACKEND);
+    };
+    let addr = if key.family == FAMILY_V4 {
+        [cfg.proxy4, 0, 0, 0]
+    } else {
+        cfg.proxy6
+    };
+    if addr == [0, 0, 0, 0] || port == 0 {
+        bump_svc(svc_id, |s| s.no_backend += 1);
+        return Verdict::Refuse(ERRNO_NO_BACKEND);
+    }
+    bump_svc(svc_id, |s| match kind {
+        Kind::Connect => s.connects += 1,
+        Kind::Datagram => s.datagrams += 1,
+    });
+    Verdict::Rewrite(Backend {
+        addr,
+        port,
+        family: key.family,
+        ..Backend::default()
+    })
 }
 
 /// An address that is no service: capture DNS, refuse inside the VIP
@@ -182,6 +209,9 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         return miss(ctx, key);
     };
     let (svc_id, count, base) = (hdr.svc_id, hdr.count, hdr.base);
+    if hdr.flags & SVC_F_PROXY != 0 {
+        return proxy(key, svc_id, hdr.proxy_port, kind);
+    }
     if count == 0 {
         bump_svc(svc_id, |s| s.no_backend += 1);
         return Verdict::Refuse(ERRNO_NO_BACKEND);

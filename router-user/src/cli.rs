@@ -102,10 +102,11 @@ enum Cmd {
         /// Size of the backend maps when the datapath is first created.
         #[arg(long, default_value_t = router_common::MAX_BACKENDS)]
         max_backends: u32,
-        /// Open the DNS sockets in this network namespace (e.g.
+        /// Open the daemon's sockets (DNS, L7 proxy and gateway listeners, and
+        /// their upstream connections) in this network namespace (e.g.
         /// /var/run/netns/NAME) instead of the daemon's own.
-        #[arg(long)]
-        dns_netns: Option<PathBuf>,
+        #[arg(long, alias = "dns-netns")]
+        listen_netns: Option<PathBuf>,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -205,7 +206,7 @@ pub fn main() -> ExitCode {
             no_watch,
             max_services,
             max_backends,
-            dns_netns,
+            listen_netns,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -225,7 +226,7 @@ pub fn main() -> ExitCode {
                     backends: max_backends,
                 },
                 state_dir: pins.state_dir,
-                dns_netns,
+                listen_netns,
                 cleanup,
                 watch: !no_watch,
             }))?;

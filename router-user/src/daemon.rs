@@ -18,7 +18,9 @@ use crate::{
     config::{self, Overrides},
     datapath::{self, Datapath, Pins, Startup},
     dns::{self, DnsOptions, Names},
+    netns::Sockets,
     plan::Plan,
+    proxy::Proxy,
 };
 
 #[derive(Clone, Debug)]
@@ -32,8 +34,8 @@ pub struct RunOptions {
     /// Remove everything on exit (instead of leaving the datapath serving).
     pub cleanup: bool,
     pub watch: bool,
-    /// Network namespace for the DNS sockets (None: the daemon's).
-    pub dns_netns: Option<PathBuf>,
+    /// Network namespace for the daemon's sockets (None: the daemon's).
+    pub listen_netns: Option<PathBuf>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
@@ -139,6 +141,39 @@ fn spawn_logger(dp: &mut Datapath) {
     }
 }
 
+/// Log a rejected config: one event per problem (log pipelines split on
+/// lines), then the verdict, so a reader of the verdict has seen them all.
+fn log_rejected(e: &str, why: &str) {
+    let problems: Vec<&str> = e
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for p in &problems {
+        tracing::error!("{p}");
+    }
+    tracing::error!(
+        reason = why,
+        errors = problems.len(),
+        "reload rejected: the last good config keeps serving"
+    );
+}
+
+/// Listeners first (they must exist before the kernel points at them), then
+/// the maps, then close what the new plan no longer needs.
+fn apply_all(
+    dp: &mut Datapath,
+    proxy: &mut Proxy,
+    plan: &Plan,
+    state_dir: &Path,
+    t: Instant,
+) -> Result<()> {
+    apply(dp, plan, state_dir, t)?;
+    proxy.retire(plan);
+    Ok(())
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
     let started = Instant::now();
     // Handlers first: a SIGHUP that arrives while we start must not kill us.
@@ -152,29 +187,31 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // Nothing is serving: refuse to start rather than attach an empty datapath.
             anyhow::bail!("{e}");
         }
-        for p in e.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
-            tracing::error!("{p}");
-        }
-
+        log_rejected(e, "start-up");
         tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
     }
     let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
     spawn_logger(&mut dp);
-    // DNS listeners are bound before the heartbeat that lets the datapath
-    // capture DNS, so capture never points at a socket that is not there.
+    let socks = Sockets::start(opts.listen_netns.as_deref())?;
+    // The plan to serve: this config's, or the last applied one if this
+    // config is bad (the datapath was adopted as it is).
     let last_applied: Option<Plan> = std::fs::read(plan_file(&opts.state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let known = first.as_ref().ok().or(last_applied.as_ref());
-    let dns_plan = known.map(|p| p.dns.clone()).unwrap_or_default();
-    let (names_tx, names_rx) = watch::channel(Arc::new(
-        known
-            .map(|p| Names::from_plan(p, p.dns.ttl))
-            .unwrap_or_default(),
-    ));
+    let serving = first
+        .as_ref()
+        .ok()
+        .or(last_applied.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    // DNS listeners are bound before the heartbeat that lets the datapath
+    // capture DNS, so capture never points at a socket that is not there.
+    let dns_plan = serving.dns.clone();
+    let (names_tx, names_rx) =
+        watch::channel(Arc::new(Names::from_plan(&serving, serving.dns.ttl)));
     if dns_plan.enabled {
         let upstreams = if dns_plan.upstreams.is_empty() {
-            dns::system_upstreams(opts.dns_netns.as_deref())
+            dns::system_upstreams(opts.listen_netns.as_deref())
         } else {
             dns_plan.upstreams.clone()
         };
@@ -182,12 +219,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             DnsOptions {
                 listen: dns_plan.listeners(),
                 upstreams,
-                netns: opts.dns_netns.clone(),
             },
+            socks.clone(),
             names_rx,
         )
         .await?;
     }
+    let mut proxy = Proxy::new(socks.clone(), serving.proxy.listen4, serving.proxy.listen6);
+    proxy.prepare(&serving).await?;
     let startup = dp.startup;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let heartbeat = |dp: &mut Datapath| {
@@ -203,10 +242,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     heartbeat(&mut dp);
     if let Ok(plan) = &first {
         log_notices(plan);
-        apply(&mut dp, plan, &opts.state_dir, started)?;
-        names_tx.send_replace(Arc::new(Names::from_plan(plan, plan.dns.ttl)));
+        apply_all(&mut dp, &mut proxy, plan, &opts.state_dir, started)?;
     }
-    tracing::info!(?startup, compile_and_load_ms = compile_ms, "routerd ready");
+    tracing::info!(?startup, compile_and_load_ms = compile_ms, listeners = ?proxy.ports(), "routerd ready");
     std::fs::create_dir_all(&opts.state_dir)?;
     std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
 
@@ -235,53 +273,42 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = int.recv() => break,
         };
         let t = Instant::now();
-        match build_plan(&opts.config, &opts.overrides, &health) {
+        let plan = match build_plan(&opts.config, &opts.overrides, &health) {
             Err(e) => {
-                // One event per problem (log pipelines split on lines), then
-                // the verdict, so a reader of the verdict has seen them all.
-                let problems: Vec<&str> = e
-                    .lines()
-                    .skip(1)
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                for p in &problems {
-                    tracing::error!("{p}");
-                }
-                tracing::error!(
-                    reason = why,
-                    errors = problems.len(),
-                    "reload rejected: the last good config keeps serving"
-                );
+                log_rejected(&e, why);
+                continue;
             }
-            Ok(plan) => {
-                if last_plan.as_ref() == Some(&plan) {
-                    tracing::info!(
-                        reason = why,
-                        generation = dp.generation(),
-                        "reload: no change"
+            Ok(plan) => plan,
+        };
+        if last_plan.as_ref() == Some(&plan) {
+            tracing::info!(
+                reason = why,
+                generation = dp.generation(),
+                "reload: no change"
+            );
+            continue;
+        }
+        if let Err(e) = proxy.prepare(&plan).await {
+            log_rejected(&format!("config rejected\n{e:#}"), why);
+            continue;
+        }
+        log_notices(&plan);
+        match apply_all(&mut dp, &mut proxy, &plan, &opts.state_dir, t) {
+            Ok(()) => {
+                if plan.dns.listeners() != dns_plan.listeners()
+                    || plan.dns.enabled != dns_plan.enabled
+                {
+                    tracing::warn!(
+                        "DNS listener settings changed: they take effect at the next restart"
                     );
-                    continue;
                 }
-                log_notices(&plan);
-                match apply(&mut dp, &plan, &opts.state_dir, t) {
-                    Ok(()) => {
-                        if plan.dns.listeners() != dns_plan.listeners()
-                            || plan.dns.enabled != dns_plan.enabled
-                        {
-                            tracing::warn!(
-                                "DNS listener settings changed: they take effect at the next restart"
-                            );
-                        }
-                        names_tx.send_replace(Arc::new(Names::from_plan(&plan, plan.dns.ttl)));
-                        last_plan = Some(plan);
-                    }
-                    Err(e) => tracing::error!(
-                        reason = why,
-                        "applying the new plan failed (nothing partial was left): {e:#}"
-                    ),
-                }
+                names_tx.send_replace(Arc::new(Names::from_plan(&plan, plan.dns.ttl)));
+                last_plan = Some(plan);
             }
+            Err(e) => tracing::error!(
+                reason = why,
+                "applying the new plan failed (nothing partial was left): {e:#}"
+            ),
         }
     }
     let _ = std::fs::remove_file(pid_file(&opts.state_dir));

@@ -8,9 +8,8 @@
 //! replies back to the resolver the process asked. The daemon's own sockets
 //! carry `DNS_MARK`, which the programs never capture: forwarding cannot loop.
 //!
-//! Sockets can live in another network namespace (`--dns-netns`): a thread
-//! that entered it once creates every socket (listeners and upstream
-//! queries); a socket stays in the namespace it was created in.
+//! Sockets can live in another network namespace (`--listen-netns`): see
+//! [`crate::netns`].
 //!
 //! Hostile input: datagrams over 4 KiB and messages that do not parse are
 //! dropped (FORMERR when the header is readable); at most 1,024 forwarded
@@ -36,10 +35,10 @@ use hickory_proto::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, oneshot, watch},
+    sync::{Semaphore, watch},
 };
 
-use crate::plan::Plan;
+use crate::{netns::Sockets, plan::Plan};
 
 /// `SO_MARK` on every socket the DNS server opens; the kernel programs leave
 /// such sockets alone.
@@ -177,126 +176,6 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     })?
 }
 
-// --- sockets in a network namespace -----------------------------------------
-
-enum SockReq {
-    Udp(
-        SocketAddr,
-        oneshot::Sender<std::io::Result<std::net::UdpSocket>>,
-    ),
-    Listen(
-        SocketAddr,
-        oneshot::Sender<std::io::Result<std::net::TcpListener>>,
-    ),
-    Stream(bool, oneshot::Sender<std::io::Result<std::net::TcpStream>>),
-}
-
-/// Creates sockets in the DNS network namespace, marked with [`DNS_MARK`].
-#[derive(Clone)]
-pub struct Sockets {
-    tx: std::sync::mpsc::Sender<SockReq>,
-}
-
-fn marked(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(domain, ty, None)?;
-    s.set_mark(DNS_MARK)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
-fn domain(v6: bool) -> socket2::Domain {
-    if v6 {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    }
-}
-
-impl Sockets {
-    /// Start the socket thread, in `netns` if given (a path like /var/run/netns/x).
-    pub fn start(netns: Option<&Path>) -> Result<Self> {
-        let ns = match netns {
-            Some(p) => Some(
-                std::fs::File::open(p)
-                    .with_context(|| format!("opening network namespace {}", p.display()))?,
-            ),
-            None => None,
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<SockReq>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        std::thread::Builder::new()
-            .name("dns-sockets".into())
-            .spawn(move || {
-                if let Some(f) = ns {
-                    // setns affects this thread only; it stays in the namespace.
-                    if let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET) {
-                        let _ = ready_tx.send(Err(std::io::Error::other(e)));
-                        return;
-                    }
-                }
-                let _ = ready_tx.send(Ok(()));
-                for req in rx {
-                    match req {
-                        SockReq::Udp(addr, reply) => {
-                            let s = marked(domain(addr.is_ipv6()), socket2::Type::DGRAM).and_then(
-                                |s| {
-                                    s.bind(&addr.into())?;
-                                    Ok(s.into())
-                                },
-                            );
-                            let _ = reply.send(s);
-                        }
-                        SockReq::Listen(addr, reply) => {
-                            let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(
-                                |s| {
-                                    s.set_reuse_address(true)?;
-                                    s.bind(&addr.into())?;
-                                    s.listen(1024)?;
-                                    Ok(s.into())
-                                },
-                            );
-                            let _ = reply.send(s);
-                        }
-                        SockReq::Stream(v6, reply) => {
-                            let _ = reply
-                                .send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
-                        }
-                    }
-                }
-            })?;
-        ready_rx
-            .recv()
-            .context("dns socket thread")?
-            .context("entering the DNS network namespace")?;
-        Ok(Sockets { tx })
-    }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<std::io::Result<T>>) -> SockReq,
-    ) -> std::io::Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| std::io::Error::other("dns socket thread gone"))?;
-        rx.await
-            .map_err(|_| std::io::Error::other("dns socket thread gone"))?
-    }
-
-    pub async fn udp(&self, bind: SocketAddr) -> std::io::Result<UdpSocket> {
-        UdpSocket::from_std(self.ask(|tx| SockReq::Udp(bind, tx)).await?)
-    }
-    pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
-        TcpListener::from_std(self.ask(|tx| SockReq::Listen(addr, tx)).await?)
-    }
-    pub async fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
-        let std = self.ask(|tx| SockReq::Stream(to.is_ipv6(), tx)).await?;
-        tokio::net::TcpSocket::from_std_stream(std)
-            .connect(to)
-            .await
-    }
-}
-
 // --- forwarding ----------------------------------------------------------------
 
 fn unspecified(v6: bool) -> SocketAddr {
@@ -369,7 +248,6 @@ async fn forward_tcp(socks: &Sockets, upstreams: &[SocketAddr], query: &[u8]) ->
 pub struct DnsOptions {
     pub listen: Vec<SocketAddr>,
     pub upstreams: Vec<SocketAddr>,
-    pub netns: Option<PathBuf>,
 }
 
 /// Nameservers from a resolv.conf text, as `ip:53`.
@@ -487,8 +365,11 @@ async fn serve_tcp(
 }
 
 /// Bind every listener (so errors surface at start-up), then serve forever.
-pub async fn start(opts: DnsOptions, names: watch::Receiver<Arc<Names>>) -> Result<()> {
-    let socks = Sockets::start(opts.netns.as_deref())?;
+pub async fn start(
+    opts: DnsOptions,
+    socks: Sockets,
+    names: watch::Receiver<Arc<Names>>,
+) -> Result<()> {
     let upstreams: Vec<SocketAddr> = opts
         .upstreams
         .iter()
@@ -504,12 +385,8 @@ pub async fn start(opts: DnsOptions, names: watch::Receiver<Arc<Names>>) -> Resu
     for addr in &opts.listen {
         let hint = || {
             format!(
-                "binding the DNS listener {addr}{}: is another resolver there? Set RouterConfig \
-                 spec.dns.listen/port, or --no-dns",
-                opts.netns
-                    .as_ref()
-                    .map(|n| format!(" in {}", n.display()))
-                    .unwrap_or_default()
+                "binding the DNS listener {addr}: is another resolver there? Set RouterConfig \
+                 spec.dns.listen/port, or --no-dns"
             )
         };
         let udp = Arc::new(socks.udp(*addr).await.with_context(hint)?);

@@ -3,7 +3,7 @@
 //! their loads, and the resulting share of each endpoint; with why.
 use std::fmt::Write as _;
 
-use crate::plan::{LocalityMode, Plan, ServicePlan};
+use crate::plan::{L7Action, L7Cond, L7Route, LocalityMode, Plan, ServicePlan};
 
 fn mode_text(m: &LocalityMode) -> String {
     match m {
@@ -18,6 +18,128 @@ fn mode_text(m: &LocalityMode) -> String {
             format!("priority labels {} from {policy}", labels.join(", "))
         }
         LocalityMode::Distribute { policy } => format!("distributed by weight ({policy})"),
+    }
+}
+
+fn cond_text(c: &L7Cond) -> String {
+    match c {
+        L7Cond::Path {
+            kind,
+            value,
+            ignore_case,
+        } => format!(
+            "path {kind:?} {value}{}",
+            if *ignore_case { " (any case)" } else { "" }
+        )
+        .to_lowercase(),
+        L7Cond::Header {
+            name,
+            value,
+            regex,
+            invert,
+        } => format!(
+            "{}header {name}{}",
+            if *invert { "not " } else { "" },
+            match value {
+                Some(v) if *regex => format!(" ~ {v}"),
+                Some(v) => format!(" = {v}"),
+                None => " present".into(),
+            }
+        ),
+        L7Cond::Query { name, value, .. } => format!(
+            "query {name}{}",
+            value
+                .as_ref()
+                .map(|v| format!(" = {v}"))
+                .unwrap_or_default()
+        ),
+        L7Cond::Method(m) => format!("method {m}"),
+        L7Cond::Port(p) => format!("port {p}"),
+    }
+}
+
+/// The routes of an L7 table, in match order.
+pub fn l7_routes(o: &mut String, routes: &[L7Route], indent: &str) {
+    for (i, r) in routes.iter().enumerate() {
+        let when = if r.matchers.is_empty() {
+            "every request".to_string()
+        } else {
+            r.matchers
+                .iter()
+                .map(|m| {
+                    m.conds
+                        .iter()
+                        .map(cond_text)
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let _ = writeln!(
+            o,
+            "{indent}{}. route `{}` ({}:{}) when {when}",
+            i + 1,
+            r.name,
+            r.origin.file,
+            r.origin.line
+        );
+        match &r.action {
+            L7Action::Forward(f) => {
+                for d in &f.dests {
+                    let eps: Vec<String> = d
+                        .endpoints
+                        .iter()
+                        .map(|e| format!("{} x{}", e.endpoint, e.slots))
+                        .collect();
+                    let _ = writeln!(
+                        o,
+                        "{indent}   -> {} (weight {}): {}",
+                        d.label,
+                        d.weight,
+                        if eps.is_empty() {
+                            "no healthy endpoint (503)".into()
+                        } else {
+                            eps.join(", ")
+                        }
+                    );
+                }
+                if let Some(p) = &f.path_rewrite {
+                    let _ = writeln!(o, "{indent}   rewrite path to {p}");
+                }
+            }
+            L7Action::Redirect(r) => {
+                let _ = writeln!(
+                    o,
+                    "{indent}   redirect ({}) to {}",
+                    r.code,
+                    r.host
+                        .clone()
+                        .or(r.path.clone())
+                        .unwrap_or_else(|| "https".into())
+                );
+            }
+            L7Action::Direct { status, .. } => {
+                let _ = writeln!(o, "{indent}   direct response {status}");
+            }
+            L7Action::Broken { reason } => {
+                let _ = writeln!(o, "{indent}   BROKEN, answers 500: {reason}");
+            }
+        }
+        let p = &r.policies;
+        let names: Vec<&str> = [
+            p.headers.as_ref().map(|x| x.from.as_str()),
+            p.retry.as_ref().map(|x| x.from.as_str()),
+            p.fault.as_ref().map(|x| x.from.as_str()),
+            p.mirror.as_ref().map(|x| x.from.as_str()),
+            p.cors.as_ref().map(|x| x.from.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !names.is_empty() {
+            let _ = writeln!(o, "{indent}   policies: {}", names.join(", "));
+        }
     }
 }
 
@@ -114,7 +236,24 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
         );
     }
     for s in services {
-        service(&mut o, s);
+        match s.proxy_port {
+            Some(pp) => {
+                let _ = writeln!(
+                    o,
+                    "  {}/{} -> the L7 proxy (listener port {pp}), per request:",
+                    crate::plan::sock(s.vip, s.port),
+                    s.proto
+                );
+                if let Some(l7) = plan
+                    .l7
+                    .iter()
+                    .find(|l| l.proxy_port == pp && s.vip.is_ipv4())
+                {
+                    l7_routes(&mut o, &l7.routes, "    ");
+                }
+            }
+            None => service(&mut o, s),
+        }
     }
     for n in plan.notices.iter().filter(|n| n.message.contains(&h.name)) {
         let _ = writeln!(o, "  note: {n}");

@@ -8,4 +8,6 @@ pub mod datapath;
 pub mod dns;
 pub mod explain;
 pub mod inspect;
+pub mod netns;
 pub mod plan;
+pub mod proxy;

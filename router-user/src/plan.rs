@@ -149,6 +149,9 @@ pub struct ServicePlan {
     /// The slot table, as `(endpoint, number of slots)`, sorted by endpoint.
     /// Empty: no healthy endpoint, connect() fails with EHOSTUNREACH.
     pub slots: Vec<SlotShare>,
+    /// Served by the L7 proxy: the kernel sends connections to this listener
+    /// port (on the proxy address) instead of using slots.
+    pub proxy_port: Option<u16>,
 }
 
 impl ServicePlan {
@@ -297,6 +300,26 @@ impl DnsPlan {
     }
 }
 
+/// Where the L7 proxy listens: one port per L7 host:port, on these addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyPlan {
+    pub listen4: Ipv4Addr,
+    pub listen6: Option<Ipv6Addr>,
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
+impl Default for ProxyPlan {
+    fn default() -> Self {
+        ProxyPlan {
+            listen4: Ipv4Addr::LOCALHOST,
+            listen6: Some(Ipv6Addr::LOCALHOST),
+            first_port: 15000,
+            last_port: 15999,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub node: NodeInfo,
@@ -304,12 +327,17 @@ pub struct Plan {
     /// Refuse connections into the VIP ranges that match no service.
     pub refuse_unknown_vips: bool,
     pub dns: DnsPlan,
+    pub proxy: ProxyPlan,
     /// Sorted by name.
     pub hosts: Vec<HostPlan>,
     /// Sorted by (vip, port, proto).
     pub services: Vec<ServicePlan>,
     /// Every endpoint some slot table uses, sorted by address.
     pub backends: Vec<BackendPlan>,
+    /// Host:ports the L7 proxy serves (east-west).
+    pub l7: Vec<L7Service>,
+    /// VirtualGateway listeners (north-south).
+    pub gateways: Vec<GatewayListener>,
     pub notices: Vec<Notice>,
 }
 
@@ -338,4 +366,210 @@ impl Plan {
         v.dedup();
         v
     }
+}
+
+// ----------------------------------------------------------------------------
+// The L7 path: route tables the proxy applies per request.
+// ----------------------------------------------------------------------------
+
+/// How a path condition compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    Exact,
+    Prefix,
+    Regex,
+}
+
+/// One condition of a matcher; a matcher holds when all its conditions do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L7Cond {
+    Path {
+        kind: PathKind,
+        value: String,
+        ignore_case: bool,
+    },
+    /// `value` None: the header must be present. `invert` negates the result.
+    Header {
+        name: String,
+        value: Option<String>,
+        regex: bool,
+        invert: bool,
+    },
+    Query {
+        name: String,
+        value: Option<String>,
+        regex: bool,
+    },
+    Method(String),
+    Port(u16),
+}
+
+/// A matcher: all conditions (a delegated route carries its parent's too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Match {
+    pub conds: Vec<L7Cond>,
+}
+
+/// A destination of a per-request split, with the endpoints it resolves to
+/// (shares from the same locality tiers as the kernel path).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct L7Dest {
+    pub label: String,
+    /// Out of the sum over the route's destinations.
+    pub weight: u32,
+    /// Speak HTTP/2 to the endpoints (destination port protocol HTTP2 or GRPC).
+    pub http2: bool,
+    /// `(endpoint, share)`; empty: no healthy endpoint (503).
+    pub endpoints: Vec<SlotShare>,
+    /// Host header for `autoHostRewrite`: the destination's own name.
+    pub authority: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct L7Forward {
+    pub dests: Vec<L7Dest>,
+    /// Replace the matched prefix (or the whole path for exact/regex matches).
+    pub path_rewrite: Option<String>,
+    /// `(regex, substitution)` applied to the whole path.
+    pub regex_rewrite: Option<(String, String)>,
+    pub host_rewrite: Option<String>,
+    pub auto_host_rewrite: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Redirect {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub code: u16,
+    pub https: bool,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L7Action {
+    Forward(L7Forward),
+    Redirect(L7Redirect),
+    Direct {
+        status: u16,
+        body: String,
+    },
+    /// failureMode ROUTE_REPLACEMENT: the route is broken; it answers 500.
+    Broken {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderPolicy {
+    pub from: String,
+    pub add_request: Vec<(String, String)>,
+    pub remove_request: Vec<String>,
+    pub add_response: Vec<(String, String)>,
+    pub remove_response: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub from: String,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub per_try_timeout_ms: Option<u64>,
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_reset: bool,
+    pub on_connect_failure: bool,
+    pub status_codes: Vec<u16>,
+    pub request_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultPolicy {
+    pub from: String,
+    /// `(delay ms, percent of requests)`.
+    pub delay: Option<(u64, f64)>,
+    /// `(status, percent of requests)`.
+    pub abort: Option<(u16, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MirrorPolicy {
+    pub from: String,
+    pub dest: L7Dest,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorsPolicy {
+    pub from: String,
+    /// `(kind, value)`: exact, prefix or regex origin matches.
+    pub allow_origins: Vec<(PathKind, String)>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_s: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+/// The winning policy of each type for one route (`from` names the policy).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct L7Policies {
+    pub headers: Option<HeaderPolicy>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
+    pub mirror: Option<MirrorPolicy>,
+    pub cors: Option<CorsPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct L7Route {
+    pub name: String,
+    pub origin: Origin,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Any of these (empty: every request).
+    pub matchers: Vec<L7Match>,
+    pub action: L7Action,
+    pub policies: L7Policies,
+}
+
+/// A host:port served by the proxy (east-west), in first-match order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct L7Service {
+    pub host: String,
+    pub port: u16,
+    /// The VIPs whose connections the kernel hands to this proxy listener.
+    pub vips: Vec<IpAddr>,
+    /// The daemon's listener for this service (on the proxy addresses).
+    pub proxy_port: u16,
+    pub routes: Vec<L7Route>,
+}
+
+/// Route tables bound to one gateway listener, selected by Host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatewayHost {
+    /// Host patterns (`*.example.com` matches one or more left labels).
+    pub hosts: Vec<String>,
+    pub table: String,
+    pub routes: Vec<L7Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatewayListener {
+    pub gateway: String,
+    pub origin: Origin,
+    pub port: u16,
+    /// false: a TCP listener (forwards per `tcp` routes).
+    pub http: bool,
+    pub tls: Option<TlsFiles>,
+    pub https_redirect: bool,
+    pub hosts: Vec<GatewayHost>,
 }

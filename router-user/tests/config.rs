@@ -318,24 +318,44 @@ fn delegation_flattens_in_table_weight_order_and_combines_matchers() {
 }
 
 #[test]
-fn routes_that_need_l7_are_reported_not_served() {
+fn routes_that_need_l7_go_to_the_proxy_and_l4_ones_stay_in_the_kernel() {
     let text = rt(
         "  hosts: [a.mesh]\n  http:\n  - name: api\n    matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
     );
     let p = plan(&text);
-    assert!(p.services.is_empty());
-    let n = p
-        .notices
-        .iter()
-        .find(|n| n.message.contains("needs the L7 proxy"))
-        .expect("notice");
-    assert!(n.message.contains("path prefix /api"), "{n}");
-    assert_eq!(n.origin.line as usize, line_of(&text, "name: api"));
-    // A catch-all prefix needs no HTTP decision.
+    // Both VIPs of a.mesh:80 point at one proxy listener; no slots.
+    assert_eq!(p.services.len(), 2);
+    let port = p.services[0].proxy_port.expect("served by the proxy");
+    assert!(
+        p.services
+            .iter()
+            .all(|s| s.proxy_port == Some(port) && s.slots.is_empty())
+    );
+    assert!((15000..=15999).contains(&port));
+    let l7 = &p.l7[0];
+    assert_eq!(
+        (l7.host.as_str(), l7.port, l7.proxy_port),
+        ("a.mesh", 80, port)
+    );
+    assert_eq!(
+        l7.routes[0].origin.line as usize,
+        line_of(&text, "name: api")
+    );
+    assert_eq!(
+        l7.routes[0].matchers[0].conds,
+        vec![router_user::plan::L7Cond::Path {
+            kind: router_user::plan::PathKind::Prefix,
+            value: "/api".into(),
+            ignore_case: false
+        }]
+    );
+    // A catch-all prefix needs no HTTP decision: the kernel serves it.
     let text = rt(
         "  hosts: [a.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
     );
-    assert_eq!(plan(&text).services.len(), 1);
+    let p = plan(&text);
+    assert_eq!(p.services.len(), 1);
+    assert!(p.services[0].proxy_port.is_none() && p.l7.is_empty());
 }
 
 #[test]

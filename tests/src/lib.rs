@@ -36,8 +36,17 @@ pub struct Answer {
     pub local: String,
     /// The client as the backend sees it.
     pub peer: String,
-    /// HTTP path, or the UDP payload.
+    /// HTTP path (with the query), or the UDP payload.
     pub path: String,
+    /// HTTP method and request headers (lower-case names; repeated headers
+    /// joined with ", ").
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP version the backend saw ("HTTP/1.1", "HTTP/2.0").
+    #[serde(default)]
+    pub version: String,
 }
 
 /// One client attempt, as `rt-probe` prints it.
@@ -49,6 +58,14 @@ pub struct Probe {
     /// The peer the application sees: getpeername(), or a UDP reply's source.
     pub peer: Option<String>,
     pub answer: Option<Answer>,
+    /// HTTP status, response headers (lower-case) and body when it is not a
+    /// backend's JSON answer (`rt-probe http`).
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 /// One connect-path measurement, as `rt-probe bench` prints it.
@@ -622,8 +639,8 @@ impl Routerd {
         // DNS sockets live in the test's client namespace (World names it
         // `<tag>n`), where the captured queries arrive and upstreams are.
         let node_ns = PathBuf::from(format!("/var/run/netns/{tag}n"));
-        if node_ns.exists() && !extra.contains(&"--dns-netns") {
-            args.push("--dns-netns".into());
+        if node_ns.exists() && !extra.contains(&"--listen-netns") {
+            args.push("--listen-netns".into());
             args.push(node_ns.display().to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));

@@ -4,6 +4,7 @@
 //! Layers: a virtual host and port (logical) -> its route's destinations
 //! (concrete backend sets, weighted by Gloo's remainder rule) -> endpoints
 //! ranked by locality ([`locality`]) -> one slot table ([`slots`]).
+pub mod l7;
 pub mod locality;
 pub mod policy;
 pub mod routes;
@@ -247,7 +248,43 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// One service (VIP, port, proto) from its routing.
+    /// One destination in one family: its tiers (for explain) and each
+    /// healthy endpoint's share of the destination's traffic (summing to 1
+    /// when any endpoint is healthy, else empty).
+    fn destination(
+        &self,
+        d: &Dest<'a>,
+        weight: u32,
+        v6: bool,
+    ) -> (DestinationPlan, EndpointShares) {
+        let cands = self.candidates(d, v6);
+        let ranking = self.ranking(d);
+        let (mode, tiers) = locality::tiers(&self.v.settings.node, &cands, &ranking);
+        let mut shares: BTreeMap<SocketAddr, Share> = BTreeMap::new();
+        for t in &tiers {
+            let healthy: Vec<&EndpointPlan> = t.endpoints.iter().filter(|e| e.healthy).collect();
+            if t.load_percent == 0 || healthy.is_empty() {
+                continue;
+            }
+            let share = Share::new(u128::from(t.load_percent), 100 * healthy.len() as u128);
+            for e in healthy {
+                let cur = shares.get(&e.addr).copied().unwrap_or(Share::ZERO);
+                shares.insert(e.addr, cur + share);
+            }
+        }
+        let plan = DestinationPlan {
+            label: d.label(),
+            weight,
+            mode,
+            tiers,
+            excluded: self.not_ready(d, v6),
+        };
+        (plan, shares.into_iter().collect())
+    }
+
+    /// One service (VIP, port, proto) from its routing. Destinations with no
+    /// healthy endpoint drop out and the others' weights are renormalised
+    /// (a connection cannot be "failed" for a share).
     fn service(
         &self,
         host: &str,
@@ -257,58 +294,28 @@ impl<'a> Compiler<'a> {
         r: &Routing<'a>,
     ) -> ServicePlan {
         let v6 = vip.is_ipv6();
-        let mut dests = Vec::new();
-        let mut weights: BTreeMap<SocketAddr, Share> = BTreeMap::new();
-        // Destinations with no healthy endpoint drop out and the others'
-        // weights are renormalised (connections cannot be "failed" per share).
-        let live: Vec<bool> = r
+        let per_dest: Vec<(DestinationPlan, EndpointShares, u32)> = r
             .dests
             .iter()
-            .map(|(d, w)| *w > 0 && self.candidates(d, v6).iter().any(|c| c.healthy))
+            .map(|(d, w)| {
+                let (plan, shares) = self.destination(d, *w, v6);
+                (plan, shares, *w)
+            })
             .collect();
-        let live_w: u32 = r
-            .dests
+        let live_w: u32 = per_dest
             .iter()
-            .zip(&live)
-            .filter(|(_, l)| **l)
-            .map(|((_, w), _)| *w)
+            .filter(|(_, s, w)| *w > 0 && !s.is_empty())
+            .map(|(_, _, w)| *w)
             .sum();
-        for ((d, w), is_live) in r.dests.iter().zip(&live) {
-            let cands = self.candidates(d, v6);
-            let ranking = self.ranking(d);
-            let (mode, tiers) = locality::tiers(&self.v.settings.node, &cands, &ranking);
-            if *is_live {
-                for t in &tiers {
-                    let healthy: Vec<&EndpointPlan> =
-                        t.endpoints.iter().filter(|e| e.healthy).collect();
-                    if t.load_percent == 0 || healthy.is_empty() {
-                        continue;
-                    }
-                    let share = Share::new(
-                        u128::from(*w) * u128::from(t.load_percent),
-                        u128::from(live_w) * 100 * healthy.len() as u128,
-                    );
-                    for e in healthy {
-                        let cur = weights.get(&e.addr).copied().unwrap_or(Share::ZERO);
-                        weights.insert(e.addr, cur + share);
-                    }
-                }
+        let mut weights: BTreeMap<SocketAddr, Share> = BTreeMap::new();
+        for (_, shares, w) in per_dest.iter().filter(|(_, s, w)| *w > 0 && !s.is_empty()) {
+            for (addr, s) in shares {
+                let scaled = Share::new(s.num * u128::from(*w), s.den * u128::from(live_w));
+                let cur = weights.get(addr).copied().unwrap_or(Share::ZERO);
+                weights.insert(*addr, cur + scaled);
             }
-            let excluded = self.not_ready(d, v6);
-            dests.push(DestinationPlan {
-                label: d.label(),
-                weight: *w,
-                mode,
-                tiers,
-                excluded,
-            });
         }
         let shares: Vec<(SocketAddr, Share)> = weights.into_iter().collect();
-        let slots = slots::apportion(&shares)
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(endpoint, slots)| SlotShare { endpoint, slots })
-            .collect();
         ServicePlan {
             vip,
             port,
@@ -316,10 +323,23 @@ impl<'a> Compiler<'a> {
             host: host.to_string(),
             origin: r.origin.clone(),
             route: r.route.clone(),
-            destinations: dests,
-            slots,
+            destinations: per_dest.into_iter().map(|(p, _, _)| p).collect(),
+            slots: to_slots(&shares),
+            proxy_port: None,
         }
     }
+}
+
+/// Each healthy endpoint's share of a destination's traffic.
+type EndpointShares = Vec<(SocketAddr, Share)>;
+
+/// Shares -> the slot table (endpoints with at least one slot).
+fn to_slots(shares: &[(SocketAddr, Share)]) -> Vec<SlotShare> {
+    slots::apportion(shares)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(endpoint, slots)| SlotShare { endpoint, slots })
+        .collect()
 }
 
 /// Compile a validated config into a plan.
@@ -363,16 +383,13 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
             continue;
         }
         if !rt.spec.virtual_gateways.is_empty() {
-            if !rt.spec.hosts.is_empty() {
-                c.notice(&rt.origin, "is bound to a VirtualGateway: north-south serving comes with the L7 proxy; not served yet".into());
-            }
-            continue;
+            continue; // north-south only: served on its gateways (see l7::gateways)
         }
         for h in &rt.spec.hosts {
             if h.value.starts_with("*.") {
                 let mut o = rt.origin.clone();
                 o.line = rt.line_of(h);
-                c.notice(&o, format!("wildcard host `{}` has no single VIP; it needs the L7 proxy and DNS (not served yet)", h.value));
+                c.notice(&o, format!("wildcard host `{}` has no single VIP, so it is not served east-west (it is on a VirtualGateway)", h.value));
                 continue;
             }
             host(&mut hosts, &h.value).rt = Some(rt);
@@ -389,6 +406,15 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         }],
     })?;
 
+    struct L7Pending {
+        host: String,
+        port: u16,
+        vips: Vec<IpAddr>,
+        origin: Origin,
+        route: String,
+        routes: Vec<L7Route>,
+    }
+    let mut l7_pending: Vec<L7Pending> = Vec::new();
     let mut services = Vec::new();
     let mut host_plans = Vec::new();
     let mut errors = Vec::new();
@@ -430,7 +456,22 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 }
             }
             for p in candidates {
-                match routes::decide_port(&flat, p) {
+                // A route whose destinations do not resolve (possible only
+                // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
+                // the proxy.
+                let decision = match routes::decide_port(&flat, p) {
+                    routes::PortDecision::L4(r)
+                        if r.forward_to()
+                            .is_some_and(|f| c.resolved(r.table, f).is_err()) =>
+                    {
+                        routes::PortDecision::NeedsL7 {
+                            route: r,
+                            why: "it is broken (ROUTE_REPLACEMENT)".into(),
+                        }
+                    }
+                    d => d,
+                };
+                match decision {
                     routes::PortDecision::L4(r) => {
                         let dests = r
                             .forward_to()
@@ -446,12 +487,15 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                         );
                     }
                     routes::PortDecision::NeedsL7 { route, why } => {
-                        let msg = format!(
-                            "{}:{p}: route `{}` needs the L7 proxy ({why}), which is not available yet; \
-                             connections to this port are refused until it is",
-                            src.name, route.name
-                        );
-                        c.notice(&route.origin, msg);
+                        tracing::debug!(host = %src.name, port = p, route = %route.name, "L7: {why}");
+                        l7_pending.push(L7Pending {
+                            host: src.name.clone(),
+                            port: p,
+                            vips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                            origin: route.origin.clone(),
+                            route: route.name.clone(),
+                            routes: c.l7_routes(&flat, Some(p)),
+                        });
                     }
                     routes::PortDecision::None => {}
                 }
@@ -503,6 +547,13 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 ));
             }
         }
+        served.extend(
+            l7_pending
+                .iter()
+                .filter(|l| l.host == src.name)
+                .map(|l| l.port),
+        );
+        served.sort();
         served.dedup();
         host_plans.push(HostPlan {
             name: src.name.clone(),
@@ -515,8 +566,54 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
     if !errors.is_empty() {
         return Err(ConfigError { errors });
     }
+    // The L7 proxy: one listener port per host:port, then a kernel header
+    // per VIP that points there.
+    let gateways = c.gateways();
+    let proxy = &v.settings.proxy;
+    let keys: Vec<(String, u16)> = l7_pending
+        .iter()
+        .map(|l| (l.host.to_ascii_lowercase(), l.port))
+        .collect();
+    let ports = l7::proxy_ports(
+        &keys,
+        proxy.first_port,
+        proxy.last_port,
+        &l7::gateway_ports(&gateways),
+    )
+    .map_err(|e| ConfigError {
+        errors: vec![Diagnostic {
+            file: "<settings>".into(),
+            line: 0,
+            column: 0,
+            resource: None,
+            message: format!("{e}: widen RouterConfig spec.proxy.portRange"),
+        }],
+    })?;
+    let mut l7_services = Vec::new();
+    for (l, proxy_port) in l7_pending.into_iter().zip(ports) {
+        for vip in &l.vips {
+            services.push(ServicePlan {
+                vip: *vip,
+                port: l.port,
+                proto: Proto::Tcp,
+                host: l.host.clone(),
+                origin: l.origin.clone(),
+                route: Some(l.route.clone()),
+                destinations: Vec::new(),
+                slots: Vec::new(),
+                proxy_port: Some(proxy_port),
+            });
+        }
+        l7_services.push(L7Service {
+            host: l.host,
+            port: l.port,
+            vips: l.vips,
+            proxy_port,
+            routes: l.routes,
+        });
+    }
     services.sort_by_key(|a| (a.vip, a.port, a.proto));
-    for s in &services {
+    for s in services.iter().filter(|s| s.proxy_port.is_none()) {
         if s.slots.is_empty() {
             let msg = format!(
                 "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
@@ -550,7 +647,11 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         ))
     });
     notices.dedup();
+    // Endpoints the proxy may dial need no kernel backend entry.
     Ok(Plan {
+        l7: l7_services,
+        gateways,
+        proxy: v.settings.proxy.clone(),
         node: v.settings.node.clone(),
         vip_ranges: v.settings.vip_ranges,
         refuse_unknown_vips: v.settings.refuse_unknown_vips,

@@ -112,13 +112,19 @@ fn saphyr_error(
 }
 
 const SUPPORTED: &str = "RouteTable, VirtualDestination, VirtualGateway (networking.gloo.solo.io/v2); \
-FailoverPolicy, OutlierDetectionPolicy (resilience.policy.gloo.solo.io/v2); \
+FailoverPolicy, OutlierDetectionPolicy, RetryTimeoutPolicy, FaultInjectionPolicy (resilience.policy.gloo.solo.io/v2); \
+HeaderManipulationPolicy, MirrorPolicy (trafficcontrol.policy.gloo.solo.io/v2); CORSPolicy (security.policy.gloo.solo.io/v2); \
 Service (v1); EndpointSlice (discovery.k8s.io/v1); RouterConfig (routerd.io/v1alpha1)";
 
 fn expected_api(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "RouteTable" | "VirtualDestination" | "VirtualGateway" => GLOO_NETWORKING,
-        "FailoverPolicy" | "OutlierDetectionPolicy" => GLOO_RESILIENCE,
+        "FailoverPolicy"
+        | "OutlierDetectionPolicy"
+        | "RetryTimeoutPolicy"
+        | "FaultInjectionPolicy" => GLOO_RESILIENCE,
+        "HeaderManipulationPolicy" | "MirrorPolicy" => GLOO_TRAFFIC,
+        "CORSPolicy" => GLOO_SECURITY,
         "Service" => K8S_CORE,
         "EndpointSlice" => K8S_DISCOVERY,
         "RouterConfig" => ROUTER_API,
@@ -267,6 +273,36 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
                             ports: d.ports,
                         },
                     });
+                }
+            }
+            "HeaderManipulationPolicy" => {
+                if let Some(d) =
+                    parse_typed::<Doc<RoutePolicySpec<HeaderManipulationConfig>>>(&cx, diags)
+                {
+                    cfg.header_policies.push(resource(&cx, d));
+                }
+            }
+            "RetryTimeoutPolicy" => {
+                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<RetryTimeoutConfig>>>(&cx, diags)
+                {
+                    cfg.retry_policies.push(resource(&cx, d));
+                }
+            }
+            "FaultInjectionPolicy" => {
+                if let Some(d) =
+                    parse_typed::<Doc<RoutePolicySpec<FaultInjectionConfig>>>(&cx, diags)
+                {
+                    cfg.fault_policies.push(resource(&cx, d));
+                }
+            }
+            "MirrorPolicy" => {
+                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<MirrorConfig>>>(&cx, diags) {
+                    cfg.mirror_policies.push(resource(&cx, d));
+                }
+            }
+            "CORSPolicy" => {
+                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<CorsConfig>>>(&cx, diags) {
+                    cfg.cors_policies.push(resource(&cx, d));
                 }
             }
             "RouterConfig" => {

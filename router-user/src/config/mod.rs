@@ -17,7 +17,7 @@ use std::path::Path;
 pub use diag::{ConfigError, Diagnostic};
 use model::*;
 
-use crate::plan::{DnsPlan, Locality, NodeInfo, Notice, Origin, VipRanges};
+use crate::plan::{DnsPlan, Locality, NodeInfo, Notice, Origin, ProxyPlan, VipRanges};
 
 /// One resource with where it came from.
 #[derive(Clone, Debug)]
@@ -80,6 +80,11 @@ pub struct Config {
     pub services: Vec<Resource<ServiceSpec>>,
     pub endpoint_slices: Vec<Resource<EndpointSliceBody>>,
     pub router_configs: Vec<Resource<RouterConfigSpec>>,
+    pub header_policies: Vec<Resource<RoutePolicySpec<HeaderManipulationConfig>>>,
+    pub retry_policies: Vec<Resource<RoutePolicySpec<RetryTimeoutConfig>>>,
+    pub fault_policies: Vec<Resource<RoutePolicySpec<FaultInjectionConfig>>>,
+    pub mirror_policies: Vec<Resource<RoutePolicySpec<MirrorConfig>>>,
+    pub cors_policies: Vec<Resource<RoutePolicySpec<CorsConfig>>>,
     /// Files read, in order.
     pub files: Vec<String>,
 }
@@ -109,6 +114,7 @@ pub struct Settings {
     pub locality_requires_outlier_detection: bool,
     pub refuse_unknown_vips: bool,
     pub dns: DnsPlan,
+    pub proxy: ProxyPlan,
 }
 
 impl Default for Settings {
@@ -119,6 +125,7 @@ impl Default for Settings {
             locality_requires_outlier_detection: true,
             refuse_unknown_vips: true,
             dns: DnsPlan::default(),
+            proxy: ProxyPlan::default(),
         }
     }
 }
@@ -261,10 +268,43 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     }
     s.locality_requires_outlier_detection = rc.locality_requires_outlier_detection.unwrap_or(true);
     s.refuse_unknown_vips = rc.refuse_unknown_vips.unwrap_or(true);
+    s.proxy = proxy_settings(&rc.proxy.clone().unwrap_or_default(), |msg| {
+        diags.push(&file, line, res.clone(), msg)
+    });
     s.dns = dns_settings(&rc.dns.clone().unwrap_or_default(), o, |msg| {
         diags.push(&file, line, res.clone(), msg)
     });
     s
+}
+
+fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
+    let mut out = ProxyPlan::default();
+    if let Some(r) = &p.port_range {
+        let parsed = r.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+        });
+        match parsed {
+            Some((a, b)) if a >= 1024 && a <= b => (out.first_port, out.last_port) = (a, b),
+            _ => err(format!(
+                "spec.proxy.portRange `{r}` is not a range like 15000-15999 (first port 1024 or more)"
+            )),
+        }
+    }
+    if let Some(l) = &p.listen {
+        match l.parse() {
+            Ok(a) => out.listen4 = a,
+            Err(_) => err(format!("spec.proxy.listen `{l}` is not an IPv4 address")),
+        }
+    }
+    match p.listen6.as_deref() {
+        None => {}
+        Some("") => out.listen6 = None,
+        Some(l) => match l.parse() {
+            Ok(a) => out.listen6 = Some(a),
+            Err(_) => err(format!("spec.proxy.listen6 `{l}` is not an IPv6 address")),
+        },
+    }
+    out
 }
 
 fn dns_settings(d: &DnsSpec, o: &Overrides, mut err: impl FnMut(String)) -> DnsPlan {

@@ -677,6 +677,23 @@ pub struct RouterConfigSpec {
     pub refuse_unknown_vips: Option<bool>,
     #[serde(default)]
     pub dns: Option<DnsSpec>,
+    #[serde(default)]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// `spec.proxy` of the RouterConfig: the L7 proxy's listeners.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// Listener ports, one per L7 host:port: `FIRST-LAST` (default 15000-15999).
+    #[serde(default)]
+    pub port_range: Option<String>,
+    /// IPv4 listener address (default 127.0.0.1).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// IPv6 listener address (default ::1; empty string: none).
+    #[serde(default)]
+    pub listen6: Option<String>,
 }
 
 /// `spec.dns` of the RouterConfig.
@@ -704,4 +721,128 @@ pub struct DnsSpec {
     /// Upstream resolvers, `ip` or `ip:port` (default: the node's resolv.conf).
     #[serde(default)]
     pub upstreams: Vec<String>,
+}
+
+// ----------------------------------------------------------------------------
+// Route policies (applyToRoutes): trafficcontrol, resilience, security
+// ----------------------------------------------------------------------------
+
+pub const GLOO_TRAFFIC: &str = "trafficcontrol.policy.gloo.solo.io/v2";
+pub const GLOO_SECURITY: &str = "security.policy.gloo.solo.io/v2";
+
+/// Selects routes by the labels a route carries (its own and, for delegated
+/// routes, its parents').
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteSelector {
+    #[serde(default)]
+    pub route: Option<RouteRef>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteRef {
+    #[serde(default)]
+    pub labels: Labels,
+    /// Route table name and namespace (optional).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderManipulationConfig {
+    #[serde(default)]
+    pub append_request_headers: Labels,
+    #[serde(default)]
+    pub remove_request_headers: Vec<String>,
+    #[serde(default)]
+    pub append_response_headers: Labels,
+    #[serde(default)]
+    pub remove_response_headers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    /// `5xx`, `gateway-error`, `reset`, `connect-failure`, `retriable-status-codes`.
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryTimeoutConfig {
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub fixed_delay: String,
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: u16,
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultInjectionConfig {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorConfig {
+    pub destination: Spanned<DestinationRef>,
+    /// Percentage of requests mirrored (default 100).
+    #[serde(default)]
+    pub percentage: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CorsConfig {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+}
+
+/// The shape every route policy shares: selectors plus a kind-specific config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RoutePolicySpec<C> {
+    #[serde(default)]
+    pub apply_to_routes: Vec<Spanned<RouteSelector>>,
+    pub config: C,
 }

@@ -81,6 +81,7 @@ pub fn validate(
         let sels = p.spec.apply_to_destinations.clone();
         apply_to(&mut v, p, &sels);
     }
+    route_policies(&mut v);
     for p in &cfg.outlier_policies {
         let sels = p.spec.apply_to_destinations.clone();
         apply_to(&mut v, p, &sels);
@@ -116,6 +117,11 @@ fn duplicates(v: &mut V<'_>) {
     each!(cfg.failover_policies);
     each!(cfg.outlier_policies);
     each!(cfg.endpoint_slices);
+    each!(cfg.header_policies);
+    each!(cfg.retry_policies);
+    each!(cfg.fault_policies);
+    each!(cfg.mirror_policies);
+    each!(cfg.cors_policies);
 }
 
 fn virtual_destination(v: &mut V<'_>, vd: &Resource<VirtualDestinationSpec>) {
@@ -230,7 +236,12 @@ fn check_destinations(
     for d in dests {
         let line = rt.line_of(d);
         if let Err(e) = resolve::resolve_dest(v.cfg, v.inv, v.settings, &d.value, rt.namespace()) {
-            v.err(rt, line, format!("route `{route}`: destination {e}"));
+            if rt.spec.failure_mode.as_deref() == Some("ROUTE_REPLACEMENT") {
+                // Gloo's ROUTE_REPLACEMENT: the broken route answers 500, the rest serve.
+                v.notice(rt, line, format!("route `{route}`: destination {e}; the route answers 500 (failureMode ROUTE_REPLACEMENT)"));
+            } else {
+                v.err(rt, line, format!("route `{route}`: destination {e}"));
+            }
         }
         if let Some(w) = d.value.weight {
             if w > 100 {
@@ -661,12 +672,31 @@ fn virtual_gateway(v: &mut V<'_>, gw: &Resource<VirtualGatewaySpec>) {
                     ),
                 );
             }
-            if t.secret_name.is_none() && (t.cert_file.is_none() || t.key_file.is_none()) {
-                v.err(gw, line, "tls needs certFile and keyFile (or secretName)");
+            match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => {
+                    for f in [c, k] {
+                        if !std::path::Path::new(f).is_file() {
+                            v.err(gw, line, format!("tls file {f} does not exist (certFile and keyFile are PEM files on this node)"));
+                        }
+                    }
+                }
+                _ if t.secret_name.is_some() => v.err(gw, line, "tls secretName is not supported (there is no Kubernetes here): give certFile and keyFile"),
+                _ => v.err(gw, line, "tls needs certFile and keyFile (PEM files on this node)"),
             }
         }
     }
-    v.notice(gw, gw.origin.line, "VirtualGateway listeners are validated but not served yet (the north-south path comes with the L7 proxy)");
+    let used: BTreeSet<u32> = v
+        .cfg
+        .virtual_gateways
+        .iter()
+        .filter(|g| !std::ptr::eq(*g, gw))
+        .flat_map(|g| g.spec.listeners.iter().filter_map(|l| l.value.port.number))
+        .collect();
+    for l in &gw.spec.listeners {
+        if let Some(p) = l.value.port.number.filter(|p| used.contains(p)) {
+            v.err(gw, gw.line_of(l), format!("listener port {p} is also used by another VirtualGateway; each port has one listener"));
+        }
+    }
 }
 
 fn failover_policy(v: &mut V<'_>, p: &Resource<FailoverPolicySpec>) {
@@ -730,6 +760,142 @@ fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelect
         let any = crate::compile::policy::selector_hits(v.cfg, v.inv, &s.value);
         if !any {
             v.notice(p, line, "applyToDestinations selects nothing (yet)");
+        }
+    }
+}
+
+/// Route policies: selectors, durations, percentages, statuses, references.
+fn route_policies(v: &mut V<'_>) {
+    use crate::compile::l7::parse_duration;
+    fn common<C>(v: &mut V<'_>, p: &Resource<RoutePolicySpec<C>>) {
+        if p.spec.apply_to_routes.is_empty() {
+            v.err(p, p.origin.line, "spec.applyToRoutes is empty; select routes by labels, e.g. `- route: {labels: {route: reviews}}`");
+        }
+    }
+    fn duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>) {
+        if let Some(d) = d
+            && let Err(e) = parse_duration(d)
+        {
+            v.err(p, p.origin.line, format!("{what}: {e}"));
+        }
+    }
+    fn percent<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, x: Option<f64>) {
+        if let Some(x) = x
+            && !(0.0..=100.0).contains(&x)
+        {
+            v.err(
+                p,
+                p.origin.line,
+                format!("{what} {x} is not a percentage (0-100)"),
+            );
+        }
+    }
+    let cfg = v.cfg;
+    for p in &cfg.header_policies {
+        common(v, p);
+        let c = &p.spec.config;
+        for name in c
+            .append_request_headers
+            .keys()
+            .chain(c.append_response_headers.keys())
+            .chain(&c.remove_request_headers)
+            .chain(&c.remove_response_headers)
+        {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                v.err(
+                    p,
+                    p.origin.line,
+                    format!("`{name}` is not a valid HTTP header name"),
+                );
+            }
+        }
+    }
+    const RETRY_ON: [&str; 5] = [
+        "5xx",
+        "gateway-error",
+        "reset",
+        "connect-failure",
+        "retriable-status-codes",
+    ];
+    for p in &cfg.retry_policies {
+        common(v, p);
+        let c = &p.spec.config;
+        duration(v, p, "requestTimeout", &c.request_timeout);
+        if let Some(r) = &c.retries {
+            duration(v, p, "retries.perTryTimeout", &r.per_try_timeout);
+            for on in &r.retry_on {
+                if !RETRY_ON.contains(&on.as_str()) {
+                    v.err(
+                        p,
+                        p.origin.line,
+                        format!(
+                            "retryOn `{on}` is not supported; expected one of {}",
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                }
+            }
+            if r.attempts.is_some_and(|a| a > 10) {
+                v.err(
+                    p,
+                    p.origin.line,
+                    "retries.attempts over 10 is refused (a retry storm waiting to happen)",
+                );
+            }
+        }
+    }
+    for p in &cfg.fault_policies {
+        common(v, p);
+        let c = &p.spec.config;
+        if let Some(d) = &c.delay {
+            duration(v, p, "delay.fixedDelay", &Some(d.fixed_delay.clone()));
+            percent(v, p, "delay.percentage", d.percentage);
+        }
+        if let Some(a) = &c.abort {
+            if !(200..=599).contains(&a.http_status) {
+                v.err(
+                    p,
+                    p.origin.line,
+                    format!(
+                        "abort.httpStatus {} is not an HTTP status (200-599)",
+                        a.http_status
+                    ),
+                );
+            }
+            percent(v, p, "abort.percentage", a.percentage);
+        }
+        if c.delay.is_none() && c.abort.is_none() {
+            v.err(p, p.origin.line, "config needs a delay or an abort");
+        }
+    }
+    for p in &cfg.mirror_policies {
+        common(v, p);
+        let c = &p.spec.config;
+        percent(v, p, "percentage", c.percentage);
+        if let Err(e) =
+            resolve::resolve_dest(cfg, v.inv, v.settings, &c.destination.value, p.namespace())
+        {
+            v.err(
+                p,
+                p.line_of(&c.destination),
+                format!("mirror destination {e}"),
+            );
+        }
+    }
+    for p in &cfg.cors_policies {
+        common(v, p);
+        let c = &p.spec.config;
+        duration(v, p, "maxAge", &c.max_age);
+        for o in &c.allow_origins {
+            if let Some(r) = &o.regex
+                && let Err(e) = regex::Regex::new(r)
+            {
+                v.err(
+                    p,
+                    p.origin.line,
+                    format!("allowOrigins regex `{r}` does not compile: {e}"),
+                );
+            }
         }
     }
 }

@@ -305,7 +305,16 @@ pub fn config_entry(plan: &Plan) -> Config {
         .listen6
         .map(|a| ip_words(IpAddr::V6(a)).0)
         .unwrap_or([0; 4]);
+    let (proxy4, _) = ip_words(IpAddr::V4(plan.proxy.listen4));
+    let proxy6 = plan
+        .proxy
+        .listen6
+        .map(|a| ip_words(IpAddr::V6(a)).0)
+        .unwrap_or([0; 4]);
     Config {
+        proxy4: proxy4[0],
+        _pad2: 0,
+        proxy6,
         mark: router_common::DNS_MARK,
         dns4: dns4[0],
         dns6,
@@ -379,9 +388,16 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         let key = svc_key(s);
         wanted.insert(key);
         let slots = expand_slots(s, &ids)?;
+        let (flags, proxy_port) = match s.proxy_port {
+            Some(p) => (router_common::SVC_F_PROXY, port_be(p)),
+            None => (0, 0),
+        };
         let (svc_id, old) = match mirror.services.get(&key) {
             Some(st) => {
-                if st.slots == slots && st.header.count as usize == slots.len() {
+                if st.slots == slots
+                    && st.header.count as usize == slots.len()
+                    && (st.header.flags, st.header.proxy_port) == (flags, proxy_port)
+                {
                     r.services_unchanged += 1;
                     continue;
                 }
@@ -415,8 +431,8 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
             svc_id,
             count: slots.len() as u32,
             base,
-            flags: 0,
-            proxy_port: 0,
+            flags,
+            proxy_port,
         };
         maps.services.insert(key, header, 0)?;
         r.writes += 1;

@@ -4,13 +4,17 @@
 //! is bound.
 //!
 //! `rt-backend --listen tcp:10.1.1.10:8080:app-a-1 --listen udp:10.1.1.40:9000:echo-1`
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use router_tests::Answer;
 use tokio::net::{TcpListener, UdpSocket};
@@ -41,31 +45,107 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
     Ok((proto.to_string(), addr, id.to_string()))
 }
 
+/// What the HTTP backend remembers: requests seen (for `/__log`) and the
+/// keys of `/flaky/<key>` requests already failed once.
+#[derive(Default)]
+struct Memory {
+    log: Mutex<Vec<serde_json::Value>>,
+    flaky: Mutex<std::collections::HashSet<String>>,
+}
+
+fn respond(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// Answer one request. Besides echoing it back (who, where, method, headers),
+/// a few paths change behaviour, for tests: `/status/<code>`,
+/// `/flaky/<key>` (503 the first time per key, then 200), `/slow/<ms>`, and
+/// `/__log` (the requests seen so far).
+async fn answer(
+    req: Request<Incoming>,
+    id: Arc<String>,
+    local: String,
+    peer: SocketAddr,
+    mem: Arc<Memory>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let mut headers = std::collections::BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = v.to_str().unwrap_or("").to_string();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|x: &mut String| x.push_str(&format!(", {v}")))
+            .or_insert(v);
+    }
+    let a = Answer {
+        id: id.to_string(),
+        local,
+        peer: peer.to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        method: req.method().to_string(),
+        headers,
+        version: format!("{:?}", req.version()),
+    };
+    if path == "/__log" {
+        let log = mem.log.lock().unwrap().clone();
+        return respond(200, serde_json::to_vec(&log).unwrap());
+    }
+    {
+        let mut log = mem.log.lock().unwrap();
+        if log.len() < 10_000 {
+            log.push(serde_json::to_value(&a).unwrap());
+        }
+    }
+    let body = serde_json::to_vec(&a).unwrap();
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return respond(code, body);
+    }
+    if let Some(key) = path.strip_prefix("/flaky/")
+        && mem.flaky.lock().unwrap().insert(key.to_string())
+    {
+        return respond(503, body);
+    }
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    respond(200, body)
+}
+
 async fn serve_tcp(l: TcpListener, id: Arc<String>) {
+    let mem = Arc::new(Memory::default());
     loop {
         let Ok((stream, peer)) = l.accept().await else {
             continue;
         };
-        let local = stream.local_addr().ok();
-        let id = id.clone();
+        let local = stream
+            .local_addr()
+            .map(|l| l.to_string())
+            .unwrap_or_default();
+        let (id, mem) = (id.clone(), mem.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let a = Answer {
-                    id: id.to_string(),
-                    local: local.map(|l| l.to_string()).unwrap_or_default(),
-                    peer: peer.to_string(),
-                    path: req.uri().path().to_string(),
-                };
-                async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                        serde_json::to_vec(&a).unwrap(),
-                    ))))
-                }
+                let (id, local, mem) = (id.clone(), local.clone(), mem.clone());
+                async move { Ok::<_, Infallible>(answer(req, id, local, peer, mem).await) }
             });
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            // HTTP/1.1 and HTTP/2 (prior knowledge), like a real service.
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
         });
     }
 }
@@ -82,6 +162,7 @@ async fn serve_udp(s: UdpSocket, id: Arc<String>) {
             local: local.clone(),
             peer: peer.to_string(),
             path: String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ..Answer::default()
         };
         let _ = s.send_to(&serde_json::to_vec(&a).unwrap(), peer).await;
     }

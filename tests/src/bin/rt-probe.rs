@@ -44,6 +44,31 @@ enum Cmd {
         #[arg(long)]
         connected: bool,
     },
+    /// HTTP requests on one connection (keep-alive, or HTTP/2 with --http2):
+    /// one line per response with status, headers and the backend's answer.
+    Http {
+        addr: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// `name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        http2: bool,
+    },
+    /// HTTP/2 abuse: many concurrent streams, then rapid resets, on one
+    /// connection; prints a summary line.
+    H2Flood {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 300)]
+        streams: usize,
+        #[arg(long, default_value_t = 2000)]
+        resets: usize,
+    },
     /// Hostile DNS input against a resolver address; prints a [`Junk`] line.
     DnsJunk { addr: SocketAddr },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
@@ -191,11 +216,9 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn failed(e: &std::io::Error) -> Probe {
     Probe {
-        ok: false,
         errno: e.raw_os_error(),
         error: Some(e.to_string()),
-        peer: None,
-        answer: None,
+        ..Probe::default()
     }
 }
 
@@ -307,6 +330,212 @@ async fn udp_once(addr: SocketAddr, connected: bool) -> Probe {
     }
 }
 
+async fn http(
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    headers: &[String],
+    method: &str,
+    http2: bool,
+) -> Vec<Probe> {
+    let stream = match tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return vec![failed(&e)],
+        Err(_) => {
+            return vec![Probe {
+                error: Some("connect timeout".into()),
+                ..Probe::default()
+            }];
+        }
+    };
+    let peer = stream.peer_addr().ok().map(|p| p.to_string());
+    type Sender = Box<
+        dyn FnMut(
+                Request<Empty<Bytes>>,
+            ) -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+                        > + Send,
+                >,
+            > + Send,
+    >;
+    let mut send: Sender = if http2 {
+        match hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        {
+            Ok((s, conn)) => {
+                tokio::spawn(conn);
+                Box::new(move |r| {
+                    let mut s = s.clone();
+                    Box::pin(async move { s.send_request(r).await })
+                })
+            }
+            Err(e) => {
+                return vec![Probe {
+                    error: Some(e.to_string()),
+                    ..Probe::default()
+                }];
+            }
+        }
+    } else {
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok((s, conn)) => {
+                tokio::spawn(conn);
+                let s = std::sync::Arc::new(tokio::sync::Mutex::new(s));
+                Box::new(move |r| {
+                    let s = s.clone();
+                    Box::pin(async move {
+                        let mut s = s.lock().await;
+                        s.ready().await?;
+                        s.send_request(r).await
+                    })
+                })
+            }
+            Err(e) => {
+                return vec![Probe {
+                    error: Some(e.to_string()),
+                    ..Probe::default()
+                }];
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let mut b = Request::builder().method(method).uri(if http2 {
+            format!("http://{addr}{path}")
+        } else {
+            path.to_string()
+        });
+        if !http2 {
+            b = b.header("host", addr.to_string());
+        }
+        for h in headers {
+            if let Some((k, v)) = h.split_once(':') {
+                b = b.header(k.trim(), v.trim());
+            }
+        }
+        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        let resp = match tokio::time::timeout(TIMEOUT, send(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                out.push(Probe {
+                    peer: peer.clone(),
+                    error: Some(e.to_string()),
+                    ..Probe::default()
+                });
+                break;
+            }
+            Err(_) => {
+                out.push(Probe {
+                    peer: peer.clone(),
+                    error: Some("timeout".into()),
+                    ..Probe::default()
+                });
+                break;
+            }
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let answer: Option<Answer> = serde_json::from_slice(&body).ok();
+        let body = if answer.is_none() {
+            Some(String::from_utf8_lossy(&body).into_owned())
+        } else {
+            None
+        };
+        out.push(Probe {
+            ok: true,
+            peer: peer.clone(),
+            answer,
+            status: Some(status),
+            headers,
+            body,
+            ..Probe::default()
+        });
+    }
+    out
+}
+
+#[derive(serde::Serialize)]
+struct Flood {
+    ok: usize,
+    refused_or_failed: usize,
+    resets_sent: usize,
+    /// The connection was closed by the server (GOAWAY) during the resets.
+    closed_by_server: bool,
+}
+
+async fn h2_flood(addr: SocketAddr, streams: usize, resets: usize) -> Flood {
+    let mut f = Flood {
+        ok: 0,
+        refused_or_failed: 0,
+        resets_sent: 0,
+        closed_by_server: false,
+    };
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return f;
+    };
+    let Ok((s, conn)) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    else {
+        return f;
+    };
+    let conn = tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://{addr}/slow/200?i={i}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(10), s.send_request(req)).await {
+                Ok(Ok(r)) => r.status().is_success(),
+                _ => false,
+            }
+        }));
+    }
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            f.ok += 1;
+        } else {
+            f.refused_or_failed += 1;
+        }
+    }
+    // Rapid reset: open a stream and cancel it at once, over and over.
+    for i in 0..resets {
+        let mut s = s.clone();
+        let req = Request::get(format!("http://{addr}/slow/1000?r={i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let fut = s.send_request(req);
+        let _ = tokio::time::timeout(Duration::from_micros(1), fut).await;
+        f.resets_sent += 1;
+        if conn.is_finished() {
+            f.closed_by_server = true;
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.closed_by_server |= conn.is_finished();
+    f
+}
+
 fn emit(p: &Probe) {
     println!("{}", serde_json::to_string(p).unwrap());
 }
@@ -350,6 +579,28 @@ async fn main() -> Result<()> {
                     emit(&tcp_once(addr, &path).await.0);
                 }
             }
+        }
+        Cmd::Http {
+            addr,
+            path,
+            count,
+            headers,
+            method,
+            http2,
+        } => {
+            for p in http(addr, &path, count, &headers, &method, http2).await {
+                emit(&p);
+            }
+        }
+        Cmd::H2Flood {
+            addr,
+            streams,
+            resets,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&h2_flood(addr, streams, resets).await).unwrap()
+            );
         }
         Cmd::DnsJunk { addr } => {
             println!("{}", serde_json::to_string(&dns_junk(addr)).unwrap());

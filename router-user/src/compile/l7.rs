@@ -1,0 +1,550 @@
+//! Route tables for the L7 proxy: flattened routes -> [`L7Route`]s with
+//! resolved destinations (endpoint shares from the same locality tiers as the
+//! kernel path) and the winning policy of each type; proxy listener ports;
+//! VirtualGateway listeners with the tables bound to them.
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use super::{
+    Compiler, effective_weights, routes::FlatRoute, routes::RouteKind, to_slots, vip::fnv1a64,
+};
+use crate::{
+    config::{
+        Resource,
+        model::*,
+        resolve::{self, Dest},
+    },
+    plan::*,
+};
+
+/// `1s`, `500ms`, `1.5s`, `2m`, `1h` (the protobuf Duration text Gloo uses).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("duration `{s}` has no unit; write e.g. 500ms, 2s, 1m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("duration `{s}` is not a number followed by a unit"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "duration `{s}` has unknown unit `{unit}`; use ms, s, m or h"
+            ));
+        }
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("duration `{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn ms(s: &Option<String>) -> Option<u64> {
+    s.as_deref()
+        .and_then(|d| parse_duration(d).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
+pub fn redirect_code(code: Option<&str>) -> u16 {
+    match code.unwrap_or("MOVED_PERMANENTLY") {
+        "FOUND" => 302,
+        "SEE_OTHER" => 303,
+        "TEMPORARY_REDIRECT" => 307,
+        "PERMANENT_REDIRECT" => 308,
+        _ => 301,
+    }
+}
+
+fn string_match(m: &StringMatch) -> Option<(PathKind, String)> {
+    if let Some(v) = &m.exact {
+        Some((PathKind::Exact, v.clone()))
+    } else if let Some(v) = &m.prefix {
+        Some((PathKind::Prefix, v.clone()))
+    } else {
+        m.regex.as_ref().map(|v| (PathKind::Regex, v.clone()))
+    }
+}
+
+fn conds(m: &HttpMatcher) -> Vec<L7Cond> {
+    let mut out = Vec::new();
+    if let Some(u) = &m.uri
+        && let Some((kind, value)) = string_match(u)
+    {
+        out.push(L7Cond::Path {
+            kind,
+            value,
+            ignore_case: u.ignore_case,
+        });
+    }
+    for h in &m.headers {
+        out.push(L7Cond::Header {
+            name: h.name.to_ascii_lowercase(),
+            value: h.value.clone(),
+            regex: h.regex,
+            invert: h.invert_match,
+        });
+    }
+    for q in &m.query_parameters {
+        out.push(L7Cond::Query {
+            name: q.name.clone(),
+            value: q.value.clone(),
+            regex: q.regex,
+        });
+    }
+    if let Some(meth) = &m.method {
+        out.push(L7Cond::Method(meth.clone()));
+    }
+    if let Some(p) = m.port {
+        out.push(L7Cond::Port(p as u16));
+    }
+    out
+}
+
+/// Does a route selector pick this route?
+fn selects(sel: &RouteSelector, r: &FlatRoute<'_>) -> bool {
+    let Some(rr) = &sel.route else { return true };
+    rr.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+        && rr.name.as_ref().is_none_or(|n| n == r.table.name())
+        && rr
+            .namespace
+            .as_ref()
+            .is_none_or(|n| n == r.table.namespace())
+}
+
+fn winner<'c, C>(
+    list: &'c [Resource<RoutePolicySpec<C>>],
+    r: &FlatRoute<'_>,
+) -> Option<&'c Resource<RoutePolicySpec<C>>> {
+    list.iter()
+        .find(|p| p.spec.apply_to_routes.iter().any(|s| selects(&s.value, r)))
+}
+
+fn policy_name<S>(p: &Resource<S>) -> String {
+    format!("{} {}/{}", p.origin.kind, p.namespace(), p.name())
+}
+
+impl<'a> Compiler<'a> {
+    /// One `forwardTo` destination for the proxy: endpoints of the IPv4
+    /// family if it has any, else IPv6.
+    pub(super) fn l7_dest(&self, d: &Dest<'a>, weight: u32) -> L7Dest {
+        let (_, mut shares) = self.destination(d, weight, false);
+        if shares.is_empty() {
+            shares = self.destination(d, weight, true).1;
+        }
+        let (http2, authority) = match d {
+            Dest::Service { svc, port, .. } => (
+                port.name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("http2") || n.starts_with("grpc")),
+                format!("{}.{}.svc.cluster.local", svc.id.name, svc.id.namespace),
+            ),
+            Dest::Virtual { vd, port, .. } => (
+                matches!(port.protocol.as_deref(), Some("HTTP2" | "GRPC")),
+                vd.spec
+                    .hosts
+                    .first()
+                    .map(|h| h.value.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        L7Dest {
+            label: d.label(),
+            weight,
+            http2,
+            endpoints: to_slots(&shares),
+            authority,
+        }
+    }
+
+    /// Resolve a route's destinations, or say why not.
+    pub(super) fn resolved(
+        &self,
+        table: &'a Resource<RouteTableSpec>,
+        f: &'a ForwardTo,
+    ) -> Result<Vec<(Dest<'a>, u32)>, String> {
+        let refs: Vec<&'a DestinationRef> = if f.destinations.is_empty() {
+            table
+                .spec
+                .default_destination
+                .iter()
+                .map(|d| &d.value)
+                .collect()
+        } else {
+            f.destinations.iter().map(|d| &d.value).collect()
+        };
+        let weights = effective_weights(&refs.iter().map(|d| d.weight).collect::<Vec<_>>());
+        refs.iter()
+            .zip(weights)
+            .map(|(d, w)| {
+                resolve::resolve_dest(
+                    &self.v.config,
+                    &self.v.inventory,
+                    &self.v.settings,
+                    d,
+                    table.namespace(),
+                )
+                .map(|d| (d, w))
+            })
+            .collect()
+    }
+
+    fn policies(&self, r: &FlatRoute<'_>) -> L7Policies {
+        let cfg = &self.v.config;
+        let headers = winner(&cfg.header_policies, r).map(|p| {
+            let c = &p.spec.config;
+            HeaderPolicy {
+                from: policy_name(p),
+                add_request: c
+                    .append_request_headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                remove_request: c.remove_request_headers.clone(),
+                add_response: c
+                    .append_response_headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                remove_response: c.remove_response_headers.clone(),
+            }
+        });
+        let retry = winner(&cfg.retry_policies, r).map(|p| {
+            let c = &p.spec.config;
+            let r = c.retries.clone().unwrap_or_default();
+            let on = |k: &str| r.retry_on.iter().any(|x| x == k);
+            RetryPolicy {
+                from: policy_name(p),
+                attempts: if c.retries.is_some() {
+                    r.attempts.unwrap_or(1)
+                } else {
+                    0
+                },
+                per_try_timeout_ms: ms(&r.per_try_timeout),
+                // Without retryOn, Envoy's default for Gloo: 5xx and connect failures.
+                on_5xx: on("5xx") || r.retry_on.is_empty(),
+                on_gateway_error: on("gateway-error"),
+                on_reset: on("reset"),
+                on_connect_failure: on("connect-failure") || r.retry_on.is_empty(),
+                status_codes: r.retriable_status_codes.clone(),
+                request_timeout_ms: ms(&c.request_timeout),
+            }
+        });
+        let fault = winner(&cfg.fault_policies, r).map(|p| {
+            let c = &p.spec.config;
+            FaultPolicy {
+                from: policy_name(p),
+                delay: c.delay.as_ref().and_then(|d| {
+                    parse_duration(&d.fixed_delay)
+                        .ok()
+                        .map(|t| (t.as_millis() as u64, d.percentage.unwrap_or(100.0)))
+                }),
+                abort: c
+                    .abort
+                    .as_ref()
+                    .map(|a| (a.http_status, a.percentage.unwrap_or(100.0))),
+            }
+        });
+        let mirror = winner(&cfg.mirror_policies, r).and_then(|p| {
+            let c = &p.spec.config;
+            let d = resolve::resolve_dest(
+                cfg,
+                &self.v.inventory,
+                &self.v.settings,
+                &c.destination.value,
+                p.namespace(),
+            )
+            .ok()?;
+            Some(MirrorPolicy {
+                from: policy_name(p),
+                dest: self.l7_dest(&d, 100),
+                percent: c.percentage.unwrap_or(100.0),
+            })
+        });
+        let cors = winner(&cfg.cors_policies, r).map(|p| {
+            let c = &p.spec.config;
+            CorsPolicy {
+                from: policy_name(p),
+                allow_origins: c.allow_origins.iter().filter_map(string_match).collect(),
+                allow_methods: c.allow_methods.clone(),
+                allow_headers: c.allow_headers.clone(),
+                expose_headers: c.expose_headers.clone(),
+                max_age_s: ms(&c.max_age).map(|m| m / 1000),
+                allow_credentials: c.allow_credentials.unwrap_or(false),
+            }
+        });
+        L7Policies {
+            headers,
+            retry,
+            fault,
+            mirror,
+            cors,
+        }
+    }
+
+    /// The HTTP routes of a flattened table (those that can see `port`, if
+    /// given), in first-match order, ready for the engine.
+    pub(super) fn l7_routes(&self, flat: &[FlatRoute<'a>], port: Option<u16>) -> Vec<L7Route> {
+        let mut out = Vec::new();
+        for r in flat.iter().filter(|r| r.is_http()) {
+            if port.is_some_and(|p| r.on_port(p).is_none()) {
+                continue;
+            }
+            let RouteKind::Http(h) = r.kind else { continue };
+            let action = if let Some(f) = &h.forward_to {
+                match self.resolved(r.table, f) {
+                    Ok(dests) => L7Action::Forward(L7Forward {
+                        dests: dests.iter().map(|(d, w)| self.l7_dest(d, *w)).collect(),
+                        path_rewrite: f.path_rewrite.clone(),
+                        regex_rewrite: f
+                            .regex_rewrite
+                            .as_ref()
+                            .map(|rr| (rr.pattern.regex.clone(), rr.substitution.clone())),
+                        host_rewrite: f.host_rewrite.clone(),
+                        auto_host_rewrite: f.auto_host_rewrite.unwrap_or(false),
+                    }),
+                    Err(e) => L7Action::Broken {
+                        reason: format!("destination {e}"),
+                    },
+                }
+            } else if let Some(rd) = &h.redirect {
+                L7Action::Redirect(L7Redirect {
+                    host: rd.host_redirect.clone(),
+                    path: rd.path_redirect.clone(),
+                    prefix_rewrite: rd.prefix_rewrite.clone(),
+                    code: redirect_code(rd.response_code.as_deref()),
+                    https: rd.https_redirect,
+                    port: rd.port_redirect.map(|p| p as u16),
+                })
+            } else if let Some(d) = &h.direct_response {
+                L7Action::Direct {
+                    status: d.status as u16,
+                    body: d.body.clone().unwrap_or_default(),
+                }
+            } else {
+                continue; // delegate routes were flattened away
+            };
+            out.push(L7Route {
+                name: r.name.clone(),
+                origin: r.origin.clone(),
+                labels: r.labels.clone(),
+                matchers: r
+                    .matchers
+                    .iter()
+                    .map(|m| L7Match {
+                        conds: m.http.iter().flat_map(|h| conds(h)).collect(),
+                    })
+                    .collect(),
+                action,
+                policies: self.policies(r),
+            });
+        }
+        out
+    }
+
+    /// TCP routes of a table as forward-only routes (for TCP gateway listeners).
+    pub(super) fn tcp_routes(&self, flat: &[FlatRoute<'a>], port: u16) -> Vec<L7Route> {
+        flat.iter()
+            .filter(|r| !r.is_http() && r.on_port(port).is_some())
+            .filter_map(|r| {
+                let f = r.forward_to()?;
+                let action = match self.resolved(r.table, f) {
+                    Ok(dests) => L7Action::Forward(L7Forward {
+                        dests: dests.iter().map(|(d, w)| self.l7_dest(d, *w)).collect(),
+                        path_rewrite: None,
+                        regex_rewrite: None,
+                        host_rewrite: None,
+                        auto_host_rewrite: false,
+                    }),
+                    Err(e) => L7Action::Broken {
+                        reason: format!("destination {e}"),
+                    },
+                };
+                Some(L7Route {
+                    name: r.name.clone(),
+                    origin: r.origin.clone(),
+                    labels: r.labels.clone(),
+                    matchers: Vec::new(),
+                    action,
+                    policies: L7Policies::default(),
+                })
+            })
+            .collect()
+    }
+
+    /// VirtualGateway listeners with the route tables bound and allowed there.
+    pub(super) fn gateways(&self) -> Vec<GatewayListener> {
+        let cfg = &self.v.config;
+        let mut out = Vec::new();
+        for gw in &cfg.virtual_gateways {
+            for l in &gw.spec.listeners {
+                let lv = &l.value;
+                let Some(port) = lv.port.number.map(|p| p as u16) else {
+                    continue;
+                };
+                let mut origin = gw.origin.clone();
+                origin.line = gw.line_of(l);
+                let bound = cfg.route_tables.iter().filter(|rt| {
+                    rt.spec.virtual_gateways.iter().any(|g| {
+                        g.name == gw.name()
+                            && g.namespace.as_deref().unwrap_or(rt.namespace()) == gw.namespace()
+                    })
+                });
+                let mut hosts = Vec::new();
+                for rt in bound {
+                    if !allowed(lv, rt) {
+                        continue;
+                    }
+                    let (flat, _) = super::routes::flatten(cfg, rt);
+                    let routes = if lv.tcp.is_some() {
+                        self.tcp_routes(&flat, port)
+                    } else {
+                        self.l7_routes(&flat, None)
+                    };
+                    hosts.push(GatewayHost {
+                        hosts: rt
+                            .spec
+                            .hosts
+                            .iter()
+                            .map(|h| h.value.to_ascii_lowercase())
+                            .collect(),
+                        table: format!("{}/{}", rt.namespace(), rt.name()),
+                        routes,
+                    });
+                }
+                out.push(GatewayListener {
+                    gateway: format!("{}/{}", gw.namespace(), gw.name()),
+                    origin,
+                    port,
+                    http: lv.http.is_some(),
+                    tls: lv.tls.as_ref().and_then(|t| {
+                        Some(TlsFiles {
+                            cert: t.cert_file.clone()?,
+                            key: t.key_file.clone()?,
+                        })
+                    }),
+                    https_redirect: lv.https_redirect.unwrap_or(false),
+                    hosts,
+                });
+            }
+        }
+        out.sort_by_key(|l| l.port);
+        out
+    }
+}
+
+/// A gateway listener's `allowedRouteTables`: none means every bound table;
+/// otherwise a table must match one entry (its host pattern and selector).
+pub fn allowed(l: &Listener, rt: &Resource<RouteTableSpec>) -> bool {
+    l.allowed_route_tables.is_empty()
+        || l.allowed_route_tables.iter().any(|a| {
+            let host_ok = a
+                .host
+                .as_ref()
+                .is_none_or(|pat| rt.spec.hosts.iter().any(|h| host_matches(pat, &h.value)));
+            let sel_ok = a.selector.as_ref().is_none_or(|s| {
+                s.name.as_ref().is_none_or(|n| n == rt.name())
+                    && s.namespace.as_ref().is_none_or(|n| n == rt.namespace())
+                    && s.labels
+                        .iter()
+                        .all(|(k, v)| rt.meta.labels.get(k) == Some(v))
+            });
+            host_ok && sel_ok
+        })
+}
+
+/// `*.example.com` matches `a.example.com` and `a.b.example.com` (one or more
+/// left-most labels), not `example.com`; otherwise exact, case-insensitive.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if p == "*" {
+        return true;
+    }
+    match p.strip_prefix("*.") {
+        Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
+        None => p == h,
+    }
+}
+
+/// Proxy listener ports for L7 services: FNV of `host:port` into the range,
+/// probing on collision in a fixed order (stable across restarts and nodes).
+pub fn proxy_ports(
+    keys: &[(String, u16)],
+    first: u16,
+    last: u16,
+    taken: &BTreeSet<u16>,
+) -> Result<Vec<u16>, String> {
+    let n = u32::from(last - first) + 1;
+    let mut order: Vec<(u32, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (h, p))| ((fnv1a64(&format!("{h}:{p}")) % u64::from(n)) as u32, i))
+        .collect();
+    order.sort();
+    let mut used = taken.clone();
+    let mut out = vec![0u16; keys.len()];
+    for (pref, i) in order {
+        let mut off = pref;
+        let mut tries = 0;
+        while used.contains(&(first + off as u16)) {
+            off = (off + 1) % n;
+            tries += 1;
+            if tries > n {
+                return Err(format!(
+                    "{} L7 services do not fit in proxy ports {first}-{last}",
+                    keys.len()
+                ));
+            }
+        }
+        used.insert(first + off as u16);
+        out[i] = first + off as u16;
+    }
+    Ok(out)
+}
+
+pub fn gateway_ports(listeners: &[GatewayListener]) -> BTreeSet<u16> {
+    listeners.iter().map(|l| l.port).collect()
+}
+
+pub fn sock_of(vip: std::net::IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(vip, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn wildcard_hosts_match_left_labels() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.Example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(host_matches("API.example.com", "api.example.com"));
+        assert!(!host_matches("api.example.com", "www.example.com"));
+    }
+
+    #[test]
+    fn proxy_ports_are_stable_and_distinct() {
+        let keys: Vec<(String, u16)> = (0..50).map(|i| (format!("h{i}.mesh"), 80)).collect();
+        let a = proxy_ports(&keys, 15000, 15099, &BTreeSet::new()).unwrap();
+        let mut more = keys.clone();
+        more.push(("late.mesh".into(), 80));
+        let b = proxy_ports(&more, 15000, 15099, &BTreeSet::new()).unwrap();
+        assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 50);
+        let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert!(moved <= 1, "adding a service moved {moved} others");
+        assert!(proxy_ports(&keys, 15000, 15009, &BTreeSet::new()).is_err());
+    }
+}

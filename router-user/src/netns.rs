@@ -1,0 +1,132 @@
+//! Sockets in another network namespace. A thread enters the namespace once
+//! and creates every socket the daemon asks for there (DNS listeners and
+//! upstream queries, proxy listeners and upstream connections); a socket
+//! stays in the namespace it was created in, whichever thread uses it. Every
+//! socket carries `SO_MARK` [`router_common::DNS_MARK`], which the kernel
+//! programs never capture or redirect.
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{Context, Result};
+use router_common::DNS_MARK;
+use tokio::{
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::oneshot,
+};
+
+enum SockReq {
+    Udp(
+        SocketAddr,
+        oneshot::Sender<std::io::Result<std::net::UdpSocket>>,
+    ),
+    Listen(
+        SocketAddr,
+        oneshot::Sender<std::io::Result<std::net::TcpListener>>,
+    ),
+    Stream(bool, oneshot::Sender<std::io::Result<std::net::TcpStream>>),
+}
+
+/// Creates sockets in one network namespace, marked with [`DNS_MARK`].
+#[derive(Clone)]
+pub struct Sockets {
+    tx: std::sync::mpsc::Sender<SockReq>,
+}
+
+fn marked(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(domain, ty, None)?;
+    s.set_mark(DNS_MARK)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn domain(v6: bool) -> socket2::Domain {
+    if v6 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    }
+}
+
+impl Sockets {
+    /// Start the socket thread, in `netns` if given (a path like /var/run/netns/x).
+    pub fn start(netns: Option<&Path>) -> Result<Self> {
+        let ns = match netns {
+            Some(p) => Some(
+                std::fs::File::open(p)
+                    .with_context(|| format!("opening network namespace {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<SockReq>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        std::thread::Builder::new()
+            .name("netns-sockets".into())
+            .spawn(move || {
+                if let Some(f) = ns {
+                    // setns affects this thread only; it stays in the namespace.
+                    if let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        let _ = ready_tx.send(Err(std::io::Error::other(e)));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                for req in rx {
+                    match req {
+                        SockReq::Udp(addr, reply) => {
+                            let s = marked(domain(addr.is_ipv6()), socket2::Type::DGRAM).and_then(
+                                |s| {
+                                    s.bind(&addr.into())?;
+                                    Ok(s.into())
+                                },
+                            );
+                            let _ = reply.send(s);
+                        }
+                        SockReq::Listen(addr, reply) => {
+                            let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(
+                                |s| {
+                                    s.set_reuse_address(true)?;
+                                    s.bind(&addr.into())?;
+                                    s.listen(1024)?;
+                                    Ok(s.into())
+                                },
+                            );
+                            let _ = reply.send(s);
+                        }
+                        SockReq::Stream(v6, reply) => {
+                            let _ = reply
+                                .send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
+                        }
+                    }
+                }
+            })?;
+        ready_rx
+            .recv()
+            .context("netns socket thread")?
+            .context("entering the listen network namespace")?;
+        Ok(Sockets { tx })
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<std::io::Result<T>>) -> SockReq,
+    ) -> std::io::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| std::io::Error::other("netns socket thread gone"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("netns socket thread gone"))?
+    }
+
+    pub async fn udp(&self, bind: SocketAddr) -> std::io::Result<UdpSocket> {
+        UdpSocket::from_std(self.ask(|tx| SockReq::Udp(bind, tx)).await?)
+    }
+    pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        TcpListener::from_std(self.ask(|tx| SockReq::Listen(addr, tx)).await?)
+    }
+    pub async fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let std = self.ask(|tx| SockReq::Stream(to.is_ipv6(), tx)).await?;
+        tokio::net::TcpSocket::from_std_stream(std)
+            .connect(to)
+            .await
+    }
+}

@@ -1,0 +1,597 @@
+//! One request through the L7 path, in pingora's phases: match a route
+//! (404 if none) -> request filters (CORS preflight, fault injection) ->
+//! the action (direct response, redirect, or forward with header
+//! manipulation, mirroring, retries and timeouts) -> response filters
+//! (header manipulation, CORS) . Failures the proxy sees are reported to
+//! [`Observations`] for outlier detection.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::{
+    engine::{self, Hit, Req, Table},
+    upstream::{Body, BoxError, Upstreams, is_connect_failure},
+};
+use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, RetryPolicy};
+
+/// Bodies are buffered only when a retry or a mirror needs a copy.
+const MAX_BUFFERED_BODY: usize = 1 << 20;
+
+/// A route table compiled for the engine.
+#[derive(Debug)]
+pub struct Compiled {
+    pub routes: Vec<L7Route>,
+    pub table: Table,
+}
+
+impl Compiled {
+    pub fn new(routes: Vec<L7Route>) -> Result<Self, String> {
+        let table = Table::new(&routes)?;
+        Ok(Compiled { routes, table })
+    }
+}
+
+/// What the proxy saw of each endpoint (for outlier detection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointStats {
+    pub requests: u64,
+    pub connect_failures: u64,
+    pub resets: u64,
+    pub status_5xx: u64,
+    pub consecutive_errors: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Observations(pub Arc<Mutex<HashMap<SocketAddr, EndpointStats>>>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Status5xx,
+    ConnectFailure,
+    Reset,
+}
+
+impl Observations {
+    pub fn record(&self, ep: SocketAddr, o: Outcome) {
+        let mut m = self.0.lock().unwrap();
+        let s = m.entry(ep).or_default();
+        s.requests += 1;
+        match o {
+            Outcome::Ok => s.consecutive_errors = 0,
+            Outcome::Status5xx => {
+                s.status_5xx += 1;
+                s.consecutive_errors += 1;
+            }
+            Outcome::ConnectFailure => {
+                s.connect_failures += 1;
+                s.consecutive_errors += 1;
+            }
+            Outcome::Reset => {
+                s.resets += 1;
+                s.consecutive_errors += 1;
+            }
+        }
+    }
+    pub fn snapshot(&self) -> HashMap<SocketAddr, EndpointStats> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+pub struct Ctx {
+    pub upstreams: Upstreams,
+    pub obs: Observations,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let b: String = body.into();
+    let mut r = Response::new(Full::new(Bytes::from(b)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Hop-by-hop headers never cross a proxy (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+}
+
+fn origin_allowed(c: &CorsPolicy, origin: &str) -> bool {
+    c.allow_origins.iter().any(|(k, v)| match k {
+        PathKind::Exact => v == origin || v == "*",
+        PathKind::Prefix => origin.starts_with(v.as_str()),
+        PathKind::Regex => {
+            regex::Regex::new(&format!("^(?:{v})$")).is_ok_and(|r| r.is_match(origin))
+        }
+    })
+}
+
+fn set(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        h.insert(n, v);
+    }
+}
+
+fn append(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        h.append(n, v);
+    }
+}
+
+fn cors_preflight(c: &CorsPolicy, origin: &str) -> Response<Body> {
+    let mut r = text(StatusCode::OK, "");
+    let h = r.headers_mut();
+    set(h, "access-control-allow-origin", origin);
+    if !c.allow_methods.is_empty() {
+        set(
+            h,
+            "access-control-allow-methods",
+            &c.allow_methods.join(","),
+        );
+    }
+    if !c.allow_headers.is_empty() {
+        set(
+            h,
+            "access-control-allow-headers",
+            &c.allow_headers.join(","),
+        );
+    }
+    if let Some(m) = c.max_age_s {
+        set(h, "access-control-max-age", &m.to_string());
+    }
+    if c.allow_credentials {
+        set(h, "access-control-allow-credentials", "true");
+    }
+    r
+}
+
+/// Pick one of the destinations by weight (those with endpoints), then one
+/// endpoint by share, avoiding `avoid` when there is a choice (retries).
+fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketAddr)> {
+    let live: Vec<&L7Dest> = dests
+        .iter()
+        .filter(|d| d.weight > 0 && !d.endpoints.is_empty())
+        .collect();
+    let total: u64 = live.iter().map(|d| u64::from(d.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = fastrand::u64(0..total);
+    let dest = live
+        .iter()
+        .find(|d| {
+            let w = u64::from(d.weight);
+            if x < w {
+                true
+            } else {
+                x -= w;
+                false
+            }
+        })
+        .copied()?;
+    let eps: Vec<_> = dest
+        .endpoints
+        .iter()
+        .filter(|e| Some(e.endpoint) != avoid || dest.endpoints.len() == 1)
+        .collect();
+    let total: u64 = eps.iter().map(|e| u64::from(e.slots)).sum();
+    let mut y = fastrand::u64(0..total.max(1));
+    let ep = eps
+        .iter()
+        .find(|e| {
+            let s = u64::from(e.slots);
+            if y < s {
+                true
+            } else {
+                y -= s;
+                false
+            }
+        })
+        .map(|e| e.endpoint)?;
+    Some((dest, ep))
+}
+
+enum ReqBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+struct Prepared {
+    method: http::Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Option<ReqBody>,
+}
+
+impl Prepared {
+    fn request(
+        &mut self,
+        ep: SocketAddr,
+        authority: Option<&str>,
+    ) -> Result<Request<Body>, String> {
+        let uri: http::Uri = format!("http://{ep}{}", self.path_and_query)
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let mut req = Request::builder().method(self.method.clone()).uri(uri);
+        let body: Body = match self.body.take() {
+            Some(ReqBody::Stream(b)) => b.map_err(|e| Box::new(e) as BoxError).boxed(),
+            Some(ReqBody::Buffered(b)) => {
+                self.body = Some(ReqBody::Buffered(b.clone()));
+                Full::new(b).map_err(|e| match e {}).boxed()
+            }
+            None => return Err("request body already used".into()),
+        };
+        let mut headers = self.headers.clone();
+        if let Some(a) = authority {
+            set(&mut headers, "host", a);
+        }
+        *req.headers_mut().unwrap() = headers;
+        req.body(body).map_err(|e| e.to_string())
+    }
+}
+
+/// Should this outcome be retried under `p`?
+fn retriable(p: &RetryPolicy, o: &Result<StatusCode, (Outcome, bool)>) -> bool {
+    match o {
+        Ok(s) => {
+            let code = s.as_u16();
+            (p.on_5xx && code >= 500)
+                || (p.on_gateway_error && (502..=504).contains(&code))
+                || p.status_codes.contains(&code)
+        }
+        Err((Outcome::ConnectFailure, _)) => p.on_connect_failure || p.on_5xx || p.on_gateway_error,
+        // (reset or per-try timeout)
+        Err((_, timeout)) => p.on_reset || p.on_5xx || (*timeout && p.on_gateway_error),
+    }
+}
+
+async fn forward(
+    ctx: &Ctx,
+    f: &L7Forward,
+    route: &L7Route,
+    hit: &Hit,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let retry = route.policies.retry.clone();
+    let mirror = route.policies.mirror.clone().filter(|m| chance(m.percent));
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let new_path = if let Some(to) = &f.path_rewrite {
+        engine::rewrite_prefix(&path, hit, to)
+    } else if let Some((re, sub)) = &f.regex_rewrite {
+        engine::rewrite_regex(&path, re, sub)
+    } else {
+        path.clone()
+    };
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let original_host = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(String::from)
+    });
+    if let Some(h) = &original_host {
+        set(&mut headers, "host", h);
+    }
+    append(&mut headers, "x-forwarded-for", &peer.ip().to_string());
+    if let Some(hp) = &route.policies.headers {
+        for n in &hp.remove_request {
+            headers.remove(n.as_str());
+        }
+        for (k, v) in &hp.add_request {
+            append(&mut headers, k, v);
+        }
+    }
+    let needs_copy = retry.as_ref().is_some_and(|r| r.attempts > 0) || mirror.is_some();
+    let body = if needs_copy {
+        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(b) => ReqBody::Buffered(b.to_bytes()),
+            Err(_) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large to retry or mirror (limit 1 MiB)",
+                );
+            }
+        }
+    } else {
+        ReqBody::Stream(body)
+    };
+    let mut prep = Prepared {
+        method: parts.method.clone(),
+        path_and_query: format!("{new_path}{query}"),
+        headers,
+        body: Some(body),
+    };
+
+    if let (Some(m), Some(ReqBody::Buffered(b))) = (&mirror, &prep.body) {
+        // Envoy's shadow convention: the mirrored request's host gets "-shadow".
+        if let Some((dest, ep)) = pick(std::slice::from_ref(&m.dest), None) {
+            let mut copy = Prepared {
+                method: prep.method.clone(),
+                path_and_query: prep.path_and_query.clone(),
+                headers: prep.headers.clone(),
+                body: Some(ReqBody::Buffered(b.clone())),
+            };
+            let shadow = original_host.clone().map(|h| format!("{h}-shadow"));
+            if let Ok(r) = copy.request(ep, shadow.as_deref()) {
+                let client = ctx.upstreams.client(dest.http2).clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(resp)) =
+                        tokio::time::timeout(Duration::from_secs(5), client.request(r)).await
+                    {
+                        let _ = resp.into_body().collect().await;
+                    }
+                });
+            }
+        }
+    }
+
+    let attempts = 1 + retry.as_ref().map_or(0, |r| r.attempts);
+    let per_try = retry
+        .as_ref()
+        .and_then(|r| r.per_try_timeout_ms)
+        .map(Duration::from_millis);
+    let overall = retry
+        .as_ref()
+        .and_then(|r| r.request_timeout_ms)
+        .map(Duration::from_millis);
+    let deadline = overall.map(|d| Instant::now() + d);
+    let mut last_ep = None;
+    let mut last_err = text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    for attempt in 0..attempts {
+        let Some((dest, ep)) = pick(&f.dests, last_ep) else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        last_ep = Some(ep);
+        let authority = f
+            .host_rewrite
+            .clone()
+            .or_else(|| f.auto_host_rewrite.then(|| dest.authority.clone()));
+        let upstream_req = match prep.request(ep, authority.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, e),
+        };
+        let client = ctx.upstreams.client(dest.http2);
+        let mut budget = per_try;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+            }
+            budget = Some(budget.map_or(left, |b| b.min(left)));
+        }
+        let call = client.request(upstream_req);
+        let result = match budget {
+            Some(t) => match tokio::time::timeout(t, call).await {
+                Ok(r) => r.map_err(|e| (e, false)),
+                Err(_) => {
+                    ctx.obs.record(ep, Outcome::Reset);
+                    let o: Result<StatusCode, (Outcome, bool)> = Err((Outcome::Reset, true));
+                    let over = deadline.is_some_and(|d| Instant::now() >= d);
+                    last_err = text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                    if over
+                        || attempt + 1 == attempts
+                        || !retry.as_ref().is_some_and(|p| retriable(p, &o))
+                    {
+                        return last_err;
+                    }
+                    continue;
+                }
+            },
+            None => call.await.map_err(|e| (e, false)),
+        };
+        match result {
+            Ok(resp) => {
+                let code = resp.status();
+                ctx.obs.record(
+                    ep,
+                    if code.is_server_error() {
+                        Outcome::Status5xx
+                    } else {
+                        Outcome::Ok
+                    },
+                );
+                let again = attempt + 1 < attempts
+                    && retry.as_ref().is_some_and(|p| retriable(p, &Ok(code)));
+                if !again {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Response::from_parts(
+                        parts,
+                        body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    );
+                }
+            }
+            Err((e, _)) => {
+                let outcome = if is_connect_failure(&e) {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Reset
+                };
+                ctx.obs.record(ep, outcome);
+                last_err = match outcome {
+                    Outcome::ConnectFailure => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+                    }
+                    _ => text(StatusCode::BAD_GATEWAY, format!("upstream reset: {e}")),
+                };
+                let o = Err((outcome, false));
+                if attempt + 1 == attempts
+                    || !retry.as_ref().is_some_and(|p| retriable(p, &o))
+                    || prep.body.is_none()
+                {
+                    return last_err;
+                }
+            }
+        }
+    }
+    last_err
+}
+
+/// Serve one request with a compiled table. `scheme` is how the client came
+/// (for redirects), `port` the port it dialled.
+pub async fn handle(
+    ctx: &Ctx,
+    t: &Compiled,
+    req: Request<Incoming>,
+    port: u16,
+    scheme: &str,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let hit = {
+        let r = Req {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            port,
+        };
+        t.table.select(&r)
+    };
+    let Some(hit) = hit else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {}", req.method(), req.uri().path()),
+        );
+    };
+    let route = &t.routes[hit.route];
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let cors = route
+        .policies
+        .cors
+        .as_ref()
+        .filter(|c| origin.as_deref().is_some_and(|o| origin_allowed(c, o)));
+    if let (Some(c), Some(o)) = (cors, &origin)
+        && req.method() == http::Method::OPTIONS
+        && req.headers().contains_key("access-control-request-method")
+    {
+        return cors_preflight(c, o);
+    }
+    if let Some(fault) = &route.policies.fault {
+        if let Some((code, pct)) = fault.abort
+            && chance(pct)
+        {
+            return text(status(code), "fault filter abort");
+        }
+        if let Some((ms, pct)) = fault.delay
+            && chance(pct)
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+    let mut resp = match &route.action {
+        L7Action::Direct { status: s, body } => text(status(*s), body.clone()),
+        L7Action::Broken { reason } => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("route `{}` is broken: {reason}", route.name),
+        ),
+        L7Action::Redirect(r) => {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(String::from)
+                })
+                .unwrap_or_default();
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let mut resp = text(status(r.code), "");
+            set(
+                resp.headers_mut(),
+                "location",
+                &engine::redirect_location(r, scheme, &host, pq, &hit),
+            );
+            resp
+        }
+        L7Action::Forward(f) => forward(ctx, f, route, &hit, req, peer).await,
+    };
+    let h = resp.headers_mut();
+    if let Some(hp) = &route.policies.headers {
+        for n in &hp.remove_response {
+            h.remove(n.as_str());
+        }
+        for (k, v) in &hp.add_response {
+            append(h, k, v);
+        }
+    }
+    if let (Some(c), Some(o)) = (cors, &origin) {
+        set(h, "access-control-allow-origin", o);
+        if !c.expose_headers.is_empty() {
+            set(
+                h,
+                "access-control-expose-headers",
+                &c.expose_headers.join(","),
+            );
+        }
+        if c.allow_credentials {
+            set(h, "access-control-allow-credentials", "true");
+        }
+    }
+    resp
+}

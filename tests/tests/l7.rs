@@ -1,0 +1,598 @@
+//! The L7 path end to end: real clients (curl and rt-probe's hyper client)
+//! in the child cgroup dial a virtual host by name; the kernel hands the
+//! connection to routerd's proxy, which routes each request. The same route
+//! engine serves a VirtualGateway listener (plain and TLS) for clients
+//! outside the cgroup.
+use std::collections::BTreeMap;
+
+use router_tests::{yaml, *};
+
+const RESOLVER: &str = "10.53.0.1";
+/// The node namespace's own address: where north-south clients reach the gateway.
+const NODE_IP: &str = "10.255.255.1";
+
+fn config(cert: &str, key: &str) -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t, clusterName: c1, labels: {app: api}}\nspec:\n  ports: [{name: http, port: 8080}]\n---\n";
+    for (v, ip) in [("v1", "10.1.0.1"), ("v2", "10.1.0.2")] {
+        y += &format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: api-{v}, namespace: t, clusterName: c1, labels: {{kubernetes.io/service-name: api, version: {v}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{ip}], zone: e1}}]\n---\n"
+        );
+    }
+    y += &yaml::service("c1", "flaky", 8080, "TCP");
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "flaky",
+        "flaky",
+        8080,
+        "TCP",
+        &[("10.1.0.3", "e1", true)],
+    );
+    y += &yaml::service("c1", "shadow", 8080, "TCP");
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "shadow",
+        "shadow",
+        8080,
+        "TCP",
+        &[("10.1.0.4", "e1", true)],
+    );
+    let api = |subset: &str| {
+        format!("{{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: {subset}}}}}")
+    };
+    y += &format!(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: shop, namespace: t}}
+spec:
+  hosts: [shop.t.mesh]
+  http:
+  - name: v2-by-header
+    matchers: [{{uri: {{prefix: /api}}, headers: [{{name: x-version, value: v2}}]}}]
+    forwardTo: {{destinations: [{v2}]}}
+  - name: v2-by-query
+    matchers: [{{uri: {{prefix: /api}}, queryParameters: [{{name: canary, value: "true"}}]}}]
+    forwardTo: {{destinations: [{v2}]}}
+  - name: api
+    labels: {{route: api}}
+    matchers: [{{uri: {{prefix: /api}}}}]
+    forwardTo: {{destinations: [{v1}], pathRewrite: /v1}}
+  - name: flaky
+    labels: {{route: flaky}}
+    matchers: [{{uri: {{prefix: /flaky}}}}]
+    forwardTo: {{destinations: [{{ref: {{name: flaky}}, port: {{number: 8080}}}}]}}
+  - name: delay
+    labels: {{route: delay}}
+    matchers: [{{uri: {{prefix: /delay}}}}]
+    forwardTo: {{destinations: [{v1}]}}
+  - name: abort
+    labels: {{route: abort}}
+    matchers: [{{uri: {{prefix: /abort}}}}]
+    forwardTo: {{destinations: [{v1}]}}
+  - name: mirror
+    labels: {{route: mirror}}
+    matchers: [{{uri: {{prefix: /mirror}}}}]
+    forwardTo: {{destinations: [{v1}]}}
+  - name: old
+    matchers: [{{uri: {{exact: /old}}}}]
+    redirect: {{pathRedirect: /new, responseCode: FOUND}}
+  - name: teapot
+    matchers: [{{uri: {{exact: /teapot}}}}]
+    directResponse: {{status: 418, body: "short and stout"}}
+  - name: cors
+    labels: {{route: cors}}
+    matchers: [{{uri: {{prefix: /cors}}}}]
+    forwardTo: {{destinations: [{v1}]}}
+  - name: split
+    matchers: [{{uri: {{prefix: /split}}}}]
+    forwardTo:
+      destinations:
+      - {{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: v1}}, weight: 70}}
+      - {{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: v2}}, weight: 30}}
+---
+apiVersion: trafficcontrol.policy.gloo.solo.io/v2
+kind: HeaderManipulationPolicy
+metadata: {{name: headers, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: api}}}}}}]
+  config:
+    appendRequestHeaders: {{x-added: "yes"}}
+    removeRequestHeaders: [x-remove-me]
+    appendResponseHeaders: {{x-served-by: routerd}}
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: RetryTimeoutPolicy
+metadata: {{name: retry, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: flaky}}}}}}]
+  config:
+    retries: {{attempts: 2, retryOn: [5xx]}}
+    requestTimeout: 5s
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: FaultInjectionPolicy
+metadata: {{name: delay, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: delay}}}}}}]
+  config: {{delay: {{fixedDelay: 300ms, percentage: 100}}}}
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: FaultInjectionPolicy
+metadata: {{name: abort, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: abort}}}}}}]
+  config: {{abort: {{httpStatus: 503, percentage: 50}}}}
+---
+apiVersion: trafficcontrol.policy.gloo.solo.io/v2
+kind: MirrorPolicy
+metadata: {{name: mirror, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: mirror}}}}}}]
+  config:
+    destination: {{ref: {{name: shadow}}, port: {{number: 8080}}}}
+    percentage: 100
+---
+apiVersion: security.policy.gloo.solo.io/v2
+kind: CORSPolicy
+metadata: {{name: cors, namespace: t}}
+spec:
+  applyToRoutes: [{{route: {{labels: {{route: cors}}}}}}]
+  config:
+    allowOrigins: [{{exact: "https://app.example.test"}}]
+    allowMethods: [GET, POST]
+    allowHeaders: [x-token]
+    maxAge: 1h
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: VirtualGateway
+metadata: {{name: gw, namespace: t}}
+spec:
+  listeners:
+  - port: {{number: 8081}}
+    http: {{}}
+    allowedRouteTables: [{{host: "*.example.test"}}]
+  - port: {{number: 8443}}
+    http: {{}}
+    tls: {{mode: SIMPLE, certFile: {cert}, keyFile: {key}}}
+    allowedRouteTables: [{{host: "*.example.test"}}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: north, namespace: t}}
+spec:
+  hosts: [www.example.test]
+  virtualGateways: [{{name: gw}}]
+  http:
+  - name: teapot
+    matchers: [{{uri: {{exact: /teapot}}}}]
+    directResponse: {{status: 418, body: "short and stout"}}
+  - name: api
+    matchers: [{{uri: {{prefix: /api}}}}]
+    forwardTo: {{destinations: [{v1}], pathRewrite: /v1}}
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: not-allowed, namespace: t}}
+spec:
+  hosts: [other.test]
+  virtualGateways: [{{name: gw}}]
+  http:
+  - forwardTo: {{destinations: [{v1}]}}
+---
+"#,
+        v1 = api("v1"),
+        v2 = api("v2"),
+    );
+    y
+}
+
+struct L7 {
+    world: World,
+    _routerd: Routerd,
+    _dnsmasq: Proc,
+    ca: std::path::PathBuf,
+}
+
+fn setup() -> L7 {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp("10.1.0.1:8080", "v1"),
+        Listen::tcp("10.1.0.2:8080", "v2"),
+        Listen::tcp("10.1.0.3:8080", "flaky"),
+        Listen::tcp("10.1.0.4:8080", "shadow"),
+    ])
+    .unwrap();
+    let dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
+    world.resolv_conf(RESOLVER).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["www.example.test".to_string()]).unwrap();
+    let cert = world.dir.write("tls/cert.pem", &ck.cert.pem()).unwrap();
+    let key = world
+        .dir
+        .write("tls/key.pem", &ck.signing_key.serialize_pem())
+        .unwrap();
+    world
+        .dir
+        .write(
+            "config/all.yaml",
+            &config(&cert.display().to_string(), &key.display().to_string()),
+        )
+        .unwrap();
+    let cfg = world.dir.path.join("config");
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    L7 {
+        world,
+        _routerd: routerd,
+        _dnsmasq: dnsmasq,
+        ca: cert,
+    }
+}
+
+/// curl in the cgroup: (status, body, headers, http version, remote ip).
+fn curl(
+    world: &World,
+    args: &[&str],
+    inside: bool,
+) -> (u16, String, BTreeMap<String, String>, String, String) {
+    let mut cmd = if inside {
+        world.client("curl")
+    } else {
+        world.outside("curl")
+    };
+    let out = cmd
+        .args([
+            "-sS",
+            "--max-time",
+            "8",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n%{http_code} %{http_version} %{remote_ip}",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, meta) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut m = meta.split_whitespace();
+    let code = m.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let version = m.next().unwrap_or("").to_string();
+    let remote = m.next().unwrap_or("").to_string();
+    let headers = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (code, body.to_string(), headers, version, remote)
+}
+
+fn answer(body: &str) -> Answer {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not a backend answer ({e}): {body:?}"))
+}
+
+#[test]
+fn requests_route_by_path_header_and_query_with_rewrites() {
+    let l = setup();
+    let (code, body, _, _, remote) =
+        curl(&l.world, &["http://shop.t.mesh:8080/api/items?x=1"], true);
+    assert_eq!(code, 200);
+    let a = answer(&body);
+    assert_eq!(
+        (a.id.as_str(), a.path.as_str()),
+        ("v1", "/v1/items?x=1"),
+        "pathRewrite replaced the matched prefix"
+    );
+    assert!(
+        remote.starts_with("240.240.") || remote.starts_with("2001:2:"),
+        "the application still sees the VIP: {remote}"
+    );
+    let a = answer(
+        &curl(
+            &l.world,
+            &["-H", "x-version: v2", "http://shop.t.mesh:8080/api/items"],
+            true,
+        )
+        .1,
+    );
+    assert_eq!((a.id.as_str(), a.path.as_str()), ("v2", "/api/items"));
+    let a = answer(
+        &curl(
+            &l.world,
+            &["http://shop.t.mesh:8080/api/items?canary=true"],
+            true,
+        )
+        .1,
+    );
+    assert_eq!(a.id, "v2");
+    let (code, body, ..) = curl(&l.world, &["http://shop.t.mesh:8080/nothing-here"], true);
+    assert_eq!(code, 404, "{body}");
+}
+
+#[test]
+fn header_manipulation_is_visible_at_the_backend_and_the_client() {
+    let l = setup();
+    let (code, body, headers, ..) = curl(
+        &l.world,
+        &["-H", "x-remove-me: secret", "http://shop.t.mesh:8080/api/h"],
+        true,
+    );
+    assert_eq!(code, 200);
+    let a = answer(&body);
+    assert_eq!(
+        a.headers.get("x-added").map(String::as_str),
+        Some("yes"),
+        "{:?}",
+        a.headers
+    );
+    assert!(!a.headers.contains_key("x-remove-me"), "{:?}", a.headers);
+    assert_eq!(
+        headers.get("x-served-by").map(String::as_str),
+        Some("routerd")
+    );
+}
+
+#[test]
+fn retries_recover_from_a_backend_that_fails_once() {
+    let l = setup();
+    for i in 0..10 {
+        let (code, body, ..) = curl(
+            &l.world,
+            &[&format!("http://shop.t.mesh:8080/flaky/key-{i}")],
+            true,
+        );
+        assert_eq!(code, 200, "attempt {i}: {body}");
+    }
+    // The backend saw each key twice: the failure and the retry.
+    let log = curl(&l.world, &["http://10.1.0.3:8080/__log"], true).1;
+    let seen: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    assert_eq!(seen.len(), 20, "{log}");
+}
+
+#[test]
+fn fault_injection_delays_and_aborts_at_the_configured_rate() {
+    let l = setup();
+    let t = std::time::Instant::now();
+    let (code, ..) = curl(&l.world, &["http://shop.t.mesh:8080/delay/x"], true);
+    assert_eq!(code, 200);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let vip = resolve(&l.world, "shop.t.mesh");
+    let probes = l
+        .world
+        .probe(&[
+            "http",
+            &format!("{vip}:8080"),
+            "--path",
+            "/abort/x",
+            "--count",
+            "400",
+        ])
+        .unwrap();
+    let aborted = probes.iter().filter(|p| p.status == Some(503)).count();
+    let ok = probes.iter().filter(|p| p.status == Some(200)).count();
+    assert_eq!(aborted + ok, 400);
+    // p = 0.5, n = 400: sigma 0.025; 5 sigma.
+    let share = aborted as f64 / 400.0;
+    assert!((share - 0.5).abs() < 0.125, "aborted share {share}");
+}
+
+fn resolve(world: &World, name: &str) -> String {
+    run(world.client("getent").args(["ahostsv4", name]))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn mirrored_traffic_arrives() {
+    let l = setup();
+    for i in 0..3 {
+        assert_eq!(
+            curl(
+                &l.world,
+                &[&format!("http://shop.t.mesh:8080/mirror/{i}")],
+                true
+            )
+            .0,
+            200
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log: Vec<serde_json::Value> =
+            serde_json::from_str(&curl(&l.world, &["http://10.1.0.4:8080/__log"], true).1).unwrap();
+        let mirrored: Vec<&serde_json::Value> = log
+            .iter()
+            .filter(|e| {
+                e["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/mirror/"))
+            })
+            .collect();
+        if mirrored.len() == 3 {
+            assert!(
+                mirrored.iter().all(|e| e["headers"]["host"]
+                    .as_str()
+                    .is_some_and(|h| h.ends_with("-shadow"))),
+                "{mirrored:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror saw {mirrored:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redirects_direct_responses_and_cors() {
+    let l = setup();
+    let (code, _, headers, ..) = curl(&l.world, &["http://shop.t.mesh:8080/old"], true);
+    assert_eq!(code, 302);
+    assert_eq!(
+        headers.get("location").map(String::as_str),
+        Some("http://shop.t.mesh:8080/new")
+    );
+    let (code, body, ..) = curl(&l.world, &["http://shop.t.mesh:8080/teapot"], true);
+    assert_eq!((code, body.as_str()), (418, "short and stout"));
+    // CORS preflight is answered by the proxy; real requests get the headers.
+    let (code, _, headers, ..) = curl(
+        &l.world,
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "origin: https://app.example.test",
+            "-H",
+            "access-control-request-method: POST",
+            "http://shop.t.mesh:8080/cors/x",
+        ],
+        true,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example.test")
+    );
+    assert_eq!(
+        headers
+            .get("access-control-allow-methods")
+            .map(String::as_str),
+        Some("GET,POST")
+    );
+    assert_eq!(
+        headers.get("access-control-max-age").map(String::as_str),
+        Some("3600")
+    );
+    let (_, _, headers, ..) = curl(
+        &l.world,
+        &[
+            "-H",
+            "origin: https://evil.example",
+            "http://shop.t.mesh:8080/cors/x",
+        ],
+        true,
+    );
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "{headers:?}"
+    );
+}
+
+#[test]
+fn weighted_splits_are_per_request_and_http2_works() {
+    let l = setup();
+    let vip = resolve(&l.world, "shop.t.mesh");
+    // 500 requests on ONE connection: the split is per request.
+    let probes = l
+        .world
+        .probe(&[
+            "http",
+            &format!("{vip}:8080"),
+            "--path",
+            "/split/x",
+            "--count",
+            "500",
+        ])
+        .unwrap();
+    let v1 = probes
+        .iter()
+        .filter(|p| p.answer.as_ref().is_some_and(|a| a.id == "v1"))
+        .count();
+    let v2 = probes
+        .iter()
+        .filter(|p| p.answer.as_ref().is_some_and(|a| a.id == "v2"))
+        .count();
+    assert_eq!(v1 + v2, 500);
+    let share = v1 as f64 / 500.0;
+    assert!((share - 0.7).abs() < 0.1, "v1 share {share}");
+    // HTTP/2 with prior knowledge, through the VIP.
+    let (code, body, _, version, _) = curl(
+        &l.world,
+        &["--http2-prior-knowledge", "http://shop.t.mesh:8080/api/h2"],
+        true,
+    );
+    assert_eq!((code, version.as_str()), (200, "2"), "{body}");
+    let probes = l
+        .world
+        .probe(&[
+            "http",
+            &format!("{vip}:8080"),
+            "--path",
+            "/api/z",
+            "--count",
+            "20",
+            "--http2",
+        ])
+        .unwrap();
+    assert!(probes.iter().all(|p| p.status == Some(200)), "{probes:?}");
+}
+
+#[test]
+fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
+    let l = setup();
+    let gw = format!("http://{NODE_IP}:8081");
+    let (code, body, ..) = curl(
+        &l.world,
+        &["-H", "host: www.example.test", &format!("{gw}/api/north")],
+        false,
+    );
+    assert_eq!(code, 200, "{body}");
+    let a = answer(&body);
+    assert_eq!((a.id.as_str(), a.path.as_str()), ("v1", "/v1/north"));
+    let (code, body, ..) = curl(
+        &l.world,
+        &["-H", "host: www.example.test", &format!("{gw}/teapot")],
+        false,
+    );
+    assert_eq!((code, body.as_str()), (418, "short and stout"));
+    // Bound to the gateway but not allowed by its allowedRouteTables: not served.
+    let (code, ..) = curl(
+        &l.world,
+        &["-H", "host: other.test", &format!("{gw}/")],
+        false,
+    );
+    assert_eq!(code, 404);
+    // TLS with ALPN: HTTP/2 and HTTP/1.1.
+    let resolve_arg = format!("www.example.test:8443:{NODE_IP}");
+    let ca = l.ca.display().to_string();
+    let (code, body, _, version, _) = curl(
+        &l.world,
+        &[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve_arg,
+            "https://www.example.test:8443/teapot",
+        ],
+        false,
+    );
+    assert_eq!(
+        (code, body.as_str(), version.as_str()),
+        (418, "short and stout", "2")
+    );
+    let (code, body, _, version, _) = curl(
+        &l.world,
+        &[
+            "--http1.1",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve_arg,
+            "https://www.example.test:8443/api/tls",
+        ],
+        false,
+    );
+    assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
+    assert_eq!(answer(&body).path, "/v1/tls");
+}
