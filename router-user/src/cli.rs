@@ -186,6 +186,30 @@ fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
                     }
                 );
             }
+            for l in &plan.l7 {
+                println!(
+                    "  L7 proxy: {}:{} on proxy port {} ({} routes)",
+                    l.host,
+                    l.port,
+                    l.proxy_port,
+                    l.routes.len()
+                );
+            }
+            for g in &plan.gateways {
+                let tables: Vec<&str> = g.hosts.iter().map(|h| h.table.as_str()).collect();
+                println!(
+                    "  gateway {} listener :{} ({}{}): {}",
+                    g.gateway,
+                    g.port,
+                    if g.http { "http" } else { "tcp" },
+                    if g.tls.is_some() { ", tls" } else { "" },
+                    if tables.is_empty() {
+                        "no route tables bound".to_string()
+                    } else {
+                        tables.join(", ")
+                    }
+                );
+            }
             for n in &plan.notices {
                 println!("note: {n}");
             }

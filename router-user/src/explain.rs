@@ -238,18 +238,20 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
     for s in services {
         match s.proxy_port {
             Some(pp) => {
-                let _ = writeln!(
+                let _ = write!(
                     o,
                     "  {}/{} -> the L7 proxy (listener port {pp}), per request:",
                     crate::plan::sock(s.vip, s.port),
                     s.proto
                 );
-                if let Some(l7) = plan
-                    .l7
-                    .iter()
-                    .find(|l| l.proxy_port == pp && s.vip.is_ipv4())
-                {
-                    l7_routes(&mut o, &l7.routes, "    ");
+                match plan.l7.iter().find(|l| l.proxy_port == pp) {
+                    Some(l7) if s.vip.is_ipv4() => {
+                        let _ = writeln!(o);
+                        l7_routes(&mut o, &l7.routes, "    ");
+                    }
+                    _ => {
+                        let _ = writeln!(o, " the same table");
+                    }
                 }
             }
             None => service(&mut o, s),

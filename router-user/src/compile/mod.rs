@@ -382,8 +382,10 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         if delegated.contains_key(&key) {
             continue;
         }
-        if !rt.spec.virtual_gateways.is_empty() {
-            continue; // north-south only: served on its gateways (see l7::gateways)
+        // Gloo: a table bound to gateways is north-south only, unless it also
+        // selects workloads, in which case it serves both entry points.
+        if !rt.spec.virtual_gateways.is_empty() && rt.spec.workload_selectors.is_none() {
+            continue; // served on its gateways only (see l7::gateways)
         }
         for h in &rt.spec.hosts {
             if h.value.starts_with("*.") {

@@ -373,7 +373,7 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
         );
     }
     if rt.spec.workload_selectors.is_some() {
-        v.notice(rt, rt.origin.line, "workloadSelectors are not applied: the table serves every process in the attached cgroup");
+        v.notice(rt, rt.origin.line, "workloadSelectors are not applied one by one: the table serves every process in the attached cgroup (and, with virtualGateways, its gateways too)");
     }
     for gw in &rt.spec.virtual_gateways {
         let ns = gw
@@ -593,21 +593,21 @@ fn route_host_uniqueness(v: &mut V<'_>) {
     // gateway has its own.
     let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
     for rt in &v.cfg.route_tables {
-        let scopes: Vec<String> = if rt.spec.virtual_gateways.is_empty() {
-            vec!["east-west".into()]
-        } else {
-            rt.spec
-                .virtual_gateways
-                .iter()
-                .map(|g| {
-                    format!(
-                        "gateway {}/{}",
-                        g.namespace.clone().unwrap_or_else(|| rt.namespace().into()),
-                        g.name
-                    )
-                })
-                .collect()
-        };
+        let mut scopes: Vec<String> = rt
+            .spec
+            .virtual_gateways
+            .iter()
+            .map(|g| {
+                format!(
+                    "gateway {}/{}",
+                    g.namespace.clone().unwrap_or_else(|| rt.namespace().into()),
+                    g.name
+                )
+            })
+            .collect();
+        if scopes.is_empty() || rt.spec.workload_selectors.is_some() {
+            scopes.push("east-west".into());
+        }
         for h in &rt.spec.hosts {
             for scope in &scopes {
                 let key = (scope.clone(), h.value.to_ascii_lowercase());

@@ -134,6 +134,92 @@ fn explain(bin: &std::path::Path, config: &std::path::Path, target: &str) -> Res
     Ok(())
 }
 
+/// One curl, printed: status, a response header, and who answered.
+fn curl_show(world: &World, inside: bool, label: &str, args: &[&str]) -> Result<()> {
+    let mut cmd = if inside {
+        world.client("curl")
+    } else {
+        world.outside("curl")
+    };
+    let out = cmd
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let route = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("x-route: ")
+                .map(|v| format!(", x-route: {}", v.trim()))
+        })
+        .unwrap_or_default();
+    let who = match serde_json::from_str::<Answer>(body) {
+        Ok(a) => format!(
+            "answered by {} at {} (path {}, x-routed-by: {})",
+            a.id,
+            a.local,
+            a.path,
+            a.headers
+                .get("x-routed-by")
+                .map(String::as_str)
+                .unwrap_or("-")
+        ),
+        Err(_) => format!("body {:?}", body.trim()),
+    };
+    println!("  {label} -> {code}{route}, {who}");
+    Ok(())
+}
+
+/// The same route table through both entry points.
+fn l7_demo(world: &World) -> Result<()> {
+    let url = "http://ratings.shop.mesh.internal:9090";
+    curl_show(
+        world,
+        true,
+        "east-west  curl http://ratings.shop.mesh.internal:9090/api/ratings/7",
+        &[&format!("{url}/api/ratings/7")],
+    )?;
+    curl_show(
+        world,
+        true,
+        "east-west  curl .../healthz",
+        &[&format!("{url}/healthz")],
+    )?;
+    curl_show(
+        world,
+        true,
+        "east-west  curl .../unknown",
+        &[&format!("{url}/unknown")],
+    )?;
+    let gw = "http://10.255.255.1:8088";
+    curl_show(
+        world,
+        false,
+        "north-south curl -H 'Host: ratings.shop.mesh.internal' http://<node>:8088/api/ratings/7",
+        &[
+            "-H",
+            "Host: ratings.shop.mesh.internal",
+            &format!("{gw}/api/ratings/7"),
+        ],
+    )?;
+    curl_show(
+        world,
+        false,
+        "north-south curl -H 'Host: nope.example' http://<node>:8088/",
+        &["-H", "Host: nope.example", &format!("{gw}/")],
+    )?;
+    Ok(())
+}
+
 fn set_app_b_ready(config: &std::path::Path, ready: bool) -> Result<()> {
     let f = config.join("inventory/cluster-1.yaml");
     let text = std::fs::read_to_string(&f)?;
@@ -301,10 +387,10 @@ fn demo() -> Result<()> {
     );
 
     heading(
-        "ratings: routes on the path, which needs the L7 proxy (not available yet): refused, not misrouted",
+        "ratings: routes on the request path, so the kernel hands the connection to routerd's L7 proxy",
     );
-    show_curls(&world, "ratings.shop.mesh.internal", 9090, false, 1)?;
     explain(&routerd_bin, &config, "ratings.shop.mesh.internal")?;
+    l7_demo(&world)?;
     let p = &world.probe(&["tcp", "240.240.255.254:80"])?[0];
     println!(
         "  connect 240.240.255.254:80 (in the VIP range, no such service) -> {}",
