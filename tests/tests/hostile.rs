@@ -97,7 +97,7 @@ fn malformed_requests_get_400_and_a_closed_connection() {
 #[test]
 fn slow_clients_are_cut_off_without_stalling_others() {
     let (world, _d, vip) = setup();
-    let mut slow = world
+    let slow = world
         .client(bin("rt-probe"))
         .args(["slow", &vip, "--conns", "40", "--seconds", "20"])
         .stdout(std::process::Stdio::piped())

@@ -180,24 +180,38 @@ fn table_selected(sel: &RouteTableSelector, t: &Resource<RouteTableSpec>, parent
             .all(|(k, v)| t.meta.labels.get(k) == Some(v))
 }
 
-fn specificity(r: &FlatRoute<'_>) -> (u8, usize) {
+/// `ROUTE_SPECIFICITY` order, in the Gateway API's precedence: an exact
+/// path, then a regex, then the longest prefix; then a method; then the most
+/// header matches; then the most query matches. Each route counts by its most
+/// specific matcher (the child's own conditions; parents are shared). Ties
+/// keep table-weight order (the sort is stable).
+pub fn specificity(r: &FlatRoute<'_>) -> (u8, usize, bool, usize, usize) {
     r.matchers
         .iter()
-        .flat_map(|m| m.http.iter())
-        .filter_map(|m| m.uri.as_ref())
-        .map(|u| {
-            if let Some(x) = &u.exact {
-                (3, x.len())
-            } else if let Some(x) = &u.regex {
-                (2, x.len())
-            } else if let Some(x) = &u.prefix {
-                (1, x.len())
-            } else {
-                (0, 0)
-            }
+        .map(|m| {
+            let last = m.http.last();
+            let path = last.and_then(|h| h.uri.as_ref()).map(|u| {
+                if let Some(x) = &u.exact {
+                    (3, x.len())
+                } else if let Some(x) = &u.regex {
+                    (2, x.len())
+                } else if let Some(x) = &u.prefix {
+                    (1, x.len())
+                } else {
+                    (0, 0)
+                }
+            });
+            let (kind, len) = path.unwrap_or((0, 0));
+            (
+                kind,
+                len,
+                last.is_some_and(|h| h.method.is_some()),
+                last.map_or(0, |h| h.headers.len()),
+                last.map_or(0, |h| h.query_parameters.len()),
+            )
         })
         .max()
-        .unwrap_or((0, 0))
+        .unwrap_or((0, 0, false, 0, 0))
 }
 
 fn combine<'a>(parent: &[MatchAll<'a>], child: &[MatchAll<'a>]) -> Vec<MatchAll<'a>> {

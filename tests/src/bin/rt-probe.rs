@@ -609,32 +609,31 @@ async fn h2_flood(addr: SocketAddr, streams: usize, resets: usize) -> Flood {
         streams_ms: 0,
     };
     // Many concurrent slow requests: the server's SETTINGS cap how many run at once.
-    if let Ok(stream) = TcpStream::connect(addr).await {
-        if let Ok((s, conn)) = hyper::client::conn::http2::handshake(
+    if let Ok(stream) = TcpStream::connect(addr).await
+        && let Ok((s, conn)) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             TokioIo::new(stream),
         )
         .await
-        {
-            tokio::spawn(conn);
-            let start = std::time::Instant::now();
-            let mut tasks = Vec::new();
-            for i in 0..streams {
-                let mut s = s.clone();
-                tasks.push(tokio::spawn(async move {
+    {
+        tokio::spawn(conn);
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..streams {
+            let mut s = s.clone();
+            tasks.push(tokio::spawn(async move {
                     let req = Request::get(format!("http://{addr}/slow/200?i={i}")).body(Empty::<Bytes>::new()).unwrap();
                     matches!(tokio::time::timeout(Duration::from_secs(20), s.send_request(req)).await, Ok(Ok(r)) if r.status().is_success())
                 }));
-            }
-            for t in tasks {
-                if t.await.unwrap_or(false) {
-                    f.ok += 1;
-                } else {
-                    f.refused_or_failed += 1;
-                }
-            }
-            f.streams_ms = start.elapsed().as_millis() as u64;
         }
+        for t in tasks {
+            if t.await.unwrap_or(false) {
+                f.ok += 1;
+            } else {
+                f.refused_or_failed += 1;
+            }
+        }
+        f.streams_ms = start.elapsed().as_millis() as u64;
     }
     // Rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over,
     // with the raw h2 client so every stream really is opened and cancelled.
