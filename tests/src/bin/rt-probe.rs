@@ -90,6 +90,21 @@ enum Cmd {
     },
     /// Hostile DNS input against a resolver address; prints a [`Junk`] line.
     DnsJunk { addr: SocketAddr },
+    /// HTTP load for a fixed time from `conns` concurrent clients (keep-alive,
+    /// or a new connection per request with --new-conn); prints a [`Bench`].
+    HttpBench {
+        addr: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+        #[arg(long)]
+        new_conn: bool,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
     Bench {
         addr: SocketAddr,
@@ -205,6 +220,129 @@ fn dns_junk(addr: SocketAddr) -> Junk {
         formerr,
         oversized_reply,
         tcp_short_closed_or_idle,
+    }
+}
+
+async fn http_bench(
+    addr: SocketAddr,
+    path: &str,
+    conns: usize,
+    millis: u64,
+    new_conn: bool,
+) -> router_tests::Bench {
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+            while std::time::Instant::now() < deadline {
+                let t = std::time::Instant::now();
+                if sender.is_none() || new_conn {
+                    match TcpStream::connect(addr).await {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            if new_conn {
+                                // Close with RST: thousands of TIME_WAITs per second would
+                                // exhaust the ports to the backend and skew what follows.
+                                let _ = socket_linger_zero_tokio(&s);
+                            }
+                            match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {
+                                Ok((snd, conn)) => {
+                                    tokio::spawn(conn);
+                                    sender = Some(snd);
+                                }
+                                Err(e) => {
+                                    errors += 1;
+                                    first_error.get_or_insert(e.to_string());
+                                    continue;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                let snd = sender.as_mut().unwrap();
+                let req = Request::get(path.as_str())
+                    .header("host", "bench")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let ok = match snd.send_request(req).await {
+                    Ok(r) => {
+                        let good = r.status().is_success();
+                        good && r.into_body().collect().await.is_ok()
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e.to_string());
+                        false
+                    }
+                };
+                if ok {
+                    lat.push(t.elapsed().as_nanos() as u64);
+                } else {
+                    errors += 1;
+                    sender = None;
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        if let Ok((l, e, fe)) = t.await {
+            lat.extend(l);
+            errors += e;
+            first_error = first_error.or(fe);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    router_tests::Bench {
+        connects: lat.len() as u64,
+        errors,
+        rate: lat.len() as f64 / secs,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        first_error,
+    }
+}
+
+fn socket_linger_zero_tokio(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -762,6 +900,23 @@ async fn main() -> Result<()> {
         }
         Cmd::DnsJunk { addr } => {
             println!("{}", serde_json::to_string(&dns_junk(addr)).unwrap());
+        }
+        Cmd::HttpBench {
+            addr,
+            path,
+            conns,
+            millis,
+            new_conn,
+            cpu,
+        } => {
+            if let Some(cpu) = cpu {
+                router_tests::pin_to_cpu(cpu)?;
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&http_bench(addr, &path, conns, millis, new_conn).await)
+                    .unwrap()
+            );
         }
         Cmd::Bench { addr, millis, cpu } => {
             if let Some(cpu) = cpu {
