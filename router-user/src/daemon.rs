@@ -1,7 +1,10 @@
 //! `routerd run`: load, compile, attach, apply; then reload on file change
-//! and SIGHUP. A config that fails to load or compile is reported and
-//! changes nothing: the last good plan keeps serving.
+//! and SIGHUP, and recompile the last good config when endpoint health
+//! changes ([`crate::health`]). A config that fails to load or compile is
+//! reported and changes nothing: the last good plan keeps serving.
 use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -15,9 +18,10 @@ use tokio::{
 
 use crate::{
     compile::{self, Health},
-    config::{self, Overrides},
+    config::{self, Overrides, Validated},
     datapath::{self, Datapath, Pins, Startup},
     dns::{self, DnsOptions, Names},
+    health::{self, Watched},
     netns::Sockets,
     plan::Plan,
     proxy::Proxy,
@@ -59,6 +63,18 @@ pub fn build_plan(path: &Path, overrides: &Overrides, health: &Health) -> Result
     compile::compile(&v, health).map_err(|e| e.to_string())
 }
 
+/// Load and validate (kept, so health changes recompile without the disk),
+/// then compile.
+fn load_and_compile(
+    path: &Path,
+    overrides: &Overrides,
+    health: &Health,
+) -> Result<(Arc<Validated>, Plan), String> {
+    let v = config::load(path, overrides).map_err(|e| e.to_string())?;
+    let plan = compile::compile(&v, health).map_err(|e| e.to_string())?;
+    Ok((Arc::new(v), plan))
+}
+
 fn write_state(state_dir: &Path, plan: &Plan) -> Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -74,10 +90,17 @@ fn log_notices(plan: &Plan) {
     }
 }
 
-fn apply(dp: &mut Datapath, plan: &Plan, state_dir: &Path, started: Instant) -> Result<()> {
+fn apply(
+    dp: &mut Datapath,
+    plan: &Plan,
+    state_dir: &Path,
+    started: Instant,
+    why: &str,
+) -> Result<()> {
     let report = dp.apply(plan)?;
     write_state(state_dir, plan)?;
     tracing::info!(
+        reason = why,
         generation = dp.generation(),
         services = plan.services.len(),
         backends = plan.backends.len(),
@@ -168,10 +191,60 @@ fn apply_all(
     plan: &Plan,
     state_dir: &Path,
     t: Instant,
+    why: &str,
 ) -> Result<()> {
-    apply(dp, plan, state_dir, t)?;
+    apply(dp, plan, state_dir, t, why)?;
     proxy.retire(plan);
     Ok(())
+}
+
+fn watched(plan: &Plan) -> Watched {
+    Watched {
+        checks: plan.health_checks.clone(),
+        outliers: plan.outliers.clone(),
+    }
+}
+
+const HEALTH_CHANGE: &str = "endpoint health change";
+
+/// Close clients' connections to endpoints `new` no longer routes to (in
+/// the background; the kernel already sends new connections elsewhere).
+fn close_removed(socks: &Sockets, old: &Plan, new: &Plan, cgroup: &Path) {
+    let gone = crate::reap::endpoints_to_close(old, new);
+    if gone.is_empty() {
+        return;
+    }
+    let (socks, cgroup) = (socks.clone(), cgroup.to_path_buf());
+    tokio::spawn(async move {
+        let fd = match socks.diag().await {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot close connections to removed endpoints: sock_diag socket: {e}"
+                );
+                return;
+            }
+        };
+        let list: Vec<String> = gone.iter().map(|a| a.to_string()).collect();
+        let done = tokio::task::spawn_blocking(move || {
+            crate::reap::close_connections(&fd, &gone, &crate::reap::cgroup_ids(&cgroup))
+        })
+        .await;
+        match done {
+            Ok(Ok(c)) if c.failed == 0 => tracing::info!(
+                endpoints = ?list, tcp = c.tcp, udp = c.udp,
+                "closed connections to endpoints that no longer take traffic"
+            ),
+            Ok(Ok(c)) => tracing::warn!(
+                endpoints = ?list, tcp = c.tcp, udp = c.udp, failed = c.failed,
+                "some connections to removed endpoints could not be closed (kernel without CONFIG_INET_DIAG_DESTROY?)"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(endpoints = ?list, "closing connections to removed endpoints: {e}")
+            }
+            Err(e) => tracing::warn!("closing connections to removed endpoints: {e}"),
+        }
+    });
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -180,8 +253,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let health = Health::default();
-    let first = build_plan(&opts.config, &opts.overrides, &health);
+    let first = load_and_compile(&opts.config, &opts.overrides, &Health::default());
     if let Err(e) = &first {
         if !opts.pins.exists() {
             // Nothing is serving: refuse to start rather than attach an empty datapath.
@@ -201,6 +273,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let serving = first
         .as_ref()
         .ok()
+        .map(|(_, p)| p)
         .or(last_applied.as_ref())
         .cloned()
         .unwrap_or_default();
@@ -227,6 +300,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut proxy = Proxy::new(socks.clone(), serving.proxy.listen4, serving.proxy.listen6);
     proxy.prepare(&serving).await?;
+    // Health: checks and ejections publish the endpoints to avoid.
+    let (watched_tx, watched_rx) = watch::channel(watched(&serving));
+    let (avoid_tx, mut avoid) = watch::channel(BTreeSet::<SocketAddr>::new());
+    let outcomes = proxy
+        .observations()
+        .subscribe()
+        .context("the proxy's outcomes have a subscriber already")?;
+    tokio::spawn(health::run(socks.clone(), watched_rx, outcomes, avoid_tx));
     let startup = dp.startup;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let heartbeat = |dp: &mut Datapath| {
@@ -240,9 +321,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     };
     heartbeat(&mut dp);
-    if let Ok(plan) = &first {
+    if let Ok((_, plan)) = &first {
         log_notices(plan);
-        apply_all(&mut dp, &mut proxy, plan, &opts.state_dir, started)?;
+        apply_all(
+            &mut dp,
+            &mut proxy,
+            plan,
+            &opts.state_dir,
+            started,
+            "start-up",
+        )?;
     }
     tracing::info!(?startup, compile_and_load_ms = compile_ms, listeners = ?proxy.ports(), "routerd ready");
     std::fs::create_dir_all(&opts.state_dir)?;
@@ -254,7 +342,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     } else {
         (None, mpsc::unbounded_channel().1)
     };
-    let mut last_plan = first.ok();
+    let (mut last_valid, mut last_plan) = match first {
+        Ok((v, p)) => (Some(v), Some(p)),
+        Err(_) => (None, None),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let why = tokio::select! {
@@ -263,6 +354,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 continue;
             }
             _ = hup.recv() => "SIGHUP",
+            Ok(()) = avoid.changed() => HEALTH_CHANGE,
             Some(()) = changes.recv() => {
                 // Debounce: editors write in several steps.
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -273,12 +365,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = int.recv() => break,
         };
         let t = Instant::now();
-        let plan = match build_plan(&opts.config, &opts.overrides, &health) {
+        let health = Health {
+            unhealthy: avoid.borrow_and_update().clone(),
+        };
+        let compiled = match (&last_valid, why) {
+            // Health changed: the config did not; recompile the one serving.
+            (Some(v), HEALTH_CHANGE) => compile::compile(v, &health)
+                .map(|p| (v.clone(), p))
+                .map_err(|e| e.to_string()),
+            (None, HEALTH_CHANGE) => continue,
+            _ => load_and_compile(&opts.config, &opts.overrides, &health),
+        };
+        let (valid, plan) = match compiled {
             Err(e) => {
                 log_rejected(&e, why);
                 continue;
             }
-            Ok(plan) => plan,
+            Ok(x) => x,
         };
         if last_plan.as_ref() == Some(&plan) {
             tracing::info!(
@@ -293,8 +396,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             continue;
         }
         log_notices(&plan);
-        match apply_all(&mut dp, &mut proxy, &plan, &opts.state_dir, t) {
+        match apply_all(&mut dp, &mut proxy, &plan, &opts.state_dir, t, why) {
             Ok(()) => {
+                if plan.close_removed
+                    && let Some(old) = &last_plan
+                {
+                    close_removed(&socks, old, &plan, &opts.cgroup);
+                }
+                watched_tx.send_if_modified(|w| {
+                    let new = watched(&plan);
+                    let changed = *w != new;
+                    *w = new;
+                    changed
+                });
+                last_valid = Some(valid);
                 if plan.dns.listeners() != dns_plan.listeners()
                     || plan.dns.enabled != dns_plan.enabled
                 {

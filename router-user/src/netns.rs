@@ -23,6 +23,7 @@ enum SockReq {
         oneshot::Sender<std::io::Result<std::net::TcpListener>>,
     ),
     Stream(bool, oneshot::Sender<std::io::Result<std::net::TcpStream>>),
+    Diag(oneshot::Sender<std::io::Result<std::os::fd::OwnedFd>>),
 }
 
 /// Creates sockets in one network namespace, marked with [`DNS_MARK`].
@@ -95,6 +96,9 @@ impl Sockets {
                             let _ = reply
                                 .send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
                         }
+                        SockReq::Diag(reply) => {
+                            let _ = reply.send(crate::reap::diag_socket());
+                        }
                     }
                 }
             })?;
@@ -122,6 +126,10 @@ impl Sockets {
     }
     pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpListener::from_std(self.ask(|tx| SockReq::Listen(addr, tx)).await?)
+    }
+    /// A NETLINK_SOCK_DIAG socket in the namespace (see [`crate::reap`]).
+    pub async fn diag(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.ask(SockReq::Diag).await
     }
     pub async fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
         let std = self.ask(|tx| SockReq::Stream(to.is_ipv6(), tx)).await?;

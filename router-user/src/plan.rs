@@ -218,7 +218,62 @@ pub struct TierPlan {
     /// Percentage of the destination's traffic this tier receives (Envoy's
     /// priority load with overprovisioning factor 1.4, or a distribute weight).
     pub load_percent: u32,
+    /// Envoy's panic mode: too few of this tier's endpoints are healthy, so
+    /// its load goes to all of them, healthy or not.
+    #[serde(default)]
+    pub panic: bool,
     pub endpoints: Vec<EndpointPlan>,
+}
+
+/// What an active health check sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckKind {
+    /// Healthy when a TCP connection is accepted within the timeout.
+    Tcp,
+    /// Healthy when `GET path` answers a status in one of the `[start, end)` ranges.
+    Http {
+        path: String,
+        host: Option<String>,
+        expected: Vec<(u16, u16)>,
+    },
+}
+
+/// One endpoint's active health check (the first ActiveHealthCheckPolicy
+/// that applies to a destination the endpoint serves).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckPlan {
+    pub endpoint: SocketAddr,
+    /// `ActiveHealthCheckPolicy ns/name`.
+    pub policy: String,
+    pub kind: CheckKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failures in a row that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Successes in a row that make an unhealthy endpoint healthy again.
+    pub healthy_threshold: u32,
+}
+
+/// Outlier detection for one destination (Envoy's cluster): what the proxy
+/// sees of its endpoints can eject them for a while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierPlan {
+    /// The destination's label (as in [`DestinationPlan::label`]).
+    pub destination: String,
+    /// `OutlierDetectionPolicy ns/name`.
+    pub policy: String,
+    pub endpoints: Vec<SocketAddr>,
+    /// Errors in a row (5xx, resets, connect failures) that eject; 0: off.
+    pub consecutive_errors: u32,
+    /// Gateway errors in a row (502, 503, 504, connect failures); 0: off.
+    pub consecutive_gateway_errors: u32,
+    /// How often ejections are reviewed (and expired ones lifted).
+    pub interval_ms: u64,
+    /// An endpoint's n-th ejection lasts n times this (capped at 300 s or this, if longer).
+    pub base_ejection_ms: u64,
+    /// At most this share of the destination's endpoints ejected at once
+    /// (Envoy: at least one may always be ejected).
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +393,15 @@ pub struct Plan {
     pub l7: Vec<L7Service>,
     /// VirtualGateway listeners (north-south).
     pub gateways: Vec<GatewayListener>,
+    /// Active health checks, sorted by endpoint.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheckPlan>,
+    /// Outlier detection per destination, sorted by destination.
+    #[serde(default)]
+    pub outliers: Vec<OutlierPlan>,
+    /// Close clients' connections to endpoints that stop taking traffic.
+    #[serde(default)]
+    pub close_removed: bool,
     pub notices: Vec<Notice>,
 }
 

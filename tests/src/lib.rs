@@ -468,6 +468,13 @@ impl World {
 
     /// Start `rt-backend` with extra arguments (e.g. `--cpu 0`).
     pub fn start_backends_with(&mut self, listens: &[Listen], extra: &[&str]) -> Result<()> {
+        self.backends = Some(self.spawn_backend(listens, extra)?);
+        Ok(())
+    }
+
+    /// One more `rt-backend` process the caller owns (kill it to take its
+    /// endpoints down). Its addresses must already be on the world's loopback.
+    pub fn spawn_backend(&self, listens: &[Listen], extra: &[&str]) -> Result<Proc> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.world.name])
             .arg(bin("rt-backend"))
@@ -484,8 +491,7 @@ impl World {
             let _ = child.kill();
             bail!("rt-backend did not start (printed {line:?})");
         }
-        self.backends = Some(Proc(child));
-        Ok(())
+        Ok(Proc(child))
     }
 
     /// Point the node namespace's resolv.conf at `nameserver`.
@@ -682,7 +688,8 @@ impl Routerd {
             }
         });
         self.child = Some(child);
-        self.wait_for_from(start, Duration::from_secs(20), |l| {
+        // Generous: 100,000 services (the benchmarks) take ~15 s to load.
+        self.wait_for_from(start, Duration::from_secs(60), |l| {
             l.contains("routerd ready")
         })
         .context("routerd did not become ready")?;
@@ -718,6 +725,10 @@ impl Routerd {
             }
             logs = cv.wait_timeout(logs, deadline - now).unwrap().0;
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log_len(&self) -> usize {

@@ -37,7 +37,7 @@ enum Cmd {
     /// Benchmarks, side by side with the alternatives; writes docs/benchmarks.md.
     Bench {
         /// Arguments for rt-bench (e.g. --services 1,1000 --millis 1000).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
     /// The kernel tests inside qemu on Debian's packaged kernels (6.1, 6.12).
@@ -170,6 +170,13 @@ fn test(no_vm: bool, rest: &[String]) -> Result<()> {
 fn bench(rest: &[String]) -> Result<()> {
     require_root("the benchmarks")?;
     build(true)?;
+    // The contenders: iptables DNAT rules of kube-proxy's shape, nginx and
+    // haproxy from Debian's packages (installed, never started as services).
+    toolchain::ensure_packages(&[
+        ("iptables-restore", "iptables"),
+        ("nginx", "nginx"),
+        ("haproxy", "haproxy"),
+    ])?;
     let root = root();
     std::fs::create_dir_all(root.join("docs"))?;
     run(Command::new(root.join("target/release/rt-bench"))

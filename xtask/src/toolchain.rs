@@ -187,6 +187,10 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .into_iter()
         .chain(missing.iter().copied())
         .collect();
+    // Servers we install only to benchmark against (nginx, haproxy) must not
+    // start on the host: Debian's policy-rc.d hook (exit 101) stops the
+    // packages' scripts from starting them. Ours only if there is none.
+    let _no_start = NoServiceStart::new();
     // Package lists may be missing on a fresh machine: update once and retry.
     let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
     if !installed {
@@ -196,4 +200,31 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while alive.
+struct NoServiceStart(Option<PathBuf>);
+
+impl NoServiceStart {
+    fn new() -> Self {
+        let p = PathBuf::from("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return NoServiceStart(None);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let ok = std::fs::write(
+            &p,
+            "#!/bin/sh\n# written by cargo xtask while installing packages\nexit 101\n",
+        )
+        .and_then(|_| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)));
+        NoServiceStart(ok.ok().map(|_| p))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

@@ -152,6 +152,7 @@ pub fn tiers(
     node: &NodeInfo,
     cands: &[Candidate<'_>],
     ranking: &Ranking,
+    panic_threshold: u32,
 ) -> (LocalityMode, Vec<TierPlan>) {
     let mode = match ranking {
         Ranking::Off { reason } => LocalityMode::Off {
@@ -230,6 +231,7 @@ pub fn tiers(
                 priority: i as u32,
                 reason: ranked[members[0]].1.clone(),
                 load_percent: 0,
+                panic: false,
                 endpoints: members.iter().map(|j| endpoint_plan(&cands[*j])).collect(),
             }
         })
@@ -281,7 +283,35 @@ pub fn tiers(
     for (t, l) in out.iter_mut().zip(priority_loads(&levels)) {
         t.load_percent = l;
     }
+    for (t, p) in out.iter_mut().zip(panics(&levels, panic_threshold)) {
+        t.panic = p;
+    }
+    if panic_threshold > 0 && out.iter().all(|t| t.load_percent == 0) {
+        // Nothing healthy anywhere: Envoy sends everything to the first
+        // priority, in panic (rather than failing every connection).
+        out[0].load_percent = 100;
+        out[0].panic = true;
+    }
     (mode, out)
+}
+
+/// Envoy's panic mode per level, from `(healthy, total)`: when the levels
+/// together are short of capacity (normalised health below 100), a level
+/// whose healthy share is below `threshold` percent balances over all its
+/// endpoints, ignoring health. `threshold` 0 turns it off.
+pub fn panics(levels: &[(u32, u32)], threshold: u32) -> Vec<bool> {
+    let total: u32 = levels
+        .iter()
+        .map(|&(h, t)| {
+            (OVERPROVISIONING * h)
+                .checked_div(t)
+                .map_or(0, |x| x.min(100))
+        })
+        .sum();
+    levels
+        .iter()
+        .map(|&(h, t)| threshold > 0 && total < 100 && t > 0 && 100 * h < threshold * t)
+        .collect()
 }
 
 #[cfg(test)]
@@ -303,6 +333,21 @@ mod tests {
         // Total health below 100 normalises (Envoy): 28 and 28 of 56.
         assert_eq!(priority_loads(&[(1, 5), (1, 5)]), vec![50, 50]);
         assert_eq!(priority_loads(&[(0, 1)]), vec![0]);
+    }
+
+    #[test]
+    fn panic_mode_as_envoy_describes_it() {
+        // Enough capacity overall (28 + 100 >= 100): no panic, even with P0 at 20%.
+        assert_eq!(panics(&[(1, 5), (2, 2)], 50), vec![false, false]);
+        // Short overall (28 + 28): both levels below 50% healthy panic.
+        assert_eq!(panics(&[(1, 5), (1, 5)], 50), vec![true, true]);
+        // Short overall (70 + 0); a level at 50% healthy is not in panic, one at 0% is.
+        assert_eq!(panics(&[(1, 2), (0, 3)], 50), vec![false, true]);
+        // A single level: below the threshold it balances over everything.
+        assert_eq!(panics(&[(1, 3)], 50), vec![true]);
+        assert_eq!(panics(&[(1, 2)], 50), vec![false]);
+        // Threshold 0: never.
+        assert_eq!(panics(&[(0, 3)], 0), vec![false]);
     }
 
     fn ep(region: &str, zone: &str, sub: &str) -> Locality {

@@ -4,6 +4,7 @@
 //! Layers: a virtual host and port (logical) -> its route's destinations
 //! (concrete backend sets, weighted by Gloo's remainder rule) -> endpoints
 //! ranked by locality ([`locality`]) -> one slot table ([`slots`]).
+pub mod health;
 pub mod l7;
 pub mod locality;
 pub mod policy;
@@ -88,6 +89,8 @@ struct Compiler<'a> {
     v: &'a Validated,
     health: &'a Health,
     notices: Vec<Notice>,
+    /// Filled as destinations are visited (`destination` takes `&self`).
+    watch: std::cell::RefCell<health::Watch>,
 }
 
 impl<'a> Compiler<'a> {
@@ -143,6 +146,14 @@ impl<'a> Compiler<'a> {
                 .filter_map(|svc| resolve::vd_backing_port(svc, port).map(|p| (svc, p, subset)))
                 .collect(),
         }
+    }
+
+    /// Record the checks and outlier detection that apply to `d`.
+    fn watch(&self, d: &Dest<'a>, cands: &[Candidate<'a>]) {
+        let applied = policy::applied(&self.v.config, d);
+        self.watch
+            .borrow_mut()
+            .visit(d.label(), cands, applied.health, applied.outlier);
     }
 
     /// Candidate endpoints of one destination in one family.
@@ -259,10 +270,20 @@ impl<'a> Compiler<'a> {
     ) -> (DestinationPlan, EndpointShares) {
         let cands = self.candidates(d, v6);
         let ranking = self.ranking(d);
-        let (mode, tiers) = locality::tiers(&self.v.settings.node, &cands, &ranking);
+        let (mode, tiers) = locality::tiers(
+            &self.v.settings.node,
+            &cands,
+            &ranking,
+            self.v.settings.healthy_panic_threshold,
+        );
+        self.watch(d, &cands);
         let mut shares: BTreeMap<SocketAddr, Share> = BTreeMap::new();
         for t in &tiers {
-            let healthy: Vec<&EndpointPlan> = t.endpoints.iter().filter(|e| e.healthy).collect();
+            let healthy: Vec<&EndpointPlan> = t
+                .endpoints
+                .iter()
+                .filter(|e| e.healthy || t.panic)
+                .collect();
             if t.load_percent == 0 || healthy.is_empty() {
                 continue;
             }
@@ -348,6 +369,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         v,
         health,
         notices: v.notices.clone(),
+        watch: Default::default(),
     };
     let cfg = &v.config;
     let delegated = routes::delegated_tables(cfg);
@@ -640,6 +662,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
             }
         }
     }
+    let watch = c.watch.into_inner();
     let mut notices = c.notices;
     notices.sort_by(|a, b| {
         (&a.origin.file, a.origin.line, &a.message).cmp(&(
@@ -661,6 +684,9 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         hosts: host_plans,
         services,
         backends: backends.into_values().collect(),
+        health_checks: watch.checks.into_values().collect(),
+        outliers: watch.outliers.into_values().collect(),
+        close_removed: v.settings.close_connections_to_removed_endpoints,
         notices,
     })
 }

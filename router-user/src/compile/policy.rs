@@ -76,6 +76,7 @@ static EMPTY: Labels = Labels::new();
 pub struct Applied<'a> {
     pub failover: Option<&'a Resource<FailoverPolicySpec>>,
     pub outlier: Option<&'a Resource<OutlierDetectionPolicySpec>>,
+    pub health: Option<&'a Resource<ActiveHealthCheckPolicySpec>>,
 }
 
 fn first<'a, S>(
@@ -91,5 +92,6 @@ pub fn applied<'a>(cfg: &'a Config, d: &Dest<'_>) -> Applied<'a> {
     Applied {
         failover: first(&cfg.failover_policies, |p| &p.spec.apply_to_destinations, d),
         outlier: first(&cfg.outlier_policies, |p| &p.spec.apply_to_destinations, d),
+        health: first(&cfg.health_policies, |p| &p.spec.apply_to_destinations, d),
     }
 }

@@ -112,7 +112,7 @@ fn saphyr_error(
 }
 
 const SUPPORTED: &str = "RouteTable, VirtualDestination, VirtualGateway (networking.gloo.solo.io/v2); \
-FailoverPolicy, OutlierDetectionPolicy, RetryTimeoutPolicy, FaultInjectionPolicy (resilience.policy.gloo.solo.io/v2); \
+FailoverPolicy, OutlierDetectionPolicy, ActiveHealthCheckPolicy, RetryTimeoutPolicy, FaultInjectionPolicy (resilience.policy.gloo.solo.io/v2); \
 HeaderManipulationPolicy, MirrorPolicy (trafficcontrol.policy.gloo.solo.io/v2); CORSPolicy (security.policy.gloo.solo.io/v2); \
 Service (v1); EndpointSlice (discovery.k8s.io/v1); RouterConfig (routerd.io/v1alpha1)";
 
@@ -121,6 +121,7 @@ fn expected_api(kind: &str) -> Option<&'static str> {
         "RouteTable" | "VirtualDestination" | "VirtualGateway" => GLOO_NETWORKING,
         "FailoverPolicy"
         | "OutlierDetectionPolicy"
+        | "ActiveHealthCheckPolicy"
         | "RetryTimeoutPolicy"
         | "FaultInjectionPolicy" => GLOO_RESILIENCE,
         "HeaderManipulationPolicy" | "MirrorPolicy" => GLOO_TRAFFIC,
@@ -253,6 +254,11 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
             "OutlierDetectionPolicy" => {
                 if let Some(d) = parse_typed::<Doc<OutlierDetectionPolicySpec>>(&cx, diags) {
                     cfg.outlier_policies.push(resource(&cx, d));
+                }
+            }
+            "ActiveHealthCheckPolicy" => {
+                if let Some(d) = parse_typed::<Doc<ActiveHealthCheckPolicySpec>>(&cx, diags) {
+                    cfg.health_policies.push(resource(&cx, d));
                 }
             }
             "Service" => {

@@ -77,6 +77,7 @@ pub struct Config {
     pub virtual_gateways: Vec<Resource<VirtualGatewaySpec>>,
     pub failover_policies: Vec<Resource<FailoverPolicySpec>>,
     pub outlier_policies: Vec<Resource<OutlierDetectionPolicySpec>>,
+    pub health_policies: Vec<Resource<ActiveHealthCheckPolicySpec>>,
     pub services: Vec<Resource<ServiceSpec>>,
     pub endpoint_slices: Vec<Resource<EndpointSliceBody>>,
     pub router_configs: Vec<Resource<RouterConfigSpec>>,
@@ -113,6 +114,9 @@ pub struct Settings {
     pub vip_ranges: VipRanges,
     pub locality_requires_outlier_detection: bool,
     pub refuse_unknown_vips: bool,
+    /// Percent; 0: no panic mode.
+    pub healthy_panic_threshold: u32,
+    pub close_connections_to_removed_endpoints: bool,
     pub dns: DnsPlan,
     pub proxy: ProxyPlan,
 }
@@ -124,6 +128,8 @@ impl Default for Settings {
             vip_ranges: VipRanges::default(),
             locality_requires_outlier_detection: true,
             refuse_unknown_vips: true,
+            healthy_panic_threshold: 50,
+            close_connections_to_removed_endpoints: false,
             dns: DnsPlan::default(),
             proxy: ProxyPlan::default(),
         }
@@ -268,6 +274,21 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     }
     s.locality_requires_outlier_detection = rc.locality_requires_outlier_detection.unwrap_or(true);
     s.refuse_unknown_vips = rc.refuse_unknown_vips.unwrap_or(true);
+    s.healthy_panic_threshold = match rc.healthy_panic_threshold {
+        Some(p) if p > 100 => {
+            diags.push(
+                &file,
+                line,
+                res.clone(),
+                format!("spec.healthyPanicThreshold {p} is not a percentage (0-100; 0 turns panic mode off)"),
+            );
+            50
+        }
+        Some(p) => p,
+        None => 50,
+    };
+    s.close_connections_to_removed_endpoints =
+        rc.close_connections_to_removed_endpoints.unwrap_or(false);
     s.proxy = proxy_settings(&rc.proxy.clone().unwrap_or_default(), |msg| {
         diags.push(&file, line, res.clone(), msg)
     });

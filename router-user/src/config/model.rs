@@ -505,6 +505,66 @@ pub struct OutlierDetectionPolicySpec {
     pub config: Option<OutlierConfig>,
 }
 
+/// `[start, end)` of HTTP statuses (Envoy's Int64Range).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// Path of the GET (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host header (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Healthy statuses (default 200-399).
+    #[serde(default)]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpHealthCheck {}
+
+/// Envoy's HealthCheck fields, as Gloo's ActiveHealthCheckPolicy carries them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default)]
+    pub tcp_health_check: Option<TcpHealthCheck>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActiveHealthCheckConfig {
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActiveHealthCheckPolicySpec {
+    #[serde(default)]
+    pub apply_to_destinations: Vec<Spanned<DestinationSelector>>,
+    #[serde(default)]
+    pub config: Option<ActiveHealthCheckConfig>,
+}
+
 // ----------------------------------------------------------------------------
 // Kubernetes inventory
 // ----------------------------------------------------------------------------
@@ -675,6 +735,18 @@ pub struct RouterConfigSpec {
     /// Refuse connections into the VIP ranges that match no service (default true).
     #[serde(default)]
     pub refuse_unknown_vips: Option<bool>,
+    /// Envoy's healthy panic threshold, percent (default 50; 0 turns panic
+    /// off): when a locality tier that takes traffic has fewer healthy
+    /// endpoints than this and the tiers together are short of capacity,
+    /// the tier's traffic goes to all its endpoints, healthy or not.
+    #[serde(default)]
+    pub healthy_panic_threshold: Option<u32>,
+    /// When an endpoint is removed, turns unready, fails its health checks or
+    /// is ejected: close the connections clients in the cgroup have open to
+    /// it (TCP reset; connected UDP sockets get an error), so they reconnect
+    /// to a live one. Default false: established connections are kept.
+    #[serde(default)]
+    pub close_connections_to_removed_endpoints: Option<bool>,
     #[serde(default)]
     pub dns: Option<DnsSpec>,
     #[serde(default)]

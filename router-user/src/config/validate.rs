@@ -88,8 +88,97 @@ pub fn validate(
         if p.spec.config.is_none() {
             v.notice(p, p.origin.line, "has no `config`: Istio's defaults apply (consecutive 5xx errors: 5, interval 10s, base ejection 30s, max ejection 10%)");
         }
+        outlier_policy(&mut v, p);
+    }
+    for p in &cfg.health_policies {
+        let sels = p.spec.apply_to_destinations.clone();
+        apply_to(&mut v, p, &sels);
+        health_policy(&mut v, p);
     }
     v.notices
+}
+
+fn positive_duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>) {
+    if let Some(d) = d {
+        match crate::compile::l7::parse_duration(d) {
+            Ok(x) if !x.is_zero() => {}
+            Ok(_) => v.err(
+                p,
+                p.origin.line,
+                format!("{what} is zero; expected a positive duration like 1s or 500ms"),
+            ),
+            Err(e) => v.err(p, p.origin.line, format!("{what}: {e}")),
+        }
+    }
+}
+
+fn outlier_policy(v: &mut V<'_>, p: &Resource<OutlierDetectionPolicySpec>) {
+    let Some(c) = &p.spec.config else { return };
+    positive_duration(v, p, "config.interval", &c.interval);
+    positive_duration(v, p, "config.baseEjectionTime", &c.base_ejection_time);
+    if let Some(m) = c.max_ejection_percent
+        && m > 100
+    {
+        v.err(
+            p,
+            p.origin.line,
+            format!("config.maxEjectionPercent {m} is not a percentage (0-100)"),
+        );
+    }
+    if c.consecutive_errors == Some(0) && c.consecutive_gateway_errors.unwrap_or(0) == 0 {
+        v.notice(
+            p,
+            p.origin.line,
+            "consecutiveErrors is 0 and consecutiveGatewayErrors unset: nothing is ever ejected",
+        );
+    }
+}
+
+fn health_policy(v: &mut V<'_>, p: &Resource<ActiveHealthCheckPolicySpec>) {
+    let Some(hc) = p.spec.config.as_ref().and_then(|c| c.health_check.as_ref()) else {
+        v.err(p, p.origin.line, "spec.config.healthCheck is missing; expected e.g. `config: {healthCheck: {interval: 5s, timeout: 1s, tcpHealthCheck: {}}}`");
+        return;
+    };
+    positive_duration(v, p, "healthCheck.interval", &hc.interval);
+    positive_duration(v, p, "healthCheck.timeout", &hc.timeout);
+    for (what, t) in [
+        ("unhealthyThreshold", hc.unhealthy_threshold),
+        ("healthyThreshold", hc.healthy_threshold),
+    ] {
+        if t == Some(0) {
+            v.err(
+                p,
+                p.origin.line,
+                format!("healthCheck.{what} is 0; expected 1 or more checks in a row"),
+            );
+        }
+    }
+    if hc.http_health_check.is_some() && hc.tcp_health_check.is_some() {
+        v.err(
+            p,
+            p.origin.line,
+            "healthCheck has both httpHealthCheck and tcpHealthCheck; choose one",
+        );
+    }
+    if let Some(h) = &hc.http_health_check {
+        if let Some(path) = &h.path
+            && !path.starts_with('/')
+        {
+            v.err(
+                p,
+                p.origin.line,
+                format!("httpHealthCheck.path `{path}` must start with /"),
+            );
+        }
+        for r in &h.expected_statuses {
+            if !(100..=600).contains(&r.start) || r.end <= r.start || r.end > 600 {
+                v.err(p, p.origin.line, format!(
+                    "httpHealthCheck.expectedStatuses {{start: {}, end: {}}} is not a range of HTTP statuses [start, end) within 100-600",
+                    r.start, r.end
+                ));
+            }
+        }
+    }
 }
 
 fn duplicates(v: &mut V<'_>) {
@@ -116,6 +205,7 @@ fn duplicates(v: &mut V<'_>) {
     each!(cfg.virtual_gateways);
     each!(cfg.failover_policies);
     each!(cfg.outlier_policies);
+    each!(cfg.health_policies);
     each!(cfg.endpoint_slices);
     each!(cfg.header_policies);
     each!(cfg.retry_policies);

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, he
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::{
     engine::{self, Hit, Req, Table},
@@ -50,25 +51,42 @@ pub struct EndpointStats {
     pub consecutive_errors: u64,
 }
 
+/// Per-endpoint counters, and (once the daemon subscribes) a stream of
+/// every outcome for outlier detection.
 #[derive(Clone, Debug, Default)]
-pub struct Observations(pub Arc<Mutex<HashMap<SocketAddr, EndpointStats>>>);
+pub struct Observations {
+    stats: Arc<Mutex<HashMap<SocketAddr, EndpointStats>>>,
+    events: Arc<std::sync::OnceLock<mpsc::UnboundedSender<(SocketAddr, Outcome)>>>,
+}
 
+/// What one request to an endpoint came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    Status5xx,
+    /// A 5xx status (502, 503 and 504 are gateway errors).
+    Status5xx(u16),
     ConnectFailure,
+    /// Reset, or no answer within the per-try timeout.
     Reset,
 }
 
 impl Observations {
+    /// The outcomes from now on (one subscriber: the daemon's health task).
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<(SocketAddr, Outcome)>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events.set(tx).ok().map(|_| rx)
+    }
+
     pub fn record(&self, ep: SocketAddr, o: Outcome) {
-        let mut m = self.0.lock().unwrap();
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send((ep, o));
+        }
+        let mut m = self.stats.lock().unwrap();
         let s = m.entry(ep).or_default();
         s.requests += 1;
         match o {
             Outcome::Ok => s.consecutive_errors = 0,
-            Outcome::Status5xx => {
+            Outcome::Status5xx(_) => {
                 s.status_5xx += 1;
                 s.consecutive_errors += 1;
             }
@@ -83,7 +101,7 @@ impl Observations {
         }
     }
     pub fn snapshot(&self) -> HashMap<SocketAddr, EndpointStats> {
-        self.0.lock().unwrap().clone()
+        self.stats.lock().unwrap().clone()
     }
 }
 
@@ -441,7 +459,7 @@ async fn forward(
                 ctx.obs.record(
                     ep,
                     if code.is_server_error() {
-                        Outcome::Status5xx
+                        Outcome::Status5xx(code.as_u16())
                     } else {
                         Outcome::Ok
                     },

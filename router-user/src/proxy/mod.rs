@@ -40,7 +40,7 @@ use tokio::{
 };
 
 use handler::Ctx;
-pub use handler::{Compiled, Observations};
+pub use handler::{Compiled, Observations, Outcome};
 use upstream::{Body, Upstreams};
 
 use crate::{

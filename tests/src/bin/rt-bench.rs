@@ -1,27 +1,46 @@
 //! Benchmarks that print tables (`cargo xtask bench`), each contender
 //! measured side by side in one run, alternating, with the client and the
 //! backend pinned to different CPUs. Load stays inside the namespaces the
-//! run creates.
+//! run creates (the client dials from the node namespace; backends live in
+//! the world namespace behind a veth; nothing has a default route).
 //!
-//! - connect: new-connection rate and connect latency through a VIP against
-//!   a direct connection to the backend, at several numbers of services;
-//! - http: requests per second and latency, direct against the VIP on the
-//!   kernel-only path (L4) and the VIP through the L7 proxy, with keep-alive
-//!   and with a new connection per request.
-use std::{fmt::Write as _, path::PathBuf, time::Instant};
+//! - connect: new-connection rate and connect latency through a VIP, against
+//!   a direct connection to the backend and against iptables DNAT rules of
+//!   the shape kube-proxy writes, at several numbers of services;
+//! - http: requests per second and latency over keep-alive connections (the
+//!   steady state) and with a new connection per request: direct, the VIP on
+//!   the kernel-only path (L4), the VIP through routerd's L7 proxy, and nginx
+//!   and haproxy configured with the same routes;
+//! - control: compile and apply a large config from scratch, one endpoint
+//!   change, routerd's memory and the kernel maps' size.
+//!
+//! Writes a markdown page (`--out`) and one SVG chart per suite beside it.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use router_tests::*;
 
 #[derive(Parser)]
 struct Args {
     /// Suites to run.
-    #[arg(long, value_delimiter = ',', default_value = "connect,http")]
+    #[arg(long, value_delimiter = ',', default_value = "connect,http,control")]
     suites: Vec<String>,
     /// Numbers of services (virtual hosts) to load for the connect suite.
-    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
     services: Vec<usize>,
+    /// Route tables for the control suite (each its own service).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    route_tables: Vec<usize>,
+    /// Endpoints per service in the control suite.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
     /// Length of one measurement, milliseconds.
     #[arg(long, default_value_t = 2000)]
     millis: u64,
@@ -31,16 +50,30 @@ struct Args {
     /// Concurrent clients in the http suite.
     #[arg(long, default_value_t = 16)]
     conns: usize,
-    /// Also write the tables to this markdown file.
+    /// Also write the tables to this markdown file (charts go beside it).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 const BACKEND: &str = "10.9.0.1:8080";
+const DNAT_CONTENDER: &str = "iptables DNAT (kube-proxy rules)";
+
+fn rt_forward(name: &str, host: &str, service: &str) -> String {
+    format!(
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: {name}, namespace: t}}\n\
+         spec:\n  hosts: [{host}]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: {service}}}, port: {{number: 8080}}}}]}}\n---\n"
+    )
+}
+
+/// A node whose VIP range holds a million hosts (the default /16 does not
+/// fit 100,000 without collisions).
+fn bench_router() -> String {
+    yaml::router("c1", "east", "e1", "  vipRanges: {ipv4: 240.0.0.0/12}\n")
+}
 
 /// A config with `n` route tables, each a virtual host forwarding to one backend.
 fn connect_config(n: usize) -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
+    let mut y = bench_router();
     y += &yaml::service("c1", "bench", 8080, "TCP");
     y += &yaml::slice(
         "c1",
@@ -52,20 +85,46 @@ fn connect_config(n: usize) -> String {
         &[("10.9.0.1", "e1", true)],
     );
     for i in 0..n {
-        let _ = write!(
-            y,
-            "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: h{i}, namespace: t}}\n\
-             spec:\n  hosts: [h{i}.bench.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: bench}}, port: {{number: 8080}}}}]}}\n---\n"
-        );
+        y += &rt_forward(&format!("h{i}"), &format!("h{i}.bench.mesh"), "bench");
     }
     y
+}
+
+/// The ClusterIP kube-proxy would match for service `i`.
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1)
+}
+
+/// `iptables-restore` input with kube-proxy's chains for `n` ClusterIP
+/// services of one endpoint each: KUBE-SERVICES matches the ClusterIP and
+/// port (one rule per service, scanned in order), jumps to the service's
+/// chain, which jumps to the endpoint's chain, which DNATs.
+fn kube_proxy_rules(n: usize) -> String {
+    let mut chains = String::new();
+    let mut rules = String::new();
+    let _ = writeln!(
+        rules,
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+    );
+    for i in 0..n {
+        let (svc, sep) = (format!("KUBE-SVC-{i:016X}"), format!("KUBE-SEP-{i:016X}"));
+        let _ = writeln!(chains, ":{svc} - [0:0]\n:{sep} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"t/h{i}:p cluster IP\" -m tcp --dport 8080 -j {svc}\n\
+             -A {svc} -m comment --comment \"t/h{i}:p -> 10.9.0.1:8080\" -j {sep}\n\
+             -A {sep} -p tcp -m comment --comment \"t/h{i}:p\" -m tcp -j DNAT --to-destination 10.9.0.1:8080",
+            cluster_ip(i)
+        );
+    }
+    format!("*nat\n:KUBE-SERVICES - [0:0]\n{chains}{rules}COMMIT\n")
 }
 
 /// One L4 host (catch-all) and one L7 host whose table has a direct
 /// response, a header route with a weighted split, and the path route the
 /// benchmark hits (third in match order).
 fn http_config() -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
+    let mut y = bench_router();
     y += &yaml::service("c1", "bench", 8080, "TCP");
     y += &yaml::slice(
         "c1",
@@ -85,6 +144,99 @@ fn http_config() -> String {
          \x20 - matchers: [{{uri: {{prefix: /api}}}}]\n    {fwd}\n---\n"
     );
     y
+}
+
+/// The same three routes for nginx (2 workers, upstream keep-alive).
+fn nginx_conf(dir: &Path, listen: &str) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 2;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n\
+         \x20 client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+         \x20 uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         \x20 upstream bench {{ server {BACKEND}; keepalive 64; }}\n\
+         \x20 upstream canary {{ server {BACKEND} weight=90; server {BACKEND} weight=10; keepalive 64; }}\n\
+         \x20 map $http_x_canary $up {{ \"1\" canary; default bench; }}\n\
+         \x20 server {{\n    listen {listen};\n\
+         \x20   location = /healthz {{ return 200 ok; }}\n\
+         \x20   location /api {{ proxy_pass http://$up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+         \x20   location / {{ return 404; }}\n  }}\n}}\n"
+    )
+}
+
+/// The same three routes for haproxy (2 threads, connection reuse).
+fn haproxy_conf(dir: &Path, listen: &str) -> String {
+    format!(
+        "global\n  nbthread 2\n  maxconn 5000\n  pidfile {}/haproxy.pid\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
+         frontend fe\n  bind {listen}\n\
+         \x20 http-request return status 200 content-type text/plain string ok if {{ path /healthz }}\n\
+         \x20 use_backend canary if {{ path_beg /api }} {{ req.hdr(x-canary) -m str 1 }}\n\
+         \x20 use_backend bench if {{ path_beg /api }}\n  default_backend none\n\
+         backend bench\n  server b1 {BACKEND}\n\
+         backend canary\n  balance random\n  server c1 {BACKEND} weight 90\n  server c2 {BACKEND} weight 10\n\
+         backend none\n  http-request deny deny_status 404\n",
+        dir.display()
+    )
+}
+
+/// A server started in a namespace, stopped with SIGTERM (nginx's master
+/// then stops its workers), killed if it lingers.
+struct Server(Child, &'static str);
+
+impl Server {
+    fn start(name: &'static str, netns: &str, argv: &[&str]) -> Result<Server> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name} ({argv:?})"))?;
+        Ok(Server(child, name))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("rt-bench: {} did not stop on SIGTERM; killing it", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until an HTTP GET of `path` through `addr` succeeds from the client side.
+fn wait_http(world: &World, addr: &str, path: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = world
+            .client(bin("rt-probe"))
+            .args(["http", addr, "--path", path])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let good = parse_probes(&text).is_ok_and(|p| {
+            p.first()
+                .is_some_and(|p| p.ok && (p.status == Some(200) || p.answer.is_some()))
+        });
+        if out.status.success() && good {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} at {addr} does not answer GET {path} with 200: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -125,7 +277,7 @@ fn bench_world(kind: &'static str) -> Result<World> {
 }
 
 /// Run `rt-probe <args> --cpu 1` in the cgroup and parse its line.
-fn measure(world: &World, args: &[&str]) -> Result<Bench> {
+fn measure(world: &World, args: &[String]) -> Result<Bench> {
     let out = run(world
         .client(bin("rt-probe"))
         .args(args)
@@ -134,24 +286,21 @@ fn measure(world: &World, args: &[&str]) -> Result<Bench> {
     serde_json::from_str(out.trim()).with_context(|| format!("bad bench line {out:?}"))
 }
 
+/// A contender: its name, the world its client runs in, and rt-probe's arguments.
+type Contender<'a> = (&'static str, &'a World, Vec<String>);
+
 /// Alternate the contenders `rounds` times; one row per contender (medians).
-fn compare(
-    world: &World,
-    group: &str,
-    rounds: usize,
-    contenders: &[(&'static str, Vec<String>)],
-) -> Result<Vec<Row>> {
+fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<Vec<Row>> {
     let mut results: Vec<Vec<Bench>> = vec![Vec::new(); contenders.len()];
     for _ in 0..rounds {
-        for (i, (_, args)) in contenders.iter().enumerate() {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            results[i].push(measure(world, &a)?);
+        for (i, (_, world, args)) in contenders.iter().enumerate() {
+            results[i].push(measure(world, args)?);
         }
     }
     Ok(contenders
         .iter()
         .zip(results)
-        .map(|((name, _), bs)| Row {
+        .map(|((name, _, _), bs)| Row {
             group: group.to_string(),
             contender: name,
             rate: median(bs.iter().map(|b| b.rate).collect()),
@@ -162,29 +311,192 @@ fn compare(
         .collect())
 }
 
-fn table(md: &mut String, first: &str, unit: &str, rows: &[Row]) {
+/// Rows as a markdown table, with the rate of each row as a ratio to each
+/// of `baselines` (contender names) in the same group.
+fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&str, &str)]) {
+    let vs: String = baselines
+        .iter()
+        .map(|(_, l)| format!(" vs {l} |"))
+        .collect();
     let _ = writeln!(
         md,
-        "| {first} | contender | {unit}/s | vs direct | p50 (us) | p99 (us) | errors |"
+        "| {first} | contender | {unit}/s |{vs} p50 (us) | p99 (us) | errors |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---|---:|{}---:|---:|---:|",
+        "---:|".repeat(baselines.len())
+    );
     for r in rows {
-        let direct = rows
+        let ratios: String = baselines
             .iter()
-            .find(|d| d.group == r.group && d.contender == "direct")
-            .unwrap();
+            .map(|(b, _)| {
+                match rows
+                    .iter()
+                    .find(|d| d.group == r.group && d.contender == *b)
+                {
+                    Some(d) => format!(" {:.2}x |", r.rate / d.rate),
+                    None => " - |".to_string(),
+                }
+            })
+            .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.2}x | {:.1} | {:.1} | {} |",
-            r.group,
-            r.contender,
-            r.rate,
-            r.rate / direct.rate,
-            r.p50,
-            r.p99,
-            r.errors
+            "| {} | {} | {:.0} |{ratios} {:.1} | {:.1} | {} |",
+            r.group, r.contender, r.rate, r.p50, r.p99, r.errors
         );
     }
+}
+
+/// A grouped bar chart of the rows' rates (one group per `group`, one bar
+/// per contender), as a standalone SVG.
+fn chart(title: &str, unit: &str, rows: &[Row]) -> String {
+    let mut groups: Vec<&str> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+        if !names.contains(&r.contender) {
+            names.push(r.contender);
+        }
+    }
+    let colors = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2",
+    ];
+    let (w, h, left, top, bottom) = (860.0, 420.0, 80.0, 60.0, 70.0);
+    let plot_h = h - top - bottom;
+    let max = rows.iter().map(|r| r.rate).fold(1.0, f64::max) * 1.15;
+    let step = 10f64.powf((max / 5.0).log10().floor());
+    let tick = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * step)
+        .find(|t| max / t <= 6.0)
+        .unwrap_or(step * 10.0);
+    let y = |v: f64| top + plot_h * (1.0 - v / max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n",
+        w / 2.0
+    );
+    let mut t = 0.0;
+    while t <= max {
+        let (x2, yt, xl, yl, label) = (w - 20.0, y(t), left - 6.0, y(t) + 4.0, si(t));
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{x2}\" y1=\"{yt:.1}\" y2=\"{yt:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{xl}\" y=\"{yl:.1}\" text-anchor=\"end\">{label}</text>"
+        );
+        t += tick;
+    }
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">{unit}/s</text>",
+        top + plot_h / 2.0
+    );
+    let gw = (w - left - 20.0) / groups.len() as f64;
+    let bw = (gw * 0.8) / names.len() as f64;
+    for (gi, g) in groups.iter().enumerate() {
+        let gx = left + gw * gi as f64 + gw * 0.1;
+        for (ni, n) in names.iter().enumerate() {
+            if let Some(r) = rows.iter().find(|r| r.group == *g && r.contender == *n) {
+                let x = gx + bw * ni as f64;
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\
+                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
+                    y(r.rate),
+                    bw - 2.0,
+                    top + plot_h - y(r.rate),
+                    colors[ni % colors.len()],
+                    x + bw / 2.0 - 1.0,
+                    y(r.rate) - 3.0,
+                    si(r.rate)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{g}</text>",
+            gx + gw * 0.4,
+            top + plot_h + 18.0
+        );
+    }
+    for (ni, n) in names.iter().enumerate() {
+        let x = left + 10.0 + (ni % 3) as f64 * 250.0;
+        let yy = h - 30.0 + (ni / 3) as f64 * 16.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{yy}\">{n}</text>",
+            yy - 9.0,
+            colors[ni % colors.len()],
+            x + 14.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// 123456 -> "123k".
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A field `key=value` of routerd's log line, as a number.
+fn log_field(line: &str, key: &str) -> f64 {
+    line.split(&format!("{key}="))
+        .nth(1)
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|x| x.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// routerd's resident and peak memory (KiB), and the memory the kernel
+/// charges for the maps it holds (bytes, from fdinfo `memlock`).
+fn memory(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut maps = 0.0;
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if info.contains("map_type:") {
+                maps += info
+                    .lines()
+                    .find(|l| l.starts_with("memlock:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    (kib("VmRSS:"), kib("VmHWM:"), maps)
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1}", bytes / (1024.0 * 1024.0))
+}
+
+fn write_chart(out: Option<&Path>, file: &str, svg: &str, md: &mut String) -> Result<()> {
+    if let Some(dir) = out.and_then(Path::parent) {
+        std::fs::write(dir.join(file), svg).with_context(|| format!("writing {file}"))?;
+        let _ = writeln!(md, "![{file}]({file})\n");
+    }
+    Ok(())
 }
 
 fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
@@ -210,49 +522,78 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
             .logs()
             .iter()
             .find(|l| l.contains(" applied "))
-            .and_then(|l| l.split("elapsed_ms=").nth(1))
-            .and_then(|x| x.split_whitespace().next())
-            .and_then(|x| x.parse::<f64>().ok())
+            .map(|l| log_field(l, "elapsed_ms"))
             .unwrap_or(f64::NAN);
-        control.push((n, compile_ms, start_ms, applied));
+        let mem = memory(routerd.pid().unwrap_or(0));
+
+        // The alternative in its own node namespace: with NAT rules loaded,
+        // conntrack tracks every connection there, as on a kube-proxy node.
+        let kube = bench_world("sink")?;
+        let rules = kube.dir.write("kube-proxy.rules", &kube_proxy_rules(n))?;
+        let t = Instant::now();
+        run(Command::new("ip")
+            .args(["netns", "exec", &kube.node.name, "iptables-restore"])
+            .arg(&rules))
+        .context("loading kube-proxy-style rules with iptables-restore")?;
+        let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+        control.push((n, compile_ms, start_ms, applied, mem, restore_ms));
+
         let vip = vip(&plan, &format!("h{}.bench.mesh", n / 2), 8080, false).to_string();
+        let clusterip = format!("{}:8080", cluster_ip(n / 2));
         let ms = args.millis.to_string();
+        let b = |addr: &str| -> Vec<String> {
+            vec!["bench".into(), addr.into(), "--millis".into(), ms.clone()]
+        };
         let contenders = vec![
-            (
-                "direct",
-                vec![
-                    "bench".into(),
-                    BACKEND.into(),
-                    "--millis".into(),
-                    ms.clone(),
-                ],
-            ),
-            (
-                "VIP (routerd)",
-                vec!["bench".into(), vip, "--millis".into(), ms],
-            ),
+            ("direct", &world, b(BACKEND)),
+            ("VIP (routerd)", &world, b(&vip)),
+            (DNAT_CONTENDER, &kube, b(&clusterip)),
         ];
-        rows.extend(compare(&world, &n.to_string(), args.rounds, &contenders)?);
+        rows.extend(compare(&n.to_string(), args.rounds, &contenders)?);
     }
+    let _ = writeln!(md, "## Connect path\n");
     let _ = writeln!(
         md,
-        "## Connect path: VIP through routerd vs a direct connection\n"
-    );
-    let _ = writeln!(
-        md,
-        "Blocking connect() + RST close from one client process in the attached cgroup, {} ms per \
-         measurement, {} alternated measurements per contender (medians).\n",
+        "New connections to service number n/2 of n: blocking connect() + RST close from one client \
+         process (CPU 1) in the attached cgroup to a backend on CPU 0 that accepts and drops. \
+         `direct` dials the backend's address; `VIP (routerd)` dials the service's VIP, which the \
+         cgroup connect hook rewrites; `{DNAT_CONTENDER}` dials a ClusterIP in a twin namespace \
+         holding kube-proxy's iptables chains for n services (KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP \
+         DNAT; iptables-nft as Debian ships it), where conntrack and NAT handle the first packet. \
+         {} ms per measurement, {} alternated measurements per contender (medians).\n",
         args.millis, args.rounds
     );
-    table(md, "services", "connects", &rows);
-    let _ = writeln!(md, "\n## Control plane\n");
+    table(
+        md,
+        "services",
+        "connects",
+        &rows,
+        &[("direct", "direct"), (DNAT_CONTENDER, "iptables")],
+    );
+    let _ = writeln!(md);
+    write_chart(
+        args.out.as_deref(),
+        "bench-connect.svg",
+        &chart(
+            "New connections per second by number of services",
+            "connects",
+            &rows,
+        ),
+        md,
+    )?;
+    let _ = writeln!(md, "### Loading n services from scratch\n");
     let _ = writeln!(
         md,
-        "| services | compile in-process (ms) | process start to ready (ms) | in routerd: config load + compile + program load + attach + map writes (ms) |"
+        "| services | routerd: compile in-process (ms) | routerd: process start to ready (ms) | in routerd: load + compile + programs + attach + map writes (ms) | routerd RSS (MiB) | kernel maps (MiB) | iptables-restore of the kube-proxy rules (ms) |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|");
-    for (n, c, s, a) in &control {
-        let _ = writeln!(md, "| {n} | {c:.1} | {s:.0} | {a:.0} |");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, c, s, a, (rss, _, maps), r) in &control {
+        let _ = writeln!(
+            md,
+            "| {n} | {c:.1} | {s:.0} | {a:.0} | {} | {} | {r:.0} |",
+            mib(rss * 1024.0),
+            mib(*maps)
+        );
     }
     let _ = writeln!(md);
     Ok(())
@@ -271,6 +612,50 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     )?;
     let l4 = vip(&plan, "l4.bench.mesh", 8080, false).to_string();
     let l7 = vip(&plan, "l7.bench.mesh", 8080, false).to_string();
+
+    // nginx and haproxy in the client's namespace, on loopback, like
+    // routerd's proxy listener.
+    let (nginx_at, haproxy_at) = ("127.0.0.1:18080", "127.0.0.1:18081");
+    let dir = &world.dir.path;
+    let nconf = world.dir.write(
+        "nginx/nginx.conf",
+        &nginx_conf(&dir.join("nginx"), nginx_at),
+    )?;
+    let hconf = world.dir.write(
+        "haproxy/haproxy.cfg",
+        &haproxy_conf(&dir.join("haproxy"), haproxy_at),
+    )?;
+    let ns = world.node.name.clone();
+    let nprefix = dir.join("nginx").display().to_string();
+    let _nginx = Server::start(
+        "nginx",
+        &ns,
+        &[
+            "nginx",
+            "-p",
+            &nprefix,
+            "-e",
+            &format!("{nprefix}/error.log"),
+            "-c",
+            &nconf.display().to_string(),
+            "-g",
+            "daemon off;",
+        ],
+    )?;
+    let _haproxy = Server::start(
+        "haproxy",
+        &ns,
+        &["haproxy", "-db", "-f", &hconf.display().to_string()],
+    )?;
+    for (addr, what) in [
+        (&l7, "routerd's proxy"),
+        (&nginx_at.to_string(), "nginx"),
+        (&haproxy_at.to_string(), "haproxy"),
+    ] {
+        wait_http(&world, addr, "/healthz", what)?;
+        wait_http(&world, addr, "/api/x", what)?;
+    }
+
     let mut rows = Vec::new();
     for (group, new_conn) in [("keep-alive", false), ("new connection per request", true)] {
         let c = |addr: &str| {
@@ -293,21 +678,173 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
             v
         };
         let contenders = vec![
-            ("direct", c(BACKEND)),
-            ("VIP, L4 (kernel only)", c(&l4)),
-            ("VIP, L7 (routerd proxy)", c(&l7)),
+            ("direct", &world, c(BACKEND)),
+            ("VIP, L4 (kernel only)", &world, c(&l4)),
+            ("VIP, L7 (routerd proxy)", &world, c(&l7)),
+            ("nginx", &world, c(nginx_at)),
+            ("haproxy", &world, c(haproxy_at)),
         ];
-        rows.extend(compare(&world, group, args.rounds, &contenders)?);
+        rows.extend(compare(group, args.rounds, &contenders)?);
     }
-    let _ = writeln!(md, "## HTTP: direct vs the kernel path vs the L7 proxy\n");
+    let _ = writeln!(md, "## HTTP: steady state and the L7 path\n");
     let _ = writeln!(
         md,
-        "GET /api/x from {} concurrent clients (one process, CPU 1) to a hyper backend (CPU 0); the L7 \
-         route is third in its table (after an exact path and a header route). routerd's proxy runs on \
-         the same 2 CPUs. {} ms per measurement, {} alternated rounds (medians).\n",
+        "GET /api/x from {} concurrent clients (one process, CPU 1) to a hyper backend (CPU 0). \
+         `keep-alive` is the steady state: requests over established connections. The L7 route is \
+         third in its table (after an exact path with a direct response and a header match with a \
+         90/10 weighted split); nginx (2 workers) and haproxy (2 threads), from Debian's packages, \
+         listen on loopback in the client's namespace with the same three routes and keep-alive to \
+         the backend. Every proxy shares the 2 CPUs with the client and the backend. \
+         {} ms per measurement, {} alternated rounds (medians).\n",
         args.conns, args.millis, args.rounds
     );
-    table(md, "mode", "requests", &rows);
+    table(
+        md,
+        "mode",
+        "requests",
+        &rows,
+        &[
+            ("direct", "direct"),
+            ("nginx", "nginx"),
+            ("haproxy", "haproxy"),
+        ],
+    );
+    let _ = writeln!(md);
+    write_chart(
+        args.out.as_deref(),
+        "bench-http.svg",
+        &chart("HTTP requests per second", "requests", &rows),
+        md,
+    )?;
+    Ok(())
+}
+
+/// `n` route tables, each its own service with `eps` endpoints. The
+/// inventory (`inv.yaml`) is separate so one endpoint can change.
+fn control_inventory(n: usize, eps: usize, unready: Option<usize>) -> String {
+    let mut y = String::new();
+    for i in 0..n {
+        let addrs: Vec<String> = (0..eps)
+            .map(|j| {
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 16, 0, 0)) + (i * eps + j) as u32 + 1)
+                    .to_string()
+            })
+            .collect();
+        let list: Vec<yaml::Ep<'_>> = addrs
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (a.as_str(), "e1", !(unready == Some(i) && j == 0)))
+            .collect();
+        let name = format!("s{i}");
+        y += &yaml::service("c1", &name, 8080, "TCP");
+        y += &yaml::slice("c1", "east", &name, &name, 8080, "TCP", &list);
+    }
+    y
+}
+
+fn control_suite(args: &Args, md: &mut String) -> Result<()> {
+    let mut lines = Vec::new();
+    for &n in &args.route_tables {
+        let eps = args.endpoints;
+        let dir = TempDir::new(&unique())?;
+        let mut rt = bench_router();
+        for i in 0..n {
+            rt += &rt_forward(
+                &format!("r{i}"),
+                &format!("r{i}.bench.mesh"),
+                &format!("s{i}"),
+            );
+        }
+        dir.write("config/routes.yaml", &rt)?;
+        dir.write("config/inv.yaml", &control_inventory(n, eps, None))?;
+        let cfg = dir.path.join("config");
+        let t = Instant::now();
+        plan(&cfg)?;
+        let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+        let cgroup = Cgroup::new(&unique())?;
+        let max_s = (n + 16).next_power_of_two().max(16_384).to_string();
+        let max_b = (n * eps + 16).next_power_of_two().max(65_536).to_string();
+        let t = Instant::now();
+        let routerd = Routerd::start(
+            &unique(),
+            &cfg,
+            &cgroup.path,
+            &[
+                "--no-watch",
+                "--no-dns",
+                "--max-services",
+                &max_s,
+                "--max-backends",
+                &max_b,
+            ],
+        )?;
+        let start_ms = t.elapsed().as_secs_f64() * 1e3;
+        let first = routerd
+            .logs()
+            .into_iter()
+            .find(|l| l.contains(" applied "))
+            .context("no applied line")?;
+        let (rss, hwm, maps) = memory(routerd.pid().unwrap_or(0));
+        // One endpoint of one service goes unready, then ready again, ...
+        let mut change = Vec::new();
+        for k in 0..args.rounds.max(3) {
+            let unready = (k % 2 == 0).then_some(n / 2);
+            dir.write("config/inv.yaml", &control_inventory(n, eps, unready))?;
+            let t = Instant::now();
+            let line = routerd.reload()?;
+            let wall = t.elapsed().as_secs_f64() * 1e3;
+            if !line.contains(" applied ") {
+                bail!("an endpoint change was not applied: {line}");
+            }
+            change.push((
+                wall,
+                log_field(&line, "elapsed_ms"),
+                log_field(&line, "writes"),
+            ));
+        }
+        lines.push((
+            n,
+            n * eps,
+            compile_ms,
+            start_ms,
+            log_field(&first, "elapsed_ms"),
+            log_field(&first, "writes"),
+            median(change.iter().map(|c| c.0).collect()),
+            median(change.iter().map(|c| c.1).collect()),
+            median(change.iter().map(|c| c.2).collect()),
+            rss,
+            hwm,
+            maps,
+        ));
+    }
+    let _ = writeln!(md, "## Control plane at scale\n");
+    let _ = writeln!(
+        md,
+        "n route tables, each the only route of its own service with {} endpoints. From scratch: \
+         `routerd run` on the config until ready (reading, compiling, loading and attaching the \
+         programs, writing the maps). One endpoint change: one endpoint of one service turns unready \
+         (or ready again) in the inventory file, then SIGHUP; the time is from the signal to the \
+         `applied` log line (the file watcher adds its 150 ms debounce). Medians of {} changes.\n",
+        args.endpoints,
+        args.rounds.max(3)
+    );
+    let _ = writeln!(
+        md,
+        "| route tables | endpoints | compile in-process (ms) | start to ready (ms) | first apply in routerd (ms) | map writes | one endpoint change: signal to applied (ms) | in routerd (ms) | map writes | routerd RSS (MiB) | routerd peak RSS (MiB) | kernel maps (MiB) |"
+    );
+    let _ = writeln!(
+        md,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (n, e, c, s, a, w, cw, ca, cwr, rss, hwm, maps) in &lines {
+        let _ = writeln!(
+            md,
+            "| {n} | {e} | {c:.0} | {s:.0} | {a:.0} | {w:.0} | {cw:.0} | {ca:.0} | {cwr:.0} | {} | {} | {} |",
+            mib(rss * 1024.0),
+            mib(hwm * 1024.0),
+            mib(*maps)
+        );
+    }
     let _ = writeln!(md);
     Ok(())
 }
@@ -320,6 +857,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let t = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            t.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|_| format!("{cmd}: not found"))
 }
 
 fn bench() -> Result<()> {
@@ -338,27 +890,34 @@ fn bench() -> Result<()> {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Machine: {} CPUs ({cpu}), kernel {}, routerd {} (release build). Command: `cargo xtask bench{}`.\n",
+        "Machine: {} CPUs ({cpu}), kernel {}, routerd {} (release build). Contenders: {}; {}; {}.\n\n\
+         Command: `cargo xtask bench{}` (about 10 minutes; `--suites`, `--services`, `--millis` and \
+         `--rounds` shorten it).\n",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         kernel.trim(),
         env!("CARGO_PKG_VERSION"),
+        version("iptables", "--version"),
+        version("nginx", "-v"),
+        version("haproxy", "-v"),
         std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with("--out") && !a.ends_with(".md"))
             .map(|a| format!(" {a}"))
             .collect::<String>()
     );
-    if args.suites.iter().any(|s| s == "connect") {
-        connect_suite(&args, &mut md)?;
-    }
-    if args.suites.iter().any(|s| s == "http") {
-        http_suite(&args, &mut md)?;
+    for suite in &args.suites {
+        match suite.as_str() {
+            "connect" => connect_suite(&args, &mut md)?,
+            "http" => http_suite(&args, &mut md)?,
+            "control" => control_suite(&args, &mut md)?,
+            other => bail!("unknown suite {other:?}: expected connect, http or control"),
+        }
     }
     print!("{md}");
-    if let Some(out) = args.out {
-        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
 }

@@ -43,6 +43,9 @@ enum Cmd {
         count: usize,
         #[arg(long)]
         connected: bool,
+        /// One socket: an exchange, then another after a line on stdin.
+        #[arg(long)]
+        hold: bool,
     },
     /// HTTP requests on one connection (keep-alive, or HTTP/2 with --http2):
     /// one line per response with status, headers and the backend's answer.
@@ -451,20 +454,30 @@ async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
 }
 
 async fn udp_once(addr: SocketAddr, connected: bool) -> Probe {
+    match udp_socket(addr, connected).await {
+        Ok(s) => udp_exchange(&s, addr, connected).await,
+        Err(p) => p,
+    }
+}
+
+/// A UDP socket, connected to `addr` if asked.
+async fn udp_socket(addr: SocketAddr, connected: bool) -> Result<UdpSocket, Probe> {
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().unwrap()
     } else {
         "0.0.0.0:0".parse().unwrap()
     };
-    let s = match UdpSocket::bind(bind).await {
-        Ok(s) => s,
-        Err(e) => return failed(&e),
-    };
+    let s = UdpSocket::bind(bind).await.map_err(|e| failed(&e))?;
+    if connected {
+        s.connect(addr).await.map_err(|e| failed(&e))?;
+    }
+    Ok(s)
+}
+
+/// One datagram out, one reply back.
+async fn udp_exchange(s: &UdpSocket, addr: SocketAddr, connected: bool) -> Probe {
     let sent = if connected {
-        match s.connect(addr).await {
-            Ok(()) => s.send(b"ping").await,
-            Err(e) => return failed(&e),
-        }
+        s.send(b"ping").await
     } else {
         s.send_to(b"ping", addr).await
     };
@@ -928,9 +941,24 @@ async fn main() -> Result<()> {
             addr,
             count,
             connected,
+            hold,
         } => {
-            for _ in 0..count {
-                emit(&udp_once(addr, connected).await);
+            if hold {
+                // One socket: an exchange, wait for a line on stdin, another.
+                match udp_socket(addr, connected).await {
+                    Ok(s) => {
+                        emit(&udp_exchange(&s, addr, connected).await);
+                        let mut line = String::new();
+                        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                        let _ = stdin.read_line(&mut line).await;
+                        emit(&udp_exchange(&s, addr, connected).await);
+                    }
+                    Err(p) => emit(&p),
+                }
+            } else {
+                for _ in 0..count {
+                    emit(&udp_once(addr, connected).await);
+                }
             }
         }
     }

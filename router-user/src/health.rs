@@ -1,0 +1,534 @@
+//! Endpoint health at run time: active checks (ActiveHealthCheckPolicy) and
+//! outlier ejection from what the L7 proxy sees (OutlierDetectionPolicy).
+//!
+//! The state machines ([`Active`], [`Ejector`]) are pure and tested here;
+//! [`run`] drives them: one task per checked endpoint, the proxy's outcome
+//! stream, a sweep timer. Whenever the set of endpoints to avoid changes it
+//! publishes the new set; the daemon recompiles the last good config with it
+//! and writes only the services whose slots changed.
+//!
+//! What is not seen: the kernel path picks an endpoint inside connect() and
+//! never learns whether the handshake then failed, so for L4-only services
+//! only active checks detect a dead endpoint.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    netns::Sockets,
+    plan::{CheckKind, HealthCheckPlan, OutlierPlan},
+    proxy::Outcome,
+};
+
+/// Ejections last at most this long (Envoy's default max_ejection_time),
+/// unless the base ejection time itself is longer.
+pub const MAX_EJECTION_MS: u64 = 300_000;
+
+/// One endpoint's active-check state. Endpoints start healthy: Kubernetes
+/// already said they are ready, and a daemon restart must not pull every
+/// endpoint out of service until its first check.
+#[derive(Clone, Debug)]
+pub struct Active {
+    pub healthy: bool,
+    ok_streak: u32,
+    fail_streak: u32,
+}
+
+impl Default for Active {
+    fn default() -> Self {
+        Active {
+            healthy: true,
+            ok_streak: 0,
+            fail_streak: 0,
+        }
+    }
+}
+
+impl Active {
+    /// Count one check result; true when the endpoint changed state.
+    pub fn observe(&mut self, ok: bool, unhealthy_threshold: u32, healthy_threshold: u32) -> bool {
+        if ok {
+            self.ok_streak += 1;
+            self.fail_streak = 0;
+            if !self.healthy && self.ok_streak >= healthy_threshold {
+                self.healthy = true;
+                return true;
+            }
+        } else {
+            self.fail_streak += 1;
+            self.ok_streak = 0;
+            if self.healthy && self.fail_streak >= unhealthy_threshold {
+                self.healthy = false;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct EpOutlier {
+    errors: u32,
+    gateway_errors: u32,
+    /// Times ejected (the back-off multiplier); decays while healthy.
+    ejections: u32,
+    ejected_until_ms: Option<u64>,
+    /// When the multiplier last changed (for its decay).
+    last_change_ms: u64,
+}
+
+/// Outlier detection over every destination that has it. Times are
+/// milliseconds on any monotonic clock.
+#[derive(Debug, Default)]
+pub struct Ejector {
+    plans: Vec<OutlierPlan>,
+    eps: HashMap<SocketAddr, EpOutlier>,
+}
+
+/// Why an endpoint was ejected, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ejection {
+    pub endpoint: SocketAddr,
+    pub destination: String,
+    pub reason: String,
+    pub for_ms: u64,
+}
+
+impl Ejector {
+    /// New plans; state of endpoints still watched is kept.
+    pub fn set_plans(&mut self, plans: &[OutlierPlan]) {
+        self.plans = plans.to_vec();
+        let watched: BTreeSet<SocketAddr> = plans
+            .iter()
+            .flat_map(|p| p.endpoints.iter().copied())
+            .collect();
+        self.eps.retain(|ep, _| watched.contains(ep));
+    }
+
+    fn ejected_in(&self, p: &OutlierPlan) -> usize {
+        p.endpoints
+            .iter()
+            .filter(|e| {
+                self.eps
+                    .get(e)
+                    .is_some_and(|s| s.ejected_until_ms.is_some())
+            })
+            .count()
+    }
+
+    /// Count one outcome; `Some` when it ejects the endpoint.
+    pub fn record(&mut self, ep: SocketAddr, o: Outcome, now_ms: u64) -> Option<Ejection> {
+        // The first destination (in label order) that watches `ep` decides
+        // the thresholds; every destination holding it must have room.
+        let plan = self
+            .plans
+            .iter()
+            .find(|p| p.endpoints.contains(&ep))?
+            .clone();
+        let s = self.eps.entry(ep).or_default();
+        match o {
+            Outcome::Ok => {
+                s.errors = 0;
+                s.gateway_errors = 0;
+                return None;
+            }
+            Outcome::Status5xx(code) => {
+                s.errors += 1;
+                if (502..=504).contains(&code) {
+                    s.gateway_errors += 1;
+                } else {
+                    s.gateway_errors = 0;
+                }
+            }
+            Outcome::ConnectFailure | Outcome::Reset => {
+                s.errors += 1;
+                s.gateway_errors += 1;
+            }
+        }
+        if s.ejected_until_ms.is_some() {
+            return None;
+        }
+        let reason = if plan.consecutive_gateway_errors > 0
+            && s.gateway_errors >= plan.consecutive_gateway_errors
+        {
+            format!("{} gateway errors in a row", s.gateway_errors)
+        } else if plan.consecutive_errors > 0 && s.errors >= plan.consecutive_errors {
+            format!("{} errors in a row", s.errors)
+        } else {
+            return None;
+        };
+        // maxEjectionPercent, as Envoy checks it: eject while the ejected
+        // share is below the limit (so one may always go, if the limit > 0).
+        let room = self
+            .plans
+            .iter()
+            .filter(|p| p.endpoints.contains(&ep))
+            .all(|p| {
+                100 * self.ejected_in(p) < p.max_ejection_percent as usize * p.endpoints.len()
+            });
+        let s = self.eps.get_mut(&ep).expect("inserted above");
+        if !room {
+            return None;
+        }
+        s.ejections += 1;
+        s.last_change_ms = now_ms;
+        let for_ms = (plan.base_ejection_ms * u64::from(s.ejections))
+            .min(MAX_EJECTION_MS.max(plan.base_ejection_ms));
+        s.ejected_until_ms = Some(now_ms + for_ms);
+        s.errors = 0;
+        s.gateway_errors = 0;
+        Some(Ejection {
+            endpoint: ep,
+            destination: plan.destination.clone(),
+            reason,
+            for_ms,
+        })
+    }
+
+    /// Lift ejections that have run their time; decay the back-off of
+    /// endpoints that stayed in for a whole base ejection time. Returns the
+    /// endpoints brought back.
+    pub fn sweep(&mut self, now_ms: u64) -> Vec<SocketAddr> {
+        let base = |ep: &SocketAddr| {
+            self.plans
+                .iter()
+                .find(|p| p.endpoints.contains(ep))
+                .map_or(0, |p| p.base_ejection_ms)
+        };
+        let mut back = Vec::new();
+        let bases: HashMap<SocketAddr, u64> = self.eps.keys().map(|e| (*e, base(e))).collect();
+        for (ep, s) in self.eps.iter_mut() {
+            match s.ejected_until_ms {
+                Some(until) if now_ms >= until => {
+                    s.ejected_until_ms = None;
+                    s.last_change_ms = now_ms;
+                    back.push(*ep);
+                }
+                None if s.ejections > 0 && now_ms >= s.last_change_ms + bases[ep] => {
+                    s.ejections -= 1;
+                    s.last_change_ms = now_ms;
+                }
+                _ => {}
+            }
+        }
+        back.sort();
+        back
+    }
+
+    pub fn ejected(&self) -> BTreeSet<SocketAddr> {
+        self.eps
+            .iter()
+            .filter(|(_, s)| s.ejected_until_ms.is_some())
+            .map(|(e, _)| *e)
+            .collect()
+    }
+
+    /// How often to sweep: the shortest interval of any plan.
+    pub fn interval(&self) -> Option<Duration> {
+        self.plans
+            .iter()
+            .map(|p| p.interval_ms)
+            .min()
+            .map(Duration::from_millis)
+    }
+}
+
+/// Run one check. `Err` says what failed (for the log).
+pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
+    let timeout = Duration::from_millis(c.timeout_ms);
+    let attempt = async {
+        let mut s = socks
+            .connect(c.endpoint)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let CheckKind::Http {
+            path,
+            host,
+            expected,
+        } = &c.kind
+        else {
+            return Ok(());
+        };
+        let host = host.clone().unwrap_or_else(|| c.endpoint.to_string());
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: routerd-health-check\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("sending the request: {e}"))?;
+        // The status line is all we need.
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            let n = s
+                .read(&mut buf[got..])
+                .await
+                .map_err(|e| format!("reading the response: {e}"))?;
+            if n == 0 {
+                return Err("closed before a status line".into());
+            }
+            got += n;
+        }
+        let line = String::from_utf8_lossy(&buf[..got]);
+        let status: u16 = line
+            .strip_prefix("HTTP/1.")
+            .and_then(|r| r.get(2..5))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP status line: {:?}", line.lines().next()))?;
+        if expected.iter().any(|(a, b)| (*a..*b).contains(&status)) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", c.timeout_ms)),
+    }
+}
+
+/// What to watch (from the plan in service).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Watched {
+    pub checks: Vec<HealthCheckPlan>,
+    pub outliers: Vec<OutlierPlan>,
+}
+
+/// Drive the checks and the ejector; publish the endpoints to avoid.
+pub async fn run(
+    socks: Sockets,
+    mut watched: watch::Receiver<Watched>,
+    mut outcomes: mpsc::UnboundedReceiver<(SocketAddr, Outcome)>,
+    avoid: watch::Sender<BTreeSet<SocketAddr>>,
+) {
+    // The plan in service when we start counts as a change.
+    watched.mark_changed();
+    let t0 = Instant::now();
+    let now_ms = move || t0.elapsed().as_millis() as u64;
+    let (results_tx, mut results) = mpsc::unbounded_channel::<(SocketAddr, Result<(), String>)>();
+    let mut tasks: BTreeMap<SocketAddr, (HealthCheckPlan, JoinHandle<()>)> = BTreeMap::new();
+    let mut active: BTreeMap<SocketAddr, Active> = BTreeMap::new();
+    let mut ejector = Ejector::default();
+    let mut sweep = tokio::time::interval(Duration::from_secs(3600));
+    let publish = |active: &BTreeMap<SocketAddr, Active>, ejector: &Ejector| {
+        let mut set = ejector.ejected();
+        set.extend(active.iter().filter(|(_, a)| !a.healthy).map(|(e, _)| *e));
+        avoid.send_if_modified(|cur| {
+            let changed = *cur != set;
+            *cur = set;
+            changed
+        });
+    };
+    loop {
+        tokio::select! {
+            changed = watched.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let w = watched.borrow_and_update().clone();
+                let want: BTreeMap<SocketAddr, HealthCheckPlan> =
+                    w.checks.iter().map(|c| (c.endpoint, c.clone())).collect();
+                tasks.retain(|ep, (plan, handle)| {
+                    let keep = want.get(ep) == Some(plan);
+                    if !keep {
+                        handle.abort();
+                    }
+                    keep
+                });
+                active.retain(|ep, _| want.contains_key(ep));
+                for (ep, c) in want {
+                    if tasks.contains_key(&ep) {
+                        continue;
+                    }
+                    let (socks, tx, plan) = (socks.clone(), results_tx.clone(), c.clone());
+                    let handle = tokio::spawn(async move {
+                        // Spread the first checks over the interval.
+                        let jitter = fastrand::u64(0..plan.interval_ms.max(1));
+                        tokio::time::sleep(Duration::from_millis(jitter.min(plan.interval_ms / 4))).await;
+                        let mut tick = tokio::time::interval(Duration::from_millis(plan.interval_ms));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tick.tick().await;
+                            let r = probe(&socks, &plan).await;
+                            if tx.send((plan.endpoint, r)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    active.entry(ep).or_default();
+                    tasks.insert(ep, (c, handle));
+                }
+                ejector.set_plans(&w.outliers);
+                if let Some(i) = ejector.interval() {
+                    sweep = tokio::time::interval_at(tokio::time::Instant::now() + i, i);
+                }
+                publish(&active, &ejector);
+            }
+            Some((ep, r)) = results.recv() => {
+                let Some((plan, _)) = tasks.get(&ep) else { continue };
+                let a = active.entry(ep).or_default();
+                if a.observe(r.is_ok(), plan.unhealthy_threshold, plan.healthy_threshold) {
+                    if a.healthy {
+                        tracing::info!(endpoint = %ep, policy = %plan.policy, "endpoint healthy again: {} check(s) passed in a row", plan.healthy_threshold);
+                    } else {
+                        tracing::warn!(endpoint = %ep, policy = %plan.policy, "endpoint unhealthy: {} check(s) failed in a row (last: {})", plan.unhealthy_threshold, r.err().unwrap_or_default());
+                    }
+                    publish(&active, &ejector);
+                }
+            }
+            Some((ep, o)) = outcomes.recv() => {
+                if let Some(e) = ejector.record(ep, o, now_ms()) {
+                    tracing::warn!(endpoint = %e.endpoint, destination = %e.destination, "endpoint ejected for {} ms: {}", e.for_ms, e.reason);
+                    publish(&active, &ejector);
+                }
+            }
+            _ = sweep.tick() => {
+                let back = ejector.sweep(now_ms());
+                if !back.is_empty() {
+                    for ep in &back {
+                        tracing::info!(endpoint = %ep, "ejection over: the endpoint takes traffic again");
+                    }
+                    publish(&active, &ejector);
+                }
+            }
+        }
+    }
+    for (_, (_, h)) in tasks {
+        h.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn od(n: u8, errors: u32, gw: u32, max_pct: u32) -> OutlierPlan {
+        OutlierPlan {
+            destination: "d".into(),
+            policy: "OutlierDetectionPolicy t/od".into(),
+            endpoints: (1..=n).map(ep).collect(),
+            consecutive_errors: errors,
+            consecutive_gateway_errors: gw,
+            interval_ms: 1000,
+            base_ejection_ms: 10_000,
+            max_ejection_percent: max_pct,
+        }
+    }
+
+    #[test]
+    fn thresholds_flip_state_only_after_streaks() {
+        let mut a = Active::default();
+        assert!(a.healthy);
+        assert!(!a.observe(false, 3, 2));
+        assert!(!a.observe(false, 3, 2));
+        assert!(
+            !a.observe(true, 3, 2),
+            "a success resets the failure streak"
+        );
+        assert!(!a.observe(false, 3, 2));
+        assert!(!a.observe(false, 3, 2));
+        assert!(a.observe(false, 3, 2));
+        assert!(!a.healthy);
+        assert!(!a.observe(true, 3, 2));
+        assert!(a.observe(true, 3, 2));
+        assert!(a.healthy);
+    }
+
+    #[test]
+    fn consecutive_errors_eject_and_success_resets_the_count() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(2, 3, 0, 100)]);
+        assert!(e.record(ep(1), Outcome::Status5xx(500), 0).is_none());
+        assert!(e.record(ep(1), Outcome::Status5xx(500), 0).is_none());
+        assert!(e.record(ep(1), Outcome::Ok, 0).is_none());
+        assert!(e.record(ep(1), Outcome::Status5xx(500), 0).is_none());
+        assert!(e.record(ep(1), Outcome::ConnectFailure, 0).is_none());
+        let j = e.record(ep(1), Outcome::Reset, 5).unwrap();
+        assert_eq!((j.endpoint, j.for_ms), (ep(1), 10_000));
+        assert_eq!(e.ejected(), BTreeSet::from([ep(1)]));
+        // Lifted only once the time is up.
+        assert!(e.sweep(10_004).is_empty());
+        assert_eq!(e.sweep(10_005), vec![ep(1)]);
+        assert!(e.ejected().is_empty());
+    }
+
+    #[test]
+    fn gateway_errors_count_only_502_to_504_and_connect_failures() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(2, 0, 2, 100)]);
+        assert!(e.record(ep(1), Outcome::Status5xx(503), 0).is_none());
+        assert!(
+            e.record(ep(1), Outcome::Status5xx(500), 0).is_none(),
+            "500 breaks the streak"
+        );
+        assert!(e.record(ep(1), Outcome::Status5xx(502), 0).is_none());
+        assert!(e.record(ep(1), Outcome::ConnectFailure, 0).is_some());
+    }
+
+    #[test]
+    fn repeated_ejections_back_off_and_the_multiplier_decays() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(2, 1, 0, 100)]);
+        assert_eq!(e.record(ep(1), Outcome::Reset, 0).unwrap().for_ms, 10_000);
+        assert_eq!(e.sweep(10_000), vec![ep(1)]);
+        assert_eq!(
+            e.record(ep(1), Outcome::Reset, 10_001).unwrap().for_ms,
+            20_000
+        );
+        assert_eq!(e.sweep(30_001), vec![ep(1)]);
+        // Two base times in service: the multiplier drops twice.
+        e.sweep(40_001);
+        e.sweep(50_001);
+        assert_eq!(
+            e.record(ep(1), Outcome::Reset, 50_002).unwrap().for_ms,
+            10_000
+        );
+    }
+
+    #[test]
+    fn max_ejection_percent_limits_but_one_may_always_go() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(4, 1, 0, 10)]);
+        assert!(
+            e.record(ep(1), Outcome::Reset, 0).is_some(),
+            "0% < 10%: one goes"
+        );
+        assert!(
+            e.record(ep(2), Outcome::Reset, 0).is_none(),
+            "25% is not below 10%"
+        );
+        let mut e = Ejector::default();
+        e.set_plans(&[od(4, 1, 0, 50)]);
+        assert!(e.record(ep(1), Outcome::Reset, 0).is_some());
+        assert!(e.record(ep(2), Outcome::Reset, 0).is_some());
+        assert!(e.record(ep(3), Outcome::Reset, 0).is_none());
+        let mut e = Ejector::default();
+        e.set_plans(&[od(4, 1, 0, 0)]);
+        assert!(
+            e.record(ep(1), Outcome::Reset, 0).is_none(),
+            "0% ejects nothing"
+        );
+    }
+
+    #[test]
+    fn endpoints_not_watched_are_ignored_and_forgotten() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(1, 1, 0, 100)]);
+        assert!(e.record(ep(9), Outcome::Reset, 0).is_none());
+        assert!(e.record(ep(1), Outcome::Reset, 0).is_some());
+        e.set_plans(&[]);
+        assert!(e.ejected().is_empty());
+    }
+}

@@ -1,0 +1,402 @@
+//! Closing clients' connections to endpoints that stopped taking traffic
+//! (RouterConfig `closeConnectionsToRemovedEndpoints`). The kernel path
+//! chooses an endpoint once, at connect(); a connection (or a connected UDP
+//! socket) then stays on it however the plan changes. When asked, the daemon
+//! closes them with the kernel's sock_diag SOCK_DESTROY (what `ss -K` does):
+//! TCP sockets are reset, connected UDP sockets get ECONNABORTED, and the
+//! application reconnects through the VIP to a live endpoint.
+//!
+//! Only sockets whose cgroup is the attached cgroup or one below it are
+//! touched (sock_diag reports each socket's cgroup id, the cgroup2
+//! directory's inode number). Needs CONFIG_INET_DIAG_DESTROY (Debian's
+//! kernels have it); without it the daemon logs what it could not close.
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+    mem::size_of,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+};
+
+use crate::plan::Plan;
+
+/// Endpoints the old plan knew that the new one does not route to any more:
+/// gone from the inventory, not ready, failing checks or ejected. Endpoints
+/// that are healthy but no longer preferred (traffic moved back to a closer
+/// tier) keep their connections.
+pub fn endpoints_to_close(old: &Plan, new: &Plan) -> BTreeSet<SocketAddr> {
+    let eps = |p: &Plan| -> Vec<(SocketAddr, bool)> {
+        p.services
+            .iter()
+            .flat_map(|s| &s.destinations)
+            .flat_map(|d| &d.tiers)
+            .flat_map(|t| &t.endpoints)
+            .map(|e| (e.addr, e.healthy))
+            .collect()
+    };
+    let live: BTreeSet<SocketAddr> = eps(new)
+        .into_iter()
+        .filter(|(_, healthy)| *healthy)
+        .map(|(a, _)| a)
+        .chain(
+            new.services
+                .iter()
+                .flat_map(|s| &s.slots)
+                .map(|s| s.endpoint),
+        )
+        .collect();
+    eps(old)
+        .into_iter()
+        .map(|(a, _)| a)
+        .filter(|a| !live.contains(a))
+        .collect()
+}
+
+/// Cgroup ids (inode numbers on cgroup2) of `root` and every cgroup below.
+pub fn cgroup_ids(root: &Path) -> HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            out.insert(m.ino());
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+// <linux/sock_diag.h>, <linux/inet_diag.h>
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const INET_DIAG_CGROUP_ID: u16 = 21;
+const TCP_LISTEN: u32 = 10;
+const TCP_ESTABLISHED: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NlMsgHdr {
+    len: u32,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: SockId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct DiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: SockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain repr(C) struct of integers without padding holes
+    // that matter to the kernel (they are zeroed by Default).
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }
+}
+
+fn read_struct<T: Copy + Default>(b: &[u8]) -> Option<T> {
+    if b.len() < size_of::<T>() {
+        return None;
+    }
+    let mut v = T::default();
+    // SAFETY: length checked; T is plain old data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, size_of::<T>());
+    }
+    Some(v)
+}
+
+fn send(fd: &OwnedFd, ty: u16, flags: u16, seq: u32, req: &ReqV2) -> io::Result<()> {
+    let hdr = NlMsgHdr {
+        len: (size_of::<NlMsgHdr>() + size_of::<ReqV2>()) as u32,
+        ty,
+        flags,
+        seq,
+        pid: 0,
+    };
+    let mut buf = Vec::with_capacity(hdr.len as usize);
+    buf.extend_from_slice(bytes_of(&hdr));
+    buf.extend_from_slice(bytes_of(req));
+    // SAFETY: send(2) on our netlink socket with a valid buffer.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receive one datagram of netlink messages: `(type, payload)`.
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    // SAFETY: recv(2) into our buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    let n = n as usize;
+    while off + size_of::<NlMsgHdr>() <= n {
+        let Some(h) = read_struct::<NlMsgHdr>(&buf[off..n]) else {
+            break;
+        };
+        let len = h.len as usize;
+        if len < size_of::<NlMsgHdr>() || off + len > n {
+            break;
+        }
+        out.push((h.ty, buf[off + size_of::<NlMsgHdr>()..off + len].to_vec()));
+        off += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+fn addr_of(family: u8, raw: &[u8; 16], port: [u8; 2]) -> SocketAddr {
+    let ip: IpAddr = if family == libc::AF_INET as u8 {
+        IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+    } else {
+        IpAddr::from(*raw)
+    };
+    SocketAddr::new(ip, u16::from_be_bytes(port))
+}
+
+/// The cgroup id attribute that follows an `inet_diag_msg`.
+fn cgroup_of(payload: &[u8]) -> Option<u64> {
+    let mut off = size_of::<DiagMsg>();
+    while off + 4 <= payload.len() {
+        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            return None;
+        }
+        if ty == INET_DIAG_CGROUP_ID && len >= 12 {
+            let b = &payload[off + 4..off + 12];
+            return Some(u64::from_ne_bytes(b.try_into().ok()?));
+        }
+        off += (len + 3) & !3;
+    }
+    None
+}
+
+/// What [`close_connections`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Closed {
+    pub tcp: usize,
+    pub udp: usize,
+    pub failed: usize,
+}
+
+/// Close every TCP connection and connected UDP socket from the cgroups
+/// `cgroups` to one of `endpoints`, through the NETLINK_SOCK_DIAG socket
+/// `fd` (made in the clients' network namespace). Blocking.
+pub fn close_connections(
+    fd: &OwnedFd,
+    endpoints: &BTreeSet<SocketAddr>,
+    cgroups: &HashSet<u64>,
+) -> io::Result<Closed> {
+    let mut closed = Closed::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seq = 1u32;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for (protocol, states) in [
+            (libc::IPPROTO_TCP as u8, !(1u32 << TCP_LISTEN)),
+            (libc::IPPROTO_UDP as u8, 1u32 << TCP_ESTABLISHED),
+        ] {
+            let req = ReqV2 {
+                family,
+                protocol,
+                states,
+                ..Default::default()
+            };
+            seq += 1;
+            send(
+                fd,
+                SOCK_DIAG_BY_FAMILY,
+                (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+                seq,
+                &req,
+            )?;
+            let mut victims = Vec::new();
+            'dump: loop {
+                for (ty, payload) in recv(fd, &mut buf)? {
+                    if ty == libc::NLMSG_DONE as u16 {
+                        break 'dump;
+                    }
+                    if ty == libc::NLMSG_ERROR as u16 {
+                        let code = i32::from_ne_bytes(payload[..4].try_into().unwrap_or([0; 4]));
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    let Some(m) = read_struct::<DiagMsg>(&payload) else {
+                        continue;
+                    };
+                    let dst = addr_of(m.family, &m.id.dst, m.id.dport);
+                    if endpoints.contains(&dst)
+                        && cgroup_of(&payload).is_some_and(|c| cgroups.contains(&c))
+                    {
+                        victims.push(m.id);
+                    }
+                }
+            }
+            for id in victims {
+                seq += 1;
+                let req = ReqV2 {
+                    family,
+                    protocol,
+                    states: !0,
+                    id,
+                    ..Default::default()
+                };
+                send(
+                    fd,
+                    SOCK_DESTROY,
+                    (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+                    seq,
+                    &req,
+                )?;
+                let ok = recv(fd, &mut buf)?.iter().any(|(ty, p)| {
+                    *ty == libc::NLMSG_ERROR as u16
+                        && p.len() >= 4
+                        && i32::from_ne_bytes(p[..4].try_into().unwrap_or([1; 4])) == 0
+                });
+                match (ok, protocol == libc::IPPROTO_TCP as u8) {
+                    (true, true) => closed.tcp += 1,
+                    (true, false) => closed.udp += 1,
+                    (false, _) => closed.failed += 1,
+                }
+            }
+        }
+    }
+    Ok(closed)
+}
+
+/// A NETLINK_SOCK_DIAG socket in the calling thread's network namespace.
+pub fn diag_socket() -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2); the fd is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::*;
+
+    fn plan(eps: &[(&str, bool, u32)]) -> Plan {
+        let endpoints: Vec<EndpointPlan> = eps
+            .iter()
+            .map(|(a, healthy, _)| EndpointPlan {
+                addr: a.parse().unwrap(),
+                cluster: "c".into(),
+                locality: Locality::default(),
+                service: "s".into(),
+                healthy: *healthy,
+            })
+            .collect();
+        Plan {
+            services: vec![ServicePlan {
+                vip: "240.0.0.1".parse().unwrap(),
+                port: 80,
+                proto: Proto::Tcp,
+                host: "h".into(),
+                origin: Origin::default(),
+                route: None,
+                destinations: vec![DestinationPlan {
+                    label: "d".into(),
+                    weight: 100,
+                    mode: LocalityMode::Off { reason: "".into() },
+                    tiers: vec![TierPlan {
+                        priority: 0,
+                        reason: "".into(),
+                        load_percent: 100,
+                        panic: false,
+                        endpoints,
+                    }],
+                    excluded: Vec::new(),
+                }],
+                slots: eps
+                    .iter()
+                    .filter(|e| e.2 > 0)
+                    .map(|(a, _, n)| SlotShare {
+                        endpoint: a.parse().unwrap(),
+                        slots: *n,
+                    })
+                    .collect(),
+                proxy_port: None,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn only_endpoints_that_went_away_or_unhealthy_are_closed() {
+        let old = plan(&[
+            ("10.0.0.1:80", true, 1),
+            ("10.0.0.2:80", true, 0),
+            ("10.0.0.3:80", true, 1),
+        ]);
+        // .1 unhealthy, .2 healthy but still unused, .3 gone.
+        let new = plan(&[("10.0.0.1:80", false, 0), ("10.0.0.2:80", true, 1)]);
+        let got: Vec<String> = endpoints_to_close(&old, &new)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.1:80", "10.0.0.3:80"]);
+        // Failing back: the farther endpoint keeps its connections.
+        assert!(endpoints_to_close(&new, &old).is_empty());
+        // Unhealthy but routed to anyway (panic): kept.
+        let panic = plan(&[("10.0.0.1:80", false, 1)]);
+        assert!(
+            endpoints_to_close(&old, &panic)
+                .iter()
+                .all(|a| a.to_string() != "10.0.0.1:80")
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! Endpoint health: active checks move new connections off a dead endpoint
+//! and back when it recovers; the proxy's outlier detection ejects an
+//! endpoint that fails requests. Real backends are killed and restarted.
+use std::time::{Duration, Instant};
+
+use router_tests::{yaml, *};
+
+const E1: &str = "10.1.0.1:8080";
+const E2: &str = "10.1.1.1:8080";
+
+/// `web` with one endpoint in the node's zone (e1) and one in the next
+/// zone (e2); locality priorities on (outlier detection applies).
+fn inventory() -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::service("c1", "web", 8080, "TCP");
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web-1",
+        8080,
+        "TCP",
+        &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
+    );
+    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
+    y
+}
+
+fn outlier(errors: u32, base: &str) -> String {
+    format!(
+        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {{name: od, namespace: t}}\n\
+         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
+         \x20 config: {{consecutiveErrors: {errors}, interval: 100ms, baseEjectionTime: {base}, maxEjectionPercent: 50}}\n---\n"
+    )
+}
+
+fn active_check(kind: &str) -> String {
+    format!(
+        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: ActiveHealthCheckPolicy\nmetadata: {{name: hc, namespace: t}}\n\
+         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
+         \x20 config:\n    healthCheck: {{interval: 200ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 1, {kind}}}\n---\n"
+    )
+}
+
+struct Setup {
+    world: World,
+    e1: Option<Proc>,
+    routerd: Routerd,
+    vip: std::net::SocketAddr,
+}
+
+fn setup(policies: &str) -> Setup {
+    require_root();
+    let mut world = World::new(&[]).unwrap();
+    for a in ["10.1.0.1/32", "10.1.1.1/32"] {
+        world.world.ip(&["addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    world.start_backends(&[Listen::tcp(E2, "e2")]).unwrap();
+    let e1 = world.spawn_backend(&[Listen::tcp(E1, "e1")], &[]).unwrap();
+    world
+        .dir
+        .write("config/web.yaml", &(inventory() + policies))
+        .unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    Setup {
+        world,
+        e1: Some(e1),
+        routerd,
+        vip,
+    }
+}
+
+/// New connections, one at a time, until `want` answers `n` times in a
+/// row; returns (elapsed, failed connections, connections to others).
+fn until_only(s: &Setup, want: &str, n: usize, bound: Duration) -> (Duration, usize, usize) {
+    let t = Instant::now();
+    let (mut failed, mut other, mut streak) = (0, 0, 0);
+    while streak < n {
+        assert!(
+            t.elapsed() < bound,
+            "no switch to {want} within {bound:?} ({failed} failed, {other} elsewhere); routerd logged:\n{}",
+            s.routerd.logs().join("\n")
+        );
+        let p = &s.world.probe(&["tcp", &s.vip.to_string()]).unwrap()[0];
+        match &p.answer {
+            Some(a) if a.id == want => streak += 1,
+            Some(_) => {
+                other += 1;
+                streak = 0;
+            }
+            None => {
+                failed += 1;
+                streak = 0;
+            }
+        }
+    }
+    (t.elapsed(), failed, other)
+}
+
+#[test]
+fn active_checks_move_connections_off_a_dead_endpoint_and_back() {
+    let mut s = setup(&(outlier(5, "30s") + &active_check("tcpHealthCheck: {}")));
+    until_only(&s, "e1", 10, Duration::from_secs(5));
+
+    // Kill the closest endpoint: connect() to it is refused until two
+    // checks (200 ms apart, 200 ms timeout) fail and the plan is rewritten.
+    drop(s.e1.take());
+    let (took, failed, _) = until_only(&s, "e2", 10, Duration::from_secs(5));
+    eprintln!("failover: {took:?}, {failed} connections failed before it");
+    assert!(
+        s.routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("endpoint unhealthy") && l.contains(E1)),
+        "no health transition logged"
+    );
+    let applied = s
+        .routerd
+        .logs()
+        .iter()
+        .any(|l| l.contains("applied") && l.contains("endpoint health change"));
+    assert!(applied, "the health change was not applied");
+
+    // It comes back: one passing check returns it to its tier.
+    s.e1 = Some(
+        s.world
+            .spawn_backend(&[Listen::tcp(E1, "e1")], &[])
+            .unwrap(),
+    );
+    let (took, failed, _) = until_only(&s, "e1", 10, Duration::from_secs(5));
+    eprintln!("failback: {took:?} ({failed} failed)");
+    assert_eq!(failed, 0, "nothing should fail while an endpoint returns");
+}
+
+#[test]
+fn an_http_check_that_answers_the_wrong_status_takes_the_endpoint_out() {
+    // /status/503 answers 503 on every backend; expected 200 only. Both
+    // endpoints fail their checks: panic mode (Envoy's) keeps routing to
+    // the first tier rather than failing every connection.
+    let s = setup(
+        &(outlier(5, "30s")
+            + &active_check(
+                "httpHealthCheck: {path: /status/503, expectedStatuses: [{start: 200, end: 201}]}",
+            )),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = s.routerd.logs();
+        let down: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("endpoint unhealthy") && l.contains("answered 503"))
+            .collect();
+        if down.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "checks did not fail: {logs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let plan: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.routerd.state_dir.join("plan.json")).unwrap(),
+    )
+    .unwrap();
+    let svc = plan["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["vip"] == s.vip.ip().to_string())
+        .unwrap()
+        .clone();
+    let tiers = &svc["destinations"][0]["tiers"];
+    assert_eq!(tiers[0]["panic"], true, "{tiers}");
+    assert_eq!(tiers[0]["load_percent"], 100, "{tiers}");
+    assert_eq!(until_only(&s, "e1", 5, Duration::from_secs(5)).1, 0);
+}
+
+/// An L7 route (a path match) to the same destination: the proxy's
+/// requests see the failures.
+fn l7_route() -> String {
+    "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
+     spec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: web}, kind: VIRTUAL_DESTINATION, port: {number: 8080}}]}\n---\n"
+        .to_string()
+}
+
+#[test]
+fn the_proxy_ejects_an_endpoint_that_fails_and_takes_it_back_later() {
+    let mut s = setup(&(outlier(2, "1s") + &l7_route()));
+    let get = |n: usize| -> Vec<Probe> {
+        s.world
+            .probe(&[
+                "http",
+                &s.vip.to_string(),
+                "--path",
+                "/api/x",
+                "--count",
+                &n.to_string(),
+            ])
+            .unwrap()
+    };
+    let ids = |ps: &[Probe]| -> Vec<String> {
+        ps.iter()
+            .map(|p| match (&p.answer, p.status) {
+                (Some(a), _) => a.id.clone(),
+                (None, Some(code)) => code.to_string(),
+                (None, None) => "error".into(),
+            })
+            .collect()
+    };
+    assert!(ids(&get(5)).iter().all(|i| i == "e1"));
+
+    // e1 dies: the proxy answers 503 (connect failure) twice, ejects it,
+    // and the plan moves the destination to e2.
+    drop(s.e1.take());
+    let t = Instant::now();
+    let mut failed = 0;
+    loop {
+        let r = ids(&get(1));
+        if r[0] == "e2" {
+            break;
+        }
+        failed += 1;
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still {r:?} after {failed} requests"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "ejection: {:?}, {failed} requests failed before it",
+        t.elapsed()
+    );
+    assert!(
+        failed <= 3,
+        "{failed} failed requests; consecutiveErrors is 2"
+    );
+    assert!(ids(&get(10)).iter().all(|i| i == "e2"));
+    assert!(
+        s.routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("endpoint ejected") && l.contains(E1))
+    );
+
+    // e1 returns; after baseEjectionTime (1 s) it takes traffic again.
+    s.e1 = Some(
+        s.world
+            .spawn_backend(&[Listen::tcp(E1, "e1")], &[])
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !ids(&get(1)).iter().all(|i| i == "e1") {
+        assert!(t.elapsed() < Duration::from_secs(5), "e1 never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        s.routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("ejection over") && l.contains(E1))
+    );
+}
+
+/// `web` (TCP 8080) and `echo` (UDP 9000) on e1 and e2; `e1_ready` says
+/// whether e1 is ready; connections to removed endpoints are closed.
+fn closing_config(e1_ready: bool) -> String {
+    let mut y = yaml::router(
+        "c1",
+        "east",
+        "e1",
+        "  closeConnectionsToRemovedEndpoints: true\n",
+    );
+    for (svc, port, proto) in [("web", 8080, "TCP"), ("echo", 9000, "UDP")] {
+        y += &yaml::service("c1", svc, port, proto);
+        y += &yaml::slice(
+            "c1",
+            "east",
+            svc,
+            svc,
+            port,
+            proto,
+            &[("10.1.0.1", "e1", e1_ready), ("10.1.1.1", "e2", true)],
+        );
+        let p = if proto == "UDP" { "UDP" } else { "HTTP" };
+        y += &yaml::vd(svc, &format!("{svc}.t.mesh"), svc, port, p, "lb: local");
+    }
+    y + &outlier(5, "30s")
+}
+
+/// Start `rt-probe <args> --hold`; return it with its first answer.
+fn hold(world: &World, args: &[&str]) -> (std::process::Child, Box<dyn std::io::BufRead>, Probe) {
+    use std::io::BufRead;
+    let mut child = world
+        .client(bin("rt-probe"))
+        .args(args)
+        .arg("--hold")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out: Box<dyn BufRead> = Box::new(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, out, serde_json::from_str(&line).unwrap())
+}
+
+/// Tell a held probe to go again; its second answer.
+fn again(child: &mut std::process::Child, out: &mut Box<dyn std::io::BufRead>) -> Probe {
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    child.wait().unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn connections_to_a_removed_endpoint_are_closed_when_asked() {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp(E1, "e1"),
+        Listen::tcp(E2, "e2"),
+        Listen::udp("10.1.0.1:9000", "u1"),
+        Listen::udp("10.1.1.1:9000", "u2"),
+    ])
+    .unwrap();
+    world
+        .dir
+        .write("config/c.yaml", &closing_config(true))
+        .unwrap();
+    let cfg = world.dir.path.join("config");
+    let plan = plan(&cfg).unwrap();
+    let web = vip(&plan, "web.t.mesh", 8080, false).to_string();
+    let echo = vip(&plan, "echo.t.mesh", 9000, false).to_string();
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+
+    let (mut tcp, mut tcp_out, first) = hold(&world, &["tcp", &web]);
+    assert_eq!(first.answer.unwrap().id, "e1");
+    let (mut udp, mut udp_out, first) = hold(&world, &["udp", &echo, "--connected"]);
+    assert_eq!(first.answer.unwrap().id, "u1");
+
+    // e1 stops being ready.
+    world
+        .dir
+        .write("config/c.yaml", &closing_config(false))
+        .unwrap();
+    let start = routerd.log_len();
+    assert!(routerd.reload().unwrap().contains("applied"));
+    let closed = routerd
+        .wait_for(start, |l| l.contains("closed connections"))
+        .unwrap();
+    assert!(
+        closed.contains("tcp=1") && closed.contains("udp=1"),
+        "{closed}"
+    );
+
+    // The TCP connection was reset; the connected UDP socket got an error
+    // instead of talking to the removed endpoint forever.
+    let second = again(&mut tcp, &mut tcp_out);
+    assert!(!second.ok, "the TCP connection still works: {second:?}");
+    let second = again(&mut udp, &mut udp_out);
+    assert!(!second.ok, "the UDP socket still reaches u1: {second:?}");
+    // New ones go to e2.
+    let p = &world.probe(&["tcp", &web]).unwrap()[0];
+    assert_eq!(p.answer.as_ref().unwrap().id, "e2");
+    let p = &world.probe(&["udp", &echo, "--connected"]).unwrap()[0];
+    assert_eq!(p.answer.as_ref().unwrap().id, "u2");
+}
