@@ -11,6 +11,8 @@
 //! - Every namespace, cgroup, pinned object and temp dir is removed in `Drop`
 //!   (also when a test panics), and leftovers of killed test runs are swept
 //!   at the start of the next one.
+pub mod drill;
+
 use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
@@ -79,6 +81,33 @@ pub struct Bench {
     pub p50_us: f64,
     pub p99_us: f64,
     pub first_error: Option<String>,
+}
+
+/// What `rt-probe churn` saw: new connections (an HTTP GET each) to VIPs,
+/// each answer checked against the endpoints allowed to give it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    pub attempted: u64,
+    pub ok: u64,
+    /// No answer: refused, reset, timed out.
+    pub failed: u64,
+    /// Answered by an endpoint that does not serve that VIP.
+    pub misrouted: u64,
+    /// Answers per endpoint id.
+    pub by_id: std::collections::BTreeMap<String, u64>,
+    /// Unix time (ms) of the first and last failure.
+    pub first_failure_ms: Option<u64>,
+    pub last_failure_ms: Option<u64>,
+    /// The first few failures and misroutes, with what happened.
+    pub samples: Vec<String>,
+}
+
+/// Milliseconds since the Unix epoch (comparable across processes).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Pin the calling process to one CPU (benchmarks keep client and server apart).

@@ -40,6 +40,23 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
+    /// The drills at full scale (load through VIPs while configs churn, the
+    /// daemon is killed, endpoints die, hostile configs arrive, maps fill);
+    /// writes docs/drills.md. `cargo xtask test` runs them reduced.
+    Drill {
+        /// Arguments for rt-drill (e.g. --only reload_churn, --ci).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Fuzz the config loader and the HTTP route engine (cargo-fuzz,
+    /// libFuzzer with AddressSanitizer); installs cargo-fuzz if missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets (default: all): config_load, route_engine.
+        targets: Vec<String>,
+    },
     /// The kernel tests inside qemu on Debian's packaged kernels (6.1, 6.12).
     VmTest {
         /// Kernel lines or packages to test (default: all pinned ones).
@@ -187,6 +204,65 @@ fn bench(rest: &[String]) -> Result<()> {
         .env("RUST_BACKTRACE", "0"))
 }
 
+fn drill(rest: &[String]) -> Result<()> {
+    require_root("the drills")?;
+    build(true)?;
+    let root = root();
+    std::fs::create_dir_all(root.join("docs"))?;
+    run(Command::new(root.join("target/release/rt-drill"))
+        .current_dir(&root)
+        .arg("--out")
+        .arg(root.join("docs/drills.md"))
+        .args(rest)
+        .env("RUST_BACKTRACE", "0")
+        .env("ROUTERD_QUIET", "1"))
+}
+
+fn fuzz(secs: u64, targets: &[String]) -> Result<()> {
+    let root = root();
+    let works = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+    if !works(Command::new("cargo").args(["fuzz", "--version"])) {
+        eprintln!("xtask: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    // Seeds: every example config file.
+    let seeds = root.join("fuzz/corpus/config_load");
+    std::fs::create_dir_all(&seeds)?;
+    let mut stack = vec![root.join("configs")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                let name = p.strip_prefix(&root)?.to_string_lossy().replace('/', "_");
+                std::fs::copy(&p, seeds.join(name))?;
+            }
+        }
+    }
+    let all = ["config_load", "route_engine"];
+    for t in all
+        .iter()
+        .filter(|t| targets.is_empty() || targets.iter().any(|x| x == *t))
+    {
+        eprintln!("xtask: fuzzing {t} for {secs} s");
+        // cargo-fuzz passes -Z flags (sanitizers); stable rustc accepts them
+        // with RUSTC_BOOTSTRAP, so no nightly toolchain is needed.
+        run(Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "fuzz",
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={secs}"),
+                "-rss_limit_mb=4096",
+            ]))?;
+    }
+    Ok(())
+}
+
 fn demo() -> Result<()> {
     require_root("the demo")?;
     build(false)?;
@@ -251,6 +327,8 @@ fn dispatch() -> Result<()> {
             vm::vm_test(&kernels)
         }
         Cmd::Bench { rest } => bench(&rest),
+        Cmd::Drill { rest } => drill(&rest),
+        Cmd::Fuzz { secs, targets } => fuzz(secs, &targets),
         Cmd::Test { no_vm, rest } => test(no_vm, &rest),
     }
 }

@@ -363,6 +363,24 @@ fn to_slots(shares: &[(SocketAddr, Share)]) -> Vec<SlotShare> {
         .collect()
 }
 
+/// An error about the router's own settings, pinned on the RouterConfig
+/// (or on the flags, when there is none).
+fn settings_error(v: &Validated, message: String) -> ConfigError {
+    let (file, line, resource) = match v.config.router() {
+        Some(r) => (r.origin.file.clone(), r.origin.line, Some(r.display())),
+        None => ("<flags>".to_string(), 0, None),
+    };
+    ConfigError {
+        errors: vec![Diagnostic {
+            file,
+            line,
+            column: 0,
+            resource,
+            message,
+        }],
+    }
+}
+
 /// Compile a validated config into a plan.
 pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
     let mut c = Compiler {
@@ -420,14 +438,11 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         }
     }
     let names: Vec<String> = hosts.keys().cloned().collect();
-    let vips = vip::allocate(&names, &v.settings.vip_ranges).map_err(|e| ConfigError {
-        errors: vec![Diagnostic {
-            file: "<settings>".into(),
-            line: 0,
-            column: 0,
-            resource: None,
-            message: format!("{e}: use a larger VIP range (RouterConfig spec.vipRanges)"),
-        }],
+    let vips = vip::allocate(&names, &v.settings.vip_ranges).map_err(|e| {
+        settings_error(
+            v,
+            format!("{e}: use a larger VIP range (RouterConfig spec.vipRanges)"),
+        )
     })?;
 
     struct L7Pending {
@@ -604,15 +619,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         proxy.last_port,
         &l7::gateway_ports(&gateways),
     )
-    .map_err(|e| ConfigError {
-        errors: vec![Diagnostic {
-            file: "<settings>".into(),
-            line: 0,
-            column: 0,
-            resource: None,
-            message: format!("{e}: widen RouterConfig spec.proxy.portRange"),
-        }],
-    })?;
+    .map_err(|e| settings_error(v, format!("{e}: widen RouterConfig spec.proxy.portRange")))?;
     let mut l7_services = Vec::new();
     for (l, proxy_port) in l7_pending.into_iter().zip(ports) {
         for vip in &l.vips {

@@ -90,6 +90,26 @@ pub struct Config {
     pub files: Vec<String>,
 }
 
+impl Config {
+    /// No resource of any kind was read.
+    pub fn is_empty(&self) -> bool {
+        self.route_tables.is_empty()
+            && self.virtual_destinations.is_empty()
+            && self.virtual_gateways.is_empty()
+            && self.failover_policies.is_empty()
+            && self.outlier_policies.is_empty()
+            && self.health_policies.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+            && self.router_configs.is_empty()
+            && self.header_policies.is_empty()
+            && self.retry_policies.is_empty()
+            && self.fault_policies.is_empty()
+            && self.mirror_policies.is_empty()
+            && self.cors_policies.is_empty()
+    }
+}
+
 /// Command-line settings that override the RouterConfig resource.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -173,6 +193,23 @@ fn finish(
     overrides: &Overrides,
     mut diags: diag::Diags,
 ) -> Result<Validated, ConfigError> {
+    if cfg.is_empty() && diags.errors.is_empty() {
+        // An empty or truncated file must not wipe out what is serving.
+        let file = if cfg.files.is_empty() {
+            "<config>".to_string()
+        } else {
+            cfg.files.join(", ")
+        };
+        diags.push(
+            &file,
+            1,
+            None,
+            "no resources at all: refusing to replace the config with an empty one (a truncated \
+             or emptied file?). To route nothing on purpose, keep the RouterConfig and remove the \
+             routes; to remove the datapath, run `routerd stop`"
+                .to_string(),
+        );
+    }
     let settings = settings(&cfg, overrides, &mut diags);
     let inventory = inventory::Inventory::build(&cfg, &mut diags);
     let notices = validate::validate(&cfg, &inventory, &settings, &mut diags);

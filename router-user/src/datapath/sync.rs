@@ -98,10 +98,13 @@ pub struct Mirror {
     svc_ids: BTreeSet<u32>,
 }
 
-fn lowest_free(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
-    // Ids are dense from 1; the first gap (or the next number) is free.
-    let mut expect = 1;
-    for id in used {
+/// The lowest id at or above `from` (ids below it are known to be taken)
+/// that `used` lacks. Ids are dense from 1; the first gap (or the next
+/// number) is free. Allocating many ids in one apply passes the last one
+/// + 1 as `from`, so adding n services costs O(n log n), not O(n^2).
+fn lowest_free(used: &BTreeSet<u32>, from: u32, max: u32) -> Option<u32> {
+    let mut expect = from.max(1);
+    for id in used.range(expect..) {
         if *id != expect {
             break;
         }
@@ -347,6 +350,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
     let localities = plan.localities();
 
     // 1. Backends.
+    let (mut next_backend, mut next_svc) = (1, 1);
     let mut ids: BTreeMap<SocketAddr, u32> = BTreeMap::new();
     for b in &plan.backends {
         let (addr, family) = ip_words(b.addr.ip());
@@ -369,8 +373,9 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
                 ids.insert(b.addr, id);
             }
             None => {
-                let id = lowest_free(&mirror.backend_ids, max_backends)
+                let id = lowest_free(&mirror.backend_ids, next_backend, max_backends)
                     .context("no free backend id (capacity was checked: bug)")?;
+                next_backend = id + 1;
                 maps.backend_stats.set(id, zeroed::<BackendStats>()?, 0)?;
                 maps.backends.insert(id, value, 0)?;
                 r.writes += 2;
@@ -404,8 +409,9 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
                 (st.header.svc_id, Some(st.clone()))
             }
             None => {
-                let id = lowest_free(&mirror.svc_ids, max_services)
+                let id = lowest_free(&mirror.svc_ids, next_svc, max_services)
                     .context("no free service id (capacity was checked: bug)")?;
+                next_svc = id + 1;
                 maps.svc_stats.set(id, zeroed::<SvcStats>()?, 0)?;
                 r.writes += 1;
                 mirror.svc_ids.insert(id);
@@ -517,9 +523,10 @@ mod tests {
     #[test]
     fn lowest_free_fills_gaps() {
         let used: BTreeSet<u32> = [1, 2, 4].into_iter().collect();
-        assert_eq!(lowest_free(&used, 10), Some(3));
+        assert_eq!(lowest_free(&used, 1, 10), Some(3));
+        assert_eq!(lowest_free(&used, 4, 10), Some(5));
         let used: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
-        assert_eq!(lowest_free(&used, 4), None);
-        assert_eq!(lowest_free(&BTreeSet::new(), 4), Some(1));
+        assert_eq!(lowest_free(&used, 1, 4), None);
+        assert_eq!(lowest_free(&BTreeSet::new(), 1, 4), Some(1));
     }
 }

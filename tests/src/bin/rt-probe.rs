@@ -108,6 +108,21 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Connection churn for the drills: `conns` clients open new connections
+    /// (an HTTP GET each, then RST) to the targets in turn, at most `rate`
+    /// per second in all, until a line arrives on stdin (or `--millis`);
+    /// prints one [`router_tests::Churn`] line.
+    Churn {
+        /// `ADDR=ID,ID,...`: a VIP and the endpoint ids allowed to answer there.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long)]
+        millis: Option<u64>,
+    },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
     Bench {
         addr: SocketAddr,
@@ -402,6 +417,82 @@ async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> Result<Answer
     serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))
 }
 
+async fn churn(
+    targets: Vec<(SocketAddr, Vec<String>)>,
+    conns: usize,
+    rate: u64,
+    millis: Option<u64>,
+) -> router_tests::Churn {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = Arc::new(Mutex::new(router_tests::Churn::default()));
+    let targets = Arc::new(targets);
+    // Each client waits this long between connections (bounded load).
+    let gap = Duration::from_micros(1_000_000 * conns.max(1) as u64 / rate.max(1));
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (stop, out, targets) = (stop.clone(), out.clone(), targets.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            let mut tick = tokio::time::interval(gap);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (addr, allowed) = &targets[i % targets.len()];
+                i += 1;
+                let (p, sender) = tcp_once(*addr, "/churn").await;
+                drop(sender);
+                let mut o = out.lock().unwrap();
+                o.attempted += 1;
+                match &p.answer {
+                    Some(a) if allowed.contains(&a.id) => {
+                        o.ok += 1;
+                        *o.by_id.entry(a.id.clone()).or_default() += 1;
+                    }
+                    Some(a) => {
+                        o.misrouted += 1;
+                        *o.by_id.entry(a.id.clone()).or_default() += 1;
+                        if o.samples.len() < 20 {
+                            let m = format!(
+                                "misrouted: {addr} answered by {} (allowed {allowed:?})",
+                                a.id
+                            );
+                            o.samples.push(m);
+                        }
+                    }
+                    None => {
+                        let now = router_tests::epoch_ms();
+                        o.failed += 1;
+                        o.first_failure_ms.get_or_insert(now);
+                        o.last_failure_ms = Some(now);
+                        if o.samples.len() < 20 {
+                            let m =
+                                format!("failed: {addr}: {}", p.error.clone().unwrap_or_default());
+                            o.samples.push(m);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    match millis {
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        None => {
+            let mut line = String::new();
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let _ = stdin.read_line(&mut line).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    out.lock().unwrap().clone()
+}
+
 async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
     let stream = match tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await {
         Err(_) => {
@@ -416,6 +507,8 @@ async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
         Ok(Err(e)) => return (failed(&e), None),
         Ok(Ok(s)) => s,
     };
+    // Close with RST: churn opens thousands per second.
+    let _ = socket_linger_zero_tokio(&stream);
     let peer = stream.peer_addr().ok().map(|p| p.to_string());
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
@@ -936,6 +1029,24 @@ async fn main() -> Result<()> {
                 router_tests::pin_to_cpu(cpu)?;
             }
             println!("{}", serde_json::to_string(&bench(addr, millis)).unwrap());
+        }
+        Cmd::Churn {
+            targets,
+            conns,
+            rate,
+            millis,
+        } => {
+            let mut parsed = Vec::new();
+            for t in &targets {
+                let (addr, ids) = t
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--target {t:?}: expected ADDR=ID,ID"))?;
+                parsed.push((addr.parse()?, ids.split(',').map(String::from).collect()));
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&churn(parsed, conns, rate, millis).await)?
+            );
         }
         Cmd::Udp {
             addr,

@@ -1,0 +1,643 @@
+//! The drills (issue: health, failover and staying up): repeatable programs
+//! that put routerd under bounded load inside test namespaces while
+//! something goes wrong, and check that nothing is lost. `tests/drills.rs`
+//! runs them reduced in CI; `cargo xtask drill` runs them in full and
+//! writes docs/drills.md.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::*;
+
+/// How hard to push.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    /// Config reloads under churn (drill 1).
+    pub reloads: usize,
+    /// kill -9 and restart cycles (drill 2).
+    pub restarts: usize,
+    /// Hostile configs (drill 4).
+    pub hostile: usize,
+    /// New connections per second, in all.
+    pub rate: u64,
+}
+
+impl Scale {
+    pub const CI: Scale = Scale {
+        reloads: 40,
+        restarts: 3,
+        hostile: 60,
+        rate: 400,
+    };
+    pub const FULL: Scale = Scale {
+        reloads: 300,
+        restarts: 10,
+        hostile: 400,
+        rate: 1500,
+    };
+}
+
+/// One drill's figures, in order, for the report.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub name: &'static str,
+    pub rows: Vec<(&'static str, String)>,
+}
+
+impl Figures {
+    fn new(name: &'static str) -> Self {
+        Figures {
+            name,
+            rows: Vec::new(),
+        }
+    }
+    fn add(&mut self, k: &'static str, v: impl ToString) {
+        self.rows.push((k, v.to_string()));
+    }
+    fn churn(&mut self, c: &Churn) {
+        self.add("connections attempted", c.attempted);
+        self.add("connections failed", c.failed);
+        self.add("connections misrouted", c.misrouted);
+    }
+}
+
+const WEB: [(&str, &str); 2] = [("10.1.0.1", "e1"), ("10.1.1.1", "e2")];
+const API: [(&str, &str); 2] = [("10.1.0.2", "a1"), ("10.1.1.2", "a2")];
+
+/// Churn in the background: stop it to get what it saw.
+pub struct Load {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Load {
+    pub fn start(world: &World, targets: &[(SocketAddr, &[&str])], rate: u64) -> Result<Load> {
+        let mut cmd = world.client(bin("rt-probe"));
+        cmd.args(["churn", "--conns", "4", "--rate", &rate.to_string()]);
+        for (addr, ids) in targets {
+            cmd.arg("--target").arg(format!("{addr}={}", ids.join(",")));
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting rt-probe churn")?;
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Ok(Load { child, out })
+    }
+
+    pub fn stop(mut self) -> Result<Churn> {
+        self.child.stdin.as_mut().unwrap().write_all(b"stop\n")?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        self.child.wait()?;
+        serde_json::from_str(line.trim()).with_context(|| format!("bad churn line {line:?}"))
+    }
+}
+
+/// `web` and `api`, each on two endpoints in two zones; `variant` 1 takes
+/// e1 and a2 out (not ready) and adds `extra` hosts, so every reload
+/// changes slots and allocates or frees service ids.
+fn churn_config(variant: usize, extra: usize, tail: &str) -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    for (svc, eps) in [("web", WEB), ("api", API)] {
+        y += &yaml::service("c1", svc, 8080, "TCP");
+        let ready = |id: &str| variant.is_multiple_of(2) || (id != "e1" && id != "a2");
+        let list: Vec<yaml::Ep<'_>> = eps
+            .iter()
+            .map(|(a, id)| {
+                (
+                    *a,
+                    if *id == "e1" || *id == "a1" {
+                        "e1"
+                    } else {
+                        "e2"
+                    },
+                    ready(id),
+                )
+            })
+            .collect();
+        y += &yaml::slice("c1", "east", svc, svc, 8080, "TCP", &list);
+        y += &yaml::vd(
+            svc,
+            &format!("{svc}.t.mesh"),
+            svc,
+            8080,
+            "HTTP",
+            "lb: local",
+        );
+    }
+    if !variant.is_multiple_of(2) {
+        for i in 0..extra {
+            y += &yaml::vd(
+                &format!("x{i}"),
+                &format!("x{i}.t.mesh"),
+                "api",
+                8080,
+                "HTTP",
+                "",
+            );
+        }
+    }
+    y + &yaml::outlier() + tail
+}
+
+struct Drill {
+    world: World,
+    routerd: Routerd,
+    web: SocketAddr,
+    api: SocketAddr,
+    cfg: std::path::PathBuf,
+}
+
+fn listens() -> Vec<Listen> {
+    WEB.iter()
+        .chain(API.iter())
+        .map(|(a, id)| Listen::tcp(&format!("{a}:8080"), id))
+        .collect()
+}
+
+impl Drill {
+    fn start(config: &str, extra: &[&str]) -> Result<Drill> {
+        let world = World::new(&listens())?;
+        world.dir.write("config/mesh.yaml", config)?;
+        let cfg = world.dir.path.join("config");
+        let plan = plan(&cfg)?;
+        let web = vip(&plan, "web.t.mesh", 8080, false);
+        let api = vip(&plan, "api.t.mesh", 8080, false);
+        let mut args = vec!["--no-watch"];
+        args.extend_from_slice(extra);
+        let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &args)?;
+        Ok(Drill {
+            world,
+            routerd,
+            web,
+            api,
+            cfg,
+        })
+    }
+
+    fn load(&self, rate: u64) -> Result<Load> {
+        Load::start(
+            &self.world,
+            &[(self.web, &["e1", "e2"]), (self.api, &["a1", "a2"])],
+            rate,
+        )
+    }
+
+    fn generation(&self) -> Result<u64> {
+        let v = self.routerd.inspect()?;
+        v["generation"]
+            .as_u64()
+            .with_context(|| format!("no generation in inspect: {v}"))
+    }
+}
+
+fn clean(c: &Churn, what: &str) -> Result<()> {
+    ensure!(c.attempted > 0, "{what}: no connections were attempted");
+    ensure!(
+        c.failed == 0 && c.misrouted == 0,
+        "{what}: {} of {} connections failed and {} were misrouted: {:?}",
+        c.failed,
+        c.attempted,
+        c.misrouted,
+        c.samples
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e3)
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Drill 1: reload the config many times under connection churn.
+pub fn reload_churn(s: Scale) -> Result<Figures> {
+    let d = Drill::start(&churn_config(0, 0, ""), &[])?;
+    let load = d.load(s.rate)?;
+    let mut took = Vec::new();
+    for i in 1..=s.reloads {
+        d.world
+            .dir
+            .write("config/mesh.yaml", &churn_config(i, 50, ""))?;
+        let t = Instant::now();
+        let line = d.routerd.reload()?;
+        ensure!(
+            line.contains(" applied "),
+            "reload {i} was not applied: {line}"
+        );
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let c = load.stop()?;
+    let mut f = Figures::new("1. config reloaded under connection churn");
+    f.add(
+        "reloads (each changes slots, adds or removes 50 hosts)",
+        s.reloads,
+    );
+    f.churn(&c);
+    f.add(
+        "reload, signal to applied: p50 / max (ms)",
+        format!(
+            "{:.0} / {:.0}",
+            percentile(took.clone(), 0.5),
+            percentile(took, 1.0)
+        ),
+    );
+    clean(&c, "reload churn")?;
+    Ok(f)
+}
+
+/// Drill 2: kill -9 the daemon under load, and restart it, several times.
+pub fn kill_restart(s: Scale) -> Result<Figures> {
+    let mut d = Drill::start(&churn_config(0, 0, ""), &[])?;
+    let load = d.load(s.rate)?;
+    let mut ready = Vec::new();
+    for _ in 0..s.restarts {
+        std::thread::sleep(Duration::from_millis(300));
+        d.routerd.kill9();
+        // Nobody home: the pinned datapath keeps routing.
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        d.routerd.spawn()?;
+        ready.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let c = load.stop()?;
+    let mut f = Figures::new("2. kill -9 and restart of routerd under load");
+    f.add(
+        "kill -9 + restart cycles (0.5 s with no daemon each)",
+        s.restarts,
+    );
+    f.churn(&c);
+    f.add(
+        "restart to ready, adopting the pinned maps: p50 (ms)",
+        format!("{:.0}", percentile(ready, 0.5)),
+    );
+    clean(&c, "kill -9 and restart")?;
+    Ok(f)
+}
+
+/// Drill 3: the closest endpoint dies under load; active checks move
+/// traffic to the next tier within the configured bound.
+pub fn endpoint_failover(s: Scale) -> Result<Figures> {
+    let (interval, timeout, threshold) = (200u64, 200u64, 2u64);
+    let hc = format!(
+        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: ActiveHealthCheckPolicy\nmetadata: {{name: hc, namespace: t}}\n\
+         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
+         \x20 config: {{healthCheck: {{interval: {interval}ms, timeout: {timeout}ms, unhealthyThreshold: {threshold}, tcpHealthCheck: {{}}}}}}\n---\n"
+    );
+    // e1 runs in its own process so it can die alone.
+    let mut world = World::new(&[])?;
+    for (a, _) in WEB {
+        world
+            .world
+            .ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+    }
+    world.start_backends(&[Listen::tcp("10.1.1.1:8080", "e2")])?;
+    let e1 = world.spawn_backend(&[Listen::tcp("10.1.0.1:8080", "e1")], &[])?;
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::service("c1", "web", 8080, "TCP");
+    y += &yaml::slice(
+        "c1",
+        "east",
+        "web",
+        "web",
+        8080,
+        "TCP",
+        &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
+    );
+    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
+    y += &yaml::outlier();
+    y += &hc;
+    world.dir.write("config/web.yaml", &y)?;
+    let cfg = world.dir.path.join("config");
+    let web = vip(&plan(&cfg)?, "web.t.mesh", 8080, false);
+    let _routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"])?;
+    let load = Load::start(&world, &[(web, &["e1", "e2"])], s.rate)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let killed = epoch_ms();
+    drop(e1);
+    std::thread::sleep(Duration::from_millis(3000));
+    let c = load.stop()?;
+    let bound = interval * threshold + timeout + 500;
+    let failover = c.last_failure_ms.map_or(0, |l| l.saturating_sub(killed));
+    let mut f = Figures::new("3. the closest endpoint killed under load");
+    f.add(
+        "active check",
+        format!("TCP every {interval} ms, timeout {timeout} ms, unhealthy after {threshold}"),
+    );
+    f.add("load (connections/s)", s.rate);
+    f.churn(&c);
+    f.add(
+        "failover: kill to the last failed connection (ms)",
+        failover,
+    );
+    f.add(
+        "bound: interval x threshold + timeout + 500 ms recompile slack (ms)",
+        bound,
+    );
+    ensure!(c.misrouted == 0, "misrouted connections: {:?}", c.samples);
+    ensure!(
+        c.by_id.get("e1").copied().unwrap_or(0) > 0,
+        "e1 never took traffic before it died"
+    );
+    ensure!(
+        failover <= bound,
+        "failover took {failover} ms, over the {bound} ms bound ({} failed)",
+        c.failed
+    );
+    // Afterwards: nothing fails, all on e2.
+    let after = Load::start(&world, &[(web, &["e2"])], s.rate)?;
+    std::thread::sleep(Duration::from_millis(500));
+    clean(&after.stop()?, "after failover")?;
+    Ok(f)
+}
+
+/// A hostile variant of `good`: one random mutation (the drill keeps only
+/// those that are invalid).
+fn mutate(good: &str, rng: &mut fastrand::Rng) -> String {
+    let lines: Vec<&str> = good.lines().collect();
+    let i = rng.usize(0..lines.len());
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    match rng.u8(0..10) {
+        0 => {
+            // Break the indentation of one line.
+            out[i] = format!("   {}", out[i]);
+        }
+        1 => {
+            // Misspell a key.
+            if let Some((k, v)) = out[i].split_once(':') {
+                out[i] = format!("{k}x:{v}");
+            }
+        }
+        2 => {
+            // Cut the file in the middle of a line.
+            out.truncate(i + 1);
+            let l = out[i].len();
+            out[i].truncate(l / 2);
+        }
+        3 => {
+            // A dangling reference.
+            out[i] = out[i]
+                .replace("app: web", "app: nosuch")
+                .replace("name: web", "name: nosuch");
+            if out[i] == lines[i] {
+                out.push("---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: dangling, namespace: t}\nspec:\n  hosts: [d.t.mesh]\n  http:\n  - forwardTo: {destinations: [{ref: {name: nosuch}, port: {number: 1}}]}".into());
+            }
+        }
+        4 => {
+            // Wrong types.
+            out[i] = out[i].replace("8080", "eighty").replace("true", "[yes]");
+            if out[i] == lines[i] {
+                out.push("---\nkind: Service\napiVersion: v1\nmetadata: {name: z, namespace: t}\nspec: {ports: [{port: -1}]}".into());
+            }
+        }
+        5 => {
+            // Random bytes spliced in.
+            let junk: String = (0..rng.usize(1..40)).map(|_| rng.char('!'..='~')).collect();
+            out[i] = format!("{}{junk}", out[i]);
+            out.push(format!("{junk}: [{{"));
+        }
+        6 => {
+            // A conflicting duplicate: the same host on a second table.
+            out.push("---\napiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {name: dup, namespace: t}\nspec:\n  hosts: [web.t.mesh]\n  services: [{labels: {app: web}}]\n  ports: [{number: 8080, protocol: HTTP}]".into());
+        }
+        7 => {
+            // An unknown kind or apiVersion.
+            out.push(format!("---\napiVersion: networking.gloo.solo.io/v{}\nkind: RouteTable\nmetadata: {{name: v, namespace: t}}\nspec: {{}}", rng.u8(3..9)));
+        }
+        8 => {
+            // Out-of-range numbers.
+            out.push(format!("---\napiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {{name: o{i}, namespace: t}}\nspec:\n  applyToDestinations: [{{selector: {{labels: {{lb: local}}}}}}]\n  config: {{maxEjectionPercent: {}, interval: -{}s}}", rng.u32(101..100000), rng.u8(1..9)));
+        }
+        _ => {
+            // A tab where YAML wants spaces.
+            out[i] = out[i].replacen("  ", "\t", 1);
+            if out[i] == lines[i] {
+                out.insert(i, "\tkey: value".into());
+            }
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// Hand-made hostile files: a YAML alias bomb, deep nesting, junk, a huge file.
+fn curated() -> Vec<(&'static str, Vec<u8>)> {
+    let mut bomb = String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+    for (i, prev) in ["b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        bomb += &format!(
+            "{}: &{} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n",
+            i, i
+        );
+    }
+    let deep = format!(
+        "kind: RouteTable\nspec: {}{}\n",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let mut big = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: t}\nspec:\n  ports:\n",
+    );
+    while big.len() < 8 << 20 {
+        big += "  - {name: p, port: 1, protocol: TCP, bogus: 1}\n";
+    }
+    vec![
+        ("YAML alias bomb (billion laughs)", bomb.into_bytes()),
+        ("20,000 nested sequences", deep.into_bytes()),
+        ("binary junk", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect()),
+        ("invalid UTF-8", b"kind: RouteTable\nmetadata: {name: \xff\xfe}\n".to_vec()),
+        ("8 MiB of unknown fields", big.into_bytes()),
+        ("duplicate keys", b"apiVersion: v1\nkind: Service\nkind: Service\nmetadata: {name: d, namespace: t}\nspec: {ports: []}\n".to_vec()),
+        ("empty document list", b"---\n---\n---\n".to_vec()),
+    ]
+}
+
+/// Drill 4: hundreds of malformed and hostile configs while the last good
+/// one keeps serving.
+pub fn hostile_configs(s: Scale) -> Result<Figures> {
+    let good = churn_config(0, 0, "");
+    let d = Drill::start(&good, &[])?;
+    let gen0 = d.generation()?;
+    let scratch = TempDir::new(&unique())?;
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut cases: Vec<(String, Vec<u8>)> = curated()
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b))
+        .collect();
+    let mut still_valid = 0;
+    while cases.len() < s.hostile {
+        let text = mutate(&good, &mut rng);
+        scratch.write("c/mesh.yaml", &text)?;
+        if plan(&scratch.path.join("c")).is_ok() {
+            still_valid += 1; // a harmless mutation: not hostile, not used
+            continue;
+        }
+        cases.push((format!("mutation {}", cases.len()), text.into_bytes()));
+    }
+    let load = d.load(s.rate)?;
+    let mut slowest = Duration::ZERO;
+    for (name, bytes) in &cases {
+        std::fs::write(d.cfg.join("mesh.yaml"), bytes)?;
+        let start = d.routerd.log_len();
+        let t = Instant::now();
+        let verdict = d
+            .routerd
+            .reload()
+            .with_context(|| format!("{name}: no verdict"))?;
+        slowest = slowest.max(t.elapsed());
+        ensure!(
+            verdict.contains("reload rejected"),
+            "{name} was not rejected: {verdict}"
+        );
+        let logs = d.routerd.logs();
+        let said: Vec<&String> = logs[start..]
+            .iter()
+            .filter(|l| l.contains("ERROR"))
+            .collect();
+        ensure!(
+            said.iter().any(|l| l.contains("mesh.yaml:")),
+            "{name}: the error does not name the file and line: {said:#?}"
+        );
+    }
+    std::fs::write(d.cfg.join("mesh.yaml"), &good)?;
+    let back = d.routerd.reload()?;
+    let c = load.stop()?;
+    ensure!(
+        d.generation()? == gen0,
+        "the generation moved: something was applied"
+    );
+    let mut f = Figures::new("4. malformed and hostile configs");
+    f.add("configs tried (7 hand-made: alias bomb, 20k-deep nesting, binary, bad UTF-8, 8 MiB, duplicate keys, empty)", cases.len());
+    f.add("rejected with file:line", cases.len());
+    f.add(
+        "random mutations that were still valid (skipped)",
+        still_valid,
+    );
+    f.churn(&c);
+    f.add("slowest verdict (ms)", ms(slowest));
+    f.add("generation before / after", format!("{gen0} / {gen0}"));
+    ensure!(
+        back.contains("no change"),
+        "restoring the good config: {back}"
+    );
+    clean(&c, "hostile configs")?;
+    Ok(f)
+}
+
+/// Drill 5: configs that do not fit the maps (or the VIP or port ranges)
+/// are refused whole: nothing partial, the old plan keeps serving.
+pub fn size_limits(s: Scale) -> Result<Figures> {
+    let good = churn_config(0, 0, "");
+    let d = Drill::start(&good, &["--max-services", "64", "--max-backends", "64"])?;
+    let gen0 = d.generation()?;
+    let services0 = d.routerd.inspect()?["services"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    let load = d.load(s.rate)?;
+    let mut f = Figures::new("5. maps near their size limits");
+    let many_hosts = churn_config(1, 70, "");
+    let mut many_eps = good.clone();
+    let eps: Vec<String> = (0..70).map(|i| format!("10.3.0.{}", i + 1)).collect();
+    let list: Vec<yaml::Ep<'_>> = eps.iter().map(|a| (a.as_str(), "e1", true)).collect();
+    many_eps += &yaml::service("c1", "wide", 8080, "TCP");
+    many_eps += &yaml::slice("c1", "east", "wide", "wide", 8080, "TCP", &list);
+    many_eps += &yaml::vd("wide", "wide.t.mesh", "wide", 8080, "HTTP", "");
+    let tiny_vips = churn_config(1, 3, "").replacen(
+        "  zone: e1\n",
+        "  zone: e1\n  vipRanges: {ipv4: 240.240.0.0/30}\n",
+        1,
+    );
+    let cases = [
+        (
+            "72 hosts with --max-services 64",
+            many_hosts,
+            "larger --max-services",
+        ),
+        (
+            "70 more endpoints with --max-backends 64",
+            many_eps,
+            "larger --max-backends",
+        ),
+        (
+            "5 hosts in a /30 VIP range (2 addresses)",
+            tiny_vips,
+            "larger VIP range",
+        ),
+    ];
+    for (name, text, hint) in cases {
+        d.world.dir.write("config/mesh.yaml", &text)?;
+        let start = d.routerd.log_len();
+        let verdict = d.routerd.reload()?;
+        let logs = d.routerd.logs()[start..].join("\n");
+        ensure!(!verdict.contains(" applied "), "{name}: applied: {verdict}");
+        ensure!(
+            logs.contains(hint),
+            "{name}: the error does not say what to do ({hint}): {logs}"
+        );
+        let said = logs
+            .lines()
+            .find(|l| l.contains(hint))
+            .unwrap_or("")
+            .to_string();
+        let said = said
+            .split_once("Z ")
+            .map_or(said.as_str(), |x| x.1)
+            .chars()
+            .take(160)
+            .collect::<String>();
+        f.add(name, format!("refused: \"{said}...\""));
+        ensure!(d.generation()? == gen0, "{name}: the generation moved");
+        let services = d.routerd.inspect()?["services"]
+            .as_array()
+            .map_or(0, |a| a.len());
+        ensure!(
+            services == services0,
+            "{name}: {services} services in the maps, {services0} before: partial state"
+        );
+    }
+    let c = load.stop()?;
+    f.churn(&c);
+    f.add(
+        "generation and service count before / after",
+        format!("{gen0}, {services0} / unchanged"),
+    );
+    clean(&c, "size limits")?;
+    Ok(f)
+}
+
+/// Every drill, in order.
+pub type DrillFn = fn(Scale) -> Result<Figures>;
+pub const ALL: [(&str, DrillFn); 5] = [
+    ("reload_churn", reload_churn),
+    ("kill_restart", kill_restart),
+    ("endpoint_failover", endpoint_failover),
+    ("hostile_configs", hostile_configs),
+    ("size_limits", size_limits),
+];
+
+/// Markdown for the report.
+pub fn markdown(results: &[Figures]) -> String {
+    let mut md = String::new();
+    for f in results {
+        md += &format!("### {}\n\n| | |\n|---|---:|\n", f.name);
+        for (k, v) in &f.rows {
+            md += &format!("| {k} | {v} |\n");
+        }
+        md += "\n";
+    }
+    md
+}
