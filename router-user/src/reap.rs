@@ -261,7 +261,7 @@ pub fn close_connections(
                     }
                     if ty == libc::NLMSG_ERROR as u16 {
                         let code = i32::from_ne_bytes(payload[..4].try_into().unwrap_or([0; 4]));
-                        return Err(io::Error::from_raw_os_error(-code));
+                        return Err(dump_error(-code, protocol));
                     }
                     let Some(m) = read_struct::<DiagMsg>(&payload) else {
                         continue;
@@ -322,6 +322,29 @@ pub fn diag_socket() -> io::Result<OwnedFd> {
     }
     // SAFETY: fd was just returned by socket(2).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A failed sock_diag dump, said so that the operator can fix it. ENOENT
+/// means the kernel has no handler for the protocol: the inet_diag modules
+/// are not loaded (a full system autoloads them through modprobe; a minimal
+/// one, like the VM tests' initramfs, must load them itself).
+fn dump_error(errno: i32, protocol: u8) -> io::Error {
+    let proto = if protocol == libc::IPPROTO_TCP as u8 {
+        "tcp_diag"
+    } else {
+        "udp_diag"
+    };
+    let e = io::Error::from_raw_os_error(errno);
+    if errno == libc::ENOENT {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the kernel cannot list sockets ({e}): expected the sock_diag handler from the {proto} module (CONFIG_INET_DIAG); load it with `modprobe inet_diag {proto}`"
+            ),
+        )
+    } else {
+        e
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ enum Cmd {
         /// Kernel lines or packages to test (default: all pinned ones).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Test suites to run (tests/tests/<suite>.rs; default: all).
+        #[arg(long = "suite")]
+        suites: Vec<String>,
     },
     /// Everything CI runs: set-up, lint, build, unit and kernel tests on this
     /// kernel, then the kernel tests in VMs (6.1, 6.12, and 5.10 for the
@@ -181,7 +184,7 @@ fn test(no_vm: bool, rest: &[String]) -> Result<()> {
         eprintln!("xtask: skipped the VM suite (--no-vm)");
         return Ok(());
     }
-    vm::vm_test(&[])
+    vm::vm_test(&[], &[])
 }
 
 fn bench(rest: &[String]) -> Result<()> {
@@ -322,9 +325,9 @@ fn dispatch() -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Demo => demo(),
         Cmd::Lint => lint(),
-        Cmd::VmTest { kernels } => {
+        Cmd::VmTest { kernels, suites } => {
             build_ebpf()?;
-            vm::vm_test(&kernels)
+            vm::vm_test(&kernels, &suites)
         }
         Cmd::Bench { rest } => bench(&rest),
         Cmd::Drill { rest } => drill(&rest),

@@ -358,6 +358,7 @@ fn build_initramfs(
     spec: &KernelSpec,
     bins: &Binaries,
     work: &Path,
+    suites: &[String],
 ) -> Result<PathBuf> {
     let root = work.join("root");
     let _ = std::fs::remove_dir_all(&root);
@@ -403,26 +404,39 @@ fn build_initramfs(
         // l4-<hash> -> l4
         let name = t.file_name().unwrap().to_string_lossy();
         let short = name.rsplit_once('-').map(|(n, _)| n).unwrap_or(&name);
-        if spec.tests.is_some_and(|only| !only.contains(&short)) {
+        if spec.tests.is_some_and(|only| !only.contains(&short))
+            || (!suites.is_empty() && !suites.iter().any(|s| s == short))
+        {
             continue;
         }
         std::fs::copy(t, root.join("tests").join(short))?;
     }
-    // The one module the tests need (veth); 6.12 ships modules xz-compressed.
-    let veth = [
-        "kernel/drivers/net/veth.ko",
-        "kernel/drivers/net/veth.ko.xz",
+    // The modules the tests need, in load order (init insmods them in name
+    // order; there is no modprobe to autoload them): veth for the test
+    // namespaces, the sock_diag handlers for closing connections to removed
+    // endpoints. 6.12 ships modules xz-compressed.
+    for (i, m) in [
+        "drivers/net/veth",
+        "net/ipv4/inet_diag",
+        "net/ipv4/tcp_diag",
+        "net/ipv4/udp_diag",
     ]
     .iter()
-    .map(|p| kernel.modules.join(p))
-    .find(|p| p.exists())
-    .context("the kernel package has no veth module")?;
-    let dest = root.join("lib/modules/veth.ko");
-    if veth.extension().is_some_and(|e| e == "xz") {
-        let out = Command::new("xz").arg("-dc").arg(&veth).output()?;
-        std::fs::write(&dest, out.stdout)?;
-    } else {
-        std::fs::copy(&veth, &dest)?;
+    .enumerate()
+    {
+        let src = ["ko", "ko.xz"]
+            .iter()
+            .map(|ext| kernel.modules.join(format!("kernel/{m}.{ext}")))
+            .find(|p| p.exists())
+            .with_context(|| format!("the kernel package has no {m} module"))?;
+        let name = m.rsplit('/').next().unwrap_or(m);
+        let dest = root.join(format!("lib/modules/{i}-{name}.ko"));
+        if src.extension().is_some_and(|e| e == "xz") {
+            let out = Command::new("xz").arg("-dc").arg(&src).output()?;
+            std::fs::write(&dest, out.stdout)?;
+        } else {
+            std::fs::copy(&src, &dest)?;
+        }
     }
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
@@ -528,7 +542,7 @@ fn boot(kernel: &Kernel, initramfs: &Path, log: &Path) -> Result<Outcome> {
     })
 }
 
-pub fn vm_test(selected: &[String]) -> Result<()> {
+pub fn vm_test(selected: &[String], suites: &[String]) -> Result<()> {
     toolchain::ensure_packages(&[
         ("dnsmasq", "dnsmasq-base"),
         ("dig", "bind9-dnsutils"),
@@ -557,7 +571,7 @@ pub fn vm_test(selected: &[String]) -> Result<()> {
         let kernel = fetch_kernel(&mut apt, k)?;
         let work = vm_dir().join(&kernel.package);
         std::fs::create_dir_all(&work)?;
-        let image = build_initramfs(&kernel, k, &bins, &work)?;
+        let image = build_initramfs(&kernel, k, &bins, &work, suites)?;
         let log = work.join("console.log");
         eprintln!(
             "xtask: booting {} under TCG (console: {})",
