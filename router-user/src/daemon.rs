@@ -75,9 +75,17 @@ fn load_and_compile(
     Ok((Arc::new(v), plan))
 }
 
-fn write_state(state_dir: &Path, plan: &Plan) -> Result<()> {
+/// The state directory, root only (the plan names every endpoint).
+fn state_dir_ready(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to root", state_dir.display()))
+}
+
+fn write_state(state_dir: &Path, plan: &Plan) -> Result<()> {
+    state_dir_ready(state_dir)?;
     let tmp = state_dir.join("plan.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(plan)?)?;
     std::fs::rename(&tmp, plan_file(state_dir))?;
@@ -333,7 +341,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         )?;
     }
     tracing::info!(?startup, compile_and_load_ms = compile_ms, listeners = ?proxy.ports(), "routerd ready");
-    std::fs::create_dir_all(&opts.state_dir)?;
+    state_dir_ready(&opts.state_dir)?;
     std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
 
     let (_watcher, mut changes) = if opts.watch {

@@ -54,6 +54,39 @@ fn healthy(world: &World, vip: &str) {
 }
 
 #[test]
+fn the_proxy_is_never_an_open_proxy() {
+    let (world, _d, vip) = setup();
+    // CONNECT to anywhere: refused.
+    let r = raw(
+        &world,
+        &vip,
+        "CONNECT 198.51.100.7:443 HTTP/1.1\\r\\nHost: 198.51.100.7:443\\r\\n\\r\\n",
+        3000,
+    );
+    assert_eq!(
+        r["first_line"].as_str(),
+        Some("HTTP/1.1 405 Method Not Allowed"),
+        "{r}"
+    );
+    // An absolute URI and a foreign Host: routed by the table like any
+    // request, to the configured endpoint (the node namespace has no route
+    // to 198.51.100.7 at all, so only that endpoint can answer).
+    let r = raw(
+        &world,
+        &vip,
+        "GET http://198.51.100.7/steal HTTP/1.1\\r\\nHost: 198.51.100.7\\r\\nConnection: close\\r\\n\\r\\n",
+        3000,
+    );
+    assert_eq!(r["first_line"].as_str(), Some("HTTP/1.1 200 OK"), "{r}");
+    let text = r["text"].as_str().unwrap();
+    assert!(
+        text.contains("\"id\":\"web\"") && text.contains("/steal"),
+        "not answered by the configured endpoint: {text}"
+    );
+    healthy(&world, &vip);
+}
+
+#[test]
 fn oversized_headers_get_431() {
     let (world, _d, vip) = setup();
     let big = "a".repeat(100 * 1024);

@@ -185,3 +185,26 @@ fn kill_9_does_not_stop_routing_and_a_restart_adopts_the_maps() {
     assert!(routerd.reload().unwrap().contains("applied"));
     assert_eq!(only(&world, vip, 5), "e2");
 }
+
+#[test]
+fn pins_and_state_are_for_root_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_world, routerd, _vip) = start(false);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&routerd.pin_root), 0o700, "pin root");
+    assert_eq!(mode(&routerd.state_dir), 0o700, "state dir");
+    let mut pins = 0;
+    let mut stack = vec![routerd.pin_root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                pins += 1;
+                assert_eq!(mode(&p) & 0o077, 0, "{} is readable by others", p.display());
+            }
+        }
+    }
+    assert!(pins >= 10, "found only {pins} pins");
+}

@@ -70,6 +70,12 @@ pub struct SvcEntry {
 pub struct Inventory {
     /// Why: route destinations name services by cluster/namespace/name.
     pub by_name: BTreeMap<ServiceId, SvcEntry>,
+    /// Indexes over `by_name` (built once, at the end of `build`): lookups
+    /// by namespace/name without a cluster, and by one label, are per
+    /// destination; scanning every service for each would make a config of
+    /// 10,000 services cost 10^8 comparisons.
+    by_ns_name: std::collections::HashMap<(String, String), Vec<ServiceId>>,
+    by_label: std::collections::HashMap<(String, String), Vec<ServiceId>>,
 }
 
 pub fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
@@ -222,10 +228,56 @@ impl Inventory {
     pub fn select<'a>(
         &'a self,
         sel: &'a ObjectSelector,
-    ) -> impl Iterator<Item = &'a SvcEntry> + 'a {
-        self.by_name
-            .values()
-            .filter(move |s| selector_matches(sel, &s.id, &s.labels))
+    ) -> Box<dyn Iterator<Item = &'a SvcEntry> + 'a> {
+        let narrowed: Option<&Vec<ServiceId>> = match (&sel.namespace, &sel.name) {
+            (Some(ns), Some(n)) => Some(
+                self.by_ns_name
+                    .get(&(ns.clone(), n.clone()))
+                    .unwrap_or(&NONE),
+            ),
+            _ => sel
+                .labels
+                .iter()
+                .next()
+                .map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())).unwrap_or(&NONE)),
+        };
+        match narrowed {
+            // The index keeps `by_name`'s order (ids sorted).
+            Some(ids) => Box::new(
+                ids.iter()
+                    .filter_map(|id| self.by_name.get(id))
+                    .filter(move |s| selector_matches(sel, &s.id, &s.labels)),
+            ),
+            None => Box::new(
+                self.by_name
+                    .values()
+                    .filter(move |s| selector_matches(sel, &s.id, &s.labels)),
+            ),
+        }
+    }
+
+    /// Services called `name` in `namespace`, in any cluster (sorted).
+    pub fn named(&self, namespace: &str, name: &str) -> impl Iterator<Item = &SvcEntry> {
+        self.by_ns_name
+            .get(&(namespace.to_string(), name.to_string()))
+            .unwrap_or(&NONE)
+            .iter()
+            .filter_map(|id| self.by_name.get(id))
+    }
+
+    fn index(&mut self) {
+        for (id, s) in &self.by_name {
+            self.by_ns_name
+                .entry((id.namespace.clone(), id.name.clone()))
+                .or_default()
+                .push(id.clone());
+            for (k, v) in &s.labels {
+                self.by_label
+                    .entry((k.clone(), v.clone()))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
     }
 
     /// Build from Services and EndpointSlices, reporting malformed ones.
@@ -460,6 +512,9 @@ impl Inventory {
                 }
             }
         }
+        inv.index();
         inv
     }
 }
+
+static NONE: Vec<ServiceId> = Vec::new();

@@ -168,9 +168,88 @@ fn resource<S>(cx: &DocCtx<'_, '_>, d: Doc<S>) -> Resource<S> {
     }
 }
 
+/// One document's resource, as the cache keeps it.
+#[derive(Clone)]
+enum Parsed {
+    RouteTable(Resource<RouteTableSpec>),
+    VirtualDestination(Resource<VirtualDestinationSpec>),
+    VirtualGateway(Resource<VirtualGatewaySpec>),
+    FailoverPolicy(Resource<FailoverPolicySpec>),
+    OutlierDetectionPolicy(Resource<OutlierDetectionPolicySpec>),
+    ActiveHealthCheckPolicy(Resource<ActiveHealthCheckPolicySpec>),
+    Service(Resource<ServiceSpec>),
+    EndpointSlice(Resource<super::EndpointSliceBody>),
+    HeaderManipulationPolicy(Resource<RoutePolicySpec<HeaderManipulationConfig>>),
+    RetryTimeoutPolicy(Resource<RoutePolicySpec<RetryTimeoutConfig>>),
+    FaultInjectionPolicy(Resource<RoutePolicySpec<FaultInjectionConfig>>),
+    MirrorPolicy(Resource<RoutePolicySpec<MirrorConfig>>),
+    CorsPolicy(Resource<RoutePolicySpec<CorsConfig>>),
+    RouterConfig(Resource<RouterConfigSpec>),
+}
+
+impl Parsed {
+    fn push_into(self, cfg: &mut Config) {
+        match self {
+            Parsed::RouteTable(r) => cfg.route_tables.push(r),
+            Parsed::VirtualDestination(r) => cfg.virtual_destinations.push(r),
+            Parsed::VirtualGateway(r) => cfg.virtual_gateways.push(r),
+            Parsed::FailoverPolicy(r) => cfg.failover_policies.push(r),
+            Parsed::OutlierDetectionPolicy(r) => cfg.outlier_policies.push(r),
+            Parsed::ActiveHealthCheckPolicy(r) => cfg.health_policies.push(r),
+            Parsed::Service(r) => cfg.services.push(r),
+            Parsed::EndpointSlice(r) => cfg.endpoint_slices.push(r),
+            Parsed::HeaderManipulationPolicy(r) => cfg.header_policies.push(r),
+            Parsed::RetryTimeoutPolicy(r) => cfg.retry_policies.push(r),
+            Parsed::FaultInjectionPolicy(r) => cfg.fault_policies.push(r),
+            Parsed::MirrorPolicy(r) => cfg.mirror_policies.push(r),
+            Parsed::CorsPolicy(r) => cfg.cors_policies.push(r),
+            Parsed::RouterConfig(r) => cfg.router_configs.push(r),
+        }
+    }
+}
+
+/// Documents parsed by the last [`load_path`], by (file, first line), with
+/// their text. YAML parsing is most of a reload's cost (about 0.1-0.2 ms per
+/// document); with the cache, a reload after one edit parses only the
+/// documents that changed (or moved). Only documents that parsed cleanly
+/// are kept, so every error is reported again on every load.
+type Cache = std::collections::HashMap<(String, u64), (String, Parsed)>;
+
+static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+
 /// Parse one file's text into `cfg`. `file` is how errors name it.
 pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
+    load_text_cached(
+        file,
+        text,
+        cfg,
+        diags,
+        &mut Cache::default(),
+        &mut Cache::default(),
+    );
+}
+
+/// [`load_text`], reusing documents parsed by the previous load (`old`)
+/// when the same file has the same text at the same line, and recording
+/// what it parsed in `new`.
+fn load_text_cached(
+    file: &str,
+    text: &str,
+    cfg: &mut Config,
+    diags: &mut Diags,
+    old: &mut Cache,
+    new: &mut Cache,
+) {
     for doc in split_documents(text) {
+        let key = (file.to_string(), doc.first_line);
+        if let Some((t, p)) = old.remove(&key)
+            && t == doc.text
+        {
+            p.clone().push_into(cfg);
+            new.insert(key, (t, p));
+            continue;
+        }
+        let mut parsed: Option<Parsed> = None;
         let header: Header = match serde_saphyr::from_str(doc.text) {
             Ok(h) => h,
             Err(e) => {
@@ -233,43 +312,43 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
         match kind.as_str() {
             "RouteTable" => {
                 if let Some(d) = parse_typed::<Doc<RouteTableSpec>>(&cx, diags) {
-                    cfg.route_tables.push(resource(&cx, d));
+                    parsed = Some(Parsed::RouteTable(resource(&cx, d)));
                 }
             }
             "VirtualDestination" => {
                 if let Some(d) = parse_typed::<Doc<VirtualDestinationSpec>>(&cx, diags) {
-                    cfg.virtual_destinations.push(resource(&cx, d));
+                    parsed = Some(Parsed::VirtualDestination(resource(&cx, d)));
                 }
             }
             "VirtualGateway" => {
                 if let Some(d) = parse_typed::<Doc<VirtualGatewaySpec>>(&cx, diags) {
-                    cfg.virtual_gateways.push(resource(&cx, d));
+                    parsed = Some(Parsed::VirtualGateway(resource(&cx, d)));
                 }
             }
             "FailoverPolicy" => {
                 if let Some(d) = parse_typed::<Doc<FailoverPolicySpec>>(&cx, diags) {
-                    cfg.failover_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::FailoverPolicy(resource(&cx, d)));
                 }
             }
             "OutlierDetectionPolicy" => {
                 if let Some(d) = parse_typed::<Doc<OutlierDetectionPolicySpec>>(&cx, diags) {
-                    cfg.outlier_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::OutlierDetectionPolicy(resource(&cx, d)));
                 }
             }
             "ActiveHealthCheckPolicy" => {
                 if let Some(d) = parse_typed::<Doc<ActiveHealthCheckPolicySpec>>(&cx, diags) {
-                    cfg.health_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::ActiveHealthCheckPolicy(resource(&cx, d)));
                 }
             }
             "Service" => {
                 if let Some(d) = parse_typed::<Doc<ServiceSpec>>(&cx, diags) {
-                    cfg.services.push(resource(&cx, d));
+                    parsed = Some(Parsed::Service(resource(&cx, d)));
                 }
             }
             "EndpointSlice" => {
                 if let Some(d) = parse_typed::<EndpointSliceDoc>(&cx, diags) {
                     let o = origin(&cx, &d.kind, &d.metadata);
-                    cfg.endpoint_slices.push(Resource {
+                    parsed = Some(Parsed::EndpointSlice(Resource {
                         origin: o,
                         line_base: doc.first_line - 1,
                         meta: d.metadata,
@@ -278,45 +357,49 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
                             endpoints: d.endpoints,
                             ports: d.ports,
                         },
-                    });
+                    }));
                 }
             }
             "HeaderManipulationPolicy" => {
                 if let Some(d) =
                     parse_typed::<Doc<RoutePolicySpec<HeaderManipulationConfig>>>(&cx, diags)
                 {
-                    cfg.header_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::HeaderManipulationPolicy(resource(&cx, d)));
                 }
             }
             "RetryTimeoutPolicy" => {
                 if let Some(d) = parse_typed::<Doc<RoutePolicySpec<RetryTimeoutConfig>>>(&cx, diags)
                 {
-                    cfg.retry_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::RetryTimeoutPolicy(resource(&cx, d)));
                 }
             }
             "FaultInjectionPolicy" => {
                 if let Some(d) =
                     parse_typed::<Doc<RoutePolicySpec<FaultInjectionConfig>>>(&cx, diags)
                 {
-                    cfg.fault_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::FaultInjectionPolicy(resource(&cx, d)));
                 }
             }
             "MirrorPolicy" => {
                 if let Some(d) = parse_typed::<Doc<RoutePolicySpec<MirrorConfig>>>(&cx, diags) {
-                    cfg.mirror_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::MirrorPolicy(resource(&cx, d)));
                 }
             }
             "CORSPolicy" => {
                 if let Some(d) = parse_typed::<Doc<RoutePolicySpec<CorsConfig>>>(&cx, diags) {
-                    cfg.cors_policies.push(resource(&cx, d));
+                    parsed = Some(Parsed::CorsPolicy(resource(&cx, d)));
                 }
             }
             "RouterConfig" => {
                 if let Some(d) = parse_typed::<Doc<RouterConfigSpec>>(&cx, diags) {
-                    cfg.router_configs.push(resource(&cx, d));
+                    parsed = Some(Parsed::RouterConfig(resource(&cx, d)));
                 }
             }
             _ => unreachable!("expected_api covers every kind"),
+        }
+        if let Some(p) = parsed {
+            p.clone().push_into(cfg);
+            new.insert(key, (doc.text.to_string(), p));
         }
     }
 }
@@ -342,16 +425,19 @@ pub fn load_path(path: &Path, cfg: &mut Config, diags: &mut Diags) {
         );
         return;
     }
+    let mut old = CACHE.lock().unwrap().take().unwrap_or_default();
+    let mut new = Cache::new();
     for f in files {
         let name = f.display().to_string();
         match std::fs::read_to_string(&f) {
             Ok(text) => {
                 cfg.files.push(name.clone());
-                load_text(&name, &text, cfg, diags);
+                load_text_cached(&name, &text, cfg, diags, &mut old, &mut new);
             }
             Err(e) => diags.push(&name, 0, None, format!("cannot read file: {e}")),
         }
     }
+    *CACHE.lock().unwrap() = Some(new);
 }
 
 #[cfg(test)]
@@ -368,5 +454,45 @@ mod tests {
         let one = split_documents("kind: A\n");
         assert_eq!(one.len(), 1);
         assert_eq!(content_line(&one[0]), 1);
+    }
+
+    #[test]
+    fn reloads_reuse_unchanged_documents_and_see_every_edit() {
+        let dir = std::env::temp_dir().join(format!("rt-load-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.yaml");
+        let doc = |host: &str| {
+            format!(
+                "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {host}, namespace: ns}}\nspec:\n  hosts: [{host}.mesh]\n  services: [{{name: s}}]\n  ports: [{{number: 80}}]\n"
+            )
+        };
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let (mut cfg, mut diags) = (Config::default(), Diags::default());
+            load_path(&dir, &mut cfg, &mut diags);
+            let hosts: Vec<String> = cfg
+                .virtual_destinations
+                .iter()
+                .flat_map(|r| r.spec.hosts.iter().map(|h| h.value.clone()))
+                .collect();
+            (hosts, diags.errors.len())
+        };
+        let a = doc("a");
+        assert_eq!(
+            load(&format!("{a}---\n{}", doc("b"))),
+            (vec!["a.mesh".into(), "b.mesh".into()], 0)
+        );
+        // The second document edited in place: its new text is parsed.
+        assert_eq!(
+            load(&format!("{a}---\n{}", doc("c"))),
+            (vec!["a.mesh".into(), "c.mesh".into()], 0)
+        );
+        // A broken document is reported on every load, not cached.
+        let bad = format!("{a}---\nkind: VirtualDestination\nbogus: [\n");
+        assert_eq!(load(&bad).1, 1);
+        assert_eq!(load(&bad).1, 1);
+        // Documents that moved lines are parsed again (their lines changed).
+        assert_eq!(load(&format!("# moved\n{a}")), (vec!["a.mesh".into()], 0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -94,10 +94,8 @@ pub fn find_service<'a>(
         };
         return inv.get(&id).ok_or_else(|| {
             let elsewhere: Vec<String> = inv
-                .by_name
-                .keys()
-                .filter(|k| k.name == r.name && k.namespace == namespace)
-                .map(|k| k.cluster.clone())
+                .named(&namespace, &r.name)
+                .map(|s| s.id.cluster.clone())
                 .collect();
             let hint = if elsewhere.is_empty() {
                 "check the name and namespace, or add the Service and its EndpointSlices to the inventory".to_string()
@@ -107,11 +105,7 @@ pub fn find_service<'a>(
             format!("refers to Service {id}, which does not exist: {hint}")
         });
     }
-    let matches: Vec<&SvcEntry> = inv
-        .by_name
-        .values()
-        .filter(|s| s.id.name == r.name && s.id.namespace == namespace)
-        .collect();
+    let matches: Vec<&SvcEntry> = inv.named(&namespace, &r.name).collect();
     if let Some(s) = matches
         .iter()
         .find(|s| !settings.node.cluster.is_empty() && s.id.cluster == settings.node.cluster)

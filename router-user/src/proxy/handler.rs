@@ -511,6 +511,13 @@ pub async fn handle(
     scheme: &str,
     peer: SocketAddr,
 ) -> Response<Body> {
+    // Never a forward proxy: the upstream is always an endpoint of a route.
+    if req.method() == http::Method::CONNECT {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served: this proxy routes configured hosts only",
+        );
+    }
     let hit = {
         let r = Req {
             method: req.method(),

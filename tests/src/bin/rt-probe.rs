@@ -739,6 +739,8 @@ struct Raw {
     bytes: usize,
     /// Milliseconds until the server closed (None: still open at the end).
     closed_after_ms: Option<u64>,
+    /// The first 4 KiB of the response, lossily decoded.
+    text: String,
 }
 
 async fn raw(addr: SocketAddr, send: &str, wait_ms: u64) -> Raw {
@@ -749,6 +751,7 @@ async fn raw(addr: SocketAddr, send: &str, wait_ms: u64) -> Raw {
         first_line: None,
         bytes: 0,
         closed_after_ms: None,
+        text: String::new(),
     };
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return r;
@@ -769,6 +772,7 @@ async fn raw(addr: SocketAddr, send: &str, wait_ms: u64) -> Raw {
         }
     }
     r.bytes = got.len();
+    r.text = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
     r.first_line = String::from_utf8_lossy(&got)
         .lines()
         .next()
