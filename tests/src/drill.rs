@@ -307,14 +307,10 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
     world.start_backends(&[Listen::tcp("10.1.1.1:8080", "e2")])?;
     let e1 = world.spawn_backend(&[Listen::tcp("10.1.0.1:8080", "e1")], &[])?;
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
+    y += &yaml::web(
         "c1",
         "east",
         "web",
-        "web",
-        8080,
-        "TCP",
         &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
     );
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");

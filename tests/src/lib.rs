@@ -894,6 +894,13 @@ pub mod yaml {
         s
     }
 
+    /// Service `web` (TCP 8080, labelled `app: web`) in `cluster` with one
+    /// EndpointSlice, the backend most tests use.
+    pub fn web(cluster: &str, region: &str, slice_name: &str, eps: &[Ep<'_>]) -> String {
+        service(cluster, "web", 8080, "TCP")
+            + &slice(cluster, region, "web", slice_name, 8080, "TCP", eps)
+    }
+
     /// A VirtualDestination over services labelled `app: <app>`.
     pub fn vd(
         name: &str,

@@ -9,16 +9,7 @@ const RESOLVER: &str = "10.53.0.1";
 
 fn config(extra_host: bool) -> String {
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "web",
-        "web",
-        8080,
-        "TCP",
-        &[("10.1.0.1", "e1", true)],
-    );
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "");
     if extra_host {
         y += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");

@@ -12,14 +12,10 @@ const E2: &str = "10.1.1.1:8080";
 /// zone (e2); locality priorities on (outlier detection applies).
 fn inventory() -> String {
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
+    y += &yaml::web(
         "c1",
         "east",
-        "web",
         "web-1",
-        8080,
-        "TCP",
         &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
     );
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");

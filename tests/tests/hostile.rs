@@ -7,16 +7,7 @@ fn setup() -> (World, Routerd, String) {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "web",
-        "web",
-        8080,
-        "TCP",
-        &[("10.1.0.1", "e1", true)],
-    );
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
     y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\nspec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
     world.dir.write("config/all.yaml", &y).unwrap();
     let cfg = world.dir.path.join("config");

@@ -13,14 +13,10 @@ const ENETUNREACH: i32 = 101;
 /// `split` is an 80/20 TCP route; `echo` is UDP; `down` has no ready endpoint.
 fn scenario() -> (String, Vec<Listen>) {
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
+    y += &yaml::web(
         "c1",
         "east",
-        "web",
         "web-1",
-        8080,
-        "TCP",
         &[
             ("10.1.0.1", "e1", true),
             ("10.1.0.2", "e1", true),
@@ -36,16 +32,7 @@ fn scenario() -> (String, Vec<Listen>) {
         "TCP",
         &[("fd00:1::1", "e1", true), ("fd00:1::2", "e2", true)],
     );
-    y += &yaml::service("c2", "web", 8080, "TCP");
-    y += &yaml::slice(
-        "c2",
-        "west",
-        "web",
-        "web-2",
-        8080,
-        "TCP",
-        &[("10.2.0.1", "w1", true)],
-    );
+    y += &yaml::web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]);
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
     y += &yaml::outlier();
     y += &yaml::service("c1", "a", 7000, "TCP");

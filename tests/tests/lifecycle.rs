@@ -9,26 +9,13 @@ use router_tests::{yaml, *};
 /// another region; `ready_e1` says whether the node's zone has ready ones.
 fn config(ready_e1: bool) -> String {
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
+    y += &yaml::web(
         "c1",
         "east",
-        "web",
         "web-1",
-        8080,
-        "TCP",
         &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)],
     );
-    y += &yaml::service("c2", "web", 8080, "TCP");
-    y += &yaml::slice(
-        "c2",
-        "west",
-        "web",
-        "web-2",
-        8080,
-        "TCP",
-        &[("10.2.0.1", "w1", true)],
-    );
+    y += &yaml::web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]);
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
     y += &yaml::outlier();
     y

@@ -8,16 +8,7 @@ use router_tests::{yaml, *};
 
 fn config(world: &World) -> std::path::PathBuf {
     let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::service("c1", "web", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "web",
-        "web",
-        8080,
-        "TCP",
-        &[("10.1.0.1", "e1", true)],
-    );
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
     y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "");
     world
         .dir

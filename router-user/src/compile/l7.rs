@@ -4,9 +4,7 @@
 //! VirtualGateway listeners with the tables bound to them.
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use super::{
-    Compiler, effective_weights, routes::FlatRoute, routes::RouteKind, to_slots, vip::fnv1a64,
-};
+use super::{Compiler, routes::FlatRoute, routes::RouteKind, to_slots, vip::fnv1a64};
 use crate::{
     config::{
         Resource,
@@ -166,29 +164,9 @@ impl<'a> Compiler<'a> {
         table: &'a Resource<RouteTableSpec>,
         f: &'a ForwardTo,
     ) -> Result<Vec<(Dest<'a>, u32)>, String> {
-        let refs: Vec<&'a DestinationRef> = if f.destinations.is_empty() {
-            table
-                .spec
-                .default_destination
-                .iter()
-                .map(|d| &d.value)
-                .collect()
-        } else {
-            f.destinations.iter().map(|d| &d.value).collect()
-        };
-        let weights = effective_weights(&refs.iter().map(|d| d.weight).collect::<Vec<_>>());
-        refs.iter()
-            .zip(weights)
-            .map(|(d, w)| {
-                resolve::resolve_dest(
-                    &self.v.config,
-                    &self.v.inventory,
-                    &self.v.settings,
-                    d,
-                    table.namespace(),
-                )
-                .map(|d| (d, w))
-            })
+        self.weighted_dests(table, f)
+            .into_iter()
+            .map(|(d, w)| d.map(|d| (d, w)))
             .collect()
     }
 

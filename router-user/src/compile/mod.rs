@@ -101,11 +101,14 @@ impl<'a> Compiler<'a> {
         });
     }
 
-    fn route_dests(
+    /// A route's destinations (the table's `defaultDestination` when the
+    /// route names none) with their effective weights (Gloo's remainder
+    /// rule), each resolved or why not.
+    pub(super) fn weighted_dests(
         &self,
         rt: &'a Resource<RouteTableSpec>,
         f: &'a ForwardTo,
-    ) -> Vec<(Dest<'a>, u32)> {
+    ) -> Vec<(Result<Dest<'a>, String>, u32)> {
         let refs: Vec<&'a DestinationRef> = if f.destinations.is_empty() {
             rt.spec
                 .default_destination
@@ -118,17 +121,28 @@ impl<'a> Compiler<'a> {
         let weights = effective_weights(&refs.iter().map(|d| d.weight).collect::<Vec<_>>());
         refs.iter()
             .zip(weights)
-            .filter_map(|(d, w)| {
-                resolve::resolve_dest(
+            .map(|(d, w)| {
+                let d = resolve::resolve_dest(
                     &self.v.config,
                     &self.v.inventory,
                     &self.v.settings,
                     d,
                     rt.namespace(),
-                )
-                .ok()
-                .map(|d| (d, w))
+                );
+                (d, w)
             })
+            .collect()
+    }
+
+    /// The destinations of [`Self::weighted_dests`] that resolve.
+    fn route_dests(
+        &self,
+        rt: &'a Resource<RouteTableSpec>,
+        f: &'a ForwardTo,
+    ) -> Vec<(Dest<'a>, u32)> {
+        self.weighted_dests(rt, f)
+            .into_iter()
+            .filter_map(|(d, w)| d.ok().map(|d| (d, w)))
             .collect()
     }
 

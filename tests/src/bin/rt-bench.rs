@@ -67,23 +67,29 @@ fn rt_forward(name: &str, host: &str, service: &str) -> String {
 
 /// A node whose VIP range holds a million hosts (the default /16 does not
 /// fit 100,000 without collisions).
-fn bench_router() -> String {
+/// The node's RouterConfig (a VIP range big enough for 100,000 hosts).
+fn node() -> String {
     yaml::router("c1", "east", "e1", "  vipRanges: {ipv4: 240.0.0.0/12}\n")
+}
+
+/// The node, and the one backend service every benchmark host forwards to.
+fn bench_router() -> String {
+    node()
+        + &yaml::service("c1", "bench", 8080, "TCP")
+        + &yaml::slice(
+            "c1",
+            "east",
+            "bench",
+            "bench",
+            8080,
+            "TCP",
+            &[("10.9.0.1", "e1", true)],
+        )
 }
 
 /// A config with `n` route tables, each a virtual host forwarding to one backend.
 fn connect_config(n: usize) -> String {
     let mut y = bench_router();
-    y += &yaml::service("c1", "bench", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "bench",
-        "bench",
-        8080,
-        "TCP",
-        &[("10.9.0.1", "e1", true)],
-    );
     for i in 0..n {
         y += &rt_forward(&format!("h{i}"), &format!("h{i}.bench.mesh"), "bench");
     }
@@ -125,16 +131,6 @@ fn kube_proxy_rules(n: usize) -> String {
 /// benchmark hits (third in match order).
 fn http_config() -> String {
     let mut y = bench_router();
-    y += &yaml::service("c1", "bench", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "bench",
-        "bench",
-        8080,
-        "TCP",
-        &[("10.9.0.1", "e1", true)],
-    );
     let fwd = "forwardTo: {destinations: [{ref: {name: bench}, port: {number: 8080}}]}";
     y += &format!(
         "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: l4, namespace: t}}\nspec:\n  hosts: [l4.bench.mesh]\n  http:\n  - {fwd}\n---\n\
@@ -747,7 +743,7 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
     for &n in &args.route_tables {
         let eps = args.endpoints;
         let dir = TempDir::new(&unique())?;
-        let mut rt = bench_router();
+        let mut rt = node();
         for i in 0..n {
             rt += &rt_forward(
                 &format!("r{i}"),

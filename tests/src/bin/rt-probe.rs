@@ -267,7 +267,7 @@ async fn http_bench(
                             if new_conn {
                                 // Close with RST: thousands of TIME_WAITs per second would
                                 // exhaust the ports to the backend and skew what follows.
-                                let _ = socket_linger_zero_tokio(&s);
+                                let _ = socket_linger_zero(&s);
                             }
                             match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {
                                 Ok((snd, conn)) => {
@@ -341,31 +341,8 @@ async fn http_bench(
     }
 }
 
-fn socket_linger_zero_tokio(s: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn socket_linger_zero(s: &std::net::TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// SO_LINGER 0: close() sends a RST (no TIME_WAIT) on a std or tokio socket.
+fn socket_linger_zero(s: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -508,7 +485,7 @@ async fn tcp_once(addr: SocketAddr, path: &str) -> (Probe, Option<Sender>) {
         Ok(Ok(s)) => s,
     };
     // Close with RST: churn opens thousands per second.
-    let _ = socket_linger_zero_tokio(&stream);
+    let _ = socket_linger_zero(&stream);
     let peer = stream.peer_addr().ok().map(|p| p.to_string());
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
