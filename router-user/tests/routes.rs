@@ -59,26 +59,8 @@ fn route_for(
     uri: &str,
     headers: &[(&str, &str)],
 ) -> Option<String> {
-    let (path, query) = match uri.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (uri, None),
-    };
-    let mut h = HeaderMap::new();
-    for (k, v) in headers {
-        h.append(
-            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    let m: Method = method.parse().unwrap();
-    t.1.select(&Req {
-        method: &m,
-        path,
-        query,
-        headers: &h,
-        port: 80,
-    })
-    .map(|hit| t.0[hit.route].name.clone())
+    t.1.select_plain(method, uri, headers, 80)
+        .map(|hit| t.0[hit.route].name.clone())
 }
 
 fn rt(name: &str, body: &str) -> String {

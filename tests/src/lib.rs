@@ -83,6 +83,34 @@ pub struct Bench {
     pub first_error: Option<String>,
 }
 
+impl Bench {
+    /// The figures for latencies `lat_ns` (nanoseconds, any order) measured
+    /// over `secs`.
+    pub fn from_latencies(
+        mut lat_ns: Vec<u64>,
+        secs: f64,
+        errors: u64,
+        first_error: Option<String>,
+    ) -> Bench {
+        lat_ns.sort_unstable();
+        let pct = |p: f64| {
+            lat_ns
+                .get(((lat_ns.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        Bench {
+            connects: lat_ns.len() as u64,
+            errors,
+            rate: lat_ns.len() as f64 / secs,
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            first_error,
+        }
+    }
+}
+
 /// What `rt-probe churn` saw: new connections (an HTTP GET each) to VIPs,
 /// each answer checked against the endpoints allowed to give it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

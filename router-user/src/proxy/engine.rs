@@ -194,6 +194,37 @@ impl Table {
     }
 
     /// First route that matches; `None`: 404.
+    /// [`Self::select`] for a request written as plain strings (`uri` with
+    /// its query), for tests and tools. Panics on an invalid method or
+    /// header, which a real request cannot have.
+    pub fn select_plain(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        port: u16,
+    ) -> Option<Hit> {
+        let (path, query) = match uri.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (uri, None),
+        };
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+                http::HeaderValue::from_str(v).expect("a header value"),
+            );
+        }
+        let method: Method = method.parse().expect("a method");
+        self.select(&Req {
+            method: &method,
+            path,
+            query,
+            headers: &h,
+            port,
+        })
+    }
+
     pub fn select(&self, req: &Req<'_>) -> Option<Hit> {
         for (i, matchers) in self.routes.iter().enumerate() {
             if matchers.is_empty() {
@@ -351,26 +382,7 @@ mod tests {
         headers: &[(&str, &str)],
         port: u16,
     ) -> Option<usize> {
-        let (p, q) = match uri.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (uri, None),
-        };
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.append(
-                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let m: Method = method.parse().unwrap();
-        t.select(&Req {
-            method: &m,
-            path: p,
-            query: q,
-            headers: &h,
-            port,
-        })
-        .map(|h| h.route)
+        t.select_plain(method, uri, headers, port).map(|h| h.route)
     }
 
     #[test]

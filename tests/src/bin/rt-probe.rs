@@ -157,23 +157,7 @@ fn bench(addr: SocketAddr, millis: u64) -> router_tests::Bench {
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    lat_ns.sort_unstable();
-    let pct = |p: f64| {
-        lat_ns
-            .get(((lat_ns.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    router_tests::Bench {
-        connects: lat_ns.len() as u64,
-        errors,
-        rate: lat_ns.len() as f64 / secs,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        first_error,
-    }
+    router_tests::Bench::from_latencies(lat_ns, start.elapsed().as_secs_f64(), errors, first_error)
 }
 
 /// What a DNS server did with bad input.
@@ -323,22 +307,7 @@ async fn http_bench(
             first_error = first_error.or(fe);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    router_tests::Bench {
-        connects: lat.len() as u64,
-        errors,
-        rate: lat.len() as f64 / secs,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        first_error,
-    }
+    router_tests::Bench::from_latencies(lat, start.elapsed().as_secs_f64(), errors, first_error)
 }
 
 /// SO_LINGER 0: close() sends a RST (no TIME_WAIT) on a std or tokio socket.
