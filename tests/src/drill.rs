@@ -238,6 +238,9 @@ pub fn reload_churn(s: Scale) -> Result<Figures> {
             "reload {i} was not applied: {line}"
         );
         took.push(t.elapsed().as_secs_f64() * 1e3);
+        // A reload takes a few ms; let connections flow between them, so
+        // that the churn runs through every generation.
+        std::thread::sleep(Duration::from_millis(30));
     }
     let c = load.stop()?;
     let mut f = Figures::new("1. config reloaded under connection churn");

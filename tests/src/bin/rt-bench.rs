@@ -142,16 +142,18 @@ fn http_config() -> String {
     y
 }
 
-/// The same three routes for nginx (2 workers, upstream keep-alive).
+/// The same three routes for nginx (2 workers, upstream keep-alive; no
+/// cap on requests per connection, which would otherwise close client
+/// connections every 1,000 requests and count as errors).
 fn nginx_conf(dir: &Path, listen: &str) -> String {
     let d = dir.display();
     format!(
         "worker_processes 2;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n\
          \x20 client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
          \x20 uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-         \x20 upstream bench {{ server {BACKEND}; keepalive 64; }}\n\
-         \x20 upstream canary {{ server {BACKEND} weight=90; server {BACKEND} weight=10; keepalive 64; }}\n\
+         \x20 upstream bench {{ server {BACKEND}; keepalive 64; keepalive_requests 100000000; }}\n\
+         \x20 upstream canary {{ server {BACKEND} weight=90; server {BACKEND} weight=10; keepalive 64; keepalive_requests 100000000; }}\n\
          \x20 map $http_x_canary $up {{ \"1\" canary; default bench; }}\n\
          \x20 server {{\n    listen {listen};\n\
          \x20   location = /healthz {{ return 200 ok; }}\n\
