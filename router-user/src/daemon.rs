@@ -59,8 +59,7 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
 
 /// Load, validate and compile; the error text is what an operator reads.
 pub fn build_plan(path: &Path, overrides: &Overrides, health: &Health) -> Result<Plan, String> {
-    let v = config::load(path, overrides).map_err(|e| e.to_string())?;
-    compile::compile(&v, health).map_err(|e| e.to_string())
+    load_and_compile(path, overrides, health).map(|(_, plan)| plan)
 }
 
 /// Load and validate (kept, so health changes recompile without the disk),
@@ -191,8 +190,9 @@ fn log_rejected(e: &str, why: &str) {
     );
 }
 
-/// Listeners first (they must exist before the kernel points at them), then
-/// the maps, then close what the new plan no longer needs.
+/// The maps, then the proxy listeners the new plan no longer needs (the
+/// listeners it needs were made by `Proxy::prepare` before: they must exist
+/// before the kernel points at them).
 fn apply_all(
     dp: &mut Datapath,
     proxy: &mut Proxy,
@@ -288,8 +288,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // DNS listeners are bound before the heartbeat that lets the datapath
     // capture DNS, so capture never points at a socket that is not there.
     let dns_plan = serving.dns.clone();
-    let (names_tx, names_rx) =
-        watch::channel(Arc::new(Names::from_plan(&serving, serving.dns.ttl)));
+    let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving)));
     if dns_plan.enabled {
         let upstreams = if dns_plan.upstreams.is_empty() {
             dns::system_upstreams(opts.listen_netns.as_deref())
@@ -425,7 +424,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         "DNS listener settings changed: they take effect at the next restart"
                     );
                 }
-                names_tx.send_replace(Arc::new(Names::from_plan(&plan, plan.dns.ttl)));
+                names_tx.send_replace(Arc::new(Names::from_plan(&plan)));
                 last_plan = Some(plan);
             }
             Err(e) => tracing::error!(

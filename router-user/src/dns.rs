@@ -60,7 +60,7 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn from_plan(plan: &Plan, ttl: u32) -> Self {
+    pub fn from_plan(plan: &Plan) -> Self {
         // One pass over the services (not one per host: 100,000 hosts).
         let with6: std::collections::HashSet<String> = plan
             .services
@@ -79,7 +79,10 @@ impl Names {
                 )
             })
             .collect();
-        Names { by_name, ttl }
+        Names {
+            by_name,
+            ttl: plan.dns.ttl,
+        }
     }
 }
 

@@ -17,7 +17,6 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     sync::{mpsc, watch},
     task::JoinHandle,
 };
@@ -245,7 +244,7 @@ impl Ejector {
 pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
     let timeout = Duration::from_millis(c.timeout_ms);
     let attempt = async {
-        let mut s = socks
+        let s = socks
             .connect(c.endpoint)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -258,31 +257,29 @@ pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
             return Ok(());
         };
         let host = host.clone().unwrap_or_else(|| c.endpoint.to_string());
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: routerd-health-check\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("sending the request: {e}"))?;
-        // The status line is all we need.
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got < 12 {
-            let n = s
-                .read(&mut buf[got..])
+        let req = http::Request::get(path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "routerd-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("the request for {path}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
                 .await
-                .map_err(|e| format!("reading the response: {e}"))?;
-            if n == 0 {
-                return Err("closed before a status line".into());
-            }
-            got += n;
-        }
-        let line = String::from_utf8_lossy(&buf[..got]);
-        let status: u16 = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("not an HTTP status line: {:?}", line.lines().next()))?;
+                .map_err(|e| format!("HTTP handshake: {e}"))?;
+        // The connection is driven here, not spawned: it goes with this
+        // check (once the status is known, or at the timeout). If it ends
+        // first, the answer it read is already with `answer`.
+        let mut answer = std::pin::pin!(sender.send_request(req));
+        let answer = tokio::select! {
+            biased;
+            r = &mut answer => r,
+            _ = conn => answer.await,
+        };
+        let status = answer
+            .map_err(|e| format!("GET {path}: {e}"))?
+            .status()
+            .as_u16();
         if expected.iter().any(|(a, b)| (*a..*b).contains(&status)) {
             Ok(())
         } else {

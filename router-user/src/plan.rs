@@ -94,13 +94,16 @@ pub struct Origin {
     pub line: u64,
 }
 
+impl Origin {
+    /// `Kind namespace/name`, how errors and logs name the resource.
+    pub fn resource(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}/{} ({}:{})",
-            self.kind, self.namespace, self.name, self.file, self.line
-        )
+        write!(f, "{} ({}:{})", self.resource(), self.file, self.line)
     }
 }
 

@@ -3,7 +3,6 @@
 //! connection to routerd's proxy, which routes each request. The same route
 //! engine serves a VirtualGateway listener (plain and TLS) for clients
 //! outside the cgroup.
-use std::collections::BTreeMap;
 
 use router_tests::{yaml, *};
 
@@ -227,44 +226,6 @@ fn setup() -> L7 {
         _dnsmasq: dnsmasq,
         ca: cert,
     }
-}
-
-/// curl in the cgroup: (status, body, headers, http version, remote ip).
-fn curl(
-    world: &World,
-    args: &[&str],
-    inside: bool,
-) -> (u16, String, BTreeMap<String, String>, String, String) {
-    let mut cmd = if inside {
-        world.client("curl")
-    } else {
-        world.outside("curl")
-    };
-    let out = cmd
-        .args([
-            "-sS",
-            "--max-time",
-            "8",
-            "-D",
-            "/dev/stderr",
-            "-w",
-            "\n%{http_code} %{http_version} %{remote_ip}",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, meta) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let mut m = meta.split_whitespace();
-    let code = m.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let version = m.next().unwrap_or("").to_string();
-    let remote = m.next().unwrap_or("").to_string();
-    let headers = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (code, body.to_string(), headers, version, remote)
 }
 
 fn answer(body: &str) -> Answer {

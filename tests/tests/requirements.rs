@@ -20,8 +20,15 @@ fn config(world: &World) -> std::path::PathBuf {
 }
 
 /// `routerd run` that is expected to exit: its status and stderr.
-fn run_routerd(args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("routerd")).args(args).output().unwrap();
+/// `routerd run` on `config` with this cgroup and pin root, in the
+/// foreground: did it succeed, and what did it say.
+fn run_routerd(config: &std::path::Path, cgroup: &str, pins: &str) -> (bool, String) {
+    let out = Command::new(bin("routerd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--cgroup", cgroup, "--pin-root", pins, "--no-watch"])
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -44,16 +51,7 @@ fn a_cgroup_that_is_not_cgroup_v2_is_refused_with_a_clear_message() {
     let world = World::new(&[]).unwrap();
     let cfg = config(&world);
     let pins = format!("/sys/fs/bpf/{}", world.tag);
-    let (ok, err) = run_routerd(&[
-        "run",
-        "--config",
-        &cfg.display().to_string(),
-        "--cgroup",
-        "/tmp",
-        "--pin-root",
-        &pins,
-        "--no-watch",
-    ]);
+    let (ok, err) = run_routerd(&cfg, "/tmp", &pins);
     assert!(!ok);
     assert!(
         err.contains("/tmp is not on a cgroup v2 filesystem"),
@@ -72,16 +70,11 @@ fn a_pin_root_outside_bpffs_is_refused_with_a_clear_message() {
     let cfg = config(&world);
     let pins = world.dir.path.join("pins");
     std::fs::create_dir_all(&pins).unwrap();
-    let (ok, err) = run_routerd(&[
-        "run",
-        "--config",
-        &cfg.display().to_string(),
-        "--cgroup",
+    let (ok, err) = run_routerd(
+        &cfg,
         &world.cgroup.path.display().to_string(),
-        "--pin-root",
         &pins.display().to_string(),
-        "--no-watch",
-    ]);
+    );
     assert!(!ok);
     assert!(
         err.contains("is not on a bpffs") && err.contains("--pin-root"),
@@ -108,16 +101,7 @@ fn the_datapath_loads_here_or_names_the_missing_kernel_feature() {
         drop(routerd);
     } else {
         let pins = format!("/sys/fs/bpf/{}", world.tag);
-        let (ok, err) = run_routerd(&[
-            "run",
-            "--config",
-            &cfg.display().to_string(),
-            "--cgroup",
-            &world.cgroup.path.display().to_string(),
-            "--pin-root",
-            &pins,
-            "--no-watch",
-        ]);
+        let (ok, err) = run_routerd(&cfg, &world.cgroup.path.display().to_string(), &pins);
         let _ = router_user::datapath::remove(&router_user::datapath::Pins::new(&pins));
         eprintln!("routerd on this kernel said: {err}");
         assert!(!ok, "routerd must refuse to run on this kernel");

@@ -4,7 +4,7 @@
 //! expect. Pure: the daemon's `health` module runs them.
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use super::{l7::parse_duration, locality::Candidate};
+use super::locality::Candidate;
 use crate::{
     config::{Resource, model::*},
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
@@ -22,16 +22,9 @@ pub const OUTLIER_INTERVAL_MS: u64 = 10_000;
 pub const OUTLIER_BASE_EJECTION_MS: u64 = 30_000;
 pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
 
+/// A duration setting in ms; unset, invalid or zero: `default`.
 fn ms(d: &Option<String>, default: u64) -> u64 {
-    d.as_deref()
-        .and_then(|s| parse_duration(s).ok())
-        .map(|d| d.as_millis() as u64)
-        .filter(|m| *m > 0)
-        .unwrap_or(default)
-}
-
-fn name<S>(kind: &str, p: &Resource<S>) -> String {
-    format!("{kind} {}/{}", p.namespace(), p.name())
+    super::l7::ms(d).filter(|m| *m > 0).unwrap_or(default)
 }
 
 /// The check one policy asks for, against one endpoint.
@@ -59,7 +52,7 @@ pub fn check(p: &Resource<ActiveHealthCheckPolicySpec>, endpoint: SocketAddr) ->
     };
     HealthCheckPlan {
         endpoint,
-        policy: name("ActiveHealthCheckPolicy", p),
+        policy: p.origin.resource(),
         kind,
         interval_ms: ms(&hc.interval, CHECK_INTERVAL_MS),
         timeout_ms: ms(&hc.timeout, CHECK_TIMEOUT_MS),
@@ -83,7 +76,7 @@ pub fn outlier(
     let c = p.spec.config.clone().unwrap_or_default();
     OutlierPlan {
         destination,
-        policy: name("OutlierDetectionPolicy", p),
+        policy: p.origin.resource(),
         endpoints,
         consecutive_errors: c.consecutive_errors.unwrap_or(OUTLIER_CONSECUTIVE_ERRORS),
         consecutive_gateway_errors: c.consecutive_gateway_errors.unwrap_or(0),

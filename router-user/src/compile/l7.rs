@@ -41,7 +41,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn ms(s: &Option<String>) -> Option<u64> {
+pub(super) fn ms(s: &Option<String>) -> Option<u64> {
     s.as_deref()
         .and_then(|d| parse_duration(d).ok())
         .map(|d| d.as_millis() as u64)
@@ -121,10 +121,6 @@ fn winner<'c, C>(
         .find(|p| p.spec.apply_to_routes.iter().any(|s| selects(&s.value, r)))
 }
 
-fn policy_name<S>(p: &Resource<S>) -> String {
-    format!("{} {}/{}", p.origin.kind, p.namespace(), p.name())
-}
-
 impl<'a> Compiler<'a> {
     /// One `forwardTo` destination for the proxy: endpoints of the IPv4
     /// family if it has any, else IPv6.
@@ -175,7 +171,7 @@ impl<'a> Compiler<'a> {
         let headers = winner(&cfg.header_policies, r).map(|p| {
             let c = &p.spec.config;
             HeaderPolicy {
-                from: policy_name(p),
+                from: p.origin.resource(),
                 add_request: c
                     .append_request_headers
                     .iter()
@@ -195,7 +191,7 @@ impl<'a> Compiler<'a> {
             let r = c.retries.clone().unwrap_or_default();
             let on = |k: &str| r.retry_on.iter().any(|x| x == k);
             RetryPolicy {
-                from: policy_name(p),
+                from: p.origin.resource(),
                 attempts: if c.retries.is_some() {
                     r.attempts.unwrap_or(1)
                 } else {
@@ -214,7 +210,7 @@ impl<'a> Compiler<'a> {
         let fault = winner(&cfg.fault_policies, r).map(|p| {
             let c = &p.spec.config;
             FaultPolicy {
-                from: policy_name(p),
+                from: p.origin.resource(),
                 delay: c.delay.as_ref().and_then(|d| {
                     parse_duration(&d.fixed_delay)
                         .ok()
@@ -237,7 +233,7 @@ impl<'a> Compiler<'a> {
             )
             .ok()?;
             Some(MirrorPolicy {
-                from: policy_name(p),
+                from: p.origin.resource(),
                 dest: self.l7_dest(&d, 100),
                 percent: c.percentage.unwrap_or(100.0),
             })
@@ -245,7 +241,7 @@ impl<'a> Compiler<'a> {
         let cors = winner(&cfg.cors_policies, r).map(|p| {
             let c = &p.spec.config;
             CorsPolicy {
-                from: policy_name(p),
+                from: p.origin.resource(),
                 allow_origins: c.allow_origins.iter().filter_map(string_match).collect(),
                 allow_methods: c.allow_methods.clone(),
                 allow_headers: c.allow_headers.clone(),

@@ -80,7 +80,7 @@ fn to_diag(o: &Origin, msg: String) -> Diagnostic {
         file: o.file.clone(),
         line: o.line,
         column: 0,
-        resource: Some(format!("{} {}/{}", o.kind, o.namespace, o.name)),
+        resource: Some(o.resource()),
         message: msg,
     }
 }

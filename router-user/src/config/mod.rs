@@ -53,10 +53,7 @@ impl<S> Resource<S> {
                 "{} {}/{}/{}",
                 self.origin.kind, c, self.origin.namespace, self.meta.name
             ),
-            None => format!(
-                "{} {}/{}",
-                self.origin.kind, self.origin.namespace, self.meta.name
-            ),
+            None => self.origin.resource(),
         }
     }
 }

@@ -98,15 +98,16 @@ pub fn validate(
     v.notices
 }
 
-fn positive_duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>) {
+/// A duration setting, if set, parses (and is not zero, when `positive`).
+fn duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>, positive: bool) {
     if let Some(d) = d {
         match crate::compile::l7::parse_duration(d) {
-            Ok(x) if !x.is_zero() => {}
-            Ok(_) => v.err(
+            Ok(x) if x.is_zero() && positive => v.err(
                 p,
                 p.origin.line,
                 format!("{what} is zero; expected a positive duration like 1s or 500ms"),
             ),
+            Ok(_) => {}
             Err(e) => v.err(p, p.origin.line, format!("{what}: {e}")),
         }
     }
@@ -114,8 +115,8 @@ fn positive_duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<S
 
 fn outlier_policy(v: &mut V<'_>, p: &Resource<OutlierDetectionPolicySpec>) {
     let Some(c) = &p.spec.config else { return };
-    positive_duration(v, p, "config.interval", &c.interval);
-    positive_duration(v, p, "config.baseEjectionTime", &c.base_ejection_time);
+    duration(v, p, "config.interval", &c.interval, true);
+    duration(v, p, "config.baseEjectionTime", &c.base_ejection_time, true);
     if let Some(m) = c.max_ejection_percent
         && m > 100
     {
@@ -139,8 +140,8 @@ fn health_policy(v: &mut V<'_>, p: &Resource<ActiveHealthCheckPolicySpec>) {
         v.err(p, p.origin.line, "spec.config.healthCheck is missing; expected e.g. `config: {healthCheck: {interval: 5s, timeout: 1s, tcpHealthCheck: {}}}`");
         return;
     };
-    positive_duration(v, p, "healthCheck.interval", &hc.interval);
-    positive_duration(v, p, "healthCheck.timeout", &hc.timeout);
+    duration(v, p, "healthCheck.interval", &hc.interval, true);
+    duration(v, p, "healthCheck.timeout", &hc.timeout, true);
     for (what, t) in [
         ("unhealthyThreshold", hc.unhealthy_threshold),
         ("healthyThreshold", hc.healthy_threshold),
@@ -623,15 +624,8 @@ fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
     // table, children included: a cycle has no root.
     let (flat, errors) = routes::flatten(v.cfg, rt);
     for e in errors {
-        v.diags.push(
-            &e.origin.file,
-            e.line,
-            Some(format!(
-                "{} {}/{}",
-                e.origin.kind, e.origin.namespace, e.origin.name
-            )),
-            e.message,
-        );
+        v.diags
+            .push(&e.origin.file, e.line, Some(e.origin.resource()), e.message);
     }
     if is_child {
         return;
@@ -856,17 +850,9 @@ fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelect
 
 /// Route policies: selectors, durations, percentages, statuses, references.
 fn route_policies(v: &mut V<'_>) {
-    use crate::compile::l7::parse_duration;
     fn common<C>(v: &mut V<'_>, p: &Resource<RoutePolicySpec<C>>) {
         if p.spec.apply_to_routes.is_empty() {
             v.err(p, p.origin.line, "spec.applyToRoutes is empty; select routes by labels, e.g. `- route: {labels: {route: reviews}}`");
-        }
-    }
-    fn duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>) {
-        if let Some(d) = d
-            && let Err(e) = parse_duration(d)
-        {
-            v.err(p, p.origin.line, format!("{what}: {e}"));
         }
     }
     fn percent<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, x: Option<f64>) {
@@ -910,9 +896,9 @@ fn route_policies(v: &mut V<'_>) {
     for p in &cfg.retry_policies {
         common(v, p);
         let c = &p.spec.config;
-        duration(v, p, "requestTimeout", &c.request_timeout);
+        duration(v, p, "requestTimeout", &c.request_timeout, false);
         if let Some(r) = &c.retries {
-            duration(v, p, "retries.perTryTimeout", &r.per_try_timeout);
+            duration(v, p, "retries.perTryTimeout", &r.per_try_timeout, false);
             for on in &r.retry_on {
                 if !RETRY_ON.contains(&on.as_str()) {
                     v.err(
@@ -938,7 +924,13 @@ fn route_policies(v: &mut V<'_>) {
         common(v, p);
         let c = &p.spec.config;
         if let Some(d) = &c.delay {
-            duration(v, p, "delay.fixedDelay", &Some(d.fixed_delay.clone()));
+            duration(
+                v,
+                p,
+                "delay.fixedDelay",
+                &Some(d.fixed_delay.clone()),
+                false,
+            );
             percent(v, p, "delay.percentage", d.percentage);
         }
         if let Some(a) = &c.abort {
@@ -975,7 +967,7 @@ fn route_policies(v: &mut V<'_>) {
     for p in &cfg.cors_policies {
         common(v, p);
         let c = &p.spec.config;
-        duration(v, p, "maxAge", &c.max_age);
+        duration(v, p, "maxAge", &c.max_age, false);
         for o in &c.allow_origins {
             if let Some(r) = &o.regex
                 && let Err(e) = regex::Regex::new(r)

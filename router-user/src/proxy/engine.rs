@@ -48,7 +48,8 @@ enum Cond {
     Port(u16),
 }
 
-fn full(re: &str, ignore_case: bool) -> Result<Regex, String> {
+/// `re` matching the whole of a value.
+pub(super) fn full(re: &str, ignore_case: bool) -> Result<Regex, String> {
     let flags = if ignore_case { "(?i)" } else { "" };
     Regex::new(&format!("{flags}^(?:{re})$")).map_err(|e| format!("regex `{re}`: {e}"))
 }
@@ -193,7 +194,6 @@ impl Table {
         })
     }
 
-    /// First route that matches; `None`: 404.
     /// [`Self::select`] for a request written as plain strings (`uri` with
     /// its query), for tests and tools. Panics on an invalid method or
     /// header, which a real request cannot have.
@@ -225,6 +225,7 @@ impl Table {
         })
     }
 
+    /// First route that matches; `None`: 404.
     pub fn select(&self, req: &Req<'_>) -> Option<Hit> {
         for (i, matchers) in self.routes.iter().enumerate() {
             if matchers.is_empty() {
@@ -263,24 +264,43 @@ pub fn rewrite_prefix(path: &str, hit: &Hit, to: &str) -> String {
     }
 }
 
-/// `regexRewrite`: every match of `pattern` in the path replaced by
-/// `substitution` (Envoy's `\1` capture references become Rust's `${1}`).
-pub fn rewrite_regex(path: &str, pattern: &str, substitution: &str) -> String {
-    let Ok(re) = Regex::new(pattern) else {
-        return path.to_string();
-    };
-    let mut sub = String::new();
-    let mut chars = substitution.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            sub.push_str(&format!("${{{}}}", chars.next().unwrap()));
-        } else if c == '$' {
-            sub.push_str("$$");
-        } else {
-            sub.push(c);
+/// A `regexRewrite`, compiled once per plan: every match of the pattern in
+/// the path replaced by the substitution (Envoy's `\1` capture references
+/// become Rust's `${1}`).
+#[derive(Debug)]
+pub struct RegexRewrite {
+    re: Regex,
+    sub: String,
+}
+
+impl RegexRewrite {
+    pub fn new(pattern: &str, substitution: &str) -> Result<RegexRewrite, String> {
+        let re = Regex::new(pattern).map_err(|e| format!("regexRewrite `{pattern}`: {e}"))?;
+        let mut sub = String::new();
+        let mut chars = substitution.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                sub.push_str(&format!("${{{}}}", chars.next().unwrap()));
+            } else if c == '$' {
+                sub.push_str("$$");
+            } else {
+                sub.push(c);
+            }
         }
+        Ok(RegexRewrite { re, sub })
     }
-    re.replace_all(path, sub.as_str()).into_owned()
+
+    pub fn apply(&self, path: &str) -> String {
+        self.re.replace_all(path, self.sub.as_str()).into_owned()
+    }
+}
+
+/// [`RegexRewrite`] in one call; a pattern that does not compile leaves the
+/// path as it is.
+pub fn rewrite_regex(path: &str, pattern: &str, substitution: &str) -> String {
+    RegexRewrite::new(pattern, substitution)
+        .map(|r| r.apply(path))
+        .unwrap_or_else(|_| path.to_string())
 }
 
 /// `host[:port]` or `[v6][:port]` -> (host, port).

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{
-    engine::{self, Hit, Req, Table},
+    engine::{self, Hit, RegexRewrite, Req, Table},
     upstream::{Body, BoxError, Upstreams, is_connect_failure},
 };
 use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, RetryPolicy};
@@ -27,17 +27,65 @@ use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, Re
 /// Bodies are buffered only when a retry or a mirror needs a copy.
 const MAX_BUFFERED_BODY: usize = 1 << 20;
 
-/// A route table compiled for the engine.
+/// A route table compiled for the engine, with each route's regexes
+/// compiled once per plan rather than per request.
 #[derive(Debug)]
 pub struct Compiled {
     pub routes: Vec<L7Route>,
     pub table: Table,
+    extras: Vec<RouteExtras>,
+}
+
+/// What a route needs at request time beyond its matchers.
+#[derive(Debug, Default)]
+struct RouteExtras {
+    /// The forward action's `regexRewrite`.
+    rewrite: Option<RegexRewrite>,
+    /// The CORS policy's `allowOrigins`, in order: `Some` for a regex.
+    cors_origins: Vec<Option<regex::Regex>>,
+}
+
+impl RouteExtras {
+    fn new(r: &L7Route) -> Result<RouteExtras, String> {
+        let rewrite = match &r.action {
+            L7Action::Forward(f) => f
+                .regex_rewrite
+                .as_ref()
+                .map(|(re, sub)| RegexRewrite::new(re, sub))
+                .transpose()?,
+            _ => None,
+        };
+        let cors_origins = r
+            .policies
+            .cors
+            .iter()
+            .flat_map(|c| &c.allow_origins)
+            .map(|(kind, v)| match kind {
+                PathKind::Regex => engine::full(v, false).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(RouteExtras {
+            rewrite,
+            cors_origins,
+        })
+    }
 }
 
 impl Compiled {
+    /// Fails only on a regex that does not compile, which validation
+    /// already rejects.
     pub fn new(routes: Vec<L7Route>) -> Result<Self, String> {
         let table = Table::new(&routes)?;
-        Ok(Compiled { routes, table })
+        let extras = routes
+            .iter()
+            .map(RouteExtras::new)
+            .collect::<Result<_, _>>()?;
+        Ok(Compiled {
+            routes,
+            table,
+            extras,
+        })
     }
 }
 
@@ -156,14 +204,15 @@ fn chance(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
-fn origin_allowed(c: &CorsPolicy, origin: &str) -> bool {
-    c.allow_origins.iter().any(|(k, v)| match k {
-        PathKind::Exact => v == origin || v == "*",
-        PathKind::Prefix => origin.starts_with(v.as_str()),
-        PathKind::Regex => {
-            regex::Regex::new(&format!("^(?:{v})$")).is_ok_and(|r| r.is_match(origin))
-        }
-    })
+fn origin_allowed(c: &CorsPolicy, p: &RouteExtras, origin: &str) -> bool {
+    c.allow_origins
+        .iter()
+        .zip(&p.cors_origins)
+        .any(|((k, v), re)| match k {
+            PathKind::Exact => v == origin || v == "*",
+            PathKind::Prefix => origin.starts_with(v.as_str()),
+            PathKind::Regex => re.as_ref().is_some_and(|r| r.is_match(origin)),
+        })
 }
 
 fn set(h: &mut HeaderMap, name: &str, value: &str) {
@@ -315,6 +364,7 @@ async fn forward(
     ctx: &Ctx,
     f: &L7Forward,
     route: &L7Route,
+    extras: &RouteExtras,
     hit: &Hit,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -330,8 +380,8 @@ async fn forward(
         .unwrap_or_default();
     let new_path = if let Some(to) = &f.path_rewrite {
         engine::rewrite_prefix(&path, hit, to)
-    } else if let Some((re, sub)) = &f.regex_rewrite {
-        engine::rewrite_regex(&path, re, sub)
+    } else if let Some(r) = &extras.rewrite {
+        r.apply(&path)
     } else {
         path.clone()
     };
@@ -534,17 +584,17 @@ pub async fn handle(
             format!("no route for {} {}", req.method(), req.uri().path()),
         );
     };
-    let route = &t.routes[hit.route];
+    let (route, extras) = (&t.routes[hit.route], &t.extras[hit.route]);
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let cors = route
-        .policies
-        .cors
-        .as_ref()
-        .filter(|c| origin.as_deref().is_some_and(|o| origin_allowed(c, o)));
+    let cors = route.policies.cors.as_ref().filter(|c| {
+        origin
+            .as_deref()
+            .is_some_and(|o| origin_allowed(c, extras, o))
+    });
     if let (Some(c), Some(o)) = (cors, &origin)
         && req.method() == http::Method::OPTIONS
         && req.headers().contains_key("access-control-request-method")
@@ -594,7 +644,7 @@ pub async fn handle(
             );
             resp
         }
-        L7Action::Forward(f) => forward(ctx, f, route, &hit, req, peer).await,
+        L7Action::Forward(f) => forward(ctx, f, route, extras, &hit, req, peer).await,
     };
     let h = resp.headers_mut();
     if let Some(hp) = &route.policies.headers {

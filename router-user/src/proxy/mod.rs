@@ -459,7 +459,7 @@ impl Proxy {
 
     /// Close listeners the plan no longer has (call after the kernel moved).
     pub fn retire(&mut self, plan: &Plan) {
-        let keep: Vec<Key> = plan
+        let keep: std::collections::BTreeSet<Key> = plan
             .l7
             .iter()
             .map(|s| Key::EastWest(s.proxy_port))

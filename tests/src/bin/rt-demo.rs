@@ -136,31 +136,11 @@ fn explain(bin: &std::path::Path, config: &std::path::Path, target: &str) -> Res
 
 /// One curl, printed: status, a response header, and who answered.
 fn curl_show(world: &World, inside: bool, label: &str, args: &[&str]) -> Result<()> {
-    let mut cmd = if inside {
-        world.client("curl")
-    } else {
-        world.outside("curl")
-    };
-    let out = cmd
-        .args([
-            "-sS",
-            "--max-time",
-            "3",
-            "-D",
-            "/dev/stderr",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(args)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let route = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("x-route: ")
-                .map(|v| format!(", x-route: {}", v.trim()))
-        })
+    let (code, body, headers, ..) = router_tests::curl(world, args, inside);
+    let body = body.as_str();
+    let route = headers
+        .get("x-route")
+        .map(|v| format!(", x-route: {v}"))
         .unwrap_or_default();
     let who = match serde_json::from_str::<Answer>(body) {
         Ok(a) => format!(
