@@ -154,18 +154,27 @@ fn an_http_check_that_answers_the_wrong_status_takes_the_endpoint_out() {
         assert!(Instant::now() < deadline, "checks did not fail: {logs:#?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let plan: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(s.routerd.state_dir.join("plan.json")).unwrap(),
-    )
-    .unwrap();
-    let svc = plan["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["vip"] == s.vip.ip().to_string())
-        .unwrap()
-        .clone();
-    let tiers = &svc["destinations"][0]["tiers"];
+    // The second endpoint's recompile lands just after its log line (under
+    // TCG, noticeably after): wait for the plan that has both down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tiers = loop {
+        let plan: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(s.routerd.state_dir.join("plan.json")).unwrap(),
+        )
+        .unwrap();
+        let svc = plan["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["vip"] == s.vip.ip().to_string())
+            .unwrap()
+            .clone();
+        let tiers = svc["destinations"][0]["tiers"].clone();
+        if tiers[0]["panic"] == true || Instant::now() >= deadline {
+            break tiers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(tiers[0]["panic"], true, "{tiers}");
     assert_eq!(tiers[0]["load_percent"], 100, "{tiers}");
     assert_eq!(until_only(&s, "e1", 5, Duration::from_secs(5)).1, 0);
