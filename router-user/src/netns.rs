@@ -29,7 +29,10 @@ enum SockReq {
 /// Creates sockets in one network namespace, marked with [`DNS_MARK`].
 #[derive(Clone)]
 pub struct Sockets {
-    tx: std::sync::mpsc::Sender<SockReq>,
+    /// The thread in the other namespace; `None`: the daemon's own
+    /// namespace, where sockets are made inline (no thread hop on the
+    /// proxy's upstream connects).
+    tx: Option<std::sync::mpsc::Sender<SockReq>>,
 }
 
 fn marked(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
@@ -47,66 +50,63 @@ fn domain(v6: bool) -> socket2::Domain {
     }
 }
 
+/// Make the socket `req` asks for, in this thread's namespace.
+fn serve(req: SockReq) {
+    match req {
+        SockReq::Udp(addr, reply) => {
+            let s = marked(domain(addr.is_ipv6()), socket2::Type::DGRAM).and_then(|s| {
+                s.bind(&addr.into())?;
+                Ok(s.into())
+            });
+            let _ = reply.send(s);
+        }
+        SockReq::Listen(addr, reply) => {
+            let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                Ok(s.into())
+            });
+            let _ = reply.send(s);
+        }
+        SockReq::Stream(v6, reply) => {
+            let _ = reply.send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
+        }
+        SockReq::Diag(reply) => {
+            let _ = reply.send(crate::reap::diag_socket());
+        }
+    }
+}
+
 impl Sockets {
-    /// Start the socket thread, in `netns` if given (a path like /var/run/netns/x).
+    /// Start the socket thread in `netns` (a path like /var/run/netns/x), or
+    /// make sockets inline when there is none.
     pub fn start(netns: Option<&Path>) -> Result<Self> {
-        let ns = match netns {
-            Some(p) => Some(
-                std::fs::File::open(p)
-                    .with_context(|| format!("opening network namespace {}", p.display()))?,
-            ),
-            None => None,
+        let Some(p) = netns else {
+            return Ok(Sockets { tx: None });
         };
+        let ns = std::fs::File::open(p)
+            .with_context(|| format!("opening network namespace {}", p.display()))?;
         let (tx, rx) = std::sync::mpsc::channel::<SockReq>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         std::thread::Builder::new()
             .name("netns-sockets".into())
             .spawn(move || {
-                if let Some(f) = ns {
-                    // setns affects this thread only; it stays in the namespace.
-                    if let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET) {
-                        let _ = ready_tx.send(Err(std::io::Error::other(e)));
-                        return;
-                    }
+                // setns affects this thread only; it stays in the namespace.
+                if let Err(e) = nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                    let _ = ready_tx.send(Err(std::io::Error::other(e)));
+                    return;
                 }
                 let _ = ready_tx.send(Ok(()));
                 for req in rx {
-                    match req {
-                        SockReq::Udp(addr, reply) => {
-                            let s = marked(domain(addr.is_ipv6()), socket2::Type::DGRAM).and_then(
-                                |s| {
-                                    s.bind(&addr.into())?;
-                                    Ok(s.into())
-                                },
-                            );
-                            let _ = reply.send(s);
-                        }
-                        SockReq::Listen(addr, reply) => {
-                            let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(
-                                |s| {
-                                    s.set_reuse_address(true)?;
-                                    s.bind(&addr.into())?;
-                                    s.listen(1024)?;
-                                    Ok(s.into())
-                                },
-                            );
-                            let _ = reply.send(s);
-                        }
-                        SockReq::Stream(v6, reply) => {
-                            let _ = reply
-                                .send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
-                        }
-                        SockReq::Diag(reply) => {
-                            let _ = reply.send(crate::reap::diag_socket());
-                        }
-                    }
+                    serve(req);
                 }
             })?;
         ready_rx
             .recv()
             .context("netns socket thread")?
             .context("entering the listen network namespace")?;
-        Ok(Sockets { tx })
+        Ok(Sockets { tx: Some(tx) })
     }
 
     async fn ask<T>(
@@ -114,9 +114,12 @@ impl Sockets {
         make: impl FnOnce(oneshot::Sender<std::io::Result<T>>) -> SockReq,
     ) -> std::io::Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| std::io::Error::other("netns socket thread gone"))?;
+        match &self.tx {
+            Some(thread) => thread
+                .send(make(tx))
+                .map_err(|_| std::io::Error::other("netns socket thread gone"))?,
+            None => serve(make(tx)),
+        }
         rx.await
             .map_err(|_| std::io::Error::other("netns socket thread gone"))?
     }
@@ -136,5 +139,26 @@ impl Sockets {
         tokio::net::TcpSocket::from_std_stream(std)
             .connect(to)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a namespace, sockets are made inline, on loopback here, and
+    /// carry the mark like the thread's (SO_MARK needs CAP_NET_ADMIN: root).
+    #[tokio::test]
+    async fn inline_sockets_are_marked_and_work() {
+        let socks = Sockets::start(None).unwrap();
+        assert!(socks.tx.is_none());
+        let l = socks.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(socks.connect(addr), l.accept());
+        let c = c.unwrap();
+        s.unwrap();
+        assert_eq!(socket2::SockRef::from(&c).mark().unwrap(), DNS_MARK);
+        let u = socks.udp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(socket2::SockRef::from(&u).mark().unwrap(), DNS_MARK);
     }
 }

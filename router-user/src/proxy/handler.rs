@@ -158,7 +158,23 @@ pub struct Ctx {
     pub obs: Observations,
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+/// The host a request names: its absolute URI's authority, else its Host
+/// header (with the port, if any).
+pub(super) fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority()
+        .map(|a| a.to_string())
+        .or_else(|| host_header(headers))
+}
+
+pub(super) fn host_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(String::from)
+}
+
+/// A text/plain response.
+pub(super) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let b: String = body.into();
     let mut r = Response::new(Full::new(Bytes::from(b)).map_err(|e| match e {}).boxed());
     *r.status_mut() = status;
@@ -387,12 +403,7 @@ async fn forward(
     };
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
-    let original_host = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(String::from)
-    });
+    let original_host = request_host(&parts.uri, &headers);
     if let Some(h) = &original_host {
         set(&mut headers, "host", h);
     }
@@ -620,17 +631,7 @@ pub async fn handle(
             format!("route `{}` is broken: {reason}", route.name),
         ),
         L7Action::Redirect(r) => {
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| {
-                    req.headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(String::from)
-                })
-                .unwrap_or_default();
+            let host = request_host(req.uri(), req.headers()).unwrap_or_default();
             let pq = req
                 .uri()
                 .path_and_query()

@@ -220,25 +220,20 @@ async fn route_request(
     match key {
         Key::EastWest(p) => match routing.east_west.get(&p) {
             Some((_, port, table)) => handler::handle(ctx, table, req, *port, scheme, peer).await,
-            None => plain(
+            None => handler::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this service is no longer served by the proxy",
             ),
         },
         Key::Gateway(p) => {
             let Some(gw) = routing.gateways.get(&p) else {
-                return plain(
+                return handler::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "this gateway listener is no longer configured",
                 );
             };
             if gw.listener.https_redirect && scheme == "http" {
-                let host = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(String::from)
-                });
+                let host = handler::request_host(req.uri(), req.headers());
                 let host = engine::split_host_port(host.as_deref().unwrap_or(""))
                     .0
                     .to_string();
@@ -247,7 +242,7 @@ async fn route_request(
                     .path_and_query()
                     .map(|p| p.as_str())
                     .unwrap_or("/");
-                let mut r = plain(StatusCode::MOVED_PERMANENTLY, "");
+                let mut r = handler::text(StatusCode::MOVED_PERMANENTLY, "");
                 if let Ok(v) = format!("https://{host}{pq}").parse() {
                     r.headers_mut().insert(http::header::LOCATION, v);
                 }
@@ -257,33 +252,17 @@ async fn route_request(
                 .uri()
                 .authority()
                 .map(|a| a.host().to_string())
-                .or_else(|| {
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(String::from)
-                })
+                .or_else(|| handler::host_header(req.headers()))
                 .unwrap_or_default();
             match gw.select(&host) {
                 Some(table) => handler::handle(ctx, table, req, p, scheme, peer).await,
-                None => plain(
+                None => handler::text(
                     StatusCode::NOT_FOUND,
                     format!("no route table for host `{host}` on this gateway"),
                 ),
             }
         }
     }
-}
-
-fn plain(s: StatusCode, body: impl Into<String>) -> Response<Body> {
-    use http_body_util::{BodyExt, Full};
-    let mut r = Response::new(
-        Full::new(bytes::Bytes::from(body.into()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = s;
-    r
 }
 
 /// A TCP gateway listener: each connection to an endpoint of the first
