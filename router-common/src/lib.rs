@@ -8,14 +8,19 @@
 //! - Sizes and offsets are asserted at compile time below; changing a layout
 //!   means bumping [`ABI_VERSION`] (the bpffs directory and the map names carry
 //!   it), because aya reuses a pinned map without checking its layout.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Version of the map layouts. Part of every map name and of the pin directory
-/// (`<bpffs>/<root>/v1/`). Bump it whenever any struct below changes.
-pub const ABI_VERSION: u32 = 1;
+/// (`<bpffs>/<root>/v2/`). Bump it whenever any struct below changes.
+pub const ABI_VERSION: u32 = 2;
 
 /// Directory under the pin root that holds this layout's maps and links.
-pub const PIN_SUBDIR: &str = "v1";
+pub const PIN_SUBDIR: &str = "v2";
+
+/// Directories of older layouts that a new daemon removes once its own
+/// programs are attached (their programs would otherwise keep rewriting
+/// VIPs with a stale plan ahead of the new ones).
+pub const OLD_PIN_SUBDIRS: [&str; 1] = ["v1"];
 
 // ---------------------------------------------------------------------------
 // Map names. The kernel limits object names to 15 bytes; these are also the
@@ -23,48 +28,64 @@ pub const PIN_SUBDIR: &str = "v1";
 // ---------------------------------------------------------------------------
 
 /// `SvcKey -> SvcHeader`: one entry per (VIP, port, protocol).
-pub const MAP_SERVICES: &str = "ROUTER_SVC_V1";
+pub const MAP_SERVICES: &str = "ROUTER_SVC_V2";
 /// `SlotKey -> u32 backend id`: the precomputed slot tables.
-pub const MAP_SLOTS: &str = "ROUTER_SLOT_V1";
+pub const MAP_SLOTS: &str = "ROUTER_SLOT_V2";
 /// `u32 backend id -> Backend`.
-pub const MAP_BACKENDS: &str = "ROUTER_BE_V1";
+pub const MAP_BACKENDS: &str = "ROUTER_BE_V2";
 /// Array of one `Config`.
-pub const MAP_CONFIG: &str = "ROUTER_CFG_V1";
+pub const MAP_CONFIG: &str = "ROUTER_CFG_V2";
+/// `u64 netns cookie -> Listeners`: the daemon's DNS and L7 proxy listeners
+/// in each network namespace it serves. DNS is captured and L7 VIPs are
+/// handed to the proxy only for sockets of those namespaces.
+pub const MAP_LISTENERS: &str = "ROUTER_LSN_V2";
 /// Socket-local storage: `RevNat` for connected sockets (TCP, connected UDP).
-pub const MAP_SOCK_REVNAT: &str = "ROUTER_SOCK_V1";
-/// LRU `UdpRevKey -> UdpRevValue` for unconnected UDP (`sendmsg`).
-pub const MAP_UDP_REVNAT: &str = "ROUTER_UDPRN_V1";
+pub const MAP_SOCK_REVNAT: &str = "ROUTER_SOCK_V2";
+/// LRU `UdpRevKey -> UdpRevValue` for unconnected UDP (`sendmsg`), and for
+/// DNS queries captured on connected UDP sockets (so the daemon can find a
+/// query's original resolver from the socket cookie).
+pub const MAP_UDP_REVNAT: &str = "ROUTER_UDPRN_V2";
+/// LRU `OrigKey -> OrigDst`: for TCP connections handed to one of the
+/// daemon's listeners (the L7 proxy, DNS over TCP), what the client dialled,
+/// keyed by the client's own address as the listener sees it. Written by the
+/// `orig_dst` (sock_ops) program when the connection starts; read (and deleted) by the
+/// daemon when it accepts it.
+pub const MAP_ORIG_DST: &str = "ROUTER_ODST_V2";
 /// Per-CPU array indexed by service id: `SvcStats`.
-pub const MAP_SVC_STATS: &str = "ROUTER_SSTAT_V1";
+pub const MAP_SVC_STATS: &str = "ROUTER_SSTAT_V2";
 /// Per-CPU array indexed by backend id: `BackendStats`.
-pub const MAP_BACKEND_STATS: &str = "ROUTER_BSTAT_V1";
+pub const MAP_BACKEND_STATS: &str = "ROUTER_BSTAT_V2";
 /// Per-CPU array of one `GlobalStats`.
-pub const MAP_GLOBAL_STATS: &str = "ROUTER_GSTAT_V1";
+pub const MAP_GLOBAL_STATS: &str = "ROUTER_GSTAT_V2";
 /// Array of one `Meta`: written and read by the daemon only.
-pub const MAP_META: &str = "ROUTER_META_V1";
-/// Array of one u64: CLOCK_MONOTONIC nanoseconds until which the daemon's DNS
-/// listener counts as alive. The daemon pushes it forward every second; when
-/// it stops (or is killed), DNS capture stops within seconds and queries go
-/// to the resolver the process asked, as if routerd were not there.
-pub const MAP_DNS_ALIVE: &str = "ROUTER_DNSOK_V1";
+pub const MAP_META: &str = "ROUTER_META_V2";
+/// Array of one u64: CLOCK_MONOTONIC nanoseconds until which the daemon
+/// counts as alive (its heartbeat). The daemon pushes it forward every
+/// second from a thread of its own; when it stops (or is killed), within
+/// seconds DNS is no longer captured (queries go to the resolver the process
+/// asked, as if routerd were not there) and L7 VIPs are refused with
+/// [`ERRNO_DAEMON_DOWN`] instead of being handed to a port nobody serves.
+pub const MAP_ALIVE: &str = "ROUTER_ALIVE_V2";
 
 /// Every map the daemon pins, in the order it creates them.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
     MAP_CONFIG,
+    MAP_LISTENERS,
     MAP_SOCK_REVNAT,
     MAP_UDP_REVNAT,
+    MAP_ORIG_DST,
     MAP_SVC_STATS,
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
     MAP_META,
-    MAP_DNS_ALIVE,
+    MAP_ALIVE,
 ];
 
-/// The programs, by ELF symbol name, with the cgroup attach point each one uses.
-pub const PROGRAMS: [&str; 8] = [
+/// The cgroup sock_addr programs, by ELF symbol name.
+pub const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -73,6 +94,23 @@ pub const PROGRAMS: [&str; 8] = [
     "recvmsg6",
     "getpeername4",
     "getpeername6",
+];
+
+/// The `sock_ops` program (records the original destination of TCP
+/// connections handed to the daemon's listeners).
+pub const SOCK_OPS_PROGRAM: &str = "orig_dst";
+
+/// Every program the daemon attaches to the cgroup (one pinned link each).
+pub const PROGRAMS: [&str; 9] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+    SOCK_OPS_PROGRAM,
 ];
 
 // ---------------------------------------------------------------------------
@@ -95,6 +133,11 @@ pub const BANK_SLOTS: u32 = 16_384;
 pub const MAX_SLOT_ENTRIES: u32 = 1_048_576;
 /// Entries of the UDP reverse-translation LRU.
 pub const MAX_UDP_REVNAT: u32 = 65_536;
+/// Entries of the original-destination LRU (TCP connections between the
+/// client's connect() and the daemon's accept()).
+pub const MAX_ORIG_DST: u32 = 65_536;
+/// Network namespaces with listeners.
+pub const MAX_LISTENER_NETNS: u32 = 4_096;
 
 // ---------------------------------------------------------------------------
 // Flags and constants.
@@ -115,22 +158,40 @@ pub const CFG_VALID: u32 = 1;
 /// `Config::flags`: refuse connections to addresses inside the VIP ranges that
 /// are not a known service (instead of letting them leave the host).
 pub const CFG_REFUSE_UNKNOWN_VIP: u32 = 2;
-/// `Config::flags`: send DNS (port 53, UDP and TCP) to the daemon's listener.
-pub const CFG_DNS_CAPTURE: u32 = 4;
+/// `Listeners::flags`: send DNS (port 53, UDP and TCP) of this namespace to
+/// the daemon's listener.
+pub const LSN_F_DNS: u32 = 1;
+/// `Listeners::flags`: the L7 proxy listens in this namespace.
+pub const LSN_F_PROXY: u32 = 2;
 /// The DNS port, host byte order.
 pub const DNS_PORT: u16 = 53;
-/// `SO_MARK` on the daemon's DNS sockets; `Config::mark` carries it.
-pub const DNS_MARK: u32 = 0x5244_4e53; // "RDNS"
-/// How far ahead the daemon sets `MAP_DNS_ALIVE` (it refreshes every second).
-pub const DNS_ALIVE_NS: u64 = 3_000_000_000;
+/// `SO_MARK` on every socket the daemon makes; `Config::mark` carries it.
+/// The programs never capture or redirect such sockets.
+pub const DAEMON_MARK: u32 = 0x5244_4e53; // "RDNS"
+/// How far ahead the daemon sets `MAP_ALIVE` (it refreshes every second).
+pub const ALIVE_NS: u64 = 3_000_000_000;
 
-/// `SvcHeader::flags`: connections go to the daemon's L7 proxy (on
-/// `Config::proxy4/6`, port `SvcHeader::proxy_port`); there are no slots.
+/// `SvcHeader::flags`: connections go to the daemon's L7 proxy (the
+/// listener of the caller's network namespace in `MAP_LISTENERS`); there are
+/// no slots.
 pub const SVC_F_PROXY: u16 = 1;
+
+/// `RevNat::flags`: the connection was handed to one of the daemon's
+/// listeners (the L7 proxy or DNS); `orig_dst` records its original
+/// destination in [`MAP_ORIG_DST`].
+pub const REV_F_DAEMON: u8 = 1;
 
 /// errno values the programs set with `bpf_set_retval` (as negatives).
 pub const ERRNO_NO_BACKEND: i32 = 113; // EHOSTUNREACH: a known service, no healthy backend
 pub const ERRNO_UNKNOWN_VIP: i32 = 111; // ECONNREFUSED: inside a VIP range, not a service
+/// ECONNREFUSED: an L7 service while the daemon is down, or from a network
+/// namespace where the daemon has no proxy listener.
+pub const ERRNO_DAEMON_DOWN: i32 = 111;
+
+/// The third 32-bit word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+/// as it sits in memory (network byte order); words 0 and 1 are zero and
+/// word 3 is the IPv4 address.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 // ---------------------------------------------------------------------------
 // Map types.
@@ -165,9 +226,7 @@ pub struct SvcHeader {
     pub base: u32,
     /// `SVC_F_*` bits.
     pub flags: u16,
-    /// With [`SVC_F_PROXY`]: the L7 proxy's listener port for this service,
-    /// network byte order. 0: no proxy.
-    pub proxy_port: u16,
+    pub _pad: u16,
 }
 
 /// Key of [`MAP_SLOTS`].
@@ -208,26 +267,36 @@ pub struct Config {
     /// IPv4 VIP range: network and mask, network byte order.
     pub v4_net: u32,
     pub v4_mask: u32,
-    /// `SO_MARK` of the daemon's own DNS sockets, which are never captured
-    /// (host byte order). 0: no exemption.
+    /// `SO_MARK` of the daemon's own sockets, which are never captured or
+    /// redirected (host byte order). 0: no exemption.
     pub mark: u32,
     /// IPv6 VIP range: network and mask, as four network-byte-order words.
     pub v6_net: [u32; 4],
     pub v6_mask: [u32; 4],
-    /// The daemon's DNS listener for IPv4 clients, network byte order.
-    /// 0: IPv4 DNS is not captured.
+}
+
+/// Value of [`MAP_LISTENERS`] (key: the network namespace's cookie, `u64`,
+/// as `bpf_get_netns_cookie` and `SO_NETNS_COOKIE` give it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Listeners {
+    /// `LSN_F_*` bits.
+    pub flags: u32,
+    /// The DNS listener for IPv4 clients, network byte order. 0: IPv4 DNS is
+    /// not captured.
     pub dns4: u32,
-    /// The DNS listener's port, network byte order.
-    pub dns_port: u16,
-    pub _pad: u16,
     /// The DNS listener for IPv6 clients. All zero: IPv6 DNS is not captured.
     pub dns6: [u32; 4],
-    /// The L7 proxy's listener address for IPv4 clients, network byte order
-    /// (the port is per service, in `SvcHeader::proxy_port`).
+    /// The L7 proxy's listener for IPv4 clients, network byte order. 0:
+    /// IPv4 clients of L7 services are refused.
     pub proxy4: u32,
-    pub _pad2: u32,
+    /// The DNS listeners' port, network byte order.
+    pub dns_port: u16,
+    /// The L7 proxy listeners' port, network byte order (a privileged port:
+    /// no unprivileged process can take it over while the daemon is down).
+    pub proxy_port: u16,
     /// The proxy's listener for IPv6 clients. All zero: IPv6 clients of L7
-    /// services are refused (EHOSTUNREACH).
+    /// services are refused.
     pub proxy6: [u32; 4],
 }
 
@@ -246,7 +315,9 @@ pub struct RevNat {
     pub backend_port: u16,
     /// [`FAMILY_V4`] or [`FAMILY_V6`]; 0: entry unused.
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// `REV_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Key of [`MAP_UDP_REVNAT`].
@@ -275,6 +346,35 @@ pub struct UdpRevValue {
     pub _pad: [u8; 6],
 }
 
+/// Key of [`MAP_ORIG_DST`]: a TCP client as the daemon's listener sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct OrigKey {
+    /// Cookie of the client's network namespace (host byte order).
+    pub netns: u64,
+    /// The client's own address, network byte order. An IPv4-mapped IPv6
+    /// address is stored as IPv4 (that is how an IPv4 listener sees it).
+    pub addr: [u32; 4],
+    /// The client's own port, network byte order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of [`MAP_ORIG_DST`]: what the client dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OrigDst {
+    /// Address, network byte order (IPv4-mapped addresses as IPv4).
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]; 0: entry unused.
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Value of [`MAP_SVC_STATS`] (per CPU; sum over CPUs to read).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -283,7 +383,8 @@ pub struct SvcStats {
     pub connects: u64,
     /// Unconnected UDP datagrams rewritten by `sendmsg`.
     pub datagrams: u64,
-    /// Calls refused because the service had no healthy backend.
+    /// Calls refused because the service had no healthy backend (or, for an
+    /// L7 service, because no proxy serves the caller right now).
     pub no_backend: u64,
     /// Calls refused because a slot or backend was missing (should stay 0).
     pub inconsistent: u64,
@@ -310,6 +411,12 @@ pub struct GlobalStats {
     pub revnat_failed: u64,
     /// DNS connects and datagrams sent to the daemon's listener.
     pub dns_captured: u64,
+    /// L7 connections refused: the daemon was down, or the caller's network
+    /// namespace has no proxy listener.
+    pub proxy_refused: u64,
+    /// Connections handed to a daemon listener whose original destination
+    /// could not be recorded (the daemon then closes them).
+    pub orig_failed: u64,
 }
 
 /// Length of [`Meta::cgroup_path`].
@@ -358,22 +465,27 @@ assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
 assert_layout!(Backend, 24);
-assert_layout!(Config, 96);
+assert_layout!(Config, 48);
+assert_layout!(Listeners, 48);
 assert_layout!(RevNat, 40);
 assert_layout!(UdpRevKey, 32);
 assert_layout!(UdpRevValue, 24);
+assert_layout!(OrigKey, 32);
+assert_layout!(OrigDst, 24);
 assert_layout!(SvcStats, 32);
 assert_layout!(BackendStats, 16);
-assert_layout!(GlobalStats, 24);
+assert_layout!(GlobalStats, 40);
 assert_layout!(Meta, 256);
 const _: () = assert!(core::mem::offset_of!(SvcKey, port) == 16);
 const _: () = assert!(core::mem::offset_of!(SvcKey, family) == 19);
 const _: () = assert!(core::mem::offset_of!(Backend, cluster_id) == 20);
 const _: () = assert!(core::mem::offset_of!(Config, v6_net) == 16);
-const _: () = assert!(core::mem::offset_of!(Config, dns6) == 56);
-const _: () = assert!(core::mem::offset_of!(Config, proxy6) == 80);
+const _: () = assert!(core::mem::offset_of!(Listeners, dns_port) == 28);
+const _: () = assert!(core::mem::offset_of!(Listeners, proxy6) == 32);
 const _: () = assert!(core::mem::offset_of!(RevNat, vip_port) == 32);
+const _: () = assert!(core::mem::offset_of!(RevNat, flags) == 37);
 const _: () = assert!(core::mem::offset_of!(UdpRevKey, addr) == 8);
+const _: () = assert!(core::mem::offset_of!(OrigKey, port) == 24);
 const _: () = assert!(2 * BANK_SLOTS < u32::MAX);
 
 #[cfg(feature = "user")]
@@ -386,6 +498,9 @@ mod pod {
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Listeners {}
+    unsafe impl aya::Pod for OrigKey {}
+    unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for UdpRevKey {}
     unsafe impl aya::Pod for UdpRevValue {}
@@ -397,7 +512,20 @@ mod pod {
 
 /// IPv4 and IPv6 helpers shared by both sides (pure, no allocation).
 pub mod addr {
-    use super::Config;
+    use super::{Config, V4_MAPPED_WORD};
+
+    /// True for an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), what a
+    /// dual-stack socket (Java's default) dials for an IPv4 destination.
+    #[inline(always)]
+    pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
+        ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_WORD
+    }
+
+    /// `::ffff:a.b.c.d` for the IPv4 address `v4` (network byte order).
+    #[inline(always)]
+    pub fn v4_mapped(v4: u32) -> [u32; 4] {
+        [0, 0, V4_MAPPED_WORD, v4]
+    }
 
     /// True when `ip` (network byte order) is inside the configured IPv4 range.
     #[inline(always)]
@@ -412,5 +540,26 @@ pub mod addr {
             && ip[1] & cfg.v6_mask[1] == cfg.v6_net[1]
             && ip[2] & cfg.v6_mask[2] == cfg.v6_net[2]
             && ip[3] & cfg.v6_mask[3] == cfg.v6_net[3]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addr::*;
+
+    #[test]
+    fn v4_mapped_addresses_round_trip() {
+        let v4 = u32::from_ne_bytes([240, 240, 0, 7]);
+        let m = v4_mapped(v4);
+        let mut bytes = [0u8; 16];
+        for (i, w) in m.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        assert_eq!(
+            std::net::Ipv6Addr::from(bytes),
+            "::ffff:240.240.0.7".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert!(is_v4_mapped(&m));
+        assert!(!is_v4_mapped(&[0, 0, 0, v4]));
     }
 }

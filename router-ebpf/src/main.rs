@@ -1,21 +1,36 @@
 //! The router's kernel programs: cgroup sock_addr hooks that send each new
 //! connection (or unconnected UDP datagram) aimed at a virtual host's VIP to a
 //! backend picked from a slot table the daemon precomputed, and translate the
-//! backend back to the VIP wherever the application can see the peer address.
+//! backend back to the VIP wherever the application can see the peer address;
+//! and a `sock_ops` program that records, for TCP connections handed to one
+//! of the daemon's listeners, what the client dialled.
 //!
 //! Attach points and what each one does:
-//! - `connect4/6`: TCP and connected UDP. Rewrite VIP:port -> backend, remember
-//!   the pair in socket-local storage (freed with the socket).
+//! - `connect4/6`: TCP and connected UDP. Rewrite VIP:port -> backend (or ->
+//!   the daemon's L7 proxy / DNS listener of the caller's network namespace),
+//!   remember the pair in socket-local storage (freed with the socket).
 //! - `sendmsg4/6`: unconnected UDP. Rewrite per datagram; the backend is chosen
 //!   from the socket cookie so one socket sticks to one backend; the pair goes
 //!   into an LRU keyed by (cookie, backend).
 //! - `recvmsg4/6`: UDP replies: backend source -> VIP.
 //! - `getpeername4/6`: backend -> VIP.
+//! - `orig_dst` (sock_ops, TCP_CONNECT_CB, once the client's port is known): for a
+//!   connection handed to a daemon listener, `(netns, client addr, client
+//!   port) -> original destination` into `ROUTER_ODST_V2`, which the daemon
+//!   reads when it accepts the connection. One listener serves every L7
+//!   service: there is no per-service port to squat.
 //!
 //! Rules (see ARCHITECTURE.md, "Kernel side"):
 //! - Not a service and not inside a VIP range: pass untouched (fail open).
 //! - Inside a VIP range but not a service: refuse with ECONNREFUSED.
 //! - A service with no healthy backend: refuse with EHOSTUNREACH.
+//! - DNS is captured, and L7 VIPs are handed to the proxy, only in network
+//!   namespaces where the daemon has listeners (netns cookie ->
+//!   `ROUTER_LSN_V2`) and only while its heartbeat is fresh. Elsewhere DNS
+//!   passes untouched and L7 VIPs are refused with ECONNREFUSED: never handed
+//!   to a port nobody (or somebody else) listens on.
+//! - An IPv4-mapped IPv6 destination (`::ffff:VIP`, from dual-stack sockets)
+//!   is decided as the IPv4 address and rewritten to a mapped address.
 //! - No loops, no logging on the connect path; O(1) in the number of services:
 //!   one header lookup, one slot lookup, one backend lookup.
 //! - `user_ip6` is read and written one 32-bit word at a time and `user_port`
@@ -25,53 +40,72 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
     helpers::generated::{
-        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval, bpf_sk_storage_get,
     },
-    macros::{btf_map, cgroup_sock_addr},
-    programs::SockAddrContext,
+    macros::{btf_map, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
 };
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_DNS_CAPTURE, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config,
-    DNS_PORT, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats, MAX_BACKENDS,
-    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, PROTO_UDP, RevNat, SVC_F_PROXY, SlotKey,
-    SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue, addr,
+    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, DNS_PORT,
+    ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats,
+    LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
+    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, OrigDst, OrigKey, PROTO_UDP,
+    REV_F_DAEMON, RevNat, SVC_F_PROXY, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey,
+    UdpRevValue, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "ROUTER_SVC_V1")]
+#[btf_map(name = "ROUTER_SVC_V2")]
 static SERVICES: HashMap<SvcKey, SvcHeader, { MAX_SERVICES as usize }, NO_PREALLOC> =
     HashMap::new();
-#[btf_map(name = "ROUTER_SLOT_V1")]
+#[btf_map(name = "ROUTER_SLOT_V2")]
 static SLOTS: HashMap<SlotKey, u32, { MAX_SLOT_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
-#[btf_map(name = "ROUTER_BE_V1")]
+#[btf_map(name = "ROUTER_BE_V2")]
 static BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }, NO_PREALLOC> = HashMap::new();
-#[btf_map(name = "ROUTER_CFG_V1")]
+#[btf_map(name = "ROUTER_CFG_V2")]
 static CONFIG: Array<Config, 1> = Array::new();
-#[btf_map(name = "ROUTER_SOCK_V1")]
+#[btf_map(name = "ROUTER_LSN_V2")]
+static LISTENERS: HashMap<u64, Listeners, { MAX_LISTENER_NETNS as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(name = "ROUTER_SOCK_V2")]
 static SOCK_REVNAT: SkStorage<RevNat> = SkStorage::new();
-#[btf_map(name = "ROUTER_UDPRN_V1")]
+#[btf_map(name = "ROUTER_UDPRN_V2")]
 static UDP_REVNAT: LruHashMap<UdpRevKey, UdpRevValue, { MAX_UDP_REVNAT as usize }> =
     LruHashMap::new();
-#[btf_map(name = "ROUTER_SSTAT_V1")]
+#[btf_map(name = "ROUTER_ODST_V2")]
+static ORIG_DST: LruHashMap<OrigKey, OrigDst, { MAX_ORIG_DST as usize }> = LruHashMap::new();
+#[btf_map(name = "ROUTER_SSTAT_V2")]
 static SVC_STATS: PerCpuArray<SvcStats, { MAX_SERVICES as usize }> = PerCpuArray::new();
-#[btf_map(name = "ROUTER_BSTAT_V1")]
+#[btf_map(name = "ROUTER_BSTAT_V2")]
 static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
-#[btf_map(name = "ROUTER_GSTAT_V1")]
+#[btf_map(name = "ROUTER_GSTAT_V2")]
 static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
-/// Until when (monotonic ns) the daemon's DNS listener is alive.
-#[btf_map(name = "ROUTER_DNSOK_V1")]
-static DNS_ALIVE: Array<u64, 1> = Array::new();
+/// Until when (monotonic ns) the daemon counts as alive.
+#[btf_map(name = "ROUTER_ALIVE_V2")]
+static ALIVE: Array<u64, 1> = Array::new();
 /// Daemon-only bookkeeping (never read here); declared in the object so that it
 /// is created and pinned with the other maps.
-#[btf_map(name = "ROUTER_META_V1")]
+#[btf_map(name = "ROUTER_META_V2")]
 static META: Array<Meta, 1> = Array::new();
 
 /// Return values of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
+
+/// Where a rewritten call goes.
+#[derive(Clone, Copy)]
+struct Target {
+    addr: [u32; 4],
+    /// Network byte order.
+    port: u16,
+    /// One of the daemon's listeners (the L7 proxy or DNS).
+    daemon: bool,
+}
 
 /// What the lookup decided for one address.
 enum Verdict {
@@ -79,8 +113,8 @@ enum Verdict {
     Pass,
     /// Fail the call with this errno.
     Refuse(i32),
-    /// Rewrite the destination to this backend.
-    Rewrite(Backend),
+    /// Rewrite the destination.
+    Rewrite(Target),
 }
 
 /// Which counter a successful rewrite bumps.
@@ -106,31 +140,53 @@ fn bump_svc(id: u32, f: impl FnOnce(&mut SvcStats)) {
     }
 }
 
-/// An L7 service: the connection goes to the daemon's proxy listener for it.
+/// Is the daemon's heartbeat fresh?
 #[inline(always)]
-fn proxy(key: &SvcKey, svc_id: u32, port: u16, kind: Kind) -> Verdict {
-    let Some(cfg) = CONFIG.get(0) else {
-        return Verdict::Refuse(ERRNO_NO_BACKEND);
+fn daemon_alive() -> bool {
+    let until = ALIVE.get(0).copied().unwrap_or(0);
+    // SAFETY: helper call.
+    until != 0 && unsafe { bpf_ktime_get_ns() } <= until
+}
+
+/// The daemon's listeners in the caller's network namespace.
+#[inline(always)]
+fn listeners(ctx: &SockAddrContext) -> Option<Listeners> {
+    // SAFETY: helper call on the sock_addr ctx.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the value is copied at once.
+    unsafe { LISTENERS.get(netns) }.copied()
+}
+
+/// An L7 service: the connection goes to the daemon's proxy listener in the
+/// caller's network namespace, or is refused when there is none or the
+/// daemon is down.
+#[inline(always)]
+fn proxy(ctx: &SockAddrContext, key: &SvcKey, svc_id: u32, kind: Kind) -> Verdict {
+    let target = match listeners(ctx) {
+        Some(l) if l.flags & LSN_F_PROXY != 0 && l.proxy_port != 0 && daemon_alive() => {
+            let addr = if key.family == FAMILY_V4 {
+                [l.proxy4, 0, 0, 0]
+            } else {
+                l.proxy6
+            };
+            (addr != [0, 0, 0, 0]).then_some(Target {
+                addr,
+                port: l.proxy_port,
+                daemon: true,
+            })
+        }
+        _ => None,
     };
-    let addr = if key.family == FAMILY_V4 {
-        [cfg.proxy4, 0, 0, 0]
-    } else {
-        cfg.proxy6
-    };
-    if addr == [0, 0, 0, 0] || port == 0 {
+    let Some(t) = target else {
         bump_svc(svc_id, |s| s.no_backend += 1);
-        return Verdict::Refuse(ERRNO_NO_BACKEND);
-    }
+        bump_global(|s| s.proxy_refused += 1);
+        return Verdict::Refuse(ERRNO_DAEMON_DOWN);
+    };
     bump_svc(svc_id, |s| match kind {
         Kind::Connect => s.connects += 1,
         Kind::Datagram => s.datagrams += 1,
     });
-    Verdict::Rewrite(Backend {
-        addr,
-        port,
-        family: key.family,
-        ..Backend::default()
-    })
+    Verdict::Rewrite(t)
 }
 
 /// An address that is no service: capture DNS, refuse inside the VIP
@@ -143,12 +199,11 @@ fn miss(ctx: &SockAddrContext, key: &SvcKey) -> Verdict {
     if cfg.flags & CFG_VALID == 0 {
         return Verdict::Pass;
     }
-    if cfg.flags & CFG_DNS_CAPTURE != 0
-        && key.port == DNS_PORT.to_be()
-        && let Some(b) = dns_listener(ctx, cfg, key)
+    if key.port == DNS_PORT.to_be()
+        && let Some(t) = dns_listener(ctx, cfg, key)
     {
         bump_global(|s| s.dns_captured += 1);
-        return Verdict::Rewrite(b);
+        return Verdict::Rewrite(t);
     }
     if cfg.flags & CFG_REFUSE_UNKNOWN_VIP != 0 {
         let inside = if key.family == FAMILY_V4 {
@@ -164,25 +219,11 @@ fn miss(ctx: &SockAddrContext, key: &SvcKey) -> Verdict {
     Verdict::Pass
 }
 
-/// The daemon's DNS listener for this family, unless the query is already
-/// going there or comes from the daemon itself (its sockets carry `cfg.mark`).
+/// The daemon's DNS listener in the caller's namespace, unless there is
+/// none, the daemon is down, the query is already going there, or it comes
+/// from the daemon itself (its sockets carry `cfg.mark`).
 #[inline(always)]
-fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Backend> {
-    let addr = if key.family == FAMILY_V4 {
-        [cfg.dns4, 0, 0, 0]
-    } else {
-        cfg.dns6
-    };
-    if addr == [0, 0, 0, 0] || (addr == key.addr && cfg.dns_port == key.port) {
-        return None;
-    }
-    // A dead daemon must not take DNS down with it: capture only while its
-    // heartbeat is fresh.
-    let alive_until = DNS_ALIVE.get(0).copied().unwrap_or(0);
-    // SAFETY: helper call.
-    if unsafe { bpf_ktime_get_ns() } > alive_until {
-        return None;
-    }
+fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Target> {
     if cfg.mark != 0 {
         // SAFETY: ctx->sk is a valid bpf_sock for sock_addr programs; 4-byte load.
         let mark =
@@ -191,11 +232,27 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Bac
             return None;
         }
     }
-    Some(Backend {
+    let l = listeners(ctx)?;
+    if l.flags & LSN_F_DNS == 0 {
+        return None;
+    }
+    let addr = if key.family == FAMILY_V4 {
+        [l.dns4, 0, 0, 0]
+    } else {
+        l.dns6
+    };
+    if addr == [0, 0, 0, 0] || (addr == key.addr && l.dns_port == key.port) {
+        return None;
+    }
+    // A dead daemon must not take DNS down with it: capture only while its
+    // heartbeat is fresh.
+    if !daemon_alive() {
+        return None;
+    }
+    Some(Target {
         addr,
-        port: cfg.dns_port,
-        family: key.family,
-        ..Backend::default()
+        port: l.dns_port,
+        daemon: true,
     })
 }
 
@@ -210,7 +267,7 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
     };
     let (svc_id, count, base) = (hdr.svc_id, hdr.count, hdr.base);
     if hdr.flags & SVC_F_PROXY != 0 {
-        return proxy(key, svc_id, hdr.proxy_port, kind);
+        return proxy(ctx, key, svc_id, kind);
     }
     if count == 0 {
         bump_svc(svc_id, |s| s.no_backend += 1);
@@ -228,8 +285,9 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         None => None,
     };
     let Some((backend_id, backend)) = backend else {
-        // The daemon writes backends, then slots, then the header: this can
-        // only happen if the maps were edited by hand. Never send a VIP out.
+        // The daemon writes backends, then slots, then the header, and deletes
+        // an old bank only after a grace period: this can only happen if the
+        // maps were edited by hand. Never send a VIP out.
         // (The one log line on this path: it is never taken in normal operation.)
         bump_svc(svc_id, |s| s.inconsistent += 1);
         aya_log_ebpf::error!(
@@ -252,7 +310,11 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
             Kind::Datagram => s.datagrams += 1,
         }
     }
-    Verdict::Rewrite(backend)
+    Verdict::Rewrite(Target {
+        addr: backend.addr,
+        port: backend.port,
+        daemon: false,
+    })
 }
 
 #[inline(always)]
@@ -328,24 +390,49 @@ fn protocol(ctx: &SockAddrContext) -> u8 {
     unsafe { core::ptr::read_volatile(&(*sa(ctx)).protocol) as u8 }
 }
 
-// --- the four operations, shared by both families ----------------------------
+/// The address as the service maps key it: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) is looked up as IPv4. Returns `(key addr, key
+/// family, mapped)`.
+#[inline(always)]
+fn key_of(ip: &[u32; 4], family: u8) -> ([u32; 4], u8, bool) {
+    if family == FAMILY_V6 && addr::is_v4_mapped(ip) {
+        ([ip[3], 0, 0, 0], FAMILY_V4, true)
+    } else {
+        (*ip, family, false)
+    }
+}
+
+/// The address to write back: mapped again when the caller dialled a mapped one.
+#[inline(always)]
+fn out_addr(t: &Target, mapped: bool) -> [u32; 4] {
+    if mapped {
+        addr::v4_mapped(t.addr[0])
+    } else {
+        t.addr
+    }
+}
+
+// --- the operations, shared by both families ---------------------------------
 
 #[inline(always)]
 fn do_connect(ctx: &SockAddrContext, family: u8) -> i32 {
     let (ip, port) = read_addr(ctx, family);
+    let (kaddr, kfamily, mapped) = key_of(&ip, family);
+    let proto = protocol(ctx);
     let key = SvcKey {
-        addr: ip,
+        addr: kaddr,
         port,
-        proto: protocol(ctx),
-        family,
+        proto,
+        family: kfamily,
     };
     // SAFETY: helper call.
     let pick = unsafe { bpf_get_prandom_u32() };
     match decide(ctx, &key, pick, Kind::Connect) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse(errno) => refuse(errno),
-        Verdict::Rewrite(b) => {
-            write_addr(ctx, family, &b.addr, b.port);
+        Verdict::Rewrite(t) => {
+            let to = out_addr(&t, mapped);
+            write_addr(ctx, family, &to, t.port);
             // SAFETY: ctx->sk is a valid socket for sock_addr programs.
             let rev = unsafe { SOCK_REVNAT.get_or_insert_ptr_mut(ctx, None) };
             if rev.is_null() {
@@ -355,23 +442,61 @@ fn do_connect(ctx: &SockAddrContext, family: u8) -> i32 {
                 let rev = unsafe { &mut *rev };
                 rev.vip = ip;
                 rev.vip_port = port;
-                rev.backend = b.addr;
-                rev.backend_port = b.port;
+                rev.backend = to;
+                rev.backend_port = t.port;
                 rev.family = family;
+                rev.flags = if t.daemon { REV_F_DAEMON } else { 0 };
+            }
+            if t.daemon && proto == PROTO_UDP {
+                // A DNS query on a connected UDP socket: the daemon finds its
+                // original resolver by the socket's cookie.
+                remember_udp(ctx, family, &to, t.port, &ip, port);
             }
             ALLOW
         }
     }
 }
 
+/// `(cookie, where it was sent) -> what the application dialled`, for
+/// UDP replies and for the daemon's DNS forwarding.
+#[inline(always)]
+fn remember_udp(
+    ctx: &SockAddrContext,
+    family: u8,
+    to: &[u32; 4],
+    to_port: u16,
+    vip: &[u32; 4],
+    vip_port: u16,
+) -> u64 {
+    // SAFETY: helper call on the sock_addr ctx.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let rk = UdpRevKey {
+        cookie,
+        addr: *to,
+        port: to_port,
+        family,
+        _pad: [0; 5],
+    };
+    let rv = UdpRevValue {
+        vip: *vip,
+        port: vip_port,
+        _pad: [0; 6],
+    };
+    if UDP_REVNAT.insert(rk, rv, 0).is_err() {
+        bump_global(|s| s.revnat_failed += 1);
+    }
+    cookie
+}
+
 #[inline(always)]
 fn do_sendmsg(ctx: &SockAddrContext, family: u8) -> i32 {
     let (ip, port) = read_addr(ctx, family);
+    let (kaddr, kfamily, mapped) = key_of(&ip, family);
     let key = SvcKey {
-        addr: ip,
+        addr: kaddr,
         port,
         proto: PROTO_UDP,
-        family,
+        family: kfamily,
     };
     // SAFETY: helper call on the sock_addr ctx.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -380,23 +505,10 @@ fn do_sendmsg(ctx: &SockAddrContext, family: u8) -> i32 {
     match decide(ctx, &key, pick, Kind::Datagram) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse(errno) => refuse(errno),
-        Verdict::Rewrite(b) => {
-            write_addr(ctx, family, &b.addr, b.port);
-            let rk = UdpRevKey {
-                cookie,
-                addr: b.addr,
-                port: b.port,
-                family,
-                _pad: [0; 5],
-            };
-            let rv = UdpRevValue {
-                vip: ip,
-                port,
-                _pad: [0; 6],
-            };
-            if UDP_REVNAT.insert(rk, rv, 0).is_err() {
-                bump_global(|s| s.revnat_failed += 1);
-            }
+        Verdict::Rewrite(t) => {
+            let to = out_addr(&t, mapped);
+            write_addr(ctx, family, &to, t.port);
+            remember_udp(ctx, family, &to, t.port, &ip, port);
             ALLOW
         }
     }
@@ -435,6 +547,75 @@ fn do_reverse(ctx: &SockAddrContext, family: u8, udp: bool) -> i32 {
         }
     }
     ALLOW
+}
+
+// --- sock_ops: the original destination of connections to daemon listeners --
+
+const AF_INET: u32 = 2;
+
+/// At TCP_CONNECT_CB the client's port is bound: record what a connection
+/// handed to a daemon listener dialled, keyed the way the listener sees the
+/// client (an IPv4-mapped client address as IPv4).
+#[inline(always)]
+fn record_orig_dst(ctx: &SockOpsContext) {
+    // SAFETY: ctx->sk is PTR_TO_SOCKET_OR_NULL; 8-byte load, checked below.
+    let sk: *mut bpf_sock = unsafe { core::ptr::read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return;
+    }
+    let map = core::ptr::from_ref(&SOCK_REVNAT).cast_mut().cast();
+    // SAFETY: lookup without create on a full socket; copied at once.
+    let rev =
+        unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<RevNat>();
+    if rev.is_null() {
+        return;
+    }
+    // SAFETY: non-null storage of this socket.
+    let rev = unsafe { *rev };
+    if rev.flags & REV_F_DAEMON == 0 {
+        return;
+    }
+    // SAFETY: 4-byte loads of readable sock_ops fields.
+    let (family, local) = unsafe {
+        let o = ctx.ops;
+        if core::ptr::read_volatile(&(*o).family) == AF_INET {
+            (
+                FAMILY_V4,
+                [core::ptr::read_volatile(&(*o).local_ip4), 0, 0, 0],
+            )
+        } else {
+            (
+                FAMILY_V6,
+                [
+                    core::ptr::read_volatile(&(*o).local_ip6[0]),
+                    core::ptr::read_volatile(&(*o).local_ip6[1]),
+                    core::ptr::read_volatile(&(*o).local_ip6[2]),
+                    core::ptr::read_volatile(&(*o).local_ip6[3]),
+                ],
+            )
+        }
+    };
+    let (kaddr, kfamily, _) = key_of(&local, family);
+    // SAFETY: 4-byte load; `local_port` is in host byte order.
+    let lport = unsafe { core::ptr::read_volatile(&(*ctx.ops).local_port) } as u16;
+    let (vaddr, vfamily, _) = key_of(&rev.vip, rev.family);
+    let key = OrigKey {
+        // SAFETY: helper call on the sock_ops ctx (Linux 5.15+).
+        netns: unsafe { bpf_get_netns_cookie(ctx.ops.cast()) },
+        addr: kaddr,
+        port: lport.to_be(),
+        family: kfamily,
+        _pad: [0; 5],
+    };
+    let value = OrigDst {
+        addr: vaddr,
+        port: rev.vip_port,
+        family: vfamily,
+        _pad: [0; 5],
+    };
+    if ORIG_DST.insert(key, value, 0).is_err() {
+        bump_global(|s| s.orig_failed += 1);
+    }
 }
 
 // --- entry points -----------------------------------------------------------
@@ -477,6 +658,14 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     do_reverse(&ctx, FAMILY_V6, false)
+}
+
+#[sock_ops]
+pub fn orig_dst(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        record_orig_dst(&ctx);
+    }
+    1
 }
 
 // Keep BANK_SLOTS referenced so the shared constant and the kernel agree on

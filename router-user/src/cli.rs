@@ -188,10 +188,9 @@ fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
             for l in &plan.l7 {
                 println!(
-                    "  L7 proxy: {}:{} on proxy port {} ({} routes)",
+                    "  L7 proxy: {}:{} ({} routes)",
                     l.host,
                     l.port,
-                    l.proxy_port,
                     l.routes.len()
                 );
             }

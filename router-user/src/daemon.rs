@@ -2,11 +2,21 @@
 //! and SIGHUP, and recompile the last good config when endpoint health
 //! changes ([`crate::health`]). A config that fails to load or compile is
 //! reported and changes nothing: the last good plan keeps serving.
+//!
+//! What never waits for a compile: the heartbeat (a thread of its own; the
+//! kernel stops capturing DNS and refuses L7 VIPs within seconds of it
+//! stopping), DNS and the proxy (tokio tasks; compiles and map writes run
+//! with `block_in_place`, so they never hold a worker that serves). Bursts of
+//! triggers (health flaps, an editor's several writes) are coalesced into
+//! one recompile.
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,12 +29,13 @@ use tokio::{
 use crate::{
     compile::{self, Health},
     config::{self, Overrides, Validated},
-    datapath::{self, Datapath, Pins, Startup},
-    dns::{self, DnsOptions, Names},
+    datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
+    dns::{Dns, Names},
     health::{self, Watched},
+    limits,
     netns::Sockets,
     plan::Plan,
-    proxy::Proxy,
+    proxy::{Proxy, ProxyOptions},
 };
 
 #[derive(Clone, Debug)]
@@ -40,13 +51,6 @@ pub struct RunOptions {
     pub watch: bool,
     /// Network namespace for the daemon's sockets (None: the daemon's).
     pub listen_netns: Option<PathBuf>,
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 /// Files the daemon keeps in its state directory.
@@ -83,43 +87,34 @@ fn state_dir_ready(state_dir: &Path) -> Result<()> {
         .with_context(|| format!("restricting {} to root", state_dir.display()))
 }
 
-fn write_state(state_dir: &Path, plan: &Plan) -> Result<()> {
-    state_dir_ready(state_dir)?;
-    let tmp = state_dir.join("plan.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(plan)?)?;
-    std::fs::rename(&tmp, plan_file(state_dir))?;
-    Ok(())
+/// Record the applied plan for `inspect` and for a restart with a bad
+/// config. Best effort: a full disk must not stop the daemon from applying
+/// plans (the maps are what serves).
+fn write_state(state_dir: &Path, plan: &Plan) {
+    let write = || -> Result<()> {
+        state_dir_ready(state_dir)?;
+        let tmp = state_dir.join("plan.json.tmp");
+        let bytes = serde_json::to_vec_pretty(plan)?;
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, plan_file(state_dir))?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::warn!(
+            "could not record the applied plan in {}: {e:#}; the plan is applied and serving, \
+             but `routerd inspect` shows the previous one (free space there)",
+            plan_file(state_dir).display()
+        );
+    }
 }
 
 fn log_notices(plan: &Plan) {
     for n in &plan.notices {
         tracing::warn!("{n}");
     }
-}
-
-fn apply(
-    dp: &mut Datapath,
-    plan: &Plan,
-    state_dir: &Path,
-    started: Instant,
-    why: &str,
-) -> Result<()> {
-    let report = dp.apply(plan)?;
-    write_state(state_dir, plan)?;
-    tracing::info!(
-        reason = why,
-        generation = dp.generation(),
-        services = plan.services.len(),
-        backends = plan.backends.len(),
-        hosts = plan.hosts.len(),
-        added = report.services_added,
-        changed = report.services_changed,
-        removed = report.services_removed,
-        writes = report.writes,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-        "applied"
-    );
-    Ok(())
 }
 
 /// Spawn a watcher that sends a unit on every change under `path`.
@@ -171,6 +166,37 @@ fn spawn_logger(dp: &mut Datapath) {
     }
 }
 
+/// How long to wait after a file event for the editor's other writes.
+const FILE_DEBOUNCE: Duration = Duration::from_millis(150);
+/// Recompiles for health changes and signals: at most one per this.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why the daemon looks at its config again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trigger {
+    /// Endpoint health changed: recompile the config in service (not the
+    /// files on disk: a bad edit there waits for its own reload).
+    Health,
+    /// A file under the config path changed.
+    FileChange,
+    /// SIGHUP.
+    Signal,
+}
+
+impl Trigger {
+    fn reason(self) -> &'static str {
+        match self {
+            Trigger::Health => "endpoint health change",
+            Trigger::FileChange => "config change",
+            Trigger::Signal => "SIGHUP",
+        }
+    }
+    /// Does this trigger read the files again?
+    fn reloads(self) -> bool {
+        self != Trigger::Health
+    }
+}
+
 /// Log a rejected config: one event per problem (log pipelines split on
 /// lines), then the verdict, so a reader of the verdict has seen them all.
 fn log_rejected(e: &str, why: &str) {
@@ -190,30 +216,12 @@ fn log_rejected(e: &str, why: &str) {
     );
 }
 
-/// The maps, then the proxy listeners the new plan no longer needs (the
-/// listeners it needs were made by `Proxy::prepare` before: they must exist
-/// before the kernel points at them).
-fn apply_all(
-    dp: &mut Datapath,
-    proxy: &mut Proxy,
-    plan: &Plan,
-    state_dir: &Path,
-    t: Instant,
-    why: &str,
-) -> Result<()> {
-    apply(dp, plan, state_dir, t, why)?;
-    proxy.retire(plan);
-    Ok(())
-}
-
 fn watched(plan: &Plan) -> Watched {
     Watched {
         checks: plan.health_checks.clone(),
         outliers: plan.outliers.clone(),
     }
 }
-
-const HEALTH_CHANGE: &str = "endpoint health change";
 
 /// Close clients' connections to endpoints `new` no longer routes to (in
 /// the background; the kernel already sends new connections elsewhere).
@@ -255,13 +263,133 @@ fn close_removed(socks: &Sockets, old: &Plan, new: &Plan, cgroup: &Path) {
     });
 }
 
+/// Warn when the proxy's port is one an unprivileged process could bind in
+/// the namespace (`net.ipv4.ip_unprivileged_port_start` lowered).
+async fn check_privileged_port(socks: &Sockets, port: u16) {
+    if let Ok(v) = socks.sysctl("ipv4/ip_unprivileged_port_start").await
+        && let Ok(start) = v.parse::<u32>()
+        && u32::from(port) >= start
+    {
+        tracing::warn!(
+            "the L7 proxy's port {port} is not privileged in its network namespace \
+             (net.ipv4.ip_unprivileged_port_start = {start}): while routerd is down, an \
+             unprivileged process could bind it (the kernel refuses L7 VIPs within 3 s of the \
+             daemon stopping, but raise that sysctl above {port} to close the gap)"
+        );
+    }
+}
+
+/// Everything that serves: the datapath and the listeners, driven by plans.
+struct Serving {
+    dp: Datapath,
+    proxy: Proxy,
+    dns: Dns,
+    netns: u64,
+    socks: Sockets,
+    state_dir: PathBuf,
+    cgroup: PathBuf,
+    names: watch::Sender<Arc<Names>>,
+    watched: watch::Sender<Watched>,
+    /// What is applied, and the config it came from.
+    plan: Option<Plan>,
+    valid: Option<Arc<Validated>>,
+}
+
+impl Serving {
+    /// Listeners for `plan` (bound beside the old ones when they moved).
+    async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
+        // DNS first: it only binds; the proxy also publishes its tables, so
+        // it goes last, when nothing can fail any more before the maps.
+        let dns = self.dns.prepare(plan).await?;
+        let proxy = self.proxy.prepare(plan).await?;
+        Ok(Bound {
+            proxy4: proxy.proxy4,
+            proxy6: proxy.proxy6,
+            ..dns
+        })
+    }
+
+    /// Listeners, maps, then the listener entry and the old listeners; on
+    /// a failed map write, restore the last good plan.
+    async fn apply(&mut self, plan: Plan, valid: Option<Arc<Validated>>, why: &str) -> Result<()> {
+        let t = Instant::now();
+        let bound = self.prepare(&plan).await?;
+        let report = match tokio::task::block_in_place(|| self.dp.apply(&plan)) {
+            Ok(r) => r,
+            Err(e) if e.is::<datapath::sync::DoesNotFit>() => return Err(e),
+            Err(e) => {
+                self.restore(why);
+                return Err(e);
+            }
+        };
+        self.dp.set_listeners(self.netns, Some(&bound))?;
+        self.proxy.retire(&plan);
+        self.dns.retire();
+        tracing::info!(
+            reason = why,
+            generation = self.dp.generation(),
+            services = plan.services.len(),
+            backends = plan.backends.len(),
+            hosts = plan.hosts.len(),
+            added = report.services_added,
+            changed = report.services_changed,
+            removed = report.services_removed,
+            writes = report.writes,
+            elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+            "applied"
+        );
+        tokio::task::block_in_place(|| write_state(&self.state_dir, &plan));
+        if plan.close_removed
+            && let Some(old) = &self.plan
+        {
+            close_removed(&self.socks, old, &plan, &self.cgroup);
+        }
+        self.watched.send_if_modified(|w| {
+            let new = watched(&plan);
+            let changed = *w != new;
+            *w = new;
+            changed
+        });
+        self.names.send_replace(Arc::new(Names::from_plan(&plan)));
+        self.plan = Some(plan);
+        if valid.is_some() {
+            self.valid = valid;
+        }
+        Ok(())
+    }
+
+    /// After a map write failed half-way: every service is whole (a header
+    /// only ever points at a complete table), but some may be new and some
+    /// old. Read the maps back and write the last good plan again.
+    fn restore(&mut self, why: &str) {
+        let restored = self.dp.resync().and_then(|()| match &self.plan {
+            Some(p) => tokio::task::block_in_place(|| self.dp.apply(p)).map(|_| ()),
+            None => Ok(()),
+        });
+        match restored {
+            Ok(()) => tracing::warn!(
+                reason = why,
+                "the new plan could not be written whole; the last good plan was written back"
+            ),
+            Err(e) => tracing::error!(
+                reason = why,
+                "the new plan could not be written whole, nor the last good one again ({e:#}): \
+                 some services may serve the new plan; the next reload retries"
+            ),
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
     let started = Instant::now();
     // Handlers first: a SIGHUP that arrives while we start must not kill us.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let first = load_and_compile(&opts.config, &opts.overrides, &Health::default());
+    let fds = limits::raise_nofile();
+    let first = tokio::task::block_in_place(|| {
+        load_and_compile(&opts.config, &opts.overrides, &Health::default())
+    });
     if let Err(e) = &first {
         if !opts.pins.exists() {
             // Nothing is serving: refuse to start rather than attach an empty datapath.
@@ -273,73 +401,90 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
     spawn_logger(&mut dp);
     let socks = Sockets::start(opts.listen_netns.as_deref())?;
+    let netns = socks
+        .netns_cookie()
+        .await
+        .context("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
     // The plan to serve: this config's, or the last applied one if this
     // config is bad (the datapath was adopted as it is).
     let last_applied: Option<Plan> = std::fs::read(plan_file(&opts.state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let serving = first
+    let serving_plan = first
         .as_ref()
         .ok()
         .map(|(_, p)| p)
         .or(last_applied.as_ref())
         .cloned()
         .unwrap_or_default();
-    // DNS listeners are bound before the heartbeat that lets the datapath
-    // capture DNS, so capture never points at a socket that is not there.
-    let dns_plan = serving.dns.clone();
-    let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving)));
-    if dns_plan.enabled {
-        let upstreams = if dns_plan.upstreams.is_empty() {
-            dns::system_upstreams(opts.listen_netns.as_deref())
-        } else {
-            dns_plan.upstreams.clone()
-        };
-        dns::start(
-            DnsOptions {
-                listen: dns_plan.listeners(),
-                upstreams,
-            },
-            socks.clone(),
-            names_rx,
-        )
-        .await?;
-    }
-    let mut proxy = Proxy::new(socks.clone(), serving.proxy.listen4, serving.proxy.listen6);
-    proxy.prepare(&serving).await?;
+    check_privileged_port(&socks, serving_plan.proxy.port).await;
+    let orig = Arc::new(OrigTable::open(&opts.pins)?);
+    let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
+    let dns = Dns::new(
+        socks.clone(),
+        orig.clone(),
+        netns,
+        opts.listen_netns.clone(),
+        names_rx,
+    )
+    .await;
+    let proxy = Proxy::new(
+        socks.clone(),
+        orig,
+        &serving_plan.proxy,
+        ProxyOptions {
+            max_conns: fds.proxy_conns,
+            netns,
+        },
+    );
     // Health: checks and ejections publish the endpoints to avoid.
-    let (watched_tx, watched_rx) = watch::channel(watched(&serving));
+    let (watched_tx, watched_rx) = watch::channel(watched(&serving_plan));
     let (avoid_tx, mut avoid) = watch::channel(BTreeSet::<SocketAddr>::new());
     let outcomes = proxy
         .observations()
         .subscribe()
         .context("the proxy's outcomes have a subscriber already")?;
     tokio::spawn(health::run(socks.clone(), watched_rx, outcomes, avoid_tx));
-    let startup = dp.startup;
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let heartbeat = |dp: &mut Datapath| {
-        let until = if dns_plan.enabled {
-            monotonic_ns() + router_common::DNS_ALIVE_NS
-        } else {
-            0
-        };
-        if let Err(e) = dp.set_dns_alive(until) {
-            tracing::warn!("could not refresh the DNS heartbeat: {e:#}");
-        }
+    let mut s = Serving {
+        dp,
+        proxy,
+        dns,
+        netns,
+        socks: socks.clone(),
+        state_dir: opts.state_dir.clone(),
+        cgroup: opts.cgroup.clone(),
+        names: names_tx,
+        watched: watched_tx,
+        plan: None,
+        valid: None,
     };
-    heartbeat(&mut dp);
-    if let Ok((_, plan)) = &first {
-        log_notices(plan);
-        apply_all(
-            &mut dp,
-            &mut proxy,
-            plan,
-            &opts.state_dir,
-            started,
-            "start-up",
-        )?;
+    let startup = s.dp.startup;
+    match first {
+        Ok((v, plan)) => {
+            log_notices(&plan);
+            s.apply(plan, Some(v), "start-up").await?;
+        }
+        Err(_) => {
+            // A bad config on a restart: serve the pinned datapath with the
+            // listeners of the last applied plan.
+            let bound = s.prepare(&serving_plan).await?;
+            s.dp.set_listeners(netns, Some(&bound))?;
+            s.proxy.retire(&serving_plan);
+            s.dns.retire();
+            s.plan = last_applied;
+        }
     }
-    tracing::info!(?startup, compile_and_load_ms = compile_ms, listeners = ?proxy.ports(), "routerd ready");
+    // Listeners are bound and the kernel points at them: now let it send there.
+    let stop_beat = Arc::new(AtomicBool::new(false));
+    let beat = Heartbeat::open(&opts.pins)?.spawn(stop_beat.clone())?;
+    s.dp.retire_old_layouts();
+    tracing::info!(
+        ?startup,
+        compile_and_load_ms = started.elapsed().as_secs_f64() * 1e3,
+        listeners = ?s.proxy.ports(),
+        fd_limit = fds.limit,
+        "routerd ready"
+    );
     state_dir_ready(&opts.state_dir)?;
     std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
 
@@ -349,39 +494,55 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     } else {
         (None, mpsc::unbounded_channel().1)
     };
-    let (mut last_valid, mut last_plan) = match first {
-        Ok((v, p)) => (Some(v), Some(p)),
-        Err(_) => (None, None),
-    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_compile = Instant::now() - MIN_INTERVAL;
     loop {
-        let why = tokio::select! {
+        let first_trigger = tokio::select! {
             _ = tick.tick() => {
-                heartbeat(&mut dp);
+                s.dp.retire();
                 continue;
             }
-            _ = hup.recv() => "SIGHUP",
-            Ok(()) = avoid.changed() => HEALTH_CHANGE,
-            Some(()) = changes.recv() => {
-                // Debounce: editors write in several steps.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while changes.try_recv().is_ok() {}
-                "config change"
-            }
+            _ = hup.recv() => Trigger::Signal,
+            Ok(()) = avoid.changed() => Trigger::Health,
+            Some(()) = changes.recv() => Trigger::FileChange,
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        let t = Instant::now();
+        // Coalesce: editors write in several steps (wait a moment for the
+        // last one), and health flaps come in bursts (at most one recompile
+        // per MIN_INTERVAL; an isolated change goes at once). Whatever
+        // arrives in the window is served by one compile.
+        let mut trigger = first_trigger;
+        let wait = if trigger == Trigger::FileChange {
+            FILE_DEBOUNCE
+        } else {
+            MIN_INTERVAL.saturating_sub(last_compile.elapsed())
+        };
+        let window = tokio::time::sleep(wait);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => break,
+                _ = hup.recv() => trigger = trigger.max(Trigger::Signal),
+                Ok(()) = avoid.changed() => {}
+                Some(()) = changes.recv() => trigger = trigger.max(Trigger::FileChange),
+            }
+        }
+        let why = trigger.reason();
+        last_compile = Instant::now();
         let health = Health {
             unhealthy: avoid.borrow_and_update().clone(),
         };
-        let compiled = match (&last_valid, why) {
-            // Health changed: the config did not; recompile the one serving.
-            (Some(v), HEALTH_CHANGE) => compile::compile(v, &health)
-                .map(|p| (v.clone(), p))
-                .map_err(|e| e.to_string()),
-            (None, HEALTH_CHANGE) => continue,
-            _ => load_and_compile(&opts.config, &opts.overrides, &health),
+        let compiled = if trigger.reloads() {
+            tokio::task::block_in_place(|| load_and_compile(&opts.config, &opts.overrides, &health))
+        } else {
+            match &s.valid {
+                // The config did not change; recompile the one serving.
+                Some(v) => tokio::task::block_in_place(|| compile::compile(v, &health))
+                    .map(|p| (v.clone(), p))
+                    .map_err(|e| e.to_string()),
+                None => continue,
+            }
         };
         let (valid, plan) = match compiled {
             Err(e) => {
@@ -390,54 +551,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             Ok(x) => x,
         };
-        if last_plan.as_ref() == Some(&plan) {
+        if s.plan.as_ref() == Some(&plan) {
+            s.valid = Some(valid);
             tracing::info!(
                 reason = why,
-                generation = dp.generation(),
+                generation = s.dp.generation(),
                 "reload: no change"
             );
             continue;
         }
-        if let Err(e) = proxy.prepare(&plan).await {
-            log_rejected(&format!("config rejected\n{e:#}"), why);
-            continue;
-        }
         log_notices(&plan);
-        match apply_all(&mut dp, &mut proxy, &plan, &opts.state_dir, t, why) {
-            Ok(()) => {
-                if plan.close_removed
-                    && let Some(old) = &last_plan
-                {
-                    close_removed(&socks, old, &plan, &opts.cgroup);
-                }
-                watched_tx.send_if_modified(|w| {
-                    let new = watched(&plan);
-                    let changed = *w != new;
-                    *w = new;
-                    changed
-                });
-                last_valid = Some(valid);
-                if plan.dns.listeners() != dns_plan.listeners()
-                    || plan.dns.enabled != dns_plan.enabled
-                {
-                    tracing::warn!(
-                        "DNS listener settings changed: they take effect at the next restart"
-                    );
-                }
-                names_tx.send_replace(Arc::new(Names::from_plan(&plan)));
-                last_plan = Some(plan);
-            }
-            Err(e) => tracing::error!(
-                reason = why,
-                "applying the new plan failed (nothing partial was left): {e:#}"
-            ),
+        if let Err(e) = s.apply(plan, Some(valid), why).await {
+            log_rejected(&format!("config rejected\n{e:#}"), why);
         }
     }
     let _ = std::fs::remove_file(pid_file(&opts.state_dir));
-    // No listener any more: stop capturing DNS now rather than in 3 s.
-    let _ = dp.set_dns_alive(0);
+    // No listener any more: stop capturing DNS and handing over L7 VIPs now
+    // rather than in 3 s.
+    stop_beat.store(true, Ordering::Relaxed);
+    let _ = beat.join();
+    let _ = s.dp.set_listeners(netns, None);
     if opts.cleanup {
-        drop(dp);
+        drop(s);
         cleanup(&opts.pins, &opts.state_dir)?;
         tracing::info!("stopped; datapath removed (--cleanup)");
     } else {

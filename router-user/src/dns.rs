@@ -1,26 +1,37 @@
 //! DNS for virtual hosts: answers A and AAAA for every virtual host with its
 //! VIP (NODATA for other types of names it owns), and forwards every other
-//! query to the node's upstream resolvers, relaying their answers byte for
-//! byte. UDP and TCP. hickory-proto parses and builds messages.
+//! query, relaying the answer byte for byte. UDP and TCP. hickory-proto
+//! parses and builds messages.
 //!
-//! Capture: the kernel programs send port-53 traffic of the attached cgroup
-//! to this listener (see `CFG_DNS_CAPTURE` in router-common) and translate
-//! replies back to the resolver the process asked. The daemon's own sockets
-//! carry `DNS_MARK`, which the programs never capture: forwarding cannot loop.
+//! Capture: the kernel programs send port-53 traffic of the attached cgroup,
+//! in the network namespace the daemon serves (netns cookie), to this
+//! listener (see `LSN_F_DNS` in router-common) and translate replies back to
+//! the resolver the process asked. A captured query that is not for a
+//! virtual host is forwarded to *that* resolver (its original destination,
+//! which the kernel records: by socket cookie for UDP, found with one
+//! sock_diag lookup; by client address for TCP), so a local caching
+//! resolver (dnsmasq, systemd-resolved) inside the cgroup keeps working and
+//! its own upstream queries, captured in turn, go to its upstreams: nothing
+//! loops. Only a query whose original destination is unknown (one sent to
+//! this listener directly) goes to the fallback upstreams
+//! (`spec.dns.upstreams`, else the namespace's resolv.conf). The daemon's
+//! own sockets carry `DAEMON_MARK`, which the programs never capture.
 //!
 //! Sockets can live in another network namespace (`--listen-netns`): see
 //! [`crate::netns`].
 //!
 //! Hostile input: datagrams over 4 KiB and messages that do not parse are
-//! dropped (FORMERR when the header is readable); at most 1,024 forwarded
-//! UDP queries and 256 TCP connections at once (beyond that UDP queries are
-//! dropped, as an overloaded resolver would); every upstream exchange and
-//! idle TCP connection times out.
+//! dropped (FORMERR when the header is readable); forwarded UDP queries and
+//! TCP connections are capped in all and per client address (beyond that UDP
+//! queries are dropped, as an overloaded resolver would); every upstream
+//! exchange and idle TCP connection times out, and an upstream that answers
+//! ICMP port unreachable is given up at once.
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -35,20 +46,24 @@ use hickory_proto::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, watch},
+    sync::watch,
+    task::JoinHandle,
 };
 
-use crate::{netns::Sockets, plan::Plan};
-
-/// `SO_MARK` on every socket the DNS server opens; the kernel programs leave
-/// such sockets alone.
-pub use router_common::DNS_MARK;
+use crate::{
+    datapath::{OrigTable, sync::Bound},
+    limits::Admission,
+    netns::Sockets,
+    plan::{DnsPlan, Plan},
+};
 
 const MAX_UDP: usize = 4096;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_UDP_FORWARDS: usize = 1024;
+const MAX_UDP_FORWARDS_PER_PEER: usize = 256;
 const MAX_TCP_CONNS: usize = 256;
+const MAX_TCP_CONNS_PER_PEER: usize = 64;
 
 /// Names this server owns, from the applied plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -174,50 +189,31 @@ pub fn respond(query: &[u8], names: &Names) -> Reply {
     }
 }
 
-fn servfail(query: &[u8]) -> Option<Vec<u8>> {
-    (query.len() >= 2).then(|| {
-        let id = u16::from_be_bytes([query[0], query[1]]);
-        Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
-            .to_vec()
-            .ok()
-    })?
-}
-
 // --- forwarding ----------------------------------------------------------------
 
-fn unspecified(v6: bool) -> SocketAddr {
-    if v6 {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    }
-}
-
-async fn forward_udp(socks: &Sockets, upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let Ok(s) = socks.udp(unspecified(up.is_ipv6())).await else {
-            continue;
-        };
-        if s.send_to(query, up).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 65535];
-        let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
-            loop {
-                let (n, from) = s.recv_from(&mut buf).await?;
-                // Only the upstream's answer to this query counts.
-                if from == *up && n >= 2 && buf[..2] == query[..2] {
-                    return Ok::<usize, std::io::Error>(n);
-                }
+/// Ask `up` over a connected UDP socket: an ICMP port unreachable ends the
+/// wait at once (ECONNREFUSED) instead of after the timeout.
+async fn ask_udp(socks: &Sockets, up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let s = socks.udp_connected(up).await.ok()?;
+    s.send(query).await.ok()?;
+    let mut buf = vec![0u8; 65535];
+    let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        loop {
+            let n = s.recv(&mut buf).await?;
+            // Only the upstream's answer to this query counts.
+            if n >= 2 && buf[..2] == query[..2] {
+                return Ok::<usize, std::io::Error>(n);
             }
-        })
-        .await;
-        if let Ok(Ok(n)) = got {
-            buf.truncate(n);
-            return Some(buf);
         }
+    })
+    .await;
+    match got {
+        Ok(Ok(n)) => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        _ => None,
     }
-    None
 }
 
 async fn read_framed(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -234,27 +230,16 @@ async fn write_framed(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.write_all(&out).await
 }
 
-async fn forward_tcp(socks: &Sockets, upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let exchange = async {
-            let mut s = socks.connect(*up).await?;
-            write_framed(&mut s, query).await?;
-            read_framed(&mut s).await
-        };
-        if let Ok(Ok(resp)) = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
-            return Some(resp);
-        }
-    }
-    None
-}
-
-// --- the server ----------------------------------------------------------------
-
-/// Where and how to serve.
-#[derive(Clone, Debug)]
-pub struct DnsOptions {
-    pub listen: Vec<SocketAddr>,
-    pub upstreams: Vec<SocketAddr>,
+async fn ask_tcp(socks: &Sockets, up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let exchange = async {
+        let mut s = socks.connect(up).await?;
+        write_framed(&mut s, query).await?;
+        read_framed(&mut s).await
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Nameservers from a resolv.conf text, as `ip:53`.
@@ -280,41 +265,123 @@ pub fn system_upstreams(netns: Option<&Path>) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
-async fn serve_udp(
-    sock: Arc<UdpSocket>,
+/// The fallback upstreams, for queries whose original destination is not
+/// known: never one of our own listeners, and (when the original
+/// destination of captured queries cannot be found, so a local resolver's
+/// own queries would come back to it) never a resolver on this host's
+/// loopback. Pure; returns `(kept, dropped with why)`.
+pub fn fallback_upstreams(
+    configured: &[SocketAddr],
+    ours: &[SocketAddr],
+    orig_known: bool,
+) -> (Vec<SocketAddr>, Vec<(SocketAddr, &'static str)>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for u in configured {
+        if ours.contains(u) {
+            dropped.push((*u, "it is this DNS listener"));
+        } else if !orig_known && u.ip().is_loopback() {
+            dropped.push((
+                *u,
+                "a resolver on loopback whose own queries would be captured and sent back to it",
+            ));
+        } else {
+            kept.push(*u);
+        }
+    }
+    (kept, dropped)
+}
+
+// --- the server ----------------------------------------------------------------
+
+/// What every listener task shares.
+struct Shared {
     socks: Sockets,
-    upstreams: Arc<Vec<SocketAddr>>,
     names: watch::Receiver<Arc<Names>>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_UDP_FORWARDS));
+    fallback: watch::Receiver<Arc<Vec<SocketAddr>>>,
+    orig: Arc<OrigTable>,
+    netns: u64,
+    /// sock_diag, for the original resolver of captured UDP queries.
+    diag: Mutex<Option<OwnedFd>>,
+    udp_forwards: Arc<Admission<IpAddr>>,
+    tcp_conns: Arc<Admission<IpAddr>>,
+}
+
+impl Shared {
+    /// Where a captured UDP query from `client` to our `listener` was going.
+    fn udp_origin(&self, client: SocketAddr, listener: SocketAddr) -> Option<SocketAddr> {
+        let cookie = {
+            let g = self.diag.lock().unwrap_or_else(|e| e.into_inner());
+            crate::reap::udp_cookie(g.as_ref()?, client, listener).ok()??
+        };
+        self.orig.udp(cookie, listener)
+    }
+
+    /// Where to send a query that is not ours: its original destination
+    /// (unless that is one of our listeners), else the fallback upstreams.
+    fn targets(&self, origin: Option<SocketAddr>, ours: SocketAddr) -> Vec<SocketAddr> {
+        match origin {
+            Some(o) if o != ours => vec![o],
+            _ => self.fallback.borrow().as_ref().clone(),
+        }
+    }
+
+    async fn forward_udp(&self, targets: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+        for up in targets {
+            if let Some(r) = ask_udp(&self.socks, *up, query).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    async fn forward_tcp(&self, targets: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+        for up in targets {
+            if let Some(r) = ask_tcp(&self.socks, *up, query).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_UDP + 1];
+    let mut logged = None;
     loop {
-        let Ok((n, client)) = sock.recv_from(&mut buf).await else {
-            continue;
+        let (n, client) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                crate::limits::accept_backoff(&e, "DNS (UDP)", &mut logged).await;
+                continue;
+            }
         };
         if n > MAX_UDP {
             continue; // oversized: no resolver sends these
         }
         let query = buf[..n].to_vec();
-        let reply = respond(&query, &names.borrow());
+        let reply = respond(&query, &shared.names.borrow());
         match reply {
             Reply::Local(b) => {
                 let _ = sock.send_to(&b, client).await;
             }
             Reply::Drop => {}
             Reply::Forward => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let Some(ticket) = shared.udp_forwards.try_take(client.ip(), 1) else {
                     continue;
                 };
-                let (sock, socks, upstreams) = (sock.clone(), socks.clone(), upstreams.clone());
+                let (sock, shared) = (sock.clone(), shared.clone());
                 tokio::spawn(async move {
-                    let resp = forward_udp(&socks, &upstreams, &query)
+                    let origin = shared.udp_origin(client, ours);
+                    let targets = shared.targets(origin, ours);
+                    let resp = shared
+                        .forward_udp(&targets, &query)
                         .await
                         .or_else(|| servfail(&query));
                     if let Some(b) = resp {
                         let _ = sock.send_to(&b, client).await;
                     }
-                    drop(permit);
+                    drop(ticket);
                 });
             }
         }
@@ -323,25 +390,29 @@ async fn serve_udp(
 
 async fn serve_tcp_conn(
     mut s: TcpStream,
-    socks: Sockets,
-    upstreams: Arc<Vec<SocketAddr>>,
-    names: watch::Receiver<Arc<Names>>,
+    origin: Option<SocketAddr>,
+    ours: SocketAddr,
+    shared: Arc<Shared>,
 ) {
     loop {
         let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut s)).await else {
             return;
         };
-        let reply = respond(&query, &names.borrow());
+        let reply = respond(&query, &shared.names.borrow());
         let out = match reply {
             Reply::Local(b) => b,
             Reply::Drop => return,
-            Reply::Forward => match forward_tcp(&socks, &upstreams, &query)
-                .await
-                .or_else(|| servfail(&query))
-            {
-                Some(b) => b,
-                None => return,
-            },
+            Reply::Forward => {
+                let targets = shared.targets(origin, ours);
+                match shared
+                    .forward_tcp(&targets, &query)
+                    .await
+                    .or_else(|| servfail(&query))
+                {
+                    Some(b) => b,
+                    None => return,
+                }
+            }
         };
         if write_framed(&mut s, &out).await.is_err() {
             return;
@@ -349,70 +420,203 @@ async fn serve_tcp_conn(
     }
 }
 
-async fn serve_tcp(
-    l: TcpListener,
-    socks: Sockets,
-    upstreams: Arc<Vec<SocketAddr>>,
-    names: watch::Receiver<Arc<Names>>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNS));
+async fn serve_tcp(l: TcpListener, ours: SocketAddr, shared: Arc<Shared>) {
+    let mut logged = None;
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let (s, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                crate::limits::accept_backoff(&e, "DNS (TCP)", &mut logged).await;
+                continue;
+            }
+        };
+        let origin = shared.orig.take_tcp(shared.netns, peer);
+        let Some(ticket) = shared.tcp_conns.try_take(peer.ip(), 1) else {
             continue;
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (socks, upstreams, names) = (socks.clone(), upstreams.clone(), names.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            serve_tcp_conn(s, socks, upstreams, names).await;
-            drop(permit);
+            serve_tcp_conn(s, origin, ours, shared).await;
+            drop(ticket);
         });
     }
 }
 
-/// Bind every listener (so errors surface at start-up), then serve forever.
-pub async fn start(
-    opts: DnsOptions,
-    socks: Sockets,
-    names: watch::Receiver<Arc<Names>>,
-) -> Result<()> {
-    let upstreams: Vec<SocketAddr> = opts
-        .upstreams
-        .iter()
-        .filter(|u| !opts.listen.contains(u))
-        .copied()
-        .collect();
-    if upstreams.is_empty() {
-        tracing::warn!(
-            "no upstream resolvers (resolv.conf has none, or only this server): names that are not virtual hosts will get SERVFAIL"
-        );
+/// The tasks serving one listener address (UDP and TCP); stopped on drop.
+struct Listening {
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
-    let upstreams = Arc::new(upstreams);
-    for addr in &opts.listen {
+}
+
+/// The DNS server: listeners that follow the plan's settings (new ones are
+/// bound before the kernel is pointed at them, old ones closed after).
+pub struct Dns {
+    shared: Arc<Shared>,
+    fallback: watch::Sender<Arc<Vec<SocketAddr>>>,
+    listen_netns: Option<PathBuf>,
+    orig_known: bool,
+    serving: Vec<Listening>,
+    next: Option<Vec<Listening>>,
+}
+
+impl Dns {
+    /// A server with no listeners yet (see [`Dns::prepare`]).
+    pub async fn new(
+        socks: Sockets,
+        orig: Arc<OrigTable>,
+        netns: u64,
+        listen_netns: Option<PathBuf>,
+        names: watch::Receiver<Arc<Names>>,
+    ) -> Dns {
+        let diag = socks.diag().await.ok();
+        let (fallback, fallback_rx) = watch::channel(Arc::new(Vec::new()));
+        let shared = Arc::new(Shared {
+            socks,
+            names,
+            fallback: fallback_rx,
+            orig,
+            netns,
+            diag: Mutex::new(diag),
+            udp_forwards: Admission::new(MAX_UDP_FORWARDS, MAX_UDP_FORWARDS_PER_PEER),
+            tcp_conns: Admission::new(MAX_TCP_CONNS, MAX_TCP_CONNS_PER_PEER),
+        });
+        Dns {
+            shared,
+            fallback,
+            listen_netns,
+            orig_known: false,
+            serving: Vec::new(),
+            next: None,
+        }
+    }
+
+    /// Can captured UDP queries be traced to their socket? (sock_diag for
+    /// UDP: the udp_diag module.) Checked with a socket of our own.
+    async fn check_udp_origin(&self) -> bool {
+        let Ok(server) = self.shared.socks.udp((Ipv4Addr::LOCALHOST, 0).into()).await else {
+            return false;
+        };
+        let Ok(server_addr) = server.local_addr() else {
+            return false;
+        };
+        let Ok(client) = self.shared.socks.udp_connected(server_addr).await else {
+            return false;
+        };
+        let Ok(client_addr) = client.local_addr() else {
+            return false;
+        };
+        let g = self.shared.diag.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().is_some_and(|fd| {
+            matches!(
+                crate::reap::udp_cookie(fd, client_addr, server_addr),
+                Ok(Some(_))
+            )
+        })
+    }
+
+    /// Bind the listeners `plan` asks for (if they are not the ones
+    /// serving) and take its upstream settings. Returns the DNS part of
+    /// what the kernel should point at.
+    pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
+        let dns = &plan.dns;
+        if !dns.enabled {
+            self.next = Some(Vec::new());
+            return Ok(Bound::default());
+        }
+        let want = dns.listeners();
+        let serving: Vec<SocketAddr> = self.serving.iter().map(|l| l.addr).collect();
+        if want != serving {
+            let mut bound = Vec::new();
+            for addr in &want {
+                bound.push(self.bind(*addr).await?);
+            }
+            self.next = Some(bound);
+        }
+        if self.serving.is_empty() && self.next.as_ref().is_some_and(|n| !n.is_empty()) {
+            self.orig_known = self.check_udp_origin().await;
+            if !self.orig_known {
+                tracing::warn!(
+                    "captured DNS queries over UDP cannot be traced to their socket (sock_diag \
+                     for UDP answers nothing: is the udp_diag module loaded? `modprobe \
+                     udp_diag`): names that are not virtual hosts go to the fallback upstreams"
+                );
+            }
+        }
+        self.set_upstreams(dns, &want);
+        Ok(Bound {
+            dns4: want.iter().copied().find(SocketAddr::is_ipv4),
+            dns6: want.iter().copied().find(SocketAddr::is_ipv6),
+            capture: dns.capture,
+            ..Bound::default()
+        })
+    }
+
+    fn set_upstreams(&self, dns: &DnsPlan, ours: &[SocketAddr]) {
+        let configured = if dns.upstreams.is_empty() {
+            system_upstreams(self.listen_netns.as_deref())
+        } else {
+            dns.upstreams.clone()
+        };
+        let (kept, dropped) = fallback_upstreams(&configured, ours, self.orig_known);
+        for (u, why) in &dropped {
+            tracing::warn!("not forwarding DNS to {u}: {why}");
+        }
+        if kept.is_empty() {
+            tracing::warn!(
+                "no fallback upstream resolvers (spec.dns.upstreams and resolv.conf give none \
+                 usable): queries sent to the DNS listener directly that are not for virtual \
+                 hosts get SERVFAIL"
+            );
+        }
+        self.fallback.send_if_modified(|cur| {
+            let changed = **cur != kept;
+            if changed {
+                *cur = Arc::new(kept);
+            }
+            changed
+        });
+    }
+
+    async fn bind(&self, addr: SocketAddr) -> Result<Listening> {
         let hint = || {
             format!(
                 "binding the DNS listener {addr}: is another resolver there? Set RouterConfig \
                  spec.dns.listen/port, or --no-dns"
             )
         };
-        let udp = Arc::new(socks.udp(*addr).await.with_context(hint)?);
-        let tcp = socks.listen(*addr).await.with_context(hint)?;
-        tokio::spawn(serve_udp(
-            udp,
-            socks.clone(),
-            upstreams.clone(),
-            names.clone(),
-        ));
-        tokio::spawn(serve_tcp(
-            tcp,
-            socks.clone(),
-            upstreams.clone(),
-            names.clone(),
-        ));
+        let udp = Arc::new(self.shared.socks.udp(addr).await.with_context(hint)?);
+        let tcp = self.shared.socks.listen(addr).await.with_context(hint)?;
+        let tasks = vec![
+            tokio::spawn(serve_udp(udp, addr, self.shared.clone())),
+            tokio::spawn(serve_tcp(tcp, addr, self.shared.clone())),
+        ];
+        tracing::info!(listen = %addr, "DNS serving virtual hosts");
+        Ok(Listening { addr, tasks })
     }
-    tracing::info!(listen = ?opts.listen, upstreams = ?upstreams, "DNS serving virtual hosts");
-    Ok(())
+
+    /// Close listeners the kernel no longer points at.
+    pub fn retire(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.serving = next;
+        }
+    }
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    (query.len() >= 2).then(|| {
+        let id = u16::from_be_bytes([query[0], query[1]]);
+        Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
+            .to_vec()
+            .ok()
+    })?
 }
 
 #[cfg(test)]
@@ -491,6 +695,19 @@ mod tests {
         let m = local(respond(&garbage, &names()));
         assert_eq!(m.metadata.id, 0x1234);
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    #[test]
+    fn fallback_never_points_at_ourselves_or_a_loop() {
+        let ours: SocketAddr = "127.0.0.153:53".parse().unwrap();
+        let local: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let remote: SocketAddr = "10.53.0.1:53".parse().unwrap();
+        let (kept, dropped) = fallback_upstreams(&[ours, local, remote], &[ours], true);
+        assert_eq!(kept, vec![local, remote]);
+        assert_eq!(dropped.len(), 1);
+        let (kept, dropped) = fallback_upstreams(&[ours, local, remote], &[ours], false);
+        assert_eq!(kept, vec![remote]);
+        assert_eq!(dropped.len(), 2);
     }
 
     #[test]

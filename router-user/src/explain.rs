@@ -236,25 +236,29 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
         );
     }
     for s in services {
-        match s.proxy_port {
-            Some(pp) => {
-                let _ = write!(
-                    o,
-                    "  {}/{} -> the L7 proxy (listener port {pp}), per request:",
-                    crate::plan::sock(s.vip, s.port),
-                    s.proto
-                );
-                match plan.l7.iter().find(|l| l.proxy_port == pp) {
-                    Some(l7) if s.vip.is_ipv4() => {
-                        let _ = writeln!(o);
-                        l7_routes(&mut o, &l7.routes, "    ");
-                    }
-                    _ => {
-                        let _ = writeln!(o, " the same table");
-                    }
+        if s.proxied {
+            let _ = write!(
+                o,
+                "  {}/{} -> the L7 proxy (port {}), per request:",
+                crate::plan::sock(s.vip, s.port),
+                s.proto,
+                plan.proxy.port
+            );
+            match plan
+                .l7
+                .iter()
+                .find(|l| l.port == s.port && l.host.eq_ignore_ascii_case(&s.host))
+            {
+                Some(l7) if s.vip.is_ipv4() => {
+                    let _ = writeln!(o);
+                    l7_routes(&mut o, &l7.routes, "    ");
+                }
+                _ => {
+                    let _ = writeln!(o, " the same table");
                 }
             }
-            None => service(&mut o, s),
+        } else {
+            service(&mut o, s);
         }
     }
     for n in plan.notices.iter().filter(|n| n.message.contains(&h.name)) {

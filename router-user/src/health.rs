@@ -240,14 +240,27 @@ impl Ejector {
     }
 }
 
-/// Run one check. `Err` says what failed (for the log).
-pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
+/// Why a check did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The endpoint failed the check (what failed, for the log).
+    Failed(String),
+    /// This host could not run the check (out of file descriptors, buffers
+    /// or memory): says nothing about the endpoint, and is not counted.
+    Local(String),
+}
+
+/// Run one check.
+pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), ProbeError> {
     let timeout = Duration::from_millis(c.timeout_ms);
     let attempt = async {
-        let s = socks
-            .connect(c.endpoint)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let s = socks.connect(c.endpoint).await.map_err(|e| {
+            if crate::limits::is_local_errno(&e) {
+                ProbeError::Local(format!("connect: {e}"))
+            } else {
+                ProbeError::Failed(format!("connect: {e}"))
+            }
+        })?;
         let CheckKind::Http {
             path,
             host,
@@ -262,11 +275,11 @@ pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
             .header(http::header::USER_AGENT, "routerd-health-check")
             .header(http::header::CONNECTION, "close")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| format!("the request for {path}: {e}"))?;
+            .map_err(|e| ProbeError::Failed(format!("the request for {path}: {e}")))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
                 .await
-                .map_err(|e| format!("HTTP handshake: {e}"))?;
+                .map_err(|e| ProbeError::Failed(format!("HTTP handshake: {e}")))?;
         // The connection is driven here, not spawned: it goes with this
         // check (once the status is known, or at the timeout). If it ends
         // first, the answer it read is already with `answer`.
@@ -277,18 +290,21 @@ pub async fn probe(socks: &Sockets, c: &HealthCheckPlan) -> Result<(), String> {
             _ = conn => answer.await,
         };
         let status = answer
-            .map_err(|e| format!("GET {path}: {e}"))?
+            .map_err(|e| ProbeError::Failed(format!("GET {path}: {e}")))?
             .status()
             .as_u16();
         if expected.iter().any(|(a, b)| (*a..*b).contains(&status)) {
             Ok(())
         } else {
-            Err(format!("GET {path} answered {status}"))
+            Err(ProbeError::Failed(format!("GET {path} answered {status}")))
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {} ms", c.timeout_ms)),
+        Err(_) => Err(ProbeError::Failed(format!(
+            "no answer within {} ms",
+            c.timeout_ms
+        ))),
     }
 }
 
@@ -310,7 +326,8 @@ pub async fn run(
     watched.mark_changed();
     let t0 = Instant::now();
     let now_ms = move || t0.elapsed().as_millis() as u64;
-    let (results_tx, mut results) = mpsc::unbounded_channel::<(SocketAddr, Result<(), String>)>();
+    let (results_tx, mut results) =
+        mpsc::unbounded_channel::<(SocketAddr, Result<(), ProbeError>)>();
     let mut tasks: BTreeMap<SocketAddr, (HealthCheckPlan, JoinHandle<()>)> = BTreeMap::new();
     let mut active: BTreeMap<SocketAddr, Active> = BTreeMap::new();
     let mut ejector = Ejector::default();
@@ -371,6 +388,14 @@ pub async fn run(
             }
             Some((ep, r)) = results.recv() => {
                 let Some((plan, _)) = tasks.get(&ep) else { continue };
+                let r = match r {
+                    Err(ProbeError::Local(why)) => {
+                        tracing::debug!(endpoint = %ep, "health check not run: {why}");
+                        continue;
+                    }
+                    Err(ProbeError::Failed(why)) => Err(why),
+                    Ok(()) => Ok(()),
+                };
                 let a = active.entry(ep).or_default();
                 if a.observe(r.is_ok(), plan.unhealthy_threshold, plan.healthy_threshold) {
                     if a.healthy {

@@ -50,6 +50,12 @@ pub struct Report {
     pub unknown_vip_refused: u64,
     pub revnat_failed: u64,
     pub dns_captured: u64,
+    /// L7 connections refused: the daemon was down, or the caller's
+    /// network namespace has no proxy listener.
+    pub proxy_refused: u64,
+    /// Connections handed to a daemon listener whose original destination
+    /// could not be recorded.
+    pub orig_failed: u64,
 }
 
 fn sum<T: aya::Pod + Default + Copy>(
@@ -144,7 +150,15 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     }
     services.sort_by_key(|s| (s.host.clone(), s.vip, s.proto));
     let g = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
-        [s.unknown_vip, s.revnat_failed, s.dns_captured, 0]
+        [
+            s.unknown_vip,
+            s.revnat_failed,
+            s.dns_captured,
+            s.proxy_refused,
+        ]
+    });
+    let g2 = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
+        [s.orig_failed, 0, 0, 0]
     });
     Ok(Report {
         dir: pins.dir().display().to_string(),
@@ -155,6 +169,8 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         unknown_vip_refused: g[0],
         revnat_failed: g[1],
         dns_captured: g[2],
+        proxy_refused: g[3],
+        orig_failed: g2[0],
     })
 }
 
@@ -204,5 +220,17 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(o, "reverse translation not stored: {}", r.revnat_failed);
     let _ = writeln!(o, "DNS queries captured: {}", r.dns_captured);
+    let _ = writeln!(
+        o,
+        "L7 connections refused (daemon down, or no proxy in the caller's namespace): {}",
+        r.proxy_refused
+    );
+    if r.orig_failed > 0 {
+        let _ = writeln!(
+            o,
+            "connections handed to the daemon without a recorded destination: {}",
+            r.orig_failed
+        );
+    }
     o
 }

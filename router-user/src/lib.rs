@@ -9,6 +9,7 @@ pub mod dns;
 pub mod explain;
 pub mod health;
 pub mod inspect;
+pub mod limits;
 pub mod netns;
 pub mod plan;
 pub mod proxy;

@@ -2,12 +2,12 @@
 //! and creates every socket the daemon asks for there (DNS listeners and
 //! upstream queries, proxy listeners and upstream connections); a socket
 //! stays in the namespace it was created in, whichever thread uses it. Every
-//! socket carries `SO_MARK` [`router_common::DNS_MARK`], which the kernel
+//! socket carries `SO_MARK` [`router_common::DAEMON_MARK`], which the kernel
 //! programs never capture or redirect.
-use std::{net::SocketAddr, path::Path};
+use std::{net::SocketAddr, os::fd::AsRawFd, path::Path};
 
 use anyhow::{Context, Result};
-use router_common::DNS_MARK;
+use router_common::DAEMON_MARK;
 use tokio::{
     net::{TcpListener, TcpStream, UdpSocket},
     sync::oneshot,
@@ -24,9 +24,11 @@ enum SockReq {
     ),
     Stream(bool, oneshot::Sender<std::io::Result<std::net::TcpStream>>),
     Diag(oneshot::Sender<std::io::Result<std::os::fd::OwnedFd>>),
+    /// A file under /proc/sys/net, as this namespace sees it.
+    Sysctl(&'static str, oneshot::Sender<std::io::Result<String>>),
 }
 
-/// Creates sockets in one network namespace, marked with [`DNS_MARK`].
+/// Creates sockets in one network namespace, marked with [`DAEMON_MARK`].
 #[derive(Clone)]
 pub struct Sockets {
     /// The thread in the other namespace; `None`: the daemon's own
@@ -37,7 +39,7 @@ pub struct Sockets {
 
 fn marked(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
     let s = socket2::Socket::new(domain, ty, None)?;
-    s.set_mark(DNS_MARK)?;
+    s.set_mark(DAEMON_MARK)?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
@@ -75,7 +77,35 @@ fn serve(req: SockReq) {
         SockReq::Diag(reply) => {
             let _ = reply.send(crate::reap::diag_socket());
         }
+        SockReq::Sysctl(name, reply) => {
+            let _ = reply.send(
+                std::fs::read_to_string(format!("/proc/sys/net/{name}"))
+                    .map(|s| s.trim().to_string()),
+            );
+        }
     }
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): the network namespace's cookie, as the
+/// kernel programs see it with `bpf_get_netns_cookie`.
+pub fn netns_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) into a u64 with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 impl Sockets {
@@ -134,6 +164,27 @@ impl Sockets {
     pub async fn diag(&self) -> std::io::Result<std::os::fd::OwnedFd> {
         self.ask(SockReq::Diag).await
     }
+    /// A UDP socket connected to `to`: an ICMP port unreachable from the
+    /// peer shows as ECONNREFUSED at once, instead of a silent timeout.
+    pub async fn udp_connected(&self, to: SocketAddr) -> std::io::Result<UdpSocket> {
+        let unspecified: SocketAddr = if to.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let s = self.udp(unspecified).await?;
+        s.connect(to).await?;
+        Ok(s)
+    }
+    /// This namespace's cookie (see [`netns_cookie_of`]).
+    pub async fn netns_cookie(&self) -> std::io::Result<u64> {
+        let s = self.udp((std::net::Ipv4Addr::LOCALHOST, 0).into()).await?;
+        netns_cookie_of(&s)
+    }
+    /// `/proc/sys/net/<name>` as this namespace sees it.
+    pub async fn sysctl(&self, name: &'static str) -> std::io::Result<String> {
+        self.ask(|tx| SockReq::Sysctl(name, tx)).await
+    }
     pub async fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
         let std = self.ask(|tx| SockReq::Stream(to.is_ipv6(), tx)).await?;
         tokio::net::TcpSocket::from_std_stream(std)
@@ -157,8 +208,9 @@ mod tests {
         let (c, s) = tokio::join!(socks.connect(addr), l.accept());
         let c = c.unwrap();
         s.unwrap();
-        assert_eq!(socket2::SockRef::from(&c).mark().unwrap(), DNS_MARK);
+        assert_eq!(socket2::SockRef::from(&c).mark().unwrap(), DAEMON_MARK);
         let u = socks.udp("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        assert_eq!(socket2::SockRef::from(&u).mark().unwrap(), DNS_MARK);
+        assert_eq!(socket2::SockRef::from(&u).mark().unwrap(), DAEMON_MARK);
+        assert_ne!(socks.netns_cookie().await.unwrap(), 0);
     }
 }

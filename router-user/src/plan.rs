@@ -152,9 +152,10 @@ pub struct ServicePlan {
     /// The slot table, as `(endpoint, number of slots)`, sorted by endpoint.
     /// Empty: no healthy endpoint, connect() fails with EHOSTUNREACH.
     pub slots: Vec<SlotShare>,
-    /// Served by the L7 proxy: the kernel sends connections to this listener
-    /// port (on the proxy address) instead of using slots.
-    pub proxy_port: Option<u16>,
+    /// Served by the L7 proxy: the kernel hands connections to the proxy's
+    /// listener instead of using slots.
+    #[serde(default)]
+    pub proxied: bool,
 }
 
 impl ServicePlan {
@@ -358,13 +359,32 @@ impl DnsPlan {
     }
 }
 
-/// Where the L7 proxy listens: one port per L7 host:port, on these addresses.
+/// The default port of the L7 proxy's listeners: privileged, so that no
+/// unprivileged process can bind it, even while the daemon is down.
+pub const DEFAULT_PROXY_PORT: u16 = 1000;
+
+/// Where the L7 proxy listens: one listener per address family serves every
+/// L7 host:port (the kernel records what each client dialled).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyPlan {
     pub listen4: Ipv4Addr,
+    /// IPv6 listener (None: IPv6 clients of L7 services are refused). If
+    /// the namespace has no IPv6 (`::1` cannot be bound), the daemon goes on
+    /// without it and says so.
     pub listen6: Option<Ipv6Addr>,
-    pub first_port: u16,
-    pub last_port: u16,
+    /// A privileged port (below 1024).
+    pub port: u16,
+    /// Upstream response headers, when no RetryTimeoutPolicy sets a
+    /// requestTimeout.
+    pub upstream_timeout_ms: u64,
+    /// A buffered request body arrives within this; a streamed one pauses
+    /// at most this long.
+    pub body_timeout_ms: u64,
+    /// HTTP connections (both sides of the proxy) with nothing moving are
+    /// closed after this long.
+    pub idle_timeout_ms: u64,
+    /// The same for TCP gateway connections.
+    pub tcp_idle_timeout_ms: u64,
 }
 
 impl Default for ProxyPlan {
@@ -372,9 +392,32 @@ impl Default for ProxyPlan {
         ProxyPlan {
             listen4: Ipv4Addr::LOCALHOST,
             listen6: Some(Ipv6Addr::LOCALHOST),
-            first_port: 15000,
-            last_port: 15999,
+            port: DEFAULT_PROXY_PORT,
+            upstream_timeout_ms: 15_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            tcp_idle_timeout_ms: 3_600_000,
         }
+    }
+}
+
+impl ProxyPlan {
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut v = vec![SocketAddr::new(self.listen4.into(), self.port)];
+        v.extend(self.listen6.map(|a| SocketAddr::new(a.into(), self.port)));
+        v
+    }
+    pub fn timeouts(&self) -> crate::proxy::Timeouts {
+        crate::proxy::Timeouts {
+            upstream: std::time::Duration::from_millis(self.upstream_timeout_ms),
+            body: std::time::Duration::from_millis(self.body_timeout_ms),
+        }
+    }
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn tcp_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.tcp_idle_timeout_ms)
     }
 }
 
@@ -607,10 +650,9 @@ pub struct L7Route {
 pub struct L7Service {
     pub host: String,
     pub port: u16,
-    /// The VIPs whose connections the kernel hands to this proxy listener.
+    /// The VIPs whose connections the kernel hands to the proxy for this
+    /// service (the proxy recognises the service by VIP and port).
     pub vips: Vec<IpAddr>,
-    /// The daemon's listener for this service (on the proxy addresses).
-    pub proxy_port: u16,
     pub routes: Vec<L7Route>,
 }
 

@@ -306,6 +306,65 @@ pub fn close_connections(
     Ok(closed)
 }
 
+fn raw_of(ip: IpAddr) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => raw[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => raw = v6.octets(),
+    }
+    raw
+}
+
+/// The cookie of the UDP socket that owns `client` and would receive a
+/// datagram from `server` (the client socket of a DNS query the kernel
+/// sent to the daemon's listener `server`): one exact sock_diag lookup, in
+/// the namespace of `fd`. `Ok(None)`: no such socket (it closed).
+pub fn udp_cookie(fd: &OwnedFd, client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
+    if client.is_ipv4() != server.is_ipv4() {
+        return Ok(None);
+    }
+    let family = if client.is_ipv4() {
+        libc::AF_INET as u8
+    } else {
+        libc::AF_INET6 as u8
+    };
+    // For UDP the kernel looks up "a datagram from src to dst" (the fields
+    // are swapped for historical reasons): src is the server, dst the client.
+    let req = ReqV2 {
+        family,
+        protocol: libc::IPPROTO_UDP as u8,
+        states: !0,
+        id: SockId {
+            sport: server.port().to_be_bytes(),
+            dport: client.port().to_be_bytes(),
+            src: raw_of(server.ip()),
+            dst: raw_of(client.ip()),
+            ifindex: 0,
+            cookie: [!0, !0],
+        },
+        ..Default::default()
+    };
+    send(fd, SOCK_DIAG_BY_FAMILY, libc::NLM_F_REQUEST as u16, 1, &req)?;
+    let mut buf = vec![0u8; 8192];
+    for (ty, payload) in recv(fd, &mut buf)? {
+        if ty == libc::NLMSG_ERROR as u16 {
+            let code = i32::from_ne_bytes(payload[..4].try_into().unwrap_or([0; 4]));
+            return match -code {
+                0 | libc::ENOENT => Ok(None),
+                e => Err(io::Error::from_raw_os_error(e)),
+            };
+        }
+        if ty == SOCK_DIAG_BY_FAMILY
+            && let Some(m) = read_struct::<DiagMsg>(&payload)
+        {
+            return Ok(Some(
+                u64::from(m.id.cookie[0]) | (u64::from(m.id.cookie[1]) << 32),
+            ));
+        }
+    }
+    Ok(None)
+}
+
 /// A NETLINK_SOCK_DIAG socket in the calling thread's network namespace.
 pub fn diag_socket() -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -392,7 +451,7 @@ mod tests {
                         slots: *n,
                     })
                     .collect(),
-                proxy_port: None,
+                proxied: false,
             }],
             ..Plan::default()
         }

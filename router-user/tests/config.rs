@@ -323,20 +323,17 @@ fn routes_that_need_l7_go_to_the_proxy_and_l4_ones_stay_in_the_kernel() {
         "  hosts: [a.mesh]\n  http:\n  - name: api\n    matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
     );
     let p = plan(&text);
-    // Both VIPs of a.mesh:80 point at one proxy listener; no slots.
+    // Both VIPs of a.mesh:80 go to the proxy's one listener; no slots.
     assert_eq!(p.services.len(), 2);
-    let port = p.services[0].proxy_port.expect("served by the proxy");
-    assert!(
-        p.services
-            .iter()
-            .all(|s| s.proxy_port == Some(port) && s.slots.is_empty())
-    );
-    assert!((15000..=15999).contains(&port));
+    assert!(p.services.iter().all(|s| s.proxied && s.slots.is_empty()));
+    assert!(p.proxy.port < 1024, "a privileged port: {}", p.proxy.port);
     let l7 = &p.l7[0];
-    assert_eq!(
-        (l7.host.as_str(), l7.port, l7.proxy_port),
-        ("a.mesh", 80, port)
-    );
+    assert_eq!((l7.host.as_str(), l7.port), ("a.mesh", 80));
+    let mut vips = l7.vips.clone();
+    vips.sort();
+    let mut served: Vec<_> = p.services.iter().map(|s| s.vip).collect();
+    served.sort();
+    assert_eq!(vips, served, "the proxy knows the service by its VIPs");
     assert_eq!(
         l7.routes[0].origin.line as usize,
         line_of(&text, "name: api")
@@ -355,7 +352,7 @@ fn routes_that_need_l7_go_to_the_proxy_and_l4_ones_stay_in_the_kernel() {
     );
     let p = plan(&text);
     assert_eq!(p.services.len(), 1);
-    assert!(p.services[0].proxy_port.is_none() && p.l7.is_empty());
+    assert!(!p.services[0].proxied && p.l7.is_empty());
 }
 
 #[test]

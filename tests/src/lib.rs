@@ -567,43 +567,79 @@ impl World {
         self.world
             .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.world.name,
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-        ])
-        .args([
-            "--user=root",
-            "--bind-interfaces",
-            "--port=53",
-            "--local-ttl=30",
-        ])
+        cmd.args(["netns", "exec", &self.world.name]);
         // Authoritative for the test domains: unknown names are NXDOMAIN.
-        .args(["--local=/test/", "--local=/mesh/", "--local=/invalid/"])
-        .arg(format!("--listen-address={addr}"))
-        .arg(format!(
-            "--pid-file={}",
-            self.dir.path.join("dnsmasq.pid").display()
-        ))
-        .args(records.iter().map(|r| format!("--host-record={r}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        self.run_dnsmasq(
+            cmd,
+            &self.world.name,
+            addr,
+            records,
+            &[
+                "--no-resolv",
+                "--local=/test/",
+                "--local=/mesh/",
+                "--local=/invalid/",
+            ],
+            "dnsmasq.pid",
+        )
+    }
+
+    /// A local caching resolver in the node namespace, *inside the test
+    /// cgroup* (its own queries are captured like any process's), on `addr`
+    /// (a loopback address), with its own `records`, forwarding everything
+    /// else to `upstream`.
+    pub fn local_dnsmasq(&self, addr: &str, records: &[&str], upstream: &str) -> Result<Proc> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node.name]);
+        self.cgroup.enter(&mut cmd);
+        self.run_dnsmasq(
+            cmd,
+            &self.node.name,
+            addr,
+            records,
+            &["--no-resolv", &format!("--server={upstream}")],
+            "local-dnsmasq.pid",
+        )
+    }
+
+    fn run_dnsmasq(
+        &self,
+        mut cmd: Command,
+        ns: &str,
+        addr: &str,
+        records: &[&str],
+        extra: &[&str],
+        pid_file: &str,
+    ) -> Result<Proc> {
+        cmd.arg("dnsmasq")
+            .args(["--keep-in-foreground", "--no-hosts"])
+            .args([
+                "--user=root",
+                "--bind-interfaces",
+                "--port=53",
+                "--local-ttl=30",
+            ])
+            .args(extra)
+            .arg(format!("--listen-address={addr}"))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.path.join(pid_file).display()
+            ))
+            .args(records.iter().map(|r| format!("--host-record={r}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = cmd
             .spawn()
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         let proc = Proc(child);
-        // Wait until it answers.
+        // Wait until it answers (asked from outside the cgroup).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let ok = Command::new("ip")
                 .args([
                     "netns",
                     "exec",
-                    &self.world.name,
+                    ns,
                     "dig",
                     "+time=1",
                     "+tries=1",
@@ -619,6 +655,42 @@ impl World {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("dnsmasq did not answer on {addr}")
+    }
+
+    /// Another client namespace (`<tag>c<n>`) beside `node`, joined to the
+    /// world by its own veth pair: routes to 10.0.0.0/8 only. Not the
+    /// namespace routerd serves. Deleted on drop.
+    pub fn other_node(&self, n: u8) -> Result<Netns> {
+        let ns = Netns::new(format!("{}c{n}", self.tag))?;
+        let (va, vb) = (format!("{}o{n}", self.tag), format!("{}p{n}", self.tag));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        ip(&["link", "set", &va, "netns", &ns.name])?;
+        ip(&["link", "set", &vb, "netns", &self.world.name])?;
+        let base = 4 * u32::from(n);
+        let (a, b) = (
+            format!("10.255.254.{}/30", base + 1),
+            format!("10.255.254.{}/30", base + 2),
+        );
+        ns.ip(&["addr", "add", &a, "dev", &va])?;
+        ns.ip(&["link", "set", &va, "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "via",
+            &format!("10.255.254.{}", base + 2),
+        ])?;
+        self.world.ip(&["addr", "add", &b, "dev", &vb])?;
+        self.world.ip(&["link", "set", &vb, "up"])?;
+        Ok(ns)
+    }
+
+    /// A command run in namespace `ns`, inside the test cgroup.
+    pub fn client_in(&self, ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]).arg(program);
+        self.cgroup.enter(&mut cmd);
+        cmd
     }
 
     /// A command run in the node namespace, inside the test cgroup (so the
@@ -681,11 +753,20 @@ pub struct Routerd {
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
     /// Copy routerd's log lines to our stderr (tests: yes; the demo: no).
     pub echo: Arc<std::sync::atomic::AtomicBool>,
+    /// RLIMIT_NOFILE (soft and hard) for the process; None: inherited.
+    pub nofile: Option<u64>,
 }
 
 impl Routerd {
     /// Start `routerd run` on `config` attached to `cgroup`; wait until ready.
     pub fn start(tag: &str, config: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
+        let mut d = Routerd::new(tag, config, cgroup, extra);
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The same, not started yet (set fields, then [`Routerd::spawn`]).
+    pub fn new(tag: &str, config: &Path, cgroup: &Path, extra: &[&str]) -> Self {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let state_dir = std::env::temp_dir().join(format!("{tag}-state"));
         let mut args: Vec<String> = vec![
@@ -707,7 +788,7 @@ impl Routerd {
             args.push(node_ns.display().to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Routerd {
+        Routerd {
             child: None,
             args,
             pin_root,
@@ -716,20 +797,33 @@ impl Routerd {
             echo: Arc::new(std::sync::atomic::AtomicBool::new(
                 std::env::var_os("ROUTERD_QUIET").is_none(),
             )),
-        };
-        d.spawn()?;
-        Ok(d)
+            nofile: None,
+        }
     }
 
     /// (Re)start the process with the same arguments and wait until ready.
     pub fn spawn(&mut self) -> Result<()> {
-        let mut child = Command::new(bin("routerd"))
-            .args(&self.args)
+        let mut cmd = Command::new(bin("routerd"));
+        cmd.args(&self.args)
             .env("ROUTERD_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting routerd")?;
+            .stderr(Stdio::piped());
+        if let Some(n) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting routerd")?;
         let stderr = child.stderr.take().unwrap();
         let logs = self.logs.clone();
         let start = logs.0.lock().unwrap().len();

@@ -242,3 +242,104 @@ fn a_dead_daemon_gives_dns_back_to_the_resolver() {
         d.vip.ip().to_string()
     );
 }
+
+fn timed(cmd: &mut Command) -> (String, std::time::Duration) {
+    let t = std::time::Instant::now();
+    let o = out(cmd);
+    (o, t.elapsed())
+}
+
+/// Issue 10, item 5 (a). A local caching resolver inside the attached
+/// cgroup (dnsmasq here; systemd-resolved at 127.0.0.53 is the same case) is
+/// the clients' resolver: virtual hosts resolve, its own records resolve,
+/// and names it forwards upstream resolve, promptly: its upstream queries
+/// are captured too and must go on to its upstream, never back to it.
+#[test]
+fn a_caching_resolver_inside_the_cgroup_keeps_working_and_nothing_loops() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    let _upstream = world.dnsmasq(RESOLVER, &["up.test,10.7.0.1"]).unwrap();
+    let _local = world
+        .local_dnsmasq("127.0.0.2", &["local.test,10.8.0.1"], RESOLVER)
+        .unwrap();
+    world.resolv_conf("127.0.0.2").unwrap();
+    world.dir.write("config/all.yaml", &config(false)).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    for (name, want) in [
+        ("web.t.mesh", vip.ip().to_string()),
+        ("local.test", "10.8.0.1".to_string()),
+        ("up.test", "10.7.0.1".to_string()),
+    ] {
+        let (got, took) = timed(world.client("getent").args(["hosts", name]));
+        assert!(
+            got.starts_with(&format!("{want} ")),
+            "{name}: {got:?} after {took:?}; routerd logged:\n{}",
+            routerd.logs().join("\n")
+        );
+        assert!(
+            took < std::time::Duration::from_millis(1500),
+            "{name} took {took:?}: a loop or a timeout"
+        );
+        // dig too (its own UDP sockets), and over TCP.
+        for tcp in [false, true] {
+            let mut args = vec!["+time=2", "+tries=1", "+short", "@127.0.0.2", name];
+            if tcp {
+                args.insert(0, "+tcp");
+            }
+            let (got, took) = timed(world.client("dig").args(&args));
+            assert_eq!(got.trim(), want, "{name} (tcp: {tcp}) after {took:?}");
+        }
+    }
+}
+
+/// Issue 10, item 5 (b). DNS is captured only in the network namespace
+/// routerd serves: a process of the cgroup in another namespace, with its
+/// own resolver, talks to that resolver (never to a loopback address where
+/// nothing listens).
+#[test]
+fn another_namespace_keeps_its_own_resolver() {
+    let d = setup(&[]);
+    let other = d.world.other_node(1).unwrap();
+    let captured0 = d.routerd.inspect().unwrap()["dns_captured"]
+        .as_u64()
+        .unwrap();
+    for (args, want) in [
+        (
+            vec!["+short", &format!("@{RESOLVER}") as &str, "up.test"],
+            "10.7.0.1",
+        ),
+        (
+            vec!["+short", "+tcp", &format!("@{RESOLVER}"), "up.test"],
+            "10.7.0.1",
+        ),
+    ] {
+        let got = out(d
+            .world
+            .client_in(&other, "dig")
+            .args(["+time=2", "+tries=1"])
+            .args(&args));
+        assert_eq!(got.trim(), want, "{args:?}");
+    }
+    // The resolver there does not know the mesh: its own NXDOMAIN, not ours.
+    let nx = out(d.world.client_in(&other, "dig").args([
+        "+time=2",
+        "+tries=1",
+        &format!("@{RESOLVER}"),
+        "web.t.mesh",
+    ]));
+    assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
+    let captured = d.routerd.inspect().unwrap()["dns_captured"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        captured, captured0,
+        "queries of another namespace were captured"
+    );
+    // The served namespace is still captured.
+    assert_eq!(
+        dig(&d, true, &["+short", "web.t.mesh"]).trim(),
+        d.vip.ip().to_string()
+    );
+}

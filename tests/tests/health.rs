@@ -46,6 +46,11 @@ struct Setup {
 }
 
 fn setup(policies: &str) -> Setup {
+    setup_with(policies, None)
+}
+
+/// [`setup`], with routerd's RLIMIT_NOFILE set to `nofile`.
+fn setup_with(policies: &str, nofile: Option<u64>) -> Setup {
     require_root();
     let mut world = World::new(&[]).unwrap();
     for a in ["10.1.0.1/32", "10.1.1.1/32"] {
@@ -59,7 +64,9 @@ fn setup(policies: &str) -> Setup {
         .unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
-    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    let mut routerd = Routerd::new(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]);
+    routerd.nofile = nofile;
+    routerd.spawn().unwrap();
     Setup {
         world,
         e1: Some(e1),
@@ -372,4 +379,76 @@ fn connections_to_a_removed_endpoint_are_closed_when_asked() {
     assert_eq!(p.answer.as_ref().unwrap().id, "e2");
     let p = &world.probe(&["udp", &echo, "--connected"]).unwrap()[0];
     assert_eq!(p.answer.as_ref().unwrap().id, "u2");
+}
+
+/// CPU time (user + system) of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 10, item 4. With few file descriptors, a flood of connections to
+/// the proxy must not make the daemon spin on accept errors, and running out
+/// of descriptors (a local errno) must never count against an endpoint:
+/// no false health-check failure, no ejection. The daemon serves again
+/// once the flood is gone.
+#[test]
+fn running_out_of_descriptors_neither_spins_nor_blames_endpoints() {
+    let s = setup_with(
+        &(active_check("httpHealthCheck: {path: /health}") + &outlier(2, "30s") + &l7_route()),
+        Some(256),
+    );
+    let vip = s.vip.to_string();
+    let ok = |n: usize| -> bool {
+        s.world
+            .probe(&["http", &vip, "--path", "/api/x", "--count", &n.to_string()])
+            .unwrap()
+            .iter()
+            .all(|p| p.status == Some(200))
+    };
+    assert!(ok(3));
+    let pid = s.routerd.pid().unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let flood = s
+        .world
+        .client(bin("rt-probe"))
+        .args(["hold", &vip, "--conns", "600", "--hold-secs", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = cpu_ticks(pid) - t0;
+    let out = flood.wait_with_output().unwrap();
+    eprintln!(
+        "{fds} descriptors at rest; flood: {}; {busy} ticks of CPU in 2 s",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(
+        busy < 60,
+        "routerd used {busy}/200 ticks of CPU during the flood: spinning on accept errors"
+    );
+    let t = Instant::now();
+    while !ok(3) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not serving after the flood; routerd logged:\n{}",
+            s.routerd.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = s.routerd.logs();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("endpoint unhealthy") || l.contains("endpoint ejected")),
+        "running out of descriptors was blamed on an endpoint:\n{}",
+        logs.join("\n")
+    );
 }

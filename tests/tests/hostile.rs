@@ -173,3 +173,156 @@ fn http2_stream_floods_and_rapid_resets_are_contained() {
     assert!(d.logs().iter().all(|l| !l.contains("panicked")), "{f}");
     eprintln!("h2 flood: {f}");
 }
+
+/// Issue 10, item 2. A prefix rewrite to "" turns `/api@127.0.0.1:6379/x`
+/// into `@127.0.0.1:6379/x`; the upstream request must still go to the
+/// endpoint the route picked (with the path made absolute), never to an
+/// address read out of it. A canary on 127.0.0.1:6379 in the proxy's
+/// namespace must see nothing, through a VIP and through a gateway.
+#[test]
+fn a_rewritten_path_never_chooses_the_upstream() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
+    let route = "  http:\n  - matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}], pathRewrite: \"\"}\n---\n";
+    y += &format!(
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: web, namespace: t}}\nspec:\n  hosts: [web.t.mesh]\n{route}"
+    );
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {name: gw, namespace: t}\n\
+          spec:\n  listeners:\n  - port: {number: 8082}\n    http: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n---\n";
+    y += &format!(
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: north, namespace: t}}\nspec:\n  hosts: [ssrf.example.test]\n  virtualGateways: [{{name: gw}}]\n{route}"
+    );
+    world.dir.write("config/all.yaml", &y).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
+    let _d = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    )
+    .unwrap();
+    let canary = world
+        .outside(bin("rt-probe"))
+        .args(["squat", "--ports", "6379", "--millis", "6000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let attack =
+        "GET /api@127.0.0.1:6379/x HTTP/1.1\\r\\nHost: HOST\\r\\nConnection: close\\r\\n\\r\\n";
+    // East-west, through the VIP.
+    let r = raw(&world, &vip, &attack.replace("HOST", "web.t.mesh"), 3000);
+    let text = r["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("\"id\":\"web\"") && text.contains("\"path\":\"/@127.0.0.1:6379/x\""),
+        "not answered by the configured endpoint with an absolute path: {r}"
+    );
+    // North-south, through the gateway.
+    let out = run(world.outside(bin("rt-probe")).args([
+        "raw",
+        "10.255.255.1:8082",
+        "--send",
+        &attack.replace("HOST", "ssrf.example.test"),
+        "--wait-ms",
+        "3000",
+    ]))
+    .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let text = r["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("\"id\":\"web\""),
+        "the gateway did not answer from the configured endpoint: {r}"
+    );
+    let out = canary.wait_with_output().unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["bound"], serde_json::json!([6379]), "canary up: {c}");
+    assert_eq!(c["accepted"], 0, "the proxy dialled the canary: {c}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Issue 10, item 3. A retry policy makes the proxy buffer request bodies;
+/// hundreds of uploads that stall half-way must not grow the daemon's
+/// memory without bound (one global byte budget, per-client caps, a body
+/// deadline), and other clients keep getting 200.
+#[test]
+fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    let mut y = yaml::router("c1", "east", "e1", "  proxy: {bodyTimeout: 4s}\n");
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
+          spec:\n  hosts: [web.t.mesh]\n  http:\n  - name: upload\n    labels: {route: upload}\n    \
+          matchers: [{uri: {prefix: /upload}}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n  \
+          - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n\
+          apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {name: retry, namespace: t}\n\
+          spec:\n  applyToRoutes: [{route: {labels: {route: upload}}}]\n  config: {retries: {attempts: 2, retryOn: [5xx]}}\n---\n";
+    world.dir.write("config/all.yaml", &y).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
+    let d = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    )
+    .unwrap();
+    healthy(&world, &vip);
+    let pid = d.pid().unwrap();
+    let before = rss_kib(pid);
+    let uploads = world
+        .client(bin("rt-probe"))
+        .args([
+            "uploads",
+            &vip,
+            "--path",
+            "/upload",
+            "--conns",
+            "400",
+            "--bytes",
+            "1048576",
+            "--send",
+            "524288",
+            "--hold-secs",
+            "8",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While 400 uploads of 512 KiB each (200 MiB) hang in the proxy:
+    let mut peak = before;
+    for _ in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        peak = peak.max(rss_kib(pid));
+        healthy(&world, &vip);
+    }
+    let out = uploads.wait_with_output().unwrap();
+    let u: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("uploads: {u}; rss before {before} KiB, peak {peak} KiB");
+    assert_eq!(u["opened"], 400, "{u}");
+    assert!(
+        peak - before < 120 * 1024,
+        "the daemon grew by {} MiB under stalled uploads ({u})",
+        (peak - before) / 1024
+    );
+    // Every stalled upload was answered: 503 (over the budget) at once, or
+    // 408 at the body deadline.
+    let answered = u["answered"].as_object().unwrap();
+    let n: u64 = answered.values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(
+        n as usize + u["closed"].as_u64().unwrap() as usize == 400
+            && answered.keys().all(|k| k == "503" || k == "408"),
+        "{u}"
+    );
+    healthy(&world, &vip);
+}

@@ -345,7 +345,7 @@ fn a_new_build_replaces_the_programs_without_a_gap() {
     );
     // Exactly one set of programs stays attached.
     let links: Vec<_> = std::fs::read_dir(pins.links_dir()).unwrap().collect();
-    assert_eq!(links.len(), 8);
+    assert_eq!(links.len(), router_common::PROGRAMS.len());
 }
 
 #[test]
@@ -354,7 +354,10 @@ fn detaching_restores_plain_behaviour() {
     let vip = vip(&s.plan, "web.t.mesh", 8080, false);
     assert!(s.world.probe(&["tcp", &vip.to_string()]).unwrap()[0].ok);
     s.routerd.stop().unwrap();
-    assert!(!s.routerd.pin_root.join("v1").exists(), "pins removed");
+    assert!(
+        !s.routerd.pin_root.join(router_common::PIN_SUBDIR).exists(),
+        "pins removed"
+    );
     let p = &s.world.probe(&["tcp", &vip.to_string()]).unwrap()[0];
     assert_eq!(p.errno, Some(ENETUNREACH), "{p:?}");
     let p = &s.world.probe(&["tcp", "10.1.0.1:8080"]).unwrap()[0];

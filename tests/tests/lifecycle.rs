@@ -195,3 +195,82 @@ fn pins_and_state_are_for_root_only() {
     }
     assert!(pins >= 10, "found only {pins} pins");
 }
+
+const ECONNREFUSED: i32 = 111;
+
+/// An L7 host (a path match sends `web.t.mesh:8080` to the proxy).
+fn l7_config() -> String {
+    let mut y = yaml::router("c1", "east", "e1", "");
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
+          spec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /api}}]\n    \
+          forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
+    y
+}
+
+fn l7_ok(world: &World, vip: &str) -> bool {
+    let p = world.probe(&["http", vip, "--path", "/api/x"]).unwrap();
+    p[0].status == Some(200) && p[0].answer.as_ref().is_some_and(|a| a.id == "web")
+}
+
+/// Issue 10, item 1. While the daemon is down, its proxy's port is not
+/// something a local user can take over: L7 VIPs are refused by the kernel
+/// (explicit ECONNREFUSED, counted), nobody unprivileged can bind the port
+/// the kernel would send them to, and a restart gets its listener back.
+#[test]
+fn a_dead_daemon_refuses_l7_vips_and_nobody_can_take_its_port() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    world.dir.write("config/web.yaml", &l7_config()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let plan = plan(&cfg).unwrap();
+    let vip = vip(&plan, "web.t.mesh", 8080, false).to_string();
+    let mut routerd = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    )
+    .unwrap();
+    assert!(l7_ok(&world, &vip), "the L7 route works");
+
+    routerd.kill9();
+    // A local user (nobody, outside the cgroup) grabs every port the kernel
+    // could hand L7 connections to: the proxy's, and any unprivileged one a
+    // per-service design might use.
+    let ports = format!("15000-15999,{}", plan.proxy.port);
+    let squatter = world
+        .outside(bin("rt-probe"))
+        .args(["squat", "--ports", &ports, "--millis", "12000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the heartbeat (3 s): the kernel itself refuses L7 VIPs.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let p = &world.probe(&["tcp", &vip, "--path", "/api/x"]).unwrap()[0];
+    assert!(
+        !p.ok && p.errno == Some(ECONNREFUSED),
+        "an L7 VIP with the daemon down must be refused: {p:?}"
+    );
+    let refused = routerd.inspect().unwrap()["proxy_refused"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        refused >= 1,
+        "refused in the kernel (proxy_refused {refused})"
+    );
+
+    // The restart gets its listener back, squatter or not.
+    routerd.spawn().unwrap();
+    assert!(l7_ok(&world, &vip), "L7 serves again after the restart");
+    let out = squatter.wait_with_output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["accepted"], 0, "the squatter received connections: {s}");
+    assert!(
+        !s["bound"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(plan.proxy.port)),
+        "an unprivileged user bound the proxy's port: {s}"
+    );
+}

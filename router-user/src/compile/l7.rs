@@ -2,9 +2,9 @@
 //! resolved destinations (endpoint shares from the same locality tiers as the
 //! kernel path) and the winning policy of each type; proxy listener ports;
 //! VirtualGateway listeners with the tables bound to them.
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use super::{Compiler, routes::FlatRoute, routes::RouteKind, to_slots, vip::fnv1a64};
+use super::{Compiler, routes::FlatRoute, routes::RouteKind, to_slots};
 use crate::{
     config::{
         Resource,
@@ -443,46 +443,6 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Proxy listener ports for L7 services: FNV of `host:port` into the range,
-/// probing on collision in a fixed order (stable across restarts and nodes).
-pub fn proxy_ports(
-    keys: &[(String, u16)],
-    first: u16,
-    last: u16,
-    taken: &BTreeSet<u16>,
-) -> Result<Vec<u16>, String> {
-    let n = u32::from(last - first) + 1;
-    let mut order: Vec<(u32, usize)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, (h, p))| ((fnv1a64(&format!("{h}:{p}")) % u64::from(n)) as u32, i))
-        .collect();
-    order.sort();
-    let mut used = taken.clone();
-    let mut out = vec![0u16; keys.len()];
-    for (pref, i) in order {
-        let mut off = pref;
-        let mut tries = 0;
-        while used.contains(&(first + off as u16)) {
-            off = (off + 1) % n;
-            tries += 1;
-            if tries > n {
-                return Err(format!(
-                    "{} L7 services do not fit in proxy ports {first}-{last}",
-                    keys.len()
-                ));
-            }
-        }
-        used.insert(first + off as u16);
-        out[i] = first + off as u16;
-    }
-    Ok(out)
-}
-
-pub fn gateway_ports(listeners: &[GatewayListener]) -> BTreeSet<u16> {
-    listeners.iter().map(|l| l.port).collect()
-}
-
 pub fn sock_of(vip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(vip, port)
 }
@@ -507,18 +467,5 @@ mod tests {
         assert!(!host_matches("*.example.com", "example.com"));
         assert!(host_matches("API.example.com", "api.example.com"));
         assert!(!host_matches("api.example.com", "www.example.com"));
-    }
-
-    #[test]
-    fn proxy_ports_are_stable_and_distinct() {
-        let keys: Vec<(String, u16)> = (0..50).map(|i| (format!("h{i}.mesh"), 80)).collect();
-        let a = proxy_ports(&keys, 15000, 15099, &BTreeSet::new()).unwrap();
-        let mut more = keys.clone();
-        more.push(("late.mesh".into(), 80));
-        let b = proxy_ports(&more, 15000, 15099, &BTreeSet::new()).unwrap();
-        assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 50);
-        let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-        assert!(moved <= 1, "adding a service moved {moved} others");
-        assert!(proxy_ports(&keys, 15000, 15009, &BTreeSet::new()).is_err());
     }
 }

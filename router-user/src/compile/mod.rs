@@ -360,7 +360,7 @@ impl<'a> Compiler<'a> {
             route: r.route.clone(),
             destinations: per_dest.into_iter().map(|(p, _, _)| p).collect(),
             slots: to_slots(&shares),
-            proxy_port: None,
+            proxied: false,
         }
     }
 }
@@ -619,23 +619,24 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
     if !errors.is_empty() {
         return Err(ConfigError { errors });
     }
-    // The L7 proxy: one listener port per host:port, then a kernel header
-    // per VIP that points there.
+    // The L7 proxy: a kernel header per VIP that hands connections to the
+    // proxy's one listener; the proxy recognises the service by VIP:port.
     let gateways = c.gateways();
     let proxy = &v.settings.proxy;
-    let keys: Vec<(String, u16)> = l7_pending
-        .iter()
-        .map(|l| (l.host.to_ascii_lowercase(), l.port))
-        .collect();
-    let ports = l7::proxy_ports(
-        &keys,
-        proxy.first_port,
-        proxy.last_port,
-        &l7::gateway_ports(&gateways),
-    )
-    .map_err(|e| settings_error(v, format!("{e}: widen RouterConfig spec.proxy.portRange")))?;
+    if let Some(g) = gateways.iter().find(|g| g.port == proxy.port) {
+        return Err(ConfigError {
+            errors: vec![to_diag(
+                &g.origin,
+                format!(
+                    "VirtualGateway {} listens on port {}, the L7 proxy's port (RouterConfig \
+                     spec.proxy.port): choose another port for one of them",
+                    g.gateway, g.port
+                ),
+            )],
+        });
+    }
     let mut l7_services = Vec::new();
-    for (l, proxy_port) in l7_pending.into_iter().zip(ports) {
+    for l in l7_pending {
         for vip in &l.vips {
             services.push(ServicePlan {
                 vip: *vip,
@@ -646,19 +647,18 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 route: Some(l.route.clone()),
                 destinations: Vec::new(),
                 slots: Vec::new(),
-                proxy_port: Some(proxy_port),
+                proxied: true,
             });
         }
         l7_services.push(L7Service {
             host: l.host,
             port: l.port,
             vips: l.vips,
-            proxy_port,
             routes: l.routes,
         });
     }
     services.sort_by_key(|a| (a.vip, a.port, a.proto));
-    for s in services.iter().filter(|s| s.proxy_port.is_none()) {
+    for s in services.iter().filter(|s| !s.proxied) {
         if s.slots.is_empty() {
             let msg = format!(
                 "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",

@@ -335,14 +335,40 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
 fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
     let mut out = ProxyPlan::default();
     if let Some(r) = &p.port_range {
-        let parsed = r.split_once('-').and_then(|(a, b)| {
-            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-        });
-        match parsed {
-            Some((a, b)) if a >= 1024 && a <= b => (out.first_port, out.last_port) = (a, b),
-            _ => err(format!(
-                "spec.proxy.portRange `{r}` is not a range like 15000-15999 (first port 1024 or more)"
-            )),
+        err(format!(
+            "spec.proxy.portRange `{r}` is no longer used: one listener on spec.proxy.port \
+             (default {}) serves every L7 service. Remove portRange",
+            crate::plan::DEFAULT_PROXY_PORT
+        ));
+    }
+    match p.port {
+        None => {}
+        Some(port) if (1..1024).contains(&port) => out.port = port,
+        Some(port) => err(format!(
+            "spec.proxy.port {port} is not a privileged port: expected 1-1023, so that no \
+             unprivileged process can take the port over while routerd is down"
+        )),
+    }
+    for (field, value, slot) in [
+        (
+            "upstreamTimeout",
+            &p.upstream_timeout,
+            &mut out.upstream_timeout_ms,
+        ),
+        ("bodyTimeout", &p.body_timeout, &mut out.body_timeout_ms),
+        ("idleTimeout", &p.idle_timeout, &mut out.idle_timeout_ms),
+        (
+            "tcpIdleTimeout",
+            &p.tcp_idle_timeout,
+            &mut out.tcp_idle_timeout_ms,
+        ),
+    ] {
+        if let Some(v) = value {
+            match crate::compile::l7::parse_duration(v) {
+                Ok(d) if !d.is_zero() => *slot = d.as_millis() as u64,
+                Ok(_) => err(format!("spec.proxy.{field} must be more than 0")),
+                Err(e) => err(format!("spec.proxy.{field}: {e}")),
+            }
         }
     }
     if let Some(l) = &p.listen {

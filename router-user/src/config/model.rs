@@ -757,9 +757,24 @@ pub struct RouterConfigSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxySpec {
-    /// Listener ports, one per L7 host:port: `FIRST-LAST` (default 15000-15999).
+    /// The listeners' port: privileged (below 1024), default 1000.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Gone (one listener serves every L7 service now); parsed only to say so.
     #[serde(default)]
     pub port_range: Option<String>,
+    /// Default upstream response timeout (a duration like `15s`).
+    #[serde(default)]
+    pub upstream_timeout: Option<String>,
+    /// Request body deadline (buffered) / longest pause (streamed).
+    #[serde(default)]
+    pub body_timeout: Option<String>,
+    /// Idle HTTP connections are closed after this.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Idle TCP gateway connections are closed after this.
+    #[serde(default)]
+    pub tcp_idle_timeout: Option<String>,
     /// IPv4 listener address (default 127.0.0.1).
     #[serde(default)]
     pub listen: Option<String>,

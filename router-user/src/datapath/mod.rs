@@ -2,7 +2,7 @@
 //! under a versioned bpffs directory, attach to a cgroup, adopt what a previous
 //! daemon left there, and write plans into the maps ([`sync`]).
 //!
-//! Pinned layout (`<pin-root>/v1/`):
+//! Pinned layout (`<pin-root>/v2/`):
 //! - one file per map, named like the map (`ROUTER_SVC_V1`, ...);
 //! - `links/<program>`: one bpf_link per program, attached to the cgroup.
 //!
@@ -15,6 +15,7 @@ pub mod sys;
 
 use std::{
     fs::File,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -23,13 +24,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr,
+        CgroupAttachMode, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use router_common::{
-    Backend, BackendStats, Config, GlobalStats, META_PATH_LEN, Meta, PIN_SUBDIR, PINNED_MAPS,
-    PROGRAMS, SlotKey, SvcHeader, SvcKey, SvcStats,
+    Backend, BackendStats, Config, GlobalStats, Listeners, META_PATH_LEN, Meta, OLD_PIN_SUBDIRS,
+    OrigDst, OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_OPS_PROGRAM,
+    SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
 };
 
 /// The kernel object, embedded at build time by build.rs from
@@ -68,9 +70,17 @@ impl Pins {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Pins { root: root.into() }
     }
-    /// `<root>/v1`
+    /// `<root>/v2`
     pub fn dir(&self) -> PathBuf {
         self.root.join(PIN_SUBDIR)
+    }
+    /// Directories of older layouts under the same root (`<root>/v1`).
+    pub fn old_dirs(&self) -> Vec<PathBuf> {
+        OLD_PIN_SUBDIRS
+            .iter()
+            .map(|d| self.root.join(d))
+            .filter(|d| d.exists())
+            .collect()
     }
     pub fn map(&self, name: &str) -> PathBuf {
         self.dir().join(name)
@@ -92,8 +102,9 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: HashMap<MapData, u32, Backend>,
     pub config: Array<MapData, Config>,
+    pub listeners: HashMap<MapData, u64, Listeners>,
     pub meta: Array<MapData, Meta>,
-    pub dns_alive: Array<MapData, u64>,
+    pub alive: Array<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -129,8 +140,9 @@ impl Maps {
             slots: open_pinned(pins, MAP_SLOTS)?,
             backends: open_pinned(pins, MAP_BACKENDS)?,
             config: open_pinned(pins, MAP_CONFIG)?,
+            listeners: open_pinned(pins, MAP_LISTENERS)?,
             meta: open_pinned(pins, MAP_META)?,
-            dns_alive: open_pinned(pins, MAP_DNS_ALIVE)?,
+            alive: open_pinned(pins, MAP_ALIVE)?,
             svc_stats: open_pinned(pins, MAP_SVC_STATS)?,
             backend_stats: open_pinned(pins, MAP_BACKEND_STATS)?,
             global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
@@ -163,6 +175,21 @@ pub struct Datapath {
     /// Kept while the daemon runs so aya-log can read the programs' log ring.
     pub ebpf: Option<Ebpf>,
     mirror: sync::Mirror,
+}
+
+/// Read the maps back and delete what no header reaches (garbage of a sync
+/// a previous daemon did not finish).
+fn read_and_collect(maps: &mut Maps) -> Result<sync::Mirror> {
+    let mut mirror = sync::Mirror::read(maps)?;
+    let (slots, backends) = mirror.collect_garbage(maps)?;
+    if slots + backends > 0 {
+        tracing::info!(
+            slots,
+            backends,
+            "deleted map entries no service reaches (left by an interrupted update)"
+        );
+    }
+    Ok(mirror)
 }
 
 fn cgroup_path_bytes(p: &Path) -> [u8; META_PATH_LEN] {
@@ -231,7 +258,8 @@ impl Datapath {
                 );
             }
             if meta.object_hash == hash {
-                let mirror = sync::Mirror::read(&maps)?;
+                let mut maps = maps;
+                let mirror = read_and_collect(&mut maps)?;
                 tracing::info!(
                     dir = %pins.dir().display(),
                     generation = meta.generation,
@@ -266,7 +294,7 @@ impl Datapath {
         meta.cgroup_id = cgroup_id;
         meta.cgroup_path = cgroup_path_bytes(cgroup);
         maps.meta.set(0, meta, 0)?;
-        let mirror = sync::Mirror::read(&maps)?;
+        let mirror = read_and_collect(&mut maps)?;
         let startup = if replacing {
             Startup::Replaced
         } else {
@@ -286,6 +314,25 @@ impl Datapath {
             ebpf: Some(ebpf),
             mirror,
         })
+    }
+
+    /// Detach and remove datapaths of older layouts under the same pin root
+    /// (call once this one serves the plan: until then the old one routes).
+    pub fn retire_old_layouts(&self) {
+        for dir in self.pins.old_dirs() {
+            match remove_layout(&dir) {
+                Ok(_) => tracing::info!(
+                    dir = %dir.display(),
+                    "removed the datapath of an older layout (this one serves now)"
+                ),
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    "could not remove the datapath of an older layout: {e:#}; remove it with \
+                     `routerd stop --pin-root {}`",
+                    self.pins.root.display()
+                ),
+            }
+        }
     }
 
     fn load_and_attach(pins: &Pins, cgroup: &Path, object: &[u8], sizes: Sizes) -> Result<Ebpf> {
@@ -318,23 +365,41 @@ impl Datapath {
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         // Load (verify) every program before attaching any: a kernel that
         // rejects one must not be left with half a datapath attached.
-        for name in PROGRAMS {
+        for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| verifier_error(name, e))?;
         }
+        {
+            let prog: &mut SockOps = ebpf
+                .program_mut(SOCK_OPS_PROGRAM)
+                .with_context(|| format!("program {SOCK_OPS_PROGRAM} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| verifier_error(SOCK_OPS_PROGRAM, e))?;
+        }
         for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr =
-                ebpf.program_mut(name).expect("loaded above").try_into()?;
             // With bpf_link (kernel >= 5.7, which aya uses when it can) a cgroup
             // attachment is always multi-program and link_create must get flags
             // 0: passing AllowMultiple makes the kernel answer EINVAL.
-            let id = prog
-                .attach(&cg, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-            let link: FdLink = prog.take_link(id)?.try_into()?;
+            let attach_err = || format!("attaching {name} to {}", cgroup.display());
+            let link: FdLink = if name == SOCK_OPS_PROGRAM {
+                let prog: &mut SockOps =
+                    ebpf.program_mut(name).expect("loaded above").try_into()?;
+                let id = prog
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .with_context(attach_err)?;
+                prog.take_link(id)?.try_into()?
+            } else {
+                let prog: &mut CgroupSockAddr =
+                    ebpf.program_mut(name).expect("loaded above").try_into()?;
+                let id = prog
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .with_context(attach_err)?;
+                prog.take_link(id)?.try_into()?
+            };
             let path = pins.link(name);
             // Replace an old pin without a gap: keep the old link alive (our fd)
             // until the new one is pinned, then let it go.
@@ -353,6 +418,41 @@ impl Datapath {
     /// Write `plan` into the maps with ordered writes; see [`sync`].
     pub fn apply(&mut self, plan: &crate::plan::Plan) -> Result<sync::SyncReport> {
         let report = sync::apply(&mut self.maps, &mut self.mirror, plan)?;
+        self.bump_generation()?;
+        Ok(report)
+    }
+
+    /// After a failed apply: forget what this daemon thought the maps held
+    /// and read them back (the next apply diffs against what is really there).
+    pub fn resync(&mut self) -> Result<()> {
+        self.mirror = sync::Mirror::read(&self.maps)?;
+        Ok(())
+    }
+
+    /// Delete retired slots and backends whose grace is over (call now and
+    /// then; every apply does it too).
+    pub fn retire(&mut self) -> usize {
+        self.mirror
+            .retire(&mut self.maps, std::time::Instant::now(), false)
+    }
+
+    /// Point the kernel at the daemon's listeners in the network namespace
+    /// `netns` (cookie), or stop sending anything there (`None`).
+    pub fn set_listeners(&mut self, netns: u64, bound: Option<&sync::Bound>) -> Result<()> {
+        match bound {
+            Some(b) => self
+                .maps
+                .listeners
+                .insert(netns, sync::listeners_entry(b), 0)?,
+            None => match self.maps.listeners.remove(&netns) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok(())
+    }
+
+    fn bump_generation(&mut self) -> Result<()> {
         let mut meta = self.maps.read_meta()?;
         meta.generation += 1;
         meta.applied_unix_ms = std::time::SystemTime::now()
@@ -360,16 +460,139 @@ impl Datapath {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         self.maps.meta.set(0, meta, 0)?;
-        Ok(report)
-    }
-
-    /// Keep DNS capture on until `until` (CLOCK_MONOTONIC ns); 0 turns it off now.
-    pub fn set_dns_alive(&mut self, until: u64) -> Result<()> {
-        Ok(self.maps.dns_alive.set(0, until, 0)?)
+        Ok(())
     }
 
     pub fn generation(&self) -> u64 {
         self.maps.read_meta().map(|m| m.generation).unwrap_or(0)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The daemon's heartbeat ([`router_common::MAP_ALIVE`]), on a map handle
+/// of its own so that a thread can beat it whatever the daemon is busy with.
+pub struct Heartbeat {
+    alive: Array<MapData, u64>,
+}
+
+impl Heartbeat {
+    pub fn open(pins: &Pins) -> Result<Self> {
+        Ok(Heartbeat {
+            alive: open_pinned(pins, router_common::MAP_ALIVE)?,
+        })
+    }
+
+    /// Alive for [`router_common::ALIVE_NS`] from now.
+    pub fn beat(&mut self) -> Result<()> {
+        Ok(self
+            .alive
+            .set(0, monotonic_ns() + router_common::ALIVE_NS, 0)?)
+    }
+
+    /// Dead from now: DNS is no longer captured and L7 VIPs are refused.
+    pub fn stop(&mut self) -> Result<()> {
+        Ok(self.alive.set(0, 0, 0)?)
+    }
+
+    /// Start a thread that beats every second until `stop` is set.
+    pub fn spawn(
+        mut self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        use std::sync::atomic::Ordering;
+        self.beat()?;
+        Ok(std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let mut warned = false;
+                while !stop.load(Ordering::Relaxed) {
+                    match self.beat() {
+                        Ok(()) => warned = false,
+                        Err(e) if !warned => {
+                            tracing::warn!("could not refresh the heartbeat: {e:#}");
+                            warned = true;
+                        }
+                        Err(_) => {}
+                    }
+                    // Short sleeps so that a stop is seen quickly.
+                    for _ in 0..10 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+                let _ = self.stop();
+            })?)
+    }
+}
+
+/// What clients handed to one of the daemon's listeners originally dialled:
+/// TCP connections by the client's address ([`router_common::MAP_ORIG_DST`],
+/// filled by the `orig_dst` sock_ops program), captured UDP DNS queries by
+/// the client socket's cookie ([`router_common::MAP_UDP_REVNAT`]).
+pub struct OrigTable {
+    tcp: std::sync::Mutex<HashMap<MapData, OrigKey, OrigDst>>,
+    udp: HashMap<MapData, UdpRevKey, UdpRevValue>,
+}
+
+impl OrigTable {
+    pub fn open(pins: &Pins) -> Result<Self> {
+        Ok(OrigTable {
+            tcp: std::sync::Mutex::new(open_pinned(pins, router_common::MAP_ORIG_DST)?),
+            udp: open_pinned(pins, router_common::MAP_UDP_REVNAT)?,
+        })
+    }
+
+    /// The destination the TCP client `peer` (in the namespace `netns`)
+    /// dialled; the entry is consumed.
+    pub fn take_tcp(&self, netns: u64, peer: SocketAddr) -> Option<SocketAddr> {
+        let peer = sync::unmap(peer);
+        let (addr, family) = sync::ip_words(peer.ip());
+        let key = OrigKey {
+            netns,
+            addr,
+            port: sync::port_be(peer.port()),
+            family,
+            _pad: [0; 5],
+        };
+        let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        let v = m.get(&key, 0).ok()?;
+        let _ = m.remove(&key);
+        (v.family != 0)
+            .then(|| SocketAddr::new(sync::words_ip(v.addr, v.family), sync::port_host(v.port)))
+    }
+
+    /// The destination a UDP socket (by cookie) meant for a datagram the
+    /// kernel sent to `listener` instead.
+    pub fn udp(&self, cookie: u64, listener: SocketAddr) -> Option<SocketAddr> {
+        let (addr, family) = sync::ip_words(listener.ip());
+        let mut key = UdpRevKey {
+            cookie,
+            addr,
+            port: sync::port_be(listener.port()),
+            family,
+            _pad: [0; 5],
+        };
+        let v = self.udp.get(&key, 0).ok().or_else(|| {
+            // An IPv4 listener reached from a dual-stack socket.
+            let IpAddr::V4(v4) = listener.ip() else {
+                return None;
+            };
+            key.addr = sync::ip_words(IpAddr::V6(v4.to_ipv6_mapped())).0;
+            key.family = router_common::FAMILY_V6;
+            self.udp.get(&key, 0).ok()
+        })?;
+        Some(sync::unmap(SocketAddr::new(
+            sync::words_ip(v.vip, key.family),
+            sync::port_host(v.port),
+        )))
     }
 }
 
@@ -437,16 +660,30 @@ fn restrict_dir(p: &Path) {
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
 }
 
-/// Detach everything pinned under `pins` and remove the pins. Idempotent.
+/// Detach everything pinned under `pins` (this layout and older ones) and
+/// remove the pins. Idempotent.
 pub fn remove(pins: &Pins) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     if !pins.root.exists() {
         return Ok(removed);
     }
     sys::ensure_bpffs(&pins.root)?;
-    for prog in PROGRAMS {
-        let path = pins.link(prog);
-        if path.exists() {
+    removed.extend(remove_layout(&pins.dir())?);
+    for old in pins.old_dirs() {
+        removed.extend(remove_layout(&old)?);
+    }
+    // The root only if we leave it empty (it may hold other layout versions).
+    let _ = std::fs::remove_dir(&pins.root);
+    Ok(removed)
+}
+
+/// Detach the links pinned under `dir/links` and remove `dir` with its maps.
+fn remove_layout(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let links = dir.join("links");
+    if links.exists() {
+        for e in std::fs::read_dir(&links)? {
+            let path = e?.path();
             match PinnedLink::from_pin(&path) {
                 // Unpinning drops the last reference: the link detaches.
                 Ok(link) => drop(link.unpin()?),
@@ -454,28 +691,16 @@ pub fn remove(pins: &Pins) -> Result<Vec<PathBuf>> {
             }
             removed.push(path);
         }
-    }
-    let links = pins.links_dir();
-    if links.exists() {
-        // Anything else left there (an interrupted upgrade) goes too.
-        for e in std::fs::read_dir(&links)? {
-            let p = e?.path();
-            std::fs::remove_file(&p)?;
-            removed.push(p);
-        }
         std::fs::remove_dir(&links)?;
     }
-    let dir = pins.dir();
     if dir.exists() {
-        for e in std::fs::read_dir(&dir)? {
+        for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(p);
         }
-        std::fs::remove_dir(&dir)?;
+        std::fs::remove_dir(dir)?;
     }
-    // The root only if we leave it empty (it may hold other layout versions).
-    let _ = std::fs::remove_dir(&pins.root);
     Ok(removed)
 }
 

@@ -4,28 +4,40 @@
 //!
 //! 1. backends (new ones get ids; counters zeroed before first use);
 //! 2. per service: the slot table into the *inactive* bank, then the header
-//!    (one atomic map update switches `count` and `base` together), then the
-//!    old bank is deleted;
+//!    (one atomic map update switches `count` and `base` together);
 //! 3. the config entry (VIP ranges);
-//! 4. services that went away: header first, then their slots;
-//! 5. backends no slot uses any more.
+//! 4. services that went away: their headers;
+//! 5. *retired, not deleted*: the old banks, the slots of removed services
+//!    and the backends no slot uses any more are deleted only after a grace
+//!    period ([`GRACE`]). A `connect()` that read a header just before it
+//!    flipped may still look up a slot of the old bank (or its backend) a
+//!    moment later; deleting them at once made it fail ("inconsistent",
+//!    EHOSTUNREACH). Ids of retiring services and backends are not reused,
+//!    and a bank is not rewritten, until they are gone.
 //!
 //! Everything is checked against the map sizes *before* the first write, so a
-//! plan that does not fit is refused whole ("no partial state").
+//! plan that does not fit is refused whole. A map write that fails half-way
+//! (the kernel out of memory) leaves every service whole (old or new: a header
+//! only ever points at a complete table) but the set of services a mix of
+//! both; the daemon then re-reads the maps and applies the last good plan
+//! again.
 //!
 //! [`Mirror`] is the daemon's copy of what the kernel holds, read back from
-//! the pinned maps at start-up (so a restarted daemon diffs against reality)
-//! and kept in step with every successful write.
+//! the pinned maps at start-up (so a restarted daemon diffs against reality,
+//! and deletes what no header reaches: garbage of an interrupted sync) and
+//! kept in step with every successful write.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use router_common::{
     BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, FAMILY_V4,
-    FAMILY_V6, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey, SvcStats,
+    FAMILY_V6, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey,
+    SvcStats,
 };
 use serde::Serialize;
 
@@ -74,6 +86,18 @@ pub fn svc_key(s: &ServicePlan) -> SvcKey {
     }
 }
 
+/// `::ffff:a.b.c.d` as `a.b.c.d` (what an IPv4 listener sees of a
+/// dual-stack client); any other address unchanged.
+pub fn unmap(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
 pub fn key_addr(k: &SvcKey) -> SocketAddr {
     SocketAddr::new(words_ip(k.addr, k.family), port_host(k.port))
 }
@@ -89,6 +113,23 @@ struct SvcState {
     slots: Vec<u32>,
 }
 
+/// How long retired slots and backends stay in the maps after no header
+/// points at them: far longer than a program takes between reading a header
+/// and reading its slot (microseconds; programs run to completion under RCU).
+pub const GRACE: Duration = Duration::from_millis(50);
+
+/// Entries no header reaches any more, deleted once their grace is over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Retiring {
+    since: Option<Instant>,
+    slots: Vec<SlotKey>,
+    /// Backend ids (kept out of reuse until deleted).
+    backends: Vec<u32>,
+    /// Service ids of removed services (kept out of reuse until their slots
+    /// are deleted: a new service with the same id would lose its slots).
+    svc_ids: Vec<u32>,
+}
+
 /// What the kernel holds, as far as this daemon knows.
 #[derive(Debug, Default)]
 pub struct Mirror {
@@ -96,6 +137,7 @@ pub struct Mirror {
     backend_ids: BTreeSet<u32>,
     services: BTreeMap<SvcKey, SvcState>,
     svc_ids: BTreeSet<u32>,
+    retiring: VecDeque<Retiring>,
 }
 
 /// The lowest id at or above `from` (ids below it are known to be taken)
@@ -145,8 +187,11 @@ impl Mirror {
         Ok(m)
     }
 
-    /// Delete slot entries no header points at. Returns how many.
-    pub fn collect_garbage(&self, maps: &mut Maps) -> Result<usize> {
+    /// Delete what no header reaches: slot entries outside every active
+    /// bank and backends no active slot names (left by a sync that was
+    /// interrupted, e.g. by `kill -9`). Only call this when no apply of this
+    /// daemon is retiring anything (at start-up). Returns `(slots, backends)`.
+    pub fn collect_garbage(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
         let active: BTreeMap<u32, (u32, u32)> = self
             .services
             .values()
@@ -169,7 +214,62 @@ impl Mirror {
         for k in &stale {
             let _ = maps.slots.remove(k);
         }
-        Ok(stale.len())
+        let used: BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.slots.iter().copied())
+            .collect();
+        let orphans: Vec<SocketAddr> = self
+            .backends
+            .iter()
+            .filter(|(_, (id, _))| !used.contains(id))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &orphans {
+            if let Some((id, _)) = self.backends.remove(a) {
+                let _ = maps.backends.remove(&id);
+                self.backend_ids.remove(&id);
+            }
+        }
+        Ok((stale.len(), orphans.len()))
+    }
+
+    /// Delete retired entries whose grace is over at `now`. With `wait`,
+    /// first sleep until all of them are due (the caller is about to reuse
+    /// what they hold). Returns how many map entries were deleted.
+    pub fn retire(&mut self, maps: &mut Maps, now: Instant, wait: bool) -> usize {
+        let mut deleted = 0;
+        if wait && let Some(last) = self.retiring.back().and_then(|r| r.since) {
+            let due = last + GRACE;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let now = if wait { Instant::now().max(now) } else { now };
+        while let Some(r) = self.retiring.front() {
+            if r.since.is_some_and(|t| t + GRACE > now) {
+                break;
+            }
+            let r = self.retiring.pop_front().expect("front exists");
+            for k in &r.slots {
+                let _ = maps.slots.remove(k);
+            }
+            for id in &r.backends {
+                let _ = maps.backends.remove(id);
+                self.backend_ids.remove(id);
+            }
+            for id in &r.svc_ids {
+                self.svc_ids.remove(id);
+            }
+            deleted += r.slots.len() + r.backends.len();
+        }
+        deleted
+    }
+
+    /// Anything retired and not yet deleted?
+    pub fn retiring(&self) -> bool {
+        !self.retiring.is_empty()
     }
 
     pub fn service_count(&self) -> usize {
@@ -179,7 +279,8 @@ impl Mirror {
         self.backends.len()
     }
     fn slot_entries(&self) -> usize {
-        self.services.values().map(|s| s.slots.len()).sum()
+        self.services.values().map(|s| s.slots.len()).sum::<usize>()
+            + self.retiring.iter().map(|r| r.slots.len()).sum::<usize>()
     }
 }
 
@@ -235,6 +336,18 @@ fn expand_slots(s: &ServicePlan, ids: &BTreeMap<SocketAddr, u32>) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// A plan refused before anything was written: the maps are as they were.
+#[derive(Debug)]
+pub struct DoesNotFit(pub anyhow::Error);
+
+impl std::fmt::Display for DoesNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for DoesNotFit {}
 
 /// Refuse a plan that cannot fit, before writing anything.
 fn check_capacity(
@@ -301,33 +414,9 @@ pub fn config_entry(plan: &Plan) -> Config {
     let (v4_mask, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.netmask()));
     let (v6_net, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.network()));
     let (v6_mask, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.netmask()));
-    let dns = &plan.dns;
-    let capture = dns.enabled && dns.capture;
-    let (dns4, _) = ip_words(IpAddr::V4(dns.listen4));
-    let dns6 = dns
-        .listen6
-        .map(|a| ip_words(IpAddr::V6(a)).0)
-        .unwrap_or([0; 4]);
-    let (proxy4, _) = ip_words(IpAddr::V4(plan.proxy.listen4));
-    let proxy6 = plan
-        .proxy
-        .listen6
-        .map(|a| ip_words(IpAddr::V6(a)).0)
-        .unwrap_or([0; 4]);
     Config {
-        proxy4: proxy4[0],
-        _pad2: 0,
-        proxy6,
-        mark: router_common::DNS_MARK,
-        dns4: dns4[0],
-        dns6,
-        dns_port: port_be(dns.port),
+        mark: router_common::DAEMON_MARK,
         flags: CFG_VALID
-            | if capture {
-                router_common::CFG_DNS_CAPTURE
-            } else {
-                0
-            }
             | if plan.refuse_unknown_vips {
                 CFG_REFUSE_UNKNOWN_VIP
             } else {
@@ -335,17 +424,57 @@ pub fn config_entry(plan: &Plan) -> Config {
             },
         v4_net: v4_net[0],
         v4_mask: v4_mask[0],
-        _pad: 0,
         v6_net,
         v6_mask,
+    }
+}
+
+/// The daemon's listeners as bound in one network namespace: what the
+/// kernel may send there. `None` for a listener that is not bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// DNS listeners, and whether port-53 traffic is captured to them.
+    pub dns4: Option<SocketAddr>,
+    pub dns6: Option<SocketAddr>,
+    pub capture: bool,
+    /// L7 proxy listeners (same port).
+    pub proxy4: Option<SocketAddr>,
+    pub proxy6: Option<SocketAddr>,
+}
+
+/// [`Bound`] as the kernel's `Listeners` entry.
+pub fn listeners_entry(b: &Bound) -> Listeners {
+    let words = |a: Option<SocketAddr>| a.map(|a| ip_words(a.ip()).0).unwrap_or([0; 4]);
+    let dns_port = b.dns4.or(b.dns6).map_or(0, |a| port_be(a.port()));
+    let proxy_port = b.proxy4.or(b.proxy6).map_or(0, |a| port_be(a.port()));
+    let mut flags = 0;
+    if b.capture && dns_port != 0 {
+        flags |= LSN_F_DNS;
+    }
+    if proxy_port != 0 {
+        flags |= LSN_F_PROXY;
+    }
+    Listeners {
+        flags,
+        dns4: words(b.dns4)[0],
+        dns6: words(b.dns6),
+        proxy4: words(b.proxy4)[0],
+        dns_port,
+        proxy_port,
+        proxy6: words(b.proxy6),
     }
 }
 
 pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncReport> {
     // Ids index the per-CPU counter arrays, whose sizes were fixed at load.
     let (max_services, max_backends) = (maps.svc_stats.len(), maps.backend_stats.len());
-    check_capacity(mirror, plan, max_services, max_backends)?;
+    // What was retired by the last apply must be gone before this one may
+    // rewrite a bank or reuse an id (usually it is: applies are further
+    // apart than the grace).
+    mirror.retire(maps, Instant::now(), true);
+    check_capacity(mirror, plan, max_services, max_backends).map_err(DoesNotFit)?;
     let mut r = SyncReport::default();
+    let mut retire = Retiring::default();
     let clusters = plan.clusters();
     let localities = plan.localities();
 
@@ -387,21 +516,22 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         }
     }
 
-    // 2. Services: inactive bank, header flip, old bank out.
+    // 2. Services: inactive bank, header flip; the old bank is retired.
     let mut wanted: BTreeSet<SvcKey> = BTreeSet::new();
     for s in &plan.services {
         let key = svc_key(s);
         wanted.insert(key);
         let slots = expand_slots(s, &ids)?;
-        let (flags, proxy_port) = match s.proxy_port {
-            Some(p) => (router_common::SVC_F_PROXY, port_be(p)),
-            None => (0, 0),
+        let flags = if s.proxied {
+            router_common::SVC_F_PROXY
+        } else {
+            0
         };
         let (svc_id, old) = match mirror.services.get(&key) {
             Some(st) => {
                 if st.slots == slots
                     && st.header.count as usize == slots.len()
-                    && (st.header.flags, st.header.proxy_port) == (flags, proxy_port)
+                    && st.header.flags == flags
                 {
                     r.services_unchanged += 1;
                     continue;
@@ -438,18 +568,15 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
             count: slots.len() as u32,
             base,
             flags,
-            proxy_port,
+            _pad: 0,
         };
         maps.services.insert(key, header, 0)?;
         r.writes += 1;
         if let Some(st) = &old {
-            for i in 0..st.header.count {
-                let _ = maps.slots.remove(&SlotKey {
-                    svc_id,
-                    slot: st.header.base + i,
-                });
-            }
-            r.writes += st.header.count as usize;
+            retire.slots.extend((0..st.header.count).map(|i| SlotKey {
+                svc_id,
+                slot: st.header.base + i,
+            }));
             r.services_changed += 1;
         } else {
             r.services_added += 1;
@@ -464,7 +591,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         r.writes += 1;
     }
 
-    // 4. Services that went away: header first, so no lookup reaches the slots.
+    // 4. Services that went away: the header now, the slots after the grace.
     let gone: Vec<SvcKey> = mirror
         .services
         .keys()
@@ -474,18 +601,16 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
     for key in gone {
         let st = mirror.services.remove(&key).expect("listed above");
         maps.services.remove(&key)?;
-        for i in 0..st.header.count {
-            let _ = maps.slots.remove(&SlotKey {
-                svc_id: st.header.svc_id,
-                slot: st.header.base + i,
-            });
-        }
-        r.writes += 1 + st.header.count as usize;
-        mirror.svc_ids.remove(&st.header.svc_id);
+        r.writes += 1;
+        retire.slots.extend((0..st.header.count).map(|i| SlotKey {
+            svc_id: st.header.svc_id,
+            slot: st.header.base + i,
+        }));
+        retire.svc_ids.push(st.header.svc_id);
         r.services_removed += 1;
     }
 
-    // 5. Backends nothing points at any more.
+    // 5. Backends nothing points at any more: retired too.
     let unused: Vec<SocketAddr> = mirror
         .backends
         .keys()
@@ -494,10 +619,13 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         .collect();
     for addr in unused {
         let (id, _) = mirror.backends.remove(&addr).expect("listed above");
-        maps.backends.remove(&id)?;
-        mirror.backend_ids.remove(&id);
-        r.writes += 1;
+        retire.backends.push(id);
         r.backends_removed += 1;
+    }
+    r.writes += retire.slots.len() + retire.backends.len();
+    if retire != Retiring::default() {
+        retire.since = Some(Instant::now());
+        mirror.retiring.push_back(retire);
     }
     Ok(r)
 }

@@ -6,26 +6,36 @@
 //! [`Observations`] for outlier detection.
 use std::{
     collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{
     engine::{self, Hit, RegexRewrite, Req, Table},
-    upstream::{Body, BoxError, Upstreams, is_connect_failure},
+    upstream::{Body, BoxError, UpstreamError, Upstreams},
 };
+use crate::limits::{Admission, Ticket};
 use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, RetryPolicy};
 
-/// Bodies are buffered only when a retry or a mirror needs a copy.
-const MAX_BUFFERED_BODY: usize = 1 << 20;
+/// Bodies are buffered only when a retry or a mirror needs a copy; one
+/// buffered body holds at most this much.
+pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 
 /// A route table compiled for the engine, with each route's regexes
 /// compiled once per plan rather than per request.
@@ -153,9 +163,33 @@ impl Observations {
     }
 }
 
+/// What every request shares.
 pub struct Ctx {
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     pub obs: Observations,
+    /// Bytes of buffered request bodies, in all and per client address.
+    pub bodies: Arc<Admission<IpAddr>>,
+    pub timeouts: Timeouts,
+}
+
+/// The proxy's time limits (RouterConfig `spec.proxy`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Upstream response headers, when no RetryTimeoutPolicy sets a
+    /// `requestTimeout` (Envoy's default route timeout is 15 s).
+    pub upstream: Duration,
+    /// A buffered request body must arrive within this; a streamed one may
+    /// pause at most this long between chunks.
+    pub body: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            upstream: Duration::from_secs(15),
+            body: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The host a request names: its absolute URI's authority, else its Host
@@ -322,42 +356,207 @@ fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketA
     Some((dest, ep))
 }
 
+/// A client's request body on its way upstream: fails (and says so in
+/// `failed`) if the client breaks it or pauses longer than `idle`, so the
+/// proxy can tell a client's fault from an endpoint's.
+struct ClientBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    failed: Arc<AtomicBool>,
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, idle: Duration, failed: Arc<AtomicBool>) -> Self {
+        ClientBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            failed,
+        }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err("the client's request body stalled".into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 enum ReqBody {
-    Stream(Incoming),
+    Stream(ClientBody),
     Buffered(Bytes),
 }
 
 struct Prepared {
     method: http::Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: Option<ReqBody>,
+    /// Keeps the buffered body's bytes counted against the budget.
+    _budget: Option<Ticket<IpAddr>>,
+}
+
+/// The upstream request path: always absolute (a leading `/`), so that
+/// nothing a rewrite leaves (`""`, `@host:port/x`) can read as an authority.
+pub fn upstream_path(path: &str, query: Option<&str>) -> Result<PathAndQuery, String> {
+    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    if !path.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    PathAndQuery::try_from(pq).map_err(|e| format!("the rewritten path is not valid: {e}"))
 }
 
 impl Prepared {
+    /// The request for endpoint `ep`. HTTP/1.1 gets an origin-form URI (the
+    /// path); HTTP/2 needs `:scheme` and `:authority`, taken from the Host
+    /// being sent (or the endpoint). Either way the URI only describes the
+    /// request: the connection is made to `ep` by the caller.
     fn request(
         &mut self,
         ep: SocketAddr,
         authority: Option<&str>,
+        http2: bool,
     ) -> Result<Request<Body>, String> {
-        let uri: http::Uri = format!("http://{ep}{}", self.path_and_query)
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let mut req = Request::builder().method(self.method.clone()).uri(uri);
+        let mut headers = self.headers.clone();
+        if let Some(a) = authority {
+            set(&mut headers, "host", a);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(self.path_and_query.clone());
+        if http2 {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| {
+                    Authority::try_from(ep.to_string()).expect("a socket address is an authority")
+                });
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(host);
+            headers.remove(header::HOST);
+        }
+        let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
         let body: Body = match self.body.take() {
-            Some(ReqBody::Stream(b)) => b.map_err(|e| Box::new(e) as BoxError).boxed(),
+            Some(ReqBody::Stream(b)) => b.boxed(),
             Some(ReqBody::Buffered(b)) => {
                 self.body = Some(ReqBody::Buffered(b.clone()));
                 Full::new(b).map_err(|e| match e {}).boxed()
             }
             None => return Err("request body already used".into()),
         };
-        let mut headers = self.headers.clone();
-        if let Some(a) = authority {
-            set(&mut headers, "host", a);
+        let mut req = Request::builder()
+            .method(self.method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// Read a body that a retry or mirror needs whole, within the body timeout
+/// and the memory budget. `Err` is the response to send.
+async fn buffer_body(
+    ctx: &Ctx,
+    mut body: Incoming,
+    peer: IpAddr,
+) -> Result<(Bytes, Ticket<IpAddr>), Response<Body>> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body too large to retry or mirror (limit {} KiB)",
+                MAX_BUFFERED_BODY / 1024
+            ),
+        )
+    };
+    let busy = || {
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies are being buffered; try again",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    };
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > MAX_BUFFERED_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    let Some(mut ticket) = ctx.bodies.try_take(peer, 0) else {
+        return Err(busy());
+    };
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_BUFFERED_BODY {
+                    return Err(too_large());
+                }
+                if !ticket.grow(data.len()) {
+                    return Err(busy());
+                }
+                buf.extend_from_slice(&data);
+            }
         }
-        *req.headers_mut().unwrap() = headers;
-        req.body(body).map_err(|e| e.to_string())
+        Ok(())
+    };
+    match tokio::time::timeout(ctx.timeouts.body, read).await {
+        Ok(Ok(())) => Ok((buf.freeze(), ticket)),
+        Ok(Err(resp)) => Err(resp),
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                ctx.timeouts.body.as_secs()
+            ),
+        )),
     }
 }
 
@@ -376,6 +575,7 @@ fn retriable(p: &RetryPolicy, o: &Result<StatusCode, (Outcome, bool)>) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     ctx: &Ctx,
     f: &L7Forward,
@@ -388,20 +588,19 @@ async fn forward(
     let retry = route.policies.retry.clone();
     let mirror = route.policies.mirror.clone().filter(|m| chance(m.percent));
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
+    let path = parts.uri.path();
     let new_path = if let Some(to) = &f.path_rewrite {
-        engine::rewrite_prefix(&path, hit, to)
+        engine::rewrite_prefix(path, hit, to)
     } else if let Some(r) = &extras.rewrite {
-        r.apply(&path)
+        r.apply(path)
     } else {
-        path.clone()
+        path.to_string()
     };
-    let mut headers = parts.headers.clone();
+    let path_and_query = match upstream_path(&new_path, parts.uri.query()) {
+        Ok(pq) => pq,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let original_host = request_host(&parts.uri, &headers);
     if let Some(h) = &original_host {
@@ -417,24 +616,28 @@ async fn forward(
         }
     }
     let needs_copy = retry.as_ref().is_some_and(|r| r.attempts > 0) || mirror.is_some();
-    let body = if needs_copy {
-        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(b) => ReqBody::Buffered(b.to_bytes()),
-            Err(_) => {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large to retry or mirror (limit 1 MiB)",
-                );
-            }
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let (body, budget) = if needs_copy {
+        match buffer_body(ctx, body, peer.ip()).await {
+            Ok((b, ticket)) => (ReqBody::Buffered(b), Some(ticket)),
+            Err(resp) => return resp,
         }
     } else {
-        ReqBody::Stream(body)
+        (
+            ReqBody::Stream(ClientBody::new(
+                body,
+                ctx.timeouts.body,
+                client_failed.clone(),
+            )),
+            None,
+        )
     };
     let mut prep = Prepared {
-        method: parts.method.clone(),
-        path_and_query: format!("{new_path}{query}"),
+        method: parts.method,
+        path_and_query,
         headers,
         body: Some(body),
+        _budget: budget,
     };
 
     if let (Some(m), Some(ReqBody::Buffered(b))) = (&mirror, &prep.body) {
@@ -445,13 +648,14 @@ async fn forward(
                 path_and_query: prep.path_and_query.clone(),
                 headers: prep.headers.clone(),
                 body: Some(ReqBody::Buffered(b.clone())),
+                _budget: None,
             };
             let shadow = original_host.clone().map(|h| format!("{h}-shadow"));
-            if let Ok(r) = copy.request(ep, shadow.as_deref()) {
-                let client = ctx.upstreams.client(dest.http2).clone();
+            if let Ok(r) = copy.request(ep, shadow.as_deref(), dest.http2) {
+                let (up, http2) = (ctx.upstreams.clone(), dest.http2);
                 tokio::spawn(async move {
                     if let Ok(Ok(resp)) =
-                        tokio::time::timeout(Duration::from_secs(5), client.request(r)).await
+                        tokio::time::timeout(Duration::from_secs(5), up.send(ep, http2, r)).await
                     {
                         let _ = resp.into_body().collect().await;
                     }
@@ -465,11 +669,13 @@ async fn forward(
         .as_ref()
         .and_then(|r| r.per_try_timeout_ms)
         .map(Duration::from_millis);
+    // Without a requestTimeout the default upstream timeout bounds the wait.
     let overall = retry
         .as_ref()
         .and_then(|r| r.request_timeout_ms)
-        .map(Duration::from_millis);
-    let deadline = overall.map(|d| Instant::now() + d);
+        .map(Duration::from_millis)
+        .unwrap_or(ctx.timeouts.upstream);
+    let deadline = Instant::now() + overall;
     let mut last_ep = None;
     let mut last_err = text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     for attempt in 0..attempts {
@@ -481,38 +687,31 @@ async fn forward(
             .host_rewrite
             .clone()
             .or_else(|| f.auto_host_rewrite.then(|| dest.authority.clone()));
-        let upstream_req = match prep.request(ep, authority.as_deref()) {
+        let upstream_req = match prep.request(ep, authority.as_deref(), dest.http2) {
             Ok(r) => r,
             Err(e) => return text(StatusCode::BAD_GATEWAY, e),
         };
-        let client = ctx.upstreams.client(dest.http2);
-        let mut budget = per_try;
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-            }
-            budget = Some(budget.map_or(left, |b| b.min(left)));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
         }
-        let call = client.request(upstream_req);
-        let result = match budget {
-            Some(t) => match tokio::time::timeout(t, call).await {
-                Ok(r) => r.map_err(|e| (e, false)),
-                Err(_) => {
-                    ctx.obs.record(ep, Outcome::Reset);
-                    let o: Result<StatusCode, (Outcome, bool)> = Err((Outcome::Reset, true));
-                    let over = deadline.is_some_and(|d| Instant::now() >= d);
-                    last_err = text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-                    if over
-                        || attempt + 1 == attempts
-                        || !retry.as_ref().is_some_and(|p| retriable(p, &o))
-                    {
-                        return last_err;
-                    }
-                    continue;
+        let budget = per_try.map_or(left, |b| b.min(left));
+        let call = ctx.upstreams.send(ep, dest.http2, upstream_req);
+        let result = match tokio::time::timeout(budget, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                ctx.obs.record(ep, Outcome::Reset);
+                let o: Result<StatusCode, (Outcome, bool)> = Err((Outcome::Reset, true));
+                let over = Instant::now() >= deadline;
+                last_err = text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                if over
+                    || attempt + 1 == attempts
+                    || !retry.as_ref().is_some_and(|p| retriable(p, &o))
+                {
+                    return last_err;
                 }
-            },
-            None => call.await.map_err(|e| (e, false)),
+                continue;
+            }
         };
         match result {
             Ok(resp) => {
@@ -536,8 +735,25 @@ async fn forward(
                     );
                 }
             }
-            Err((e, _)) => {
-                let outcome = if is_connect_failure(&e) {
+            Err(UpstreamError::Local(e)) => {
+                // This host is out of descriptors or memory: not the
+                // endpoint's fault, and not counted against it.
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the proxy is out of local resources: {e}"),
+                );
+            }
+            Err(_) if client_failed.load(Ordering::Relaxed) => {
+                // The client broke or stalled its own body: its fault, not
+                // the endpoint's (one client must not eject endpoints that
+                // serve everybody).
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the request body broke off or stalled",
+                );
+            }
+            Err(e) => {
+                let outcome = if matches!(e, UpstreamError::Connect(_)) {
                     Outcome::ConnectFailure
                 } else {
                     Outcome::Reset

@@ -1,19 +1,24 @@
-//! The L7 proxy: one listener per L7 host:port (east-west; the kernel hands
-//! it the connections clients make to the VIP) and one per VirtualGateway
-//! listener (north-south), all serving route tables with the same engine and
-//! handler: one route table, two entry points.
+//! The L7 proxy: one listener per address family serves every L7 host:port
+//! east-west (the kernel hands it the connections clients make to those
+//! VIPs, and records what each client dialled, which the proxy reads when it
+//! accepts), and one listener per VirtualGateway listener (north-south), all
+//! serving route tables with the same engine and handler: one route table,
+//! two entry points.
 //!
 //! hyper does all HTTP (HTTP/1.1, and HTTP/2 by prior knowledge or ALPN);
 //! nothing here parses it. Limits against hostile clients: 64 KiB of request
 //! headers (431 beyond), 10 s to send them (slow clients are closed), at most
 //! 100 concurrent HTTP/2 streams per connection and a cap on reset streams
-//! (rapid-reset floods), 4,096 connections per listener, 10 s for a TLS
-//! handshake.
+//! (rapid-reset floods), connections capped in all (from the file
+//! descriptor limit) and per client address (per VIP:port east-west), an
+//! idle timeout on every connection, 10 s for a TLS handshake, and the body
+//! limits of [`handler`] (a memory budget and a deadline).
 //!
-//! Listener lifecycle ([`Proxy::prepare`] / [`Proxy::retire`]): new listeners
-//! are bound and the new tables published *before* the kernel points VIPs at
-//! them, and old listeners are closed only after the kernel stopped; accepted
-//! connections always finish on the tables they started with or newer.
+//! Listener lifecycle ([`Proxy::prepare`] / [`Proxy::retire`]): listeners are
+//! bound and the new tables published *before* the kernel points at them, and
+//! old listeners are closed only after the kernel moved; accepted
+//! connections always finish on the tables they started with or newer. A
+//! gateway listener whose TLS settings change keeps its socket.
 pub mod engine;
 pub mod handler;
 pub mod upstream;
@@ -33,25 +38,24 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+use crate::limits::{self, Activity, Admission, Watched};
 use handler::Ctx;
-pub use handler::{Compiled, Observations, Outcome};
-use upstream::{Body, Upstreams};
+pub use handler::{Compiled, Observations, Outcome, Timeouts};
+use upstream::{Body, UpstreamOptions, Upstreams};
 
 use crate::{
     compile::l7::host_matches,
+    datapath::{OrigTable, sync::Bound},
     netns::Sockets,
-    plan::{GatewayListener, Plan, TlsFiles},
+    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles},
 };
 
-const MAX_CONNS: usize = 4096;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Buffered request bodies in memory at once, in all.
+const BODY_BUDGET: usize = 64 << 20;
 
 /// A gateway listener's tables, selected by Host.
 #[derive(Debug)]
@@ -85,11 +89,19 @@ impl GatewayTables {
     }
 }
 
+/// One east-west L7 service.
+#[derive(Debug)]
+pub struct EastWest {
+    pub host: String,
+    pub port: u16,
+    pub table: Compiled,
+}
+
 /// What every listener routes with; replaced as a whole on each plan.
 #[derive(Debug, Default)]
 pub struct Routing {
-    /// Proxy port -> (host, port, table).
-    pub east_west: HashMap<u16, (String, u16, Compiled)>,
+    /// VIP:port (each VIP of the service) -> the service.
+    pub east_west: HashMap<SocketAddr, Arc<EastWest>>,
     /// Gateway port -> tables.
     pub gateways: HashMap<u16, GatewayTables>,
 }
@@ -98,9 +110,14 @@ impl Routing {
     pub fn compile(plan: &Plan) -> Result<Routing> {
         let mut r = Routing::default();
         for s in &plan.l7 {
-            let c = Compiled::new(s.routes.clone()).map_err(anyhow::Error::msg)?;
-            r.east_west
-                .insert(s.proxy_port, (s.host.clone(), s.port, c));
+            let c = Arc::new(EastWest {
+                host: s.host.clone(),
+                port: s.port,
+                table: Compiled::new(s.routes.clone()).map_err(anyhow::Error::msg)?,
+            });
+            for vip in &s.vips {
+                r.east_west.insert(SocketAddr::new(*vip, s.port), c.clone());
+            }
         }
         for l in &plan.gateways {
             let mut hosts = Vec::new();
@@ -122,33 +139,71 @@ impl Routing {
     }
 }
 
+/// Which table a connection is served by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
-    EastWest(u16),
+    /// The VIP:port the client dialled.
+    EastWest(SocketAddr),
     Gateway(u16),
 }
 
+/// What connections are counted by, for the per-key cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ConnKey {
+    /// East-west clients are all local: fairness is between services.
+    Service(SocketAddr),
+    /// Gateway clients, by address.
+    Peer(IpAddr),
+}
+
+/// How a gateway listener serves (TLS acceptor, HTTP or TCP).
+#[derive(Clone)]
+struct Shape {
+    http: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    files: Option<TlsFiles>,
+}
+
+/// Accept tasks of one bound socket; aborted on drop.
 struct Running {
-    tasks: Vec<JoinHandle<()>>,
-    /// For gateways: what the listener was bound with (TLS files, kind).
-    shape: Option<(bool, Option<TlsFiles>)>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
     }
+}
+
+struct Gateway {
+    running: Running,
+    shape: watch::Sender<Shape>,
+}
+
+/// Settings that do not come from the plan.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Connections at once, in all (sized from the descriptor limit: each
+    /// takes two descriptors, the client's and the endpoint's).
+    pub max_conns: usize,
+    /// The network namespace the listeners are in (its cookie), for the
+    /// original destinations the kernel records.
+    pub netns: u64,
 }
 
 pub struct Proxy {
     socks: Sockets,
     ctx: Arc<Ctx>,
     routing: watch::Sender<Arc<Routing>>,
-    running: BTreeMap<Key, Running>,
-    listen4: Ipv4Addr,
-    listen6: Option<std::net::Ipv6Addr>,
+    conns: Arc<Admission<ConnKey>>,
+    orig: Arc<OrigTable>,
+    opts: ProxyOptions,
+    idle: watch::Sender<(Duration, Duration)>,
+    /// The east-west listeners serving, and those bound for the next plan.
+    east_west: Vec<Running>,
+    next_east_west: Option<Vec<Running>>,
+    gateways: BTreeMap<u16, Gateway>,
 }
 
 fn http_builder() -> auto::Builder<TokioExecutor> {
@@ -164,7 +219,8 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(256)
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 
@@ -191,8 +247,11 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     io: I,
+    activity: Activity,
+    idle: Duration,
     peer: SocketAddr,
     key: Key,
     scheme: &'static str,
@@ -206,7 +265,18 @@ async fn serve_http<I>(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route_request(&routing, &ctx, key, scheme, peer, req).await) }
     });
-    let _ = http_builder().serve_connection(TokioIo::new(io), svc).await;
+    let builder = http_builder();
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = activity.idle_for(idle) => {
+            // Idle: say goodbye politely (GOAWAY on HTTP/2), then give the
+            // connection a moment to finish what is in flight.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 async fn route_request(
@@ -218,8 +288,8 @@ async fn route_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match key {
-        Key::EastWest(p) => match routing.east_west.get(&p) {
-            Some((_, port, table)) => handler::handle(ctx, table, req, *port, scheme, peer).await,
+        Key::EastWest(vip) => match routing.east_west.get(&vip) {
+            Some(s) => handler::handle(ctx, &s.table, req, s.port, scheme, peer).await,
             None => handler::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this service is no longer served by the proxy",
@@ -266,10 +336,12 @@ async fn route_request(
 }
 
 /// A TCP gateway listener: each connection to an endpoint of the first
-/// route's destinations (per-connection weighted choice).
+/// route's destinations (per-connection weighted choice), with the connect
+/// timeout and an idle timeout.
 async fn serve_tcp(
-    mut client: tokio::net::TcpStream,
+    client: tokio::net::TcpStream,
     port: u16,
+    idle: Duration,
     routing: watch::Receiver<Arc<Routing>>,
     ctx: Arc<Ctx>,
 ) {
@@ -291,66 +363,148 @@ async fn serve_tcp(
         return;
     };
     let ep = dest.endpoints[fastrand::usize(0..dest.endpoints.len())].endpoint;
-    match ctx.upstreams.socks.connect(ep).await {
-        Ok(mut up) => {
+    match ctx.upstreams.connect(ep).await {
+        Ok(up) => {
             ctx.obs.record(ep, handler::Outcome::Ok);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            let activity = Activity::default();
+            let mut a = Watched::new(client, activity.clone());
+            let mut b = Watched::new(up, activity.clone());
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                _ = activity.idle_for(idle) => {}
+            }
         }
+        Err(upstream::UpstreamError::Local(_)) => {}
         Err(_) => ctx.obs.record(ep, handler::Outcome::ConnectFailure),
     }
 }
 
-fn spawn_accept(
-    l: TcpListener,
-    key: Key,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    tcp: bool,
+/// Everything an accept loop needs.
+#[derive(Clone)]
+struct Acceptor {
     routing: watch::Receiver<Arc<Routing>>,
     ctx: Arc<Ctx>,
-) -> JoinHandle<()> {
-    let limit = Arc::new(Semaphore::new(MAX_CONNS));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = l.accept().await else {
-                continue;
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                continue;
-            }; // over the cap: drop it
-            let (routing, ctx, tls) = (routing.clone(), ctx.clone(), tls.clone());
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                match (key, tls, tcp) {
-                    (Key::Gateway(p), _, true) => serve_tcp(stream, p, routing, ctx).await,
-                    (_, Some(acc), _) => {
-                        if let Ok(Ok(s)) =
-                            tokio::time::timeout(TLS_HANDSHAKE, acc.accept(stream)).await
-                        {
-                            serve_http(s, peer, key, "https", routing, ctx).await;
+    conns: Arc<Admission<ConnKey>>,
+    idle: watch::Receiver<(Duration, Duration)>,
+}
+
+impl Acceptor {
+    /// East-west: the kernel recorded what each client dialled; a
+    /// connection it did not hand over (someone dialling the port directly)
+    /// has no entry and is closed.
+    fn spawn_east_west(self, l: TcpListener, orig: Arc<OrigTable>, netns: u64) -> Running {
+        let addr = l.local_addr().expect("a bound listener has an address");
+        let task = tokio::spawn(async move {
+            let mut logged = None;
+            loop {
+                let (stream, peer) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        limits::accept_backoff(&e, "L7 proxy", &mut logged).await;
+                        continue;
+                    }
+                };
+                let Some(vip) = orig.take_tcp(netns, peer) else {
+                    tracing::debug!(%peer, "closing a proxy connection the kernel did not hand over");
+                    continue;
+                };
+                let Some(ticket) = self.conns.try_take(ConnKey::Service(vip), 1) else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (routing, ctx) = (self.routing.clone(), self.ctx.clone());
+                let idle = self.idle.borrow().0;
+                tokio::spawn(async move {
+                    let activity = Activity::default();
+                    let io = Watched::new(stream, activity.clone());
+                    serve_http(
+                        io,
+                        activity,
+                        idle,
+                        peer,
+                        Key::EastWest(vip),
+                        "http",
+                        routing,
+                        ctx,
+                    )
+                    .await;
+                    drop(ticket);
+                });
+            }
+        });
+        Running { addr, task }
+    }
+
+    fn spawn_gateway(self, l: TcpListener, port: u16, shape: watch::Receiver<Shape>) -> Running {
+        let addr = l.local_addr().expect("a bound listener has an address");
+        let task = tokio::spawn(async move {
+            let mut logged = None;
+            loop {
+                let (stream, peer) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        limits::accept_backoff(&e, "gateway listener", &mut logged).await;
+                        continue;
+                    }
+                };
+                let Some(ticket) = self.conns.try_take(ConnKey::Peer(peer.ip()), 1) else {
+                    continue; // over a cap: closed
+                };
+                let _ = stream.set_nodelay(true);
+                let (routing, ctx, shape) = (
+                    self.routing.clone(),
+                    self.ctx.clone(),
+                    shape.borrow().clone(),
+                );
+                let (idle, tcp_idle) = *self.idle.borrow();
+                let key = Key::Gateway(port);
+                tokio::spawn(async move {
+                    let activity = Activity::default();
+                    match (shape.http, shape.tls) {
+                        (false, _) => serve_tcp(stream, port, tcp_idle, routing, ctx).await,
+                        (true, Some(acc)) => {
+                            let io = Watched::new(stream, activity.clone());
+                            if let Ok(Ok(s)) =
+                                tokio::time::timeout(TLS_HANDSHAKE, acc.accept(io)).await
+                            {
+                                serve_http(s, activity, idle, peer, key, "https", routing, ctx)
+                                    .await;
+                            }
+                        }
+                        (true, None) => {
+                            let io = Watched::new(stream, activity.clone());
+                            serve_http(io, activity, idle, peer, key, "http", routing, ctx).await
                         }
                     }
-                    (_, None, _) => serve_http(stream, peer, key, "http", routing, ctx).await,
-                }
-                drop(permit);
-            });
-        }
-    })
+                    drop(ticket);
+                });
+            }
+        });
+        Running { addr, task }
+    }
 }
 
 impl Proxy {
-    pub fn new(socks: Sockets, listen4: Ipv4Addr, listen6: Option<std::net::Ipv6Addr>) -> Self {
+    pub fn new(socks: Sockets, orig: Arc<OrigTable>, plan: &ProxyPlan, opts: ProxyOptions) -> Self {
         let ctx = Arc::new(Ctx {
-            upstreams: Upstreams::new(socks.clone()),
+            upstreams: Upstreams::new(socks.clone(), UpstreamOptions::default()),
             obs: Observations::default(),
+            bodies: Admission::new(BODY_BUDGET, BODY_BUDGET / 8),
+            timeouts: plan.timeouts(),
         });
         let (routing, _) = watch::channel(Arc::new(Routing::default()));
+        let (idle, _) = watch::channel((plan.idle(), plan.tcp_idle()));
         Proxy {
             socks,
             ctx,
             routing,
-            running: BTreeMap::new(),
-            listen4,
-            listen6,
+            conns: Admission::new(opts.max_conns, (opts.max_conns / 8).max(16)),
+            orig,
+            opts,
+            idle,
+            east_west: Vec::new(),
+            next_east_west: None,
+            gateways: BTreeMap::new(),
         }
     }
 
@@ -358,56 +512,89 @@ impl Proxy {
         self.ctx.obs.clone()
     }
 
-    /// Compile the plan's tables, bind listeners it needs that are not open
-    /// yet, and publish the tables. Fails (changing nothing that serves)
-    /// when a table does not compile or a port cannot be bound.
-    pub async fn prepare(&mut self, plan: &Plan) -> Result<()> {
-        let routing = Routing::compile(plan)?;
-        let mut opened: Vec<(Key, Running)> = Vec::new();
-        for s in &plan.l7 {
-            let key = Key::EastWest(s.proxy_port);
-            if self.running.contains_key(&key) {
-                continue;
-            }
-            let mut addrs = vec![SocketAddr::new(IpAddr::V4(self.listen4), s.proxy_port)];
-            addrs.extend(
-                self.listen6
-                    .map(|a| SocketAddr::new(IpAddr::V6(a), s.proxy_port)),
-            );
-            let mut tasks = Vec::new();
-            for a in addrs {
-                let l = self.socks.listen(a).await.with_context(|| {
-                    format!("binding the proxy listener {a} for {}:{}: is the port in use? Change RouterConfig spec.proxy.portRange", s.host, s.port)
-                })?;
-                tasks.push(spawn_accept(
-                    l,
-                    key,
-                    None,
-                    false,
-                    self.routing.subscribe(),
-                    self.ctx.clone(),
-                ));
-            }
-            opened.push((key, Running { tasks, shape: None }));
+    fn acceptor(&self) -> Acceptor {
+        Acceptor {
+            routing: self.routing.subscribe(),
+            ctx: self.ctx.clone(),
+            conns: self.conns.clone(),
+            idle: self.idle.subscribe(),
         }
-        for g in &plan.gateways {
-            let key = Key::Gateway(g.port);
-            let shape = (g.http, g.tls.clone());
-            if self
-                .running
-                .get(&key)
-                .is_some_and(|r| r.shape.as_ref() == Some(&shape))
-            {
-                continue;
+    }
+
+    /// Bind the east-west listeners for `want`. The IPv6 one is optional:
+    /// where IPv6 is off (`::1` cannot be bound) the proxy goes on without it.
+    async fn bind_east_west(&self, want: &ProxyPlan) -> Result<Vec<Running>> {
+        let mut out = Vec::new();
+        for a in want.listeners() {
+            match self.socks.listen(a).await {
+                Ok(l) => out.push(self.acceptor().spawn_east_west(
+                    l,
+                    self.orig.clone(),
+                    self.opts.netns,
+                )),
+                Err(e)
+                    if a.is_ipv6()
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+                        ) =>
+                {
+                    tracing::warn!(
+                        "no IPv6 L7 proxy listener: {a} cannot be bound here ({e}); IPv6 \
+                         clients of L7 services are refused. Set RouterConfig \
+                         spec.proxy.listen6: \"\" to say so"
+                    );
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "binding the L7 proxy listener {a}: is another process using the port? \
+                         Set RouterConfig spec.proxy.port (a privileged port)"
+                    )));
+                }
             }
+        }
+        Ok(out)
+    }
+
+    /// Compile the plan's tables, bind the listeners it needs that are not
+    /// open yet (new east-west addresses are bound beside the old ones), and
+    /// publish the tables. Fails, changing nothing that serves, when a table
+    /// does not compile or a port cannot be bound. Returns the east-west
+    /// listeners the kernel should point at.
+    pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
+        let routing = Routing::compile(plan)?;
+        let want: Vec<SocketAddr> = plan.proxy.listeners();
+        let serving: Vec<SocketAddr> = self.east_west.iter().map(|r| r.addr).collect();
+        let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();
+        let next = if needs_bind {
+            Some(self.bind_east_west(&plan.proxy).await?)
+        } else {
+            None
+        };
+        let mut opened: Vec<(u16, Gateway)> = Vec::new();
+        for g in &plan.gateways {
             let tls = g
                 .tls
                 .as_ref()
                 .map(load_tls)
                 .transpose()
                 .with_context(|| format!("gateway {} port {}", g.gateway, g.port))?;
-            // A changed listener (TLS on/off, new files) is rebound in place.
-            self.running.remove(&key);
+            let shape = Shape {
+                http: g.http,
+                tls,
+                files: g.tls.clone(),
+            };
+            if let Some(running) = self.gateways.get(&g.port) {
+                // The same socket serves on; new connections get the new
+                // TLS settings (certificates, on/off) or protocol.
+                let old = running.shape.borrow();
+                let same = old.http == shape.http && old.files == shape.files;
+                drop(old);
+                if !same {
+                    running.shape.send_replace(shape);
+                }
+                continue;
+            }
             let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), g.port);
             let l = self.socks.listen(a).await.with_context(|| {
                 format!(
@@ -415,46 +602,57 @@ impl Proxy {
                     g.gateway
                 )
             })?;
-            let task = spawn_accept(
-                l,
-                key,
-                tls,
-                !g.http,
-                self.routing.subscribe(),
-                self.ctx.clone(),
-            );
+            let (tx, rx) = watch::channel(shape);
             opened.push((
-                key,
-                Running {
-                    tasks: vec![task],
-                    shape: Some(shape),
+                g.port,
+                Gateway {
+                    running: self.acceptor().spawn_gateway(l, g.port, rx),
+                    shape: tx,
                 },
             ));
         }
+        self.idle
+            .send_replace((plan.proxy.idle(), plan.proxy.tcp_idle()));
         self.routing.send_replace(Arc::new(routing));
-        self.running.extend(opened);
-        Ok(())
+        self.gateways.extend(opened);
+        let bound_on: Vec<SocketAddr> = match &next {
+            Some(n) => n.iter().map(|r| r.addr).collect(),
+            None => serving,
+        };
+        if next.is_some() {
+            self.next_east_west = next;
+        }
+        Ok(Bound {
+            proxy4: bound_on.iter().copied().find(SocketAddr::is_ipv4),
+            proxy6: bound_on.iter().copied().find(SocketAddr::is_ipv6),
+            ..Bound::default()
+        })
     }
 
-    /// Close listeners the plan no longer has (call after the kernel moved).
+    /// Close what the plan no longer uses (call after the kernel moved).
     pub fn retire(&mut self, plan: &Plan) {
-        let keep: std::collections::BTreeSet<Key> = plan
-            .l7
-            .iter()
-            .map(|s| Key::EastWest(s.proxy_port))
-            .chain(plan.gateways.iter().map(|g| Key::Gateway(g.port)))
-            .collect();
-        self.running.retain(|k, _| keep.contains(k));
+        if let Some(next) = self.next_east_west.take() {
+            self.east_west = next;
+        }
+        let keep: std::collections::BTreeSet<u16> = plan.gateways.iter().map(|g| g.port).collect();
+        self.gateways.retain(|p, _| keep.contains(p));
     }
 
-    /// Listening ports, for logs and tests.
+    /// Listening addresses, for logs and tests.
     pub fn ports(&self) -> Vec<String> {
-        self.running
-            .keys()
-            .map(|k| match k {
-                Key::EastWest(p) => format!("proxy:{p}"),
-                Key::Gateway(p) => format!("gateway:{p}"),
-            })
+        self.east_west
+            .iter()
+            .map(|r| format!("proxy:{}", r.addr))
+            .chain(
+                self.gateways
+                    .values()
+                    .map(|g| format!("gateway:{}", g.running.addr)),
+            )
             .collect()
+    }
+
+    /// Connections in the proxy now (all listeners).
+    pub fn connections(&self) -> usize {
+        self.conns.used()
     }
 }

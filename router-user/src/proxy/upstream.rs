@@ -1,119 +1,238 @@
-//! Connections from the proxy to endpoints: pooled hyper clients (HTTP/1.1,
-//! and HTTP/2 for destinations that speak it) whose sockets are created in
-//! the listen network namespace by [`Sockets`]. Endpoints are addresses, never
-//! VIPs, so these connections cannot loop through the connect hook.
+//! Connections from the proxy to endpoints: a pool of HTTP/1.1 connections
+//! and one shared HTTP/2 connection per endpoint, made by [`Sockets`] in the
+//! listen network namespace. Endpoints are addresses, never VIPs, so these
+//! connections cannot loop through the connect hook.
+//!
+//! The pool is keyed by the endpoint the route picked ([`SocketAddr`]) and
+//! dials exactly that address: nothing here reads an address out of a URI or
+//! a header, so no request can steer the proxy elsewhere (a prefix rewrite to
+//! `""` of `/api@127.0.0.1:6379/x` once did, through a URI built as a string).
 use std::{
-    future::Future,
+    collections::HashMap,
+    io,
     net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
 };
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::netns::Sockets;
+use crate::{limits::is_local_errno, netns::Sockets};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Marks a connect failure, so retries can tell it from a reset.
+/// Why an exchange with an endpoint failed.
 #[derive(Debug)]
-pub struct ConnectFailed(pub std::io::Error);
+pub enum UpstreamError {
+    /// The endpoint could not be reached: refused, unreachable, timed out.
+    Connect(io::Error),
+    /// This host ran out of something (file descriptors, buffers, memory):
+    /// not the endpoint's fault, never counted against it.
+    Local(io::Error),
+    /// The connection broke after it was made (reset, protocol error, or
+    /// the request body failed).
+    Broken(hyper::Error),
+}
 
-impl std::fmt::Display for ConnectFailed {
+impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "connect failed: {}", self.0)
-    }
-}
-impl std::error::Error for ConnectFailed {}
-
-#[derive(Clone)]
-pub struct Connector {
-    socks: Sockets,
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let socks = self.socks.clone();
-        Box::pin(async move {
-            let auth = uri.authority().ok_or("upstream URI without an address")?;
-            let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-            let addr = SocketAddr::new(host.parse()?, auth.port_u16().unwrap_or(80));
-            match tokio::time::timeout(CONNECT_TIMEOUT, socks.connect(addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    Ok(TokioIo::new(s))
-                }
-                Ok(Err(e)) => Err(Box::new(ConnectFailed(e)) as BoxError),
-                Err(_) => Err(Box::new(ConnectFailed(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))) as BoxError),
-            }
-        })
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
+            UpstreamError::Local(e) => write!(f, "out of local resources: {e}"),
+            UpstreamError::Broken(e) => write!(f, "{e}"),
+        }
     }
 }
 
-/// One pooled client per protocol.
-#[derive(Clone)]
+impl std::error::Error for UpstreamError {}
+
+/// Limits of the upstream side.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    /// Idle pooled HTTP/1.1 connections are dropped after this long.
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_endpoint: 64,
+        }
+    }
+}
+
+struct Idle {
+    conn: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// The proxy's connections to endpoints.
 pub struct Upstreams {
-    pub http1: Client<Connector, Body>,
-    pub http2: Client<Connector, Body>,
     pub socks: Sockets,
+    opts: UpstreamOptions,
+    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
 impl Upstreams {
-    pub fn new(socks: Sockets) -> Self {
-        let connector = Connector {
-            socks: socks.clone(),
-        };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
-        Upstreams {
-            http1,
-            http2,
+    pub fn new(socks: Sockets, opts: UpstreamOptions) -> Arc<Self> {
+        Arc::new(Upstreams {
             socks,
+            opts,
+            h1: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A TCP connection to `ep`, with the connect timeout.
+    pub async fn connect(&self, ep: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
+        match tokio::time::timeout(self.opts.connect_timeout, self.socks.connect(ep)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) if is_local_errno(&e) => Err(UpstreamError::Local(e)),
+            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+            Err(_) => Err(UpstreamError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {} ms",
+                    self.opts.connect_timeout.as_millis()
+                ),
+            ))),
         }
     }
 
-    pub fn client(&self, http2: bool) -> &Client<Connector, Body> {
-        if http2 { &self.http2 } else { &self.http1 }
-    }
-}
-
-/// Was this client error a failure to connect (vs. a reset or protocol error)?
-pub fn is_connect_failure(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return true;
-    }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<ConnectFailed>() {
-            return true;
+    /// Send `req` to the endpoint `ep` (HTTP/2 if `http2`). The request's
+    /// URI must be origin-form for HTTP/1.1 and absolute for HTTP/2 (see
+    /// [`crate::proxy::handler`]); it is never used to choose where to go.
+    pub async fn send(
+        self: &Arc<Self>,
+        ep: SocketAddr,
+        http2: bool,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if http2 {
+            self.send_h2(ep, req).await
+        } else {
+            self.send_h1(ep, req).await
         }
-        src = s.source();
     }
-    false
+
+    fn take_idle(&self, ep: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut pool = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let list = pool.get_mut(&ep)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < self.opts.idle_timeout
+                && !idle.conn.is_closed()
+                && idle.conn.is_ready()
+            {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Back into the pool once the response has been read to its end.
+    fn recycle(self: &Arc<Self>, ep: SocketAddr, mut conn: http1::SendRequest<Body>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if conn.ready().await.is_err() {
+                return;
+            }
+            let mut pool = this.h1.lock().unwrap_or_else(|e| e.into_inner());
+            let list = pool.entry(ep).or_default();
+            list.retain(|i| i.since.elapsed() < this.opts.idle_timeout && !i.conn.is_closed());
+            if list.len() < this.opts.max_idle_per_endpoint {
+                list.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        ep: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // A pooled connection may have been closed by the endpoint a moment
+        // ago; a request it did not take is sent again on another.
+        while let Some(mut conn) = self.take_idle(ep) {
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle(ep, conn);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Broken(e.into_error())),
+                },
+            }
+        }
+        let io = TokioIo::new(self.connect(ep).await?);
+        let (mut conn, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Broken)?;
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        let resp = conn
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Broken)?;
+        self.recycle(ep, conn);
+        Ok(resp)
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        ep: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let shared = {
+            let pool = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            pool.get(&ep)
+                .filter(|c| !c.is_closed() && c.is_ready())
+                .cloned()
+        };
+        let mut conn = match shared {
+            Some(c) => c,
+            None => {
+                let io = TokioIo::new(self.connect(ep).await?);
+                let (conn, driver) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    // Find dead endpoints on idle connections too.
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .keep_alive_while_idle(true)
+                    .handshake(io)
+                    .await
+                    .map_err(UpstreamError::Broken)?;
+                tokio::spawn(async move {
+                    let _ = driver.await;
+                });
+                self.h2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ep, conn.clone());
+                conn
+            }
+        };
+        conn.send_request(req).await.map_err(UpstreamError::Broken)
+    }
 }

@@ -123,6 +123,53 @@ enum Cmd {
         #[arg(long)]
         millis: Option<u64>,
     },
+    /// A local attacker: drop to `uid`, bind every port of `ports`
+    /// (`A-B` ranges and single ports, comma-separated) on `addr`, accept
+    /// for `millis`; prints a [`Squat`] line.
+    Squat {
+        #[arg(long, default_value = "127.0.0.1")]
+        addr: std::net::IpAddr,
+        #[arg(long)]
+        ports: String,
+        #[arg(long, default_value_t = 65534)]
+        uid: u32,
+        #[arg(long, default_value_t = 5000)]
+        millis: u64,
+    },
+    /// connect() in a loop for `millis` (every `every_ms`), counting
+    /// outcomes by errno; prints a [`Connects`] line.
+    Connects {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+        #[arg(long, default_value_t = 1)]
+        every_ms: u64,
+    },
+    /// Uploads that stall: `conns` connections each send a POST announcing
+    /// `bytes` of body, send `send` of them, then hold the connection for
+    /// `hold_secs`; prints an [`Uploads`] line.
+    Uploads {
+        addr: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        bytes: usize,
+        #[arg(long, default_value_t = 512 * 1024)]
+        send: usize,
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
+    /// Open `conns` TCP connections and hold them, idle, for `hold_secs`;
+    /// prints how many opened.
+    Hold {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
     /// Connect-and-close loop for a fixed time; prints one [`Bench`] line.
     Bench {
         addr: SocketAddr,
@@ -868,6 +915,184 @@ async fn h2_flood(addr: SocketAddr, streams: usize, resets: usize) -> Flood {
     f
 }
 
+/// What `squat` got.
+#[derive(serde::Serialize)]
+struct Squat {
+    uid: u32,
+    bound: Vec<u16>,
+    /// errno -> ports that failed with it.
+    refused: std::collections::BTreeMap<i32, usize>,
+    accepted: usize,
+}
+
+fn parse_ports(spec: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u16, u16) = (a.parse().unwrap(), b.parse().unwrap());
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+async fn squat(addr: std::net::IpAddr, ports: &str, uid: u32, millis: u64) -> Result<Squat> {
+    // Unprivileged from here on: no capabilities, no root.
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+    let mut bound = Vec::new();
+    let mut refused = std::collections::BTreeMap::new();
+    let mut listeners = Vec::new();
+    for port in parse_ports(ports) {
+        match tokio::net::TcpListener::bind(SocketAddr::new(addr, port)).await {
+            Ok(l) => {
+                bound.push(port);
+                listeners.push(l);
+            }
+            Err(e) => *refused.entry(e.raw_os_error().unwrap_or(0)).or_insert(0) += 1,
+        }
+    }
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for l in listeners {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                use tokio::io::AsyncWriteExt;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsquatted")
+                    .await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    Ok(Squat {
+        uid,
+        bound,
+        refused,
+        accepted: accepted.load(std::sync::atomic::Ordering::SeqCst),
+    })
+}
+
+/// What `connects` saw.
+#[derive(serde::Serialize)]
+struct Connects {
+    ok: u64,
+    /// errno -> count.
+    errors: std::collections::BTreeMap<i32, u64>,
+}
+
+fn connects(addr: SocketAddr, millis: u64, every_ms: u64) -> Connects {
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+    let mut out = Connects {
+        ok: 0,
+        errors: Default::default(),
+    };
+    while std::time::Instant::now() < deadline {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => {
+                out.ok += 1;
+                let _ = socket_linger_zero(&s);
+            }
+            Err(e) => *out.errors.entry(e.raw_os_error().unwrap_or(0)).or_insert(0) += 1,
+        }
+        std::thread::sleep(Duration::from_millis(every_ms));
+    }
+    out
+}
+
+/// What `uploads` saw.
+#[derive(serde::Serialize)]
+struct Uploads {
+    opened: usize,
+    /// Responses the server sent before the hold ended, by status.
+    answered: std::collections::BTreeMap<u16, usize>,
+    /// Connections the server closed without an answer.
+    closed: usize,
+}
+
+async fn uploads(
+    addr: SocketAddr,
+    path: &str,
+    conns: usize,
+    bytes: usize,
+    send: usize,
+    hold_secs: u64,
+) -> Uploads {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return (false, None, false);
+            };
+            let head =
+                format!("POST {path} HTTP/1.1\r\nhost: upload\r\ncontent-length: {bytes}\r\n\r\n");
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return (true, None, true);
+            }
+            let chunk = vec![b'x'; 16 * 1024];
+            let mut sent = 0;
+            while sent < send {
+                let n = chunk.len().min(send - sent);
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return (true, None, true);
+                }
+                sent += n;
+            }
+            // Stall: hold the connection, read whatever the server says.
+            let mut buf = vec![0u8; 4096];
+            let got = tokio::time::timeout(Duration::from_secs(hold_secs), s.read(&mut buf)).await;
+            match got {
+                Ok(Ok(0)) | Ok(Err(_)) => (true, None, true),
+                Ok(Ok(n)) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let status = text
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse::<u16>().ok());
+                    (true, status, false)
+                }
+                Err(_) => (true, None, false),
+            }
+        }));
+    }
+    let mut out = Uploads {
+        opened: 0,
+        answered: Default::default(),
+        closed: 0,
+    };
+    for t in tasks {
+        if let Ok((opened, status, closed)) = t.await {
+            out.opened += usize::from(opened);
+            if let Some(s) = status {
+                *out.answered.entry(s).or_insert(0) += 1;
+            }
+            out.closed += usize::from(closed && status.is_none());
+        }
+    }
+    out
+}
+
+async fn hold(addr: SocketAddr, conns: usize, hold_secs: u64) -> usize {
+    let mut held = Vec::new();
+    for _ in 0..conns {
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => break,
+        }
+    }
+    let n = held.len();
+    println!("{}", serde_json::json!({ "opened": n }));
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    n
+}
+
 fn emit(p: &Probe) {
     println!("{}", serde_json::to_string(p).unwrap());
 }
@@ -973,6 +1198,47 @@ async fn main() -> Result<()> {
                 serde_json::to_string(&http_bench(addr, &path, conns, millis, new_conn).await)
                     .unwrap()
             );
+        }
+        Cmd::Squat {
+            addr,
+            ports,
+            uid,
+            millis,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&squat(addr, &ports, uid, millis).await?)?
+            );
+        }
+        Cmd::Connects {
+            addr,
+            millis,
+            every_ms,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&connects(addr, millis, every_ms))?
+            );
+        }
+        Cmd::Uploads {
+            addr,
+            path,
+            conns,
+            bytes,
+            send,
+            hold_secs,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&uploads(addr, &path, conns, bytes, send, hold_secs).await)?
+            );
+        }
+        Cmd::Hold {
+            addr,
+            conns,
+            hold_secs,
+        } => {
+            hold(addr, conns, hold_secs).await;
         }
         Cmd::Bench { addr, millis, cpu } => {
             if let Some(cpu) = cpu {
