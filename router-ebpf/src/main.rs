@@ -533,16 +533,21 @@ fn do_reverse(ctx: &SockAddrContext, family: u8, udp: bool) -> i32 {
     if udp {
         // SAFETY: helper call.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        // A dual-stack socket's datagram to `::ffff:VIP` went through the
+        // IPv4 path (sendmsg4 saw it, and keyed it as IPv4); its reply shows
+        // here as `::ffff:backend`.
+        let (kaddr, kfamily, mapped) = key_of(&ip, family);
         let rk = UdpRevKey {
             cookie,
-            addr: ip,
+            addr: kaddr,
             port,
-            family,
+            family: kfamily,
             _pad: [0; 5],
         };
         // SAFETY: value copied immediately.
         if let Some(v) = unsafe { UDP_REVNAT.get(rk) } {
             let (vip, vport) = (v.vip, v.port);
+            let vip = if mapped { addr::v4_mapped(vip[0]) } else { vip };
             write_addr(ctx, family, &vip, vport);
         }
     }

@@ -107,6 +107,11 @@ enum Cmd {
         /// /var/run/netns/NAME) instead of the daemon's own.
         #[arg(long, alias = "dns-netns")]
         listen_netns: Option<PathBuf>,
+        /// Accept config files and directories owned by users other than
+        /// root, or writable by group or others (refused by default: whoever
+        /// can write the config steers every connection of the cgroup).
+        #[arg(long)]
+        allow_untrusted_config: bool,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -230,6 +235,7 @@ pub fn main() -> ExitCode {
             max_services,
             max_backends,
             listen_netns,
+            allow_untrusted_config,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -252,6 +258,7 @@ pub fn main() -> ExitCode {
                 listen_netns,
                 cleanup,
                 watch: !no_watch,
+                allow_untrusted_config,
             }))?;
             Ok(ExitCode::SUCCESS)
         })(),

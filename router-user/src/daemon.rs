@@ -28,7 +28,7 @@ use tokio::{
 
 use crate::{
     compile::{self, Health},
-    config::{self, Overrides, Validated},
+    config::{self, Overrides, Validated, load::LoadOptions},
     datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
     dns::{Dns, Names},
     health::{self, Watched},
@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub watch: bool,
     /// Network namespace for the daemon's sockets (None: the daemon's).
     pub listen_netns: Option<PathBuf>,
+    /// Accept config files and directories that users other than root could
+    /// write (`--allow-untrusted-config`).
+    pub allow_untrusted_config: bool,
 }
 
 /// Files the daemon keeps in its state directory.
@@ -73,7 +76,16 @@ fn load_and_compile(
     overrides: &Overrides,
     health: &Health,
 ) -> Result<(Arc<Validated>, Plan), String> {
-    let v = config::load(path, overrides).map_err(|e| e.to_string())?;
+    load_and_compile_with(path, overrides, health, LoadOptions::default())
+}
+
+fn load_and_compile_with(
+    path: &Path,
+    overrides: &Overrides,
+    health: &Health,
+    opts: LoadOptions,
+) -> Result<(Arc<Validated>, Plan), String> {
+    let v = config::load_with(path, overrides, opts).map_err(|e| e.to_string())?;
     let plan = compile::compile(&v, health).map_err(|e| e.to_string())?;
     Ok((Arc::new(v), plan))
 }
@@ -325,20 +337,7 @@ impl Serving {
         self.dp.set_listeners(self.netns, Some(&bound))?;
         self.proxy.retire(&plan);
         self.dns.retire();
-        tracing::info!(
-            reason = why,
-            generation = self.dp.generation(),
-            services = plan.services.len(),
-            backends = plan.backends.len(),
-            hosts = plan.hosts.len(),
-            added = report.services_added,
-            changed = report.services_changed,
-            removed = report.services_removed,
-            writes = report.writes,
-            elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
-            "applied"
-        );
-        tokio::task::block_in_place(|| write_state(&self.state_dir, &plan));
+        let elapsed = t.elapsed();
         if plan.close_removed
             && let Some(old) = &self.plan
         {
@@ -351,6 +350,21 @@ impl Serving {
             changed
         });
         self.names.send_replace(Arc::new(Names::from_plan(&plan)));
+        // Everything serves the new plan now (maps, proxy tables, names).
+        tracing::info!(
+            reason = why,
+            generation = self.dp.generation(),
+            services = plan.services.len(),
+            backends = plan.backends.len(),
+            hosts = plan.hosts.len(),
+            added = report.services_added,
+            changed = report.services_changed,
+            removed = report.services_removed,
+            writes = report.writes,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "applied"
+        );
+        tokio::task::block_in_place(|| write_state(&self.state_dir, &plan));
         self.plan = Some(plan);
         if valid.is_some() {
             self.valid = valid;
@@ -387,8 +401,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let fds = limits::raise_nofile();
+    let load_opts = LoadOptions {
+        trusted_only: !opts.allow_untrusted_config,
+    };
     let first = tokio::task::block_in_place(|| {
-        load_and_compile(&opts.config, &opts.overrides, &Health::default())
+        load_and_compile_with(&opts.config, &opts.overrides, &Health::default(), load_opts)
     });
     if let Err(e) = &first {
         if !opts.pins.exists() {
@@ -534,7 +551,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             unhealthy: avoid.borrow_and_update().clone(),
         };
         let compiled = if trigger.reloads() {
-            tokio::task::block_in_place(|| load_and_compile(&opts.config, &opts.overrides, &health))
+            tokio::task::block_in_place(|| {
+                load_and_compile_with(&opts.config, &opts.overrides, &health, load_opts)
+            })
         } else {
             match &s.valid {
                 // The config did not change; recompile the one serving.

@@ -533,3 +533,108 @@ fn the_example_config_compiles_with_the_textbook_pair() {
         "{b:?}"
     );
 }
+
+/// Issue 10, item 11. Endpoints that would send the cgroup's connections
+/// to the client's own host, to its link, nowhere, or back into the VIP
+/// range are refused with file:line; so are VIP ranges over loopback,
+/// link-local or multicast.
+#[test]
+fn endpoints_and_vip_ranges_that_point_home_are_refused() {
+    for (addr, why) in [
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("240.240.0.9", "inside the IPv4 VIP range"),
+        ("0.0.0.0", "not a unicast address"),
+        ("224.0.0.1", "not a unicast address"),
+    ] {
+        let text = format!(
+            "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: bad, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: bad}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 80}}]\nendpoints:\n- {{addresses: [{addr}]}}\n"
+        );
+        assert_err(
+            &text,
+            addr,
+            &format!("addresses: [{addr}]"),
+            "EndpointSlice c1/ns/bad",
+            why,
+        );
+    }
+    for (addr, why) in [("::1", "loopback"), ("fe80::1", "link-local")] {
+        let text = format!(
+            "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: bad, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: bad}}}}\n\
+             addressType: IPv6\nports: [{{name: http, port: 80}}]\nendpoints:\n- {{addresses: [\"{addr}\"]}}\n"
+        );
+        assert_err(&text, addr, addr, "EndpointSlice c1/ns/bad", why);
+    }
+    for (range, why) in [
+        ("{ipv4: 127.0.0.0/16}", "loopback"),
+        ("{ipv4: 169.254.0.0/16}", "link-local"),
+        ("{ipv6: \"fe80::/16\"}", "link-local"),
+    ] {
+        let text = format!(
+            "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {{name: node}}\nspec: {{cluster: c1, region: r1, zone: z1, vipRanges: {range}}}\n---\n{INVENTORY}"
+        );
+        assert_err(
+            &text,
+            "VIP range",
+            "apiVersion: routerd.io",
+            "RouterConfig",
+            why,
+        );
+    }
+}
+
+/// Issue 10, item 12. Repeated, chained delegation multiplies routes
+/// exponentially (2^25 here), and nested matchers multiply too (40^3): both
+/// are cut off with an error naming the table, at once.
+#[test]
+fn delegation_that_would_explode_is_refused_naming_the_table() {
+    let mut text = rt(
+        "  hosts: [a.mesh]\n  http:\n  - matchers: [{uri: {prefix: /a}}]\n    delegate: {routeTables: [{name: d0}]}\n  - matchers: [{uri: {prefix: /b}}]\n    delegate: {routeTables: [{name: d0}]}\n",
+    );
+    for i in 0..25 {
+        text += &format!(
+            "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: d{i}, namespace: ns}}\nspec:\n  http:\n  - matchers: [{{uri: {{prefix: /a}}}}]\n    delegate: {{routeTables: [{{name: d{}}}]}}\n  - matchers: [{{uri: {{prefix: /b}}}}]\n    delegate: {{routeTables: [{{name: d{}}}]}}\n",
+            i + 1,
+            i + 1
+        );
+    }
+    text += "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: d25, namespace: ns}\nspec:\n  http:\n  - forwardTo: {destinations: [{ref: {name: svc, cluster: c1}}]}\n";
+    let t = std::time::Instant::now();
+    let e = errors(&text);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        e.contains("RouteTable ns/rt") && e.contains("more than 10000 routes"),
+        "{e}"
+    );
+
+    let many = |n: usize| -> String {
+        let m: Vec<String> = (0..n)
+            .map(|i| format!("{{uri: {{prefix: /p{i}}}}}"))
+            .collect();
+        format!("[{}]", m.join(", "))
+    };
+    let mut text = rt(&format!(
+        "  hosts: [b.mesh]\n  http:\n  - matchers: {}\n    delegate: {{routeTables: [{{name: c1t}}]}}\n",
+        many(40)
+    ));
+    text += &format!(
+        "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: c1t, namespace: ns}}\nspec:\n  http:\n  - matchers: {}\n    delegate: {{routeTables: [{{name: c2t}}]}}\n",
+        many(40)
+    );
+    text += &format!(
+        "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: c2t, namespace: ns}}\nspec:\n  http:\n  - matchers: {}\n    forwardTo: {{destinations: [{{ref: {{name: svc, cluster: c1}}}}]}}\n",
+        many(40)
+    );
+    let e = errors(&text);
+    assert!(
+        e.contains("RouteTable ns/rt") && e.contains("matchers in one route, more than 1000"),
+        "{e}"
+    );
+}

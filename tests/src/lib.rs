@@ -365,23 +365,33 @@ pub struct TempDir {
 }
 
 impl TempDir {
+    /// Root's, writable by root only whatever the umask (routerd refuses
+    /// config that others could write).
     pub fn new(name: &str) -> Result<Self> {
         let path = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)?;
+        set_mode(&path, 0o755)?;
         Ok(TempDir { path })
     }
     pub fn write(&self, rel: &str, text: &str) -> Result<PathBuf> {
         let p = self.path.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
+            set_mode(parent, 0o755)?;
         }
         // Write then rename, as an operator's tooling would: readers never see half a file.
         let tmp = p.with_extension("tmp~");
         std::fs::write(&tmp, text)?;
+        set_mode(&tmp, 0o644)?;
         std::fs::rename(&tmp, &p)?;
         Ok(p)
     }
+}
+
+fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
 }
 
 impl Drop for TempDir {

@@ -343,3 +343,105 @@ fn another_namespace_keeps_its_own_resolver() {
         d.vip.ip().to_string()
     );
 }
+
+/// `n` more virtual hosts (a Service, an EndpointSlice and a
+/// VirtualDestination each): a config that takes seconds to compile.
+fn many_hosts(n: usize) -> String {
+    let mut y = String::with_capacity(n * 700);
+    for i in 0..n {
+        let name = format!("bulk{i}");
+        y += &yaml::service("c1", &name, 80, "TCP");
+        let addr = format!("10.{}.{}.{}", 20 + i / 65536, (i / 256) % 256, i % 256);
+        y += &yaml::slice(
+            "c1",
+            "east",
+            &name,
+            &name,
+            80,
+            "TCP",
+            &[(&addr, "e1", true)],
+        );
+        y += &yaml::vd(&name, &format!("{name}.t.mesh"), &name, 80, "TCP", "");
+    }
+    y
+}
+
+/// Issue 10, item 13. A reload whose compile takes longer than the
+/// heartbeat's 3 s must not stop DNS: names keep resolving (captured and
+/// answered) all through it.
+#[test]
+fn a_long_compile_does_not_stop_dns() {
+    let d = setup(&[]);
+    d.world
+        .dir
+        .write("config/all.yaml", &(config(false) + &many_hosts(3000)))
+        .unwrap();
+    let mark = d.routerd.log_len();
+    d.routerd.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    let (mut asked, mut failed) = (0, Vec::new());
+    loop {
+        let done = d.routerd.logs()[mark..]
+            .iter()
+            .any(|l| l.contains("applied") || l.contains("rejected"));
+        if done {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "the reload never finished"
+        );
+        let (got, took) =
+            timed(
+                d.world
+                    .client("dig")
+                    .args(["+time=1", "+tries=1", "+short", "web.t.mesh"]),
+            );
+        asked += 1;
+        if got.trim() != d.vip.ip().to_string() || took > std::time::Duration::from_millis(900) {
+            failed.push(format!("{:?}: {got:?} in {took:?}", t.elapsed()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("reload took {:?}; {asked} queries during it", t.elapsed());
+    assert!(
+        asked >= 5,
+        "the compile was too quick to tell ({asked} queries)"
+    );
+    assert!(
+        failed.is_empty(),
+        "DNS failed during the compile: {failed:?}"
+    );
+    assert!(
+        dig(&d, true, &["+short", "bulk2999.t.mesh"]).starts_with("240.240."),
+        "the new names resolve"
+    );
+}
+
+/// Issue 10, item 15. A resolver address where nothing listens answers
+/// ICMP port unreachable: a forwarded query gets SERVFAIL at once, not
+/// after the 2 s upstream timeout.
+#[test]
+fn an_upstream_that_refuses_gets_servfail_at_once() {
+    let d = setup(&[]);
+    d.world
+        .world
+        .ip(&["addr", "add", "10.53.0.9/32", "dev", "lo"])
+        .unwrap();
+    d.world.resolv_conf("10.53.0.9").unwrap();
+    let (got, took) = timed(
+        d.world
+            .client("dig")
+            .args(["+time=5", "+tries=1", "up.test"]),
+    );
+    assert_eq!(status(&got), "SERVFAIL", "{got}");
+    assert!(
+        took < std::time::Duration::from_millis(700),
+        "SERVFAIL took {took:?}: the port unreachable was not noticed"
+    );
+    // Virtual hosts are answered as ever.
+    assert_eq!(
+        dig(&d, true, &["+short", "web.t.mesh"]).trim(),
+        d.vip.ip().to_string()
+    );
+}

@@ -452,3 +452,47 @@ fn running_out_of_descriptors_neither_spins_nor_blames_endpoints() {
         logs.join("\n")
     );
 }
+
+/// Issue 10, item 8. Requests whose own bodies are broken (bad chunked
+/// encoding) or stall past the body deadline are the client's fault: with
+/// outlier detection at 2 consecutive errors, a client sending a dozen of
+/// them ejects nobody, and everybody else keeps reaching the closest
+/// endpoint.
+#[test]
+fn a_client_that_breaks_its_own_requests_ejects_nobody() {
+    let s = setup(&(outlier(2, "30s") + &l7_route()));
+    let vip = s.vip.to_string();
+    let get = || -> Vec<String> {
+        s.world
+            .probe(&["http", &vip, "--path", "/api/x", "--count", "5"])
+            .unwrap()
+            .iter()
+            .map(|p| p.answer.as_ref().map_or("none".into(), |a| a.id.clone()))
+            .collect()
+    };
+    assert!(get().iter().all(|i| i == "e1"));
+    for _ in 0..12 {
+        let out = run(s.world.client(bin("rt-probe")).args([
+            "raw",
+            &vip,
+            "--send",
+            "POST /api/upload HTTP/1.1\\r\\nHost: web.t.mesh\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\nzz-not-hex\\r\\n\\r\\n",
+            "--wait-ms",
+            "2000",
+        ]))
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            !r["text"].as_str().unwrap_or("").contains("503"),
+            "a broken body is not an upstream failure: {r}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(get().iter().all(|i| i == "e1"), "e1 must still serve");
+    let logs = s.routerd.logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("endpoint ejected")),
+        "a client's broken bodies ejected an endpoint:\n{}",
+        logs.join("\n")
+    );
+}

@@ -326,3 +326,166 @@ fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
     );
     healthy(&world, &vip);
 }
+
+/// A table on a TCP gateway listener (port 8090) and one on an HTTP one
+/// (8082), both to `web`.
+fn gateway_config(proxy: &str) -> String {
+    let mut y = yaml::router("c1", "east", "e1", proxy);
+    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\nspec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {name: gw, namespace: t}\n\
+          spec:\n  listeners:\n  - port: {number: 8082}\n    http: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n\
+          \x20 - port: {number: 8090}\n    tcp: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n---\n";
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: north, namespace: t}\n\
+          spec:\n  hosts: [www.example.test]\n  virtualGateways: [{name: gw}]\n  http:\n  - forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
+    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: tcp, namespace: t}\n\
+          spec:\n  hosts: [tcp.example.test]\n  virtualGateways: [{name: gw}]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
+    y
+}
+
+fn gateway_setup(proxy: &str, nofile: Option<u64>) -> (World, Routerd, String) {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    world
+        .dir
+        .write("config/all.yaml", &gateway_config(proxy))
+        .unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
+    let mut d = Routerd::new(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    );
+    d.nofile = nofile;
+    d.spawn().unwrap();
+    (world, d, vip)
+}
+
+/// Issue 10, item 9. Nothing waits for ever: an idle HTTP connection (east
+/// or north), an idle TCP gateway connection and an upstream that does not
+/// answer are all cut at their timeouts.
+#[test]
+fn idle_connections_and_silent_upstreams_time_out() {
+    let (world, _d, vip) = gateway_setup(
+        "  proxy: {idleTimeout: 1s, tcpIdleTimeout: 1s, upstreamTimeout: 1s}\n",
+        None,
+    );
+    // A keep-alive HTTP/1.1 connection, one request, then silence.
+    let r = raw(
+        &world,
+        &vip,
+        "GET /one HTTP/1.1\\r\\nHost: web.t.mesh\\r\\n\\r\\n",
+        5000,
+    );
+    assert_eq!(r["first_line"].as_str(), Some("HTTP/1.1 200 OK"), "{r}");
+    let closed = r["closed_after_ms"].as_u64().expect("closed by the proxy");
+    assert!(
+        (900..3000).contains(&closed),
+        "idle close after {closed} ms: {r}"
+    );
+    // The same on the gateway.
+    let out = run(world.outside(bin("rt-probe")).args([
+        "raw",
+        "10.255.255.1:8082",
+        "--send",
+        "GET / HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n",
+        "--wait-ms",
+        "5000",
+    ]))
+    .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let closed = r["closed_after_ms"]
+        .as_u64()
+        .expect("closed by the gateway");
+    assert!(
+        (900..3000).contains(&closed),
+        "gateway idle close after {closed} ms: {r}"
+    );
+    // An idle TCP gateway connection.
+    let out = run(world.outside(bin("rt-probe")).args([
+        "raw",
+        "10.255.255.1:8090",
+        "--send",
+        "",
+        "--wait-ms",
+        "5000",
+    ]))
+    .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let closed = r["closed_after_ms"]
+        .as_u64()
+        .expect("closed by the TCP gateway");
+    assert!(
+        (900..3000).contains(&closed),
+        "TCP idle close after {closed} ms: {r}"
+    );
+    // An upstream that takes 3 s to answer: 504 after the default 1 s.
+    let t = std::time::Instant::now();
+    let p = world
+        .probe(&["http", &vip, "--path", "/slow/3000"])
+        .unwrap();
+    assert_eq!(p[0].status, Some(504), "{p:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Issue 10, item 9 (fairness). One client address flooding a gateway with
+/// thousands of connections takes at most its share: a client at another
+/// address is still served.
+#[test]
+fn one_client_cannot_take_every_gateway_connection() {
+    let (world, d, _vip) = gateway_setup("", Some(4096));
+    run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &world.world.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]))
+    .unwrap();
+    let other = world.other_node(1).unwrap();
+    let flood = world
+        .outside(bin("rt-probe"))
+        .args([
+            "hold",
+            "10.255.255.1:8082",
+            "--conns",
+            "4500",
+            "--hold-secs",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &other.name,
+        "curl",
+        "-sS",
+        "--max-time",
+        "3",
+        "-H",
+        "Host: www.example.test",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.255.255.1:8082/",
+    ]));
+    let flooded = flood.wait_with_output().unwrap();
+    assert_eq!(
+        out.as_deref().unwrap_or("error"),
+        "200",
+        "another client was not served during the flood ({}); routerd logged:\n{}",
+        String::from_utf8_lossy(&flooded.stdout),
+        d.logs().join("\n")
+    );
+}

@@ -363,3 +363,120 @@ fn detaching_restores_plain_behaviour() {
     let p = &s.world.probe(&["tcp", "10.1.0.1:8080"]).unwrap()[0];
     assert!(p.ok, "direct connections still work: {p:?}");
 }
+
+/// `::ffff:a.b.c.d` for an IPv4 socket address.
+fn mapped(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => std::net::SocketAddr::new(v4.to_ipv6_mapped().into(), a.port()),
+        _ => a,
+    }
+}
+
+/// Issue 10, item 7. A dual-stack socket (Java's default) dials
+/// `::ffff:VIP`: it is routed like the IPv4 VIP (TCP, connected and
+/// unconnected UDP), the application sees the mapped VIP as its peer, and a
+/// mapped address in the VIP range that is no service is refused, never
+/// routed out.
+#[test]
+fn ipv4_mapped_vips_from_dual_stack_sockets_are_routed_like_ipv4() {
+    let s = setup();
+    let web = mapped(vip(&s.plan, "web.t.mesh", 8080, false));
+    let probes = s
+        .world
+        .probe(&["tcp", &web.to_string(), "--count", "10"])
+        .unwrap();
+    for p in &probes {
+        assert!(p.ok, "{p:?}");
+        assert_eq!(p.peer.as_deref(), Some(web.to_string().as_str()), "{p:?}");
+        assert!(
+            p.answer.as_ref().unwrap().id.starts_with("web-e1-"),
+            "{p:?}"
+        );
+    }
+    let echo = mapped(vip(&s.plan, "echo.t.mesh", 9000, false)).to_string();
+    for mode in [&[][..], &["--connected"][..]] {
+        let mut args = vec!["udp", echo.as_str(), "--count", "5"];
+        args.extend_from_slice(mode);
+        for p in s.world.probe(&args).unwrap() {
+            assert!(p.ok, "{mode:?}: {p:?}");
+            assert_eq!(p.peer.as_deref(), Some(echo.as_str()));
+        }
+    }
+    let p = &s
+        .world
+        .probe(&["tcp", "[::ffff:240.240.255.254]:80"])
+        .unwrap()[0];
+    assert_eq!(p.errno, Some(ECONNREFUSED), "{p:?}");
+}
+
+/// Issue 10, item 10 (the old bank). Slot tables flip back and forth under a
+/// stream of new connections: a `connect()` that read a header just before
+/// a flip must still find its slot and backend (the old bank is deleted only
+/// after a grace period), so nothing is ever refused as inconsistent.
+#[test]
+fn slot_tables_flip_under_load_without_a_half_deleted_bank() {
+    let s = setup();
+    let vip = vip(&s.plan, "split.t.mesh", 7000, false);
+    let (y, _) = scenario();
+    let flipped = y
+        .replace("weight: 80}", "weight: 30}")
+        .replace("weight: 20}", "weight: 70}");
+    assert_ne!(y, flipped);
+    // One flip: the old bank is still there right after (a connect that
+    // read the old header may still need it), and gone after the grace.
+    let pins = router_user::datapath::Pins::new(&s.routerd.pin_root);
+    let maps = router_user::datapath::Maps::open(&pins).unwrap();
+    let key = router_user::datapath::sync::svc_key(
+        s.plan
+            .service(vip.ip(), 7000, router_user::plan::Proto::Tcp)
+            .unwrap(),
+    );
+    let before = maps.services.get(&key, 0).unwrap();
+    s.world.dir.write("config/all.yaml", &flipped).unwrap();
+    assert!(s.routerd.reload().unwrap().contains("applied"));
+    let after = maps.services.get(&key, 0).unwrap();
+    assert_ne!(before.base, after.base, "the table flipped banks");
+    let old_slot = |i: u32| router_common::SlotKey {
+        svc_id: before.svc_id,
+        slot: before.base + i,
+    };
+    assert!(
+        (0..before.count).all(|i| maps.slots.get(&old_slot(i), 0).is_ok()),
+        "the old bank was deleted at the flip"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        (0..before.count).all(|i| maps.slots.get(&old_slot(i), 0).is_err()),
+        "the old bank was never deleted"
+    );
+    let load = s
+        .world
+        .client(bin("rt-probe"))
+        .args(["bench", &vip.to_string(), "--millis", "5000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut flips = 0;
+    while t.elapsed() < std::time::Duration::from_millis(4500) {
+        // (`flipped` is serving now.)
+        let text = if flips % 2 == 0 { &y } else { &flipped };
+        s.world.dir.write("config/all.yaml", text).unwrap();
+        let r = s.routerd.reload().unwrap();
+        assert!(r.contains("applied"), "{r}");
+        flips += 1;
+    }
+    let out = load.wait_with_output().unwrap();
+    let b: Bench = serde_json::from_slice(&out.stdout).unwrap();
+    let r = s.routerd.inspect().unwrap();
+    let inconsistent: u64 = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["inconsistent"].as_u64().unwrap())
+        .sum();
+    eprintln!("{flips} flips under {} connects/s: {b:?}", b.rate as u64);
+    assert!(flips >= 10, "{flips}");
+    assert_eq!(inconsistent, 0, "connects saw a half-deleted bank");
+    assert_eq!(b.errors, 0, "{b:?}");
+}

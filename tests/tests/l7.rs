@@ -189,9 +189,10 @@ spec:
 
 struct L7 {
     world: World,
-    _routerd: Routerd,
+    routerd: Routerd,
     _dnsmasq: Proc,
     ca: std::path::PathBuf,
+    key: std::path::PathBuf,
 }
 
 fn setup() -> L7 {
@@ -222,9 +223,10 @@ fn setup() -> L7 {
     let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
     L7 {
         world,
-        _routerd: routerd,
+        routerd,
         _dnsmasq: dnsmasq,
         ca: cert,
+        key,
     }
 }
 
@@ -556,4 +558,64 @@ fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
     );
     assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
     assert_eq!(answer(&body).path, "/v1/tls");
+}
+
+/// Issue 10, item 1 (gateways). Turning a gateway listener's TLS off and on
+/// again keeps its socket: connections arriving during the reloads are
+/// never refused, and each reload's setting takes effect.
+#[test]
+fn a_gateway_listener_keeps_its_socket_across_tls_changes() {
+    let l = setup();
+    let (cert, key) = (l.ca.display().to_string(), l.key.display().to_string());
+    let tls = config(&cert, &key);
+    let plain = tls.replace(
+        &format!("    tls: {{mode: SIMPLE, certFile: {cert}, keyFile: {key}}}\n"),
+        "",
+    );
+    assert_ne!(tls, plain);
+    let connects = l
+        .world
+        .outside(bin("rt-probe"))
+        .args([
+            "connects",
+            &format!("{NODE_IP}:8443"),
+            "--millis",
+            "3000",
+            "--every-ms",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..6 {
+        let text = if i % 2 == 0 { &plain } else { &tls };
+        l.world.dir.write("config/all.yaml", text).unwrap();
+        let r = l.routerd.reload().unwrap();
+        assert!(r.contains("applied"), "{r}");
+        let url = if i % 2 == 0 {
+            "http://www.example.test:8443/teapot"
+        } else {
+            "https://www.example.test:8443/teapot"
+        };
+        let (code, ..) = curl(
+            &l.world,
+            &[
+                "--cacert",
+                &cert,
+                "--resolve",
+                &format!("www.example.test:8443:{NODE_IP}"),
+                url,
+            ],
+            false,
+        );
+        assert_eq!(code, 418, "{url} after reload {i}");
+    }
+    let out = connects.wait_with_output().unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        c["errors"],
+        serde_json::json!({}),
+        "connections refused while the listener changed: {c}"
+    );
+    assert!(c["ok"].as_u64().unwrap() > 100, "{c}");
 }

@@ -274,3 +274,438 @@ fn a_dead_daemon_refuses_l7_vips_and_nobody_can_take_its_port() {
         "an unprivileged user bound the proxy's port: {s}"
     );
 }
+
+/// `l7_config` with RouterConfig settings under `spec` (e.g. listeners).
+fn l7_config_with(spec: &str) -> String {
+    l7_config().replacen("  zone: e1\n", &format!("  zone: e1\n{spec}"), 1)
+}
+
+/// `getent ahostsv4 NAME` in the cgroup (the IPv4 answers through glibc).
+fn getent(world: &World, name: &str) -> String {
+    String::from_utf8_lossy(
+        &world
+            .client("getent")
+            .args(["ahostsv4", name])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// Issue 10, item 6. Moving the DNS or proxy listeners in the config is
+/// applied on reload: the new sockets are bound first, then the kernel is
+/// pointed at them, then the old ones close (no outage, no port left for
+/// anyone to bind while the kernel still sends there).
+#[test]
+fn listeners_move_on_reload_bound_before_the_kernel_points_there() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    world.dir.write("config/web.yaml", &l7_config()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    let got = getent(&world, "web.t.mesh");
+    assert!(got.starts_with(&vip.ip().to_string()), "{got:?}");
+    assert!(l7_ok(&world, &vip.to_string()));
+
+    world
+        .dir
+        .write(
+            "config/web.yaml",
+            &l7_config_with("  dns: {listen: 127.0.0.154}\n"),
+        )
+        .unwrap();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("applied"), "{r}");
+    let got = getent(&world, "web.t.mesh");
+    assert!(
+        got.starts_with(&vip.ip().to_string()),
+        "names resolve through the moved DNS listener: {got:?}"
+    );
+    let direct = String::from_utf8_lossy(
+        &world
+            .outside("dig")
+            .args([
+                "+time=1",
+                "+tries=1",
+                "+short",
+                "@127.0.0.154",
+                "web.t.mesh",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(direct.trim(), vip.ip().to_string());
+    let old = world
+        .outside("dig")
+        .args([
+            "+time=1",
+            "+tries=1",
+            "+short",
+            "@127.0.0.153",
+            "web.t.mesh",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&old.stdout).contains(&vip.ip().to_string()),
+        "the old DNS listener is closed"
+    );
+
+    world
+        .dir
+        .write(
+            "config/web.yaml",
+            &l7_config_with("  dns: {listen: 127.0.0.154}\n  proxy: {port: 1001}\n"),
+        )
+        .unwrap();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("applied"), "{r}");
+    assert!(
+        l7_ok(&world, &vip.to_string()),
+        "L7 through the moved proxy"
+    );
+    let out =
+        run(world
+            .outside(bin("rt-probe"))
+            .args(["connects", "127.0.0.1:1000", "--millis", "50"]))
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["ok"], 0, "the old proxy listener is closed: {c}");
+}
+
+/// Issue 10, item 14. A namespace without IPv6 (`::1` cannot be bound):
+/// the default IPv6 proxy listener is skipped with a warning, not fatal.
+#[test]
+fn a_namespace_without_ipv6_still_gets_an_l7_proxy() {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    run(world
+        .outside("sysctl")
+        .args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]))
+    .unwrap();
+    run(world
+        .outside("sysctl")
+        .args(["-qw", "net.ipv6.conf.lo.disable_ipv6=1"]))
+    .unwrap();
+    world.dir.write("config/web.yaml", &l7_config()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    )
+    .unwrap();
+    assert!(l7_ok(&world, &vip.to_string()));
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("no IPv6 L7 proxy listener")),
+        "says why there is no IPv6 listener"
+    );
+}
+
+/// Issue 10, item 10 (a state directory that is full). The plan is applied
+/// and serves (names included) even when it cannot be recorded on disk.
+#[test]
+fn a_full_state_directory_does_not_freeze_updates() {
+    require_root();
+    let world = World::new(&listens()).unwrap();
+    world.dir.write("config/web.yaml", &config(true)).unwrap();
+    let cfg = world.dir.path.join("config");
+    let state = world.dir.path.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    run(std::process::Command::new("mount").args([
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64k",
+        "tmpfs",
+        &state.display().to_string(),
+    ]))
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let mut routerd = Routerd::new(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]);
+    routerd.state_dir = state.clone();
+    let pos = routerd
+        .args
+        .iter()
+        .position(|a| a == "--state-dir")
+        .unwrap();
+    routerd.args[pos + 1] = state.display().to_string();
+    routerd.spawn().unwrap();
+    // Fill the disk.
+    let _ = std::fs::write(state.join("filler"), vec![0u8; 256 * 1024]);
+    let mut more = config(true);
+    more += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
+    world.dir.write("config/web.yaml", &more).unwrap();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("applied"), "{r}");
+    let new = vip(&plan(&cfg).unwrap(), "new.t.mesh", 8080, false);
+    assert!(
+        getent(&world, "new.t.mesh").starts_with(&new.ip().to_string()),
+        "the new name resolves"
+    );
+    assert!(world.probe(&["tcp", &new.to_string()]).unwrap()[0].ok);
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("could not record the applied plan")),
+        "says the plan could not be recorded"
+    );
+}
+
+/// Issue 10, item 10 (garbage). Entries no service reaches, left in the
+/// maps while no daemon ran (an interrupted update), are deleted when a
+/// daemon adopts the datapath.
+#[test]
+fn garbage_left_in_the_maps_is_collected_when_adopted() {
+    let (world, mut routerd, vip) = start(false);
+    assert_eq!(only(&world, vip, 5), "e1");
+    routerd.kill9();
+    let pins = router_user::datapath::Pins::new(&routerd.pin_root);
+    {
+        let mut maps = router_user::datapath::Maps::open(&pins).unwrap();
+        let stray = router_common::SlotKey {
+            svc_id: 9_999,
+            slot: 1,
+        };
+        maps.slots.insert(stray, 9_998, 0).unwrap();
+        let b = router_common::Backend {
+            addr: [u32::from_ne_bytes([10, 9, 9, 9]), 0, 0, 0],
+            port: 80u16.to_be(),
+            family: router_common::FAMILY_V4,
+            ..Default::default()
+        };
+        maps.backends.insert(9_998, b, 0).unwrap();
+    }
+    routerd.spawn().unwrap();
+    let maps = router_user::datapath::Maps::open(&pins).unwrap();
+    assert!(
+        maps.slots
+            .get(
+                &router_common::SlotKey {
+                    svc_id: 9_999,
+                    slot: 1
+                },
+                0
+            )
+            .is_err(),
+        "the stray slot is gone"
+    );
+    assert!(
+        maps.backends.get(&9_998, 0).is_err(),
+        "the stray backend is gone"
+    );
+    assert_eq!(only(&world, vip, 5), "e1");
+}
+
+/// Issue 10, item 10 (a write that fails half-way). Another process has
+/// filled the service map, so the daemon's writes run out of room in the
+/// middle of a reload (after the changed service flipped, before the new one
+/// fits): the daemon says so, writes the last good plan back, keeps serving
+/// it, and applies the new one once there is room.
+#[test]
+fn a_map_write_that_fails_half_way_restores_the_last_good_plan() {
+    require_root();
+    let world = World::new(&listens()).unwrap();
+    world.dir.write("config/web.yaml", &config(true)).unwrap();
+    let cfg = world.dir.path.join("config");
+    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--max-services", "64"],
+    )
+    .unwrap();
+    assert_eq!(only(&world, vip, 5), "e1");
+    let pins = router_user::datapath::Pins::new(&routerd.pin_root);
+    let mut maps = router_user::datapath::Maps::open(&pins).unwrap();
+    // Fill the service map with entries of nobody's (outside the VIP range).
+    let mut filled = Vec::new();
+    for i in 0..1000u32 {
+        let k = router_common::SvcKey {
+            addr: [
+                u32::from_ne_bytes([10, 200, (i >> 8) as u8, i as u8]),
+                0,
+                0,
+                0,
+            ],
+            port: 1u16.to_be(),
+            proto: router_common::PROTO_TCP,
+            family: router_common::FAMILY_V4,
+        };
+        let h = router_common::SvcHeader {
+            svc_id: 20_000 + i,
+            ..Default::default()
+        };
+        if maps.services.insert(k, h, 0).is_err() {
+            break;
+        }
+        filled.push(k);
+    }
+    assert!(
+        !filled.is_empty() && filled.len() < 1000,
+        "{}",
+        filled.len()
+    );
+    // web's slots change (e1 not ready) and a new host needs a new service.
+    let mut more = config(false);
+    more += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
+    world.dir.write("config/web.yaml", &more).unwrap();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("rejected"), "{r}");
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("the last good plan was written back")),
+        "{:?}",
+        routerd.logs()
+    );
+    assert_eq!(only(&world, vip, 10), "e1", "the last good plan serves");
+    for k in &filled {
+        let _ = maps.services.remove(k);
+    }
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("applied"), "{r}");
+    assert_eq!(only(&world, vip, 10), "e2");
+    let new = vip_of(&world, "new.t.mesh");
+    assert!(world.probe(&["tcp", &new]).unwrap()[0].ok);
+}
+
+fn vip_of(world: &World, host: &str) -> String {
+    vip(
+        &plan(&world.dir.path.join("config")).unwrap(),
+        host,
+        8080,
+        false,
+    )
+    .to_string()
+}
+
+/// Issue 10, item 13 (coalescing). A burst of triggers (here 30 SIGHUPs
+/// in 300 ms, as a flapping endpoint or a busy editor would cause) is served
+/// by a few recompiles, not one per trigger.
+#[test]
+fn a_burst_of_reload_triggers_is_coalesced() {
+    let (world, routerd, vip) = start(false);
+    let mark = routerd.log_len();
+    for _ in 0..30 {
+        routerd.signal(libc::SIGHUP);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let outcomes = routerd.logs()[mark..]
+        .iter()
+        .filter(|l| l.contains("applied") || l.contains("no change") || l.contains("rejected"))
+        .count();
+    assert!(
+        (1..=8).contains(&outcomes),
+        "30 triggers in 300 ms gave {outcomes} recompiles"
+    );
+    assert_eq!(only(&world, vip, 5), "e1");
+}
+
+/// Issue 10, item 11. Whoever can write the config steers every connection
+/// of the cgroup: files and directories that users other than root could
+/// write are refused (unless allowed explicitly); a FIFO among the files
+/// never hangs the daemon; an oversized file is refused without being read.
+/// Each is reported with the file, and the last good config keeps serving.
+#[test]
+fn the_config_must_be_root_owned_regular_and_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let (world, routerd, vip) = start(false);
+    let cfg = world.dir.path.join("config");
+    let file = cfg.join("web.yaml");
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // A file anyone can write.
+    chmod(&file, 0o666);
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("rejected"), "{r}");
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("web.yaml") && l.contains("writable by everyone")),
+        "{:?}",
+        routerd.logs()
+    );
+    assert_eq!(only(&world, vip, 3), "e1", "the last good config serves");
+    chmod(&file, 0o644);
+    // A directory its group can write.
+    chmod(&cfg, 0o775);
+    assert!(routerd.reload().unwrap().contains("rejected"));
+    chmod(&cfg, 0o755);
+    // A FIFO named like a config file: reported, never opened.
+    let fifo = cfg.join("fifo.yaml");
+    run(std::process::Command::new("mkfifo").arg(&fifo)).unwrap();
+    let t = std::time::Instant::now();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("rejected"), "{r}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(3));
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("fifo.yaml") && l.contains("not a regular file")),
+        "{:?}",
+        routerd.logs()
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    // An oversized file.
+    let big = cfg.join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(router_user::config::load::MAX_FILE_BYTES + 1)
+        .unwrap();
+    assert!(routerd.reload().unwrap().contains("rejected"));
+    assert!(
+        routerd
+            .logs()
+            .iter()
+            .any(|l| l.contains("big.yaml") && l.contains("MiB"))
+    );
+    std::fs::remove_file(&big).unwrap();
+    let r = routerd.reload().unwrap();
+    assert!(r.contains("no change"), "{r}");
+
+    // The same config, not root's: refused at start, unless allowed.
+    let mut other = Routerd::new(
+        &format!("{}u", world.tag),
+        &cfg,
+        &world.cgroup.path,
+        &["--no-watch", "--no-dns"],
+    );
+    std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+    let err = other.spawn().unwrap_err();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        other
+            .logs()
+            .iter()
+            .any(|l| l.contains("owned by uid 65534")),
+        "{err:#}: {:?}",
+        other.logs()
+    );
+    other.args.push("--allow-untrusted-config".into());
+    other.spawn().unwrap();
+}

@@ -214,6 +214,14 @@ pub fn specificity(r: &FlatRoute<'_>) -> (u8, usize, bool, usize, usize) {
         .unwrap_or((0, 0, false, 0, 0))
 }
 
+/// At most this many routes in one flattened table: delegation can repeat
+/// (two routes delegating to the same table, chained) and grows
+/// exponentially with depth.
+pub const MAX_FLAT_ROUTES: usize = 10_000;
+/// At most this many matchers in one flattened route: a child route matches
+/// the cross-product of its parents' matchers and its own.
+pub const MAX_ROUTE_MATCHERS: usize = 1_000;
+
 fn combine<'a>(parent: &[MatchAll<'a>], child: &[MatchAll<'a>]) -> Vec<MatchAll<'a>> {
     match (parent.is_empty(), child.is_empty()) {
         (true, _) => child.to_vec(),
@@ -282,8 +290,9 @@ fn own_routes<'a>(t: &'a Resource<RouteTableSpec>) -> Vec<(FlatRoute<'a>, Option
     out
 }
 
-/// Expand `root`'s routes. Errors (cycles, selectors that match no table) are
-/// returned alongside whatever could be flattened.
+/// Expand `root`'s routes. Errors (cycles, selectors that match no table,
+/// expansions past [`MAX_FLAT_ROUTES`] or [`MAX_ROUTE_MATCHERS`]) are returned
+/// alongside whatever could be flattened.
 pub fn flatten<'a>(
     cfg: &'a Config,
     root: &'a Resource<RouteTableSpec>,
@@ -291,6 +300,11 @@ pub fn flatten<'a>(
     let mut errors = Vec::new();
     let mut out = Vec::new();
     let mut stack = vec![(root.namespace().to_string(), root.name().to_string())];
+    let mut budget = Budget {
+        root,
+        routes: 0,
+        exceeded: false,
+    };
     expand(
         cfg,
         root,
@@ -299,10 +313,38 @@ pub fn flatten<'a>(
         &mut stack,
         &mut out,
         &mut errors,
+        &mut budget,
     );
     (out, errors)
 }
 
+/// How much one root table's expansion may still grow.
+struct Budget<'a> {
+    root: &'a Resource<RouteTableSpec>,
+    routes: usize,
+    /// Already reported: stop expanding.
+    exceeded: bool,
+}
+
+impl Budget<'_> {
+    fn exceed(&mut self, errors: &mut Vec<FlattenError>, at: &FlatRoute<'_>, what: String) {
+        if !self.exceeded {
+            errors.push(FlattenError {
+                origin: self.root.origin.clone(),
+                line: self.root.origin.line,
+                message: format!(
+                    "delegation from this table expands to {what} (at route `{}` of {} {}/{}): \
+                     repeated or chained delegation multiplies routes and matchers; delegate each \
+                     table once, or use fewer matchers per level",
+                    at.name, at.origin.kind, at.origin.namespace, at.origin.name
+                ),
+            });
+        }
+        self.exceeded = true;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn expand<'a>(
     cfg: &'a Config,
     table: &'a Resource<RouteTableSpec>,
@@ -311,13 +353,35 @@ fn expand<'a>(
     stack: &mut Vec<(String, String)>,
     out: &mut Vec<FlatRoute<'a>>,
     errors: &mut Vec<FlattenError>,
+    budget: &mut Budget<'a>,
 ) {
     for (mut route, delegate) in own_routes(table) {
+        if budget.exceeded {
+            return;
+        }
+        let n = parent_match.len().max(1) * route.matchers.len().max(1);
+        if n > MAX_ROUTE_MATCHERS {
+            budget.exceed(
+                errors,
+                &route,
+                format!("{n} matchers in one route, more than {MAX_ROUTE_MATCHERS}"),
+            );
+            return;
+        }
         route.matchers = combine(parent_match, &route.matchers);
         let mut labels = parent_labels.clone();
         labels.extend(route.labels.clone());
         route.labels = labels;
         let Some(d) = delegate else {
+            budget.routes += 1;
+            if budget.routes > MAX_FLAT_ROUTES {
+                budget.exceed(
+                    errors,
+                    &route,
+                    format!("more than {MAX_FLAT_ROUTES} routes"),
+                );
+                return;
+            }
             out.push(route);
             continue;
         };
@@ -383,6 +447,7 @@ fn expand<'a>(
                 stack,
                 &mut child_routes,
                 errors,
+                budget,
             );
             stack.pop();
         }

@@ -8,7 +8,44 @@ use std::{
 };
 
 use super::{Config, diag::Diags, model::*};
-use crate::plan::{Locality, Origin, Proto};
+use crate::plan::{Locality, Origin, Proto, VipRanges};
+
+/// Why `ip` cannot be an endpoint, if it cannot: the kernel would send the
+/// cgroup's connections to the client's own host (loopback), to whatever
+/// answers on its link (link-local), nowhere (unspecified, multicast), or in
+/// a circle (a VIP). Pure.
+pub fn endpoint_address_problem(ip: IpAddr, vips: &VipRanges) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Some("a loopback address (the client's own host)")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                Some("not a unicast address")
+            } else if vips.v4.contains(&v4) {
+                Some("inside the IPv4 VIP range")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                Some("a loopback address (the client's own host)")
+            } else if v6.is_unicast_link_local() {
+                Some("a link-local address")
+            } else if v6.is_unspecified() || v6.is_multicast() {
+                Some("not a unicast address")
+            } else if v6.to_ipv4_mapped().is_some() {
+                Some("an IPv4-mapped address (write the IPv4 address in an IPv4 slice)")
+            } else if vips.v6.contains(&v6) {
+                Some("inside the IPv6 VIP range")
+            } else {
+                None
+            }
+        }
+    }
+}
 
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
@@ -281,7 +318,7 @@ impl Inventory {
     }
 
     /// Build from Services and EndpointSlices, reporting malformed ones.
-    pub fn build(cfg: &Config, diags: &mut Diags) -> Inventory {
+    pub fn build(cfg: &Config, vips: &VipRanges, diags: &mut Diags) -> Inventory {
         let mut inv = Inventory::default();
         for svc in &cfg.services {
             let o = &svc.origin;
@@ -478,6 +515,19 @@ impl Inventory {
                             continue;
                         }
                     };
+                    if let Some(why) = endpoint_address_problem(ip, vips) {
+                        diags.push(
+                            &o.file,
+                            line,
+                            res.clone(),
+                            format!(
+                                "endpoint address {ip} is {why}: the router would send \
+                                 connections there; endpoints must be unicast addresses of pods \
+                                 or hosts"
+                            ),
+                        );
+                        continue;
+                    }
                     if ip.is_ipv6() != v6 {
                         diags.push(
                             &o.file,

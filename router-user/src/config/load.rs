@@ -64,30 +64,167 @@ fn content_line(doc: &RawDoc<'_>) -> u64 {
     doc.first_line
 }
 
-/// Files under `path`, sorted.
-pub fn config_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let md = std::fs::metadata(path)?;
-    if md.is_file() {
+/// Limits on what the config path may hold (a file the daemon reads is
+/// memory it spends).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_TOTAL_BYTES: u64 = 512 << 20;
+pub const MAX_FILES: usize = 100_000;
+
+/// How much the daemon trusts the config path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Refuse files and directories that someone other than root (or this
+    /// process's user) owns or could write: whoever can write the config
+    /// decides where every connection of the cgroup goes.
+    pub trusted_only: bool,
+}
+
+/// Why `md` (of `p`) is not to be trusted, if it is not: not owned by root
+/// or this user, or writable by group or others. Pure.
+pub fn untrusted(md_uid: u32, md_mode: u32, me: u32) -> Option<String> {
+    if md_uid != 0 && md_uid != me {
+        return Some(format!("it is owned by uid {md_uid}, not root"));
+    }
+    if md_mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by {} (mode {:o})",
+            if md_mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            md_mode & 0o7777
+        ));
+    }
+    None
+}
+
+fn check_trust(p: &Path, opts: LoadOptions) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !opts.trusted_only {
+        return Ok(());
+    }
+    let md = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match untrusted(md.uid(), md.mode(), me) {
+        Some(why) => Err(format!(
+            "refusing {}: {why}. Whoever can write the config decides where every connection \
+             of the cgroup goes: `chown root` it and `chmod go-w` it, or pass \
+             --allow-untrusted-config to accept it anyway",
+            p.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Files under `path`, sorted. Only regular files are config (a FIFO or a
+/// device named `*.yaml` is an error, never opened); with `trusted_only`
+/// every file and directory must pass [`untrusted`].
+pub fn config_files(path: &Path, opts: LoadOptions) -> Result<Vec<PathBuf>, String> {
+    let io = |e: std::io::Error| {
+        format!(
+            "cannot read config {}: {e}. Expected a YAML file or a directory of *.yaml files",
+            path.display()
+        )
+    };
+    let md = std::fs::metadata(path).map_err(io)?;
+    if !md.is_dir() {
+        if !md.is_file() {
+            return Err(format!(
+                "{} is not a regular file or a directory",
+                path.display()
+            ));
+        }
+        // The directory holding it could swap it for another.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            check_sticky_parent(parent, opts)?;
+        }
+        check_trust(path, opts)?;
         return Ok(vec![path.to_path_buf()]);
     }
+    check_trust(path, opts)?;
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir)? {
-            let p = e?.path();
+        for e in std::fs::read_dir(&dir).map_err(io)? {
+            let p = e.map_err(io)?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.starts_with('.') {
                 continue; // editor swap files, hidden dirs
             }
-            if p.is_dir() {
+            let md = std::fs::metadata(&p).map_err(io)?;
+            if md.is_dir() {
+                check_trust(&p, opts)?;
                 stack.push(p);
             } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                if !md.is_file() {
+                    return Err(format!(
+                        "{} is not a regular file (a FIFO, socket or device?); it is not read",
+                        p.display()
+                    ));
+                }
+                check_trust(&p, opts)?;
                 out.push(p);
+                if out.len() > MAX_FILES {
+                    return Err(format!(
+                        "{} holds more than {MAX_FILES} config files",
+                        path.display()
+                    ));
+                }
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// A single config file's directory: others may write into it only if it
+/// is sticky (they then cannot replace root's file), like /tmp.
+fn check_sticky_parent(dir: &Path, opts: LoadOptions) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !opts.trusted_only {
+        return Ok(());
+    }
+    let md = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if md.mode() & 0o1000 != 0 {
+        return Ok(());
+    }
+    check_trust(dir, opts)
+}
+
+/// Read one config file: opened without blocking (a FIFO swapped in after
+/// the listing cannot hang the daemon), checked to be a regular file, and
+/// read up to [`MAX_FILE_BYTES`].
+fn read_config_file(p: &Path) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let md = f.metadata().map_err(|e| format!("cannot read file: {e}"))?;
+    if !md.is_file() {
+        return Err("not a regular file; it is not read".into());
+    }
+    if md.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes: more than the {} MiB a config file may have",
+            md.len(),
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "more than the {} MiB a config file may have",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(text)
 }
 
 fn saphyr_error(
@@ -405,17 +542,15 @@ fn load_text_cached(
 }
 
 /// Load every file under `path`. Errors are collected, not returned early.
-pub fn load_path(path: &Path, cfg: &mut Config, diags: &mut Diags) {
+pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Config, diags: &mut Diags) {
     let shown = path.display().to_string();
-    let files =
-        match config_files(path) {
-            Ok(f) => f,
-            Err(e) => {
-                diags.push(&shown, 0, None, format!(
-                "cannot read config: {e}. Expected a YAML file or a directory of *.yaml files"));
-                return;
-            }
-        };
+    let files = match config_files(path, opts) {
+        Ok(f) => f,
+        Err(e) => {
+            diags.push(&shown, 0, None, e);
+            return;
+        }
+    };
     if files.is_empty() {
         diags.push(
             &shown,
@@ -427,14 +562,28 @@ pub fn load_path(path: &Path, cfg: &mut Config, diags: &mut Diags) {
     }
     let mut old = CACHE.lock().unwrap().take().unwrap_or_default();
     let mut new = Cache::new();
+    let mut total = 0u64;
     for f in files {
         let name = f.display().to_string();
-        match std::fs::read_to_string(&f) {
+        match read_config_file(&f) {
             Ok(text) => {
+                total += text.len() as u64;
+                if total > MAX_TOTAL_BYTES {
+                    diags.push(
+                        &name,
+                        0,
+                        None,
+                        format!(
+                            "the config adds up to more than {} MiB; split it, or trim it",
+                            MAX_TOTAL_BYTES >> 20
+                        ),
+                    );
+                    break;
+                }
                 cfg.files.push(name.clone());
                 load_text_cached(&name, &text, cfg, diags, &mut old, &mut new);
             }
-            Err(e) => diags.push(&name, 0, None, format!("cannot read file: {e}")),
+            Err(e) => diags.push(&name, 0, None, e),
         }
     }
     *CACHE.lock().unwrap() = Some(new);
@@ -443,6 +592,19 @@ pub fn load_path(path: &Path, cfg: &mut Config, diags: &mut Diags) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_root_owned_files_nobody_else_can_write_are_trusted() {
+        assert_eq!(untrusted(0, 0o100644, 0), None);
+        assert_eq!(
+            untrusted(1000, 0o100644, 1000),
+            None,
+            "the daemon's own user"
+        );
+        assert!(untrusted(1000, 0o100644, 0).unwrap().contains("uid 1000"));
+        assert!(untrusted(0, 0o100664, 0).unwrap().contains("its group"));
+        assert!(untrusted(0, 0o040777, 0).unwrap().contains("everyone"));
+    }
 
     #[test]
     fn splits_documents_and_tracks_lines() {
@@ -469,7 +631,7 @@ mod tests {
         let load = |text: &str| {
             std::fs::write(&file, text).unwrap();
             let (mut cfg, mut diags) = (Config::default(), Diags::default());
-            load_path(&dir, &mut cfg, &mut diags);
+            load_path(&dir, LoadOptions::default(), &mut cfg, &mut diags);
             let hosts: Vec<String> = cfg
                 .virtual_destinations
                 .iter()

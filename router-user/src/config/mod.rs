@@ -170,9 +170,18 @@ impl Config {
 
 /// Load and validate everything under `path`.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Validated, ConfigError> {
+    load_with(path, overrides, load::LoadOptions::default())
+}
+
+/// [`load`], with the daemon's trust policy for the files.
+pub fn load_with(
+    path: &Path,
+    overrides: &Overrides,
+    opts: load::LoadOptions,
+) -> Result<Validated, ConfigError> {
     let mut cfg = Config::default();
     let mut diags = diag::Diags::default();
-    load::load_path(path, &mut cfg, &mut diags);
+    load::load_path(path, opts, &mut cfg, &mut diags);
     finish(cfg, overrides, diags)
 }
 
@@ -208,7 +217,7 @@ fn finish(
         );
     }
     let settings = settings(&cfg, overrides, &mut diags);
-    let inventory = inventory::Inventory::build(&cfg, &mut diags);
+    let inventory = inventory::Inventory::build(&cfg, &settings.vip_ranges, &mut diags);
     let notices = validate::validate(&cfg, &inventory, &settings, &mut diags);
     diags.into_result(Validated {
         config: cfg,
@@ -268,7 +277,15 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     let ranges = rc.vip_ranges.clone().unwrap_or_default();
     if let Some(v4) = o.vip_v4.clone().or(ranges.ipv4) {
         match v4.parse::<ipnet::Ipv4Net>() {
-            Ok(n) if (8..=30).contains(&n.prefix_len()) => s.vip_ranges.v4 = n.trunc(),
+            Ok(n) if (8..=30).contains(&n.prefix_len()) => match vip_range_problem(n.trunc().into()) {
+                Some(why) => diags.push(
+                    &file,
+                    line,
+                    res.clone(),
+                    format!("IPv4 VIP range {n} overlaps {why}: choose a range no real address is in, like 240.240.0.0/16"),
+                ),
+                None => s.vip_ranges.v4 = n.trunc(),
+            },
             Ok(n) => diags.push(
                 &file,
                 line,
@@ -288,7 +305,15 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     }
     if let Some(v6) = o.vip_v6.clone().or(ranges.ipv6) {
         match v6.parse::<ipnet::Ipv6Net>() {
-            Ok(n) if (16..=120).contains(&n.prefix_len()) => s.vip_ranges.v6 = n.trunc(),
+            Ok(n) if (16..=120).contains(&n.prefix_len()) => match vip_range_problem(n.trunc().into()) {
+                Some(why) => diags.push(
+                    &file,
+                    line,
+                    res.clone(),
+                    format!("IPv6 VIP range {n} overlaps {why}: choose a range no real address is in, like 2001:2::/48"),
+                ),
+                None => s.vip_ranges.v6 = n.trunc(),
+            },
             Ok(n) => diags.push(
                 &file,
                 line,
@@ -330,6 +355,34 @@ fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
         diags.push(&file, line, res.clone(), msg)
     });
     s
+}
+
+/// What a VIP range must not overlap (connections into it are rewritten or
+/// refused by the kernel): loopback, link-local, unspecified, multicast,
+/// IPv4-mapped. Pure.
+pub fn vip_range_problem(net: ipnet::IpNet) -> Option<&'static str> {
+    const V4: [(&str, &str); 5] = [
+        ("0.0.0.0/8", "the unspecified/this-network range"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local addresses"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+    ];
+    const V6: [(&str, &str); 5] = [
+        ("::/128", "the unspecified address"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local addresses"),
+        ("ff00::/8", "multicast"),
+        ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    ];
+    let table: &[(&str, &str)] = match net {
+        ipnet::IpNet::V4(_) => &V4,
+        ipnet::IpNet::V6(_) => &V6,
+    };
+    table.iter().find_map(|(r, why)| {
+        let r: ipnet::IpNet = r.parse().expect("a valid range");
+        (r.contains(&net.network()) || net.contains(&r.network())).then_some(*why)
+    })
 }
 
 fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {

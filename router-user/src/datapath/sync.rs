@@ -363,7 +363,14 @@ fn check_capacity(
             .keys()
             .filter(|a| !backends.contains(a))
             .count();
-    if union_backends >= max_backends as usize {
+    let new_backends = backends
+        .iter()
+        .filter(|a| !mirror.backends.contains_key(a))
+        .count();
+    // A plan that needs no new entry always fits (writing the last good
+    // plan back after a failure must not be refused by whatever filled the
+    // map).
+    if new_backends > 0 && union_backends >= max_backends as usize {
         bail!(
             "the plan needs {} backends (old and new ones coexist while it is applied) but the \
              backend maps hold {}: reduce the number of endpoints, or re-create the datapath \
@@ -375,7 +382,11 @@ fn check_capacity(
     }
     let keys: BTreeSet<SvcKey> = plan.services.iter().map(svc_key).collect();
     let union_services = keys.len() + mirror.services.keys().filter(|k| !keys.contains(k)).count();
-    if union_services >= max_services as usize {
+    let new_services = keys
+        .iter()
+        .filter(|k| !mirror.services.contains_key(k))
+        .count();
+    if new_services > 0 && union_services >= max_services as usize {
         bail!(
             "the plan needs {} services (old and new coexist while it is applied) but the \
              service maps hold {}: reduce the number of virtual hosts or ports, or re-create \

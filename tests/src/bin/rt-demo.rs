@@ -17,15 +17,20 @@ struct Args {
     config: PathBuf,
 }
 
+/// Copy the example config to a directory of root's that only root can
+/// write (routerd refuses config others could write).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let dest = to.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &dest)?;
         } else {
-            std::fs::copy(e.path(), dest)?;
+            std::fs::copy(e.path(), &dest)?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
         }
     }
     Ok(())
@@ -215,6 +220,7 @@ fn set_app_b_ready(config: &std::path::Path, ready: bool) -> Result<()> {
     }
     let tmp = f.with_extension("yaml.tmp~");
     std::fs::write(&tmp, new)?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     std::fs::rename(tmp, f)?;
     Ok(())
 }

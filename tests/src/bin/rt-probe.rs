@@ -1079,7 +1079,23 @@ async fn uploads(
     out
 }
 
+/// Raise this process's soft RLIMIT_NOFILE to the hard limit.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 async fn hold(addr: SocketAddr, conns: usize, hold_secs: u64) -> usize {
+    raise_nofile();
     let mut held = Vec::new();
     for _ in 0..conns {
         match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
