@@ -8,19 +8,49 @@
 //! - Sizes and offsets are asserted at compile time below; changing a layout
 //!   means bumping [`ABI_VERSION`] (the bpffs directory and the map names carry
 //!   it), because aya reuses a pinned map without checking its layout.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "build")), no_std)]
+
+#[cfg(feature = "build")]
+pub mod inputs;
+
+/// The layout version, written once: bump this literal whenever any struct
+/// below changes (aya reuses a pinned map without checking its layout, so
+/// the version is in the pin directory and in every map name). Everything
+/// else (the constants below, and the kernel object's map names, generated
+/// by router-ebpf's build script from these constants) follows.
+macro_rules! layout {
+    () => {
+        "2"
+    };
+}
+
+/// `ROUTER_<base>_V<layout>`.
+macro_rules! map_name {
+    ($base:literal) => {
+        concat!("ROUTER_", $base, "_V", layout!())
+    };
+}
+
+const fn parse_u32(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0u32;
+    while i < b.len() {
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
 
 /// Version of the map layouts. Part of every map name and of the pin directory
-/// (`<bpffs>/<root>/v2/`). Bump it whenever any struct below changes.
-pub const ABI_VERSION: u32 = 2;
+/// (`<bpffs>/<root>/v2/`).
+pub const ABI_VERSION: u32 = parse_u32(layout!());
 
 /// Directory under the pin root that holds this layout's maps and links.
-pub const PIN_SUBDIR: &str = "v2";
-
-/// Directories of older layouts that a new daemon removes once its own
-/// programs are attached (their programs would otherwise keep rewriting
-/// VIPs with a stale plan ahead of the new ones).
-pub const OLD_PIN_SUBDIRS: [&str; 1] = ["v1"];
+/// Directories of older layouts (`v1` ... `v<ABI_VERSION - 1>`) are removed
+/// by a new daemon once its own programs serve (their programs would
+/// otherwise keep rewriting VIPs with a stale plan ahead of the new ones).
+pub const PIN_SUBDIR: &str = concat!("v", layout!());
 
 // ---------------------------------------------------------------------------
 // Map names. The kernel limits object names to 15 bytes; these are also the
@@ -28,44 +58,64 @@ pub const OLD_PIN_SUBDIRS: [&str; 1] = ["v1"];
 // ---------------------------------------------------------------------------
 
 /// `SvcKey -> SvcHeader`: one entry per (VIP, port, protocol).
-pub const MAP_SERVICES: &str = "ROUTER_SVC_V2";
+pub const MAP_SERVICES: &str = map_name!("SVC");
 /// `SlotKey -> u32 backend id`: the precomputed slot tables.
-pub const MAP_SLOTS: &str = "ROUTER_SLOT_V2";
+pub const MAP_SLOTS: &str = map_name!("SLOT");
 /// `u32 backend id -> Backend`.
-pub const MAP_BACKENDS: &str = "ROUTER_BE_V2";
-/// Array of one `Config`.
-pub const MAP_CONFIG: &str = "ROUTER_CFG_V2";
+pub const MAP_BACKENDS: &str = map_name!("BE");
+/// Array of one `GlobalConfig`.
+pub const MAP_CONFIG: &str = map_name!("CFG");
 /// `u64 netns cookie -> Listeners`: the daemon's DNS and L7 proxy listeners
 /// in each network namespace it serves. DNS is captured and L7 VIPs are
 /// handed to the proxy only for sockets of those namespaces.
-pub const MAP_LISTENERS: &str = "ROUTER_LSN_V2";
+pub const MAP_LISTENERS: &str = map_name!("LSN");
 /// Socket-local storage: `RevNat` for connected sockets (TCP, connected UDP).
-pub const MAP_SOCK_REVNAT: &str = "ROUTER_SOCK_V2";
+pub const MAP_SOCK_REVNAT: &str = map_name!("SOCK");
 /// LRU `UdpRevKey -> UdpRevValue` for unconnected UDP (`sendmsg`), and for
 /// DNS queries captured on connected UDP sockets (so the daemon can find a
 /// query's original resolver from the socket cookie).
-pub const MAP_UDP_REVNAT: &str = "ROUTER_UDPRN_V2";
+pub const MAP_UDP_REVNAT: &str = map_name!("UDPRN");
 /// LRU `OrigKey -> OrigDst`: for TCP connections handed to one of the
 /// daemon's listeners (the L7 proxy, DNS over TCP), what the client dialled,
 /// keyed by the client's own address as the listener sees it. Written by the
 /// `orig_dst` (sock_ops) program when the connection starts; read (and deleted) by the
 /// daemon when it accepts it.
-pub const MAP_ORIG_DST: &str = "ROUTER_ODST_V2";
+pub const MAP_ORIG_DST: &str = map_name!("ODST");
 /// Per-CPU array indexed by service id: `SvcStats`.
-pub const MAP_SVC_STATS: &str = "ROUTER_SSTAT_V2";
+pub const MAP_SVC_STATS: &str = map_name!("SSTAT");
 /// Per-CPU array indexed by backend id: `BackendStats`.
-pub const MAP_BACKEND_STATS: &str = "ROUTER_BSTAT_V2";
+pub const MAP_BACKEND_STATS: &str = map_name!("BSTAT");
 /// Per-CPU array of one `GlobalStats`.
-pub const MAP_GLOBAL_STATS: &str = "ROUTER_GSTAT_V2";
+pub const MAP_GLOBAL_STATS: &str = map_name!("GSTAT");
 /// Array of one `Meta`: written and read by the daemon only.
-pub const MAP_META: &str = "ROUTER_META_V2";
+pub const MAP_META: &str = map_name!("META");
 /// Array of one u64: CLOCK_MONOTONIC nanoseconds until which the daemon
 /// counts as alive (its heartbeat). The daemon pushes it forward every
 /// second from a thread of its own; when it stops (or is killed), within
 /// seconds DNS is no longer captured (queries go to the resolver the process
 /// asked, as if routerd were not there) and L7 VIPs are refused with
 /// [`ERRNO_DAEMON_DOWN`] instead of being handed to a port nobody serves.
-pub const MAP_ALIVE: &str = "ROUTER_ALIVE_V2";
+pub const MAP_ALIVE: &str = map_name!("ALIVE");
+
+/// The kernel object's maps: `(key the eBPF sources name it by, map name)`.
+/// router-ebpf's build script turns this table into the `router_map!`
+/// macro that puts each name on its map definition, so the names exist
+/// here only.
+pub const KERNEL_MAPS: [(&str, &str); 13] = [
+    ("services", MAP_SERVICES),
+    ("slots", MAP_SLOTS),
+    ("backends", MAP_BACKENDS),
+    ("config", MAP_CONFIG),
+    ("listeners", MAP_LISTENERS),
+    ("sock_revnat", MAP_SOCK_REVNAT),
+    ("udp_revnat", MAP_UDP_REVNAT),
+    ("orig_dst", MAP_ORIG_DST),
+    ("svc_stats", MAP_SVC_STATS),
+    ("backend_stats", MAP_BACKEND_STATS),
+    ("global_stats", MAP_GLOBAL_STATS),
+    ("meta", MAP_META),
+    ("alive", MAP_ALIVE),
+];
 
 /// Every map the daemon pins, in the order it creates them.
 pub const PINNED_MAPS: [&str; 13] = [
@@ -261,7 +311,7 @@ pub struct Backend {
 /// The one entry of [`MAP_CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Config {
+pub struct GlobalConfig {
     /// `CFG_*` bits. 0 (never written): the programs pass everything untouched.
     pub flags: u32,
     /// IPv4 VIP range: network and mask, network byte order.
@@ -465,7 +515,7 @@ assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
 assert_layout!(Backend, 24);
-assert_layout!(Config, 48);
+assert_layout!(GlobalConfig, 48);
 assert_layout!(Listeners, 48);
 assert_layout!(RevNat, 40);
 assert_layout!(UdpRevKey, 32);
@@ -479,7 +529,7 @@ assert_layout!(Meta, 256);
 const _: () = assert!(core::mem::offset_of!(SvcKey, port) == 16);
 const _: () = assert!(core::mem::offset_of!(SvcKey, family) == 19);
 const _: () = assert!(core::mem::offset_of!(Backend, cluster_id) == 20);
-const _: () = assert!(core::mem::offset_of!(Config, v6_net) == 16);
+const _: () = assert!(core::mem::offset_of!(GlobalConfig, v6_net) == 16);
 const _: () = assert!(core::mem::offset_of!(Listeners, dns_port) == 28);
 const _: () = assert!(core::mem::offset_of!(Listeners, proxy6) == 32);
 const _: () = assert!(core::mem::offset_of!(RevNat, vip_port) == 32);
@@ -497,7 +547,7 @@ mod pod {
     unsafe impl aya::Pod for SvcHeader {}
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for GlobalConfig {}
     unsafe impl aya::Pod for Listeners {}
     unsafe impl aya::Pod for OrigKey {}
     unsafe impl aya::Pod for OrigDst {}
@@ -512,7 +562,7 @@ mod pod {
 
 /// IPv4 and IPv6 helpers shared by both sides (pure, no allocation).
 pub mod addr {
-    use super::{Config, V4_MAPPED_WORD};
+    use super::{GlobalConfig, V4_MAPPED_WORD};
 
     /// True for an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), what a
     /// dual-stack socket (Java's default) dials for an IPv4 destination.
@@ -529,13 +579,13 @@ pub mod addr {
 
     /// True when `ip` (network byte order) is inside the configured IPv4 range.
     #[inline(always)]
-    pub fn in_v4_range(cfg: &Config, ip: u32) -> bool {
+    pub fn in_v4_range(cfg: &GlobalConfig, ip: u32) -> bool {
         ip & cfg.v4_mask == cfg.v4_net
     }
 
     /// True when `ip` (network byte order words) is inside the IPv6 range.
     #[inline(always)]
-    pub fn in_v6_range(cfg: &Config, ip: &[u32; 4]) -> bool {
+    pub fn in_v6_range(cfg: &GlobalConfig, ip: &[u32; 4]) -> bool {
         ip[0] & cfg.v6_mask[0] == cfg.v6_net[0]
             && ip[1] & cfg.v6_mask[1] == cfg.v6_net[1]
             && ip[2] & cfg.v6_mask[2] == cfg.v6_net[2]
@@ -546,6 +596,17 @@ pub mod addr {
 #[cfg(test)]
 mod tests {
     use super::addr::*;
+
+    #[test]
+    fn names_follow_the_one_layout_version() {
+        let v = super::ABI_VERSION;
+        assert!(v >= 2);
+        assert_eq!(super::PIN_SUBDIR, format!("v{v}"));
+        for (_, name) in super::KERNEL_MAPS {
+            assert!(name.ends_with(&format!("_V{v}")), "{name}");
+            assert!(name.len() <= 15, "{name}: the kernel keeps 15 bytes");
+        }
+    }
 
     #[test]
     fn v4_mapped_addresses_round_trip() {

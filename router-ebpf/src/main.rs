@@ -46,13 +46,13 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval, bpf_sk_storage_get,
     },
-    macros::{btf_map, cgroup_sock_addr, sock_ops},
+    macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
 };
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, DNS_PORT,
-    ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalStats,
-    LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
+    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, DNS_PORT,
+    ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalConfig,
+    GlobalStats, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
     MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, OrigDst, OrigKey, PROTO_UDP,
     REV_F_DAEMON, RevNat, SVC_F_PROXY, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey,
     UdpRevValue, addr,
@@ -60,38 +60,62 @@ use router_common::{
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "ROUTER_SVC_V2")]
-static SERVICES: HashMap<SvcKey, SvcHeader, { MAX_SERVICES as usize }, NO_PREALLOC> =
-    HashMap::new();
-#[btf_map(name = "ROUTER_SLOT_V2")]
-static SLOTS: HashMap<SlotKey, u32, { MAX_SLOT_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
-#[btf_map(name = "ROUTER_BE_V2")]
-static BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }, NO_PREALLOC> = HashMap::new();
-#[btf_map(name = "ROUTER_CFG_V2")]
-static CONFIG: Array<Config, 1> = Array::new();
-#[btf_map(name = "ROUTER_LSN_V2")]
-static LISTENERS: HashMap<u64, Listeners, { MAX_LISTENER_NETNS as usize }, NO_PREALLOC> =
-    HashMap::new();
-#[btf_map(name = "ROUTER_SOCK_V2")]
-static SOCK_REVNAT: SkStorage<RevNat> = SkStorage::new();
-#[btf_map(name = "ROUTER_UDPRN_V2")]
-static UDP_REVNAT: LruHashMap<UdpRevKey, UdpRevValue, { MAX_UDP_REVNAT as usize }> =
-    LruHashMap::new();
-#[btf_map(name = "ROUTER_ODST_V2")]
-static ORIG_DST: LruHashMap<OrigKey, OrigDst, { MAX_ORIG_DST as usize }> = LruHashMap::new();
-#[btf_map(name = "ROUTER_SSTAT_V2")]
-static SVC_STATS: PerCpuArray<SvcStats, { MAX_SERVICES as usize }> = PerCpuArray::new();
-#[btf_map(name = "ROUTER_BSTAT_V2")]
-static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
-#[btf_map(name = "ROUTER_GSTAT_V2")]
-static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
-/// Until when (monotonic ns) the daemon counts as alive.
-#[btf_map(name = "ROUTER_ALIVE_V2")]
-static ALIVE: Array<u64, 1> = Array::new();
-/// Daemon-only bookkeeping (never read here); declared in the object so that it
-/// is created and pinned with the other maps.
-#[btf_map(name = "ROUTER_META_V2")]
-static META: Array<Meta, 1> = Array::new();
+// `router_map!`: the map names, from router-common (see build.rs).
+include!(concat!(env!("OUT_DIR"), "/maps.rs"));
+
+router_map!(
+    services,
+    static SERVICES: HashMap<SvcKey, SvcHeader, { MAX_SERVICES as usize }, NO_PREALLOC> =
+        HashMap::new();
+);
+router_map!(
+    slots,
+    static SLOTS: HashMap<SlotKey, u32, { MAX_SLOT_ENTRIES as usize }, NO_PREALLOC> =
+        HashMap::new();
+);
+router_map!(
+    backends,
+    static BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }, NO_PREALLOC> = HashMap::new();
+);
+router_map!(
+    config,
+    static CONFIG: Array<GlobalConfig, 1> = Array::new();
+);
+router_map!(
+    listeners,
+    static LISTENERS: HashMap<u64, Listeners, { MAX_LISTENER_NETNS as usize }, NO_PREALLOC> =
+        HashMap::new();
+);
+router_map!(
+    sock_revnat,
+    static SOCK_REVNAT: SkStorage<RevNat> = SkStorage::new();
+);
+router_map!(
+    udp_revnat,
+    static UDP_REVNAT: LruHashMap<UdpRevKey, UdpRevValue, { MAX_UDP_REVNAT as usize }> =
+        LruHashMap::new();
+);
+router_map!(
+    orig_dst,
+    static ORIG_DST: LruHashMap<OrigKey, OrigDst, { MAX_ORIG_DST as usize }> = LruHashMap::new();
+);
+router_map!(
+    svc_stats,
+    static SVC_STATS: PerCpuArray<SvcStats, { MAX_SERVICES as usize }> = PerCpuArray::new();
+);
+router_map!(
+    backend_stats,
+    static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+);
+router_map!(
+    global_stats,
+    static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
+);
+// Until when (monotonic ns) the daemon counts as alive.
+router_map!(alive, static ALIVE: Array<u64, 1> = Array::new(););
+// Daemon-only bookkeeping (never read here); declared in the object so that it
+// is created and pinned with the other maps.
+router_map!(meta, static META: Array<Meta, 1> = Array::new(););
 
 /// Return values of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -223,7 +247,7 @@ fn miss(ctx: &SockAddrContext, key: &SvcKey) -> Verdict {
 /// none, the daemon is down, the query is already going there, or it comes
 /// from the daemon itself (its sockets carry `cfg.mark`).
 #[inline(always)]
-fn dns_listener(ctx: &SockAddrContext, cfg: &Config, key: &SvcKey) -> Option<Target> {
+fn dns_listener(ctx: &SockAddrContext, cfg: &GlobalConfig, key: &SvcKey) -> Option<Target> {
     if cfg.mark != 0 {
         // SAFETY: ctx->sk is a valid bpf_sock for sock_addr programs; 4-byte load.
         let mark =

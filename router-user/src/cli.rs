@@ -1,4 +1,6 @@
-//! The `routerd` command line.
+//! The `routerd` command line: parse the arguments, call the library, map
+//! the outcome to an exit code. Rendering lives in [`crate::report`],
+//! [`crate::inspect`] and [`crate::explain`].
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
@@ -8,7 +10,7 @@ use crate::{
     config::Overrides,
     daemon::{self, RunOptions},
     datapath::{self, Pins, sys},
-    explain, inspect,
+    explain, inspect, report,
 };
 
 #[derive(Parser)]
@@ -161,61 +163,10 @@ fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Ok(plan) => {
-            let elapsed = t.elapsed();
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "config OK: {} virtual hosts, {} services, {} backends (compiled in {:.1} ms)",
-                plan.hosts.len(),
-                plan.services.len(),
-                plan.backends.len(),
-                elapsed.as_secs_f64() * 1e3
-            );
-            println!(
-                "node: cluster {:?}, locality {}",
-                plan.node.cluster, plan.node.locality
-            );
-            for h in &plan.hosts {
-                let ports: Vec<String> = h.ports.iter().map(|p| p.to_string()).collect();
-                println!(
-                    "  {:<36} {:<16} {:<26} ports {}",
-                    h.name,
-                    h.vip4,
-                    h.vip6.to_string(),
-                    if ports.is_empty() {
-                        "none".into()
-                    } else {
-                        ports.join(",")
-                    }
-                );
-            }
-            for l in &plan.l7 {
-                println!(
-                    "  L7 proxy: {}:{} ({} routes)",
-                    l.host,
-                    l.port,
-                    l.routes.len()
-                );
-            }
-            for g in &plan.gateways {
-                let tables: Vec<&str> = g.hosts.iter().map(|h| h.table.as_str()).collect();
-                println!(
-                    "  gateway {} listener :{} ({}{}): {}",
-                    g.gateway,
-                    g.port,
-                    if g.http { "http" } else { "tcp" },
-                    if g.tls.is_some() { ", tls" } else { "" },
-                    if tables.is_empty() {
-                        "no route tables bound".to_string()
-                    } else {
-                        tables.join(", ")
-                    }
-                );
-            }
-            for n in &plan.notices {
-                println!("note: {n}");
+            } else {
+                print!("{}", report::check(&plan, t.elapsed()));
             }
             Ok(ExitCode::SUCCESS)
         }

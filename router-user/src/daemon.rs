@@ -36,6 +36,7 @@ use crate::{
     netns::Sockets,
     plan::Plan,
     proxy::{Proxy, ProxyOptions},
+    state::{self, pid_file, state_dir_ready, write_state},
 };
 
 #[derive(Clone, Debug)]
@@ -54,14 +55,6 @@ pub struct RunOptions {
     /// Accept config files and directories that users other than root could
     /// write (`--allow-untrusted-config`).
     pub allow_untrusted_config: bool,
-}
-
-/// Files the daemon keeps in its state directory.
-pub fn plan_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("plan.json")
-}
-pub fn pid_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("routerd.pid")
 }
 
 /// Load, validate and compile; the error text is what an operator reads.
@@ -88,39 +81,6 @@ fn load_and_compile_with(
     let v = config::load_with(path, overrides, opts).map_err(|e| e.to_string())?;
     let plan = compile::compile(&v, health).map_err(|e| e.to_string())?;
     Ok((Arc::new(v), plan))
-}
-
-/// The state directory, root only (the plan names every endpoint).
-fn state_dir_ready(state_dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {} to root", state_dir.display()))
-}
-
-/// Record the applied plan for `inspect` and for a restart with a bad
-/// config. Best effort: a full disk must not stop the daemon from applying
-/// plans (the maps are what serves).
-fn write_state(state_dir: &Path, plan: &Plan) {
-    let write = || -> Result<()> {
-        state_dir_ready(state_dir)?;
-        let tmp = state_dir.join("plan.json.tmp");
-        let bytes = serde_json::to_vec_pretty(plan)?;
-        if let Err(e) = std::fs::write(&tmp, bytes) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        std::fs::rename(&tmp, plan_file(state_dir))?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        tracing::warn!(
-            "could not record the applied plan in {}: {e:#}; the plan is applied and serving, \
-             but `routerd inspect` shows the previous one (free space there)",
-            plan_file(state_dir).display()
-        );
-    }
 }
 
 fn log_notices(plan: &Plan) {
@@ -255,7 +215,7 @@ fn close_removed(socks: &Sockets, old: &Plan, new: &Plan, cgroup: &Path) {
         };
         let list: Vec<String> = gone.iter().map(|a| a.to_string()).collect();
         let done = tokio::task::spawn_blocking(move || {
-            crate::reap::close_connections(&fd, &gone, &crate::reap::cgroup_ids(&cgroup))
+            crate::sockdiag::close_connections(&fd, &gone, &crate::reap::cgroup_ids(&cgroup))
         })
         .await;
         match done {
@@ -424,7 +384,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .context("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
     // The plan to serve: this config's, or the last applied one if this
     // config is bad (the datapath was adopted as it is).
-    let last_applied: Option<Plan> = std::fs::read(plan_file(&opts.state_dir))
+    let last_applied: Option<Plan> = std::fs::read(state::plan_file(&opts.state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let serving_plan = first
@@ -606,7 +566,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 /// Remove pins and state. Idempotent.
 pub fn cleanup(pins: &Pins, state_dir: &Path) -> Result<()> {
     datapath::remove(pins)?;
-    for f in [plan_file(state_dir), pid_file(state_dir)] {
+    for f in [state::plan_file(state_dir), pid_file(state_dir)] {
         let _ = std::fs::remove_file(f);
     }
     let _ = std::fs::remove_dir(state_dir);

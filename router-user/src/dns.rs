@@ -312,7 +312,7 @@ impl Shared {
     fn udp_origin(&self, client: SocketAddr, listener: SocketAddr) -> Option<SocketAddr> {
         let cookie = {
             let g = self.diag.lock().unwrap_or_else(|e| e.into_inner());
-            crate::reap::udp_cookie(g.as_ref()?, client, listener).ok()??
+            crate::sockdiag::udp_cookie(g.as_ref()?, client, listener).ok()??
         };
         self.orig.udp(cookie, listener)
     }
@@ -516,7 +516,7 @@ impl Dns {
         let g = self.shared.diag.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().is_some_and(|fd| {
             matches!(
-                crate::reap::udp_cookie(fd, client_addr, server_addr),
+                crate::sockdiag::udp_cookie(fd, client_addr, server_addr),
                 Ok(Some(_))
             )
         })

@@ -1,5 +1,6 @@
 //! Endpoint health at run time: active checks (ActiveHealthCheckPolicy) and
-//! outlier ejection from what the L7 proxy sees (OutlierDetectionPolicy).
+//! outlier ejection from what the L7 proxy sees (OutlierDetectionPolicy,
+//! reported through [`Observations`]).
 //!
 //! The state machines ([`Active`], [`Ejector`]) are pure and tested here;
 //! [`run`] drives them: one task per checked endpoint, the proxy's outcome
@@ -13,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,11 +23,76 @@ use tokio::{
     task::JoinHandle,
 };
 
+use serde::Serialize;
+
 use crate::{
     netns::Sockets,
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
-    proxy::Outcome,
 };
+
+/// What the proxy saw of each endpoint (for outlier detection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointStats {
+    pub requests: u64,
+    pub connect_failures: u64,
+    pub resets: u64,
+    pub status_5xx: u64,
+    pub consecutive_errors: u64,
+}
+
+/// Per-endpoint counters, and (once the daemon subscribes) a stream of
+/// every outcome for outlier detection.
+#[derive(Clone, Debug, Default)]
+pub struct Observations {
+    stats: Arc<Mutex<HashMap<SocketAddr, EndpointStats>>>,
+    events: Arc<std::sync::OnceLock<mpsc::UnboundedSender<(SocketAddr, Outcome)>>>,
+}
+
+/// What one request to an endpoint came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A 5xx status (502, 503 and 504 are gateway errors).
+    Status5xx(u16),
+    ConnectFailure,
+    /// Reset, or no answer within the per-try timeout.
+    Reset,
+}
+
+impl Observations {
+    /// The outcomes from now on (one subscriber: the daemon's health task).
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<(SocketAddr, Outcome)>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events.set(tx).ok().map(|_| rx)
+    }
+
+    pub fn record(&self, ep: SocketAddr, o: Outcome) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send((ep, o));
+        }
+        let mut m = self.stats.lock().unwrap();
+        let s = m.entry(ep).or_default();
+        s.requests += 1;
+        match o {
+            Outcome::Ok => s.consecutive_errors = 0,
+            Outcome::Status5xx(_) => {
+                s.status_5xx += 1;
+                s.consecutive_errors += 1;
+            }
+            Outcome::ConnectFailure => {
+                s.connect_failures += 1;
+                s.consecutive_errors += 1;
+            }
+            Outcome::Reset => {
+                s.resets += 1;
+                s.consecutive_errors += 1;
+            }
+        }
+    }
+    pub fn snapshot(&self) -> HashMap<SocketAddr, EndpointStats> {
+        self.stats.lock().unwrap().clone()
+    }
+}
 
 /// Ejections last at most this long (Envoy's default max_ejection_time),
 /// unless the base ejection time itself is longer.

@@ -76,7 +76,7 @@ fn sum<T: aya::Pod + Default + Copy>(
 pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     let maps = Maps::open(pins)?;
     let meta = maps.read_meta()?;
-    let plan: Option<Plan> = std::fs::read(crate::daemon::plan_file(state_dir))
+    let plan: Option<Plan> = std::fs::read(crate::state::plan_file(state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let clusters = plan.as_ref().map(|p| p.clusters()).unwrap_or_default();

@@ -14,3 +14,6 @@ pub mod netns;
 pub mod plan;
 pub mod proxy;
 pub mod reap;
+pub mod report;
+pub mod sockdiag;
+pub mod state;

@@ -75,7 +75,7 @@ fn serve(req: SockReq) {
             let _ = reply.send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
         }
         SockReq::Diag(reply) => {
-            let _ = reply.send(crate::reap::diag_socket());
+            let _ = reply.send(crate::sockdiag::diag_socket());
         }
         SockReq::Sysctl(name, reply) => {
             let _ = reply.send(

@@ -407,12 +407,6 @@ impl ProxyPlan {
         v.extend(self.listen6.map(|a| SocketAddr::new(a.into(), self.port)));
         v
     }
-    pub fn timeouts(&self) -> crate::proxy::Timeouts {
-        crate::proxy::Timeouts {
-            upstream: std::time::Duration::from_millis(self.upstream_timeout_ms),
-            body: std::time::Duration::from_millis(self.body_timeout_ms),
-        }
-    }
     pub fn idle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.idle_timeout_ms)
     }
@@ -475,6 +469,19 @@ impl Plan {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+/// `*.example.com` matches `a.example.com` and `a.b.example.com` (one or more
+/// left-most labels), not `example.com`; otherwise exact, case-insensitive.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if p == "*" {
+        return true;
+    }
+    match p.strip_prefix("*.") {
+        Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
+        None => p == h,
     }
 }
 
@@ -681,4 +688,18 @@ pub struct GatewayListener {
     pub tls: Option<TlsFiles>,
     pub https_redirect: bool,
     pub hosts: Vec<GatewayHost>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_hosts_match_left_labels() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.Example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(host_matches("API.example.com", "api.example.com"));
+        assert!(!host_matches("api.example.com", "www.example.com"));
+    }
 }

@@ -146,6 +146,17 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Scale a load for the machine: `n` here, `n / 10` where the tests run
+/// under emulation (the VM suite sets `ROUTER_TEST_SLOW`: TCG is roughly
+/// twenty times slower).
+pub fn scaled(n: usize) -> usize {
+    if std::env::var_os("ROUTER_TEST_SLOW").is_some() {
+        (n / 10).max(1)
+    } else {
+        n
+    }
+}
+
 /// Fail loudly where the tests must run (CI is root with CAP_BPF).
 pub fn require_root() {
     // SAFETY: getuid has no preconditions.

@@ -374,7 +374,10 @@ fn a_long_compile_does_not_stop_dns() {
     let d = setup(&[]);
     d.world
         .dir
-        .write("config/all.yaml", &(config(false) + &many_hosts(3000)))
+        .write(
+            "config/all.yaml",
+            &(config(false) + &many_hosts(scaled(3000))),
+        )
         .unwrap();
     let mark = d.routerd.log_len();
     d.routerd.signal(libc::SIGHUP);
@@ -388,7 +391,7 @@ fn a_long_compile_does_not_stop_dns() {
             break;
         }
         assert!(
-            t.elapsed() < std::time::Duration::from_secs(120),
+            t.elapsed() < std::time::Duration::from_secs(300),
             "the reload never finished"
         );
         let (got, took) =
@@ -413,7 +416,7 @@ fn a_long_compile_does_not_stop_dns() {
         "DNS failed during the compile: {failed:?}"
     );
     assert!(
-        dig(&d, true, &["+short", "bulk2999.t.mesh"]).starts_with("240.240."),
+        dig(&d, true, &["+short", "bulk0.t.mesh"]).starts_with("240.240."),
         "the new names resolve"
     );
 }

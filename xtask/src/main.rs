@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod layers;
 mod toolchain;
 mod vm;
 
@@ -146,8 +147,28 @@ fn ebpf_cargo(sub: &str) -> Command {
     cmd
 }
 
+/// The layer rule (ARCHITECTURE.md, "Layers").
+fn lint_layers() -> Result<()> {
+    let violations = layers::check(&root().join("router-user/src"))?;
+    for v in &violations {
+        eprintln!("xtask: {}: {}", v.file.display(), v.why);
+    }
+    if !violations.is_empty() {
+        bail!(
+            "{} import(s) break the layer rule (ARCHITECTURE.md, \"Layers\"): move the code \
+             used to a lower layer, or the user to a higher one",
+            violations.len()
+        );
+    }
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     let root = root();
+    lint_layers()?;
+    // Clippy builds router-user, whose build script refuses a stale kernel
+    // object: bring it up to date first.
+    build_ebpf()?;
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["fmt", "--all", "--check"]))?;
@@ -292,6 +313,12 @@ fn build_ebpf() -> Result<()> {
     // Only touch the file when it changed, so router-user is not rebuilt for nothing.
     if std::fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
         std::fs::write(&dest, &bytes)?;
+    }
+    // What it was built from: router-user's build script refuses a stale object.
+    let stamp = router_common::inputs::stamp_path(&dest);
+    let fp = router_common::inputs::fingerprint(&root)?.to_string();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(fp.as_str()) {
+        std::fs::write(&stamp, fp)?;
     }
     eprintln!("xtask: eBPF object at {}", dest.display());
     Ok(())

@@ -2,48 +2,22 @@
 //! resolved destinations (endpoint shares from the same locality tiers as the
 //! kernel path) and the winning policy of each type; proxy listener ports;
 //! VirtualGateway listeners with the tables bound to them.
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use super::{Compiler, routes::FlatRoute, routes::RouteKind, to_slots};
+use super::{Compiler, to_slots};
 use crate::{
     config::{
         Resource,
         model::*,
         resolve::{self, Dest},
+        routes::{FlatRoute, RouteKind},
     },
     plan::*,
 };
 
-/// `1s`, `500ms`, `1.5s`, `2m`, `1h` (the protobuf Duration text Gloo uses).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| s.split_at(i))
-        .ok_or_else(|| format!("duration `{s}` has no unit; write e.g. 500ms, 2s, 1m"))?;
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration `{s}` is not a number followed by a unit"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "duration `{s}` has unknown unit `{unit}`; use ms, s, m or h"
-            ));
-        }
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!("duration `{s}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 pub(super) fn ms(s: &Option<String>) -> Option<u64> {
     s.as_deref()
-        .and_then(|d| parse_duration(d).ok())
+        .and_then(|d| crate::config::types::parse_duration(d).ok())
         .map(|d| d.as_millis() as u64)
 }
 
@@ -212,7 +186,7 @@ impl<'a> Compiler<'a> {
             FaultPolicy {
                 from: p.origin.resource(),
                 delay: c.delay.as_ref().and_then(|d| {
-                    parse_duration(&d.fixed_delay)
+                    crate::config::types::parse_duration(&d.fixed_delay)
                         .ok()
                         .map(|t| (t.as_millis() as u64, d.percentage.unwrap_or(100.0)))
                 }),
@@ -372,7 +346,7 @@ impl<'a> Compiler<'a> {
                     if !allowed(lv, rt) {
                         continue;
                     }
-                    let (flat, _) = super::routes::flatten(cfg, rt);
+                    let (flat, _) = crate::config::routes::flatten(cfg, rt);
                     let routes = if lv.tcp.is_some() {
                         self.tcp_routes(&flat, port)
                     } else {
@@ -415,10 +389,12 @@ impl<'a> Compiler<'a> {
 pub fn allowed(l: &Listener, rt: &Resource<RouteTableSpec>) -> bool {
     l.allowed_route_tables.is_empty()
         || l.allowed_route_tables.iter().any(|a| {
-            let host_ok = a
-                .host
-                .as_ref()
-                .is_none_or(|pat| rt.spec.hosts.iter().any(|h| host_matches(pat, &h.value)));
+            let host_ok = a.host.as_ref().is_none_or(|pat| {
+                rt.spec
+                    .hosts
+                    .iter()
+                    .any(|h| crate::plan::host_matches(pat, &h.value))
+            });
             let sel_ok = a.selector.as_ref().is_none_or(|s| {
                 s.name.as_ref().is_none_or(|n| n == rt.name())
                     && s.namespace.as_ref().is_none_or(|n| n == rt.namespace())
@@ -430,42 +406,6 @@ pub fn allowed(l: &Listener, rt: &Resource<RouteTableSpec>) -> bool {
         })
 }
 
-/// `*.example.com` matches `a.example.com` and `a.b.example.com` (one or more
-/// left-most labels), not `example.com`; otherwise exact, case-insensitive.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
-    if p == "*" {
-        return true;
-    }
-    match p.strip_prefix("*.") {
-        Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
-        None => p == h,
-    }
-}
-
 pub fn sock_of(vip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(vip, port)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn wildcard_hosts_match_left_labels() {
-        assert!(host_matches("*.example.com", "a.example.com"));
-        assert!(host_matches("*.example.com", "a.b.Example.com"));
-        assert!(!host_matches("*.example.com", "example.com"));
-        assert!(host_matches("API.example.com", "api.example.com"));
-        assert!(!host_matches("api.example.com", "www.example.com"));
-    }
 }

@@ -4,11 +4,10 @@
 //! Layers: a virtual host and port (logical) -> its route's destinations
 //! (concrete backend sets, weighted by Gloo's remainder rule) -> endpoints
 //! ranked by locality ([`locality`]) -> one slot table ([`slots`]).
-pub mod health;
+pub mod checks;
 pub mod l7;
 pub mod locality;
-pub mod policy;
-pub mod routes;
+pub mod ports;
 pub mod slots;
 pub mod vip;
 
@@ -69,7 +68,7 @@ pub fn effective_weights(ws: &[Option<u32>]) -> Vec<u32> {
 static NO_SUBSET: Labels = Labels::new();
 
 /// What a host:port forwards to: destinations with their weights.
-struct Routing<'a> {
+struct PortRouting<'a> {
     origin: Origin,
     route: Option<String>,
     dests: Vec<(Dest<'a>, u32)>,
@@ -90,7 +89,7 @@ struct Compiler<'a> {
     health: &'a Health,
     notices: Vec<Notice>,
     /// Filled as destinations are visited (`destination` takes `&self`).
-    watch: std::cell::RefCell<health::Watch>,
+    watch: std::cell::RefCell<checks::Watch>,
 }
 
 impl<'a> Compiler<'a> {
@@ -164,7 +163,7 @@ impl<'a> Compiler<'a> {
 
     /// Record the checks and outlier detection that apply to `d`.
     fn watch(&self, d: &Dest<'a>, cands: &[Candidate<'a>]) {
-        let applied = policy::applied(&self.v.config, d);
+        let applied = crate::config::policy::applied(&self.v.config, d);
         self.watch
             .borrow_mut()
             .visit(d.label(), cands, applied.health, applied.outlier);
@@ -219,7 +218,7 @@ impl<'a> Compiler<'a> {
 
     fn ranking(&self, d: &Dest<'a>) -> Ranking {
         let s = &self.v.settings;
-        let applied = policy::applied(&self.v.config, d);
+        let applied = crate::config::policy::applied(&self.v.config, d);
         let fp = applied.failover;
         let name = |p: &Resource<FailoverPolicySpec>| {
             format!("FailoverPolicy {}/{}", p.namespace(), p.name())
@@ -326,7 +325,7 @@ impl<'a> Compiler<'a> {
         vip: IpAddr,
         port: u16,
         proto: Proto,
-        r: &Routing<'a>,
+        r: &PortRouting<'a>,
     ) -> ServicePlan {
         let v6 = vip.is_ipv6();
         let per_dest: Vec<(DestinationPlan, EndpointShares, u32)> = r
@@ -404,7 +403,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         watch: Default::default(),
     };
     let cfg = &v.config;
-    let delegated = routes::delegated_tables(cfg);
+    let delegated = crate::config::routes::delegated_tables(cfg);
 
     // Virtual hosts: VirtualDestination hosts and east-west route table hosts.
     struct HostSrc<'a> {
@@ -474,11 +473,11 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
     for (key, src) in &hosts {
         let (v4, v6) = vips[key];
         // (port, proto) -> routing
-        let mut ports: BTreeMap<(u16, Proto), Routing<'_>> = BTreeMap::new();
+        let mut ports: BTreeMap<(u16, Proto), PortRouting<'_>> = BTreeMap::new();
         let origin;
         if let Some(rt) = src.rt {
             origin = rt.origin.clone();
-            let (flat, _) = routes::flatten(cfg, rt);
+            let (flat, _) = crate::config::routes::flatten(cfg, rt);
             // Ports: matcher ports, then the destination ports of routes that
             // name no port, then (for a VirtualDestination host) its ports.
             let mut candidates: BTreeSet<u16> = BTreeSet::new();
@@ -512,12 +511,12 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 // A route whose destinations do not resolve (possible only
                 // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
                 // the proxy.
-                let decision = match routes::decide_port(&flat, p) {
-                    routes::PortDecision::L4(r)
+                let decision = match ports::decide_port(&flat, p) {
+                    ports::PortDecision::L4(r)
                         if r.forward_to()
                             .is_some_and(|f| c.resolved(r.table, f).is_err()) =>
                     {
-                        routes::PortDecision::NeedsL7 {
+                        ports::PortDecision::NeedsL7 {
                             route: r,
                             why: "it is broken (ROUTE_REPLACEMENT)".into(),
                         }
@@ -525,21 +524,21 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                     d => d,
                 };
                 match decision {
-                    routes::PortDecision::L4(r) => {
+                    ports::PortDecision::L4(r) => {
                         let dests = r
                             .forward_to()
                             .map(|f| c.route_dests(r.table, f))
                             .unwrap_or_default();
                         ports.insert(
                             (p, Proto::Tcp),
-                            Routing {
+                            PortRouting {
                                 origin: r.origin.clone(),
                                 route: Some(r.name.clone()),
                                 dests,
                             },
                         );
                     }
-                    routes::PortDecision::NeedsL7 { route, why } => {
+                    ports::PortDecision::NeedsL7 { route, why } => {
                         tracing::debug!(host = %src.name, port = p, route = %route.name, "L7: {why}");
                         l7_pending.push(L7Pending {
                             host: src.name.clone(),
@@ -550,7 +549,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                             routes: c.l7_routes(&flat, Some(p)),
                         });
                     }
-                    routes::PortDecision::None => {}
+                    ports::PortDecision::None => {}
                 }
             }
         } else {
@@ -564,7 +563,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 if src.rt.is_some() && proto == Proto::Tcp {
                     continue; // the route table decided (or refused) every TCP port
                 }
-                ports.entry(key).or_insert_with(|| Routing {
+                ports.entry(key).or_insert_with(|| PortRouting {
                     origin: vd.origin.clone(),
                     route: None,
                     dests: vec![(

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{Config, diag::Diags, model::*};
+use super::{Resources, diag::Diags, model::*};
 use crate::plan::{Locality, Origin, Proto, VipRanges};
 
 /// Why `ip` cannot be an endpoint, if it cannot: the kernel would send the
@@ -318,7 +318,7 @@ impl Inventory {
     }
 
     /// Build from Services and EndpointSlices, reporting malformed ones.
-    pub fn build(cfg: &Config, vips: &VipRanges, diags: &mut Diags) -> Inventory {
+    pub fn build(cfg: &Resources, vips: &VipRanges, diags: &mut Diags) -> Inventory {
         let mut inv = Inventory::default();
         for svc in &cfg.services {
             let o = &svc.origin;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 
-use super::{Config, Resource, diag::Diags, model::*};
+use super::{Resource, Resources, diag::Diags, model::*};
 use crate::plan::Origin;
 
 /// A document of a file, with the 1-based line its text starts on.
@@ -325,7 +325,7 @@ enum Parsed {
 }
 
 impl Parsed {
-    fn push_into(self, cfg: &mut Config) {
+    fn push_into(self, cfg: &mut Resources) {
         match self {
             Parsed::RouteTable(r) => cfg.route_tables.push(r),
             Parsed::VirtualDestination(r) => cfg.virtual_destinations.push(r),
@@ -355,7 +355,7 @@ type Cache = std::collections::HashMap<(String, u64), (String, Parsed)>;
 static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
 
 /// Parse one file's text into `cfg`. `file` is how errors name it.
-pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
+pub fn load_text(file: &str, text: &str, cfg: &mut Resources, diags: &mut Diags) {
     load_text_cached(
         file,
         text,
@@ -372,7 +372,7 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Config, diags: &mut Diags) {
 fn load_text_cached(
     file: &str,
     text: &str,
-    cfg: &mut Config,
+    cfg: &mut Resources,
     diags: &mut Diags,
     old: &mut Cache,
     new: &mut Cache,
@@ -542,7 +542,7 @@ fn load_text_cached(
 }
 
 /// Load every file under `path`. Errors are collected, not returned early.
-pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Config, diags: &mut Diags) {
+pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Resources, diags: &mut Diags) {
     let shown = path.display().to_string();
     let files = match config_files(path, opts) {
         Ok(f) => f,
@@ -630,7 +630,7 @@ mod tests {
         };
         let load = |text: &str| {
             std::fs::write(&file, text).unwrap();
-            let (mut cfg, mut diags) = (Config::default(), Diags::default());
+            let (mut cfg, mut diags) = (Resources::default(), Diags::default());
             load_path(&dir, LoadOptions::default(), &mut cfg, &mut diags);
             let hosts: Vec<String> = cfg
                 .virtual_destinations

@@ -9,7 +9,10 @@ pub mod diag;
 pub mod inventory;
 pub mod load;
 pub mod model;
+pub mod policy;
 pub mod resolve;
+pub mod routes;
+pub mod types;
 pub mod validate;
 
 use std::path::Path;
@@ -68,7 +71,7 @@ pub struct EndpointSliceBody {
 
 /// Everything loaded from the config path.
 #[derive(Clone, Debug, Default)]
-pub struct Config {
+pub struct Resources {
     pub route_tables: Vec<Resource<RouteTableSpec>>,
     pub virtual_destinations: Vec<Resource<VirtualDestinationSpec>>,
     pub virtual_gateways: Vec<Resource<VirtualGatewaySpec>>,
@@ -87,7 +90,7 @@ pub struct Config {
     pub files: Vec<String>,
 }
 
-impl Config {
+impl Resources {
     /// No resource of any kind was read.
     pub fn is_empty(&self) -> bool {
         self.route_tables.is_empty()
@@ -156,13 +159,13 @@ impl Default for Settings {
 /// A config that passed validation, with what validation noticed.
 #[derive(Clone, Debug)]
 pub struct Validated {
-    pub config: Config,
+    pub config: Resources,
     pub inventory: inventory::Inventory,
     pub settings: Settings,
     pub notices: Vec<Notice>,
 }
 
-impl Config {
+impl Resources {
     pub fn router(&self) -> Option<&Resource<RouterConfigSpec>> {
         self.router_configs.first()
     }
@@ -179,7 +182,7 @@ pub fn load_with(
     overrides: &Overrides,
     opts: load::LoadOptions,
 ) -> Result<Validated, ConfigError> {
-    let mut cfg = Config::default();
+    let mut cfg = Resources::default();
     let mut diags = diag::Diags::default();
     load::load_path(path, opts, &mut cfg, &mut diags);
     finish(cfg, overrides, diags)
@@ -187,7 +190,7 @@ pub fn load_with(
 
 /// Load and validate YAML text (tests, fuzzing). `file` names it in errors.
 pub fn load_str(file: &str, text: &str, overrides: &Overrides) -> Result<Validated, ConfigError> {
-    let mut cfg = Config::default();
+    let mut cfg = Resources::default();
     let mut diags = diag::Diags::default();
     load::load_text(file, text, &mut cfg, &mut diags);
     cfg.files.push(file.to_string());
@@ -195,7 +198,7 @@ pub fn load_str(file: &str, text: &str, overrides: &Overrides) -> Result<Validat
 }
 
 fn finish(
-    cfg: Config,
+    cfg: Resources,
     overrides: &Overrides,
     mut diags: diag::Diags,
 ) -> Result<Validated, ConfigError> {
@@ -227,7 +230,7 @@ fn finish(
     })
 }
 
-fn settings(cfg: &Config, o: &Overrides, diags: &mut diag::Diags) -> Settings {
+fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings {
     let mut s = Settings::default();
     for extra in cfg.router_configs.iter().skip(1) {
         let first = &cfg.router_configs[0];
@@ -417,7 +420,7 @@ fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
         ),
     ] {
         if let Some(v) = value {
-            match crate::compile::l7::parse_duration(v) {
+            match types::parse_duration(v) {
                 Ok(d) if !d.is_zero() => *slot = d.as_millis() as u64,
                 Ok(_) => err(format!("spec.proxy.{field} must be more than 0")),
                 Err(e) => err(format!("spec.proxy.{field}: {e}")),

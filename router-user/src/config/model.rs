@@ -143,7 +143,7 @@ pub struct DestinationRef {
     /// Label subset of the destination's endpoints.
     #[serde(default)]
     pub subset: Labels,
-    /// Share of traffic, see the remainder rule in compile::routes.
+    /// Share of traffic, see the remainder rule in `compile::effective_weights`.
     #[serde(default)]
     pub weight: Option<u32>,
 }

@@ -1,7 +1,7 @@
 //! Reference resolution, shared by validation (which reports failures) and
 //! the compiler (which only sees configs where it succeeded).
 use super::{
-    Config, Resource, Settings,
+    Resource, Resources, Settings,
     inventory::{Inventory, ServiceId, SvcEntry, SvcPort, Target},
     model::*,
 };
@@ -132,7 +132,7 @@ pub fn find_service<'a>(
 }
 
 pub fn find_vd<'a>(
-    cfg: &'a Config,
+    cfg: &'a Resources,
     r: &ObjectRef,
     ns: &str,
 ) -> Result<&'a Resource<VirtualDestinationSpec>, String> {
@@ -185,7 +185,7 @@ pub fn vd_port<'a>(
 }
 
 pub fn resolve_dest<'a>(
-    cfg: &'a Config,
+    cfg: &'a Resources,
     inv: &'a Inventory,
     settings: &Settings,
     d: &'a DestinationRef,

@@ -2,18 +2,20 @@
 //! applied); notices say what is accepted but not served, or ignored.
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Config, Resource, Settings, diag::Diags, inventory::Inventory, model::*, resolve};
-use crate::{compile::routes, plan::Notice};
+use super::routes;
+use super::{Resource, Resources, Settings, diag::Diags, inventory::Inventory, model::*, resolve};
+use crate::plan::Notice;
 
-struct V<'a> {
-    cfg: &'a Config,
+/// The validation pass: what it checks against, and what it found.
+struct Validator<'a> {
+    cfg: &'a Resources,
     inv: &'a Inventory,
     settings: &'a Settings,
     diags: &'a mut Diags,
     notices: Vec<Notice>,
 }
 
-impl V<'_> {
+impl Validator<'_> {
     fn err<S>(&mut self, r: &Resource<S>, line: u64, msg: impl Into<String>) {
         self.diags
             .push(&r.origin.file, line, Some(r.display()), msg);
@@ -47,12 +49,12 @@ pub fn valid_host(h: &str, allow_wildcard: bool) -> bool {
 }
 
 pub fn validate(
-    cfg: &Config,
+    cfg: &Resources,
     inv: &Inventory,
     settings: &Settings,
     diags: &mut Diags,
 ) -> Vec<Notice> {
-    let mut v = V {
+    let mut v = Validator {
         cfg,
         inv,
         settings,
@@ -99,9 +101,15 @@ pub fn validate(
 }
 
 /// A duration setting, if set, parses (and is not zero, when `positive`).
-fn duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>, positive: bool) {
+fn duration<S>(
+    v: &mut Validator<'_>,
+    p: &Resource<S>,
+    what: &str,
+    d: &Option<String>,
+    positive: bool,
+) {
     if let Some(d) = d {
-        match crate::compile::l7::parse_duration(d) {
+        match super::types::parse_duration(d) {
             Ok(x) if x.is_zero() && positive => v.err(
                 p,
                 p.origin.line,
@@ -113,7 +121,7 @@ fn duration<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, d: &Option<String>, p
     }
 }
 
-fn outlier_policy(v: &mut V<'_>, p: &Resource<OutlierDetectionPolicySpec>) {
+fn outlier_policy(v: &mut Validator<'_>, p: &Resource<OutlierDetectionPolicySpec>) {
     let Some(c) = &p.spec.config else { return };
     duration(v, p, "config.interval", &c.interval, true);
     duration(v, p, "config.baseEjectionTime", &c.base_ejection_time, true);
@@ -135,7 +143,7 @@ fn outlier_policy(v: &mut V<'_>, p: &Resource<OutlierDetectionPolicySpec>) {
     }
 }
 
-fn health_policy(v: &mut V<'_>, p: &Resource<ActiveHealthCheckPolicySpec>) {
+fn health_policy(v: &mut Validator<'_>, p: &Resource<ActiveHealthCheckPolicySpec>) {
     let Some(hc) = p.spec.config.as_ref().and_then(|c| c.health_check.as_ref()) else {
         v.err(p, p.origin.line, "spec.config.healthCheck is missing; expected e.g. `config: {healthCheck: {interval: 5s, timeout: 1s, tcpHealthCheck: {}}}`");
         return;
@@ -182,7 +190,7 @@ fn health_policy(v: &mut V<'_>, p: &Resource<ActiveHealthCheckPolicySpec>) {
     }
 }
 
-fn duplicates(v: &mut V<'_>) {
+fn duplicates(v: &mut Validator<'_>) {
     let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let cfg = v.cfg;
     let mut check =
@@ -215,7 +223,7 @@ fn duplicates(v: &mut V<'_>) {
     each!(cfg.cors_policies);
 }
 
-fn virtual_destination(v: &mut V<'_>, vd: &Resource<VirtualDestinationSpec>) {
+fn virtual_destination(v: &mut Validator<'_>, vd: &Resource<VirtualDestinationSpec>) {
     if vd.spec.hosts.is_empty() {
         v.err(
             vd,
@@ -295,7 +303,7 @@ fn virtual_destination(v: &mut V<'_>, vd: &Resource<VirtualDestinationSpec>) {
     }
 }
 
-fn vd_host_uniqueness(v: &mut V<'_>) {
+fn vd_host_uniqueness(v: &mut Validator<'_>) {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for vd in &v.cfg.virtual_destinations {
         for h in &vd.spec.hosts {
@@ -318,7 +326,7 @@ fn vd_host_uniqueness(v: &mut V<'_>) {
 }
 
 fn check_destinations(
-    v: &mut V<'_>,
+    v: &mut Validator<'_>,
     rt: &Resource<RouteTableSpec>,
     route: &str,
     dests: &[Spanned<DestinationRef>],
@@ -350,7 +358,7 @@ fn check_destinations(
 }
 
 fn check_matcher(
-    v: &mut V<'_>,
+    v: &mut Validator<'_>,
     rt: &Resource<RouteTableSpec>,
     line: u64,
     route: &str,
@@ -436,7 +444,7 @@ fn check_matcher(
     }
 }
 
-fn route_table(v: &mut V<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
+fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: bool) {
     for h in &rt.spec.hosts {
         if !valid_host(&h.value, true) {
             v.err(
@@ -672,7 +680,7 @@ fn canonical_matchers(r: &routes::FlatRoute<'_>) -> String {
     alts.join("|")
 }
 
-fn route_host_uniqueness(v: &mut V<'_>) {
+fn route_host_uniqueness(v: &mut Validator<'_>) {
     // East-west tables (no virtualGateways) share one host space; each
     // gateway has its own.
     let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -714,7 +722,7 @@ fn route_host_uniqueness(v: &mut V<'_>) {
     }
 }
 
-fn virtual_gateway(v: &mut V<'_>, gw: &Resource<VirtualGatewaySpec>) {
+fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
     if gw.spec.listeners.is_empty() {
         v.err(
             gw,
@@ -783,7 +791,7 @@ fn virtual_gateway(v: &mut V<'_>, gw: &Resource<VirtualGatewaySpec>) {
     }
 }
 
-fn failover_policy(v: &mut V<'_>, p: &Resource<FailoverPolicySpec>) {
+fn failover_policy(v: &mut Validator<'_>, p: &Resource<FailoverPolicySpec>) {
     let Some(cfg) = &p.spec.config else { return };
     for m in &cfg.locality_mappings {
         let line = p.line_of(m);
@@ -827,7 +835,7 @@ fn failover_policy(v: &mut V<'_>, p: &Resource<FailoverPolicySpec>) {
     }
 }
 
-fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelector>]) {
+fn apply_to<S>(v: &mut Validator<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelector>]) {
     if sels.is_empty() {
         v.err(
             p,
@@ -841,7 +849,7 @@ fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelect
             None | Some("SERVICE") | Some("VIRTUAL_DESTINATION") => {}
             Some(k) => v.err(p, line, format!("applyToDestinations kind `{k}` is not supported; expected SERVICE or VIRTUAL_DESTINATION")),
         }
-        let any = crate::compile::policy::selector_hits(v.cfg, v.inv, &s.value);
+        let any = super::policy::selector_hits(v.cfg, v.inv, &s.value);
         if !any {
             v.notice(p, line, "applyToDestinations selects nothing (yet)");
         }
@@ -849,13 +857,13 @@ fn apply_to<S>(v: &mut V<'_>, p: &Resource<S>, sels: &[Spanned<DestinationSelect
 }
 
 /// Route policies: selectors, durations, percentages, statuses, references.
-fn route_policies(v: &mut V<'_>) {
-    fn common<C>(v: &mut V<'_>, p: &Resource<RoutePolicySpec<C>>) {
+fn route_policies(v: &mut Validator<'_>) {
+    fn common<C>(v: &mut Validator<'_>, p: &Resource<RoutePolicySpec<C>>) {
         if p.spec.apply_to_routes.is_empty() {
             v.err(p, p.origin.line, "spec.applyToRoutes is empty; select routes by labels, e.g. `- route: {labels: {route: reviews}}`");
         }
     }
-    fn percent<S>(v: &mut V<'_>, p: &Resource<S>, what: &str, x: Option<f64>) {
+    fn percent<S>(v: &mut Validator<'_>, p: &Resource<S>, what: &str, x: Option<f64>) {
         if let Some(x) = x
             && !(0.0..=100.0).contains(&x)
         {

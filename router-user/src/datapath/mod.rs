@@ -29,9 +29,9 @@ use aya::{
     },
 };
 use router_common::{
-    Backend, BackendStats, Config, GlobalStats, Listeners, META_PATH_LEN, Meta, OLD_PIN_SUBDIRS,
-    OrigDst, OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_OPS_PROGRAM,
-    SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
+    Backend, BackendStats, GlobalConfig, GlobalStats, Listeners, META_PATH_LEN, Meta, OrigDst,
+    OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_OPS_PROGRAM, SlotKey,
+    SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
 };
 
 /// The kernel object, embedded at build time by build.rs from
@@ -74,11 +74,10 @@ impl Pins {
     pub fn dir(&self) -> PathBuf {
         self.root.join(PIN_SUBDIR)
     }
-    /// Directories of older layouts under the same root (`<root>/v1`).
+    /// Directories of older layouts under the same root (`<root>/v1` ...).
     pub fn old_dirs(&self) -> Vec<PathBuf> {
-        OLD_PIN_SUBDIRS
-            .iter()
-            .map(|d| self.root.join(d))
+        (1..router_common::ABI_VERSION)
+            .map(|v| self.root.join(format!("v{v}")))
             .filter(|d| d.exists())
             .collect()
     }
@@ -101,7 +100,7 @@ pub struct Maps {
     pub services: HashMap<MapData, SvcKey, SvcHeader>,
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: HashMap<MapData, u32, Backend>,
-    pub config: Array<MapData, Config>,
+    pub config: Array<MapData, GlobalConfig>,
     pub listeners: HashMap<MapData, u64, Listeners>,
     pub meta: Array<MapData, Meta>,
     pub alive: Array<MapData, u64>,

@@ -35,8 +35,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, Config, FAMILY_V4,
-    FAMILY_V6, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey,
+    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, FAMILY_V4, FAMILY_V6,
+    GlobalConfig, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey,
     SvcStats,
 };
 use serde::Serialize;
@@ -420,12 +420,12 @@ fn check_capacity(
     Ok(())
 }
 
-pub fn config_entry(plan: &Plan) -> Config {
+pub fn config_entry(plan: &Plan) -> GlobalConfig {
     let (v4_net, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.network()));
     let (v4_mask, _) = ip_words(IpAddr::V4(plan.vip_ranges.v4.netmask()));
     let (v6_net, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.network()));
     let (v6_mask, _) = ip_words(IpAddr::V6(plan.vip_ranges.v6.netmask()));
-    Config {
+    GlobalConfig {
         mark: router_common::DAEMON_MARK,
         flags: CFG_VALID
             | if plan.refuse_unknown_vips {

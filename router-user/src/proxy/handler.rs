@@ -5,11 +5,10 @@
 //! (header manipulation, CORS) . Failures the proxy sees are reported to
 //! [`Observations`] for outlier detection.
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
@@ -23,13 +22,12 @@ use http::{
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::{
     engine::{self, Hit, RegexRewrite, Req, Table},
     upstream::{Body, BoxError, UpstreamError, Upstreams},
 };
+pub use crate::health::{Observations, Outcome};
 use crate::limits::{Admission, Ticket};
 use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, RetryPolicy};
 
@@ -99,70 +97,6 @@ impl Compiled {
     }
 }
 
-/// What the proxy saw of each endpoint (for outlier detection).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct EndpointStats {
-    pub requests: u64,
-    pub connect_failures: u64,
-    pub resets: u64,
-    pub status_5xx: u64,
-    pub consecutive_errors: u64,
-}
-
-/// Per-endpoint counters, and (once the daemon subscribes) a stream of
-/// every outcome for outlier detection.
-#[derive(Clone, Debug, Default)]
-pub struct Observations {
-    stats: Arc<Mutex<HashMap<SocketAddr, EndpointStats>>>,
-    events: Arc<std::sync::OnceLock<mpsc::UnboundedSender<(SocketAddr, Outcome)>>>,
-}
-
-/// What one request to an endpoint came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// A 5xx status (502, 503 and 504 are gateway errors).
-    Status5xx(u16),
-    ConnectFailure,
-    /// Reset, or no answer within the per-try timeout.
-    Reset,
-}
-
-impl Observations {
-    /// The outcomes from now on (one subscriber: the daemon's health task).
-    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<(SocketAddr, Outcome)>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.events.set(tx).ok().map(|_| rx)
-    }
-
-    pub fn record(&self, ep: SocketAddr, o: Outcome) {
-        if let Some(tx) = self.events.get() {
-            let _ = tx.send((ep, o));
-        }
-        let mut m = self.stats.lock().unwrap();
-        let s = m.entry(ep).or_default();
-        s.requests += 1;
-        match o {
-            Outcome::Ok => s.consecutive_errors = 0,
-            Outcome::Status5xx(_) => {
-                s.status_5xx += 1;
-                s.consecutive_errors += 1;
-            }
-            Outcome::ConnectFailure => {
-                s.connect_failures += 1;
-                s.consecutive_errors += 1;
-            }
-            Outcome::Reset => {
-                s.resets += 1;
-                s.consecutive_errors += 1;
-            }
-        }
-    }
-    pub fn snapshot(&self) -> HashMap<SocketAddr, EndpointStats> {
-        self.stats.lock().unwrap().clone()
-    }
-}
-
 /// What every request shares.
 pub struct Ctx {
     pub upstreams: Arc<Upstreams>,
@@ -181,6 +115,15 @@ pub struct Timeouts {
     /// A buffered request body must arrive within this; a streamed one may
     /// pause at most this long between chunks.
     pub body: Duration,
+}
+
+impl From<&crate::plan::ProxyPlan> for Timeouts {
+    fn from(p: &crate::plan::ProxyPlan) -> Self {
+        Timeouts {
+            upstream: Duration::from_millis(p.upstream_timeout_ms),
+            body: Duration::from_millis(p.body_timeout_ms),
+        }
+    }
 }
 
 impl Default for Timeouts {

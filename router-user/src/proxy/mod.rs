@@ -46,10 +46,9 @@ pub use handler::{Compiled, Observations, Outcome, Timeouts};
 use upstream::{Body, UpstreamOptions, Upstreams};
 
 use crate::{
-    compile::l7::host_matches,
     datapath::{OrigTable, sync::Bound},
     netns::Sockets,
-    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles},
+    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles, host_matches},
 };
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,18 +96,18 @@ pub struct EastWest {
     pub table: Compiled,
 }
 
-/// What every listener routes with; replaced as a whole on each plan.
+/// The route tables every listener serves; replaced as a whole on each plan.
 #[derive(Debug, Default)]
-pub struct Routing {
+pub struct Tables {
     /// VIP:port (each VIP of the service) -> the service.
     pub east_west: HashMap<SocketAddr, Arc<EastWest>>,
     /// Gateway port -> tables.
     pub gateways: HashMap<u16, GatewayTables>,
 }
 
-impl Routing {
-    pub fn compile(plan: &Plan) -> Result<Routing> {
-        let mut r = Routing::default();
+impl Tables {
+    pub fn compile(plan: &Plan) -> Result<Tables> {
+        let mut r = Tables::default();
         for s in &plan.l7 {
             let c = Arc::new(EastWest {
                 host: s.host.clone(),
@@ -195,7 +194,7 @@ pub struct ProxyOptions {
 pub struct Proxy {
     socks: Sockets,
     ctx: Arc<Ctx>,
-    routing: watch::Sender<Arc<Routing>>,
+    routing: watch::Sender<Arc<Tables>>,
     conns: Arc<Admission<ConnKey>>,
     orig: Arc<OrigTable>,
     opts: ProxyOptions,
@@ -255,7 +254,7 @@ async fn serve_http<I>(
     peer: SocketAddr,
     key: Key,
     scheme: &'static str,
-    routing: watch::Receiver<Arc<Routing>>,
+    routing: watch::Receiver<Arc<Tables>>,
     ctx: Arc<Ctx>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -280,7 +279,7 @@ async fn serve_http<I>(
 }
 
 async fn route_request(
-    routing: &Routing,
+    routing: &Tables,
     ctx: &Ctx,
     key: Key,
     scheme: &str,
@@ -342,7 +341,7 @@ async fn serve_tcp(
     client: tokio::net::TcpStream,
     port: u16,
     idle: Duration,
-    routing: watch::Receiver<Arc<Routing>>,
+    routing: watch::Receiver<Arc<Tables>>,
     ctx: Arc<Ctx>,
 ) {
     let target = {
@@ -382,7 +381,7 @@ async fn serve_tcp(
 /// Everything an accept loop needs.
 #[derive(Clone)]
 struct Acceptor {
-    routing: watch::Receiver<Arc<Routing>>,
+    routing: watch::Receiver<Arc<Tables>>,
     ctx: Arc<Ctx>,
     conns: Arc<Admission<ConnKey>>,
     idle: watch::Receiver<(Duration, Duration)>,
@@ -490,9 +489,9 @@ impl Proxy {
             upstreams: Upstreams::new(socks.clone(), UpstreamOptions::default()),
             obs: Observations::default(),
             bodies: Admission::new(BODY_BUDGET, BODY_BUDGET / 8),
-            timeouts: plan.timeouts(),
+            timeouts: Timeouts::from(plan),
         });
-        let (routing, _) = watch::channel(Arc::new(Routing::default()));
+        let (routing, _) = watch::channel(Arc::new(Tables::default()));
         let (idle, _) = watch::channel((plan.idle(), plan.tcp_idle()));
         Proxy {
             socks,
@@ -562,7 +561,7 @@ impl Proxy {
     /// does not compile or a port cannot be bound. Returns the east-west
     /// listeners the kernel should point at.
     pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
-        let routing = Routing::compile(plan)?;
+        let routing = Tables::compile(plan)?;
         let want: Vec<SocketAddr> = plan.proxy.listeners();
         let serving: Vec<SocketAddr> = self.east_west.iter().map(|r| r.addr).collect();
         let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();

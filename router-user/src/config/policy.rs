@@ -1,8 +1,8 @@
 //! Policies attached to destinations (`applyToDestinations`). One winner per
 //! policy type per destination, as Gloo does: the first in config order (files
 //! in name order, documents in file order); the others get a notice.
-use super::super::config::{
-    Config, Resource,
+use super::{
+    Resource, Resources,
     inventory::{Inventory, selector_matches},
     model::*,
     resolve::Dest,
@@ -37,7 +37,7 @@ fn selector_hits_dest(sel: &DestinationSelector, d: &Dest<'_>) -> bool {
 }
 
 /// Does `sel` select anything at all (for a validation notice)?
-pub fn selector_hits(cfg: &Config, inv: &Inventory, sel: &DestinationSelector) -> bool {
+pub fn selector_hits(cfg: &Resources, inv: &Inventory, sel: &DestinationSelector) -> bool {
     let svc_hit = || {
         inv.by_name.values().any(|svc| {
             svc.ports.iter().any(|port| {
@@ -88,7 +88,7 @@ fn first<'a, S>(
         .find(|p| sels(p).iter().any(|s| selector_hits_dest(&s.value, d)))
 }
 
-pub fn applied<'a>(cfg: &'a Config, d: &Dest<'_>) -> Applied<'a> {
+pub fn applied<'a>(cfg: &'a Resources, d: &Dest<'_>) -> Applied<'a> {
     Applied {
         failover: first(&cfg.failover_policies, |p| &p.spec.apply_to_destinations, d),
         outlier: first(&cfg.outlier_policies, |p| &p.spec.apply_to_destinations, d),

@@ -1,11 +1,12 @@
 //! Route tables, flattened: delegation expanded in place (children ordered by
 //! `TABLE_WEIGHT` or `ROUTE_SPECIFICITY`), parent and child matchers combined
 //! (a child route matches only what both allow), parent route labels
-//! inherited. Plus the L4 question: on port P of a host, which route decides,
-//! and can the kernel serve it (no HTTP-level condition anywhere before it)?
+//! inherited; bounded ([`MAX_FLAT_ROUTES`], [`MAX_ROUTE_MATCHERS`]).
+//! Config-layer code: validation reports what flattening finds, and the
+//! compiler works on its result.
 use std::collections::BTreeMap;
 
-use super::super::config::{Config, Resource, model::*};
+use super::{Resource, Resources, model::*};
 use crate::plan::Origin;
 
 /// One matcher of a flattened route: the conjunction of a parent's matcher
@@ -294,7 +295,7 @@ fn own_routes<'a>(t: &'a Resource<RouteTableSpec>) -> Vec<(FlatRoute<'a>, Option
 /// expansions past [`MAX_FLAT_ROUTES`] or [`MAX_ROUTE_MATCHERS`]) are returned
 /// alongside whatever could be flattened.
 pub fn flatten<'a>(
-    cfg: &'a Config,
+    cfg: &'a Resources,
     root: &'a Resource<RouteTableSpec>,
 ) -> (Vec<FlatRoute<'a>>, Vec<FlattenError>) {
     let mut errors = Vec::new();
@@ -346,7 +347,7 @@ impl Budget<'_> {
 
 #[allow(clippy::too_many_arguments)]
 fn expand<'a>(
-    cfg: &'a Config,
+    cfg: &'a Resources,
     table: &'a Resource<RouteTableSpec>,
     parent_match: &[MatchAll<'a>],
     parent_labels: &Labels,
@@ -475,7 +476,7 @@ pub fn describe_rt_selector(sel: &RouteTableSelector, default_ns: &str) -> Strin
 }
 
 /// Route tables some other table delegates to (children are not roots).
-pub fn delegated_tables(cfg: &Config) -> BTreeMap<(String, String), ()> {
+pub fn delegated_tables(cfg: &Resources) -> BTreeMap<(String, String), ()> {
     let mut out = BTreeMap::new();
     for t in &cfg.route_tables {
         for r in &t.spec.http {
@@ -493,45 +494,4 @@ pub fn delegated_tables(cfg: &Config) -> BTreeMap<(String, String), ()> {
         }
     }
     out
-}
-
-/// The decision for one port of a host.
-pub enum PortDecision<'r, 'a> {
-    /// This route forwards everything on the port: the kernel can serve it.
-    L4(&'r FlatRoute<'a>),
-    /// The first route on this port needs HTTP: not served at L4.
-    NeedsL7 {
-        route: &'r FlatRoute<'a>,
-        why: String,
-    },
-    /// No route applies to this port.
-    None,
-}
-
-/// First-match on port `p`: TCP routes take a port first; otherwise the first
-/// HTTP route that can see the port decides.
-pub fn decide_port<'r, 'a>(routes: &'r [FlatRoute<'a>], p: u16) -> PortDecision<'r, 'a> {
-    for kind_tcp in [true, false] {
-        for r in routes.iter().filter(|r| r.is_http() != kind_tcp) {
-            let Some(ms) = r.on_port(p) else { continue };
-            if let Some(why) = r.action_needs_l7() {
-                return PortDecision::NeedsL7 {
-                    route: r,
-                    why: format!("its action is {why}"),
-                };
-            }
-            if ms.is_empty() || ms.iter().any(|m| !m.needs_l7()) {
-                return PortDecision::L4(r);
-            }
-            let why = format!(
-                "it matches on {}",
-                ms.iter()
-                    .map(|m| m.describe())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            );
-            return PortDecision::NeedsL7 { route: r, why };
-        }
-    }
-    PortDecision::None
 }

@@ -1,0 +1,67 @@
+//! `routerd check`'s report: what a config compiles to, for people.
+use std::{fmt::Write as _, time::Duration};
+
+use crate::plan::Plan;
+
+/// The summary `routerd check` prints: hosts with their VIPs and ports, L7
+/// services, gateway listeners, and every notice.
+pub fn check(plan: &Plan, elapsed: Duration) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "config OK: {} virtual hosts, {} services, {} backends (compiled in {:.1} ms)",
+        plan.hosts.len(),
+        plan.services.len(),
+        plan.backends.len(),
+        elapsed.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(
+        o,
+        "node: cluster {:?}, locality {}",
+        plan.node.cluster, plan.node.locality
+    );
+    for h in &plan.hosts {
+        let ports: Vec<String> = h.ports.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "  {:<36} {:<16} {:<26} ports {}",
+            h.name,
+            h.vip4,
+            h.vip6.to_string(),
+            if ports.is_empty() {
+                "none".into()
+            } else {
+                ports.join(",")
+            }
+        );
+    }
+    for l in &plan.l7 {
+        let _ = writeln!(
+            o,
+            "  L7 proxy: {}:{} ({} routes)",
+            l.host,
+            l.port,
+            l.routes.len()
+        );
+    }
+    for g in &plan.gateways {
+        let tables: Vec<&str> = g.hosts.iter().map(|h| h.table.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "  gateway {} listener :{} ({}{}): {}",
+            g.gateway,
+            g.port,
+            if g.http { "http" } else { "tcp" },
+            if g.tls.is_some() { ", tls" } else { "" },
+            if tables.is_empty() {
+                "no route tables bound".to_string()
+            } else {
+                tables.join(", ")
+            }
+        );
+    }
+    for n in &plan.notices {
+        let _ = writeln!(o, "note: {n}");
+    }
+    o
+}

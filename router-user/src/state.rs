@@ -1,0 +1,49 @@
+//! The daemon's state directory (`/run/routerd` by default, root only: the
+//! plan names every endpoint): its pid, and the last applied plan (for
+//! `routerd inspect`, and for a restart whose config is bad).
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::plan::Plan;
+
+/// Files the daemon keeps in its state directory.
+pub fn plan_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("plan.json")
+}
+pub fn pid_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("routerd.pid")
+}
+
+/// The state directory, root only (the plan names every endpoint).
+pub fn state_dir_ready(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to root", state_dir.display()))
+}
+
+/// Record the applied plan for `inspect` and for a restart with a bad
+/// config. Best effort: a full disk must not stop the daemon from applying
+/// plans (the maps are what serves).
+pub fn write_state(state_dir: &Path, plan: &Plan) {
+    let write = || -> Result<()> {
+        state_dir_ready(state_dir)?;
+        let tmp = state_dir.join("plan.json.tmp");
+        let bytes = serde_json::to_vec_pretty(plan)?;
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, plan_file(state_dir))?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::warn!(
+            "could not record the applied plan in {}: {e:#}; the plan is applied and serving, \
+             but `routerd inspect` shows the previous one (free space there)",
+            plan_file(state_dir).display()
+        );
+    }
+}
