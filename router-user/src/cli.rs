@@ -40,10 +40,10 @@ struct ConfigArgs {
     subzone: Option<String>,
     /// IPv4 VIP range, e.g. 240.240.0.0/16.
     #[arg(long)]
-    vip_v4: Option<String>,
+    vip_v4: Option<ipnet::Ipv4Net>,
     /// IPv6 VIP range, e.g. 2001:2::/48.
     #[arg(long)]
-    vip_v6: Option<String>,
+    vip_v6: Option<ipnet::Ipv6Net>,
     /// Do not serve DNS for virtual hosts (overrides RouterConfig spec.dns.enabled).
     #[arg(long)]
     no_dns: bool,
@@ -52,7 +52,7 @@ struct ConfigArgs {
     no_dns_capture: bool,
     /// Upstream resolver, `ip` or `ip:port` (repeatable; default: resolv.conf).
     #[arg(long = "dns-upstream")]
-    dns_upstreams: Vec<String>,
+    dns_upstreams: Vec<crate::config::types::Upstream>,
 }
 
 impl ConfigArgs {
@@ -62,8 +62,8 @@ impl ConfigArgs {
             region: self.region.clone(),
             zone: self.zone.clone(),
             subzone: self.subzone.clone(),
-            vip_v4: self.vip_v4.clone(),
-            vip_v6: self.vip_v6.clone(),
+            vip_v4: self.vip_v4,
+            vip_v6: self.vip_v6,
             no_dns: self.no_dns,
             no_dns_capture: self.no_dns_capture,
             dns_upstreams: self.dns_upstreams.clone(),

@@ -28,7 +28,7 @@ use tokio::{
 
 use crate::{
     compile::{self, Health},
-    config::{self, Overrides, Validated, load::LoadOptions},
+    config::{Loader, Overrides, Validated, load::LoadOptions},
     datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
     dns::{Dns, Names},
     health::{self, Watched},
@@ -69,16 +69,21 @@ fn load_and_compile(
     overrides: &Overrides,
     health: &Health,
 ) -> Result<(Arc<Validated>, Plan), String> {
-    load_and_compile_with(path, overrides, health, LoadOptions::default())
+    load_and_compile_with(
+        &mut Loader::new(LoadOptions::default()),
+        path,
+        overrides,
+        health,
+    )
 }
 
 fn load_and_compile_with(
+    loader: &mut Loader,
     path: &Path,
     overrides: &Overrides,
     health: &Health,
-    opts: LoadOptions,
 ) -> Result<(Arc<Validated>, Plan), String> {
-    let v = config::load_with(path, overrides, opts).map_err(|e| e.to_string())?;
+    let v = loader.load(path, overrides).map_err(|e| e.to_string())?;
     let plan = compile::compile(&v, health).map_err(|e| e.to_string())?;
     Ok((Arc::new(v), plan))
 }
@@ -361,11 +366,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let fds = limits::raise_nofile();
-    let load_opts = LoadOptions {
+    let mut loader = Loader::new(LoadOptions {
         trusted_only: !opts.allow_untrusted_config,
-    };
+    });
     let first = tokio::task::block_in_place(|| {
-        load_and_compile_with(&opts.config, &opts.overrides, &Health::default(), load_opts)
+        load_and_compile_with(
+            &mut loader,
+            &opts.config,
+            &opts.overrides,
+            &Health::default(),
+        )
     });
     if let Err(e) = &first {
         if !opts.pins.exists() {
@@ -512,7 +522,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         };
         let compiled = if trigger.reloads() {
             tokio::task::block_in_place(|| {
-                load_and_compile_with(&opts.config, &opts.overrides, &health, load_opts)
+                load_and_compile_with(&mut loader, &opts.config, &opts.overrides, &health)
             })
         } else {
             match &s.valid {

@@ -22,9 +22,11 @@ pub const OUTLIER_INTERVAL_MS: u64 = 10_000;
 pub const OUTLIER_BASE_EJECTION_MS: u64 = 30_000;
 pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
 
-/// A duration setting in ms; unset, invalid or zero: `default`.
-fn ms(d: &Option<String>, default: u64) -> u64 {
-    super::l7::ms(d).filter(|m| *m > 0).unwrap_or(default)
+/// A duration setting in ms; unset or zero: `default`.
+fn ms(d: &Option<GlooDuration>, default: u64) -> u64 {
+    d.map(GlooDuration::millis)
+        .filter(|m| *m > 0)
+        .unwrap_or(default)
 }
 
 /// The check one policy asks for, against one endpoint.

@@ -15,20 +15,8 @@ use crate::{
     plan::*,
 };
 
-pub(super) fn ms(s: &Option<String>) -> Option<u64> {
-    s.as_deref()
-        .and_then(|d| crate::config::types::parse_duration(d).ok())
-        .map(|d| d.as_millis() as u64)
-}
-
-pub fn redirect_code(code: Option<&str>) -> u16 {
-    match code.unwrap_or("MOVED_PERMANENTLY") {
-        "FOUND" => 302,
-        "SEE_OTHER" => 303,
-        "TEMPORARY_REDIRECT" => 307,
-        "PERMANENT_REDIRECT" => 308,
-        _ => 301,
-    }
+fn ms(d: &Option<GlooDuration>) -> Option<u64> {
+    d.map(GlooDuration::millis)
 }
 
 fn string_match(m: &StringMatch) -> Option<(PathKind, String)> {
@@ -68,10 +56,10 @@ fn conds(m: &HttpMatcher) -> Vec<L7Cond> {
         });
     }
     if let Some(meth) = &m.method {
-        out.push(L7Cond::Method(meth.clone()));
+        out.push(L7Cond::Method(meth.0.clone()));
     }
     if let Some(p) = m.port {
-        out.push(L7Cond::Port(p as u16));
+        out.push(L7Cond::Port(p));
     }
     out
 }
@@ -111,7 +99,7 @@ impl<'a> Compiler<'a> {
                 format!("{}.{}.svc.cluster.local", svc.id.name, svc.id.namespace),
             ),
             Dest::Virtual { vd, port, .. } => (
-                matches!(port.protocol.as_deref(), Some("HTTP2" | "GRPC")),
+                port.protocol.is_some_and(PortProtocol::is_http2),
                 vd.spec
                     .hosts
                     .first()
@@ -163,7 +151,7 @@ impl<'a> Compiler<'a> {
         let retry = winner(&cfg.retry_policies, r).map(|p| {
             let c = &p.spec.config;
             let r = c.retries.clone().unwrap_or_default();
-            let on = |k: &str| r.retry_on.iter().any(|x| x == k);
+            let on = |k: RetryOn| r.retry_on.has(k);
             RetryPolicy {
                 from: p.origin.resource(),
                 attempts: if c.retries.is_some() {
@@ -173,10 +161,10 @@ impl<'a> Compiler<'a> {
                 },
                 per_try_timeout_ms: ms(&r.per_try_timeout),
                 // Without retryOn, Envoy's default for Gloo: 5xx and connect failures.
-                on_5xx: on("5xx") || r.retry_on.is_empty(),
-                on_gateway_error: on("gateway-error"),
-                on_reset: on("reset"),
-                on_connect_failure: on("connect-failure") || r.retry_on.is_empty(),
+                on_5xx: on(RetryOn::Status5xx) || r.retry_on.0.is_empty(),
+                on_gateway_error: on(RetryOn::GatewayError),
+                on_reset: on(RetryOn::Reset),
+                on_connect_failure: on(RetryOn::ConnectFailure) || r.retry_on.0.is_empty(),
                 status_codes: r.retriable_status_codes.clone(),
                 request_timeout_ms: ms(&c.request_timeout),
             }
@@ -185,15 +173,14 @@ impl<'a> Compiler<'a> {
             let c = &p.spec.config;
             FaultPolicy {
                 from: p.origin.resource(),
-                delay: c.delay.as_ref().and_then(|d| {
-                    crate::config::types::parse_duration(&d.fixed_delay)
-                        .ok()
-                        .map(|t| (t.as_millis() as u64, d.percentage.unwrap_or(100.0)))
-                }),
+                delay: c
+                    .delay
+                    .as_ref()
+                    .map(|d| (d.fixed_delay.millis(), d.percentage.map_or(100.0, |p| p.0))),
                 abort: c
                     .abort
                     .as_ref()
-                    .map(|a| (a.http_status, a.percentage.unwrap_or(100.0))),
+                    .map(|a| (a.http_status, a.percentage.map_or(100.0, |p| p.0))),
             }
         });
         let mirror = winner(&cfg.mirror_policies, r).and_then(|p| {
@@ -209,7 +196,7 @@ impl<'a> Compiler<'a> {
             Some(MirrorPolicy {
                 from: p.origin.resource(),
                 dest: self.l7_dest(&d, 100),
-                percent: c.percentage.unwrap_or(100.0),
+                percent: c.percentage.map_or(100.0, |p| p.0),
             })
         });
         let cors = winner(&cfg.cors_policies, r).map(|p| {
@@ -263,13 +250,13 @@ impl<'a> Compiler<'a> {
                     host: rd.host_redirect.clone(),
                     path: rd.path_redirect.clone(),
                     prefix_rewrite: rd.prefix_rewrite.clone(),
-                    code: redirect_code(rd.response_code.as_deref()),
+                    code: rd.response_code.unwrap_or_default().status(),
                     https: rd.https_redirect,
-                    port: rd.port_redirect.map(|p| p as u16),
+                    port: rd.port_redirect,
                 })
             } else if let Some(d) = &h.direct_response {
                 L7Action::Direct {
-                    status: d.status as u16,
+                    status: d.status,
                     body: d.body.clone().unwrap_or_default(),
                 }
             } else {
@@ -330,7 +317,7 @@ impl<'a> Compiler<'a> {
         for gw in &cfg.virtual_gateways {
             for l in &gw.spec.listeners {
                 let lv = &l.value;
-                let Some(port) = lv.port.number.map(|p| p as u16) else {
+                let Some(port) = lv.port.number else {
                     continue;
                 };
                 let mut origin = gw.origin.clone();

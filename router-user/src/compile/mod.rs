@@ -486,7 +486,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                 for m in &r.matchers {
                     match m.named_port() {
                         Some(Some(p)) => {
-                            candidates.insert(p as u16);
+                            candidates.insert(p);
                         }
                         Some(None) => any_unported = true,
                         None => {}
@@ -503,7 +503,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
             if let Some(vd) = src.vd {
                 for p in &vd.spec.ports {
                     if resolve::vd_proto(&p.value) == Proto::Tcp {
-                        candidates.insert(p.value.number as u16);
+                        candidates.insert(p.value.number);
                     }
                 }
             }
@@ -559,7 +559,7 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
         if let Some(vd) = src.vd {
             for p in &vd.spec.ports {
                 let proto = resolve::vd_proto(&p.value);
-                let key = (p.value.number as u16, proto);
+                let key = (p.value.number, proto);
                 if src.rt.is_some() && proto == Proto::Tcp {
                     continue; // the route table decided (or refused) every TCP port
                 }

@@ -115,13 +115,12 @@ pub struct Inventory {
     by_label: std::collections::HashMap<(String, String), Vec<ServiceId>>,
 }
 
-pub fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Ok(Proto::Tcp),
-        "UDP" => Ok(Proto::Udp),
-        other => Err(format!(
-            "protocol `{other}` is not supported; expected TCP or UDP"
-        )),
+/// A Kubernetes port protocol routerd serves (TCP by default).
+pub fn parse_proto(p: Option<K8sProtocol>) -> Result<Proto, String> {
+    match p.unwrap_or_default() {
+        K8sProtocol::Tcp => Ok(Proto::Tcp),
+        K8sProtocol::Udp => Ok(Proto::Udp),
+        K8sProtocol::Sctp => Err("protocol SCTP is not supported; expected TCP or UDP".into()),
     }
 }
 
@@ -146,17 +145,13 @@ impl SvcEntry {
         match sel {
             Some(PortSelector {
                 number: Some(n), ..
-            }) => self
-                .ports
-                .iter()
-                .find(|p| u32::from(p.port) == *n)
-                .ok_or_else(|| {
-                    format!(
-                        "Service {} has no port {n} (its ports: {})",
-                        self.id,
-                        known()
-                    )
-                }),
+            }) => self.ports.iter().find(|p| p.port == *n).ok_or_else(|| {
+                format!(
+                    "Service {} has no port {n} (its ports: {})",
+                    self.id,
+                    known()
+                )
+            }),
             Some(PortSelector {
                 name: Some(name), ..
             }) => self
@@ -336,7 +331,7 @@ impl Inventory {
             for p in &svc.spec.ports {
                 let line = svc.line_of(p);
                 let p = &p.value;
-                let Some(port) = valid_port(p.port) else {
+                let Some(port) = valid_port(u32::from(p.port)) else {
                     diags.push(
                         &o.file,
                         line,
@@ -345,7 +340,7 @@ impl Inventory {
                     );
                     continue;
                 };
-                let proto = match parse_proto(p.protocol.as_deref()) {
+                let proto = match parse_proto(p.protocol) {
                     Ok(pr) => pr,
                     Err(e) => {
                         diags.push(&o.file, line, res.clone(), e);
@@ -428,22 +423,22 @@ impl Inventory {
                 namespace: o.namespace.clone(),
                 name: svc_name.clone(),
             };
-            let v6 = match es.spec.address_type.as_str() {
-                "IPv4" => false,
-                "IPv6" => true,
-                other => {
+            let v6 = match es.spec.address_type {
+                AddressType::IPv4 => false,
+                AddressType::IPv6 => true,
+                AddressType::Fqdn => {
                     diags.push(
                         &o.file,
                         o.line,
                         res,
-                        format!("addressType `{other}` is not supported; expected IPv4 or IPv6"),
+                        "addressType FQDN is not supported; expected IPv4 or IPv6".to_string(),
                     );
                     continue;
                 }
             };
             let mut ports = Vec::new();
             for p in &es.spec.ports {
-                match (valid_port(p.port), parse_proto(p.protocol.as_deref())) {
+                match (valid_port(u32::from(p.port)), parse_proto(p.protocol)) {
                     (Some(n), Ok(pr)) => ports.push((p.name.clone(), n, pr)),
                     (None, _) => diags.push(
                         &o.file,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 
-use super::{Resource, Resources, diag::Diags, model::*};
+use super::{
+    EndpointSliceBody, Resource, Resources, diag::Diags, expected_api, model::*, supported_kinds,
+};
 use crate::plan::Origin;
 
 /// A document of a file, with the 1-based line its text starts on.
@@ -248,28 +250,6 @@ fn saphyr_error(
     });
 }
 
-const SUPPORTED: &str = "RouteTable, VirtualDestination, VirtualGateway (networking.gloo.solo.io/v2); \
-FailoverPolicy, OutlierDetectionPolicy, ActiveHealthCheckPolicy, RetryTimeoutPolicy, FaultInjectionPolicy (resilience.policy.gloo.solo.io/v2); \
-HeaderManipulationPolicy, MirrorPolicy (trafficcontrol.policy.gloo.solo.io/v2); CORSPolicy (security.policy.gloo.solo.io/v2); \
-Service (v1); EndpointSlice (discovery.k8s.io/v1); RouterConfig (routerd.io/v1alpha1)";
-
-fn expected_api(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "RouteTable" | "VirtualDestination" | "VirtualGateway" => GLOO_NETWORKING,
-        "FailoverPolicy"
-        | "OutlierDetectionPolicy"
-        | "ActiveHealthCheckPolicy"
-        | "RetryTimeoutPolicy"
-        | "FaultInjectionPolicy" => GLOO_RESILIENCE,
-        "HeaderManipulationPolicy" | "MirrorPolicy" => GLOO_TRAFFIC,
-        "CORSPolicy" => GLOO_SECURITY,
-        "Service" => K8S_CORE,
-        "EndpointSlice" => K8S_DISCOVERY,
-        "RouterConfig" => ROUTER_API,
-        _ => return None,
-    })
-}
-
 struct DocCtx<'a, 'b> {
     file: &'a str,
     doc: &'a RawDoc<'b>,
@@ -305,44 +285,59 @@ fn resource<S>(cx: &DocCtx<'_, '_>, d: Doc<S>) -> Resource<S> {
     }
 }
 
-/// One document's resource, as the cache keeps it.
-#[derive(Clone)]
-enum Parsed {
-    RouteTable(Resource<RouteTableSpec>),
-    VirtualDestination(Resource<VirtualDestinationSpec>),
-    VirtualGateway(Resource<VirtualGatewaySpec>),
-    FailoverPolicy(Resource<FailoverPolicySpec>),
-    OutlierDetectionPolicy(Resource<OutlierDetectionPolicySpec>),
-    ActiveHealthCheckPolicy(Resource<ActiveHealthCheckPolicySpec>),
-    Service(Resource<ServiceSpec>),
-    EndpointSlice(Resource<super::EndpointSliceBody>),
-    HeaderManipulationPolicy(Resource<RoutePolicySpec<HeaderManipulationConfig>>),
-    RetryTimeoutPolicy(Resource<RoutePolicySpec<RetryTimeoutConfig>>),
-    FaultInjectionPolicy(Resource<RoutePolicySpec<FaultInjectionConfig>>),
-    MirrorPolicy(Resource<RoutePolicySpec<MirrorConfig>>),
-    CorsPolicy(Resource<RoutePolicySpec<CorsConfig>>),
-    RouterConfig(Resource<RouterConfigSpec>),
+macro_rules! parsed_enum {
+    ($($kind:ident, $api:ident, $field:ident, $spec:ty, $parse:ident;)*) => {
+        /// One document's resource, as the cache keeps it.
+        #[derive(Clone)]
+        #[allow(clippy::upper_case_acronyms)]
+        enum Parsed {
+            $($kind(Resource<$spec>),)*
+        }
+
+        impl Parsed {
+            fn push_into(self, cfg: &mut Resources) {
+                match self {
+                    $(Parsed::$kind(r) => cfg.$field.push(r),)*
+                }
+            }
+
+            /// Parse a document of `kind` (a kind [`expected_api`] knows).
+            fn parse(kind: &str, cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Parsed> {
+                match kind {
+                    $(stringify!($kind) => $parse::<$spec>(cx, diags).map(Parsed::$kind),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+crate::for_each_kind!(parsed_enum);
+
+/// A document whose body is under `spec`.
+fn parse_spec<S: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<S>> {
+    parse_typed::<Doc<S>>(cx, diags).map(|d| resource(cx, d))
 }
 
-impl Parsed {
-    fn push_into(self, cfg: &mut Resources) {
-        match self {
-            Parsed::RouteTable(r) => cfg.route_tables.push(r),
-            Parsed::VirtualDestination(r) => cfg.virtual_destinations.push(r),
-            Parsed::VirtualGateway(r) => cfg.virtual_gateways.push(r),
-            Parsed::FailoverPolicy(r) => cfg.failover_policies.push(r),
-            Parsed::OutlierDetectionPolicy(r) => cfg.outlier_policies.push(r),
-            Parsed::ActiveHealthCheckPolicy(r) => cfg.health_policies.push(r),
-            Parsed::Service(r) => cfg.services.push(r),
-            Parsed::EndpointSlice(r) => cfg.endpoint_slices.push(r),
-            Parsed::HeaderManipulationPolicy(r) => cfg.header_policies.push(r),
-            Parsed::RetryTimeoutPolicy(r) => cfg.retry_policies.push(r),
-            Parsed::FaultInjectionPolicy(r) => cfg.fault_policies.push(r),
-            Parsed::MirrorPolicy(r) => cfg.mirror_policies.push(r),
-            Parsed::CorsPolicy(r) => cfg.cors_policies.push(r),
-            Parsed::RouterConfig(r) => cfg.router_configs.push(r),
-        }
-    }
+/// An EndpointSlice: its fields are at the top level.
+#[expect(
+    clippy::extra_unused_type_parameters,
+    reason = "the kind table calls every parser as `parse::<Spec>`"
+)]
+fn parse_endpoint_slice<S>(
+    cx: &DocCtx<'_, '_>,
+    diags: &mut Diags,
+) -> Option<Resource<EndpointSliceBody>> {
+    let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
+    Some(Resource {
+        origin: origin(cx, &d.kind, &d.metadata),
+        line_base: cx.doc.first_line - 1,
+        meta: d.metadata,
+        spec: EndpointSliceBody {
+            address_type: d.address_type,
+            endpoints: d.endpoints,
+            ports: d.ports,
+        },
+    })
 }
 
 /// Documents parsed by the last [`load_path`], by (file, first line), with
@@ -352,7 +347,10 @@ impl Parsed {
 /// are kept, so every error is reported again on every load.
 type Cache = std::collections::HashMap<(String, u64), (String, Parsed)>;
 
-static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+/// The documents of the last load, for the next one to reuse: owned by
+/// whoever loads the same path again and again (the daemon).
+#[derive(Default)]
+pub struct DocCache(Cache);
 
 /// Parse one file's text into `cfg`. `file` is how errors name it.
 pub fn load_text(file: &str, text: &str, cfg: &mut Resources, diags: &mut Diags) {
@@ -386,7 +384,6 @@ fn load_text_cached(
             new.insert(key, (t, p));
             continue;
         }
-        let mut parsed: Option<Parsed> = None;
         let header: Header = match serde_saphyr::from_str(doc.text) {
             Ok(h) => h,
             Err(e) => {
@@ -400,7 +397,10 @@ fn load_text_cached(
                 file,
                 line,
                 None,
-                format!("document has no `kind`; expected one of: {SUPPORTED}"),
+                format!(
+                    "document has no `kind`; expected one of: {}",
+                    supported_kinds()
+                ),
             );
             continue;
         };
@@ -416,7 +416,10 @@ fn load_text_cached(
                 file,
                 line,
                 Some(resource_name),
-                format!("unsupported kind `{kind}`; supported kinds are: {SUPPORTED}"),
+                format!(
+                    "unsupported kind `{kind}`; supported kinds are: {}",
+                    supported_kinds()
+                ),
             );
             continue;
         };
@@ -446,94 +449,7 @@ fn load_text_cached(
             doc: &doc,
             resource: resource_name,
         };
-        match kind.as_str() {
-            "RouteTable" => {
-                if let Some(d) = parse_typed::<Doc<RouteTableSpec>>(&cx, diags) {
-                    parsed = Some(Parsed::RouteTable(resource(&cx, d)));
-                }
-            }
-            "VirtualDestination" => {
-                if let Some(d) = parse_typed::<Doc<VirtualDestinationSpec>>(&cx, diags) {
-                    parsed = Some(Parsed::VirtualDestination(resource(&cx, d)));
-                }
-            }
-            "VirtualGateway" => {
-                if let Some(d) = parse_typed::<Doc<VirtualGatewaySpec>>(&cx, diags) {
-                    parsed = Some(Parsed::VirtualGateway(resource(&cx, d)));
-                }
-            }
-            "FailoverPolicy" => {
-                if let Some(d) = parse_typed::<Doc<FailoverPolicySpec>>(&cx, diags) {
-                    parsed = Some(Parsed::FailoverPolicy(resource(&cx, d)));
-                }
-            }
-            "OutlierDetectionPolicy" => {
-                if let Some(d) = parse_typed::<Doc<OutlierDetectionPolicySpec>>(&cx, diags) {
-                    parsed = Some(Parsed::OutlierDetectionPolicy(resource(&cx, d)));
-                }
-            }
-            "ActiveHealthCheckPolicy" => {
-                if let Some(d) = parse_typed::<Doc<ActiveHealthCheckPolicySpec>>(&cx, diags) {
-                    parsed = Some(Parsed::ActiveHealthCheckPolicy(resource(&cx, d)));
-                }
-            }
-            "Service" => {
-                if let Some(d) = parse_typed::<Doc<ServiceSpec>>(&cx, diags) {
-                    parsed = Some(Parsed::Service(resource(&cx, d)));
-                }
-            }
-            "EndpointSlice" => {
-                if let Some(d) = parse_typed::<EndpointSliceDoc>(&cx, diags) {
-                    let o = origin(&cx, &d.kind, &d.metadata);
-                    parsed = Some(Parsed::EndpointSlice(Resource {
-                        origin: o,
-                        line_base: doc.first_line - 1,
-                        meta: d.metadata,
-                        spec: super::EndpointSliceBody {
-                            address_type: d.address_type,
-                            endpoints: d.endpoints,
-                            ports: d.ports,
-                        },
-                    }));
-                }
-            }
-            "HeaderManipulationPolicy" => {
-                if let Some(d) =
-                    parse_typed::<Doc<RoutePolicySpec<HeaderManipulationConfig>>>(&cx, diags)
-                {
-                    parsed = Some(Parsed::HeaderManipulationPolicy(resource(&cx, d)));
-                }
-            }
-            "RetryTimeoutPolicy" => {
-                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<RetryTimeoutConfig>>>(&cx, diags)
-                {
-                    parsed = Some(Parsed::RetryTimeoutPolicy(resource(&cx, d)));
-                }
-            }
-            "FaultInjectionPolicy" => {
-                if let Some(d) =
-                    parse_typed::<Doc<RoutePolicySpec<FaultInjectionConfig>>>(&cx, diags)
-                {
-                    parsed = Some(Parsed::FaultInjectionPolicy(resource(&cx, d)));
-                }
-            }
-            "MirrorPolicy" => {
-                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<MirrorConfig>>>(&cx, diags) {
-                    parsed = Some(Parsed::MirrorPolicy(resource(&cx, d)));
-                }
-            }
-            "CORSPolicy" => {
-                if let Some(d) = parse_typed::<Doc<RoutePolicySpec<CorsConfig>>>(&cx, diags) {
-                    parsed = Some(Parsed::CorsPolicy(resource(&cx, d)));
-                }
-            }
-            "RouterConfig" => {
-                if let Some(d) = parse_typed::<Doc<RouterConfigSpec>>(&cx, diags) {
-                    parsed = Some(Parsed::RouterConfig(resource(&cx, d)));
-                }
-            }
-            _ => unreachable!("expected_api covers every kind"),
-        }
+        let parsed = Parsed::parse(&kind, &cx, diags);
         if let Some(p) = parsed {
             p.clone().push_into(cfg);
             new.insert(key, (doc.text.to_string(), p));
@@ -541,8 +457,16 @@ fn load_text_cached(
     }
 }
 
-/// Load every file under `path`. Errors are collected, not returned early.
-pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Resources, diags: &mut Diags) {
+/// Load every file under `path`, reusing the documents of `cache` that did
+/// not change (and leaving this load's there). Errors are collected, not
+/// returned early.
+pub fn load_path(
+    path: &Path,
+    opts: LoadOptions,
+    cache: &mut DocCache,
+    cfg: &mut Resources,
+    diags: &mut Diags,
+) {
     let shown = path.display().to_string();
     let files = match config_files(path, opts) {
         Ok(f) => f,
@@ -560,7 +484,7 @@ pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Resources, diags: &mu
         );
         return;
     }
-    let mut old = CACHE.lock().unwrap().take().unwrap_or_default();
+    let mut old = std::mem::take(&mut cache.0);
     let mut new = Cache::new();
     let mut total = 0u64;
     for f in files {
@@ -586,7 +510,7 @@ pub fn load_path(path: &Path, opts: LoadOptions, cfg: &mut Resources, diags: &mu
             Err(e) => diags.push(&name, 0, None, e),
         }
     }
-    *CACHE.lock().unwrap() = Some(new);
+    cache.0 = new;
 }
 
 #[cfg(test)]
@@ -628,10 +552,17 @@ mod tests {
                 "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {host}, namespace: ns}}\nspec:\n  hosts: [{host}.mesh]\n  services: [{{name: s}}]\n  ports: [{{number: 80}}]\n"
             )
         };
-        let load = |text: &str| {
+        let mut cache = DocCache::default();
+        let mut load = |text: &str| {
             std::fs::write(&file, text).unwrap();
             let (mut cfg, mut diags) = (Resources::default(), Diags::default());
-            load_path(&dir, LoadOptions::default(), &mut cfg, &mut diags);
+            load_path(
+                &dir,
+                LoadOptions::default(),
+                &mut cache,
+                &mut cfg,
+                &mut diags,
+            );
             let hosts: Vec<String> = cfg
                 .virtual_destinations
                 .iter()

@@ -64,51 +64,74 @@ impl<S> Resource<S> {
 /// The body of an EndpointSlice (it has no `spec`).
 #[derive(Clone, Debug)]
 pub struct EndpointSliceBody {
-    pub address_type: String,
+    pub address_type: AddressType,
     pub endpoints: Vec<Spanned<Endpoint>>,
     pub ports: Vec<EndpointPort>,
 }
 
-/// Everything loaded from the config path.
-#[derive(Clone, Debug, Default)]
-pub struct Resources {
-    pub route_tables: Vec<Resource<RouteTableSpec>>,
-    pub virtual_destinations: Vec<Resource<VirtualDestinationSpec>>,
-    pub virtual_gateways: Vec<Resource<VirtualGatewaySpec>>,
-    pub failover_policies: Vec<Resource<FailoverPolicySpec>>,
-    pub outlier_policies: Vec<Resource<OutlierDetectionPolicySpec>>,
-    pub health_policies: Vec<Resource<ActiveHealthCheckPolicySpec>>,
-    pub services: Vec<Resource<ServiceSpec>>,
-    pub endpoint_slices: Vec<Resource<EndpointSliceBody>>,
-    pub router_configs: Vec<Resource<RouterConfigSpec>>,
-    pub header_policies: Vec<Resource<RoutePolicySpec<HeaderManipulationConfig>>>,
-    pub retry_policies: Vec<Resource<RoutePolicySpec<RetryTimeoutConfig>>>,
-    pub fault_policies: Vec<Resource<RoutePolicySpec<FaultInjectionConfig>>>,
-    pub mirror_policies: Vec<Resource<RoutePolicySpec<MirrorConfig>>>,
-    pub cors_policies: Vec<Resource<RoutePolicySpec<CorsConfig>>>,
-    /// Files read, in order.
-    pub files: Vec<String>,
+/// Every kind of resource routerd reads, in one table: `Kind, apiVersion,
+/// field of [`Resources`], spec type, parser` (`parse_spec` for documents
+/// with a `spec`). Adding a kind is one line here and its shape in
+/// [`model`]: the loader's dispatch, the `Resources` field, the list of
+/// supported kinds and the apiVersion check all come from this table.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! for_each_kind {
+    ($then:ident) => {
+        $then! {
+            RouteTable, GLOO_NETWORKING, route_tables, RouteTableSpec, parse_spec;
+            VirtualDestination, GLOO_NETWORKING, virtual_destinations, VirtualDestinationSpec, parse_spec;
+            VirtualGateway, GLOO_NETWORKING, virtual_gateways, VirtualGatewaySpec, parse_spec;
+            FailoverPolicy, GLOO_RESILIENCE, failover_policies, FailoverPolicySpec, parse_spec;
+            OutlierDetectionPolicy, GLOO_RESILIENCE, outlier_policies, OutlierDetectionPolicySpec, parse_spec;
+            ActiveHealthCheckPolicy, GLOO_RESILIENCE, health_policies, ActiveHealthCheckPolicySpec, parse_spec;
+            RetryTimeoutPolicy, GLOO_RESILIENCE, retry_policies, RoutePolicySpec<RetryTimeoutConfig>, parse_spec;
+            FaultInjectionPolicy, GLOO_RESILIENCE, fault_policies, RoutePolicySpec<FaultInjectionConfig>, parse_spec;
+            HeaderManipulationPolicy, GLOO_TRAFFIC, header_policies, RoutePolicySpec<HeaderManipulationConfig>, parse_spec;
+            MirrorPolicy, GLOO_TRAFFIC, mirror_policies, RoutePolicySpec<MirrorConfig>, parse_spec;
+            CORSPolicy, GLOO_SECURITY, cors_policies, RoutePolicySpec<CorsConfig>, parse_spec;
+            Service, K8S_CORE, services, ServiceSpec, parse_spec;
+            EndpointSlice, K8S_DISCOVERY, endpoint_slices, EndpointSliceBody, parse_endpoint_slice;
+            RouterConfig, ROUTER_API, router_configs, RouterConfigSpec, parse_spec;
+        }
+    };
 }
 
-impl Resources {
-    /// No resource of any kind was read.
-    pub fn is_empty(&self) -> bool {
-        self.route_tables.is_empty()
-            && self.virtual_destinations.is_empty()
-            && self.virtual_gateways.is_empty()
-            && self.failover_policies.is_empty()
-            && self.outlier_policies.is_empty()
-            && self.health_policies.is_empty()
-            && self.services.is_empty()
-            && self.endpoint_slices.is_empty()
-            && self.router_configs.is_empty()
-            && self.header_policies.is_empty()
-            && self.retry_policies.is_empty()
-            && self.fault_policies.is_empty()
-            && self.mirror_policies.is_empty()
-            && self.cors_policies.is_empty()
-    }
+macro_rules! resources_struct {
+    ($($kind:ident, $api:ident, $field:ident, $spec:ty, $parse:ident;)*) => {
+        /// Everything loaded from the config path, by kind.
+        #[derive(Clone, Debug, Default)]
+        pub struct Resources {
+            $(
+                #[doc = concat!("`", stringify!($kind), "` resources, in config order.")]
+                pub $field: Vec<Resource<$spec>>,
+            )*
+            /// Files read, in order.
+            pub files: Vec<String>,
+        }
+
+        impl Resources {
+            /// No resource of any kind was read.
+            pub fn is_empty(&self) -> bool {
+                true $(&& self.$field.is_empty())*
+            }
+        }
+
+        /// `Kind (apiVersion)` for every supported kind, for error messages.
+        pub fn supported_kinds() -> String {
+            [$(format!("{} ({})", stringify!($kind), $api)),*].join(", ")
+        }
+
+        /// The apiVersion a kind must have, if routerd reads the kind.
+        pub fn expected_api(kind: &str) -> Option<&'static str> {
+            match kind {
+                $(stringify!($kind) => Some($api),)*
+                _ => None,
+            }
+        }
+    };
 }
+for_each_kind!(resources_struct);
 
 /// Command-line settings that override the RouterConfig resource.
 #[derive(Clone, Debug, Default)]
@@ -117,14 +140,14 @@ pub struct Overrides {
     pub region: Option<String>,
     pub zone: Option<String>,
     pub subzone: Option<String>,
-    pub vip_v4: Option<String>,
-    pub vip_v6: Option<String>,
+    pub vip_v4: Option<ipnet::Ipv4Net>,
+    pub vip_v6: Option<ipnet::Ipv6Net>,
     /// `--no-dns`: do not serve DNS.
     pub no_dns: bool,
     /// `--no-dns-capture`: serve DNS but leave port 53 alone.
     pub no_dns_capture: bool,
     /// `--dns-upstream`: replaces spec.dns.upstreams.
-    pub dns_upstreams: Vec<String>,
+    pub dns_upstreams: Vec<types::Upstream>,
 }
 
 /// The router's settings after merging RouterConfig and overrides.
@@ -182,10 +205,30 @@ pub fn load_with(
     overrides: &Overrides,
     opts: load::LoadOptions,
 ) -> Result<Validated, ConfigError> {
-    let mut cfg = Resources::default();
-    let mut diags = diag::Diags::default();
-    load::load_path(path, opts, &mut cfg, &mut diags);
-    finish(cfg, overrides, diags)
+    Loader::new(opts).load(path, overrides)
+}
+
+/// Loads the same path again and again (the daemon's reloads), parsing
+/// only the documents that changed since the last load.
+pub struct Loader {
+    opts: load::LoadOptions,
+    cache: load::DocCache,
+}
+
+impl Loader {
+    pub fn new(opts: load::LoadOptions) -> Self {
+        Loader {
+            opts,
+            cache: load::DocCache::default(),
+        }
+    }
+
+    pub fn load(&mut self, path: &Path, overrides: &Overrides) -> Result<Validated, ConfigError> {
+        let mut cfg = Resources::default();
+        let mut diags = diag::Diags::default();
+        load::load_path(path, self.opts, &mut self.cache, &mut cfg, &mut diags);
+        finish(cfg, overrides, diags)
+    }
 }
 
 /// Load and validate YAML text (tests, fuzzing). `file` names it in errors.
@@ -278,60 +321,16 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
         None => ("<flags>".to_string(), 0, None),
     };
     let ranges = rc.vip_ranges.clone().unwrap_or_default();
-    if let Some(v4) = o.vip_v4.clone().or(ranges.ipv4) {
-        match v4.parse::<ipnet::Ipv4Net>() {
-            Ok(n) if (8..=30).contains(&n.prefix_len()) => match vip_range_problem(n.trunc().into()) {
-                Some(why) => diags.push(
-                    &file,
-                    line,
-                    res.clone(),
-                    format!("IPv4 VIP range {n} overlaps {why}: choose a range no real address is in, like 240.240.0.0/16"),
-                ),
-                None => s.vip_ranges.v4 = n.trunc(),
-            },
-            Ok(n) => diags.push(
-                &file,
-                line,
-                res.clone(),
-                format!(
-                    "IPv4 VIP range {n} has prefix length {}; expected /8 to /30",
-                    n.prefix_len()
-                ),
-            ),
-            Err(_) => diags.push(
-                &file,
-                line,
-                res.clone(),
-                format!("IPv4 VIP range `{v4}` is not a CIDR like 240.240.0.0/16"),
-            ),
+    if let Some(n) = o.vip_v4.or(ranges.ipv4) {
+        match vip_range_error(n.into(), 8..=30) {
+            Some(e) => diags.push(&file, line, res.clone(), e),
+            None => s.vip_ranges.v4 = n.trunc(),
         }
     }
-    if let Some(v6) = o.vip_v6.clone().or(ranges.ipv6) {
-        match v6.parse::<ipnet::Ipv6Net>() {
-            Ok(n) if (16..=120).contains(&n.prefix_len()) => match vip_range_problem(n.trunc().into()) {
-                Some(why) => diags.push(
-                    &file,
-                    line,
-                    res.clone(),
-                    format!("IPv6 VIP range {n} overlaps {why}: choose a range no real address is in, like 2001:2::/48"),
-                ),
-                None => s.vip_ranges.v6 = n.trunc(),
-            },
-            Ok(n) => diags.push(
-                &file,
-                line,
-                res.clone(),
-                format!(
-                    "IPv6 VIP range {n} has prefix length {}; expected /16 to /120",
-                    n.prefix_len()
-                ),
-            ),
-            Err(_) => diags.push(
-                &file,
-                line,
-                res.clone(),
-                format!("IPv6 VIP range `{v6}` is not a CIDR like 2001:2::/48"),
-            ),
+    if let Some(n) = o.vip_v6.or(ranges.ipv6) {
+        match vip_range_error(n.into(), 16..=120) {
+            Some(e) => diags.push(&file, line, res.clone(), e),
+            None => s.vip_ranges.v6 = n.trunc(),
         }
     }
     s.locality_requires_outlier_detection = rc.locality_requires_outlier_detection.unwrap_or(true);
@@ -358,6 +357,28 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
         diags.push(&file, line, res.clone(), msg)
     });
     s
+}
+
+/// Why a VIP range cannot be used, if it cannot: its prefix length, or
+/// what it overlaps.
+fn vip_range_error(n: ipnet::IpNet, lengths: std::ops::RangeInclusive<u8>) -> Option<String> {
+    let (fam, like) = match n {
+        ipnet::IpNet::V4(_) => ("IPv4", "240.240.0.0/16"),
+        ipnet::IpNet::V6(_) => ("IPv6", "2001:2::/48"),
+    };
+    if !lengths.contains(&n.prefix_len()) {
+        return Some(format!(
+            "{fam} VIP range {n} has prefix length {}; expected /{} to /{}",
+            n.prefix_len(),
+            lengths.start(),
+            lengths.end()
+        ));
+    }
+    vip_range_problem(n.trunc()).map(|why| {
+        format!(
+            "{fam} VIP range {n} overlaps {why}: choose a range no real address is in, like {like}"
+        )
+    })
 }
 
 /// What a VIP range must not overlap (connections into it are rewritten or
@@ -408,38 +429,28 @@ fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
     for (field, value, slot) in [
         (
             "upstreamTimeout",
-            &p.upstream_timeout,
+            p.upstream_timeout,
             &mut out.upstream_timeout_ms,
         ),
-        ("bodyTimeout", &p.body_timeout, &mut out.body_timeout_ms),
-        ("idleTimeout", &p.idle_timeout, &mut out.idle_timeout_ms),
+        ("bodyTimeout", p.body_timeout, &mut out.body_timeout_ms),
+        ("idleTimeout", p.idle_timeout, &mut out.idle_timeout_ms),
         (
             "tcpIdleTimeout",
-            &p.tcp_idle_timeout,
+            p.tcp_idle_timeout,
             &mut out.tcp_idle_timeout_ms,
         ),
     ] {
-        if let Some(v) = value {
-            match types::parse_duration(v) {
-                Ok(d) if !d.is_zero() => *slot = d.as_millis() as u64,
-                Ok(_) => err(format!("spec.proxy.{field} must be more than 0")),
-                Err(e) => err(format!("spec.proxy.{field}: {e}")),
-            }
+        match value {
+            Some(d) if d.is_zero() => err(format!("spec.proxy.{field} must be more than 0")),
+            Some(d) => *slot = d.millis(),
+            None => {}
         }
     }
-    if let Some(l) = &p.listen {
-        match l.parse() {
-            Ok(a) => out.listen4 = a,
-            Err(_) => err(format!("spec.proxy.listen `{l}` is not an IPv4 address")),
-        }
+    if let Some(l) = p.listen {
+        out.listen4 = l;
     }
-    match p.listen6.as_deref() {
-        None => {}
-        Some("") => out.listen6 = None,
-        Some(l) => match l.parse() {
-            Ok(a) => out.listen6 = Some(a),
-            Err(_) => err(format!("spec.proxy.listen6 `{l}` is not an IPv6 address")),
-        },
+    if let Some(l) = p.listen6 {
+        out.listen6 = l.0;
     }
     out
 }
@@ -452,18 +463,10 @@ fn dns_settings(d: &DnsSpec, o: &Overrides, mut err: impl FnMut(String)) -> DnsP
         port: d.port.unwrap_or(53),
         ..DnsPlan::default()
     };
-    if let Some(l) = &d.listen {
-        match l.parse() {
-            Ok(a) => p.listen4 = a,
-            Err(_) => err(format!("spec.dns.listen `{l}` is not an IPv4 address")),
-        }
+    if let Some(l) = d.listen {
+        p.listen4 = l;
     }
-    if let Some(l) = &d.listen6 {
-        match l.parse() {
-            Ok(a) => p.listen6 = Some(a),
-            Err(_) => err(format!("spec.dns.listen6 `{l}` is not an IPv6 address")),
-        }
-    }
+    p.listen6 = d.listen6;
     if p.port == 0 {
         err("spec.dns.port must be 1-65535".into());
     }
@@ -472,16 +475,6 @@ fn dns_settings(d: &DnsSpec, o: &Overrides, mut err: impl FnMut(String)) -> DnsP
     } else {
         &o.dns_upstreams
     };
-    for u in ups {
-        let parsed = u
-            .parse::<std::net::SocketAddr>()
-            .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()));
-        match parsed {
-            Ok(a) => p.upstreams.push(a),
-            Err(_) => err(format!(
-                "DNS upstream `{u}` is not an address like 10.0.0.2 or 10.0.0.2:53"
-            )),
-        }
-    }
+    p.upstreams = ups.iter().map(|u| u.0).collect();
     p
 }

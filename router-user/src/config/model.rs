@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, de::IgnoredAny};
 pub use serde_saphyr::Spanned;
 
+pub use super::types::*;
+
 pub type Labels = BTreeMap<String, String>;
 pub type Ignored = Option<IgnoredAny>;
 
@@ -125,7 +127,7 @@ pub struct ObjectSelector {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortSelector {
     #[serde(default)]
-    pub number: Option<u32>,
+    pub number: Option<u16>,
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -137,7 +139,7 @@ pub struct DestinationRef {
     pub ref_: ObjectRef,
     /// `SERVICE` (default) or `VIRTUAL_DESTINATION`.
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<DestinationKind>,
     #[serde(default)]
     pub port: Option<PortSelector>,
     /// Label subset of the destination's endpoints.
@@ -195,9 +197,9 @@ pub struct HttpMatcher {
     #[serde(default)]
     pub query_parameters: Vec<QueryMatcher>,
     #[serde(default)]
-    pub method: Option<String>,
+    pub method: Option<HttpMethod>,
     #[serde(default)]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -246,7 +248,7 @@ pub struct Delegate {
     pub route_tables: Vec<RouteTableSelector>,
     /// `TABLE_WEIGHT` (default) or `ROUTE_SPECIFICITY`.
     #[serde(default)]
-    pub sort_method: Option<String>,
+    pub sort_method: Option<SortMethod>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -259,17 +261,17 @@ pub struct Redirect {
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
     #[serde(default)]
-    pub response_code: Option<String>,
+    pub response_code: Option<RedirectCode>,
     #[serde(default)]
     pub https_redirect: bool,
     #[serde(default)]
-    pub port_redirect: Option<u32>,
+    pub port_redirect: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DirectResponse {
-    pub status: u32,
+    pub status: u16,
     #[serde(default)]
     pub body: Option<String>,
 }
@@ -297,7 +299,7 @@ pub struct HttpRoute {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpMatcher {
     #[serde(default)]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -328,9 +330,9 @@ pub struct RouteTableSpec {
     /// Order among sibling delegated tables (higher first).
     #[serde(default)]
     pub weight: Option<i32>,
-    /// `ROUTE_REPLACEMENT` or `FREEZE_CONFIG` (L7; validated only).
+    /// `ROUTE_REPLACEMENT` (default) or `FREEZE_CONFIG`.
     #[serde(default)]
-    pub failure_mode: Option<String>,
+    pub failure_mode: Option<FailureMode>,
     #[serde(default)]
     pub http: Vec<Spanned<HttpRoute>>,
     #[serde(default)]
@@ -340,10 +342,10 @@ pub struct RouteTableSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VdPort {
-    pub number: u32,
+    pub number: u16,
     /// HTTP, HTTP2, GRPC, TCP, TLS, HTTPS or UDP (default TCP).
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub protocol: Option<PortProtocol>,
     #[serde(default)]
     pub target_port: Option<PortSelector>,
 }
@@ -363,7 +365,7 @@ pub struct VirtualDestinationSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerTls {
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<TlsMode>,
     #[serde(default)]
     pub secret_name: Option<String>,
     #[serde(default)]
@@ -415,7 +417,7 @@ pub struct VirtualGatewaySpec {
 pub struct DestinationSelector {
     /// `SERVICE` or `VIRTUAL_DESTINATION` (default: both).
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<DestinationKind>,
     #[serde(default)]
     pub selector: Option<ObjectSelector>,
     #[serde(default)]
@@ -489,9 +491,9 @@ pub struct OutlierConfig {
     #[serde(default)]
     pub consecutive_gateway_errors: Option<u32>,
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<GlooDuration>,
     #[serde(default)]
-    pub base_ejection_time: Option<String>,
+    pub base_ejection_time: Option<GlooDuration>,
     #[serde(default)]
     pub max_ejection_percent: Option<u32>,
 }
@@ -536,9 +538,9 @@ pub struct TcpHealthCheck {}
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheckSpec {
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<GlooDuration>,
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<GlooDuration>,
     #[serde(default)]
     pub unhealthy_threshold: Option<u32>,
     #[serde(default)]
@@ -581,12 +583,12 @@ pub enum IntOrString {
 pub struct ServicePort {
     #[serde(default)]
     pub name: Option<String>,
-    pub port: u32,
+    pub port: u16,
     #[serde(default)]
     pub target_port: Option<IntOrString>,
     /// TCP (default) or UDP.
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub protocol: Option<K8sProtocol>,
     #[serde(default)]
     pub app_protocol: Option<String>,
     #[serde(default)]
@@ -677,9 +679,9 @@ pub struct Endpoint {
 pub struct EndpointPort {
     #[serde(default)]
     pub name: Option<String>,
-    pub port: u32,
+    pub port: u16,
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub protocol: Option<K8sProtocol>,
     #[serde(default)]
     pub app_protocol: Option<String>,
 }
@@ -691,7 +693,7 @@ pub struct EndpointSliceDoc {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
-    pub address_type: String,
+    pub address_type: AddressType,
     #[serde(default)]
     pub endpoints: Vec<Spanned<Endpoint>>,
     #[serde(default)]
@@ -706,9 +708,9 @@ pub struct EndpointSliceDoc {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VipRangesSpec {
     #[serde(default)]
-    pub ipv4: Option<String>,
+    pub ipv4: Option<ipnet::Ipv4Net>,
     #[serde(default)]
-    pub ipv6: Option<String>,
+    pub ipv6: Option<ipnet::Ipv6Net>,
 }
 
 /// The node's identity and the router's own settings. Flags override it.
@@ -765,22 +767,22 @@ pub struct ProxySpec {
     pub port_range: Option<String>,
     /// Default upstream response timeout (a duration like `15s`).
     #[serde(default)]
-    pub upstream_timeout: Option<String>,
+    pub upstream_timeout: Option<GlooDuration>,
     /// Request body deadline (buffered) / longest pause (streamed).
     #[serde(default)]
-    pub body_timeout: Option<String>,
+    pub body_timeout: Option<GlooDuration>,
     /// Idle HTTP connections are closed after this.
     #[serde(default)]
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<GlooDuration>,
     /// Idle TCP gateway connections are closed after this.
     #[serde(default)]
-    pub tcp_idle_timeout: Option<String>,
+    pub tcp_idle_timeout: Option<GlooDuration>,
     /// IPv4 listener address (default 127.0.0.1).
     #[serde(default)]
-    pub listen: Option<String>,
+    pub listen: Option<std::net::Ipv4Addr>,
     /// IPv6 listener address (default ::1; empty string: none).
     #[serde(default)]
-    pub listen6: Option<String>,
+    pub listen6: Option<OptionalIpv6>,
 }
 
 /// `spec.dns` of the RouterConfig.
@@ -798,16 +800,16 @@ pub struct DnsSpec {
     pub ttl: Option<u32>,
     /// IPv4 listener address (default 127.0.0.153).
     #[serde(default)]
-    pub listen: Option<String>,
+    pub listen: Option<std::net::Ipv4Addr>,
     /// IPv6 listener address (default: none, IPv6 DNS is not captured).
     #[serde(default)]
-    pub listen6: Option<String>,
+    pub listen6: Option<std::net::Ipv6Addr>,
     /// Listener port (default 53).
     #[serde(default)]
     pub port: Option<u16>,
     /// Upstream resolvers, `ip` or `ip:port` (default: the node's resolv.conf).
     #[serde(default)]
-    pub upstreams: Vec<String>,
+    pub upstreams: Vec<Upstream>,
 }
 
 // ----------------------------------------------------------------------------
@@ -857,10 +859,11 @@ pub struct RetrySpec {
     #[serde(default)]
     pub attempts: Option<u32>,
     #[serde(default)]
-    pub per_try_timeout: Option<String>,
-    /// `5xx`, `gateway-error`, `reset`, `connect-failure`, `retriable-status-codes`.
+    pub per_try_timeout: Option<GlooDuration>,
+    /// `5xx`, `gateway-error`, `reset`, `connect-failure`,
+    /// `retriable-status-codes`: a comma-separated string (Gloo) or a list.
     #[serde(default)]
-    pub retry_on: Vec<String>,
+    pub retry_on: RetryOnList,
     #[serde(default)]
     pub retriable_status_codes: Vec<u16>,
 }
@@ -871,15 +874,15 @@ pub struct RetryTimeoutConfig {
     #[serde(default)]
     pub retries: Option<RetrySpec>,
     #[serde(default)]
-    pub request_timeout: Option<String>,
+    pub request_timeout: Option<GlooDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
-    pub fixed_delay: String,
+    pub fixed_delay: GlooDuration,
     #[serde(default)]
-    pub percentage: Option<f64>,
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -887,7 +890,7 @@ pub struct FaultDelay {
 pub struct FaultAbort {
     pub http_status: u16,
     #[serde(default)]
-    pub percentage: Option<f64>,
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -905,7 +908,7 @@ pub struct MirrorConfig {
     pub destination: Spanned<DestinationRef>,
     /// Percentage of requests mirrored (default 100).
     #[serde(default)]
-    pub percentage: Option<f64>,
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -920,7 +923,7 @@ pub struct CorsConfig {
     #[serde(default)]
     pub expose_headers: Vec<String>,
     #[serde(default)]
-    pub max_age: Option<String>,
+    pub max_age: Option<GlooDuration>,
     #[serde(default)]
     pub allow_credentials: Option<bool>,
 }

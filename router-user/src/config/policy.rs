@@ -10,16 +10,19 @@ use super::{
 
 fn selector_hits_dest(sel: &DestinationSelector, d: &Dest<'_>) -> bool {
     let kind_ok = matches!(
-        (sel.kind.as_deref(), d),
+        (sel.kind, d),
         (None, _)
-            | (Some("SERVICE"), Dest::Service { .. })
-            | (Some("VIRTUAL_DESTINATION"), Dest::Virtual { .. })
+            | (Some(DestinationKind::Service), Dest::Service { .. })
+            | (
+                Some(DestinationKind::VirtualDestination),
+                Dest::Virtual { .. }
+            )
     );
 
     let port_ok = match &sel.port {
         Some(PortSelector {
             number: Some(n), ..
-        }) => u32::from(d.front_port()) == *n,
+        }) => d.front_port() == *n,
         _ => true,
     };
     let obj_ok = match (&sel.selector, d) {

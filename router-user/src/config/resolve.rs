@@ -27,7 +27,7 @@ impl Dest<'_> {
     pub fn front_port(&self) -> u16 {
         match self {
             Dest::Service { port, .. } => port.port,
-            Dest::Virtual { port, .. } => port.number as u16,
+            Dest::Virtual { port, .. } => port.number,
         }
     }
     pub fn proto(&self) -> Proto {
@@ -68,14 +68,12 @@ impl Dest<'_> {
 
 /// VirtualDestination port protocol -> transport. HTTP-family protocols ride TCP.
 pub fn vd_proto(p: &VdPort) -> Proto {
-    if p.protocol.as_deref() == Some("UDP") {
+    if p.protocol.is_some_and(PortProtocol::is_udp) {
         Proto::Udp
     } else {
         Proto::Tcp
     }
 }
-
-pub const VD_PROTOCOLS: [&str; 7] = ["HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP", "UDP"];
 
 /// Find the Service a destination names. Without a cluster: the node's
 /// cluster if it has the Service, else the only cluster that has it.
@@ -191,8 +189,8 @@ pub fn resolve_dest<'a>(
     d: &'a DestinationRef,
     ns: &str,
 ) -> Result<Dest<'a>, String> {
-    match d.kind.as_deref().unwrap_or("SERVICE") {
-        "SERVICE" => {
+    match d.kind.unwrap_or_default() {
+        DestinationKind::Service => {
             let svc = find_service(inv, settings, &d.ref_, ns)?;
             let port = svc.port(d.port.as_ref())?;
             Ok(Dest::Service {
@@ -201,7 +199,7 @@ pub fn resolve_dest<'a>(
                 subset: &d.subset,
             })
         }
-        "VIRTUAL_DESTINATION" => {
+        DestinationKind::VirtualDestination => {
             let vd = find_vd(cfg, &d.ref_, ns)?;
             let port = vd_port(vd, d.port.as_ref())?;
             Ok(Dest::Virtual {
@@ -210,12 +208,6 @@ pub fn resolve_dest<'a>(
                 subset: &d.subset,
             })
         }
-        "EXTERNAL_SERVICE" => Err(
-            "kind EXTERNAL_SERVICE is not supported yet; use SERVICE or VIRTUAL_DESTINATION".into(),
-        ),
-        other => Err(format!(
-            "kind `{other}` is not a destination kind; expected SERVICE or VIRTUAL_DESTINATION"
-        )),
     }
 }
 
@@ -237,12 +229,12 @@ pub fn vd_backing_port<'a>(svc: &'a SvcEntry, vp: &VdPort) -> Option<&'a SvcPort
             .ports
             .iter()
             .filter(ok)
-            .find(|p| u32::from(p.port) == *n || p.target == Target::Number(*n as u16)),
+            .find(|p| p.port == *n || p.target == Target::Number(*n)),
         _ => svc
             .ports
             .iter()
             .filter(ok)
-            .find(|p| u32::from(p.port) == vp.number)
+            .find(|p| p.port == vp.number)
             .or_else(
                 || match svc.ports.iter().filter(ok).collect::<Vec<_>>().as_slice() {
                     [one] => Some(*one),

@@ -14,13 +14,13 @@ use crate::plan::Origin;
 #[derive(Clone, Debug, Default)]
 pub struct MatchAll<'a> {
     pub http: Vec<&'a HttpMatcher>,
-    pub tcp_ports: Vec<u32>,
+    pub tcp_ports: Vec<u16>,
 }
 
 impl MatchAll<'_> {
     /// Ports this conjunction insists on (all must agree to match anything).
-    fn ports(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self
+    fn ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
             .http
             .iter()
             .filter_map(|m| m.port)
@@ -31,10 +31,10 @@ impl MatchAll<'_> {
         v
     }
     pub fn allows_port(&self, p: u16) -> bool {
-        self.ports().iter().all(|x| *x == u32::from(p))
+        self.ports().iter().all(|x| *x == p)
     }
     /// Ports it names, if any (a conjunction naming two ports matches nothing).
-    pub fn named_port(&self) -> Option<Option<u32>> {
+    pub fn named_port(&self) -> Option<Option<u16>> {
         match self.ports().as_slice() {
             [] => Some(None),
             [p] => Some(Some(*p)),
@@ -452,7 +452,7 @@ fn expand<'a>(
             );
             stack.pop();
         }
-        if d.sort_method.as_deref() == Some("ROUTE_SPECIFICITY") {
+        if d.sort_method == Some(SortMethod::RouteSpecificity) {
             child_routes.sort_by_key(|r| std::cmp::Reverse(specificity(r)));
         }
         out.extend(child_routes);

@@ -1,5 +1,24 @@
-//! Values with a syntax of their own in the config.
-use std::time::Duration;
+//! Values with a syntax of their own, parsed where they are read: a bad
+//! value is reported by the loader at `file:line:column` on the field itself,
+//! and nothing downstream re-parses a string or falls back to a default.
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+
+/// Deserialize through `FromStr`, the error being the parser's message.
+fn via_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(de::Error::custom)
+}
 
 /// `1s`, `500ms`, `1.5s`, `2m`, `1h` (the protobuf Duration text Gloo uses).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -28,6 +47,296 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration as Gloo writes it (`5s`, `100ms`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GlooDuration(pub Duration);
+
+impl GlooDuration {
+    pub fn millis(self) -> u64 {
+        self.0.as_millis() as u64
+    }
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl FromStr for GlooDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(GlooDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for GlooDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        via_str(d)
+    }
+}
+
+impl fmt::Display for GlooDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.millis())
+    }
+}
+
+/// A percentage, 0 to 100 (fractions allowed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if (0.0..=100.0).contains(&v) {
+            Ok(Percent(v))
+        } else {
+            Err(de::Error::custom(format!(
+                "{v} is not a percentage; expected 0 to 100"
+            )))
+        }
+    }
+}
+
+/// What a destination reference names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DestinationKind {
+    #[default]
+    Service,
+    VirtualDestination,
+}
+
+/// How delegated children are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SortMethod {
+    #[default]
+    TableWeight,
+    RouteSpecificity,
+}
+
+/// A redirect's status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RedirectCode {
+    #[default]
+    MovedPermanently,
+    Found,
+    SeeOther,
+    TemporaryRedirect,
+    PermanentRedirect,
+}
+
+impl RedirectCode {
+    pub fn status(self) -> u16 {
+        match self {
+            RedirectCode::MovedPermanently => 301,
+            RedirectCode::Found => 302,
+            RedirectCode::SeeOther => 303,
+            RedirectCode::TemporaryRedirect => 307,
+            RedirectCode::PermanentRedirect => 308,
+        }
+    }
+}
+
+/// What a route table does with a route it cannot serve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureMode {
+    /// The broken route answers 500; the others serve.
+    #[default]
+    RouteReplacement,
+    /// The whole config is rejected; the last good one keeps serving.
+    FreezeConfig,
+}
+
+/// The protocol of a VirtualDestination port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PortProtocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    /// Spoken over UDP (everything else is TCP).
+    pub fn is_udp(self) -> bool {
+        self == PortProtocol::Udp
+    }
+    /// HTTP/2 to the endpoints.
+    pub fn is_http2(self) -> bool {
+        matches!(self, PortProtocol::Http2 | PortProtocol::Grpc)
+    }
+}
+
+/// A VirtualGateway listener's TLS mode (Gloo's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    #[default]
+    Simple,
+    Mutual,
+    OptionalMutual,
+    IstioMutual,
+    Passthrough,
+    AutoPassthrough,
+}
+
+/// A Kubernetes port's protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum K8sProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+/// An EndpointSlice's address type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum AddressType {
+    IPv4,
+    IPv6,
+    #[serde(rename = "FQDN")]
+    Fqdn,
+}
+
+impl fmt::Display for AddressType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressType::IPv4 => "IPv4",
+            AddressType::IPv6 => "IPv6",
+            AddressType::Fqdn => "FQDN",
+        })
+    }
+}
+
+/// One `retryOn` condition (Envoy's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    Status5xx,
+    GatewayError,
+    Reset,
+    ConnectFailure,
+    RetriableStatusCodes,
+}
+
+impl FromStr for RetryOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "5xx" => RetryOn::Status5xx,
+            "gateway-error" => RetryOn::GatewayError,
+            "reset" => RetryOn::Reset,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
+            other => {
+                return Err(format!(
+                    "unknown retryOn condition `{other}`; expected 5xx, gateway-error, reset, \
+                     connect-failure or retriable-status-codes"
+                ));
+            }
+        })
+    }
+}
+
+/// `retryOn`: Gloo's comma-separated string (`5xx,connect-failure`), or a
+/// list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOnList(pub Vec<RetryOn>);
+
+impl RetryOnList {
+    pub fn has(&self, c: RetryOn) -> bool {
+        self.0.contains(&c)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOnList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let items: Vec<String> = match Raw::deserialize(d)? {
+            Raw::One(s) => s.split(',').map(str::to_string).collect(),
+            Raw::Many(v) => v,
+        };
+        items
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map(RetryOnList)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// An HTTP method token (`GET`, `POST`, ... or an extension method).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HttpMethod(pub String);
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        http::Method::from_bytes(s.as_bytes())
+            .map(|m| HttpMethod(m.as_str().to_string()))
+            .map_err(|_| de::Error::custom(format!("`{s}` is not an HTTP method")))
+    }
+}
+
+/// An upstream resolver: `ip` (port 53) or `ip:port` (`[v6]:port`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upstream(pub SocketAddr);
+
+impl FromStr for Upstream {
+    type Err = String;
+    fn from_str(u: &str) -> Result<Self, String> {
+        u.parse::<SocketAddr>()
+            .or_else(|_| u.parse::<IpAddr>().map(|ip| (ip, 53).into()))
+            .map(Upstream)
+            .map_err(|_| {
+                format!("DNS upstream `{u}` is not an address like 10.0.0.2 or 10.0.0.2:53")
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        via_str(d)
+    }
+}
+
+/// An IPv6 address, or `""` for none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalIpv6(pub Option<std::net::Ipv6Addr>);
+
+impl<'de> Deserialize<'de> for OptionalIpv6 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(OptionalIpv6(None));
+        }
+        s.parse()
+            .map(|a| OptionalIpv6(Some(a)))
+            .map_err(|_| de::Error::custom(format!("`{s}` is not an IPv6 address (\"\" for none)")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +348,35 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn typed_values_parse_and_say_what_they_expected() {
+        #[derive(Deserialize, Debug)]
+        #[serde(rename_all = "camelCase")]
+        struct T {
+            retry_on: RetryOnList,
+            timeout: GlooDuration,
+            up: Upstream,
+            kind: DestinationKind,
+        }
+        let t: T = serde_saphyr::from_str(
+            "retryOn: 5xx,connect-failure\ntimeout: 250ms\nup: 10.0.0.2\nkind: VIRTUAL_DESTINATION\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.retry_on,
+            RetryOnList(vec![RetryOn::Status5xx, RetryOn::ConnectFailure])
+        );
+        assert_eq!(t.timeout.millis(), 250);
+        assert_eq!(t.up.0, "10.0.0.2:53".parse().unwrap());
+        assert_eq!(t.kind, DestinationKind::VirtualDestination);
+        let e = serde_saphyr::from_str::<T>(
+            "retryOn: [5xx]\ntimeout: 5 parsecs\nup: 10.0.0.2\nkind: SERVICE\n",
+        )
+        .unwrap_err();
+        let l = e.location().unwrap();
+        assert_eq!((l.line(), l.column()), (2, 10), "{e}");
+        assert!(e.to_string().contains("unknown unit"), "{e}");
     }
 }
