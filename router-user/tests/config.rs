@@ -638,3 +638,51 @@ fn delegation_that_would_explode_is_refused_naming_the_table() {
         "{e}"
     );
 }
+
+/// Durations, enums and ports are typed: a bad value is reported by the
+/// loader on the field itself, with what was expected.
+#[test]
+fn bad_values_are_reported_on_the_field_with_what_was_expected() {
+    let cases = [
+        (
+            "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c1}\n        port: {number: 70000}\n",
+            "number: 70000",
+            "70000",
+        ),
+        (
+            "  hosts: [a.mesh]\n  failureMode: SOMETIMES\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c1}\n",
+            "SOMETIMES",
+            "SOMETIMES",
+        ),
+        (
+            "  hosts: [a.mesh]\n  http:\n  - redirect: {hostRedirect: b.mesh, responseCode: TELEPORT}\n",
+            "TELEPORT",
+            "TELEPORT",
+        ),
+    ];
+    for (body, line_needle, shown) in cases {
+        let text = rt(body);
+        let e = errors(&text);
+        let line = line_of(&text, line_needle);
+        assert!(
+            e.contains(&format!("t.yaml:{line}:")),
+            "the error should point at line {line} (the field) with a column:\n{e}"
+        );
+        assert!(e.contains(shown), "the error should show the value:\n{e}");
+        assert!(
+            e.contains("RouteTable ns/rt"),
+            "the error should name the table:\n{e}"
+        );
+    }
+    // A duration in a policy: Gloo's syntax is `5s`, `100ms`, `1m30s`.
+    let text = format!(
+        "{NODE}{INVENTORY}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {{name: slow, namespace: ns}}\nspec:\n  config:\n    requestTimeout: 5 seconds\n"
+    );
+    let e = errors(&text);
+    let line = line_of(&text, "5 seconds");
+    assert!(e.contains(&format!("t.yaml:{line}:")), "{e}");
+    assert!(
+        e.contains("5 seconds") && e.contains("use ms, s, m or h"),
+        "the error should say what a duration looks like:\n{e}"
+    );
+}

@@ -126,7 +126,7 @@ pub struct ObjectSelector {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortSelector {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub number: Option<u16>,
     #[serde(default)]
     pub name: Option<String>,
@@ -198,7 +198,7 @@ pub struct HttpMatcher {
     pub query_parameters: Vec<QueryMatcher>,
     #[serde(default)]
     pub method: Option<HttpMethod>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub port: Option<u16>,
 }
 
@@ -264,7 +264,7 @@ pub struct Redirect {
     pub response_code: Option<RedirectCode>,
     #[serde(default)]
     pub https_redirect: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub port_redirect: Option<u16>,
 }
 
@@ -298,7 +298,7 @@ pub struct HttpRoute {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpMatcher {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub port: Option<u16>,
 }
 
@@ -342,6 +342,7 @@ pub struct RouteTableSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VdPort {
+    #[serde(deserialize_with = "port")]
     pub number: u16,
     /// HTTP, HTTP2, GRPC, TCP, TLS, HTTPS or UDP (default TCP).
     #[serde(default)]
@@ -583,6 +584,7 @@ pub enum IntOrString {
 pub struct ServicePort {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     #[serde(default)]
     pub target_port: Option<IntOrString>,
@@ -679,6 +681,7 @@ pub struct Endpoint {
 pub struct EndpointPort {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     #[serde(default)]
     pub protocol: Option<K8sProtocol>,
@@ -760,7 +763,7 @@ pub struct RouterConfigSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxySpec {
     /// The listeners' port: privileged (below 1024), default 1000.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub port: Option<u16>,
     /// Gone (one listener serves every L7 service now); parsed only to say so.
     #[serde(default)]
@@ -805,7 +808,7 @@ pub struct DnsSpec {
     #[serde(default)]
     pub listen6: Option<std::net::Ipv6Addr>,
     /// Listener port (default 53).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_port")]
     pub port: Option<u16>,
     /// Upstream resolvers, `ip` or `ip:port` (default: the node's resolv.conf).
     #[serde(default)]

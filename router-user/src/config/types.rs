@@ -79,6 +79,22 @@ impl fmt::Display for GlooDuration {
     }
 }
 
+/// A port number: `#[serde(deserialize_with = "types::port")]`, so a value
+/// out of range names itself and the range instead of "invalid u16".
+pub fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(d)?;
+    u16::try_from(n).map_err(|_| {
+        de::Error::custom(format!(
+            "port {n} is out of range; expected a number from 0 to 65535"
+        ))
+    })
+}
+
+/// An optional port (with `#[serde(default)]`).
+pub fn opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    port(d).map(Some)
+}
+
 /// A percentage, 0 to 100 (fractions allowed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd)]
 pub struct Percent(pub f64);
