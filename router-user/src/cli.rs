@@ -3,13 +3,14 @@
 //! [`crate::inspect`] and [`crate::explain`].
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     compile::Health,
     config::Overrides,
     daemon::{self, RunOptions},
     datapath::{self, Pins, sys},
+    events::LogFormat,
     explain, inspect, report,
 };
 
@@ -22,6 +23,10 @@ use crate::{
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines for people (`text`) or one JSON object per line (`json`;
+    /// events such as `applied` and `rejected` carry typed fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -144,17 +149,6 @@ enum Cmd {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ROUTERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
 fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     let t = std::time::Instant::now();
     match daemon::build_plan(&args.config, &args.overrides(), &Health::default()) {
@@ -173,9 +167,14 @@ fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The command line as clap sees it (what `routerd <cmd> --help` prints).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    crate::events::init(cli.log_format);
     let result = match cli.cmd {
         Cmd::Run {
             config,

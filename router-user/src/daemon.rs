@@ -31,6 +31,7 @@ use crate::{
     config::{Loader, Overrides, Validated, load::LoadOptions},
     datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
     dns::{Dns, Names},
+    events::Event,
     health::{self, Watched},
     limits,
     netns::Sockets,
@@ -174,25 +175,6 @@ impl Trigger {
     }
 }
 
-/// Log a rejected config: one event per problem (log pipelines split on
-/// lines), then the verdict, so a reader of the verdict has seen them all.
-fn log_rejected(e: &str, why: &str) {
-    let problems: Vec<&str> = e
-        .lines()
-        .skip(1)
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    for p in &problems {
-        tracing::error!("{p}");
-    }
-    tracing::error!(
-        reason = why,
-        errors = problems.len(),
-        "reload rejected: the last good config keeps serving"
-    );
-}
-
 fn watched(plan: &Plan) -> Watched {
     Watched {
         checks: plan.health_checks.clone(),
@@ -219,19 +201,19 @@ fn close_removed(socks: &Sockets, old: &Plan, new: &Plan, cgroup: &Path) {
             }
         };
         let list: Vec<String> = gone.iter().map(|a| a.to_string()).collect();
+        let gone_list: Vec<_> = gone.iter().copied().collect();
         let done = tokio::task::spawn_blocking(move || {
             crate::sockdiag::close_connections(&fd, &gone, &crate::reap::cgroup_ids(&cgroup))
         })
         .await;
         match done {
-            Ok(Ok(c)) if c.failed == 0 => tracing::info!(
-                endpoints = ?list, tcp = c.tcp, udp = c.udp,
-                "closed connections to endpoints that no longer take traffic"
-            ),
-            Ok(Ok(c)) => tracing::warn!(
-                endpoints = ?list, tcp = c.tcp, udp = c.udp, failed = c.failed,
-                "some connections to removed endpoints could not be closed (kernel without CONFIG_INET_DIAG_DESTROY?)"
-            ),
+            Ok(Ok(c)) => Event::ConnectionsClosed {
+                endpoints: gone_list,
+                tcp: c.tcp as u64,
+                udp: c.udp as u64,
+                failed: c.failed as u64,
+            }
+            .emit(),
             Ok(Err(e)) => {
                 tracing::warn!(endpoints = ?list, "closing connections to removed endpoints: {e}")
             }
@@ -295,7 +277,7 @@ impl Serving {
             Ok(r) => r,
             Err(e) if e.is::<datapath::sync::DoesNotFit>() => return Err(e),
             Err(e) => {
-                self.restore(why);
+                self.restore(why, &e);
                 return Err(e);
             }
         };
@@ -316,19 +298,19 @@ impl Serving {
         });
         self.names.send_replace(Arc::new(Names::from_plan(&plan)));
         // Everything serves the new plan now (maps, proxy tables, names).
-        tracing::info!(
-            reason = why,
-            generation = self.dp.generation(),
-            services = plan.services.len(),
-            backends = plan.backends.len(),
-            hosts = plan.hosts.len(),
-            added = report.services_added,
-            changed = report.services_changed,
-            removed = report.services_removed,
-            writes = report.writes,
-            elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            "applied"
-        );
+        Event::Applied {
+            reason: why.to_string(),
+            generation: self.dp.generation(),
+            services: plan.services.len(),
+            backends: plan.backends.len(),
+            hosts: plan.hosts.len(),
+            added: report.services_added,
+            changed: report.services_changed,
+            removed: report.services_removed,
+            writes: report.writes,
+            elapsed_ms: elapsed.as_secs_f64() * 1e3,
+        }
+        .emit();
         tokio::task::block_in_place(|| write_state(&self.state_dir, &plan));
         self.plan = Some(plan);
         if valid.is_some() {
@@ -340,22 +322,20 @@ impl Serving {
     /// After a map write failed half-way: every service is whole (a header
     /// only ever points at a complete table), but some may be new and some
     /// old. Read the maps back and write the last good plan again.
-    fn restore(&mut self, why: &str) {
+    fn restore(&mut self, why: &str, failure: &anyhow::Error) {
         let restored = self.dp.resync().and_then(|()| match &self.plan {
             Some(p) => tokio::task::block_in_place(|| self.dp.apply(p)).map(|_| ()),
             None => Ok(()),
         });
-        match restored {
-            Ok(()) => tracing::warn!(
-                reason = why,
-                "the new plan could not be written whole; the last good plan was written back"
-            ),
-            Err(e) => tracing::error!(
-                reason = why,
-                "the new plan could not be written whole, nor the last good one again ({e:#}): \
-                 some services may serve the new plan; the next reload retries"
-            ),
+        Event::PartialWrite {
+            reason: why.to_string(),
+            restored: restored.is_ok(),
+            detail: match restored {
+                Ok(()) => format!("{failure:#}"),
+                Err(e) => format!("{failure:#}; then: {e:#}"),
+            },
         }
+        .emit();
     }
 }
 
@@ -382,7 +362,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // Nothing is serving: refuse to start rather than attach an empty datapath.
             anyhow::bail!("{e}");
         }
-        log_rejected(e, "start-up");
+        Event::rejected("start-up", e).emit();
         tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
     }
     let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
@@ -465,13 +445,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let stop_beat = Arc::new(AtomicBool::new(false));
     let beat = Heartbeat::open(&opts.pins)?.spawn(stop_beat.clone())?;
     s.dp.retire_old_layouts();
-    tracing::info!(
-        ?startup,
-        compile_and_load_ms = started.elapsed().as_secs_f64() * 1e3,
-        listeners = ?s.proxy.ports(),
-        fd_limit = fds.limit,
-        "routerd ready"
-    );
+    Event::Ready {
+        startup: startup.to_string(),
+        compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
+        listeners: s.proxy.ports(),
+        fd_limit: fds.limit,
+    }
+    .emit();
     state_dir_ready(&opts.state_dir)?;
     std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
 
@@ -535,23 +515,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         };
         let (valid, plan) = match compiled {
             Err(e) => {
-                log_rejected(&e, why);
+                Event::rejected(why, &e).emit();
                 continue;
             }
             Ok(x) => x,
         };
         if s.plan.as_ref() == Some(&plan) {
             s.valid = Some(valid);
-            tracing::info!(
-                reason = why,
-                generation = s.dp.generation(),
-                "reload: no change"
-            );
+            Event::NoChange {
+                reason: why.to_string(),
+                generation: s.dp.generation(),
+            }
+            .emit();
             continue;
         }
         log_notices(&plan);
         if let Err(e) = s.apply(plan, Some(valid), why).await {
-            log_rejected(&format!("config rejected\n{e:#}"), why);
+            Event::rejected(why, &format!("{e:#}")).emit();
         }
     }
     let _ = std::fs::remove_file(pid_file(&opts.state_dir));
@@ -563,13 +543,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if opts.cleanup {
         drop(s);
         cleanup(&opts.pins, &opts.state_dir)?;
-        tracing::info!("stopped; datapath removed (--cleanup)");
-    } else {
-        tracing::info!(
-            "stopped; the datapath keeps routing from {} (run `routerd stop` to remove it)",
-            opts.pins.dir().display()
-        );
     }
+    Event::Stopped {
+        removed: opts.cleanup,
+        dir: opts.pins.dir().display().to_string(),
+    }
+    .emit();
     Ok(())
 }
 

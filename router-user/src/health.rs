@@ -26,6 +26,7 @@ use tokio::{
 use serde::Serialize;
 
 use crate::{
+    events::Event,
     netns::Sockets,
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
 };
@@ -466,16 +467,16 @@ pub async fn run(
                 let a = active.entry(ep).or_default();
                 if a.observe(r.is_ok(), plan.unhealthy_threshold, plan.healthy_threshold) {
                     if a.healthy {
-                        tracing::info!(endpoint = %ep, policy = %plan.policy, "endpoint healthy again: {} check(s) passed in a row", plan.healthy_threshold);
+                        Event::EndpointHealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.healthy_threshold }.emit();
                     } else {
-                        tracing::warn!(endpoint = %ep, policy = %plan.policy, "endpoint unhealthy: {} check(s) failed in a row (last: {})", plan.unhealthy_threshold, r.err().unwrap_or_default());
+                        Event::EndpointUnhealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.unhealthy_threshold, last_error: r.err().unwrap_or_default() }.emit();
                     }
                     publish(&active, &ejector);
                 }
             }
             Some((ep, o)) = outcomes.recv() => {
                 if let Some(e) = ejector.record(ep, o, now_ms()) {
-                    tracing::warn!(endpoint = %e.endpoint, destination = %e.destination, "endpoint ejected for {} ms: {}", e.for_ms, e.reason);
+                    Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
                     publish(&active, &ejector);
                 }
             }
@@ -483,7 +484,7 @@ pub async fn run(
                 let back = ejector.sweep(now_ms());
                 if !back.is_empty() {
                     for ep in &back {
-                        tracing::info!(endpoint = %ep, "ejection over: the endpoint takes traffic again");
+                        Event::EjectionOver { endpoint: *ep }.emit();
                     }
                     publish(&active, &ejector);
                 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path};
 
 use anyhow::Result;
 use router_common::{BackendStats, GlobalStats, SlotKey, SvcStats};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{
@@ -15,7 +15,7 @@ use crate::{
     plan::{Plan, Proto},
 };
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendReport {
     pub id: u32,
     pub addr: SocketAddr,
@@ -26,7 +26,7 @@ pub struct BackendReport {
     pub datagrams: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceReport {
     pub id: u32,
     pub vip: SocketAddr,
@@ -40,7 +40,7 @@ pub struct ServiceReport {
     pub backends: Vec<BackendReport>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub dir: String,
     pub cgroup: String,

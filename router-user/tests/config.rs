@@ -4,54 +4,50 @@ use router_user::{
     compile::{Health, compile},
     config::{Overrides, load_str},
     plan::{LocalityMode, Plan, Proto},
+    testing::*,
 };
+use serde_json::json;
 
-const NODE: &str = "apiVersion: routerd.io/v1alpha1
-kind: RouterConfig
-metadata: {name: node}
-spec: {cluster: c1, region: r1, zone: z1}
----
-";
+/// The node: cluster c1, region r1, zone z1.
+fn node() -> String {
+    node_with(json!({}))
+}
+
+fn node_with(settings: serde_json::Value) -> String {
+    Config::new().node_with("c1", "r1", "z1", settings).yaml()
+}
 
 /// Inventory: `svc` in c1 (z1, z2) and c2 (region r2), port 80 named http.
-const INVENTORY: &str = "apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: ns, clusterName: c1, labels: {app: svc}}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: svc-v1, namespace: ns, clusterName: c1, labels: {kubernetes.io/service-name: svc, topology.kubernetes.io/region: r1, version: v1}}
-addressType: IPv4
-ports: [{name: http, port: 8080}]
-endpoints:
-- {addresses: [10.0.0.1], zone: z1}
-- {addresses: [10.0.0.2], zone: z2}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: svc-v2, namespace: ns, clusterName: c1, labels: {kubernetes.io/service-name: svc, topology.kubernetes.io/region: r1, version: v2}}
-addressType: IPv4
-ports: [{name: http, port: 8080}]
-endpoints:
-- {addresses: [10.0.0.3], zone: z1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: ns, clusterName: c2, labels: {app: svc}}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: svc, namespace: ns, clusterName: c2, labels: {kubernetes.io/service-name: svc, topology.kubernetes.io/region: r2}}
-addressType: IPv4
-ports: [{name: http, port: 8080}]
-endpoints:
-- {addresses: [10.1.0.1], zone: z9}
----
-";
+fn inventory() -> String {
+    let svc = |cluster: &str| {
+        Service::new(cluster, "svc")
+            .namespace("ns")
+            .label("app", "svc")
+            .named_port("http", 80, "TCP")
+    };
+    let slice = |cluster: &str, name: &str, region: &str| {
+        Slice::new(cluster, "svc", name)
+            .namespace("ns")
+            .region(region)
+            .named_port("http", 8080, "TCP")
+    };
+    Config::new()
+        .with(svc("c1"))
+        .with(
+            slice("c1", "svc-v1", "r1")
+                .label("version", "v1")
+                .endpoint("10.0.0.1", "z1")
+                .endpoint("10.0.0.2", "z2"),
+        )
+        .with(
+            slice("c1", "svc-v2", "r1")
+                .label("version", "v2")
+                .endpoint("10.0.0.3", "z1"),
+        )
+        .with(svc("c2"))
+        .with(slice("c2", "svc", "r2").endpoint("10.1.0.1", "z9"))
+        .yaml()
+}
 
 fn errors(text: &str) -> String {
     match load_str("t.yaml", text, &Overrides::default()) {
@@ -87,14 +83,17 @@ fn assert_err(text: &str, needle: &str, line_needle: &str, resource: &str, messa
 }
 
 fn rt(body: &str) -> String {
+    let node = node();
+    let inventory = inventory();
     format!(
-        "{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n{body}"
+        "{node}{inventory}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n{body}"
     )
 }
 
 #[test]
 fn malformed_yaml_names_file_and_line() {
-    let text = format!("{NODE}kind: RouteTable\nspec: [\n");
+    let node = node();
+    let text = format!("{node}kind: RouteTable\nspec: [\n");
     let e = errors(&text);
     assert!(e.contains("t.yaml:"), "{e}");
 }
@@ -115,15 +114,16 @@ fn unknown_fields_are_errors_with_line_and_column() {
 
 #[test]
 fn unsupported_kinds_and_api_versions_say_what_is_expected() {
+    let node = node();
     let e = errors(&format!(
-        "{NODE}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\n"
+        "{node}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\n"
     ));
     assert!(
         e.contains("unsupported kind `VirtualService`") && e.contains("RouteTable"),
         "{e}"
     );
     let e = errors(&format!(
-        "{NODE}apiVersion: networking.gloo.solo.io/v1\nkind: RouteTable\nmetadata: {{name: x}}\nspec: {{}}\n"
+        "{node}apiVersion: networking.gloo.solo.io/v1\nkind: RouteTable\nmetadata: {{name: x}}\nspec: {{}}\n"
     ));
     assert!(e.contains("expected `networking.gloo.solo.io/v2`"), "{e}");
 }
@@ -190,6 +190,8 @@ fn invalid_weights_are_errors() {
 
 #[test]
 fn duplicate_hosts_are_errors() {
+    let node = node();
+    let inventory = inventory();
     let text = format!(
         "{}---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: other, namespace: ns}}\nspec:\n  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: svc}}}}]}}\n",
         rt("  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: svc}}]}\n")
@@ -203,7 +205,7 @@ fn duplicate_hosts_are_errors() {
     );
     let vd = "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {name: NAME, namespace: ns}\nspec:\n  hosts: [v.mesh]\n  services: [{labels: {app: svc}}]\n  ports: [{number: 80}]\n---\n";
     let text = format!(
-        "{NODE}{INVENTORY}{}{}",
+        "{node}{inventory}{}{}",
         vd.replace("NAME", "one"),
         vd.replace("NAME", "two")
     );
@@ -242,16 +244,18 @@ fn conflicting_routes_are_errors() {
 
 #[test]
 fn inventory_errors_name_the_object() {
+    let node = node();
+    let inventory = inventory();
     let text = format!(
-        "{NODE}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: ghost}}}}\naddressType: IPv4\nendpoints: []\n"
+        "{node}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: ghost}}}}\naddressType: IPv4\nendpoints: []\n"
     );
     assert!(errors(&text).contains("EndpointSlice c1/ns/s: belongs to Service c1/ns/ghost"));
     let text = format!(
-        "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n"
+        "{node}apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n"
     );
     assert!(errors(&text).contains("metadata.clusterName is required"));
     let text = format!(
-        "{NODE}{INVENTORY}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dup, namespace: ns, clusterName: c2, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [10.0.0.1]}}\n"
+        "{node}{inventory}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dup, namespace: ns, clusterName: c2, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [10.0.0.1]}}\n"
     );
     assert!(errors(&text).contains("endpoint 10.0.0.1 also appears in cluster c1"));
 }
@@ -264,12 +268,23 @@ fn bad_settings_are_errors() {
 
 #[test]
 fn multi_port_services_need_a_port() {
-    let inv = INVENTORY.replace(
-        "ports: [{name: http, port: 80}]",
-        "ports: [{name: http, port: 80}, {name: admin, port: 81}]",
-    );
+    let node = node();
+    let inv = Config::new()
+        .with(
+            Service::new("c1", "svc")
+                .namespace("ns")
+                .named_port("http", 80, "TCP")
+                .named_port("admin", 81, "TCP"),
+        )
+        .with(
+            Slice::new("c1", "svc", "svc")
+                .namespace("ns")
+                .named_port("http", 8080, "TCP")
+                .endpoint("10.0.0.1", "z1"),
+        )
+        .yaml();
     let text = format!(
-        "{NODE}{inv}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: svc}}}}]}}\n"
+        "{node}{inv}apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: rt, namespace: ns}}\nspec:\n  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: svc}}}}]}}\n"
     );
     assert!(errors(&text).contains("has several ports (80 (http), 81 (admin))"));
 }
@@ -323,8 +338,10 @@ fn routes_that_need_l7_go_to_the_proxy_and_l4_ones_stay_in_the_kernel() {
         "  hosts: [a.mesh]\n  http:\n  - name: api\n    matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: svc}}]}\n",
     );
     let p = plan(&text);
-    // Both VIPs of a.mesh:80 go to the proxy's one listener; no slots.
-    assert_eq!(p.services.len(), 2);
+    // a.mesh:80's VIP goes to the proxy's one listener; no slots. Only the
+    // IPv4 VIP: `svc` has no IPv6 endpoint (as for an L4 host).
+    assert_eq!(p.services.len(), 1);
+    assert!(p.services[0].vip.is_ipv4());
     assert!(p.services.iter().all(|s| s.proxied && s.slots.is_empty()));
     assert!(p.proxy.port < 1024, "a privileged port: {}", p.proxy.port);
     let l7 = &p.l7[0];
@@ -367,23 +384,46 @@ fn route_weights_become_slot_shares() {
     );
 }
 
-fn vd_with(policies: &str, settings: &str) -> Plan {
-    let node = NODE.replace("zone: z1}", &format!("zone: z1{settings}}}"));
-    plan(&format!(
-        "{node}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: vd, namespace: ns, labels: {{lb: x}}}}\nspec:\n  hosts: [v.mesh]\n  services: [{{labels: {{app: svc}}}}]\n  ports: [{{number: 80, targetPort: {{name: http}}}}]\n---\n{policies}"
-    ))
+/// `v.mesh` over `svc` (VirtualDestination `vd`, labelled `lb: x`) with
+/// `policies`, on a node with `settings`.
+fn vd_with(policies: Config, settings: serde_json::Value) -> Plan {
+    plan(&vd_text(policies, settings))
 }
 
-const OD: &str = "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {name: od, namespace: ns}\nspec:\n  applyToDestinations: [{selector: {labels: {lb: x}}}]\n---\n";
+fn vd_text(policies: Config, settings: serde_json::Value) -> String {
+    let vd = VirtualDestination::new("vd", "v.mesh")
+        .namespace("ns")
+        .label("lb", "x")
+        .app("svc")
+        .port_spec(json!({"number": 80, "targetPort": {"name": "http"}}));
+    format!(
+        "{}{}{}",
+        node_with(settings),
+        inventory(),
+        Config::new().with(vd).with(policies).yaml()
+    )
+}
+
+/// Outlier detection for `lb: x` (which turns locality priorities on).
+fn od() -> Config {
+    Config::new().with(
+        Policy::outlier_detection("od", json!({}))
+            .namespace("ns")
+            .apply_to_destinations(json!([{"selector": {"labels": {"lb": "x"}}}])),
+    )
+}
 
 #[test]
 fn without_outlier_detection_locality_is_off_as_in_istio() {
-    let p = vd_with("", "");
+    let p = vd_with(Config::new(), json!({}));
     let s = &p.services[0];
     assert!(matches!(s.destinations[0].mode, LocalityMode::Off { .. }));
     assert_eq!(shares(&p, "v.mesh", 80).len(), 4, "every endpoint shares");
     // The documented switch applies priorities without outlier detection.
-    let p = vd_with("", ", localityRequiresOutlierDetection: false");
+    let p = vd_with(
+        Config::new(),
+        json!({"localityRequiresOutlierDetection": false}),
+    );
     assert_eq!(
         shares(&p, "v.mesh", 80),
         vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]
@@ -392,7 +432,7 @@ fn without_outlier_detection_locality_is_off_as_in_istio() {
 
 #[test]
 fn with_outlier_detection_the_closest_tier_takes_everything() {
-    let p = vd_with(OD, "");
+    let p = vd_with(od(), json!({}));
     assert_eq!(
         shares(&p, "v.mesh", 80),
         vec![("10.0.0.1".into(), 1), ("10.0.0.3".into(), 1)]
@@ -415,9 +455,7 @@ fn with_outlier_detection_the_closest_tier_takes_everything() {
 
 #[test]
 fn unhealthy_endpoints_spill_with_the_overprovisioning_factor() {
-    let text = format!(
-        "{NODE}{INVENTORY}apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: vd, namespace: ns, labels: {{lb: x}}}}\nspec:\n  hosts: [v.mesh]\n  services: [{{labels: {{app: svc}}}}]\n  ports: [{{number: 80, targetPort: {{name: http}}}}]\n---\n{OD}"
-    );
+    let text = vd_text(od(), json!({}));
     let v = load_str("t.yaml", &text, &Overrides::default()).unwrap();
     let mut h = Health::default();
     h.unhealthy.insert("10.0.0.1:8080".parse().unwrap());
@@ -437,15 +475,19 @@ fn unhealthy_endpoints_spill_with_the_overprovisioning_factor() {
 
 #[test]
 fn failover_policies_order_regions_distribute_and_priority_labels() {
-    let fp = |config: &str| {
-        format!(
-            "{OD}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: FailoverPolicy\nmetadata: {{name: fp, namespace: ns}}\nspec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{name: vd}}}}]\n  config:\n{config}"
+    let fp = |config: serde_json::Value| {
+        od().with(
+            Policy::failover("fp", config)
+                .namespace("ns")
+                .apply_to_destinations(
+                    json!([{"kind": "VIRTUAL_DESTINATION", "selector": {"name": "vd"}}]),
+                ),
         )
     };
     // Failover: region r2 ranks before "other localities".
     let p = vd_with(
-        &fp("    localityMappings:\n    - from: {region: r1}\n      to: [{region: r2}]\n"),
-        "",
+        fp(json!({"localityMappings": [{"from": {"region": "r1"}, "to": [{"region": "r2"}]}]})),
+        json!({}),
     );
     let reasons: Vec<String> = p.services[0].destinations[0]
         .tiers
@@ -455,10 +497,13 @@ fn failover_policies_order_regions_distribute_and_priority_labels() {
     assert_eq!(reasons[2], "failover target 1 (region r2)");
     // Distribute: 80% to z1, 20% to region r2, whatever the health order.
     let p = vd_with(
-        &fp(
-            "    localityMappings:\n    - from: {region: r1}\n      to:\n      - {region: r1, zone: z1, weight: 80}\n      - {region: r2, weight: 20}\n",
+        fp(
+            json!({"localityMappings": [{"from": {"region": "r1"}, "to": [
+                {"region": "r1", "zone": "z1", "weight": 80},
+                {"region": "r2", "weight": 20}
+            ]}]}),
         ),
-        "",
+        json!({}),
     );
     assert!(matches!(
         p.services[0].destinations[0].mode,
@@ -474,8 +519,8 @@ fn failover_policies_order_regions_distribute_and_priority_labels() {
     );
     // Priority labels: the node is in cluster c1; endpoints of c1 first.
     let p = vd_with(
-        &fp("    priorityLabels: {labels: [topology.istio.io/cluster]}\n"),
-        "",
+        fp(json!({"priorityLabels": {"labels": ["topology.istio.io/cluster"]}})),
+        json!({}),
     );
     assert_eq!(shares(&p, "v.mesh", 80).len(), 3);
     assert!(
@@ -487,15 +532,17 @@ fn failover_policies_order_regions_distribute_and_priority_labels() {
 
 #[test]
 fn plans_are_deterministic_and_vips_ignore_document_order() {
+    let node = node();
+    let inventory = inventory();
     let docs = [
         rt("  hosts: [a.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: svc}}]}\n"),
         "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {name: vd, namespace: ns}\nspec:\n  hosts: [v.mesh]\n  services: [{labels: {app: svc}}]\n  ports: [{number: 80}]\n".to_string(),
     ];
     let a = plan(&format!("{}---\n{}", docs[0], docs[1]));
     let b = plan(&format!(
-        "{}---\n{NODE}{INVENTORY}{}",
+        "{}---\n{node}{inventory}{}",
         docs[1],
-        docs[0].trim_start_matches(&format!("{NODE}{INVENTORY}"))
+        docs[0].trim_start_matches(&format!("{node}{inventory}"))
     ));
     assert_eq!(
         a.hosts
@@ -540,6 +587,8 @@ fn the_example_config_compiles_with_the_textbook_pair() {
 /// link-local or multicast.
 #[test]
 fn endpoints_and_vip_ranges_that_point_home_are_refused() {
+    let node = node();
+    let inventory = inventory();
     for (addr, why) in [
         ("127.0.0.1", "loopback"),
         ("169.254.169.254", "link-local"),
@@ -548,7 +597,7 @@ fn endpoints_and_vip_ranges_that_point_home_are_refused() {
         ("224.0.0.1", "not a unicast address"),
     ] {
         let text = format!(
-            "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+            "{node}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: bad, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: bad}}}}\n\
              addressType: IPv4\nports: [{{name: http, port: 80}}]\nendpoints:\n- {{addresses: [{addr}]}}\n"
         );
@@ -562,7 +611,7 @@ fn endpoints_and_vip_ranges_that_point_home_are_refused() {
     }
     for (addr, why) in [("::1", "loopback"), ("fe80::1", "link-local")] {
         let text = format!(
-            "{NODE}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+            "{node}apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: ns, clusterName: c1}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: bad, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: bad}}}}\n\
              addressType: IPv6\nports: [{{name: http, port: 80}}]\nendpoints:\n- {{addresses: [\"{addr}\"]}}\n"
         );
@@ -574,7 +623,7 @@ fn endpoints_and_vip_ranges_that_point_home_are_refused() {
         ("{ipv6: \"fe80::/16\"}", "link-local"),
     ] {
         let text = format!(
-            "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {{name: node}}\nspec: {{cluster: c1, region: r1, zone: z1, vipRanges: {range}}}\n---\n{INVENTORY}"
+            "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {{name: node}}\nspec: {{cluster: c1, region: r1, zone: z1, vipRanges: {range}}}\n---\n{inventory}"
         );
         assert_err(
             &text,
@@ -643,6 +692,8 @@ fn delegation_that_would_explode_is_refused_naming_the_table() {
 /// loader on the field itself, with what was expected.
 #[test]
 fn bad_values_are_reported_on_the_field_with_what_was_expected() {
+    let node = node();
+    let inventory = inventory();
     let cases = [
         (
             "  hosts: [a.mesh]\n  http:\n  - forwardTo:\n      destinations:\n      - ref: {name: svc, cluster: c1}\n        port: {number: 70000}\n",
@@ -676,7 +727,7 @@ fn bad_values_are_reported_on_the_field_with_what_was_expected() {
     }
     // A duration in a policy: Gloo's syntax is `5s`, `100ms`, `1m30s`.
     let text = format!(
-        "{NODE}{INVENTORY}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {{name: slow, namespace: ns}}\nspec:\n  config:\n    requestTimeout: 5 seconds\n"
+        "{node}{inventory}apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {{name: slow, namespace: ns}}\nspec:\n  config:\n    requestTimeout: 5 seconds\n"
     );
     let e = errors(&text);
     let line = line_of(&text, "5 seconds");
@@ -685,4 +736,80 @@ fn bad_values_are_reported_on_the_field_with_what_was_expected() {
         e.contains("5 seconds") && e.contains("use ms, s, m or h"),
         "the error should say what a duration looks like:\n{e}"
     );
+}
+
+/// The fixture builders render configs the loader takes as they are.
+#[test]
+fn built_configs_load() {
+    let text = Config::new()
+        .node_with("c1", "east", "e1", json!({"proxy": {"bodyTimeout": "4s"}}))
+        .with(service_with_slice(
+            "c1",
+            "east",
+            "web",
+            "web-1",
+            8080,
+            &[("10.1.0.1", "e1", true)],
+        ))
+        .with(
+            VirtualDestination::new("web", "web.t.mesh")
+                .app("web")
+                .port(8080, "HTTP")
+                .label("lb", "local"),
+        )
+        .with(
+            RouteTable::new("api").host("api.t.mesh").http(
+                HttpRoute::new()
+                    .name("api")
+                    .label("route", "api")
+                    .prefix("/api")
+                    .to(&[Dest::service("web").port(8080)])
+                    .forward_with(json!({"pathRewrite": "/v1"})),
+            ),
+        )
+        .with(
+            Policy::retry_timeout(
+                "retry",
+                json!({"retries": {"attempts": 2, "retryOn": "5xx"}}),
+            )
+            .routes_labelled("route", "api"),
+        )
+        .with(
+            Policy::outlier_detection("od", json!({"consecutiveErrors": 1}))
+                .virtual_destinations_labelled("lb", "local"),
+        )
+        .yaml();
+    let v = load_str("built.yaml", &text, &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(v.config.route_tables.len(), 1);
+    assert_eq!(v.config.retry_policies.len(), 1);
+    assert_eq!(v.settings.proxy.body_timeout_ms, 4000);
+}
+
+/// Issue 11, item 7. An L7 host gets an IPv6 VIP (and so an AAAA record)
+/// only when one of its routes forwards to IPv6 endpoints, as an L4 host.
+#[test]
+fn an_l7_host_has_an_ipv6_vip_only_with_ipv6_endpoints() {
+    let l7 = |eps: &[Ep<'_>]| {
+        let text = Config::new()
+            .node("c1", "r1", "z1")
+            .with(service_with_slice("c1", "r1", "web", "web", 80, eps))
+            .with(
+                RouteTable::new("web").host("web.mesh").http(
+                    HttpRoute::new()
+                        .prefix("/api")
+                        .to(&[Dest::service("web").port(80)]),
+                ),
+            )
+            .yaml();
+        let p = plan(&text);
+        let names = router_user::dns::Names::from_plan(&p);
+        (p.l7[0].vips.clone(), names.by_name["web.mesh"].1)
+    };
+    let (vips, aaaa) = l7(&[("10.0.0.1", "z1", true)]);
+    assert!(vips.len() == 1 && vips[0].is_ipv4(), "{vips:?}");
+    assert_eq!(aaaa, None, "no AAAA without IPv6 endpoints");
+    let (vips, aaaa) = l7(&[("fd00::1", "z1", true)]);
+    assert_eq!(vips.len(), 2, "{vips:?}");
+    assert!(aaaa.is_some());
 }

@@ -10,36 +10,33 @@ use router_user::{
     config::{Overrides, load_str},
     plan::{L7Action, L7Cond, L7Match, L7Policies, L7Route, Origin, PathKind, Plan},
     proxy::engine::{Req, Table},
+    testing::{Config, Service, Slice},
 };
 
-const BASE: &str = "apiVersion: routerd.io/v1alpha1
-kind: RouterConfig
-metadata: {name: node}
-spec: {cluster: c1, region: r1, zone: z1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: ns, clusterName: c1}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: a, namespace: ns, clusterName: c1, labels: {kubernetes.io/service-name: svc, version: a}}
-addressType: IPv4
-ports: [{name: http, port: 80}]
-endpoints: [{addresses: [10.0.0.1]}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: b, namespace: ns, clusterName: c1, labels: {kubernetes.io/service-name: svc, version: b}}
-addressType: IPv4
-ports: [{name: http, port: 80}]
-endpoints: [{addresses: [10.0.0.2]}]
----
-";
+/// The node (c1, r1, z1) and `svc` (port 80 named http) with two slices,
+/// `version: a` (10.0.0.1) and `version: b` (10.0.0.2).
+fn base() -> String {
+    let slice = |name: &str, ip: &str| {
+        Slice::new("c1", "svc", name)
+            .namespace("ns")
+            .label("version", name)
+            .named_port("http", 80, "TCP")
+            .endpoint(ip, "")
+    };
+    Config::new()
+        .node("c1", "r1", "z1")
+        .with(
+            Service::new("c1", "svc")
+                .namespace("ns")
+                .named_port("http", 80, "TCP"),
+        )
+        .with(slice("a", "10.0.0.1"))
+        .with(slice("b", "10.0.0.2"))
+        .yaml()
+}
 
 fn plan(docs: &str) -> Plan {
-    let text = format!("{BASE}{docs}");
+    let text = format!("{}{docs}", base());
     let v = load_str("t.yaml", &text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
     compile(&v, &Health::default()).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -293,7 +290,8 @@ fn route_replacement_turns_a_broken_route_into_a_500_and_freeze_rejects() {
     assert!(matches!(routes[1].action, L7Action::Forward(_)));
     assert!(p.notices.iter().any(|n| n.message.contains("answers 500")));
     let text = format!(
-        "{BASE}{}",
+        "{}{}",
+        base(),
         rt("{name: rt, namespace: ns}", &body("FREEZE_CONFIG"))
     );
     let e = load_str("t.yaml", &text, &Overrides::default())

@@ -102,49 +102,50 @@ impl Load {
 
 /// `web` and `api`, each on two endpoints in two zones; `variant` 1 takes
 /// e1 and a2 out (not ready) and adds `extra` hosts, so every reload
-/// changes slots and allocates or frees service ids.
-fn churn_config(variant: usize, extra: usize, tail: &str) -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
+/// changes slots and allocates or frees service ids. (No node: see
+/// [`churn_config`].)
+fn churn_world(variant: usize, extra: usize) -> Config {
+    let mut c = Config::new();
     for (svc, eps) in [("web", WEB), ("api", API)] {
-        y += &yaml::service("c1", svc, 8080, "TCP");
         let ready = |id: &str| variant.is_multiple_of(2) || (id != "e1" && id != "a2");
-        let list: Vec<yaml::Ep<'_>> = eps
+        let list: Vec<Ep<'_>> = eps
             .iter()
             .map(|(a, id)| {
-                (
-                    *a,
-                    if *id == "e1" || *id == "a1" {
-                        "e1"
-                    } else {
-                        "e2"
-                    },
-                    ready(id),
-                )
+                let zone = if *id == "e1" || *id == "a1" {
+                    "e1"
+                } else {
+                    "e2"
+                };
+                (*a, zone, ready(id))
             })
             .collect();
-        y += &yaml::slice("c1", "east", svc, svc, 8080, "TCP", &list);
-        y += &yaml::vd(
-            svc,
-            &format!("{svc}.t.mesh"),
-            svc,
-            8080,
-            "HTTP",
-            "lb: local",
-        );
+        c = c
+            .with(service_with_slice("c1", "east", svc, svc, 8080, &list))
+            .with(
+                VirtualDestination::new(svc, &format!("{svc}.t.mesh"))
+                    .app(svc)
+                    .port(8080, "HTTP")
+                    .label("lb", "local"),
+            );
     }
     if !variant.is_multiple_of(2) {
         for i in 0..extra {
-            y += &yaml::vd(
-                &format!("x{i}"),
-                &format!("x{i}.t.mesh"),
-                "api",
-                8080,
-                "HTTP",
-                "",
+            c = c.with(
+                VirtualDestination::new(&format!("x{i}"), &format!("x{i}.t.mesh"))
+                    .app("api")
+                    .port(8080, "HTTP"),
             );
         }
     }
-    y + &yaml::outlier() + tail
+    c.with(locality_policy())
+}
+
+/// The churn world on a node in c1, east, e1.
+fn churn_config(variant: usize, extra: usize) -> String {
+    Config::new()
+        .node("c1", "east", "e1")
+        .with(churn_world(variant, extra))
+        .yaml()
 }
 
 struct Drill {
@@ -191,10 +192,7 @@ impl Drill {
     }
 
     fn generation(&self) -> Result<u64> {
-        let v = self.routerd.inspect()?;
-        v["generation"]
-            .as_u64()
-            .with_context(|| format!("no generation in inspect: {v}"))
+        Ok(self.routerd.inspect()?.generation)
     }
 }
 
@@ -224,18 +222,18 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 /// Drill 1: reload the config many times under connection churn.
 pub fn reload_churn(s: Scale) -> Result<Figures> {
-    let d = Drill::start(&churn_config(0, 0, ""), &[])?;
+    let d = Drill::start(&churn_config(0, 0), &[])?;
     let load = d.load(s.rate)?;
     let mut took = Vec::new();
     for i in 1..=s.reloads {
         d.world
             .dir
-            .write("config/mesh.yaml", &churn_config(i, 50, ""))?;
+            .write("config/mesh.yaml", &churn_config(i, 50))?;
         let t = Instant::now();
-        let line = d.routerd.reload()?;
+        let outcome = d.routerd.reload()?;
         ensure!(
-            line.contains(" applied "),
-            "reload {i} was not applied: {line}"
+            matches!(outcome, Event::Applied { .. }),
+            "reload {i} was not applied: {outcome}"
         );
         took.push(t.elapsed().as_secs_f64() * 1e3);
         // A reload takes a few ms; let connections flow between them, so
@@ -263,7 +261,7 @@ pub fn reload_churn(s: Scale) -> Result<Figures> {
 
 /// Drill 2: kill -9 the daemon under load, and restart it, several times.
 pub fn kill_restart(s: Scale) -> Result<Figures> {
-    let mut d = Drill::start(&churn_config(0, 0, ""), &[])?;
+    let mut d = Drill::start(&churn_config(0, 0), &[])?;
     let load = d.load(s.rate)?;
     let mut ready = Vec::new();
     for _ in 0..s.restarts {
@@ -295,11 +293,14 @@ pub fn kill_restart(s: Scale) -> Result<Figures> {
 /// traffic to the next tier within the configured bound.
 pub fn endpoint_failover(s: Scale) -> Result<Figures> {
     let (interval, timeout, threshold) = (200u64, 200u64, 2u64);
-    let hc = format!(
-        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: ActiveHealthCheckPolicy\nmetadata: {{name: hc, namespace: t}}\n\
-         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
-         \x20 config: {{healthCheck: {{interval: {interval}ms, timeout: {timeout}ms, unhealthyThreshold: {threshold}, tcpHealthCheck: {{}}}}}}\n---\n"
-    );
+    let hc = Policy::active_health_check(
+        "hc",
+        json!({"healthCheck": {
+            "interval": format!("{interval}ms"), "timeout": format!("{timeout}ms"),
+            "unhealthyThreshold": threshold, "tcpHealthCheck": {}
+        }}),
+    )
+    .virtual_destinations_labelled("lb", "local");
     // e1 runs in its own process so it can die alone.
     let mut world = World::new(&[])?;
     for (a, _) in WEB {
@@ -309,17 +310,25 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
     }
     world.start_backends(&[Listen::tcp("10.1.1.1:8080", "e2")])?;
     let e1 = world.spawn_backend(&[Listen::tcp("10.1.0.1:8080", "e1")], &[])?;
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web(
-        "c1",
-        "east",
-        "web",
-        &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
-    );
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
-    y += &yaml::outlier();
-    y += &hc;
-    world.dir.write("config/web.yaml", &y)?;
+    let y = Config::new()
+        .node("c1", "east", "e1")
+        .with(service_with_slice(
+            "c1",
+            "east",
+            "web",
+            "web",
+            8080,
+            &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
+        ))
+        .with(
+            VirtualDestination::new("web", "web.t.mesh")
+                .app("web")
+                .port(8080, "HTTP")
+                .label("lb", "local"),
+        )
+        .with(locality_policy())
+        .with(hc);
+    world.dir.write("config/web.yaml", &y.yaml())?;
     let cfg = world.dir.path.join("config");
     let web = vip(&plan(&cfg)?, "web.t.mesh", 8080, false);
     let _routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"])?;
@@ -468,7 +477,7 @@ fn curated() -> Vec<(&'static str, Vec<u8>)> {
 /// Drill 4: hundreds of malformed and hostile configs while the last good
 /// one keeps serving.
 pub fn hostile_configs(s: Scale) -> Result<Figures> {
-    let good = churn_config(0, 0, "");
+    let good = churn_config(0, 0);
     let d = Drill::start(&good, &[])?;
     let gen0 = d.generation()?;
     let scratch = TempDir::new(&unique())?;
@@ -491,25 +500,18 @@ pub fn hostile_configs(s: Scale) -> Result<Figures> {
     let mut slowest = Duration::ZERO;
     for (name, bytes) in &cases {
         std::fs::write(d.cfg.join("mesh.yaml"), bytes)?;
-        let start = d.routerd.log_len();
         let t = Instant::now();
         let verdict = d
             .routerd
             .reload()
             .with_context(|| format!("{name}: no verdict"))?;
         slowest = slowest.max(t.elapsed());
+        let Event::Rejected { errors, .. } = &verdict else {
+            anyhow::bail!("{name} was not rejected: {verdict}");
+        };
         ensure!(
-            verdict.contains("reload rejected"),
-            "{name} was not rejected: {verdict}"
-        );
-        let logs = d.routerd.logs();
-        let said: Vec<&String> = logs[start..]
-            .iter()
-            .filter(|l| l.contains("ERROR"))
-            .collect();
-        ensure!(
-            said.iter().any(|l| l.contains("mesh.yaml:")),
-            "{name}: the error does not name the file and line: {said:#?}"
+            errors.iter().any(|l| l.contains("mesh.yaml:")),
+            "{name}: the error does not name the file and line: {errors:#?}"
         );
     }
     std::fs::write(d.cfg.join("mesh.yaml"), &good)?;
@@ -530,7 +532,7 @@ pub fn hostile_configs(s: Scale) -> Result<Figures> {
     f.add("slowest verdict (ms)", ms(slowest));
     f.add("generation before / after", format!("{gen0} / {gen0}"));
     ensure!(
-        back.contains("no change"),
+        matches!(back, Event::NoChange { .. }),
         "restoring the good config: {back}"
     );
     clean(&c, "hostile configs")?;
@@ -540,26 +542,36 @@ pub fn hostile_configs(s: Scale) -> Result<Figures> {
 /// Drill 5: configs that do not fit the maps (or the VIP or port ranges)
 /// are refused whole: nothing partial, the old plan keeps serving.
 pub fn size_limits(s: Scale) -> Result<Figures> {
-    let good = churn_config(0, 0, "");
+    let good = churn_config(0, 0);
     let d = Drill::start(&good, &["--max-services", "64", "--max-backends", "64"])?;
     let gen0 = d.generation()?;
-    let services0 = d.routerd.inspect()?["services"]
-        .as_array()
-        .map_or(0, |a| a.len());
+    let services0 = d.routerd.inspect()?.services.len();
     let load = d.load(s.rate)?;
     let mut f = Figures::new("5. maps near their size limits");
-    let many_hosts = churn_config(1, 70, "");
-    let mut many_eps = good.clone();
+    let many_hosts = churn_config(1, 70);
     let eps: Vec<String> = (0..70).map(|i| format!("10.3.0.{}", i + 1)).collect();
-    let list: Vec<yaml::Ep<'_>> = eps.iter().map(|a| (a.as_str(), "e1", true)).collect();
-    many_eps += &yaml::service("c1", "wide", 8080, "TCP");
-    many_eps += &yaml::slice("c1", "east", "wide", "wide", 8080, "TCP", &list);
-    many_eps += &yaml::vd("wide", "wide.t.mesh", "wide", 8080, "HTTP", "");
-    let tiny_vips = churn_config(1, 3, "").replacen(
-        "  zone: e1\n",
-        "  zone: e1\n  vipRanges: {ipv4: 240.240.0.0/30}\n",
-        1,
-    );
+    let list: Vec<Ep<'_>> = eps.iter().map(|a| (a.as_str(), "e1", true)).collect();
+    let many_eps = Config::new()
+        .node("c1", "east", "e1")
+        .with(churn_world(0, 0))
+        .with(service_with_slice(
+            "c1", "east", "wide", "wide", 8080, &list,
+        ))
+        .with(
+            VirtualDestination::new("wide", "wide.t.mesh")
+                .app("wide")
+                .port(8080, "HTTP"),
+        )
+        .yaml();
+    let tiny_vips = Config::new()
+        .node_with(
+            "c1",
+            "east",
+            "e1",
+            json!({"vipRanges": {"ipv4": "240.240.0.0/30"}}),
+        )
+        .with(churn_world(1, 3))
+        .yaml();
     let cases = [
         (
             "72 hosts with --max-services 64",
@@ -579,30 +591,21 @@ pub fn size_limits(s: Scale) -> Result<Figures> {
     ];
     for (name, text, hint) in cases {
         d.world.dir.write("config/mesh.yaml", &text)?;
-        let start = d.routerd.log_len();
         let verdict = d.routerd.reload()?;
-        let logs = d.routerd.logs()[start..].join("\n");
-        ensure!(!verdict.contains(" applied "), "{name}: applied: {verdict}");
-        ensure!(
-            logs.contains(hint),
-            "{name}: the error does not say what to do ({hint}): {logs}"
-        );
-        let said = logs
-            .lines()
+        ensure!(verdict.is_rejected(), "{name}: not refused: {verdict}");
+        let said = verdict
+            .errors()
+            .iter()
             .find(|l| l.contains(hint))
-            .unwrap_or("")
-            .to_string();
-        let said = said
-            .split_once("Z ")
-            .map_or(said.as_str(), |x| x.1)
+            .with_context(|| {
+                format!("{name}: the error does not say what to do ({hint}): {verdict:?}")
+            })?
             .chars()
             .take(160)
             .collect::<String>();
         f.add(name, format!("refused: \"{said}...\""));
         ensure!(d.generation()? == gen0, "{name}: the generation moved");
-        let services = d.routerd.inspect()?["services"]
-            .as_array()
-            .map_or(0, |a| a.len());
+        let services = d.routerd.inspect()?.services.len();
         ensure!(
             services == services0,
             "{name}: {services} services in the maps, {services0} before: partial state"

@@ -29,6 +29,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use router_user::{events::Event, inspect::Report, testing::*};
+pub use serde_json::json;
+
 /// What a backend answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
@@ -765,13 +768,63 @@ pub fn tally(probes: &[Probe]) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
+/// One line of routerd's stderr (`--log-format json`).
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// `INFO`, `WARN`, ...; empty for a line that is not JSON (a panic,
+    /// main's error on exit).
+    pub level: String,
+    /// For people: `LEVEL message key=value ...`, or the raw line.
+    pub text: String,
+    /// The typed event, when the line is one.
+    pub event: Option<Event>,
+}
+
+impl LogLine {
+    fn parse(raw: &str) -> LogLine {
+        let Ok(serde_json::Value::Object(mut o)) = serde_json::from_str(raw) else {
+            return LogLine {
+                level: String::new(),
+                text: raw.to_string(),
+                event: None,
+            };
+        };
+        let event = o
+            .contains_key("event")
+            .then(|| serde_json::from_value::<router_user::events::Line>(o.clone().into()))
+            .and_then(Result::ok)
+            .map(|l| l.event);
+        let str_of = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => s,
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        o.remove("timestamp");
+        let level = str_of(o.remove("level"));
+        let mut text = format!("{level} {}", str_of(o.remove("message")));
+        match &event {
+            None => {
+                for (k, v) in o {
+                    text.push_str(&format!(" {k}={}", str_of(Some(v))));
+                }
+            }
+            Some(e) => {
+                for problem in e.errors() {
+                    text.push_str(&format!("\n  {problem}"));
+                }
+            }
+        }
+        LogLine { level, text, event }
+    }
+}
+
 /// A running `routerd run` process with its own pin root and state dir.
 pub struct Routerd {
     child: Option<Child>,
     pub args: Vec<String>,
     pub pin_root: PathBuf,
     pub state_dir: PathBuf,
-    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+    logs: Arc<(Mutex<Vec<LogLine>>, Condvar)>,
     /// Copy routerd's log lines to our stderr (tests: yes; the demo: no).
     pub echo: Arc<std::sync::atomic::AtomicBool>,
     /// RLIMIT_NOFILE (soft and hard) for the process; None: inherited.
@@ -800,6 +853,9 @@ impl Routerd {
             pin_root.display().to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
+            // Events (ready, applied, rejected, ...) arrive typed.
+            "--log-format".into(),
+            "json".into(),
         ];
         // DNS sockets live in the test's client namespace (World names it
         // `<tag>n`), where the captured queries arrive and upstreams are.
@@ -851,8 +907,9 @@ impl Routerd {
         let echo = self.echo.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = LogLine::parse(&line);
                 if echo.load(Ordering::Relaxed) {
-                    eprintln!("[routerd] {line}");
+                    eprintln!("[routerd] {}", line.text);
                 }
                 let (m, cv) = &*logs;
                 m.lock().unwrap().push(line);
@@ -861,19 +918,21 @@ impl Routerd {
         });
         self.child = Some(child);
         // Generous: 100,000 services (the benchmarks) take ~15 s to load.
-        self.wait_for_from(start, Duration::from_secs(60), |l| {
-            l.contains("routerd ready")
+        self.wait_line(start, Duration::from_secs(60), |l| {
+            matches!(l.event, Some(Event::Ready { .. }))
         })
         .context("routerd did not become ready")?;
         Ok(())
     }
 
-    fn wait_for_from(
+    /// The first line after position `start` satisfying `pred`; fails when
+    /// routerd exits with an error first, or after `timeout`.
+    fn wait_line(
         &self,
         start: usize,
         timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+        pred: impl Fn(&LogLine) -> bool,
+    ) -> Result<LogLine> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.logs;
         let mut logs = m.lock().unwrap();
@@ -883,16 +942,21 @@ impl Routerd {
                 if pred(&logs[i]) {
                     return Ok(logs[i].clone());
                 }
-                if logs[i].contains("Error:") || logs[i].starts_with("routerd:") {
-                    bail!("routerd failed: {}", logs[i]);
+                // Not a log line: main's error on exit.
+                let raw = &logs[i].text;
+                if logs[i].level.is_empty()
+                    && (raw.starts_with("Error:") || raw.starts_with("routerd:"))
+                {
+                    bail!("routerd failed: {raw}");
                 }
                 i += 1;
             }
             let now = Instant::now();
             if now > deadline {
+                let all: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
                 bail!(
                     "timed out after {timeout:?}; routerd logged:\n{}",
-                    logs.join("\n")
+                    all.join("\n")
                 );
             }
             logs = cv.wait_timeout(logs, deadline - now).unwrap().0;
@@ -903,22 +967,45 @@ impl Routerd {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How many lines routerd has logged: a mark for the `wait_*` calls.
     pub fn log_len(&self) -> usize {
         self.logs.0.lock().unwrap().len()
     }
 
-    /// Wait for a log line after position `start` satisfying `pred`.
-    pub fn wait_for(&self, start: usize, pred: impl Fn(&str) -> bool) -> Result<String> {
-        self.wait_for_from(start, Duration::from_secs(15), pred)
+    /// Wait for an event after position `start` satisfying `pred`.
+    pub fn wait_event(&self, start: usize, pred: impl Fn(&Event) -> bool) -> Result<Event> {
+        self.wait_line(start, Duration::from_secs(15), |l| {
+            l.event.as_ref().is_some_and(&pred)
+        })
+        .map(|l| l.event.expect("matched an event"))
     }
 
-    /// SIGHUP and wait for the outcome line: "applied", "no change" or "rejected".
-    pub fn reload(&self) -> Result<String> {
+    /// Wait for the next reload outcome after `start`: applied, no change
+    /// or rejected.
+    pub fn wait_outcome(&self, start: usize) -> Result<Event> {
+        self.wait_event(start, Event::is_outcome)
+    }
+
+    /// Wait for a free-text log line (a warning) after `start` containing
+    /// `needle`. Prefer [`Routerd::wait_event`] for what an event covers.
+    pub fn wait_log(&self, start: usize, needle: &str) -> Result<String> {
+        self.wait_line(start, Duration::from_secs(15), |l| l.text.contains(needle))
+            .map(|l| l.text)
+    }
+
+    /// SIGHUP and wait for the outcome.
+    pub fn reload(&self) -> Result<Event> {
         let start = self.log_len();
         self.signal(libc::SIGHUP);
-        self.wait_for(start, |l| {
-            l.contains("applied") || l.contains("no change") || l.contains("reload rejected")
-        })
+        self.wait_outcome(start)
+    }
+
+    /// Every event so far, from position `start`.
+    pub fn events(&self, start: usize) -> Vec<Event> {
+        self.logs.0.lock().unwrap()[start..]
+            .iter()
+            .filter_map(|l| l.event.clone())
+            .collect()
     }
 
     pub fn signal(&self, sig: i32) {
@@ -963,7 +1050,7 @@ impl Routerd {
     }
 
     /// `routerd inspect --json`.
-    pub fn inspect(&self) -> Result<serde_json::Value> {
+    pub fn inspect(&self) -> Result<Report> {
         let out = run(Command::new(bin("routerd")).args([
             "inspect",
             "--json",
@@ -975,8 +1062,15 @@ impl Routerd {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// Every line so far, as text (`LEVEL message key=value ...`).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.0.lock().unwrap().clone()
+        self.logs
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.text.clone())
+            .collect()
     }
 }
 
@@ -1037,82 +1131,6 @@ pub fn curl(
 }
 
 /// YAML builders for test configs (the same shapes as configs/).
-pub mod yaml {
-    /// A RouterConfig for a node in `cluster` at `region`/`zone`.
-    pub fn router(cluster: &str, region: &str, zone: &str, extra: &str) -> String {
-        format!(
-            "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {{name: node}}\n\
-             spec:\n  cluster: {cluster}\n  region: {region}\n  zone: {zone}\n{extra}---\n"
-        )
-    }
-
-    /// A Service with one port.
-    pub fn service(cluster: &str, name: &str, port: u16, proto: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t, clusterName: {cluster}, labels: {{app: {name}}}}}\n\
-             spec:\n  ports:\n  - {{name: p, port: {port}, protocol: {proto}}}\n---\n"
-        )
-    }
-
-    /// An endpoint: address, zone, ready.
-    pub type Ep<'a> = (&'a str, &'a str, bool);
-
-    /// An EndpointSlice of `svc` in `cluster`/`region`.
-    pub fn slice(
-        cluster: &str,
-        region: &str,
-        svc: &str,
-        slice: &str,
-        port: u16,
-        proto: &str,
-        eps: &[Ep<'_>],
-    ) -> String {
-        let v6 = eps.first().is_some_and(|e| e.0.contains(':'));
-        let mut s = format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: t\n  clusterName: {cluster}\n\
-             \x20 labels: {{kubernetes.io/service-name: {svc}, topology.kubernetes.io/region: {region}}}\n\
-             addressType: {}\nports: [{{name: p, port: {port}, protocol: {proto}}}]\nendpoints:\n",
-            if v6 { "IPv6" } else { "IPv4" }
-        );
-        for (addr, zone, ready) in eps {
-            s.push_str(&format!(
-                "- {{addresses: [\"{addr}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n"
-            ));
-        }
-        s.push_str("---\n");
-        s
-    }
-
-    /// Service `web` (TCP 8080, labelled `app: web`) in `cluster` with one
-    /// EndpointSlice, the backend most tests use.
-    pub fn web(cluster: &str, region: &str, slice_name: &str, eps: &[Ep<'_>]) -> String {
-        service(cluster, "web", 8080, "TCP")
-            + &slice(cluster, region, "web", slice_name, 8080, "TCP", eps)
-    }
-
-    /// A VirtualDestination over services labelled `app: <app>`.
-    pub fn vd(
-        name: &str,
-        host: &str,
-        app: &str,
-        port: u16,
-        protocol: &str,
-        labels: &str,
-    ) -> String {
-        format!(
-            "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {name}, namespace: t, labels: {{{labels}}}}}\n\
-             spec:\n  hosts: [{host}]\n  services: [{{labels: {{app: {app}}}}}]\n  ports: [{{number: {port}, protocol: {protocol}}}]\n---\n"
-        )
-    }
-
-    /// Outlier detection (which turns locality priorities on) for VDs labelled `lb: local`.
-    pub fn outlier() -> String {
-        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {name: od, namespace: t}\n\
-         spec:\n  applyToDestinations: [{kind: VIRTUAL_DESTINATION, selector: {labels: {lb: local}}}]\n  config: {consecutiveErrors: 1}\n---\n"
-            .to_string()
-    }
-}
-
 /// The plan routerd will compute for `config` (to learn VIPs in tests).
 pub fn plan(config: &Path) -> Result<router_user::plan::Plan> {
     router_user::daemon::build_plan(config, &Default::default(), &Default::default())

@@ -3,18 +3,25 @@
 //! kernel hooks with no resolv.conf change.
 use std::process::Command;
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 const RESOLVER: &str = "10.53.0.1";
 
+fn dns_world(extra_host: bool) -> Config {
+    let host = |name: &str| {
+        VirtualDestination::new(name, &format!("{name}.t.mesh"))
+            .app("web")
+            .port(8080, "HTTP")
+    };
+    let y = Config::new()
+        .node("c1", "east", "e1")
+        .with(web("c1", "east", "web", &[("10.1.0.1", "e1", true)]))
+        .with(host("web"));
+    if extra_host { y.with(host("new")) } else { y }
+}
+
 fn config(extra_host: bool) -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "");
-    if extra_host {
-        y += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
-    }
-    y
+    dns_world(extra_host).yaml()
 }
 
 struct Dns {
@@ -169,7 +176,7 @@ fn with_capture_off_queries_go_to_the_upstream_untouched() {
     let direct = dig(&d, true, &["+short", "@127.0.0.153", "web.t.mesh"]);
     assert_eq!(direct.trim(), d.vip.ip().to_string());
     let r = d.routerd.inspect().unwrap();
-    assert_eq!(r["dns_captured"], 0);
+    assert_eq!(r.dns_captured, 0);
 }
 
 #[test]
@@ -200,14 +207,14 @@ fn a_reload_adds_and_removes_names() {
     let d = setup(&[]);
     assert_eq!(status(&dig(&d, true, &["new.t.mesh"])), "NXDOMAIN");
     d.world.dir.write("config/all.yaml", &config(true)).unwrap();
-    assert!(d.routerd.reload().unwrap().contains("applied"));
+    assert!(d.routerd.reload().unwrap().is_applied());
     let new = dig(&d, true, &["+short", "new.t.mesh"]);
     assert!(new.trim().starts_with("240.240."), "{new}");
     d.world
         .dir
         .write("config/all.yaml", &config(false))
         .unwrap();
-    assert!(d.routerd.reload().unwrap().contains("applied"));
+    assert!(d.routerd.reload().unwrap().is_applied());
     assert_eq!(status(&dig(&d, true, &["new.t.mesh"])), "NXDOMAIN");
 }
 
@@ -302,9 +309,7 @@ fn a_caching_resolver_inside_the_cgroup_keeps_working_and_nothing_loops() {
 fn another_namespace_keeps_its_own_resolver() {
     let d = setup(&[]);
     let other = d.world.other_node(1).unwrap();
-    let captured0 = d.routerd.inspect().unwrap()["dns_captured"]
-        .as_u64()
-        .unwrap();
+    let captured0 = d.routerd.inspect().unwrap().dns_captured;
     for (args, want) in [
         (
             vec!["+short", &format!("@{RESOLVER}") as &str, "up.test"],
@@ -330,9 +335,7 @@ fn another_namespace_keeps_its_own_resolver() {
         "web.t.mesh",
     ]));
     assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
-    let captured = d.routerd.inspect().unwrap()["dns_captured"]
-        .as_u64()
-        .unwrap();
+    let captured = d.routerd.inspect().unwrap().dns_captured;
     assert_eq!(
         captured, captured0,
         "queries of another namespace were captured"
@@ -346,24 +349,24 @@ fn another_namespace_keeps_its_own_resolver() {
 
 /// `n` more virtual hosts (a Service, an EndpointSlice and a
 /// VirtualDestination each): a config that takes seconds to compile.
-fn many_hosts(n: usize) -> String {
-    let mut y = String::with_capacity(n * 700);
-    for i in 0..n {
+fn many_hosts(n: usize) -> Config {
+    (0..n).fold(Config::new(), |c, i| {
         let name = format!("bulk{i}");
-        y += &yaml::service("c1", &name, 80, "TCP");
         let addr = format!("10.{}.{}.{}", 20 + i / 65536, (i / 256) % 256, i % 256);
-        y += &yaml::slice(
+        c.with(service_with_slice(
             "c1",
             "east",
             &name,
             &name,
             80,
-            "TCP",
             &[(&addr, "e1", true)],
-        );
-        y += &yaml::vd(&name, &format!("{name}.t.mesh"), &name, 80, "TCP", "");
-    }
-    y
+        ))
+        .with(
+            VirtualDestination::new(&name, &format!("{name}.t.mesh"))
+                .app(&name)
+                .port(80, "TCP"),
+        )
+    })
 }
 
 /// Issue 10, item 13. A reload whose compile takes longer than the
@@ -376,7 +379,7 @@ fn a_long_compile_does_not_stop_dns() {
         .dir
         .write(
             "config/all.yaml",
-            &(config(false) + &many_hosts(scaled(3000))),
+            &dns_world(false).with(many_hosts(scaled(3000))).yaml(),
         )
         .unwrap();
     let mark = d.routerd.log_len();
@@ -384,9 +387,7 @@ fn a_long_compile_does_not_stop_dns() {
     let t = std::time::Instant::now();
     let (mut asked, mut failed) = (0, Vec::new());
     loop {
-        let done = d.routerd.logs()[mark..]
-            .iter()
-            .any(|l| l.contains("applied") || l.contains("rejected"));
+        let done = d.routerd.events(mark).iter().any(Event::is_outcome);
         if done {
             break;
         }

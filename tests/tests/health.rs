@@ -3,39 +3,41 @@
 //! endpoint that fails requests. Real backends are killed and restarted.
 use std::time::{Duration, Instant};
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 const E1: &str = "10.1.0.1:8080";
 const E2: &str = "10.1.1.1:8080";
 
 /// `web` with one endpoint in the node's zone (e1) and one in the next
 /// zone (e2); locality priorities on (outlier detection applies).
-fn inventory() -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web(
-        "c1",
-        "east",
-        "web-1",
-        &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
-    );
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
-    y
+fn inventory() -> Config {
+    Config::new()
+        .node("c1", "east", "e1")
+        .with(web(
+            "c1",
+            "east",
+            "web-1",
+            &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
+        ))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
 }
 
-fn outlier(errors: u32, base: &str) -> String {
-    format!(
-        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: OutlierDetectionPolicy\nmetadata: {{name: od, namespace: t}}\n\
-         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
-         \x20 config: {{consecutiveErrors: {errors}, interval: 100ms, baseEjectionTime: {base}, maxEjectionPercent: 50}}\n---\n"
+fn outlier(errors: u32, base: &str) -> Policy {
+    Policy::outlier_detection(
+        "od",
+        json!({"consecutiveErrors": errors, "interval": "100ms", "baseEjectionTime": base, "maxEjectionPercent": 50}),
     )
+    .virtual_destinations_labelled("lb", "local")
 }
 
-fn active_check(kind: &str) -> String {
-    format!(
-        "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: ActiveHealthCheckPolicy\nmetadata: {{name: hc, namespace: t}}\n\
-         spec:\n  applyToDestinations: [{{kind: VIRTUAL_DESTINATION, selector: {{labels: {{lb: local}}}}}}]\n\
-         \x20 config:\n    healthCheck: {{interval: 200ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 1, {kind}}}\n---\n"
-    )
+/// An active check every 200 ms (`kind`: `{"tcpHealthCheck": {}}`, ...).
+fn active_check(kind: serde_json::Value) -> Policy {
+    let mut check = json!({"interval": "200ms", "timeout": "200ms", "unhealthyThreshold": 2, "healthyThreshold": 1});
+    if let (Some(c), serde_json::Value::Object(k)) = (check.as_object_mut(), kind) {
+        c.extend(k);
+    }
+    Policy::active_health_check("hc", json!({ "healthCheck": check }))
+        .virtual_destinations_labelled("lb", "local")
 }
 
 struct Setup {
@@ -45,12 +47,12 @@ struct Setup {
     vip: std::net::SocketAddr,
 }
 
-fn setup(policies: &str) -> Setup {
+fn setup(policies: Config) -> Setup {
     setup_with(policies, None)
 }
 
 /// [`setup`], with routerd's RLIMIT_NOFILE set to `nofile`.
-fn setup_with(policies: &str, nofile: Option<u64>) -> Setup {
+fn setup_with(policies: Config, nofile: Option<u64>) -> Setup {
     require_root();
     let mut world = World::new(&[]).unwrap();
     for a in ["10.1.0.1/32", "10.1.1.1/32"] {
@@ -60,7 +62,7 @@ fn setup_with(policies: &str, nofile: Option<u64>) -> Setup {
     let e1 = world.spawn_backend(&[Listen::tcp(E1, "e1")], &[]).unwrap();
     world
         .dir
-        .write("config/web.yaml", &(inventory() + policies))
+        .write("config/web.yaml", &inventory().with(policies).yaml())
         .unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
@@ -104,7 +106,11 @@ fn until_only(s: &Setup, want: &str, n: usize, bound: Duration) -> (Duration, us
 
 #[test]
 fn active_checks_move_connections_off_a_dead_endpoint_and_back() {
-    let mut s = setup(&(outlier(5, "30s") + &active_check("tcpHealthCheck: {}")));
+    let mut s = setup(
+        Config::new()
+            .with(outlier(5, "30s"))
+            .with(active_check(json!({"tcpHealthCheck": {}}))),
+    );
     until_only(&s, "e1", 10, Duration::from_secs(5));
 
     // Kill the closest endpoint: connect() to it is refused until two
@@ -112,19 +118,20 @@ fn active_checks_move_connections_off_a_dead_endpoint_and_back() {
     drop(s.e1.take());
     let (took, failed, _) = until_only(&s, "e2", 10, Duration::from_secs(5));
     eprintln!("failover: {took:?}, {failed} connections failed before it");
+    let e1: std::net::SocketAddr = E1.parse().unwrap();
+    let events = s.routerd.events(0);
     assert!(
-        s.routerd
-            .logs()
+        events
             .iter()
-            .any(|l| l.contains("endpoint unhealthy") && l.contains(E1)),
-        "no health transition logged"
+            .any(|e| matches!(e, Event::EndpointUnhealthy { endpoint, .. } if *endpoint == e1)),
+        "no health transition: {events:?}"
     );
-    let applied = s
-        .routerd
-        .logs()
-        .iter()
-        .any(|l| l.contains("applied") && l.contains("endpoint health change"));
-    assert!(applied, "the health change was not applied");
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Applied { reason, .. } if reason == "endpoint health change")
+        ),
+        "the health change was not applied: {events:?}"
+    );
 
     // It comes back: one passing check returns it to its tier.
     s.e1 = Some(
@@ -142,23 +149,23 @@ fn an_http_check_that_answers_the_wrong_status_takes_the_endpoint_out() {
     // /status/503 answers 503 on every backend; expected 200 only. Both
     // endpoints fail their checks: panic mode (Envoy's) keeps routing to
     // the first tier rather than failing every connection.
-    let s = setup(
-        &(outlier(5, "30s")
-            + &active_check(
-                "httpHealthCheck: {path: /status/503, expectedStatuses: [{start: 200, end: 201}]}",
-            )),
-    );
+    let s = setup(Config::new().with(outlier(5, "30s")).with(active_check(
+        json!({"httpHealthCheck": {"path": "/status/503", "expectedStatuses": [{"start": 200, "end": 201}]}}),
+    )));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let logs = s.routerd.logs();
-        let down: Vec<&String> = logs
+        let events = s.routerd.events(0);
+        let down = events
             .iter()
-            .filter(|l| l.contains("endpoint unhealthy") && l.contains("answered 503"))
-            .collect();
-        if down.len() == 2 {
+            .filter(|e| matches!(e, Event::EndpointUnhealthy { last_error, .. } if last_error.contains("answered 503")))
+            .count();
+        if down == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "checks did not fail: {logs:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "checks did not fail: {events:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The second endpoint's recompile lands just after its log line (under
@@ -189,17 +196,19 @@ fn an_http_check_that_answers_the_wrong_status_takes_the_endpoint_out() {
 
 /// An L7 route (a path match) to the same destination: the proxy's
 /// requests see the failures.
-fn l7_route() -> String {
-    "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
-     spec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: web}, kind: VIRTUAL_DESTINATION, port: {number: 8080}}]}\n---\n"
-        .to_string()
+fn l7_route() -> RouteTable {
+    RouteTable::new("web").host("web.t.mesh").http(
+        HttpRoute::new()
+            .prefix("/api")
+            .to(&[Dest::virtual_destination("web").port(8080)]),
+    )
 }
 
 #[test]
 fn the_proxy_ejects_an_endpoint_that_fails_and_takes_it_back_later() {
     // baseEjectionTime 3 s: under TCG, the ejection can take over a second
     // to show, and it must still hold while the next requests are checked.
-    let mut s = setup(&(outlier(2, "3s") + &l7_route()));
+    let mut s = setup(Config::new().with(outlier(2, "3s")).with(l7_route()));
     let get = |n: usize| -> Vec<Probe> {
         s.world
             .probe(&[
@@ -249,11 +258,12 @@ fn the_proxy_ejects_an_endpoint_that_fails_and_takes_it_back_later() {
         "{failed} failed requests; consecutiveErrors is 2"
     );
     assert!(ids(&get(10)).iter().all(|i| i == "e2"));
+    let e1: std::net::SocketAddr = E1.parse().unwrap();
     assert!(
         s.routerd
-            .logs()
+            .events(0)
             .iter()
-            .any(|l| l.contains("endpoint ejected") && l.contains(E1))
+            .any(|e| matches!(e, Event::EndpointEjected { endpoint, .. } if *endpoint == e1))
     );
 
     // e1 returns; after baseEjectionTime (3 s) it takes traffic again.
@@ -267,38 +277,36 @@ fn the_proxy_ejects_an_endpoint_that_fails_and_takes_it_back_later() {
         assert!(t.elapsed() < Duration::from_secs(10), "e1 never came back");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        s.routerd
-            .logs()
-            .iter()
-            .any(|l| l.contains("ejection over") && l.contains(E1))
+    let over = s.routerd.wait_event(
+        0,
+        |e| matches!(e, Event::EjectionOver { endpoint } if *endpoint == e1),
     );
+    assert!(over.is_ok(), "{over:?}");
 }
 
 /// `web` (TCP 8080) and `echo` (UDP 9000) on e1 and e2; `e1_ready` says
 /// whether e1 is ready; connections to removed endpoints are closed.
 fn closing_config(e1_ready: bool) -> String {
-    let mut y = yaml::router(
-        "c1",
-        "east",
-        "e1",
-        "  closeConnectionsToRemovedEndpoints: true\n",
-    );
-    for (svc, port, proto) in [("web", 8080, "TCP"), ("echo", 9000, "UDP")] {
-        y += &yaml::service("c1", svc, port, proto);
-        y += &yaml::slice(
+    let eps = [("10.1.0.1", "e1", e1_ready), ("10.1.1.1", "e2", true)];
+    Config::new()
+        .node_with(
             "c1",
             "east",
-            svc,
-            svc,
-            port,
-            proto,
-            &[("10.1.0.1", "e1", e1_ready), ("10.1.1.1", "e2", true)],
-        );
-        let p = if proto == "UDP" { "UDP" } else { "HTTP" };
-        y += &yaml::vd(svc, &format!("{svc}.t.mesh"), svc, port, p, "lb: local");
-    }
-    y + &outlier(5, "30s")
+            "e1",
+            json!({"closeConnectionsToRemovedEndpoints": true}),
+        )
+        .with(web("c1", "east", "web", &eps))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+        .with(Service::new("c1", "echo").udp_port(9000))
+        .with(
+            Slice::new("c1", "echo", "echo")
+                .region("east")
+                .udp_port(9000)
+                .endpoints(&eps),
+        )
+        .with(local_vd("echo", "echo.t.mesh", "echo", 9000, "UDP"))
+        .with(outlier(5, "30s"))
+        .yaml()
 }
 
 /// Start `rt-probe <args> --hold`; return it with its first answer.
@@ -359,13 +367,21 @@ fn connections_to_a_removed_endpoint_are_closed_when_asked() {
         .write("config/c.yaml", &closing_config(false))
         .unwrap();
     let start = routerd.log_len();
-    assert!(routerd.reload().unwrap().contains("applied"));
+    assert!(routerd.reload().unwrap().is_applied());
     let closed = routerd
-        .wait_for(start, |l| l.contains("closed connections"))
+        .wait_event(start, |e| matches!(e, Event::ConnectionsClosed { .. }))
         .unwrap();
     assert!(
-        closed.contains("tcp=1") && closed.contains("udp=1"),
-        "{closed}"
+        matches!(
+            closed,
+            Event::ConnectionsClosed {
+                tcp: 1,
+                udp: 1,
+                failed: 0,
+                ..
+            }
+        ),
+        "{closed:?}"
     );
 
     // The TCP connection was reset; the connected UDP socket got an error
@@ -398,7 +414,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn running_out_of_descriptors_neither_spins_nor_blames_endpoints() {
     let s = setup_with(
-        &(active_check("httpHealthCheck: {path: /health}") + &outlier(2, "30s") + &l7_route()),
+        Config::new()
+            .with(active_check(
+                json!({"httpHealthCheck": {"path": "/health"}}),
+            ))
+            .with(outlier(2, "30s"))
+            .with(l7_route()),
         Some(256),
     );
     let vip = s.vip.to_string();
@@ -443,13 +464,13 @@ fn running_out_of_descriptors_neither_spins_nor_blames_endpoints() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let logs = s.routerd.logs();
+    let events = s.routerd.events(0);
     assert!(
-        !logs
-            .iter()
-            .any(|l| l.contains("endpoint unhealthy") || l.contains("endpoint ejected")),
-        "running out of descriptors was blamed on an endpoint:\n{}",
-        logs.join("\n")
+        !events.iter().any(|e| matches!(
+            e,
+            Event::EndpointUnhealthy { .. } | Event::EndpointEjected { .. }
+        )),
+        "running out of descriptors was blamed on an endpoint: {events:#?}"
     );
 }
 
@@ -460,7 +481,7 @@ fn running_out_of_descriptors_neither_spins_nor_blames_endpoints() {
 /// endpoint.
 #[test]
 fn a_client_that_breaks_its_own_requests_ejects_nobody() {
-    let s = setup(&(outlier(2, "30s") + &l7_route()));
+    let s = setup(Config::new().with(outlier(2, "30s")).with(l7_route()));
     let vip = s.vip.to_string();
     let get = || -> Vec<String> {
         s.world
@@ -489,10 +510,11 @@ fn a_client_that_breaks_its_own_requests_ejects_nobody() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(get().iter().all(|i| i == "e1"), "e1 must still serve");
-    let logs = s.routerd.logs();
+    let events = s.routerd.events(0);
     assert!(
-        !logs.iter().any(|l| l.contains("endpoint ejected")),
-        "a client's broken bodies ejected an endpoint:\n{}",
-        logs.join("\n")
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::EndpointEjected { .. })),
+        "a client's broken bodies ejected an endpoint: {events:#?}"
     );
 }

@@ -1,15 +1,30 @@
 //! Hostile input against the running proxy: oversized headers, malformed
 //! requests, slow clients, HTTP/2 abuse. Each gets the right status or a
 //! closed connection, and other clients keep being served.
-use router_tests::{yaml, *};
+use router_tests::*;
+
+/// The route most of these tests use: every GET to `web`.
+fn get_to_web() -> HttpRoute {
+    HttpRoute::new()
+        .matcher(json!({"uri": {"prefix": "/"}, "method": "GET"}))
+        .to(&[Dest::service("web").port(8080)])
+}
+
+/// A node (with `node` settings) and the `web` backend on 10.1.0.1.
+fn web_node(node: serde_json::Value) -> Config {
+    Config::new().node_with("c1", "east", "e1", node).with(web(
+        "c1",
+        "east",
+        "web",
+        &[("10.1.0.1", "e1", true)],
+    ))
+}
 
 fn setup() -> (World, Routerd, String) {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\nspec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
-    world.dir.write("config/all.yaml", &y).unwrap();
+    let y = web_node(json!({})).with(RouteTable::new("web").host("web.t.mesh").http(get_to_web()));
+    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
     let routerd = Routerd::start(
@@ -183,18 +198,22 @@ fn http2_stream_floods_and_rapid_resets_are_contained() {
 fn a_rewritten_path_never_chooses_the_upstream() {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    let route = "  http:\n  - matchers: [{uri: {prefix: /api}}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}], pathRewrite: \"\"}\n---\n";
-    y += &format!(
-        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: web, namespace: t}}\nspec:\n  hosts: [web.t.mesh]\n{route}"
-    );
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {name: gw, namespace: t}\n\
-          spec:\n  listeners:\n  - port: {number: 8082}\n    http: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n---\n";
-    y += &format!(
-        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: north, namespace: t}}\nspec:\n  hosts: [ssrf.example.test]\n  virtualGateways: [{{name: gw}}]\n{route}"
-    );
-    world.dir.write("config/all.yaml", &y).unwrap();
+    let route = || {
+        HttpRoute::new()
+            .prefix("/api")
+            .to(&[Dest::service("web").port(8080)])
+            .forward_with(json!({"pathRewrite": ""}))
+    };
+    let y = web_node(json!({}))
+        .with(RouteTable::new("web").host("web.t.mesh").http(route()))
+        .with(Gateway::new("gw").http(8082, "*.example.test"))
+        .with(
+            RouteTable::new("north")
+                .host("ssrf.example.test")
+                .gateway("gw")
+                .http(route()),
+        );
+    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
     let _d = Routerd::start(
@@ -259,15 +278,27 @@ fn rss_kib(pid: u32) -> u64 {
 fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    let mut y = yaml::router("c1", "east", "e1", "  proxy: {bodyTimeout: 4s}\n");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
-          spec:\n  hosts: [web.t.mesh]\n  http:\n  - name: upload\n    labels: {route: upload}\n    \
-          matchers: [{uri: {prefix: /upload}}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n  \
-          - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n\
-          apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {name: retry, namespace: t}\n\
-          spec:\n  applyToRoutes: [{route: {labels: {route: upload}}}]\n  config: {retries: {attempts: 2, retryOn: [5xx]}}\n---\n";
-    world.dir.write("config/all.yaml", &y).unwrap();
+    let y = web_node(json!({"proxy": {"bodyTimeout": "4s"}}))
+        .with(
+            RouteTable::new("web")
+                .host("web.t.mesh")
+                .http(
+                    HttpRoute::new()
+                        .name("upload")
+                        .label("route", "upload")
+                        .prefix("/upload")
+                        .to(&[Dest::service("web").port(8080)]),
+                )
+                .http(get_to_web()),
+        )
+        .with(
+            Policy::retry_timeout(
+                "retry",
+                json!({"retries": {"attempts": 2, "retryOn": ["5xx"]}}),
+            )
+            .routes_labelled("route", "upload"),
+        );
+    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
     let d = Routerd::start(
@@ -329,26 +360,36 @@ fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
 
 /// A table on a TCP gateway listener (port 8090) and one on an HTTP one
 /// (8082), both to `web`.
-fn gateway_config(proxy: &str) -> String {
-    let mut y = yaml::router("c1", "east", "e1", proxy);
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\nspec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /}, method: GET}]\n    forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {name: gw, namespace: t}\n\
-          spec:\n  listeners:\n  - port: {number: 8082}\n    http: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n\
-          \x20 - port: {number: 8090}\n    tcp: {}\n    allowedRouteTables: [{host: \"*.example.test\"}]\n---\n";
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: north, namespace: t}\n\
-          spec:\n  hosts: [www.example.test]\n  virtualGateways: [{name: gw}]\n  http:\n  - forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: tcp, namespace: t}\n\
-          spec:\n  hosts: [tcp.example.test]\n  virtualGateways: [{name: gw}]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
-    y
+fn gateway_config(node: serde_json::Value) -> String {
+    let to_web = || HttpRoute::new().to(&[Dest::service("web").port(8080)]);
+    web_node(node)
+        .with(RouteTable::new("web").host("web.t.mesh").http(get_to_web()))
+        .with(
+            Gateway::new("gw")
+                .http(8082, "*.example.test")
+                .tcp(8090, "*.example.test"),
+        )
+        .with(
+            RouteTable::new("north")
+                .host("www.example.test")
+                .gateway("gw")
+                .http(to_web()),
+        )
+        .with(
+            RouteTable::new("tcp")
+                .host("tcp.example.test")
+                .gateway("gw")
+                .tcp(TcpRoute::new().to(&[Dest::service("web").port(8080)])),
+        )
+        .yaml()
 }
 
-fn gateway_setup(proxy: &str, nofile: Option<u64>) -> (World, Routerd, String) {
+fn gateway_setup(node: serde_json::Value, nofile: Option<u64>) -> (World, Routerd, String) {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
     world
         .dir
-        .write("config/all.yaml", &gateway_config(proxy))
+        .write("config/all.yaml", &gateway_config(node))
         .unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
@@ -369,7 +410,7 @@ fn gateway_setup(proxy: &str, nofile: Option<u64>) -> (World, Routerd, String) {
 #[test]
 fn idle_connections_and_silent_upstreams_time_out() {
     let (world, _d, vip) = gateway_setup(
-        "  proxy: {idleTimeout: 1s, tcpIdleTimeout: 1s, upstreamTimeout: 1s}\n",
+        json!({"proxy": {"idleTimeout": "1s", "tcpIdleTimeout": "1s", "upstreamTimeout": "1s"}}),
         None,
     );
     // A keep-alive HTTP/1.1 connection, one request, then silence.
@@ -439,7 +480,7 @@ fn idle_connections_and_silent_upstreams_time_out() {
 /// address is still served.
 #[test]
 fn one_client_cannot_take_every_gateway_connection() {
-    let (world, d, _vip) = gateway_setup("", Some(4096));
+    let (world, d, _vip) = gateway_setup(json!({}), Some(4096));
     run(std::process::Command::new("ip").args([
         "netns",
         "exec",

@@ -2,7 +2,7 @@
 //! cgroup, real clients in a namespace with no default route, real backends.
 use std::collections::BTreeMap;
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
@@ -12,72 +12,58 @@ const ENETUNREACH: i32 = 101;
 /// node's zone, one in another zone, one in another region (and one IPv6);
 /// `split` is an 80/20 TCP route; `echo` is UDP; `down` has no ready endpoint.
 fn scenario() -> (String, Vec<Listen>) {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web(
-        "c1",
-        "east",
-        "web-1",
-        &[
-            ("10.1.0.1", "e1", true),
-            ("10.1.0.2", "e1", true),
-            ("10.1.1.1", "e2", true),
-        ],
-    );
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "web",
-        "web-1-v6",
-        8080,
-        "TCP",
-        &[("fd00:1::1", "e1", true), ("fd00:1::2", "e2", true)],
-    );
-    y += &yaml::web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]);
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
-    y += &yaml::outlier();
-    y += &yaml::service("c1", "a", 7000, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "a",
-        "a",
-        7000,
-        "TCP",
-        &[("10.3.0.1", "e1", true)],
-    );
-    y += &yaml::service("c1", "b", 7000, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "b",
-        "b",
-        7000,
-        "TCP",
-        &[("10.3.0.2", "e2", true)],
-    );
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: split, namespace: t}\nspec:\n  hosts: [split.t.mesh]\n  tcp:\n  - name: canary\n    matchers: [{port: 7000}]\n    forwardTo:\n      destinations:\n      - {ref: {name: a, cluster: c1}, port: {number: 7000}, weight: 80}\n      - {ref: {name: b, cluster: c1}, port: {number: 7000}, weight: 20}\n---\n";
-    y += &yaml::service("c1", "echo", 9000, "UDP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "echo",
-        "echo",
-        9000,
-        "UDP",
-        &[("10.4.0.1", "e1", true), ("10.4.0.2", "e1", true)],
-    );
-    y += &yaml::vd("echo", "echo.t.mesh", "echo", 9000, "UDP", "lb: local");
-    y += &yaml::service("c1", "down", 8000, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "down",
-        "down",
-        8000,
-        "TCP",
-        &[("10.5.0.1", "e1", false)],
-    );
-    y += &yaml::vd("down", "down.t.mesh", "down", 8000, "TCP", "");
+    scenario_split(80, 20)
+}
+
+/// The scenario with `split` weighted `a`/`b`.
+fn scenario_split(a: u32, b: u32) -> (String, Vec<Listen>) {
+    let one = |name: &str, port: u16, ep: Ep<'_>| {
+        service_with_slice("c1", "east", name, name, port, &[ep])
+    };
+    let y = Config::new()
+        .node("c1", "east", "e1")
+        .with(web(
+            "c1",
+            "east",
+            "web-1",
+            &[
+                ("10.1.0.1", "e1", true),
+                ("10.1.0.2", "e1", true),
+                ("10.1.1.1", "e2", true),
+            ],
+        ))
+        .with(
+            Slice::new("c1", "web", "web-1-v6")
+                .region("east")
+                .port(8080)
+                .endpoints(&[("fd00:1::1", "e1", true), ("fd00:1::2", "e2", true)]),
+        )
+        .with(web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+        .with(locality_policy())
+        .with(one("a", 7000, ("10.3.0.1", "e1", true)))
+        .with(one("b", 7000, ("10.3.0.2", "e2", true)))
+        .with(RouteTable::new("split").host("split.t.mesh").tcp(
+            TcpRoute::new().name("canary").on_port(7000).to(&[
+                Dest::service("a").cluster("c1").port(7000).weight(a),
+                Dest::service("b").cluster("c1").port(7000).weight(b),
+            ]),
+        ))
+        .with(Service::new("c1", "echo").udp_port(9000))
+        .with(
+            Slice::new("c1", "echo", "echo")
+                .region("east")
+                .udp_port(9000)
+                .endpoints(&[("10.4.0.1", "e1", true), ("10.4.0.2", "e1", true)]),
+        )
+        .with(local_vd("echo", "echo.t.mesh", "echo", 9000, "UDP"))
+        .with(one("down", 8000, ("10.5.0.1", "e1", false)))
+        .with(
+            VirtualDestination::new("down", "down.t.mesh")
+                .app("down")
+                .port(8000, "TCP"),
+        )
+        .yaml();
     let listens = vec![
         Listen::tcp("10.1.0.1:8080", "web-e1-a"),
         Listen::tcp("10.1.0.2:8080", "web-e1-b"),
@@ -164,20 +150,9 @@ fn vip_connect_lands_on_the_closest_tier_and_getpeername_shows_the_vip() {
     }
     // The kernel's counters agree with what the clients saw.
     let r = s.routerd.inspect().unwrap();
-    let svc = r["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["vip"] == vip.to_string())
-        .unwrap()
-        .clone();
-    assert_eq!(svc["connects"], 60);
-    let per: u64 = svc["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["connects"].as_u64().unwrap())
-        .sum();
+    let svc = r.services.iter().find(|x| x.vip == vip).unwrap();
+    assert_eq!(svc.connects, 60);
+    let per: u64 = svc.backends.iter().map(|b| b.connects).sum();
     assert_eq!(per, 60);
 }
 
@@ -255,7 +230,7 @@ fn unknown_vips_and_ports_are_refused_not_routed_out() {
     let p = &s.world.probe(&["tcp", &vip.to_string()]).unwrap()[0];
     assert_eq!(p.errno, Some(ECONNREFUSED), "{p:?}");
     let r = s.routerd.inspect().unwrap();
-    assert_eq!(r["unknown_vip_refused"], 2);
+    assert_eq!(r.unknown_vip_refused, 2);
 }
 
 #[test]
@@ -326,12 +301,12 @@ fn a_new_build_replaces_the_programs_without_a_gap() {
     assert!(s.world.probe(&["tcp", &vip.to_string()]).unwrap()[0].ok);
     let mark = s.routerd.log_len();
     s.routerd.spawn().unwrap();
+    let ready = s.routerd.events(mark);
     assert!(
-        s.routerd.logs()[mark..]
+        ready
             .iter()
-            .any(|l| l.contains("startup=Replaced")),
-        "{:?}",
-        s.routerd.logs()
+            .any(|e| matches!(e, Event::Ready { startup, .. } if startup == "replaced")),
+        "{ready:?}"
     );
     let probes = s
         .world
@@ -418,10 +393,7 @@ fn slot_tables_flip_under_load_without_a_half_deleted_bank() {
     let s = setup();
     let vip = vip(&s.plan, "split.t.mesh", 7000, false);
     let (y, _) = scenario();
-    let flipped = y
-        .replace("weight: 80}", "weight: 30}")
-        .replace("weight: 20}", "weight: 70}");
-    assert_ne!(y, flipped);
+    let (flipped, _) = scenario_split(30, 70);
     // One flip: the old bank is still there right after (a connect that
     // read the old header may still need it), and gone after the grace.
     let pins = router_user::datapath::Pins::new(&s.routerd.pin_root);
@@ -433,7 +405,7 @@ fn slot_tables_flip_under_load_without_a_half_deleted_bank() {
     );
     let before = maps.services.get(&key, 0).unwrap();
     s.world.dir.write("config/all.yaml", &flipped).unwrap();
-    assert!(s.routerd.reload().unwrap().contains("applied"));
+    assert!(s.routerd.reload().unwrap().is_applied());
     let after = maps.services.get(&key, 0).unwrap();
     assert_ne!(before.base, after.base, "the table flipped banks");
     let old_slot = |i: u32| router_common::SlotKey {
@@ -463,18 +435,13 @@ fn slot_tables_flip_under_load_without_a_half_deleted_bank() {
         let text = if flips % 2 == 0 { &y } else { &flipped };
         s.world.dir.write("config/all.yaml", text).unwrap();
         let r = s.routerd.reload().unwrap();
-        assert!(r.contains("applied"), "{r}");
+        assert!(r.is_applied(), "{r}");
         flips += 1;
     }
     let out = load.wait_with_output().unwrap();
     let b: Bench = serde_json::from_slice(&out.stdout).unwrap();
     let r = s.routerd.inspect().unwrap();
-    let inconsistent: u64 = r["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["inconsistent"].as_u64().unwrap())
-        .sum();
+    let inconsistent: u64 = r.services.iter().map(|s| s.inconsistent).sum();
     eprintln!("{flips} flips under {} connects/s: {b:?}", b.rate as u64);
     assert!(flips >= 10, "{flips}");
     assert_eq!(inconsistent, 0, "connects saw a half-deleted bank");

@@ -4,187 +4,169 @@
 //! engine serves a VirtualGateway listener (plain and TLS) for clients
 //! outside the cgroup.
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 const RESOLVER: &str = "10.53.0.1";
 /// The node namespace's own address: where north-south clients reach the gateway.
 const NODE_IP: &str = "10.255.255.1";
 
-fn config(cert: &str, key: &str) -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: t, clusterName: c1, labels: {app: api}}\nspec:\n  ports: [{name: http, port: 8080}]\n---\n";
+/// The shop: `api` (subsets v1 and v2), `flaky`, `shadow`; one table with
+/// every kind of HTTP route, the policies on its labelled routes, and a
+/// gateway serving `*.example.test` on 8081 and 8443 (TLS with `tls`).
+fn config(tls: Option<(&str, &str)>) -> String {
+    let mut y = Config::new()
+        .node("c1", "east", "e1")
+        .with(Service::new("c1", "api").named_port("http", 8080, "TCP"));
     for (v, ip) in [("v1", "10.1.0.1"), ("v2", "10.1.0.2")] {
-        y += &format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: api-{v}, namespace: t, clusterName: c1, labels: {{kubernetes.io/service-name: api, version: {v}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{ip}], zone: e1}}]\n---\n"
+        y = y.with(
+            Slice::new("c1", "api", &format!("api-{v}"))
+                .label("version", v)
+                .named_port("http", 8080, "TCP")
+                .endpoint(ip, "e1"),
         );
     }
-    y += &yaml::service("c1", "flaky", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "flaky",
-        "flaky",
-        8080,
-        "TCP",
-        &[("10.1.0.3", "e1", true)],
-    );
-    y += &yaml::service("c1", "shadow", 8080, "TCP");
-    y += &yaml::slice(
-        "c1",
-        "east",
-        "shadow",
-        "shadow",
-        8080,
-        "TCP",
-        &[("10.1.0.4", "e1", true)],
-    );
-    let api = |subset: &str| {
-        format!("{{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: {subset}}}}}")
+    for (name, ip) in [("flaky", "10.1.0.3"), ("shadow", "10.1.0.4")] {
+        y = y.with(service_with_slice(
+            "c1",
+            "east",
+            name,
+            name,
+            8080,
+            &[(ip, "e1", true)],
+        ));
+    }
+    let api = |subset: &str| Dest::service("api").port(8080).subset("version", subset);
+    let labelled = |name: &str| HttpRoute::new().name(name).label("route", name);
+    let shop = RouteTable::new("shop")
+        .host("shop.t.mesh")
+        .http(
+            HttpRoute::new()
+                .name("v2-by-header")
+                .matcher(json!({"uri": {"prefix": "/api"}, "headers": [{"name": "x-version", "value": "v2"}]}))
+                .to(&[api("v2")]),
+        )
+        .http(
+            HttpRoute::new()
+                .name("v2-by-query")
+                .matcher(json!({"uri": {"prefix": "/api"}, "queryParameters": [{"name": "canary", "value": "true"}]}))
+                .to(&[api("v2")]),
+        )
+        .http(
+            labelled("api")
+                .prefix("/api")
+                .to(&[api("v1")])
+                .forward_with(json!({"pathRewrite": "/v1"})),
+        )
+        .http(
+            labelled("flaky")
+                .prefix("/flaky")
+                .to(&[Dest::service("flaky").port(8080)]),
+        )
+        .http(labelled("delay").prefix("/delay").to(&[api("v1")]))
+        .http(labelled("abort").prefix("/abort").to(&[api("v1")]))
+        .http(labelled("mirror").prefix("/mirror").to(&[api("v1")]))
+        .http(
+            HttpRoute::new()
+                .name("old")
+                .exact("/old")
+                .redirect(json!({"pathRedirect": "/new", "responseCode": "FOUND"})),
+        )
+        .http(
+            HttpRoute::new()
+                .name("teapot")
+                .exact("/teapot")
+                .direct(418, "short and stout"),
+        )
+        .http(labelled("cors").prefix("/cors").to(&[api("v1")]))
+        .http(
+            HttpRoute::new()
+                .name("split")
+                .prefix("/split")
+                .to(&[api("v1").weight(70), api("v2").weight(30)]),
+        );
+    let gateway = Gateway::new("gw").http(8081, "*.example.test");
+    let gateway = match tls {
+        Some((cert, key)) => gateway.https(8443, "*.example.test", cert, key),
+        None => gateway.http(8443, "*.example.test"),
     };
-    y += &format!(
-        r#"apiVersion: networking.gloo.solo.io/v2
-kind: RouteTable
-metadata: {{name: shop, namespace: t}}
-spec:
-  hosts: [shop.t.mesh]
-  http:
-  - name: v2-by-header
-    matchers: [{{uri: {{prefix: /api}}, headers: [{{name: x-version, value: v2}}]}}]
-    forwardTo: {{destinations: [{v2}]}}
-  - name: v2-by-query
-    matchers: [{{uri: {{prefix: /api}}, queryParameters: [{{name: canary, value: "true"}}]}}]
-    forwardTo: {{destinations: [{v2}]}}
-  - name: api
-    labels: {{route: api}}
-    matchers: [{{uri: {{prefix: /api}}}}]
-    forwardTo: {{destinations: [{v1}], pathRewrite: /v1}}
-  - name: flaky
-    labels: {{route: flaky}}
-    matchers: [{{uri: {{prefix: /flaky}}}}]
-    forwardTo: {{destinations: [{{ref: {{name: flaky}}, port: {{number: 8080}}}}]}}
-  - name: delay
-    labels: {{route: delay}}
-    matchers: [{{uri: {{prefix: /delay}}}}]
-    forwardTo: {{destinations: [{v1}]}}
-  - name: abort
-    labels: {{route: abort}}
-    matchers: [{{uri: {{prefix: /abort}}}}]
-    forwardTo: {{destinations: [{v1}]}}
-  - name: mirror
-    labels: {{route: mirror}}
-    matchers: [{{uri: {{prefix: /mirror}}}}]
-    forwardTo: {{destinations: [{v1}]}}
-  - name: old
-    matchers: [{{uri: {{exact: /old}}}}]
-    redirect: {{pathRedirect: /new, responseCode: FOUND}}
-  - name: teapot
-    matchers: [{{uri: {{exact: /teapot}}}}]
-    directResponse: {{status: 418, body: "short and stout"}}
-  - name: cors
-    labels: {{route: cors}}
-    matchers: [{{uri: {{prefix: /cors}}}}]
-    forwardTo: {{destinations: [{v1}]}}
-  - name: split
-    matchers: [{{uri: {{prefix: /split}}}}]
-    forwardTo:
-      destinations:
-      - {{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: v1}}, weight: 70}}
-      - {{ref: {{name: api}}, port: {{number: 8080}}, subset: {{version: v2}}, weight: 30}}
----
-apiVersion: trafficcontrol.policy.gloo.solo.io/v2
-kind: HeaderManipulationPolicy
-metadata: {{name: headers, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: api}}}}}}]
-  config:
-    appendRequestHeaders: {{x-added: "yes"}}
-    removeRequestHeaders: [x-remove-me]
-    appendResponseHeaders: {{x-served-by: routerd}}
----
-apiVersion: resilience.policy.gloo.solo.io/v2
-kind: RetryTimeoutPolicy
-metadata: {{name: retry, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: flaky}}}}}}]
-  config:
-    retries: {{attempts: 2, retryOn: [5xx]}}
-    requestTimeout: 5s
----
-apiVersion: resilience.policy.gloo.solo.io/v2
-kind: FaultInjectionPolicy
-metadata: {{name: delay, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: delay}}}}}}]
-  config: {{delay: {{fixedDelay: 300ms, percentage: 100}}}}
----
-apiVersion: resilience.policy.gloo.solo.io/v2
-kind: FaultInjectionPolicy
-metadata: {{name: abort, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: abort}}}}}}]
-  config: {{abort: {{httpStatus: 503, percentage: 50}}}}
----
-apiVersion: trafficcontrol.policy.gloo.solo.io/v2
-kind: MirrorPolicy
-metadata: {{name: mirror, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: mirror}}}}}}]
-  config:
-    destination: {{ref: {{name: shadow}}, port: {{number: 8080}}}}
-    percentage: 100
----
-apiVersion: security.policy.gloo.solo.io/v2
-kind: CORSPolicy
-metadata: {{name: cors, namespace: t}}
-spec:
-  applyToRoutes: [{{route: {{labels: {{route: cors}}}}}}]
-  config:
-    allowOrigins: [{{exact: "https://app.example.test"}}]
-    allowMethods: [GET, POST]
-    allowHeaders: [x-token]
-    maxAge: 1h
----
-apiVersion: networking.gloo.solo.io/v2
-kind: VirtualGateway
-metadata: {{name: gw, namespace: t}}
-spec:
-  listeners:
-  - port: {{number: 8081}}
-    http: {{}}
-    allowedRouteTables: [{{host: "*.example.test"}}]
-  - port: {{number: 8443}}
-    http: {{}}
-    tls: {{mode: SIMPLE, certFile: {cert}, keyFile: {key}}}
-    allowedRouteTables: [{{host: "*.example.test"}}]
----
-apiVersion: networking.gloo.solo.io/v2
-kind: RouteTable
-metadata: {{name: north, namespace: t}}
-spec:
-  hosts: [www.example.test]
-  virtualGateways: [{{name: gw}}]
-  http:
-  - name: teapot
-    matchers: [{{uri: {{exact: /teapot}}}}]
-    directResponse: {{status: 418, body: "short and stout"}}
-  - name: api
-    matchers: [{{uri: {{prefix: /api}}}}]
-    forwardTo: {{destinations: [{v1}], pathRewrite: /v1}}
----
-apiVersion: networking.gloo.solo.io/v2
-kind: RouteTable
-metadata: {{name: not-allowed, namespace: t}}
-spec:
-  hosts: [other.test]
-  virtualGateways: [{{name: gw}}]
-  http:
-  - forwardTo: {{destinations: [{v1}]}}
----
-"#,
-        v1 = api("v1"),
-        v2 = api("v2"),
-    );
-    y
+    y.with(shop)
+        .with(
+            Policy::header_manipulation(
+                "headers",
+                json!({
+                    "appendRequestHeaders": {"x-added": "yes"},
+                    "removeRequestHeaders": ["x-remove-me"],
+                    "appendResponseHeaders": {"x-served-by": "routerd"}
+                }),
+            )
+            .routes_labelled("route", "api"),
+        )
+        .with(
+            Policy::retry_timeout(
+                "retry",
+                json!({"retries": {"attempts": 2, "retryOn": ["5xx"]}, "requestTimeout": "5s"}),
+            )
+            .routes_labelled("route", "flaky"),
+        )
+        .with(
+            Policy::fault_injection(
+                "delay",
+                json!({"delay": {"fixedDelay": "300ms", "percentage": 100}}),
+            )
+            .routes_labelled("route", "delay"),
+        )
+        .with(
+            Policy::fault_injection(
+                "abort",
+                json!({"abort": {"httpStatus": 503, "percentage": 50}}),
+            )
+            .routes_labelled("route", "abort"),
+        )
+        .with(
+            Policy::mirror(
+                "mirror",
+                json!({"destination": {"ref": {"name": "shadow"}, "port": {"number": 8080}}, "percentage": 100}),
+            )
+            .routes_labelled("route", "mirror"),
+        )
+        .with(
+            Policy::cors(
+                "cors",
+                json!({
+                    "allowOrigins": [{"exact": "https://app.example.test"}],
+                    "allowMethods": ["GET", "POST"],
+                    "allowHeaders": ["x-token"],
+                    "maxAge": "1h"
+                }),
+            )
+            .routes_labelled("route", "cors"),
+        )
+        .with(gateway)
+        .with(
+            RouteTable::new("north")
+                .host("www.example.test")
+                .gateway("gw")
+                .http(
+                    HttpRoute::new()
+                        .name("teapot")
+                        .exact("/teapot")
+                        .direct(418, "short and stout"),
+                )
+                .http(
+                    HttpRoute::new()
+                        .name("api")
+                        .prefix("/api")
+                        .to(&[api("v1")])
+                        .forward_with(json!({"pathRewrite": "/v1"})),
+                ),
+        )
+        .with(
+            RouteTable::new("not-allowed")
+                .host("other.test")
+                .gateway("gw")
+                .http(HttpRoute::new().to(&[api("v1")])),
+        )
+        .yaml()
 }
 
 struct L7 {
@@ -216,7 +198,10 @@ fn setup() -> L7 {
         .dir
         .write(
             "config/all.yaml",
-            &config(&cert.display().to_string(), &key.display().to_string()),
+            &config(Some((
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            ))),
         )
         .unwrap();
     let cfg = world.dir.path.join("config");
@@ -567,12 +552,8 @@ fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
 fn a_gateway_listener_keeps_its_socket_across_tls_changes() {
     let l = setup();
     let (cert, key) = (l.ca.display().to_string(), l.key.display().to_string());
-    let tls = config(&cert, &key);
-    let plain = tls.replace(
-        &format!("    tls: {{mode: SIMPLE, certFile: {cert}, keyFile: {key}}}\n"),
-        "",
-    );
-    assert_ne!(tls, plain);
+    let tls = config(Some((&cert, &key)));
+    let plain = config(None);
     let connects = l
         .world
         .outside(bin("rt-probe"))
@@ -591,7 +572,7 @@ fn a_gateway_listener_keeps_its_socket_across_tls_changes() {
         let text = if i % 2 == 0 { &plain } else { &tls };
         l.world.dir.write("config/all.yaml", text).unwrap();
         let r = l.routerd.reload().unwrap();
-        assert!(r.contains("applied"), "{r}");
+        assert!(r.is_applied(), "{r}");
         let url = if i % 2 == 0 {
             "http://www.example.test:8443/teapot"
         } else {

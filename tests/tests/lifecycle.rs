@@ -3,22 +3,33 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 /// `web` with endpoints in the node's zone (e1), another zone (e2) and
 /// another region; `ready_e1` says whether the node's zone has ready ones.
+fn web_world(ready_e1: bool) -> Config {
+    Config::new()
+        .node("c1", "east", "e1")
+        .with(web(
+            "c1",
+            "east",
+            "web-1",
+            &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)],
+        ))
+        .with(web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+        .with(locality_policy())
+}
+
 fn config(ready_e1: bool) -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web(
-        "c1",
-        "east",
-        "web-1",
-        &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)],
-    );
-    y += &yaml::web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]);
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "lb: local");
-    y += &yaml::outlier();
-    y
+    web_world(ready_e1).yaml()
+}
+
+/// `host` on the `web` services, added to a world.
+fn another_host(name: &str, host: &str) -> VirtualDestination {
+    VirtualDestination::new(name, host)
+        .app("web")
+        .port(8080, "HTTP")
 }
 
 fn listens() -> Vec<Listen> {
@@ -72,7 +83,7 @@ fn reload_moves_new_connections_to_the_next_tier_and_keeps_established_ones() {
     // The closest endpoint stops being ready: new connections go to the next tier.
     world.dir.write("config/web.yaml", &config(false)).unwrap();
     let outcome = routerd.reload().unwrap();
-    assert!(outcome.contains("applied"), "{outcome}");
+    assert!(outcome.is_applied(), "{outcome}");
     assert_eq!(only(&world, vip, 20), "e2");
 
     // The established connection keeps working, on the same backend.
@@ -88,18 +99,7 @@ fn reload_moves_new_connections_to_the_next_tier_and_keeps_established_ones() {
 #[test]
 fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
     let (world, routerd, vip) = start(false);
-    let gen_line = |l: &str| {
-        l.split("generation=")
-            .nth(1)
-            .and_then(|x| x.split_whitespace().next())
-            .map(str::to_string)
-    };
-    let before = routerd
-        .logs()
-        .iter()
-        .rev()
-        .find_map(|l| gen_line(l))
-        .unwrap();
+    let before = routerd.inspect().unwrap().generation;
     for bad in [
         "kind: RouteTable\nspec: [\n", // malformed YAML
         "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hostz: [a]\n", // unknown field
@@ -107,11 +107,9 @@ fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
     ] {
         world.dir.write("config/bad.yaml", bad).unwrap();
         let outcome = routerd.reload().unwrap();
-        assert!(outcome.contains("reload rejected"), "{outcome}");
-        let logs = routerd.logs().join("\n");
         assert!(
-            logs.contains("bad.yaml:"),
-            "the error names the file and line:\n{logs}"
+            outcome.errors().iter().any(|e| e.contains("bad.yaml:")),
+            "rejected, naming the file and line: {outcome:?}"
         );
         assert_eq!(
             only(&world, vip, 5),
@@ -119,15 +117,10 @@ fn a_bad_config_is_reported_and_the_last_good_one_keeps_serving() {
             "still serving the last good config"
         );
     }
-    let after = routerd
-        .logs()
-        .iter()
-        .rev()
-        .find_map(|l| gen_line(l))
-        .unwrap();
+    let after = routerd.inspect().unwrap().generation;
     assert_eq!(before, after, "nothing was applied");
     std::fs::remove_file(world.dir.path.join("config/bad.yaml")).unwrap();
-    assert!(routerd.reload().unwrap().contains("no change"));
+    assert!(routerd.reload().unwrap().is_no_change());
 }
 
 #[test]
@@ -136,7 +129,7 @@ fn a_file_change_is_picked_up_without_a_signal() {
     assert_eq!(only(&world, vip, 5), "e1");
     let mark = routerd.log_len();
     world.dir.write("config/web.yaml", &config(false)).unwrap();
-    routerd.wait_for(mark, |l| l.contains("applied")).unwrap();
+    routerd.wait_event(mark, Event::is_applied).unwrap();
     assert_eq!(only(&world, vip, 10), "e2");
 }
 
@@ -145,15 +138,13 @@ fn kill_9_does_not_stop_routing_and_a_restart_adopts_the_maps() {
     let (world, mut routerd, vip) = start(false);
     assert_eq!(only(&world, vip, 5), "e1");
     let counted = |r: &Routerd| -> u64 {
-        let j = r.inspect().unwrap();
-        j["services"]
-            .as_array()
-            .unwrap()
+        let report = r.inspect().unwrap();
+        report
+            .services
             .iter()
-            .find(|s| s["vip"] == vip.to_string())
-            .unwrap()["connects"]
-            .as_u64()
+            .find(|s| s.vip == vip)
             .unwrap()
+            .connects
     };
     assert_eq!(counted(&routerd), 5);
     routerd.kill9();
@@ -163,13 +154,18 @@ fn kill_9_does_not_stop_routing_and_a_restart_adopts_the_maps() {
     // A new daemon adopts what is pinned: no flush (counters kept), no gap.
     let mark = routerd.log_len();
     routerd.spawn().unwrap();
-    let logs = routerd.logs()[mark..].join("\n");
-    assert!(logs.contains("adopted the pinned datapath"), "{logs}");
+    let ready = routerd
+        .wait_event(mark, |e| matches!(e, Event::Ready { .. }))
+        .unwrap();
+    assert!(
+        matches!(&ready, Event::Ready { startup, .. } if startup == "adopted"),
+        "{ready:?}"
+    );
     assert_eq!(counted(&routerd), 15);
     assert_eq!(only(&world, vip, 5), "e1");
     // And it serves reloads as before.
     world.dir.write("config/web.yaml", &config(false)).unwrap();
-    assert!(routerd.reload().unwrap().contains("applied"));
+    assert!(routerd.reload().unwrap().is_applied());
     assert_eq!(only(&world, vip, 5), "e2");
 }
 
@@ -200,12 +196,22 @@ const ECONNREFUSED: i32 = 111;
 
 /// An L7 host (a path match sends `web.t.mesh:8080` to the proxy).
 fn l7_config() -> String {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: web, namespace: t}\n\
-          spec:\n  hosts: [web.t.mesh]\n  http:\n  - matchers: [{uri: {prefix: /api}}]\n    \
-          forwardTo: {destinations: [{ref: {name: web}, port: {number: 8080}}]}\n---\n";
-    y
+    l7_config_with(json!({}))
+}
+
+/// The same with more RouterConfig settings (e.g. listeners).
+fn l7_config_with(node: serde_json::Value) -> String {
+    Config::new()
+        .node_with("c1", "east", "e1", node)
+        .with(web("c1", "east", "web", &[("10.1.0.1", "e1", true)]))
+        .with(
+            RouteTable::new("web").host("web.t.mesh").http(
+                HttpRoute::new()
+                    .prefix("/api")
+                    .to(&[Dest::service("web").port(8080)]),
+            ),
+        )
+        .yaml()
 }
 
 fn l7_ok(world: &World, vip: &str) -> bool {
@@ -252,9 +258,7 @@ fn a_dead_daemon_refuses_l7_vips_and_nobody_can_take_its_port() {
         !p.ok && p.errno == Some(ECONNREFUSED),
         "an L7 VIP with the daemon down must be refused: {p:?}"
     );
-    let refused = routerd.inspect().unwrap()["proxy_refused"]
-        .as_u64()
-        .unwrap_or(0);
+    let refused = routerd.inspect().unwrap().proxy_refused;
     assert!(
         refused >= 1,
         "refused in the kernel (proxy_refused {refused})"
@@ -273,11 +277,6 @@ fn a_dead_daemon_refuses_l7_vips_and_nobody_can_take_its_port() {
             .contains(&serde_json::json!(plan.proxy.port)),
         "an unprivileged user bound the proxy's port: {s}"
     );
-}
-
-/// `l7_config` with RouterConfig settings under `spec` (e.g. listeners).
-fn l7_config_with(spec: &str) -> String {
-    l7_config().replacen("  zone: e1\n", &format!("  zone: e1\n{spec}"), 1)
 }
 
 /// `getent ahostsv4 NAME` in the cgroup (the IPv4 answers through glibc).
@@ -313,11 +312,11 @@ fn listeners_move_on_reload_bound_before_the_kernel_points_there() {
         .dir
         .write(
             "config/web.yaml",
-            &l7_config_with("  dns: {listen: 127.0.0.154}\n"),
+            &l7_config_with(json!({"dns": {"listen": "127.0.0.154"}})),
         )
         .unwrap();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("applied"), "{r}");
+    assert!(r.is_applied(), "{r}");
     let got = getent(&world, "web.t.mesh");
     assert!(
         got.starts_with(&vip.ip().to_string()),
@@ -359,11 +358,11 @@ fn listeners_move_on_reload_bound_before_the_kernel_points_there() {
         .dir
         .write(
             "config/web.yaml",
-            &l7_config_with("  dns: {listen: 127.0.0.154}\n  proxy: {port: 1001}\n"),
+            &l7_config_with(json!({"dns": {"listen": "127.0.0.154"}, "proxy": {"port": 1001}})),
         )
         .unwrap();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("applied"), "{r}");
+    assert!(r.is_applied(), "{r}");
     assert!(
         l7_ok(&world, &vip.to_string()),
         "L7 through the moved proxy"
@@ -451,11 +450,10 @@ fn a_full_state_directory_does_not_freeze_updates() {
     routerd.spawn().unwrap();
     // Fill the disk.
     let _ = std::fs::write(state.join("filler"), vec![0u8; 256 * 1024]);
-    let mut more = config(true);
-    more += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
-    world.dir.write("config/web.yaml", &more).unwrap();
+    let more = web_world(true).with(another_host("new", "new.t.mesh"));
+    world.dir.write("config/web.yaml", &more.yaml()).unwrap();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("applied"), "{r}");
+    assert!(r.is_applied(), "{r}");
     let new = vip(&plan(&cfg).unwrap(), "new.t.mesh", 8080, false);
     assert!(
         getent(&world, "new.t.mesh").starts_with(&new.ip().to_string()),
@@ -567,25 +565,25 @@ fn a_map_write_that_fails_half_way_restores_the_last_good_plan() {
         filled.len()
     );
     // web's slots change (e1 not ready) and a new host needs a new service.
-    let mut more = config(false);
-    more += &yaml::vd("new", "new.t.mesh", "web", 8080, "HTTP", "");
-    world.dir.write("config/web.yaml", &more).unwrap();
+    let more = web_world(false).with(another_host("new", "new.t.mesh"));
+    world.dir.write("config/web.yaml", &more.yaml()).unwrap();
+    let mark = routerd.log_len();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("rejected"), "{r}");
+    assert!(r.is_rejected(), "{r}");
     assert!(
         routerd
-            .logs()
+            .events(mark)
             .iter()
-            .any(|l| l.contains("the last good plan was written back")),
-        "{:?}",
-        routerd.logs()
+            .any(|e| matches!(e, Event::PartialWrite { restored: true, .. })),
+        "the last good plan was written back: {:?}",
+        routerd.events(mark)
     );
     assert_eq!(only(&world, vip, 10), "e1", "the last good plan serves");
     for k in &filled {
         let _ = maps.services.remove(k);
     }
     let r = routerd.reload().unwrap();
-    assert!(r.contains("applied"), "{r}");
+    assert!(r.is_applied(), "{r}");
     assert_eq!(only(&world, vip, 10), "e2");
     let new = vip_of(&world, "new.t.mesh");
     assert!(world.probe(&["tcp", &new]).unwrap()[0].ok);
@@ -613,9 +611,10 @@ fn a_burst_of_reload_triggers_is_coalesced() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let outcomes = routerd.logs()[mark..]
+    let outcomes = routerd
+        .events(mark)
         .iter()
-        .filter(|l| l.contains("applied") || l.contains("no change") || l.contains("rejected"))
+        .filter(|e| e.is_outcome())
         .count();
     assert!(
         (1..=8).contains(&outcomes),
@@ -641,35 +640,29 @@ fn the_config_must_be_root_owned_regular_and_bounded() {
     // A file anyone can write.
     chmod(&file, 0o666);
     let r = routerd.reload().unwrap();
-    assert!(r.contains("rejected"), "{r}");
     assert!(
-        routerd
-            .logs()
+        r.errors()
             .iter()
             .any(|l| l.contains("web.yaml") && l.contains("writable by everyone")),
-        "{:?}",
-        routerd.logs()
+        "{r:?}"
     );
     assert_eq!(only(&world, vip, 3), "e1", "the last good config serves");
     chmod(&file, 0o644);
     // A directory its group can write.
     chmod(&cfg, 0o775);
-    assert!(routerd.reload().unwrap().contains("rejected"));
+    assert!(routerd.reload().unwrap().is_rejected());
     chmod(&cfg, 0o755);
     // A FIFO named like a config file: reported, never opened.
     let fifo = cfg.join("fifo.yaml");
     run(std::process::Command::new("mkfifo").arg(&fifo)).unwrap();
     let t = std::time::Instant::now();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("rejected"), "{r}");
     assert!(t.elapsed() < std::time::Duration::from_secs(3));
     assert!(
-        routerd
-            .logs()
+        r.errors()
             .iter()
             .any(|l| l.contains("fifo.yaml") && l.contains("not a regular file")),
-        "{:?}",
-        routerd.logs()
+        "{r:?}"
     );
     std::fs::remove_file(&fifo).unwrap();
     // An oversized file.
@@ -677,16 +670,16 @@ fn the_config_must_be_root_owned_regular_and_bounded() {
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(router_user::config::load::MAX_FILE_BYTES + 1)
         .unwrap();
-    assert!(routerd.reload().unwrap().contains("rejected"));
+    let r = routerd.reload().unwrap();
     assert!(
-        routerd
-            .logs()
+        r.errors()
             .iter()
-            .any(|l| l.contains("big.yaml") && l.contains("MiB"))
+            .any(|l| l.contains("big.yaml") && l.contains("MiB")),
+        "{r:?}"
     );
     std::fs::remove_file(&big).unwrap();
     let r = routerd.reload().unwrap();
-    assert!(r.contains("no change"), "{r}");
+    assert!(r.is_no_change(), "{r}");
 
     // The same config, not root's: refused at start, unless allowed.
     let mut other = Routerd::new(

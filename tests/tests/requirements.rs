@@ -4,22 +4,26 @@
 //! message naming the missing feature and the version that has it.
 use std::process::Command;
 
-use router_tests::{yaml, *};
+use router_tests::*;
 
 fn config(world: &World) -> std::path::PathBuf {
-    let mut y = yaml::router("c1", "east", "e1", "");
-    y += &yaml::web("c1", "east", "web", &[("10.1.0.1", "e1", true)]);
-    y += &yaml::vd("web", "web.t.mesh", "web", 8080, "HTTP", "");
+    let y = Config::new()
+        .node("c1", "east", "e1")
+        .with(web("c1", "east", "web", &[("10.1.0.1", "e1", true)]))
+        .with(
+            VirtualDestination::new("web", "web.t.mesh")
+                .app("web")
+                .port(8080, "HTTP"),
+        );
     world
         .dir
-        .write("config/web.yaml", &y)
+        .write("config/web.yaml", &y.yaml())
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-/// `routerd run` that is expected to exit: its status and stderr.
 /// `routerd run` on `config` with this cgroup and pin root, in the
 /// foreground: did it succeed, and what did it say.
 fn run_routerd(config: &std::path::Path, cgroup: &str, pins: &str) -> (bool, String) {

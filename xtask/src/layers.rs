@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 /// that layer (peers: they may not use each other).
 pub const LAYERS: &[&[&str]] = &[
     // Host plumbing with no knowledge of routing.
-    &["limits", "sockdiag"],
+    // Fixtures: YAML shapes only, no knowledge of the code.
+    &["limits", "sockdiag", "testing"],
     &["netns"],
     // The plan: plain values, the seam between config and kernel.
-    &["plan"],
+    &["plan", "events"],
     &["state"],
     // Config: load, validate, resolve (routes and selectors included).
     &["config"],
@@ -37,46 +38,49 @@ pub fn layer_of(module: &str) -> Option<usize> {
 /// file whose module path is `module` (e.g. `["proxy", "handler"]`; a
 /// `mod.rs` has its directory's path). Comments are skipped.
 pub fn referenced(text: &str, module: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let code = match line.find("//") {
+    // Whole text, comments dropped: a `use crate::{...}` group spans lines.
+    let code: String = text
+        .lines()
+        .map(|line| match line.find("//") {
             Some(i) => &line[..i],
             None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::").or_else(|| rest.find("super::")) {
+        // Take whichever comes first.
+        let (at, is_crate) = match (rest.find("crate::"), rest.find("super::")) {
+            (Some(c), Some(s)) if s < c => (s, false),
+            (Some(c), _) => (c, true),
+            (None, Some(s)) => (s, false),
+            (None, None) => unreachable!("found one above: {i}"),
         };
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::").or_else(|| rest.find("super::")) {
-            // Take whichever comes first.
-            let (at, is_crate) = match (rest.find("crate::"), rest.find("super::")) {
-                (Some(c), Some(s)) if s < c => (s, false),
-                (Some(c), _) => (c, true),
-                (None, Some(s)) => (s, false),
-                (None, None) => unreachable!("found one above: {i}"),
-            };
-            // Not part of a longer identifier (`$crate::`, `mycrate::`).
-            let before = rest[..at].chars().last();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
-                rest = &rest[at + 7..];
-                continue;
-            }
-            let mut tail = &rest[at..];
-            let mut depth_up = 0usize;
-            if is_crate {
-                tail = &tail[7..];
-                depth_up = usize::MAX;
-            } else {
-                while let Some(t) = tail.strip_prefix("super::") {
-                    depth_up += 1;
-                    tail = t;
-                }
-            }
-            // `super::` from inside a top-level module stays in it unless it
-            // climbs past the module's depth.
-            let stays = depth_up != usize::MAX && depth_up < module.len();
-            if !stays {
-                out.extend(first_idents(tail));
-            }
+        // Not part of a longer identifier (`$crate::`, `mycrate::`).
+        let before = rest[..at].chars().last();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
             rest = &rest[at + 7..];
+            continue;
         }
+        let mut tail = &rest[at..];
+        let mut depth_up = 0usize;
+        if is_crate {
+            tail = &tail[7..];
+            depth_up = usize::MAX;
+        } else {
+            while let Some(t) = tail.strip_prefix("super::") {
+                depth_up += 1;
+                tail = t;
+            }
+        }
+        // `super::` from inside a top-level module stays in it unless it
+        // climbs past the module's depth.
+        let stays = depth_up != usize::MAX && depth_up < module.len();
+        if !stays {
+            out.extend(first_idents(tail));
+        }
+        rest = &rest[at + 7..];
     }
     out.sort();
     out.dedup();
@@ -221,6 +225,16 @@ mod tests {
         assert_eq!(
             referenced("use super::plan::X;", &m(&["dns"])),
             vec!["plan"]
+        );
+    }
+
+    /// rustfmt writes long groups over several lines: each item counts.
+    #[test]
+    fn groups_over_several_lines_count() {
+        let text = "use crate::{\n    config::Overrides, // crate::cli\n    datapath::{self, Pins},\n    explain,\n};\n";
+        assert_eq!(
+            referenced(text, &m(&["daemon"])),
+            vec!["config", "datapath", "explain"]
         );
     }
 

@@ -540,10 +540,23 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
                     }
                     ports::PortDecision::NeedsL7 { route, why } => {
                         tracing::debug!(host = %src.name, port = p, route = %route.name, "L7: {why}");
+                        // As for L4: the IPv6 VIP serves only if some
+                        // route here forwards to IPv6 endpoints.
+                        let has6 = flat.iter().filter(|r| r.on_port(p).is_some()).any(|r| {
+                            r.forward_to().is_some_and(|f| {
+                                c.route_dests(r.table, f)
+                                    .iter()
+                                    .any(|(d, _)| c.has_family(d, true))
+                            })
+                        });
+                        let mut vips = vec![IpAddr::V4(v4)];
+                        if has6 {
+                            vips.push(IpAddr::V6(v6));
+                        }
                         l7_pending.push(L7Pending {
                             host: src.name.clone(),
                             port: p,
-                            vips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                            vips,
                             origin: route.origin.clone(),
                             route: route.name.clone(),
                             routes: c.l7_routes(&flat, Some(p)),

@@ -58,42 +58,57 @@ struct Args {
 const BACKEND: &str = "10.9.0.1:8080";
 const DNAT_CONTENDER: &str = "iptables DNAT (kube-proxy rules)";
 
-fn rt_forward(name: &str, host: &str, service: &str) -> String {
-    format!(
-        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: {name}, namespace: t}}\n\
-         spec:\n  hosts: [{host}]\n  tcp:\n  - forwardTo: {{destinations: [{{ref: {{name: {service}}}, port: {{number: 8080}}}}]}}\n---\n"
+/// A route table: `host` forwards every TCP connection to `service`:8080.
+fn rt_forward(name: &str, host: &str, service: &str) -> RouteTable {
+    RouteTable::new(name)
+        .host(host)
+        .tcp(TcpRoute::new().to(&[Dest::service(service).port(8080)]))
+}
+
+/// The node's RouterConfig (a VIP range big enough for 100,000 hosts: the
+/// default /16 does not fit them without collisions).
+fn node() -> Config {
+    Config::new().node_with(
+        "c1",
+        "east",
+        "e1",
+        json!({"vipRanges": {"ipv4": "240.0.0.0/12"}}),
     )
 }
 
-/// A node whose VIP range holds a million hosts (the default /16 does not
-/// fit 100,000 without collisions).
-/// The node's RouterConfig (a VIP range big enough for 100,000 hosts).
-fn node() -> String {
-    yaml::router("c1", "east", "e1", "  vipRanges: {ipv4: 240.0.0.0/12}\n")
-}
-
 /// The node, and the one backend service every benchmark host forwards to.
-fn bench_router() -> String {
-    node()
-        + &yaml::service("c1", "bench", 8080, "TCP")
-        + &yaml::slice(
-            "c1",
-            "east",
-            "bench",
-            "bench",
-            8080,
-            "TCP",
-            &[("10.9.0.1", "e1", true)],
-        )
+fn bench_router() -> Config {
+    node().with(service_with_slice(
+        "c1",
+        "east",
+        "bench",
+        "bench",
+        8080,
+        &[("10.9.0.1", "e1", true)],
+    ))
 }
 
 /// A config with `n` route tables, each a virtual host forwarding to one backend.
 fn connect_config(n: usize) -> String {
-    let mut y = bench_router();
-    for i in 0..n {
-        y += &rt_forward(&format!("h{i}"), &format!("h{i}.bench.mesh"), "bench");
+    (0..n)
+        .fold(bench_router(), |c, i| {
+            c.with(rt_forward(
+                &format!("h{i}"),
+                &format!("h{i}.bench.mesh"),
+                "bench",
+            ))
+        })
+        .yaml()
+}
+
+/// The `elapsed_ms` and `writes` of an `applied` event.
+fn applied_figures(e: &Event) -> Option<(f64, f64)> {
+    match e {
+        Event::Applied {
+            elapsed_ms, writes, ..
+        } => Some((*elapsed_ms, *writes as f64)),
+        _ => None,
     }
-    y
 }
 
 /// The ClusterIP kube-proxy would match for service `i`.
@@ -130,16 +145,25 @@ fn kube_proxy_rules(n: usize) -> String {
 /// response, a header route with a weighted split, and the path route the
 /// benchmark hits (third in match order).
 fn http_config() -> String {
-    let mut y = bench_router();
-    let fwd = "forwardTo: {destinations: [{ref: {name: bench}, port: {number: 8080}}]}";
-    y += &format!(
-        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: l4, namespace: t}}\nspec:\n  hosts: [l4.bench.mesh]\n  http:\n  - {fwd}\n---\n\
-         apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: l7, namespace: t}}\nspec:\n  hosts: [l7.bench.mesh]\n  http:\n\
-         \x20 - matchers: [{{uri: {{exact: /healthz}}}}]\n    directResponse: {{status: 200, body: ok}}\n\
-         \x20 - matchers: [{{uri: {{prefix: /api}}, headers: [{{name: x-canary, value: \"1\"}}]}}]\n    forwardTo:\n      destinations:\n      - {{ref: {{name: bench}}, port: {{number: 8080}}, weight: 90}}\n      - {{ref: {{name: bench}}, port: {{number: 8080}}, weight: 10}}\n\
-         \x20 - matchers: [{{uri: {{prefix: /api}}}}]\n    {fwd}\n---\n"
-    );
-    y
+    let bench = || Dest::service("bench").port(8080);
+    bench_router()
+        .with(
+            RouteTable::new("l4")
+                .host("l4.bench.mesh")
+                .http(HttpRoute::new().to(&[bench()])),
+        )
+        .with(
+            RouteTable::new("l7")
+                .host("l7.bench.mesh")
+                .http(HttpRoute::new().exact("/healthz").direct(200, "ok"))
+                .http(
+                    HttpRoute::new()
+                        .matcher(json!({"uri": {"prefix": "/api"}, "headers": [{"name": "x-canary", "value": "1"}]}))
+                        .to(&[bench().weight(90), bench().weight(10)]),
+                )
+                .http(HttpRoute::new().prefix("/api").to(&[bench()])),
+        )
+        .yaml()
 }
 
 /// The same three routes for nginx (2 workers, upstream keep-alive; no
@@ -447,15 +471,6 @@ fn si(v: f64) -> String {
     }
 }
 
-/// A field `key=value` of routerd's log line, as a number.
-fn log_field(line: &str, key: &str) -> f64 {
-    line.split(&format!("{key}="))
-        .nth(1)
-        .and_then(|x| x.split_whitespace().next())
-        .and_then(|x| x.parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// routerd's resident and peak memory (KiB), and the memory the kernel
 /// charges for the maps it holds (bytes, from fdinfo `memlock`).
 fn memory(pid: u32) -> (f64, f64, f64) {
@@ -517,11 +532,10 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
         )?;
         let start_ms = t.elapsed().as_secs_f64() * 1e3;
         let applied = routerd
-            .logs()
+            .events(0)
             .iter()
-            .find(|l| l.contains(" applied "))
-            .map(|l| log_field(l, "elapsed_ms"))
-            .unwrap_or(f64::NAN);
+            .find_map(applied_figures)
+            .map_or(f64::NAN, |f| f.0);
         let mem = memory(routerd.pid().unwrap_or(0));
 
         // The alternative in its own node namespace: with NAT rules loaded,
@@ -720,7 +734,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
 /// `n` route tables, each its own service with `eps` endpoints. The
 /// inventory (`inv.yaml`) is separate so one endpoint can change.
 fn control_inventory(n: usize, eps: usize, unready: Option<usize>) -> String {
-    let mut y = String::new();
+    let mut y = Config::new();
     for i in 0..n {
         let addrs: Vec<String> = (0..eps)
             .map(|j| {
@@ -728,16 +742,15 @@ fn control_inventory(n: usize, eps: usize, unready: Option<usize>) -> String {
                     .to_string()
             })
             .collect();
-        let list: Vec<yaml::Ep<'_>> = addrs
+        let list: Vec<Ep<'_>> = addrs
             .iter()
             .enumerate()
             .map(|(j, a)| (a.as_str(), "e1", !(unready == Some(i) && j == 0)))
             .collect();
         let name = format!("s{i}");
-        y += &yaml::service("c1", &name, 8080, "TCP");
-        y += &yaml::slice("c1", "east", &name, &name, 8080, "TCP", &list);
+        y = y.with(service_with_slice("c1", "east", &name, &name, 8080, &list));
     }
-    y
+    y.yaml()
 }
 
 fn control_suite(args: &Args, md: &mut String) -> Result<()> {
@@ -745,15 +758,14 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
     for &n in &args.route_tables {
         let eps = args.endpoints;
         let dir = TempDir::new(&unique())?;
-        let mut rt = node();
-        for i in 0..n {
-            rt += &rt_forward(
+        let rt = (0..n).fold(node(), |c, i| {
+            c.with(rt_forward(
                 &format!("r{i}"),
                 &format!("r{i}.bench.mesh"),
                 &format!("s{i}"),
-            );
-        }
-        dir.write("config/routes.yaml", &rt)?;
+            ))
+        });
+        dir.write("config/routes.yaml", &rt.yaml())?;
         dir.write("config/inv.yaml", &control_inventory(n, eps, None))?;
         let cfg = dir.path.join("config");
         let t = Instant::now();
@@ -778,10 +790,10 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
         )?;
         let start_ms = t.elapsed().as_secs_f64() * 1e3;
         let first = routerd
-            .logs()
-            .into_iter()
-            .find(|l| l.contains(" applied "))
-            .context("no applied line")?;
+            .events(0)
+            .iter()
+            .find_map(applied_figures)
+            .context("no applied event")?;
         let (rss, hwm, maps) = memory(routerd.pid().unwrap_or(0));
         // One endpoint of one service goes unready, then ready again, ...
         let mut change = Vec::new();
@@ -789,24 +801,20 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
             let unready = (k % 2 == 0).then_some(n / 2);
             dir.write("config/inv.yaml", &control_inventory(n, eps, unready))?;
             let t = Instant::now();
-            let line = routerd.reload()?;
+            let outcome = routerd.reload()?;
             let wall = t.elapsed().as_secs_f64() * 1e3;
-            if !line.contains(" applied ") {
-                bail!("an endpoint change was not applied: {line}");
-            }
-            change.push((
-                wall,
-                log_field(&line, "elapsed_ms"),
-                log_field(&line, "writes"),
-            ));
+            let Some((elapsed, writes)) = applied_figures(&outcome) else {
+                bail!("an endpoint change was not applied: {outcome}");
+            };
+            change.push((wall, elapsed, writes));
         }
         lines.push((
             n,
             n * eps,
             compile_ms,
             start_ms,
-            log_field(&first, "elapsed_ms"),
-            log_field(&first, "writes"),
+            first.0,
+            first.1,
             median(change.iter().map(|c| c.0).collect()),
             median(change.iter().map(|c| c.1).collect()),
             median(change.iter().map(|c| c.2).collect()),

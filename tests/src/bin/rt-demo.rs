@@ -388,12 +388,12 @@ fn demo() -> Result<()> {
     );
     let mark = routerd.log_len();
     set_app_b_ready(&config, true)?;
-    routerd.wait_for(mark, |l| l.contains("applied"))?;
+    routerd.wait_event(mark, |e| matches!(e, Event::Applied { .. }))?;
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (the same zone is preferred again)");
     let mark = routerd.log_len();
     set_app_b_ready(&config, false)?;
-    routerd.wait_for(mark, |l| l.contains("applied"))?;
+    routerd.wait_event(mark, |e| matches!(e, Event::Applied { .. }))?;
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (back to cluster-2)");
 
