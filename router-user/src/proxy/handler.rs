@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -21,11 +21,12 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
+use tokio::time::Instant;
 
 use super::{
     engine::{self, Hit, RegexRewrite, Req, Table},
-    upstream::{Body, BoxError, UpstreamError, Upstreams},
+    upstream::{Body, BoxError, HttpUpstream, UpstreamError, Upstreams},
 };
 pub use crate::health::{Observations, Outcome};
 use crate::limits::{Admission, Ticket};
@@ -97,9 +98,24 @@ impl Compiled {
     }
 }
 
+/// A client's request body as the handler takes it: hyper's `Incoming` in
+/// the daemon, any body in tests.
+pub trait ClientBodyIn:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<T> ClientBodyIn for T where
+    T: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
 /// What every request shares.
 pub struct Ctx {
-    pub upstreams: Arc<Upstreams>,
+    /// Connections to endpoints (TCP routes dial through it).
+    pub pool: Arc<Upstreams>,
+    /// Where forwarded HTTP requests go: `pool`, except in tests.
+    pub http: Arc<dyn HttpUpstream>,
     pub obs: Observations,
     /// Bytes of buffered request bodies, in all and per client address.
     pub bodies: Arc<Admission<IpAddr>>,
@@ -302,15 +318,15 @@ fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketA
 /// A client's request body on its way upstream: fails (and says so in
 /// `failed`) if the client breaks it or pauses longer than `idle`, so the
 /// proxy can tell a client's fault from an endpoint's.
-struct ClientBody {
-    inner: Incoming,
+struct ClientBody<B> {
+    inner: B,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     failed: Arc<AtomicBool>,
 }
 
-impl ClientBody {
-    fn new(inner: Incoming, idle: Duration, failed: Arc<AtomicBool>) -> Self {
+impl<B> ClientBody<B> {
+    fn new(inner: B, idle: Duration, failed: Arc<AtomicBool>) -> Self {
         ClientBody {
             inner,
             idle,
@@ -320,7 +336,7 @@ impl ClientBody {
     }
 }
 
-impl hyper::body::Body for ClientBody {
+impl<B: ClientBodyIn> hyper::body::Body for ClientBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -336,7 +352,7 @@ impl hyper::body::Body for ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.failed.store(true, Ordering::Relaxed);
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match self.timer.as_mut().poll(cx) {
@@ -358,16 +374,16 @@ impl hyper::body::Body for ClientBody {
     }
 }
 
-enum ReqBody {
-    Stream(ClientBody),
+enum ReqBody<B> {
+    Stream(ClientBody<B>),
     Buffered(Bytes),
 }
 
-struct Prepared {
+struct Prepared<B> {
     method: http::Method,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
-    body: Option<ReqBody>,
+    body: Option<ReqBody<B>>,
     /// Keeps the buffered body's bytes counted against the budget.
     _budget: Option<Ticket<IpAddr>>,
 }
@@ -387,7 +403,7 @@ pub fn upstream_path(path: &str, query: Option<&str>) -> Result<PathAndQuery, St
     PathAndQuery::try_from(pq).map_err(|e| format!("the rewritten path is not valid: {e}"))
 }
 
-impl Prepared {
+impl<B: ClientBodyIn> Prepared<B> {
     /// The request for endpoint `ep`. HTTP/1.1 gets an origin-form URI (the
     /// path); HTTP/2 needs `:scheme` and `:authority`, taken from the Host
     /// being sent (or the endpoint). Either way the URI only describes the
@@ -436,9 +452,9 @@ impl Prepared {
 
 /// Read a body that a retry or mirror needs whole, within the body timeout
 /// and the memory budget. `Err` is the response to send.
-async fn buffer_body(
+async fn buffer_body<B: ClientBodyIn>(
     ctx: &Ctx,
-    mut body: Incoming,
+    mut body: B,
     peer: IpAddr,
 ) -> Result<(Bytes, Ticket<IpAddr>), Response<Body>> {
     let too_large = || {
@@ -519,13 +535,13 @@ fn retriable(p: &RetryPolicy, o: &Result<StatusCode, (Outcome, bool)>) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn forward<B: ClientBodyIn>(
     ctx: &Ctx,
     f: &L7Forward,
     route: &L7Route,
     extras: &RouteExtras,
     hit: &Hit,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let retry = route.policies.retry.clone();
@@ -590,12 +606,12 @@ async fn forward(
                 method: prep.method.clone(),
                 path_and_query: prep.path_and_query.clone(),
                 headers: prep.headers.clone(),
-                body: Some(ReqBody::Buffered(b.clone())),
+                body: Some(ReqBody::<B>::Buffered(b.clone())),
                 _budget: None,
             };
             let shadow = original_host.clone().map(|h| format!("{h}-shadow"));
             if let Ok(r) = copy.request(ep, shadow.as_deref(), dest.http2) {
-                let (up, http2) = (ctx.upstreams.clone(), dest.http2);
+                let (up, http2) = (ctx.http.clone(), dest.http2);
                 tokio::spawn(async move {
                     if let Ok(Ok(resp)) =
                         tokio::time::timeout(Duration::from_secs(5), up.send(ep, http2, r)).await
@@ -639,7 +655,7 @@ async fn forward(
             return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
         }
         let budget = per_try.map_or(left, |b| b.min(left));
-        let call = ctx.upstreams.send(ep, dest.http2, upstream_req);
+        let call = ctx.http.send(ep, dest.http2, upstream_req);
         let result = match tokio::time::timeout(budget, call).await {
             Ok(r) => r,
             Err(_) => {
@@ -672,10 +688,7 @@ async fn forward(
                 if !again {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    return Response::from_parts(
-                        parts,
-                        body.map_err(|e| Box::new(e) as BoxError).boxed(),
-                    );
+                    return Response::from_parts(parts, body);
                 }
             }
             Err(UpstreamError::Local(e)) => {
@@ -723,10 +736,10 @@ async fn forward(
 
 /// Serve one request with a compiled table. `scheme` is how the client came
 /// (for redirects), `port` the port it dialled.
-pub async fn handle(
+pub async fn handle<B: ClientBodyIn>(
     ctx: &Ctx,
     t: &Compiled,
-    req: Request<Incoming>,
+    req: Request<B>,
     port: u16,
     scheme: &str,
     peer: SocketAddr,
@@ -829,4 +842,321 @@ pub async fn handle(
         }
     }
     resp
+}
+
+/// The handler on paused time: a scripted upstream stands in for the
+/// connection pool (the pool itself, and real peers, are exercised by the
+/// integration tests), so timeouts, retries and fault delays are checked to
+/// the millisecond without waiting for them.
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, future::Future, sync::Mutex};
+
+    use http_body_util::Empty;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        compile::{Health, compile},
+        config::{Overrides, load_str},
+        netns::Sockets,
+        proxy::upstream::UpstreamOptions,
+        testing::*,
+    };
+
+    /// What the scripted upstream does with its n-th request.
+    #[derive(Clone, Copy, Debug)]
+    enum Peer {
+        Status(u16),
+        /// Never answers.
+        Hang,
+        Refused,
+        /// This host is out of descriptors.
+        Local,
+        /// Reads the whole request body, then answers 200.
+        ReadBody,
+    }
+
+    #[derive(Default)]
+    struct Scripted {
+        /// By call index; the last one repeats.
+        script: Vec<Peer>,
+        calls: Mutex<Vec<SocketAddr>>,
+    }
+
+    impl HttpUpstream for Scripted {
+        fn send(
+            &self,
+            ep: SocketAddr,
+            _http2: bool,
+            req: Request<Body>,
+        ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>>
+        {
+            let n = {
+                let mut c = self.calls.lock().unwrap();
+                c.push(ep);
+                c.len() - 1
+            };
+            let peer = self.script[n.min(self.script.len() - 1)];
+            Box::pin(async move {
+                let ok = || Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+                match peer {
+                    Peer::Status(code) => {
+                        let mut r = ok();
+                        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                        Ok(r)
+                    }
+                    Peer::Hang => std::future::pending().await,
+                    Peer::Refused => Err(UpstreamError::Connect(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionRefused,
+                    ))),
+                    Peer::Local => Err(UpstreamError::Local(std::io::Error::from_raw_os_error(
+                        libc::EMFILE,
+                    ))),
+                    Peer::ReadBody => match req.into_body().collect().await {
+                        Ok(_) => Ok(ok()),
+                        Err(e) => Err(UpstreamError::Broken(e)),
+                    },
+                }
+            })
+        }
+    }
+
+    /// A client body that sends one chunk, then nothing, for ever.
+    struct Stalls(bool);
+
+    impl hyper::body::Body for Stalls {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                self.0 = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part of it")))))
+            }
+        }
+    }
+
+    /// `web.t.mesh`'s `/api` route to `web` (two endpoints), with `policies`.
+    fn table(policies: Config) -> Compiled {
+        let text = Config::new()
+            .node("c1", "east", "e1")
+            .with(web(
+                "c1",
+                "east",
+                "web",
+                &[("10.1.0.1", "e1", true), ("10.1.0.2", "e1", true)],
+            ))
+            .with(
+                RouteTable::new("web").host("web.t.mesh").http(
+                    HttpRoute::new()
+                        .name("api")
+                        .label("route", "api")
+                        .prefix("/api")
+                        .to(&[Dest::service("web").port(8080)]),
+                ),
+            )
+            .with(policies)
+            .yaml();
+        let v = load_str("t.yaml", &text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let plan = compile(&v, &Health::default()).unwrap();
+        Compiled::new(plan.l7[0].routes.clone()).unwrap()
+    }
+
+    fn ctx(up: Arc<Scripted>, timeouts: Timeouts) -> Ctx {
+        let pool = Upstreams::new(Sockets::start(None).unwrap(), UpstreamOptions::default());
+        Ctx {
+            pool,
+            http: up,
+            obs: Observations::default(),
+            bodies: Admission::new(8 << 20, 1 << 20),
+            timeouts,
+        }
+    }
+
+    fn scripted(script: &[Peer]) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            script: script.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn get(path: &str) -> Request<Empty<Bytes>> {
+        Request::get(path)
+            .header("host", "web.t.mesh")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    const PEER: &str = "10.255.255.1:40000";
+
+    async fn run<B: ClientBodyIn>(ctx: &Ctx, t: &Compiled, req: Request<B>) -> (u16, Duration) {
+        let start = Instant::now();
+        let resp = handle(ctx, t, req, 8080, "http", PEER.parse().unwrap()).await;
+        (resp.status().as_u16(), start.elapsed())
+    }
+
+    /// Outcomes recorded per endpoint: (requests, consecutive errors).
+    fn recorded(ctx: &Ctx) -> HashMap<SocketAddr, (u64, u64)> {
+        ctx.obs
+            .snapshot()
+            .into_iter()
+            .map(|(ep, s)| (ep, (s.requests, s.consecutive_errors)))
+            .collect()
+    }
+
+    fn retry(config: serde_json::Value) -> Config {
+        Config::new().with(Policy::retry_timeout("retry", config).routes_labelled("route", "api"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upstream_gets_504_at_the_default_upstream_timeout() {
+        let up = scripted(&[Peer::Hang]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let (status, took) = run(&c, &table(Config::new()), get("/api/x")).await;
+        assert_eq!(status, 504);
+        assert_eq!(
+            took,
+            Duration::from_secs(15),
+            "Envoy's default route timeout"
+        );
+        let ep = up.calls.lock().unwrap()[0];
+        assert_eq!(
+            recorded(&c)[&ep],
+            (1, 1),
+            "a timeout counts against the endpoint"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_timeout_moves_the_retry_to_another_endpoint() {
+        let up = scripted(&[Peer::Hang, Peer::Status(200)]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let t = table(retry(json!({
+            "retries": {"attempts": 2, "perTryTimeout": "1s", "retryOn": "reset"},
+            "requestTimeout": "5s"
+        })));
+        let (status, took) = run(&c, &t, get("/api/x")).await;
+        assert_eq!(status, 200);
+        assert_eq!(took, Duration::from_secs(1));
+        let calls = up.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert_ne!(
+            calls[0], calls[1],
+            "the retry avoids the endpoint that failed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_timeout_bounds_every_attempt_together() {
+        let up = scripted(&[Peer::Hang]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let t = table(retry(json!({
+            "retries": {"attempts": 5, "perTryTimeout": "2s", "retryOn": "reset,5xx"},
+            "requestTimeout": "3s"
+        })));
+        let (status, took) = run(&c, &t, get("/api/x")).await;
+        assert_eq!(status, 504);
+        assert_eq!(
+            took,
+            Duration::from_secs(3),
+            "2 s, then what is left of 3 s"
+        );
+        assert_eq!(up.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_5xx_is_retried_and_each_attempt_is_recorded() {
+        let up = scripted(&[Peer::Status(503), Peer::Status(200)]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let t = table(retry(json!({"retries": {"attempts": 1, "retryOn": "5xx"}})));
+        let (status, took) = run(&c, &t, get("/api/x")).await;
+        assert_eq!((status, took), (200, Duration::ZERO));
+        let calls = up.calls.lock().unwrap().clone();
+        let r = recorded(&c);
+        assert_eq!(r[&calls[0]], (1, 1), "the 503");
+        assert_eq!(r[&calls[1]], (1, 0), "the 200");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connect_counts_and_a_local_shortage_does_not() {
+        let up = scripted(&[Peer::Refused]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let (status, _) = run(&c, &table(Config::new()), get("/api/x")).await;
+        assert_eq!(status, 503);
+        let ep = up.calls.lock().unwrap()[0];
+        assert_eq!(recorded(&c)[&ep], (1, 1));
+
+        let up = scripted(&[Peer::Local]);
+        let c = ctx(up.clone(), Timeouts::default());
+        let (status, _) = run(&c, &table(Config::new()), get("/api/x")).await;
+        assert_eq!(status, 503);
+        assert!(
+            recorded(&c).is_empty(),
+            "out of descriptors is nobody's fault"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_body_that_stalls_is_the_clients_fault() {
+        let up = scripted(&[Peer::ReadBody]);
+        let timeouts = Timeouts {
+            body: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        let c = ctx(up.clone(), timeouts);
+        let req = Request::post("/api/upload")
+            .header("host", "web.t.mesh")
+            .body(Stalls(false))
+            .unwrap();
+        let (status, took) = run(&c, &table(Config::new()), req).await;
+        assert_eq!(status, 400);
+        assert_eq!(took, Duration::from_secs(2), "the body's idle timeout");
+        assert!(recorded(&c).is_empty(), "the endpoint is not blamed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffered_body_that_stalls_gets_408_before_any_upstream() {
+        let up = scripted(&[Peer::Status(200)]);
+        let timeouts = Timeouts {
+            body: Duration::from_secs(4),
+            ..Timeouts::default()
+        };
+        let c = ctx(up.clone(), timeouts);
+        // A retry policy needs the body whole.
+        let t = table(retry(json!({"retries": {"attempts": 2, "retryOn": "5xx"}})));
+        let req = Request::post("/api/upload")
+            .header("host", "web.t.mesh")
+            .body(Stalls(false))
+            .unwrap();
+        let (status, took) = run(&c, &t, req).await;
+        assert_eq!((status, took), (408, Duration::from_secs(4)));
+        assert!(up.calls.lock().unwrap().is_empty());
+        let peer: SocketAddr = PEER.parse().unwrap();
+        assert!(
+            c.bodies.try_take(peer.ip(), 1 << 20).is_some(),
+            "the stalled body's bytes were given back to the budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fault_delay_waits_exactly_its_time() {
+        let up = scripted(&[Peer::Status(200)]);
+        let c = ctx(up, Timeouts::default());
+        let t = table(
+            Config::new().with(
+                Policy::fault_injection(
+                    "delay",
+                    json!({"delay": {"fixedDelay": "300ms", "percentage": 100}}),
+                )
+                .routes_labelled("route", "api"),
+            ),
+        );
+        let (status, took) = run(&c, &t, get("/api/x")).await;
+        assert_eq!((status, took), (200, Duration::from_millis(300)));
+    }
 }

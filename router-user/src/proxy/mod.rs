@@ -362,7 +362,7 @@ async fn serve_tcp(
         return;
     };
     let ep = dest.endpoints[fastrand::usize(0..dest.endpoints.len())].endpoint;
-    match ctx.upstreams.connect(ep).await {
+    match ctx.pool.connect(ep).await {
         Ok(up) => {
             ctx.obs.record(ep, handler::Outcome::Ok);
             let activity = Activity::default();
@@ -485,8 +485,10 @@ impl Acceptor {
 
 impl Proxy {
     pub fn new(socks: Sockets, orig: Arc<OrigTable>, plan: &ProxyPlan, opts: ProxyOptions) -> Self {
+        let pool = Upstreams::new(socks.clone(), UpstreamOptions::default());
         let ctx = Arc::new(Ctx {
-            upstreams: Upstreams::new(socks.clone(), UpstreamOptions::default()),
+            http: Arc::new(pool.clone()),
+            pool,
             obs: Observations::default(),
             bodies: Admission::new(BODY_BUDGET, BODY_BUDGET / 8),
             timeouts: Timeouts::from(plan),

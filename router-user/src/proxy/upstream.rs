@@ -9,15 +9,17 @@
 //! `""` of `/api@127.0.0.1:6379/x` once did, through a URI built as a string).
 use std::{
     collections::HashMap,
+    future::Future,
     io,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
@@ -39,7 +41,7 @@ pub enum UpstreamError {
     Local(io::Error),
     /// The connection broke after it was made (reset, protocol error, or
     /// the request body failed).
-    Broken(hyper::Error),
+    Broken(BoxError),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -79,6 +81,32 @@ struct Idle {
 }
 
 /// The proxy's connections to endpoints.
+/// Where the handler sends a forwarded request: the connection pool
+/// ([`Upstreams`]) in the daemon, a scripted peer in the handler's tests.
+pub trait HttpUpstream: Send + Sync {
+    fn send(
+        &self,
+        ep: SocketAddr,
+        http2: bool,
+        req: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>>;
+}
+
+impl HttpUpstream for Arc<Upstreams> {
+    fn send(
+        &self,
+        ep: SocketAddr,
+        http2: bool,
+        req: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>> {
+        Box::pin(Upstreams::send(self, ep, http2, req))
+    }
+}
+
+fn broken(e: hyper::Error) -> UpstreamError {
+    UpstreamError::Broken(e.into())
+}
+
 pub struct Upstreams {
     pub socks: Sockets,
     opts: UpstreamOptions,
@@ -123,12 +151,13 @@ impl Upstreams {
         ep: SocketAddr,
         http2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        if http2 {
+    ) -> Result<Response<Body>, UpstreamError> {
+        let resp = if http2 {
             self.send_h2(ep, req).await
         } else {
             self.send_h1(ep, req).await
-        }
+        }?;
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
     }
 
     fn take_idle(&self, ep: SocketAddr) -> Option<http1::SendRequest<Body>> {
@@ -179,22 +208,16 @@ impl Upstreams {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(UpstreamError::Broken(e.into_error())),
+                    None => return Err(UpstreamError::Broken(e.into_error().into())),
                 },
             }
         }
         let io = TokioIo::new(self.connect(ep).await?);
-        let (mut conn, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Broken)?;
+        let (mut conn, driver) = http1::Builder::new().handshake(io).await.map_err(broken)?;
         tokio::spawn(async move {
             let _ = driver.await;
         });
-        let resp = conn
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Broken)?;
+        let resp = conn.send_request(req).await.map_err(broken)?;
         self.recycle(ep, conn);
         Ok(resp)
     }
@@ -222,7 +245,7 @@ impl Upstreams {
                     .keep_alive_while_idle(true)
                     .handshake(io)
                     .await
-                    .map_err(UpstreamError::Broken)?;
+                    .map_err(broken)?;
                 tokio::spawn(async move {
                     let _ = driver.await;
                 });
@@ -233,6 +256,6 @@ impl Upstreams {
                 conn
             }
         };
-        conn.send_request(req).await.map_err(UpstreamError::Broken)
+        conn.send_request(req).await.map_err(broken)
     }
 }
