@@ -8,12 +8,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod layers;
+#[cfg(test)]
+mod readme;
 mod toolchain;
 mod vm;
 
 #[derive(Parser)]
 #[command(about = "Build, demo and test tasks for the router")]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
