@@ -1,7 +1,10 @@
 //! Typed fixture builders for tests, benchmarks, drills and the demo: a
 //! config is built from Rust values and rendered as block YAML, one
-//! document per object, so nobody assembles YAML with `format!`. Defaults follow the test worlds: namespace `t`, Services
-//! labelled `app: <name>`, a port named `p`.
+//! document per object, so nobody assembles YAML with `format!`. Defaults
+//! follow the test worlds: namespace `t`, Services labelled `app: <name>`,
+//! a port named `p`. Fields a builder has no method for go in as JSON
+//! (`serde_json::json!`). This module knows only the YAML shapes (it is in
+//! the lowest layer): tests load what it renders like any config.
 //!
 //! ```
 //! use router_user::testing::*;
@@ -28,33 +31,109 @@ impl Docs for Value {
     }
 }
 
-impl Docs for Config {
-    fn docs(&self) -> Vec<Value> {
-        self.docs.clone()
+/// `metadata`: name, namespace, labels and, for inventory, the cluster.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    name: String,
+    ns: String,
+    labels: Map<String, Value>,
+    cluster: Option<String>,
+}
+
+impl Meta {
+    fn new(name: &str) -> Self {
+        Meta {
+            name: name.into(),
+            ns: NS.into(),
+            labels: Map::new(),
+            cluster: None,
+        }
+    }
+
+    fn value(&self) -> Value {
+        let mut m = json!({"name": self.name, "namespace": self.ns});
+        if !self.labels.is_empty() {
+            m["labels"] = Value::Object(self.labels.clone());
+        }
+        if let Some(c) = &self.cluster {
+            m["clusterName"] = c.clone().into();
+        }
+        m
+    }
+
+    /// A document: `apiVersion`, `kind`, `metadata`, then `body`'s fields.
+    fn doc(&self, api: &str, kind: &str, body: Map<String, Value>) -> Value {
+        let mut m = Map::new();
+        m.insert("apiVersion".into(), api.into());
+        m.insert("kind".into(), kind.into());
+        m.insert("metadata".into(), self.value());
+        m.extend(body);
+        Value::Object(m)
     }
 }
 
-fn doc(api: &str, kind: &str, metadata: Value, body: (&str, Value)) -> Value {
-    let mut m = Map::new();
-    m.insert("apiVersion".into(), api.into());
-    m.insert("kind".into(), kind.into());
-    m.insert("metadata".into(), metadata);
-    m.insert(body.0.into(), body.1);
-    Value::Object(m)
+/// An object with metadata: its namespace and labels can be set.
+pub trait Object: Sized {
+    fn meta(&mut self) -> &mut Meta;
+    fn namespace(mut self, ns: &str) -> Self {
+        self.meta().ns = ns.into();
+        self
+    }
+    fn label(mut self, k: &str, v: &str) -> Self {
+        self.meta().labels.insert(k.into(), v.into());
+        self
+    }
 }
 
-fn meta(name: &str, ns: &str, labels: &Map<String, Value>) -> Value {
-    let mut m = json!({"name": name, "namespace": ns});
-    if !labels.is_empty() {
-        m["labels"] = Value::Object(labels.clone());
+/// Kubernetes ports (a Service's, an EndpointSlice's).
+pub trait Ports: Sized {
+    fn ports(&mut self) -> &mut Vec<Value>;
+    /// A TCP port named `p`.
+    fn port(self, port: u16) -> Self {
+        self.named_port("p", port, "TCP")
     }
-    m
+    /// A UDP port named `p`.
+    fn udp_port(self, port: u16) -> Self {
+        self.named_port("p", port, "UDP")
+    }
+    fn named_port(mut self, name: &str, port: u16, protocol: &str) -> Self {
+        self.ports()
+            .push(json!({"name": name, "port": port, "protocol": protocol}));
+        self
+    }
+}
+
+/// Append to the list `field` of `m` (created empty).
+fn push(m: &mut Map<String, Value>, field: &str, v: Value) {
+    m.entry(field)
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .expect("a list field")
+        .push(v);
+}
+
+/// Merge the object `extra` into the object `field` of `m` (created empty).
+fn merge(m: &mut Map<String, Value>, field: &str, extra: Value) {
+    let f = m
+        .entry(field)
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("an object field");
+    if let Value::Object(e) = extra {
+        f.extend(e);
+    }
 }
 
 /// A whole config: documents in order.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     docs: Vec<Value>,
+}
+
+impl Docs for Config {
+    fn docs(&self) -> Vec<Value> {
+        self.docs.clone()
+    }
 }
 
 impl Config {
@@ -69,16 +148,16 @@ impl Config {
 
     /// The same, with more `spec` fields (a JSON object: `{"proxy": {...}}`).
     pub fn node_with(mut self, cluster: &str, region: &str, zone: &str, extra: Value) -> Self {
-        let mut spec = json!({"cluster": cluster, "region": region, "zone": zone});
-        if let (Some(s), Value::Object(e)) = (spec.as_object_mut(), extra) {
-            s.extend(e);
-        }
-        self.docs.push(doc(
-            "routerd.io/v1alpha1",
-            "RouterConfig",
-            json!({"name": "node"}),
-            ("spec", spec),
-        ));
+        let mut body = Map::new();
+        body.insert(
+            "spec".into(),
+            json!({"cluster": cluster, "region": region, "zone": zone}),
+        );
+        merge(&mut body, "spec", extra);
+        let mut meta = Meta::new("node");
+        meta.ns = "default".into();
+        self.docs
+            .push(meta.doc("routerd.io/v1alpha1", "RouterConfig", body));
         self
     }
 
@@ -99,50 +178,24 @@ impl Config {
     }
 }
 
-/// A Kubernetes Service in one cluster.
+/// A Kubernetes Service in one cluster, labelled `app: <name>`.
 #[derive(Clone, Debug)]
 pub struct Service {
-    cluster: String,
-    name: String,
-    ns: String,
-    labels: Map<String, Value>,
+    meta: Meta,
     ports: Vec<Value>,
     publish_not_ready: bool,
 }
 
 impl Service {
     pub fn new(cluster: &str, name: &str) -> Self {
-        let mut labels = Map::new();
-        labels.insert("app".into(), name.into());
+        let mut meta = Meta::new(name);
+        meta.cluster = Some(cluster.into());
+        meta.labels.insert("app".into(), name.into());
         Service {
-            cluster: cluster.into(),
-            name: name.into(),
-            ns: NS.into(),
-            labels,
+            meta,
             ports: Vec::new(),
             publish_not_ready: false,
         }
-    }
-    pub fn namespace(mut self, ns: &str) -> Self {
-        self.ns = ns.into();
-        self
-    }
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
-    }
-    /// A TCP port named `p`.
-    pub fn port(self, port: u16) -> Self {
-        self.named_port("p", port, "TCP")
-    }
-    /// A UDP port named `p`.
-    pub fn udp_port(self, port: u16) -> Self {
-        self.named_port("p", port, "UDP")
-    }
-    pub fn named_port(mut self, name: &str, port: u16, protocol: &str) -> Self {
-        self.ports
-            .push(json!({"name": name, "port": port, "protocol": protocol}));
-        self
     }
     pub fn publish_not_ready(mut self) -> Self {
         self.publish_not_ready = true;
@@ -150,26 +203,37 @@ impl Service {
     }
 }
 
+impl Object for Service {
+    fn meta(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+}
+
+impl Ports for Service {
+    fn ports(&mut self) -> &mut Vec<Value> {
+        &mut self.ports
+    }
+}
+
 impl Docs for Service {
     fn docs(&self) -> Vec<Value> {
-        let mut m = meta(&self.name, &self.ns, &self.labels);
-        m["clusterName"] = self.cluster.clone().into();
         let mut spec = json!({"ports": self.ports});
         if self.publish_not_ready {
             spec["publishNotReadyAddresses"] = true.into();
         }
-        vec![doc("v1", "Service", m, ("spec", spec))]
+        let mut body = Map::new();
+        body.insert("spec".into(), spec);
+        vec![self.meta.doc("v1", "Service", body)]
     }
 }
+
+/// An endpoint: address, zone (empty: none given), ready.
+pub type Ep<'a> = (&'a str, &'a str, bool);
 
 /// An EndpointSlice of a Service.
 #[derive(Clone, Debug)]
 pub struct Slice {
-    cluster: String,
-    service: String,
-    name: String,
-    ns: String,
-    labels: Map<String, Value>,
+    meta: Meta,
     ports: Vec<Value>,
     endpoints: Vec<Value>,
     v6: bool,
@@ -177,48 +241,25 @@ pub struct Slice {
 
 impl Slice {
     pub fn new(cluster: &str, service: &str, name: &str) -> Self {
-        let mut labels = Map::new();
-        labels.insert("kubernetes.io/service-name".into(), service.into());
+        let mut meta = Meta::new(name);
+        meta.cluster = Some(cluster.into());
+        meta.labels
+            .insert("kubernetes.io/service-name".into(), service.into());
         Slice {
-            cluster: cluster.into(),
-            service: service.into(),
-            name: name.into(),
-            ns: NS.into(),
-            labels,
+            meta,
             ports: Vec::new(),
             endpoints: Vec::new(),
             v6: false,
         }
     }
-    pub fn namespace(mut self, ns: &str) -> Self {
-        self.ns = ns.into();
-        self
-    }
     /// The region of the slice's endpoints.
     pub fn region(self, region: &str) -> Self {
         self.label("topology.kubernetes.io/region", region)
-    }
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
-    }
-    /// A TCP port named `p` (the Service's).
-    pub fn port(self, port: u16) -> Self {
-        self.named_port("p", port, "TCP")
-    }
-    pub fn udp_port(self, port: u16) -> Self {
-        self.named_port("p", port, "UDP")
-    }
-    pub fn named_port(mut self, name: &str, port: u16, protocol: &str) -> Self {
-        self.ports
-            .push(json!({"name": name, "port": port, "protocol": protocol}));
-        self
     }
     /// A ready endpoint in `zone` (empty: none given).
     pub fn endpoint(self, addr: &str, zone: &str) -> Self {
         self.endpoint_ready(addr, zone, true)
     }
-    /// An endpoint (`zone` empty: none given).
     pub fn endpoint_ready(mut self, addr: &str, zone: &str, ready: bool) -> Self {
         self.v6 |= addr.contains(':');
         let mut e = json!({"addresses": [addr], "conditions": {"ready": ready}});
@@ -228,27 +269,34 @@ impl Slice {
         self.endpoints.push(e);
         self
     }
-    /// Endpoints `(address, zone, ready)`.
     pub fn endpoints(self, eps: &[Ep<'_>]) -> Self {
         eps.iter()
             .fold(self, |s, (a, z, r)| s.endpoint_ready(a, z, *r))
     }
 }
 
+impl Object for Slice {
+    fn meta(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+}
+
+impl Ports for Slice {
+    fn ports(&mut self) -> &mut Vec<Value> {
+        &mut self.ports
+    }
+}
+
 impl Docs for Slice {
     fn docs(&self) -> Vec<Value> {
-        let _ = &self.service;
-        let mut m = meta(&self.name, &self.ns, &self.labels);
-        m["clusterName"] = self.cluster.clone().into();
-        let mut d = doc(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            m,
-            ("addressType", if self.v6 { "IPv6" } else { "IPv4" }.into()),
+        let mut body = Map::new();
+        body.insert(
+            "addressType".into(),
+            if self.v6 { "IPv6" } else { "IPv4" }.into(),
         );
-        d["ports"] = Value::Array(self.ports.clone());
-        d["endpoints"] = Value::Array(self.endpoints.clone());
-        vec![d]
+        body.insert("ports".into(), Value::Array(self.ports.clone()));
+        body.insert("endpoints".into(), Value::Array(self.endpoints.clone()));
+        vec![self.meta.doc("discovery.k8s.io/v1", "EndpointSlice", body)]
     }
 }
 
@@ -271,40 +319,80 @@ pub fn service_with_slice(
         )
 }
 
+/// Service `web` (TCP 8080, `app: web`) in `cluster` with one slice: the
+/// backend most tests use.
+pub fn web(cluster: &str, region: &str, slice: &str, eps: &[Ep<'_>]) -> Config {
+    service_with_slice(cluster, region, "web", slice, 8080, eps)
+}
+
+const GLOO: &str = "networking.gloo.solo.io/v2";
+
+/// A Gloo object: metadata and a `spec`.
+#[derive(Clone, Debug)]
+struct Spec {
+    api: &'static str,
+    kind: &'static str,
+    meta: Meta,
+    spec: Map<String, Value>,
+}
+
+impl Spec {
+    fn new(api: &'static str, kind: &'static str, name: &str) -> Self {
+        Spec {
+            api,
+            kind,
+            meta: Meta::new(name),
+            spec: Map::new(),
+        }
+    }
+    fn docs(&self) -> Vec<Value> {
+        let mut body = Map::new();
+        body.insert("spec".into(), Value::Object(self.spec.clone()));
+        vec![self.meta.doc(self.api, self.kind, body)]
+    }
+}
+
+/// Builders of Gloo objects share their metadata and spec handling.
+macro_rules! gloo_object {
+    ($t:ident) => {
+        impl Object for $t {
+            fn meta(&mut self) -> &mut Meta {
+                &mut self.0.meta
+            }
+        }
+        impl Docs for $t {
+            fn docs(&self) -> Vec<Value> {
+                self.0.docs()
+            }
+        }
+        impl $t {
+            /// Any other `spec` field, as Gloo writes it.
+            pub fn set(mut self, field: &str, v: Value) -> Self {
+                self.0.spec.insert(field.into(), v);
+                self
+            }
+        }
+    };
+}
+
 /// A VirtualDestination.
 #[derive(Clone, Debug)]
-pub struct VirtualDestination {
-    name: String,
-    ns: String,
-    labels: Map<String, Value>,
-    hosts: Vec<String>,
-    services: Vec<Value>,
-    ports: Vec<Value>,
-}
+pub struct VirtualDestination(Spec);
+gloo_object!(VirtualDestination);
 
 impl VirtualDestination {
     pub fn new(name: &str, host: &str) -> Self {
-        VirtualDestination {
-            name: name.into(),
-            ns: NS.into(),
-            labels: Map::new(),
-            hosts: vec![host.into()],
-            services: Vec::new(),
-            ports: Vec::new(),
-        }
-    }
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
+        let mut s = Spec::new(GLOO, "VirtualDestination", name);
+        push(&mut s.spec, "hosts", host.into());
+        VirtualDestination(s)
     }
     /// Back it with the services labelled `app: <app>`.
-    pub fn app(mut self, app: &str) -> Self {
-        self.services.push(json!({"labels": {"app": app}}));
-        self
+    pub fn app(self, app: &str) -> Self {
+        self.services(json!({"labels": {"app": app}}))
     }
     /// Back it with services a selector picks (a JSON object).
     pub fn services(mut self, selector: Value) -> Self {
-        self.services.push(selector);
+        push(&mut self.0.spec, "services", selector);
         self
     }
     pub fn port(self, number: u16, protocol: &str) -> Self {
@@ -312,27 +400,24 @@ impl VirtualDestination {
     }
     /// A port as Gloo writes it (`{"number": 80, "targetPort": {"name": "http"}}`).
     pub fn port_spec(mut self, port: Value) -> Self {
-        self.ports.push(port);
-        self
-    }
-    pub fn namespace(mut self, ns: &str) -> Self {
-        self.ns = ns.into();
+        push(&mut self.0.spec, "ports", port);
         self
     }
 }
 
-impl Docs for VirtualDestination {
-    fn docs(&self) -> Vec<Value> {
-        vec![doc(
-            "networking.gloo.solo.io/v2",
-            "VirtualDestination",
-            meta(&self.name, &self.ns, &self.labels),
-            (
-                "spec",
-                json!({"hosts": self.hosts, "services": self.services, "ports": self.ports}),
-            ),
-        )]
-    }
+/// A VirtualDestination for `host` over the services labelled `app: <app>`,
+/// on one port, labelled `lb: local` (so [`locality_policy`] applies).
+pub fn local_vd(
+    name: &str,
+    host: &str,
+    app: &str,
+    port: u16,
+    protocol: &str,
+) -> VirtualDestination {
+    VirtualDestination::new(name, host)
+        .app(app)
+        .port(port, protocol)
+        .label("lb", "local")
 }
 
 /// A `forwardTo` destination.
@@ -372,35 +457,50 @@ impl Dest {
     }
 }
 
+/// What HTTP and TCP routes share: a name, matchers, `forwardTo`.
+pub trait Route: Sized {
+    fn fields(&mut self) -> &mut Map<String, Value>;
+    fn name(mut self, n: &str) -> Self {
+        self.fields().insert("name".into(), n.into());
+        self
+    }
+    /// One more matcher (any matcher may match).
+    fn matcher(mut self, m: Value) -> Self {
+        push(self.fields(), "matchers", m);
+        self
+    }
+    fn on_port(self, p: u16) -> Self {
+        self.matcher(json!({"port": p}))
+    }
+    /// Forward to these destinations.
+    fn to(mut self, dests: &[Dest]) -> Self {
+        let list: Vec<Value> = dests.iter().map(Dest::value).collect();
+        merge(self.fields(), "forwardTo", json!({"destinations": list}));
+        self
+    }
+    /// More `forwardTo` fields (a JSON object: `{"pathRewrite": "/v1"}`).
+    fn forward_with(mut self, extra: Value) -> Self {
+        merge(self.fields(), "forwardTo", extra);
+        self
+    }
+}
+
 /// An HTTP route of a route table.
 #[derive(Clone, Debug, Default)]
 pub struct HttpRoute(Map<String, Value>);
+
+impl Route for HttpRoute {
+    fn fields(&mut self) -> &mut Map<String, Value> {
+        &mut self.0
+    }
+}
 
 impl HttpRoute {
     pub fn new() -> Self {
         HttpRoute::default()
     }
-    pub fn name(mut self, n: &str) -> Self {
-        self.0.insert("name".into(), n.into());
-        self
-    }
     pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.0
-            .entry("labels")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("labels is an object")
-            .insert(k.into(), v.into());
-        self
-    }
-    /// One more matcher (any matcher may match).
-    pub fn matcher(mut self, m: Value) -> Self {
-        self.0
-            .entry("matchers")
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-            .expect("matchers is a list")
-            .push(m);
+        merge(&mut self.0, "labels", json!({ k: v }));
         self
     }
     pub fn prefix(self, p: &str) -> Self {
@@ -408,29 +508,6 @@ impl HttpRoute {
     }
     pub fn exact(self, p: &str) -> Self {
         self.matcher(json!({"uri": {"exact": p}}))
-    }
-    pub fn on_port(self, p: u16) -> Self {
-        self.matcher(json!({"port": p}))
-    }
-    /// Forward to these destinations.
-    pub fn to(mut self, dests: &[Dest]) -> Self {
-        let list: Vec<Value> = dests.iter().map(Dest::value).collect();
-        self.0
-            .insert("forwardTo".into(), json!({"destinations": list}));
-        self
-    }
-    /// More `forwardTo` fields (a JSON object: `{"pathRewrite": "/v1"}`).
-    pub fn forward_with(mut self, extra: Value) -> Self {
-        let f = self
-            .0
-            .entry("forwardTo")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("forwardTo is an object");
-        if let Value::Object(e) = extra {
-            f.extend(e);
-        }
-        self
     }
     pub fn redirect(mut self, r: Value) -> Self {
         self.0.insert("redirect".into(), r);
@@ -453,165 +530,94 @@ impl HttpRoute {
 #[derive(Clone, Debug, Default)]
 pub struct TcpRoute(Map<String, Value>);
 
+impl Route for TcpRoute {
+    fn fields(&mut self) -> &mut Map<String, Value> {
+        &mut self.0
+    }
+}
+
 impl TcpRoute {
     pub fn new() -> Self {
         TcpRoute::default()
-    }
-    pub fn name(mut self, n: &str) -> Self {
-        self.0.insert("name".into(), n.into());
-        self
-    }
-    pub fn on_port(mut self, p: u16) -> Self {
-        self.0.insert("matchers".into(), json!([{"port": p}]));
-        self
-    }
-    pub fn to(mut self, dests: &[Dest]) -> Self {
-        let list: Vec<Value> = dests.iter().map(Dest::value).collect();
-        self.0
-            .insert("forwardTo".into(), json!({"destinations": list}));
-        self
     }
 }
 
 /// A RouteTable.
 #[derive(Clone, Debug)]
-pub struct RouteTable {
-    name: String,
-    ns: String,
-    labels: Map<String, Value>,
-    spec: Map<String, Value>,
-}
+pub struct RouteTable(Spec);
+gloo_object!(RouteTable);
 
 impl RouteTable {
     pub fn new(name: &str) -> Self {
-        RouteTable {
-            name: name.into(),
-            ns: NS.into(),
-            labels: Map::new(),
-            spec: Map::new(),
-        }
+        RouteTable(Spec::new(GLOO, "RouteTable", name))
     }
-    pub fn namespace(mut self, ns: &str) -> Self {
-        self.ns = ns.into();
+    pub fn host(mut self, h: &str) -> Self {
+        push(&mut self.0.spec, "hosts", h.into());
         self
-    }
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
-    }
-    fn push(mut self, field: &str, v: Value) -> Self {
-        self.spec
-            .entry(field)
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-            .expect("a list field")
-            .push(v);
-        self
-    }
-    pub fn host(self, h: &str) -> Self {
-        self.push("hosts", h.into())
     }
     /// Serve it on the VirtualGateway `name` (same namespace).
-    pub fn gateway(self, name: &str) -> Self {
-        self.push("virtualGateways", json!({"name": name}))
-    }
-    pub fn http(self, r: HttpRoute) -> Self {
-        self.push("http", Value::Object(r.0))
-    }
-    pub fn tcp(self, r: TcpRoute) -> Self {
-        self.push("tcp", Value::Object(r.0))
-    }
-    /// Any other `spec` field (`weight`, `failureMode`, `defaultDestination`).
-    pub fn set(mut self, field: &str, v: Value) -> Self {
-        self.spec.insert(field.into(), v);
+    pub fn gateway(mut self, name: &str) -> Self {
+        push(&mut self.0.spec, "virtualGateways", json!({"name": name}));
         self
     }
-}
-
-impl Docs for RouteTable {
-    fn docs(&self) -> Vec<Value> {
-        vec![doc(
-            "networking.gloo.solo.io/v2",
-            "RouteTable",
-            meta(&self.name, &self.ns, &self.labels),
-            ("spec", Value::Object(self.spec.clone())),
-        )]
+    pub fn http(mut self, r: HttpRoute) -> Self {
+        push(&mut self.0.spec, "http", Value::Object(r.0));
+        self
+    }
+    pub fn tcp(mut self, r: TcpRoute) -> Self {
+        push(&mut self.0.spec, "tcp", Value::Object(r.0));
+        self
     }
 }
 
 /// A VirtualGateway.
 #[derive(Clone, Debug)]
-pub struct Gateway {
-    name: String,
-    ns: String,
-    listeners: Vec<Value>,
-}
+pub struct Gateway(Spec);
+gloo_object!(Gateway);
 
 impl Gateway {
     pub fn new(name: &str) -> Self {
-        Gateway {
-            name: name.into(),
-            ns: NS.into(),
-            listeners: Vec::new(),
-        }
+        Gateway(Spec::new(GLOO, "VirtualGateway", name))
     }
-    /// A plain HTTP listener serving tables whose hosts match `host`.
-    pub fn http(mut self, port: u16, host: &str) -> Self {
-        self.listeners.push(
-            json!({"port": {"number": port}, "http": {}, "allowedRouteTables": [{"host": host}]}),
-        );
+    /// A listener on `port` serving the tables whose hosts match `host`;
+    /// `kind` is its protocol's fields (`{"http": {}}`, `{"tcp": {}}`, ...).
+    pub fn listener(mut self, port: u16, host: &str, kind: Value) -> Self {
+        let mut l = json!({"port": {"number": port}});
+        if let (Some(m), Value::Object(k)) = (l.as_object_mut(), kind) {
+            m.extend(k);
+            m.insert("allowedRouteTables".into(), json!([{ "host": host }]));
+        }
+        push(&mut self.0.spec, "listeners", l);
         self
+    }
+    /// A plain HTTP listener.
+    pub fn http(self, port: u16, host: &str) -> Self {
+        self.listener(port, host, json!({"http": {}}))
     }
     /// An HTTPS listener (TLS from PEM files).
-    pub fn https(mut self, port: u16, host: &str, cert: &str, key: &str) -> Self {
-        self.listeners.push(json!({
-            "port": {"number": port}, "http": {},
-            "tls": {"mode": "SIMPLE", "certFile": cert, "keyFile": key},
-            "allowedRouteTables": [{"host": host}]
-        }));
-        self
+    pub fn https(self, port: u16, host: &str, cert: &str, key: &str) -> Self {
+        self.listener(
+            port,
+            host,
+            json!({"http": {}, "tls": {"mode": "SIMPLE", "certFile": cert, "keyFile": key}}),
+        )
     }
     /// A TCP listener.
-    pub fn tcp(mut self, port: u16, host: &str) -> Self {
-        self.listeners.push(
-            json!({"port": {"number": port}, "tcp": {}, "allowedRouteTables": [{"host": host}]}),
-        );
-        self
-    }
-}
-
-impl Docs for Gateway {
-    fn docs(&self) -> Vec<Value> {
-        vec![doc(
-            "networking.gloo.solo.io/v2",
-            "VirtualGateway",
-            meta(&self.name, &self.ns, &Map::new()),
-            ("spec", json!({"listeners": self.listeners})),
-        )]
+    pub fn tcp(self, port: u16, host: &str) -> Self {
+        self.listener(port, host, json!({"tcp": {}}))
     }
 }
 
 /// A policy of any kind Gloo has: what it applies to and its `config`.
 #[derive(Clone, Debug)]
-pub struct Policy {
-    api: &'static str,
-    kind: &'static str,
-    name: String,
-    ns: String,
-    spec: Map<String, Value>,
-}
+pub struct Policy(Spec);
+gloo_object!(Policy);
 
 impl Policy {
     fn new(api: &'static str, kind: &'static str, name: &str, config: Value) -> Self {
-        let mut spec = Map::new();
-        spec.insert("config".into(), config);
-        Policy {
-            api,
-            kind,
-            name: name.into(),
-            ns: NS.into(),
-            spec,
-        }
+        let mut s = Spec::new(api, kind, name);
+        s.spec.insert("config".into(), config);
+        Policy(s)
     }
     const RESILIENCE: &'static str = "resilience.policy.gloo.solo.io/v2";
     const TRAFFIC: &'static str = "trafficcontrol.policy.gloo.solo.io/v2";
@@ -641,22 +647,13 @@ impl Policy {
     pub fn cors(name: &str, config: Value) -> Self {
         Policy::new(Self::SECURITY, "CORSPolicy", name, config)
     }
-    pub fn namespace(mut self, ns: &str) -> Self {
-        self.ns = ns.into();
-        self
-    }
     /// `applyToDestinations` as Gloo writes it (a list).
-    pub fn apply_to_destinations(mut self, list: Value) -> Self {
-        self.spec.insert("applyToDestinations".into(), list);
-        self
+    pub fn apply_to_destinations(self, list: Value) -> Self {
+        self.set("applyToDestinations", list)
     }
     /// Apply to routes carrying the label `k: v`.
-    pub fn routes_labelled(mut self, k: &str, v: &str) -> Self {
-        self.spec.insert(
-            "applyToRoutes".into(),
-            json!([{"route": {"labels": {k: v}}}]),
-        );
-        self
+    pub fn routes_labelled(self, k: &str, v: &str) -> Self {
+        self.set("applyToRoutes", json!([{"route": {"labels": {k: v}}}]))
     }
     /// Apply to VirtualDestinations labelled `k: v`.
     pub fn virtual_destinations_labelled(self, k: &str, v: &str) -> Self {
@@ -664,41 +661,6 @@ impl Policy {
             json!([{"kind": "VIRTUAL_DESTINATION", "selector": {"labels": {k: v}}}]),
         )
     }
-}
-
-impl Docs for Policy {
-    fn docs(&self) -> Vec<Value> {
-        vec![doc(
-            self.api,
-            self.kind,
-            meta(&self.name, &self.ns, &Map::new()),
-            ("spec", Value::Object(self.spec.clone())),
-        )]
-    }
-}
-
-/// An endpoint: address, zone, ready.
-pub type Ep<'a> = (&'a str, &'a str, bool);
-
-/// Service `web` (TCP 8080, `app: web`) in `cluster` with one slice: the
-/// backend most tests use.
-pub fn web(cluster: &str, region: &str, slice: &str, eps: &[Ep<'_>]) -> Config {
-    service_with_slice(cluster, region, "web", slice, 8080, eps)
-}
-
-/// A VirtualDestination for `host` over the services labelled `app: <app>`,
-/// on one port, labelled `lb: local` (so [`locality_policy`] applies).
-pub fn local_vd(
-    name: &str,
-    host: &str,
-    app: &str,
-    port: u16,
-    protocol: &str,
-) -> VirtualDestination {
-    VirtualDestination::new(name, host)
-        .app(app)
-        .port(port, protocol)
-        .label("lb", "local")
 }
 
 /// Outlier detection for the VirtualDestinations labelled `lb: local`,

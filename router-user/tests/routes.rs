@@ -10,7 +10,7 @@ use router_user::{
     config::{Overrides, load_str},
     plan::{L7Action, L7Cond, L7Match, L7Policies, L7Route, Origin, PathKind, Plan},
     proxy::engine::{Req, Table},
-    testing::{Config, Service, Slice},
+    testing::{Config, Object, Ports, Service, Slice},
 };
 
 /// The node (c1, r1, z1) and `svc` (port 80 named http) with two slices,

@@ -292,6 +292,11 @@ impl Netns {
         full.extend_from_slice(args);
         ip(&full)
     }
+    /// Set a sysctl in the namespace (`net.core.somaxconn=65535`).
+    pub fn sysctl(&self, setting: &str) -> Result<()> {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", setting]))
+            .map(drop)
+    }
 }
 
 impl Drop for Netns {
@@ -1131,6 +1136,17 @@ pub fn curl(
 }
 
 /// YAML builders for test configs (the same shapes as configs/).
+/// A node in c1, east, e1 and `web` on two endpoints: 10.1.0.1 in the
+/// node's zone (e1, ready if `e1_ready`) and 10.1.1.1 in the next (e2).
+pub fn two_zones(e1_ready: bool) -> Config {
+    Config::new().node("c1", "east", "e1").with(web(
+        "c1",
+        "east",
+        "web-1",
+        &[("10.1.0.1", "e1", e1_ready), ("10.1.1.1", "e2", true)],
+    ))
+}
+
 /// The plan routerd will compute for `config` (to learn VIPs in tests).
 pub fn plan(config: &Path) -> Result<router_user::plan::Plan> {
     router_user::daemon::build_plan(config, &Default::default(), &Default::default())

@@ -11,15 +11,7 @@ const E2: &str = "10.1.1.1:8080";
 /// `web` with one endpoint in the node's zone (e1) and one in the next
 /// zone (e2); locality priorities on (outlier detection applies).
 fn inventory() -> Config {
-    Config::new()
-        .node("c1", "east", "e1")
-        .with(web(
-            "c1",
-            "east",
-            "web-1",
-            &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
-        ))
-        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+    two_zones(true).with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
 }
 
 fn outlier(errors: u32, base: &str) -> Policy {

@@ -21,33 +21,54 @@ fn web_node(node: serde_json::Value) -> Config {
 }
 
 fn setup() -> (World, Routerd, String) {
+    let y = web_node(json!({})).with(RouteTable::new("web").host("web.t.mesh").http(get_to_web()));
+    start_with(&y.yaml(), None)
+}
+
+/// A world with `web` on 10.1.0.1 and routerd (no DNS, RLIMIT_NOFILE
+/// `nofile`) on `config`; the VIP:port of `web.t.mesh:8080`.
+fn start_with(config: &str, nofile: Option<u64>) -> (World, Routerd, String) {
     require_root();
     let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    let y = web_node(json!({})).with(RouteTable::new("web").host("web.t.mesh").http(get_to_web()));
-    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
+    world.dir.write("config/all.yaml", config).unwrap();
     let cfg = world.dir.path.join("config");
     let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
-    let routerd = Routerd::start(
+    let mut d = Routerd::new(
         &world.tag,
         &cfg,
         &world.cgroup.path,
         &["--no-watch", "--no-dns"],
-    )
-    .unwrap();
-    (world, routerd, vip)
+    );
+    d.nofile = nofile;
+    d.spawn().unwrap();
+    (world, d, vip)
 }
 
+/// `rt-probe raw` in the cgroup: send `send` to `vip`, read for `wait_ms`.
 fn raw(world: &World, vip: &str, send: &str, wait_ms: u64) -> serde_json::Value {
-    let out = run(world.client(bin("rt-probe")).args([
-        "raw",
-        vip,
-        "--send",
-        send,
-        "--wait-ms",
-        &wait_ms.to_string(),
-    ]))
-    .unwrap();
+    raw_with(world.client(bin("rt-probe")), vip, send, wait_ms)
+}
+
+fn raw_with(
+    mut probe: std::process::Command,
+    to: &str,
+    send: &str,
+    wait_ms: u64,
+) -> serde_json::Value {
+    let wait = wait_ms.to_string();
+    let out = run(probe.args(["raw", to, "--send", send, "--wait-ms", &wait])).unwrap();
     serde_json::from_str(&out).unwrap()
+}
+
+/// The peer closed an idle connection after about a second.
+fn closed_idle_in_a_second(r: &serde_json::Value, who: &str) {
+    let closed = r["closed_after_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not closed by {who}: {r}"));
+    assert!(
+        (900..3000).contains(&closed),
+        "{who} closed an idle connection after {closed} ms: {r}"
+    );
 }
 
 fn healthy(world: &World, vip: &str) {
@@ -196,8 +217,6 @@ fn http2_stream_floods_and_rapid_resets_are_contained() {
 /// namespace must see nothing, through a VIP and through a gateway.
 #[test]
 fn a_rewritten_path_never_chooses_the_upstream() {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
     let route = || {
         HttpRoute::new()
             .prefix("/api")
@@ -213,16 +232,7 @@ fn a_rewritten_path_never_chooses_the_upstream() {
                 .gateway("gw")
                 .http(route()),
         );
-    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
-    let cfg = world.dir.path.join("config");
-    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
-    let _d = Routerd::start(
-        &world.tag,
-        &cfg,
-        &world.cgroup.path,
-        &["--no-watch", "--no-dns"],
-    )
-    .unwrap();
+    let (world, _d, vip) = start_with(&y.yaml(), None);
     let canary = world
         .outside(bin("rt-probe"))
         .args(["squat", "--ports", "6379", "--millis", "6000"])
@@ -276,8 +286,6 @@ fn rss_kib(pid: u32) -> u64 {
 /// deadline), and other clients keep getting 200.
 #[test]
 fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
     let y = web_node(json!({"proxy": {"bodyTimeout": "4s"}}))
         .with(
             RouteTable::new("web")
@@ -298,16 +306,7 @@ fn stalled_uploads_cannot_exhaust_the_daemons_memory() {
             )
             .routes_labelled("route", "upload"),
         );
-    world.dir.write("config/all.yaml", &y.yaml()).unwrap();
-    let cfg = world.dir.path.join("config");
-    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
-    let d = Routerd::start(
-        &world.tag,
-        &cfg,
-        &world.cgroup.path,
-        &["--no-watch", "--no-dns"],
-    )
-    .unwrap();
+    let (world, d, vip) = start_with(&y.yaml(), None);
     healthy(&world, &vip);
     let pid = d.pid().unwrap();
     let before = rss_kib(pid);
@@ -385,23 +384,7 @@ fn gateway_config(node: serde_json::Value) -> String {
 }
 
 fn gateway_setup(node: serde_json::Value, nofile: Option<u64>) -> (World, Routerd, String) {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    world
-        .dir
-        .write("config/all.yaml", &gateway_config(node))
-        .unwrap();
-    let cfg = world.dir.path.join("config");
-    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false).to_string();
-    let mut d = Routerd::new(
-        &world.tag,
-        &cfg,
-        &world.cgroup.path,
-        &["--no-watch", "--no-dns"],
-    );
-    d.nofile = nofile;
-    d.spawn().unwrap();
-    (world, d, vip)
+    start_with(&gateway_config(node), nofile)
 }
 
 /// Issue 10, item 9. Nothing waits for ever: an idle HTTP connection (east
@@ -421,47 +404,18 @@ fn idle_connections_and_silent_upstreams_time_out() {
         5000,
     );
     assert_eq!(r["first_line"].as_str(), Some("HTTP/1.1 200 OK"), "{r}");
-    let closed = r["closed_after_ms"].as_u64().expect("closed by the proxy");
-    assert!(
-        (900..3000).contains(&closed),
-        "idle close after {closed} ms: {r}"
-    );
-    // The same on the gateway.
-    let out = run(world.outside(bin("rt-probe")).args([
-        "raw",
+    closed_idle_in_a_second(&r, "the proxy");
+    // The same on the gateway, and an idle TCP gateway connection.
+    let outside = || world.outside(bin("rt-probe"));
+    let r = raw_with(
+        outside(),
         "10.255.255.1:8082",
-        "--send",
         "GET / HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n",
-        "--wait-ms",
-        "5000",
-    ]))
-    .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let closed = r["closed_after_ms"]
-        .as_u64()
-        .expect("closed by the gateway");
-    assert!(
-        (900..3000).contains(&closed),
-        "gateway idle close after {closed} ms: {r}"
+        5000,
     );
-    // An idle TCP gateway connection.
-    let out = run(world.outside(bin("rt-probe")).args([
-        "raw",
-        "10.255.255.1:8090",
-        "--send",
-        "",
-        "--wait-ms",
-        "5000",
-    ]))
-    .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let closed = r["closed_after_ms"]
-        .as_u64()
-        .expect("closed by the TCP gateway");
-    assert!(
-        (900..3000).contains(&closed),
-        "TCP idle close after {closed} ms: {r}"
-    );
+    closed_idle_in_a_second(&r, "the gateway");
+    let r = raw_with(outside(), "10.255.255.1:8090", "", 5000);
+    closed_idle_in_a_second(&r, "the TCP gateway");
     // An upstream that takes 3 s to answer: 504 after the default 1 s.
     let t = std::time::Instant::now();
     let p = world
@@ -481,15 +435,7 @@ fn idle_connections_and_silent_upstreams_time_out() {
 #[test]
 fn one_client_cannot_take_every_gateway_connection() {
     let (world, d, _vip) = gateway_setup(json!({}), Some(4096));
-    run(std::process::Command::new("ip").args([
-        "netns",
-        "exec",
-        &world.world.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]))
-    .unwrap();
+    world.world.sysctl("net.ipv4.ip_forward=1").unwrap();
     let other = world.other_node(1).unwrap();
     let flood = world
         .outside(bin("rt-probe"))

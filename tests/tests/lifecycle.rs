@@ -8,14 +8,7 @@ use router_tests::*;
 /// `web` with endpoints in the node's zone (e1), another zone (e2) and
 /// another region; `ready_e1` says whether the node's zone has ready ones.
 fn web_world(ready_e1: bool) -> Config {
-    Config::new()
-        .node("c1", "east", "e1")
-        .with(web(
-            "c1",
-            "east",
-            "web-1",
-            &[("10.1.0.1", "e1", ready_e1), ("10.1.1.1", "e2", true)],
-        ))
+    two_zones(ready_e1)
         .with(web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]))
         .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
         .with(locality_policy())
@@ -214,6 +207,17 @@ fn l7_config_with(node: serde_json::Value) -> String {
         .yaml()
 }
 
+/// A world with `web` on 10.1.0.1 and the L7 config written (routerd not
+/// started): the config directory and its plan.
+fn l7_world() -> (World, std::path::PathBuf, router_user::plan::Plan) {
+    require_root();
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
+    world.dir.write("config/web.yaml", &l7_config()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let plan = plan(&cfg).unwrap();
+    (world, cfg, plan)
+}
+
 fn l7_ok(world: &World, vip: &str) -> bool {
     let p = world.probe(&["http", vip, "--path", "/api/x"]).unwrap();
     p[0].status == Some(200) && p[0].answer.as_ref().is_some_and(|a| a.id == "web")
@@ -225,11 +229,7 @@ fn l7_ok(world: &World, vip: &str) -> bool {
 /// the kernel would send them to, and a restart gets its listener back.
 #[test]
 fn a_dead_daemon_refuses_l7_vips_and_nobody_can_take_its_port() {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    world.dir.write("config/web.yaml", &l7_config()).unwrap();
-    let cfg = world.dir.path.join("config");
-    let plan = plan(&cfg).unwrap();
+    let (world, cfg, plan) = l7_world();
     let vip = vip(&plan, "web.t.mesh", 8080, false).to_string();
     let mut routerd = Routerd::start(
         &world.tag,
@@ -298,11 +298,8 @@ fn getent(world: &World, name: &str) -> String {
 /// anyone to bind while the kernel still sends there).
 #[test]
 fn listeners_move_on_reload_bound_before_the_kernel_points_there() {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    world.dir.write("config/web.yaml", &l7_config()).unwrap();
-    let cfg = world.dir.path.join("config");
-    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let (world, cfg, plan) = l7_world();
+    let vip = vip(&plan, "web.t.mesh", 8080, false);
     let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
     let got = getent(&world, "web.t.mesh");
     assert!(got.starts_with(&vip.ip().to_string()), "{got:?}");
@@ -380,19 +377,14 @@ fn listeners_move_on_reload_bound_before_the_kernel_points_there() {
 /// the default IPv6 proxy listener is skipped with a warning, not fatal.
 #[test]
 fn a_namespace_without_ipv6_still_gets_an_l7_proxy() {
-    require_root();
-    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "web")]).unwrap();
-    run(world
-        .outside("sysctl")
-        .args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]))
-    .unwrap();
-    run(world
-        .outside("sysctl")
-        .args(["-qw", "net.ipv6.conf.lo.disable_ipv6=1"]))
-    .unwrap();
-    world.dir.write("config/web.yaml", &l7_config()).unwrap();
-    let cfg = world.dir.path.join("config");
-    let vip = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let (world, cfg, plan) = l7_world();
+    for setting in [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.lo.disable_ipv6=1",
+    ] {
+        world.node.sysctl(setting).unwrap();
+    }
+    let vip = vip(&plan, "web.t.mesh", 8080, false);
     let routerd = Routerd::start(
         &world.tag,
         &cfg,
@@ -623,6 +615,18 @@ fn a_burst_of_reload_triggers_is_coalesced() {
     assert_eq!(only(&world, vip, 5), "e1");
 }
 
+/// SIGHUP: the reload is rejected with an error naming `file` and saying
+/// `says`.
+fn reload_is_rejected_saying(routerd: &Routerd, file: &str, says: &str) {
+    let r = routerd.reload().unwrap();
+    assert!(
+        r.errors()
+            .iter()
+            .any(|l| l.contains(file) && l.contains(says)),
+        "expected an error naming {file} and saying {says:?}: {r:?}"
+    );
+}
+
 /// Issue 10, item 11. Whoever can write the config steers every connection
 /// of the cgroup: files and directories that users other than root could
 /// write are refused (unless allowed explicitly); a FIFO among the files
@@ -639,13 +643,7 @@ fn the_config_must_be_root_owned_regular_and_bounded() {
     };
     // A file anyone can write.
     chmod(&file, 0o666);
-    let r = routerd.reload().unwrap();
-    assert!(
-        r.errors()
-            .iter()
-            .any(|l| l.contains("web.yaml") && l.contains("writable by everyone")),
-        "{r:?}"
-    );
+    reload_is_rejected_saying(&routerd, "web.yaml", "writable by everyone");
     assert_eq!(only(&world, vip, 3), "e1", "the last good config serves");
     chmod(&file, 0o644);
     // A directory its group can write.
@@ -656,27 +654,15 @@ fn the_config_must_be_root_owned_regular_and_bounded() {
     let fifo = cfg.join("fifo.yaml");
     run(std::process::Command::new("mkfifo").arg(&fifo)).unwrap();
     let t = std::time::Instant::now();
-    let r = routerd.reload().unwrap();
+    reload_is_rejected_saying(&routerd, "fifo.yaml", "not a regular file");
     assert!(t.elapsed() < std::time::Duration::from_secs(3));
-    assert!(
-        r.errors()
-            .iter()
-            .any(|l| l.contains("fifo.yaml") && l.contains("not a regular file")),
-        "{r:?}"
-    );
     std::fs::remove_file(&fifo).unwrap();
     // An oversized file.
     let big = cfg.join("big.yaml");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(router_user::config::load::MAX_FILE_BYTES + 1)
         .unwrap();
-    let r = routerd.reload().unwrap();
-    assert!(
-        r.errors()
-            .iter()
-            .any(|l| l.contains("big.yaml") && l.contains("MiB")),
-        "{r:?}"
-    );
+    reload_is_rejected_saying(&routerd, "big.yaml", "MiB");
     std::fs::remove_file(&big).unwrap();
     let r = routerd.reload().unwrap();
     assert!(r.is_no_change(), "{r}");

@@ -387,99 +387,86 @@ struct Acceptor {
     idle: watch::Receiver<(Duration, Duration)>,
 }
 
+/// Accept on `l` until the task is aborted, backing off on resource errors
+/// (`what` names the listener in the log), and hand each connection to
+/// `each`.
+fn accept_loop(
+    l: TcpListener,
+    what: &'static str,
+    mut each: impl FnMut(tokio::net::TcpStream, SocketAddr) + Send + 'static,
+) -> Running {
+    let addr = l.local_addr().expect("a bound listener has an address");
+    let task = tokio::spawn(async move {
+        let mut logged = None;
+        loop {
+            match l.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    each(stream, peer);
+                }
+                Err(e) => limits::accept_backoff(&e, what, &mut logged).await,
+            }
+        }
+    });
+    Running { addr, task }
+}
+
 impl Acceptor {
     /// East-west: the kernel recorded what each client dialled; a
     /// connection it did not hand over (someone dialling the port directly)
     /// has no entry and is closed.
     fn spawn_east_west(self, l: TcpListener, orig: Arc<OrigTable>, netns: u64) -> Running {
-        let addr = l.local_addr().expect("a bound listener has an address");
-        let task = tokio::spawn(async move {
-            let mut logged = None;
-            loop {
-                let (stream, peer) = match l.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        limits::accept_backoff(&e, "L7 proxy", &mut logged).await;
-                        continue;
-                    }
-                };
-                let Some(vip) = orig.take_tcp(netns, peer) else {
-                    tracing::debug!(%peer, "closing a proxy connection the kernel did not hand over");
-                    continue;
-                };
-                let Some(ticket) = self.conns.try_take(ConnKey::Service(vip), 1) else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (routing, ctx) = (self.routing.clone(), self.ctx.clone());
-                let idle = self.idle.borrow().0;
-                tokio::spawn(async move {
-                    let activity = Activity::default();
-                    let io = Watched::new(stream, activity.clone());
-                    serve_http(
-                        io,
-                        activity,
-                        idle,
-                        peer,
-                        Key::EastWest(vip),
-                        "http",
-                        routing,
-                        ctx,
-                    )
-                    .await;
-                    drop(ticket);
-                });
-            }
-        });
-        Running { addr, task }
+        accept_loop(l, "L7 proxy", move |stream, peer| {
+            let Some(vip) = orig.take_tcp(netns, peer) else {
+                tracing::debug!(%peer, "closing a proxy connection the kernel did not hand over");
+                return;
+            };
+            let Some(ticket) = self.conns.try_take(ConnKey::Service(vip), 1) else {
+                return; // over a cap: closed
+            };
+            let (routing, ctx) = (self.routing.clone(), self.ctx.clone());
+            let idle = self.idle.borrow().0;
+            tokio::spawn(async move {
+                let activity = Activity::default();
+                let io = Watched::new(stream, activity.clone());
+                let key = Key::EastWest(vip);
+                serve_http(io, activity, idle, peer, key, "http", routing, ctx).await;
+                drop(ticket);
+            });
+        })
     }
 
     fn spawn_gateway(self, l: TcpListener, port: u16, shape: watch::Receiver<Shape>) -> Running {
-        let addr = l.local_addr().expect("a bound listener has an address");
-        let task = tokio::spawn(async move {
-            let mut logged = None;
-            loop {
-                let (stream, peer) = match l.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        limits::accept_backoff(&e, "gateway listener", &mut logged).await;
-                        continue;
-                    }
-                };
-                let Some(ticket) = self.conns.try_take(ConnKey::Peer(peer.ip()), 1) else {
-                    continue; // over a cap: closed
-                };
-                let _ = stream.set_nodelay(true);
-                let (routing, ctx, shape) = (
-                    self.routing.clone(),
-                    self.ctx.clone(),
-                    shape.borrow().clone(),
-                );
-                let (idle, tcp_idle) = *self.idle.borrow();
-                let key = Key::Gateway(port);
-                tokio::spawn(async move {
-                    let activity = Activity::default();
-                    match (shape.http, shape.tls) {
-                        (false, _) => serve_tcp(stream, port, tcp_idle, routing, ctx).await,
-                        (true, Some(acc)) => {
-                            let io = Watched::new(stream, activity.clone());
-                            if let Ok(Ok(s)) =
-                                tokio::time::timeout(TLS_HANDSHAKE, acc.accept(io)).await
-                            {
-                                serve_http(s, activity, idle, peer, key, "https", routing, ctx)
-                                    .await;
-                            }
-                        }
-                        (true, None) => {
-                            let io = Watched::new(stream, activity.clone());
-                            serve_http(io, activity, idle, peer, key, "http", routing, ctx).await
+        accept_loop(l, "gateway listener", move |stream, peer| {
+            let Some(ticket) = self.conns.try_take(ConnKey::Peer(peer.ip()), 1) else {
+                return; // over a cap: closed
+            };
+            let (routing, ctx, shape) = (
+                self.routing.clone(),
+                self.ctx.clone(),
+                shape.borrow().clone(),
+            );
+            let (idle, tcp_idle) = *self.idle.borrow();
+            let key = Key::Gateway(port);
+            tokio::spawn(async move {
+                let activity = Activity::default();
+                match (shape.http, shape.tls) {
+                    (false, _) => serve_tcp(stream, port, tcp_idle, routing, ctx).await,
+                    (true, Some(acc)) => {
+                        let io = Watched::new(stream, activity.clone());
+                        if let Ok(Ok(s)) = tokio::time::timeout(TLS_HANDSHAKE, acc.accept(io)).await
+                        {
+                            serve_http(s, activity, idle, peer, key, "https", routing, ctx).await;
                         }
                     }
-                    drop(ticket);
-                });
-            }
-        });
-        Running { addr, task }
+                    (true, None) => {
+                        let io = Watched::new(stream, activity.clone());
+                        serve_http(io, activity, idle, peer, key, "http", routing, ctx).await
+                    }
+                }
+                drop(ticket);
+            });
+        })
     }
 }
 

@@ -281,14 +281,7 @@ fn bench_world(kind: &'static str) -> Result<World> {
     world
         .world
         .ip(&["addr", "add", "10.9.0.1/32", "dev", "lo"])?;
-    run(std::process::Command::new("ip").args([
-        "netns",
-        "exec",
-        &world.world.name,
-        "sysctl",
-        "-qw",
-        "net.core.somaxconn=65535",
-    ]))?;
+    world.world.sysctl("net.core.somaxconn=65535")?;
     // Client and backend on different CPUs: on this kind of VM a wakeup
     // across a shared CPU costs milliseconds and drowns what we measure.
     world.start_backends_with(
