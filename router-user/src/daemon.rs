@@ -1,7 +1,16 @@
-//! `routerd run`: load, compile, attach, apply; then reload on file change
-//! and SIGHUP, and recompile the last good config when endpoint health
-//! changes ([`crate::health`]). A config that fails to load or compile is
-//! reported and changes nothing: the last good plan keeps serving.
+//! `routerd run` in three steps, as ztunnel's build -> serve -> shutdown:
+//! [`Daemon::start`] loads and compiles the config, attaches the datapath,
+//! binds the listeners and starts the heartbeat; [`Daemon::serve`] waits
+//! for triggers (file changes with their paths, SIGHUP, endpoint health)
+//! and applies what they change; [`Daemon::shutdown`] stops the heartbeat
+//! and the listeners' entry, and removes the datapath if asked.
+//!
+//! The config side ([`Control`]) is incremental: the file source reads
+//! only what changed, the store takes the changed objects, validation and
+//! compilation redo only what those objects feed, and the datapath writes
+//! only the entries that differ ([`crate::compile::units::Delta`]). A
+//! change that fails anywhere (files, validation, compiler, map writes) is
+//! reported, typed, and taken back whole: the last good plan keeps serving.
 //!
 //! What never waits for a compile: the heartbeat (a thread of its own; the
 //! kernel stops capturing DNS and refuses L7 VIPs within seconds of it
@@ -27,17 +36,18 @@ use tokio::{
 };
 
 use crate::{
-    compile::{self, Health},
-    config::{Loader, Overrides, Validated, load::LoadOptions},
+    compile::{Health, units::Delta},
+    config::{ConfigError, Overrides, load::LoadOptions},
+    control::{Control, Prepared, ms},
     datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
     dns::{Dns, Names},
-    events::Event,
+    events::{Event, Phases},
     health::{self, Watched},
     limits,
     netns::Sockets,
     plan::Plan,
     proxy::{Proxy, ProxyOptions},
-    state::{self, pid_file, state_dir_ready, write_state},
+    state::{self, StateWriter, pid_file, state_dir_ready},
 };
 
 #[derive(Clone, Debug)]
@@ -58,35 +68,33 @@ pub struct RunOptions {
     pub allow_untrusted_config: bool,
 }
 
-/// Load, validate and compile; the error text is what an operator reads.
+/// Load, validate and compile (`routerd check`, `explain`, tests); the
+/// error text is what an operator reads.
 pub fn build_plan(path: &Path, overrides: &Overrides, health: &Health) -> Result<Plan, String> {
-    load_and_compile(path, overrides, health).map(|(_, plan)| plan)
+    let v = crate::config::load(path, overrides).map_err(|e| e.to_string())?;
+    crate::compile::compile(&v, health).map_err(|e| e.to_string())
 }
 
-/// Load and validate (kept, so health changes recompile without the disk),
-/// then compile.
-fn load_and_compile(
-    path: &Path,
-    overrides: &Overrides,
-    health: &Health,
-) -> Result<(Arc<Validated>, Plan), String> {
-    load_and_compile_with(
-        &mut Loader::new(LoadOptions::default()),
-        path,
-        overrides,
-        health,
-    )
+/// A refused reload, typed: what was wrong, and with what.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The config: files, validation or the compiler (each error names
+    /// the file, the line and the resource).
+    Config(ConfigError),
+    /// The datapath refused the plan (a map full, a write that failed).
+    Datapath(anyhow::Error),
 }
 
-fn load_and_compile_with(
-    loader: &mut Loader,
-    path: &Path,
-    overrides: &Overrides,
-    health: &Health,
-) -> Result<(Arc<Validated>, Plan), String> {
-    let v = loader.load(path, overrides).map_err(|e| e.to_string())?;
-    let plan = compile::compile(&v, health).map_err(|e| e.to_string())?;
-    Ok((Arc::new(v), plan))
+impl Rejection {
+    fn event(&self, reason: &str) -> Event {
+        match self {
+            Rejection::Config(e) => Event::Rejected {
+                reason: reason.to_string(),
+                errors: e.errors.iter().map(ToString::to_string).collect(),
+            },
+            Rejection::Datapath(e) => Event::rejected(reason, &format!("{e:#}")),
+        }
+    }
 }
 
 fn log_notices(plan: &Plan) {
@@ -95,15 +103,23 @@ fn log_notices(plan: &Plan) {
     }
 }
 
-/// Spawn a watcher that sends a unit on every change under `path`.
-fn watch(path: &Path) -> Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+/// Spawn a watcher that sends the paths of every change under `path`.
+fn watch(
+    path: &Path,
+) -> Result<(
+    notify::RecommendedWatcher,
+    mpsc::UnboundedReceiver<Vec<PathBuf>>,
+)> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && !ev.kind.is_access()
-        {
-            let _ = tx.send(());
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+        Ok(ev) if !ev.kind.is_access() => {
+            let _ = tx.send(ev.paths);
+        }
+        Ok(_) => {}
+        // Events were lost (a queue overflow): look at everything.
+        Err(_) => {
+            let _ = tx.send(Vec::new());
         }
     })?;
     // Watch the parent of a file: editors replace files by rename.
@@ -144,8 +160,11 @@ fn spawn_logger(dp: &mut Datapath) {
     }
 }
 
-/// How long to wait after a file event for the editor's other writes.
-const FILE_DEBOUNCE: Duration = Duration::from_millis(150);
+/// How long a burst of file events may be quiet before it is read (an
+/// editor's several writes, a tool writing many files), and the longest a
+/// burst is waited for.
+const FILE_QUIET: Duration = Duration::from_millis(5);
+const FILE_DEBOUNCE_MAX: Duration = Duration::from_millis(150);
 /// Recompiles for health changes and signals: at most one per this.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -182,10 +201,10 @@ fn watched(plan: &Plan) -> Watched {
     }
 }
 
-/// Close clients' connections to endpoints `new` no longer routes to (in
-/// the background; the kernel already sends new connections elsewhere).
-fn close_removed(socks: &Sockets, old: &Plan, new: &Plan, cgroup: &Path) {
-    let gone = crate::reap::endpoints_to_close(old, new);
+/// Close clients' connections to the endpoints `gone` (no longer routed
+/// to; in the background: the kernel already sends new connections
+/// elsewhere).
+fn close_removed(socks: &Sockets, gone: BTreeSet<SocketAddr>, cgroup: &Path) {
     if gone.is_empty() {
         return;
     }
@@ -245,13 +264,12 @@ struct Serving {
     dns: Dns,
     netns: u64,
     socks: Sockets,
-    state_dir: PathBuf,
     cgroup: PathBuf,
     names: watch::Sender<Arc<Names>>,
     watched: watch::Sender<Watched>,
-    /// What is applied, and the config it came from.
-    plan: Option<Plan>,
-    valid: Option<Arc<Validated>>,
+    /// Where the kernel sends DNS and L7 connections now.
+    bound: Bound,
+    state: StateWriter,
 }
 
 impl Serving {
@@ -268,63 +286,356 @@ impl Serving {
         })
     }
 
-    /// Listeners, maps, then the listener entry and the old listeners; on
-    /// a failed map write, restore the last good plan.
-    async fn apply(&mut self, plan: Plan, valid: Option<Arc<Validated>>, why: &str) -> Result<()> {
-        let t = Instant::now();
-        let bound = self.prepare(&plan).await?;
-        let report = match tokio::task::block_in_place(|| self.dp.apply(&plan)) {
-            Ok(r) => r,
-            Err(e) if e.is::<datapath::sync::DoesNotFit>() => return Err(e),
-            Err(e) => {
-                self.restore(why, &e);
-                return Err(e);
-            }
-        };
-        self.dp.set_listeners(self.netns, Some(&bound))?;
-        self.proxy.retire(&plan);
-        self.dns.retire();
-        let elapsed = t.elapsed();
-        if plan.close_removed
-            && let Some(old) = &self.plan
-        {
-            close_removed(&self.socks, old, &plan, &self.cgroup);
+    /// Serve `plan`, of which `delta` changed: listeners (when the proxy or
+    /// the settings changed), the map entries that differ, then the kernel
+    /// pointed at the listeners and the old ones closed. Names, watched
+    /// endpoints and the state file follow.
+    async fn apply(&mut self, plan: &Plan, delta: &Delta) -> Result<datapath::sync::SyncReport> {
+        if delta.all || delta.proxy {
+            self.bound = self.prepare(plan).await?;
         }
-        self.watched.send_if_modified(|w| {
-            let new = watched(&plan);
-            let changed = *w != new;
-            *w = new;
-            changed
+        let report = tokio::task::block_in_place(|| {
+            if delta.all {
+                self.dp.apply(plan)
+            } else {
+                self.dp
+                    .apply_changes(plan, &delta.services, &delta.backends)
+            }
+        })?;
+        if delta.all || delta.proxy {
+            self.dp.set_listeners(self.netns, Some(&self.bound))?;
+            self.proxy.retire(plan);
+            self.dns.retire();
+        }
+        if delta.all || delta.watched {
+            self.watched.send_if_modified(|w| {
+                let new = watched(plan);
+                let changed = *w != new;
+                *w = new;
+                changed
+            });
+        }
+        if delta.all || delta.names {
+            self.names.send_replace(Arc::new(Names::from_plan(plan)));
+        }
+        self.state.send(plan.clone());
+        Ok(report)
+    }
+}
+
+/// What `routerd run` holds while it serves.
+pub struct Daemon {
+    opts: RunOptions,
+    serving: Serving,
+    control: Control,
+    /// Endpoints the health task says to avoid, as last applied.
+    health: Health,
+    avoid: watch::Receiver<BTreeSet<SocketAddr>>,
+    changes: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    beat: (Arc<AtomicBool>, std::thread::JoinHandle<()>),
+}
+
+/// The signals `routerd run` handles (registered before anything else, so
+/// that a SIGHUP arriving during start-up does not kill it).
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> Result<Self> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let mut signals = Signals::new()?;
+    let mut d = Daemon::start(opts).await?;
+    d.serve(&mut signals).await;
+    d.shutdown()
+}
+
+impl Daemon {
+    /// Load and compile the config, open (or adopt) the datapath, bind the
+    /// listeners, apply, start the heartbeat: ready.
+    pub async fn start(opts: RunOptions) -> Result<Daemon> {
+        let started = Instant::now();
+        let fds = limits::raise_nofile();
+        let mut control = Control::new(
+            &opts.config,
+            LoadOptions {
+                trusted_only: !opts.allow_untrusted_config,
+            },
+            &opts.overrides,
+        );
+        let mut phases = Phases::default();
+        let first = tokio::task::block_in_place(|| {
+            let none = Health::default();
+            match control.prepare(true, &none, &none, &mut phases).refused {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         });
-        self.names.send_replace(Arc::new(Names::from_plan(&plan)));
-        // Everything serves the new plan now (maps, proxy tables, names).
-        Event::Applied {
-            reason: why.to_string(),
-            generation: self.dp.generation(),
-            services: plan.services.len(),
-            backends: plan.backends.len(),
-            hosts: plan.hosts.len(),
-            added: report.services_added,
-            changed: report.services_changed,
-            removed: report.services_removed,
-            writes: report.writes,
-            elapsed_ms: elapsed.as_secs_f64() * 1e3,
+        if let Err(e) = &first {
+            if !opts.pins.exists() {
+                // Nothing is serving: refuse to start rather than attach an empty datapath.
+                anyhow::bail!("{e}");
+            }
+            Rejection::Config(e.clone()).event("start-up").emit();
+            tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
+        }
+        let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
+        spawn_logger(&mut dp);
+        let socks = Sockets::start(opts.listen_netns.as_deref())?;
+        let netns = socks
+            .netns_cookie()
+            .await
+            .context("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
+        // The plan to serve: this config's, or the last applied one if this
+        // config is bad (the datapath was adopted as it is).
+        let last_applied: Option<Plan> = std::fs::read(state::plan_file(&opts.state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let serving_plan = control
+            .plan()
+            .or(last_applied.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        check_privileged_port(&socks, serving_plan.proxy.port).await;
+        let orig = Arc::new(OrigTable::open(&opts.pins)?);
+        let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
+        let dns = Dns::new(
+            socks.clone(),
+            orig.clone(),
+            netns,
+            opts.listen_netns.clone(),
+            names_rx,
+        )
+        .await;
+        let proxy = Proxy::new(
+            socks.clone(),
+            orig,
+            &serving_plan.proxy,
+            ProxyOptions {
+                max_conns: fds.proxy_conns,
+                netns,
+            },
+        );
+        // Health: checks and ejections publish the endpoints to avoid.
+        let (watched_tx, watched_rx) = watch::channel(watched(&serving_plan));
+        let (avoid_tx, avoid) = watch::channel(BTreeSet::<SocketAddr>::new());
+        let outcomes = proxy
+            .observations()
+            .subscribe()
+            .context("the proxy's outcomes have a subscriber already")?;
+        tokio::spawn(health::run(socks.clone(), watched_rx, outcomes, avoid_tx));
+        let mut serving = Serving {
+            dp,
+            proxy,
+            dns,
+            netns,
+            socks,
+            cgroup: opts.cgroup.clone(),
+            names: names_tx,
+            watched: watched_tx,
+            bound: Bound::default(),
+            state: StateWriter::spawn(opts.state_dir.clone())?,
+        };
+        let startup = serving.dp.startup;
+        match &first {
+            Ok(_) => {
+                let plan = control.plan().expect("compiled").clone();
+                log_notices(&plan);
+                let t = Instant::now();
+                match serving.apply(&plan, &Delta::everything()).await {
+                    Ok(report) => {
+                        control.commit();
+                        phases.write_ms = ms(t);
+                        applied_event("start-up", &serving, &plan, &report, phases, started);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(_) => {
+                // A bad config on a restart: serve the pinned datapath with the
+                // listeners of the last applied plan.
+                serving.bound = serving.prepare(&serving_plan).await?;
+                serving.dp.set_listeners(netns, Some(&serving.bound))?;
+                serving.proxy.retire(&serving_plan);
+                serving.dns.retire();
+            }
+        }
+        // Listeners are bound and the kernel points at them: now let it send there.
+        let stop_beat = Arc::new(AtomicBool::new(false));
+        let beat = Heartbeat::open(&opts.pins)?.spawn(stop_beat.clone())?;
+        serving.dp.retire_old_layouts();
+        state_dir_ready(&opts.state_dir)?;
+        std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
+        let (watcher, changes) = if opts.watch {
+            let (w, rx) = watch(&opts.config)?;
+            (Some(w), rx)
+        } else {
+            (None, mpsc::unbounded_channel().1)
+        };
+        Event::Ready {
+            startup: startup.to_string(),
+            compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
+            listeners: serving.proxy.ports(),
+            fd_limit: fds.limit,
         }
         .emit();
-        tokio::task::block_in_place(|| write_state(&self.state_dir, &plan));
-        self.plan = Some(plan);
-        if valid.is_some() {
-            self.valid = valid;
-        }
-        Ok(())
+        Ok(Daemon {
+            opts,
+            serving,
+            control,
+            health: Health::default(),
+            avoid,
+            changes,
+            _watcher: watcher,
+            beat: (stop_beat, beat),
+        })
     }
 
-    /// After a map write failed half-way: every service is whole (a header
-    /// only ever points at a complete table), but some may be new and some
-    /// old. Read the maps back and write the last good plan again.
+    /// Apply triggers until SIGTERM or SIGINT. Bursts are coalesced: file
+    /// events until they are quiet for a moment (an editor's several
+    /// writes, a tool writing many files), health changes and signals at
+    /// most once per [`MIN_INTERVAL`] (an isolated one goes at once).
+    pub async fn serve(&mut self, signals: &mut Signals) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_compile = Instant::now() - MIN_INTERVAL;
+        loop {
+            let first = tokio::select! {
+                _ = tick.tick() => {
+                    self.serving.dp.retire();
+                    continue;
+                }
+                _ = signals.hup.recv() => Trigger::Signal,
+                Ok(()) = self.avoid.changed() => Trigger::Health,
+                Some(paths) = self.changes.recv() => {
+                    self.note_paths(paths);
+                    Trigger::FileChange
+                }
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+            };
+            let mut trigger = first;
+            let start = Instant::now();
+            let mut quiet = if trigger == Trigger::FileChange {
+                FILE_QUIET
+            } else {
+                MIN_INTERVAL.saturating_sub(last_compile.elapsed())
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(quiet) => break,
+                    _ = signals.hup.recv() => trigger = trigger.max(Trigger::Signal),
+                    Ok(()) = self.avoid.changed() => {}
+                    Some(paths) = self.changes.recv() => {
+                        self.note_paths(paths);
+                        trigger = trigger.max(Trigger::FileChange);
+                        // Still busy: wait until quiet, within the cap.
+                        quiet = FILE_QUIET.min(FILE_DEBOUNCE_MAX.saturating_sub(start.elapsed()));
+                    }
+                }
+            }
+            last_compile = Instant::now();
+            self.reload(trigger).await;
+        }
+    }
+
+    fn note_paths(&mut self, paths: Vec<PathBuf>) {
+        if paths.is_empty() {
+            self.control.source.rescan();
+        } else {
+            self.control.source.changed(paths);
+        }
+    }
+
+    /// One reload: prepare (files or health), apply, commit; or report
+    /// why not and take it back.
+    async fn reload(&mut self, trigger: Trigger) {
+        let why = trigger.reason();
+        let t = Instant::now();
+        let mut phases = Phases::default();
+        let health = Health {
+            unhealthy: self.avoid.borrow_and_update().clone(),
+        };
+        if trigger == Trigger::Signal {
+            self.control.source.rescan();
+        }
+        // A health change alone recompiles the config in service: a bad
+        // edit on disk waits for its own trigger.
+        let read_files = trigger.reloads();
+        let applied = self.health.clone();
+        let reload = tokio::task::block_in_place(|| {
+            self.control
+                .prepare(read_files, &applied, &health, &mut phases)
+        });
+        let refused = reload.refused.is_some();
+        if let Some(e) = reload.refused {
+            Rejection::Config(e).event(why).emit();
+        }
+        let delta = match reload.prepared {
+            Prepared::Nothing => {
+                self.health = health;
+                if !refused {
+                    Event::NoChange {
+                        reason: why.to_string(),
+                        generation: self.serving.dp.generation(),
+                    }
+                    .emit();
+                }
+                return;
+            }
+            Prepared::Changes(d) => d,
+        };
+        let plan = self.control.plan().expect("prepared").clone();
+        log_notices_of(&plan, &delta);
+        let w = Instant::now();
+        match self.serving.apply(&plan, &delta).await {
+            Ok(report) => {
+                phases.write_ms = ms(w);
+                self.control.commit();
+                self.health = health;
+                if plan.close_removed {
+                    let gone = crate::reap::closed_endpoints(
+                        delta.replaced.iter().map(|s| &**s),
+                        delta
+                            .services
+                            .iter()
+                            .filter_map(|(v, p, pr)| plan.service(*v, *p, *pr)),
+                        &plan,
+                    );
+                    close_removed(&self.serving.socks, gone, &self.serving.cgroup);
+                }
+                applied_event(why, &self.serving, &plan, &report, phases, t);
+            }
+            Err(e) => {
+                // The maps may hold some of the new plan: read them back and
+                // write the last good plan again.
+                self.control.rollback(&self.health);
+                self.restore(why, &e);
+                Rejection::Datapath(e).event(why).emit();
+            }
+        }
+    }
+
+    /// After a failed map write: every service is whole (a header only ever
+    /// points at a complete table), but some may be new and some old. Read
+    /// the maps back and write the last good plan again.
     fn restore(&mut self, why: &str, failure: &anyhow::Error) {
-        let restored = self.dp.resync().and_then(|()| match &self.plan {
-            Some(p) => tokio::task::block_in_place(|| self.dp.apply(p)).map(|_| ()),
+        if failure.is::<datapath::sync::DoesNotFit>() {
+            return; // nothing was written
+        }
+        let dp = &mut self.serving.dp;
+        let restored = dp.resync().and_then(|()| match self.control.plan() {
+            Some(p) => tokio::task::block_in_place(|| dp.apply(p)).map(|_| ()),
             None => Ok(()),
         });
         Event::PartialWrite {
@@ -337,219 +648,62 @@ impl Serving {
         }
         .emit();
     }
+
+    /// Stop: the heartbeat and the listeners' entry now (DNS capture and
+    /// L7 hand-over stop at once rather than in 3 s), the state written,
+    /// the datapath removed if asked.
+    pub fn shutdown(self) -> Result<()> {
+        let opts = self.opts;
+        let _ = std::fs::remove_file(pid_file(&opts.state_dir));
+        let (stop_beat, beat) = self.beat;
+        stop_beat.store(true, Ordering::Relaxed);
+        let _ = beat.join();
+        let mut serving = self.serving;
+        let _ = serving.dp.set_listeners(serving.netns, None);
+        serving.state.finish();
+        if opts.cleanup {
+            drop(serving);
+            cleanup(&opts.pins, &opts.state_dir)?;
+        }
+        Event::Stopped {
+            removed: opts.cleanup,
+            dir: opts.pins.dir().display().to_string(),
+        }
+        .emit();
+        Ok(())
+    }
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
-    let started = Instant::now();
-    // Handlers first: a SIGHUP that arrives while we start must not kill us.
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let fds = limits::raise_nofile();
-    let mut loader = Loader::new(LoadOptions {
-        trusted_only: !opts.allow_untrusted_config,
-    });
-    let first = tokio::task::block_in_place(|| {
-        load_and_compile_with(
-            &mut loader,
-            &opts.config,
-            &opts.overrides,
-            &Health::default(),
-        )
-    });
-    if let Err(e) = &first {
-        if !opts.pins.exists() {
-            // Nothing is serving: refuse to start rather than attach an empty datapath.
-            anyhow::bail!("{e}");
-        }
-        Event::rejected("start-up", e).emit();
-        tracing::warn!("keeping the pinned datapath as it is until the config is fixed");
+/// Notices are logged when the config changed (an update of endpoints
+/// changes no notice worth repeating).
+fn log_notices_of(plan: &Plan, delta: &Delta) {
+    if delta.all {
+        log_notices(plan);
     }
-    let mut dp = Datapath::open(opts.pins.clone(), &opts.cgroup, opts.sizes)?;
-    spawn_logger(&mut dp);
-    let socks = Sockets::start(opts.listen_netns.as_deref())?;
-    let netns = socks
-        .netns_cookie()
-        .await
-        .context("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
-    // The plan to serve: this config's, or the last applied one if this
-    // config is bad (the datapath was adopted as it is).
-    let last_applied: Option<Plan> = std::fs::read(state::plan_file(&opts.state_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let serving_plan = first
-        .as_ref()
-        .ok()
-        .map(|(_, p)| p)
-        .or(last_applied.as_ref())
-        .cloned()
-        .unwrap_or_default();
-    check_privileged_port(&socks, serving_plan.proxy.port).await;
-    let orig = Arc::new(OrigTable::open(&opts.pins)?);
-    let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
-    let dns = Dns::new(
-        socks.clone(),
-        orig.clone(),
-        netns,
-        opts.listen_netns.clone(),
-        names_rx,
-    )
-    .await;
-    let proxy = Proxy::new(
-        socks.clone(),
-        orig,
-        &serving_plan.proxy,
-        ProxyOptions {
-            max_conns: fds.proxy_conns,
-            netns,
-        },
-    );
-    // Health: checks and ejections publish the endpoints to avoid.
-    let (watched_tx, watched_rx) = watch::channel(watched(&serving_plan));
-    let (avoid_tx, mut avoid) = watch::channel(BTreeSet::<SocketAddr>::new());
-    let outcomes = proxy
-        .observations()
-        .subscribe()
-        .context("the proxy's outcomes have a subscriber already")?;
-    tokio::spawn(health::run(socks.clone(), watched_rx, outcomes, avoid_tx));
-    let mut s = Serving {
-        dp,
-        proxy,
-        dns,
-        netns,
-        socks: socks.clone(),
-        state_dir: opts.state_dir.clone(),
-        cgroup: opts.cgroup.clone(),
-        names: names_tx,
-        watched: watched_tx,
-        plan: None,
-        valid: None,
-    };
-    let startup = s.dp.startup;
-    match first {
-        Ok((v, plan)) => {
-            log_notices(&plan);
-            s.apply(plan, Some(v), "start-up").await?;
-        }
-        Err(_) => {
-            // A bad config on a restart: serve the pinned datapath with the
-            // listeners of the last applied plan.
-            let bound = s.prepare(&serving_plan).await?;
-            s.dp.set_listeners(netns, Some(&bound))?;
-            s.proxy.retire(&serving_plan);
-            s.dns.retire();
-            s.plan = last_applied;
-        }
-    }
-    // Listeners are bound and the kernel points at them: now let it send there.
-    let stop_beat = Arc::new(AtomicBool::new(false));
-    let beat = Heartbeat::open(&opts.pins)?.spawn(stop_beat.clone())?;
-    s.dp.retire_old_layouts();
-    Event::Ready {
-        startup: startup.to_string(),
-        compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
-        listeners: s.proxy.ports(),
-        fd_limit: fds.limit,
-    }
-    .emit();
-    state_dir_ready(&opts.state_dir)?;
-    std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
+}
 
-    let (_watcher, mut changes) = if opts.watch {
-        let (w, rx) = watch(&opts.config)?;
-        (Some(w), rx)
-    } else {
-        (None, mpsc::unbounded_channel().1)
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_compile = Instant::now() - MIN_INTERVAL;
-    loop {
-        let first_trigger = tokio::select! {
-            _ = tick.tick() => {
-                s.dp.retire();
-                continue;
-            }
-            _ = hup.recv() => Trigger::Signal,
-            Ok(()) = avoid.changed() => Trigger::Health,
-            Some(()) = changes.recv() => Trigger::FileChange,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        // Coalesce: editors write in several steps (wait a moment for the
-        // last one), and health flaps come in bursts (at most one recompile
-        // per MIN_INTERVAL; an isolated change goes at once). Whatever
-        // arrives in the window is served by one compile.
-        let mut trigger = first_trigger;
-        let wait = if trigger == Trigger::FileChange {
-            FILE_DEBOUNCE
-        } else {
-            MIN_INTERVAL.saturating_sub(last_compile.elapsed())
-        };
-        let window = tokio::time::sleep(wait);
-        tokio::pin!(window);
-        loop {
-            tokio::select! {
-                _ = &mut window => break,
-                _ = hup.recv() => trigger = trigger.max(Trigger::Signal),
-                Ok(()) = avoid.changed() => {}
-                Some(()) = changes.recv() => trigger = trigger.max(Trigger::FileChange),
-            }
-        }
-        let why = trigger.reason();
-        last_compile = Instant::now();
-        let health = Health {
-            unhealthy: avoid.borrow_and_update().clone(),
-        };
-        let compiled = if trigger.reloads() {
-            tokio::task::block_in_place(|| {
-                load_and_compile_with(&mut loader, &opts.config, &opts.overrides, &health)
-            })
-        } else {
-            match &s.valid {
-                // The config did not change; recompile the one serving.
-                Some(v) => tokio::task::block_in_place(|| compile::compile(v, &health))
-                    .map(|p| (v.clone(), p))
-                    .map_err(|e| e.to_string()),
-                None => continue,
-            }
-        };
-        let (valid, plan) = match compiled {
-            Err(e) => {
-                Event::rejected(why, &e).emit();
-                continue;
-            }
-            Ok(x) => x,
-        };
-        if s.plan.as_ref() == Some(&plan) {
-            s.valid = Some(valid);
-            Event::NoChange {
-                reason: why.to_string(),
-                generation: s.dp.generation(),
-            }
-            .emit();
-            continue;
-        }
-        log_notices(&plan);
-        if let Err(e) = s.apply(plan, Some(valid), why).await {
-            Event::rejected(why, &format!("{e:#}")).emit();
-        }
-    }
-    let _ = std::fs::remove_file(pid_file(&opts.state_dir));
-    // No listener any more: stop capturing DNS and handing over L7 VIPs now
-    // rather than in 3 s.
-    stop_beat.store(true, Ordering::Relaxed);
-    let _ = beat.join();
-    let _ = s.dp.set_listeners(netns, None);
-    if opts.cleanup {
-        drop(s);
-        cleanup(&opts.pins, &opts.state_dir)?;
-    }
-    Event::Stopped {
-        removed: opts.cleanup,
-        dir: opts.pins.dir().display().to_string(),
+fn applied_event(
+    why: &str,
+    s: &Serving,
+    plan: &Plan,
+    report: &datapath::sync::SyncReport,
+    phases: Phases,
+    since: Instant,
+) {
+    Event::Applied {
+        reason: why.to_string(),
+        generation: s.dp.generation(),
+        services: plan.services.len(),
+        backends: plan.backends.len(),
+        hosts: plan.hosts.len(),
+        added: report.services_added,
+        changed: report.services_changed,
+        removed: report.services_removed,
+        writes: report.writes,
+        elapsed_ms: ms(since),
+        phases,
     }
     .emit();
-    Ok(())
 }
 
 /// Remove pins and state. Idempotent.

@@ -56,6 +56,17 @@ pub fn init(format: LogFormat) {
     });
 }
 
+/// Where an apply's time went, in milliseconds: reading and parsing what
+/// changed in the files, validating, compiling, writing the maps (and
+/// moving listeners).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub read_ms: f64,
+    pub validate_ms: f64,
+    pub compile_ms: f64,
+    pub write_ms: f64,
+}
+
 /// The outcome of one reload (or of the first apply at start-up).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -83,6 +94,9 @@ pub enum Event {
         removed: usize,
         writes: usize,
         elapsed_ms: f64,
+        /// Where the time went.
+        #[serde(default)]
+        phases: Phases,
     },
     /// The config compiled to the plan that already serves.
     NoChange { reason: String, generation: u64 },
@@ -272,10 +286,13 @@ impl fmt::Display for Event {
                 removed,
                 writes,
                 elapsed_ms,
+                phases,
             } => write!(
                 f,
                 "applied generation {generation} ({reason}): {hosts} hosts, {services} services, {backends} backends; \
-                 {added} added, {changed} changed, {removed} removed; {writes} map writes in {elapsed_ms:.1} ms"
+                 {added} added, {changed} changed, {removed} removed; {writes} map writes in {elapsed_ms:.1} ms \
+                 (read {:.1}, validate {:.1}, compile {:.1}, write {:.1})",
+                phases.read_ms, phases.validate_ms, phases.compile_ms, phases.write_ms
             ),
             Event::NoChange { reason, generation } => write!(
                 f,

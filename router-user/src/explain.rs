@@ -226,6 +226,7 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
     let services: Vec<&ServicePlan> = plan
         .services
         .iter()
+        .map(|s| &**s)
         .filter(|s| s.host.eq_ignore_ascii_case(&h.name) && port.is_none_or(|p| p == s.port))
         .collect();
     if services.is_empty() {

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;

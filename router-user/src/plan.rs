@@ -11,6 +11,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -423,12 +424,13 @@ pub struct Plan {
     pub refuse_unknown_vips: bool,
     pub dns: DnsPlan,
     pub proxy: ProxyPlan,
-    /// Sorted by name.
-    pub hosts: Vec<HostPlan>,
+    /// Sorted by lower-cased name. (Shared with the compiler's units, as
+    /// are services and backends: an update copies only what changed.)
+    pub hosts: Vec<Arc<HostPlan>>,
     /// Sorted by (vip, port, proto).
-    pub services: Vec<ServicePlan>,
+    pub services: Vec<Arc<ServicePlan>>,
     /// Every endpoint some slot table uses, sorted by address.
-    pub backends: Vec<BackendPlan>,
+    pub backends: Vec<Arc<BackendPlan>>,
     /// Host:ports the L7 proxy serves (east-west).
     pub l7: Vec<L7Service>,
     /// VirtualGateway listeners (north-south).
@@ -447,14 +449,17 @@ pub struct Plan {
 
 impl Plan {
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        let key = name.to_ascii_lowercase();
         self.hosts
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .binary_search_by(|h| h.name.to_ascii_lowercase().cmp(&key))
+            .ok()
+            .map(|i| &*self.hosts[i])
     }
     pub fn service(&self, vip: IpAddr, port: u16, proto: Proto) -> Option<&ServicePlan> {
         self.services
-            .iter()
-            .find(|s| s.vip == vip && s.port == port && s.proto == proto)
+            .binary_search_by_key(&(vip, port, proto), |s| (s.vip, s.port, s.proto))
+            .ok()
+            .map(|i| &*self.services[i])
     }
     /// Clusters in the order `Backend::cluster_id` numbers them (1-based).
     pub fn clusters(&self) -> Vec<String> {

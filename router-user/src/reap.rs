@@ -17,37 +17,46 @@ use std::{
     path::Path,
 };
 
-use crate::plan::Plan;
+use crate::plan::{Plan, ServicePlan};
 
 /// Endpoints the old plan knew that the new one does not route to any more:
 /// gone from the inventory, not ready, failing checks or ejected. Endpoints
 /// that are healthy but no longer preferred (traffic moved back to a closer
 /// tier) keep their connections.
 pub fn endpoints_to_close(old: &Plan, new: &Plan) -> BTreeSet<SocketAddr> {
-    let eps = |p: &Plan| -> Vec<(SocketAddr, bool)> {
-        p.services
+    closed_endpoints(
+        old.services.iter().map(|s| &**s),
+        new.services.iter().map(|s| &**s),
+        new,
+    )
+}
+
+/// The same, for the services of a plan that changed: `old` as they were,
+/// `new` as they are in `plan`. An endpoint some kernel slot table of
+/// `plan` uses stays open whatever service it came through.
+pub fn closed_endpoints<'a>(
+    old: impl IntoIterator<Item = &'a ServicePlan>,
+    new: impl IntoIterator<Item = &'a ServicePlan>,
+    plan: &Plan,
+) -> BTreeSet<SocketAddr> {
+    let endpoints = |s: &'a ServicePlan| {
+        s.destinations
             .iter()
-            .flat_map(|s| &s.destinations)
             .flat_map(|d| &d.tiers)
             .flat_map(|t| &t.endpoints)
-            .map(|e| (e.addr, e.healthy))
-            .collect()
     };
-    let live: BTreeSet<SocketAddr> = eps(new)
+    let healthy: BTreeSet<SocketAddr> = new
         .into_iter()
-        .filter(|(_, healthy)| *healthy)
-        .map(|(a, _)| a)
-        .chain(
-            new.services
-                .iter()
-                .flat_map(|s| &s.slots)
-                .map(|s| s.endpoint),
-        )
+        .flat_map(endpoints)
+        .filter(|e| e.healthy)
+        .map(|e| e.addr)
         .collect();
-    eps(old)
-        .into_iter()
-        .map(|(a, _)| a)
-        .filter(|a| !live.contains(a))
+    old.into_iter()
+        .flat_map(endpoints)
+        .map(|e| e.addr)
+        .filter(|a| {
+            !healthy.contains(a) && plan.backends.binary_search_by_key(a, |b| b.addr).is_err()
+        })
         .collect()
 }
 
@@ -87,8 +96,20 @@ mod tests {
                 healthy: *healthy,
             })
             .collect();
+        let backends = eps
+            .iter()
+            .filter(|e| e.2 > 0)
+            .map(|(a, _, _)| {
+                std::sync::Arc::new(BackendPlan {
+                    addr: a.parse().unwrap(),
+                    cluster: "c".into(),
+                    locality: Locality::default(),
+                })
+            })
+            .collect();
         Plan {
-            services: vec![ServicePlan {
+            backends,
+            services: vec![std::sync::Arc::new(ServicePlan {
                 vip: "240.0.0.1".parse().unwrap(),
                 port: 80,
                 proto: Proto::Tcp,
@@ -117,7 +138,7 @@ mod tests {
                     })
                     .collect(),
                 proxied: false,
-            }],
+            })],
             ..Plan::default()
         }
     }

@@ -47,3 +47,46 @@ pub fn write_state(state_dir: &Path, plan: &Plan) {
         );
     }
 }
+
+/// Writes the applied plan in the background (serialising 10,000 hosts
+/// takes longer than applying a change), the latest one when several queue
+/// up.
+pub struct StateWriter {
+    tx: Option<std::sync::mpsc::Sender<Plan>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateWriter {
+    pub fn spawn(state_dir: PathBuf) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Plan>();
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || {
+                while let Ok(mut plan) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        plan = newer;
+                    }
+                    write_state(&state_dir, &plan);
+                }
+            })?;
+        Ok(StateWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Record `plan` (soon).
+    pub fn send(&self, plan: Plan) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(plan);
+        }
+    }
+
+    /// Write what is queued, then stop.
+    pub fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -19,6 +19,8 @@ pub const LAYERS: &[&[&str]] = &[
     // Config: load, validate, resolve (routes and selectors included).
     &["config"],
     &["compile"],
+    // The config side, incremental: source, store, units.
+    &["control"],
     // Runtime: the datapath, then what serves on top of it.
     &["datapath"],
     &["health"],

@@ -92,7 +92,7 @@ pub fn outlier(
 }
 
 /// Collects, while the compiler visits destinations, what to watch.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Watch {
     pub checks: BTreeMap<SocketAddr, HealthCheckPlan>,
     pub outliers: BTreeMap<String, OutlierPlan>,

@@ -1,25 +1,33 @@
 //! Validated config (+ endpoint health) -> [`Plan`]. Pure and deterministic:
 //! the same inputs give the same plan on every node and after every restart.
 //!
-//! Layers: a virtual host and port (logical) -> its route's destinations
-//! (concrete backend sets, weighted by Gloo's remainder rule) -> endpoints
-//! ranked by locality ([`locality`]) -> one slot table ([`slots`]).
+//! Layers, each a function under a short driver ([`units::Compiled::build`]):
+//! virtual hosts and their VIPs ([`virtual_hosts`], [`vip`]) -> per host,
+//! port decisions ([`ports`]: the kernel or the proxy) -> kernel services
+//! (a route's destinations, weighted by Gloo's remainder rule, endpoints
+//! ranked by locality ([`locality`]), one slot table ([`slots`])) and proxy
+//! services ([`l7`]) -> the plan, assembled from one [`HostUnit`] per host
+//! (backends, checks and notices merged). A change recompiles only the
+//! units it feeds ([`units`]).
 pub mod checks;
 pub mod l7;
 pub mod locality;
 pub mod ports;
 pub mod slots;
+pub mod units;
 pub mod vip;
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use crate::{
     config::{
         ConfigError, Diagnostic, Resource, Validated,
-        inventory::{SvcEntry, SvcPort},
+        inventory::{ServiceId, SvcEntry, SvcPort},
         model::*,
         resolve::{self, Dest},
     },
@@ -84,12 +92,16 @@ fn to_diag(o: &Origin, msg: String) -> Diagnostic {
     }
 }
 
+/// Compiles one unit (a virtual host, or the gateways), collecting what the
+/// unit says and reads on the way.
 struct Compiler<'a> {
     v: &'a Validated,
     health: &'a Health,
     notices: Vec<Notice>,
     /// Filled as destinations are visited (`destination` takes `&self`).
-    watch: std::cell::RefCell<checks::Watch>,
+    watch: RefCell<checks::Watch>,
+    /// The services whose endpoints the unit read: what it depends on.
+    touched: RefCell<BTreeSet<ServiceId>>,
 }
 
 impl<'a> Compiler<'a> {
@@ -149,7 +161,7 @@ impl<'a> Compiler<'a> {
     /// Service, one per selected service with a backing port for a
     /// VirtualDestination.
     fn backing(&self, d: &Dest<'a>) -> Vec<(&'a SvcEntry, &'a SvcPort, &'a Labels)> {
-        match *d {
+        let out: Vec<_> = match *d {
             Dest::Service { svc, port, subset } => vec![(svc, port, subset)],
             Dest::Virtual { vd, port, subset } => vd
                 .spec
@@ -158,7 +170,14 @@ impl<'a> Compiler<'a> {
                 .flat_map(|sel| self.v.inventory.select(&sel.value))
                 .filter_map(|svc| resolve::vd_backing_port(svc, port).map(|p| (svc, p, subset)))
                 .collect(),
+        };
+        let mut touched = self.touched.borrow_mut();
+        for (svc, _, _) in &out {
+            if !touched.contains(&svc.id) {
+                touched.insert(svc.id.clone());
+            }
         }
+        out
     }
 
     /// Record the checks and outlier detection that apply to `d`.
@@ -396,21 +415,35 @@ fn settings_error(v: &Validated, message: String) -> ConfigError {
 
 /// Compile a validated config into a plan.
 pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
-    let mut c = Compiler {
-        v,
-        health,
-        notices: v.notices.clone(),
-        watch: Default::default(),
-    };
+    units::Compiled::build(v, health).map(units::Compiled::into_plan)
+}
+
+impl<'a> Compiler<'a> {
+    fn new(v: &'a Validated, health: &'a Health) -> Self {
+        Compiler {
+            v,
+            health,
+            notices: Vec::new(),
+            watch: Default::default(),
+            touched: Default::default(),
+        }
+    }
+}
+
+/// Where a virtual host's config comes from.
+pub struct HostSrc<'a> {
+    /// As first spelled (host names are case-insensitive).
+    pub name: String,
+    pub vd: Option<&'a Resource<VirtualDestinationSpec>>,
+    pub rt: Option<&'a Resource<RouteTableSpec>>,
+}
+
+/// Virtual hosts: VirtualDestination hosts and east-west route table hosts,
+/// by lower-cased name; and notices about hosts that are not served.
+pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notice>) {
     let cfg = &v.config;
     let delegated = crate::config::routes::delegated_tables(cfg);
-
-    // Virtual hosts: VirtualDestination hosts and east-west route table hosts.
-    struct HostSrc<'a> {
-        name: String,
-        vd: Option<&'a Resource<VirtualDestinationSpec>>,
-        rt: Option<&'a Resource<RouteTableSpec>>,
-    }
+    let mut notices = Vec::new();
     /// Host names are case-insensitive; the first spelling is kept.
     fn host<'m, 'a>(
         hosts: &'m mut BTreeMap<String, HostSrc<'a>>,
@@ -444,283 +477,246 @@ pub fn compile(v: &Validated, health: &Health) -> Result<Plan, ConfigError> {
             if h.value.starts_with("*.") {
                 let mut o = rt.origin.clone();
                 o.line = rt.line_of(h);
-                c.notice(&o, format!("wildcard host `{}` has no single VIP, so it is not served east-west (it is on a VirtualGateway)", h.value));
+                notices.push(Notice {
+                    origin: o,
+                    message: format!("wildcard host `{}` has no single VIP, so it is not served east-west (it is on a VirtualGateway)", h.value),
+                });
                 continue;
             }
             host(&mut hosts, &h.value).rt = Some(rt);
         }
     }
-    let names: Vec<String> = hosts.keys().cloned().collect();
-    let vips = vip::allocate(&names, &v.settings.vip_ranges).map_err(|e| {
-        settings_error(
-            v,
-            format!("{e}: use a larger VIP range (RouterConfig spec.vipRanges)"),
-        )
-    })?;
+    (hosts, notices)
+}
 
-    struct L7Pending {
-        host: String,
-        port: u16,
-        vips: Vec<IpAddr>,
-        origin: Origin,
-        route: String,
-        routes: Vec<L7Route>,
+/// One virtual host compiled: everything the plan holds for it, and what
+/// it depends on.
+#[derive(Clone, Debug)]
+pub struct HostUnit {
+    pub host: Arc<HostPlan>,
+    /// Its kernel services and its proxied ones.
+    pub services: Vec<Arc<ServicePlan>>,
+    /// Its host:ports the proxy serves.
+    pub l7: Vec<L7Service>,
+    pub notices: Vec<Notice>,
+    pub watch: checks::Watch,
+    /// The services whose endpoints it read.
+    pub deps: BTreeSet<ServiceId>,
+}
+
+/// The VirtualGateway listeners compiled (one unit: they are few).
+#[derive(Clone, Debug, Default)]
+pub struct GatewayUnit {
+    pub listeners: Vec<GatewayListener>,
+    pub watch: checks::Watch,
+    pub deps: BTreeSet<ServiceId>,
+}
+
+/// The gateways' unit.
+fn gateway_unit(v: &Validated, health: &Health) -> GatewayUnit {
+    let c = Compiler::new(v, health);
+    let listeners = c.gateways();
+    GatewayUnit {
+        listeners,
+        watch: c.watch.into_inner(),
+        deps: c.touched.into_inner(),
     }
-    let mut l7_pending: Vec<L7Pending> = Vec::new();
-    let mut services = Vec::new();
-    let mut host_plans = Vec::new();
+}
+
+/// One virtual host: its ports decided (kernel or proxy), its kernel and
+/// proxied services, with the VIPs `vips`.
+fn host_unit(
+    v: &Validated,
+    health: &Health,
+    src: &HostSrc<'_>,
+    (v4, v6): (Ipv4Addr, Ipv6Addr),
+) -> Result<HostUnit, Vec<Diagnostic>> {
+    let cfg = &v.config;
+    let mut c = Compiler::new(v, health);
+    let mut services: Vec<ServicePlan> = Vec::new();
+    let mut l7 = Vec::new();
     let mut errors = Vec::new();
-    for (key, src) in &hosts {
-        let (v4, v6) = vips[key];
-        // (port, proto) -> routing
-        let mut ports: BTreeMap<(u16, Proto), PortRouting<'_>> = BTreeMap::new();
-        let origin;
-        if let Some(rt) = src.rt {
-            origin = rt.origin.clone();
-            let (flat, _) = crate::config::routes::flatten(cfg, rt);
-            // Ports: matcher ports, then the destination ports of routes that
-            // name no port, then (for a VirtualDestination host) its ports.
-            let mut candidates: BTreeSet<u16> = BTreeSet::new();
-            for r in &flat {
-                let mut any_unported = r.matchers.is_empty();
-                for m in &r.matchers {
-                    match m.named_port() {
-                        Some(Some(p)) => {
-                            candidates.insert(p);
-                        }
-                        Some(None) => any_unported = true,
-                        None => {}
+    // (port, proto) -> routing
+    let mut ports: BTreeMap<(u16, Proto), PortRouting<'_>> = BTreeMap::new();
+    let origin;
+    if let Some(rt) = src.rt {
+        origin = rt.origin.clone();
+        let (flat, _) = crate::config::routes::flatten(cfg, rt);
+        // Ports: matcher ports, then the destination ports of routes that
+        // name no port, then (for a VirtualDestination host) its ports.
+        let mut candidates: BTreeSet<u16> = BTreeSet::new();
+        for r in &flat {
+            let mut any_unported = r.matchers.is_empty();
+            for m in &r.matchers {
+                match m.named_port() {
+                    Some(Some(p)) => {
+                        candidates.insert(p);
                     }
+                    Some(None) => any_unported = true,
+                    None => {}
                 }
-                if any_unported && let Some(f) = r.forward_to() {
-                    for (d, _) in c.route_dests(r.table, f) {
-                        if d.proto() == Proto::Tcp {
-                            candidates.insert(d.front_port());
-                        }
+            }
+            if any_unported && let Some(f) = r.forward_to() {
+                for (d, _) in c.route_dests(r.table, f) {
+                    if d.proto() == Proto::Tcp {
+                        candidates.insert(d.front_port());
                     }
                 }
             }
-            if let Some(vd) = src.vd {
-                for p in &vd.spec.ports {
-                    if resolve::vd_proto(&p.value) == Proto::Tcp {
-                        candidates.insert(p.value.number);
-                    }
-                }
-            }
-            for p in candidates {
-                // A route whose destinations do not resolve (possible only
-                // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
-                // the proxy.
-                let decision = match ports::decide_port(&flat, p) {
-                    ports::PortDecision::L4(r)
-                        if r.forward_to()
-                            .is_some_and(|f| c.resolved(r.table, f).is_err()) =>
-                    {
-                        ports::PortDecision::NeedsL7 {
-                            route: r,
-                            why: "it is broken (ROUTE_REPLACEMENT)".into(),
-                        }
-                    }
-                    d => d,
-                };
-                match decision {
-                    ports::PortDecision::L4(r) => {
-                        let dests = r
-                            .forward_to()
-                            .map(|f| c.route_dests(r.table, f))
-                            .unwrap_or_default();
-                        ports.insert(
-                            (p, Proto::Tcp),
-                            PortRouting {
-                                origin: r.origin.clone(),
-                                route: Some(r.name.clone()),
-                                dests,
-                            },
-                        );
-                    }
-                    ports::PortDecision::NeedsL7 { route, why } => {
-                        tracing::debug!(host = %src.name, port = p, route = %route.name, "L7: {why}");
-                        // As for L4: the IPv6 VIP serves only if some
-                        // route here forwards to IPv6 endpoints.
-                        let has6 = flat.iter().filter(|r| r.on_port(p).is_some()).any(|r| {
-                            r.forward_to().is_some_and(|f| {
-                                c.route_dests(r.table, f)
-                                    .iter()
-                                    .any(|(d, _)| c.has_family(d, true))
-                            })
-                        });
-                        let mut vips = vec![IpAddr::V4(v4)];
-                        if has6 {
-                            vips.push(IpAddr::V6(v6));
-                        }
-                        l7_pending.push(L7Pending {
-                            host: src.name.clone(),
-                            port: p,
-                            vips,
-                            origin: route.origin.clone(),
-                            route: route.name.clone(),
-                            routes: c.l7_routes(&flat, Some(p)),
-                        });
-                    }
-                    ports::PortDecision::None => {}
-                }
-            }
-        } else {
-            origin = src.vd.map(|vd| vd.origin.clone()).unwrap_or_default();
         }
-        // VirtualDestination ports the route table does not decide.
         if let Some(vd) = src.vd {
             for p in &vd.spec.ports {
-                let proto = resolve::vd_proto(&p.value);
-                let key = (p.value.number, proto);
-                if src.rt.is_some() && proto == Proto::Tcp {
-                    continue; // the route table decided (or refused) every TCP port
+                if resolve::vd_proto(&p.value) == Proto::Tcp {
+                    candidates.insert(p.value.number);
                 }
-                ports.entry(key).or_insert_with(|| PortRouting {
-                    origin: vd.origin.clone(),
-                    route: None,
-                    dests: vec![(
-                        Dest::Virtual {
-                            vd,
-                            port: &p.value,
-                            subset: &NO_SUBSET,
+            }
+        }
+        for p in candidates {
+            // A route whose destinations do not resolve (possible only
+            // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
+            // the proxy.
+            let decision = match ports::decide_port(&flat, p) {
+                ports::PortDecision::L4(r)
+                    if r.forward_to()
+                        .is_some_and(|f| c.resolved(r.table, f).is_err()) =>
+                {
+                    ports::PortDecision::NeedsL7 {
+                        route: r,
+                        why: "it is broken (ROUTE_REPLACEMENT)".into(),
+                    }
+                }
+                d => d,
+            };
+            match decision {
+                ports::PortDecision::L4(r) => {
+                    let dests = r
+                        .forward_to()
+                        .map(|f| c.route_dests(r.table, f))
+                        .unwrap_or_default();
+                    ports.insert(
+                        (p, Proto::Tcp),
+                        PortRouting {
+                            origin: r.origin.clone(),
+                            route: Some(r.name.clone()),
+                            dests,
                         },
-                        100,
-                    )],
-                });
-            }
-        }
-        let mut served = Vec::new();
-        for ((port, proto), r) in &ports {
-            let mut made = false;
-            for (vip, is6) in [(IpAddr::V4(v4), false), (IpAddr::V6(v6), true)] {
-                let family_known = r.dests.iter().any(|(d, _)| c.has_family(d, is6));
-                // A v4 service always exists (so a host with no endpoints at all
-                // answers EHOSTUNREACH); a v6 one only if v6 endpoints exist.
-                if family_known || (!is6 && !r.dests.iter().any(|(d, _)| c.has_family(d, true))) {
-                    services.push(c.service(&src.name, vip, *port, *proto, r));
-                    made = true;
+                    );
                 }
-            }
-            if made {
-                served.push(*port);
-            }
-            if r.dests.is_empty() {
-                errors.push(to_diag(
-                    &r.origin,
-                    format!("{}:{port}: no destination resolved", src.name),
-                ));
+                ports::PortDecision::NeedsL7 { route, why } => {
+                    tracing::debug!(host = %src.name, port = p, route = %route.name, "L7: {why}");
+                    // As for L4: the IPv6 VIP serves only if some
+                    // route here forwards to IPv6 endpoints.
+                    let has6 = flat.iter().filter(|r| r.on_port(p).is_some()).any(|r| {
+                        r.forward_to().is_some_and(|f| {
+                            c.route_dests(r.table, f)
+                                .iter()
+                                .any(|(d, _)| c.has_family(d, true))
+                        })
+                    });
+                    let mut vips = vec![IpAddr::V4(v4)];
+                    if has6 {
+                        vips.push(IpAddr::V6(v6));
+                    }
+                    // The L7 proxy: a kernel header per VIP that hands
+                    // connections to the proxy's one listener; the proxy
+                    // recognises the service by VIP:port.
+                    for vip in &vips {
+                        services.push(ServicePlan {
+                            vip: *vip,
+                            port: p,
+                            proto: Proto::Tcp,
+                            host: src.name.clone(),
+                            origin: route.origin.clone(),
+                            route: Some(route.name.clone()),
+                            destinations: Vec::new(),
+                            slots: Vec::new(),
+                            proxied: true,
+                        });
+                    }
+                    l7.push(L7Service {
+                        host: src.name.clone(),
+                        port: p,
+                        vips,
+                        routes: c.l7_routes(&flat, Some(p)),
+                    });
+                }
+                ports::PortDecision::None => {}
             }
         }
-        served.extend(
-            l7_pending
-                .iter()
-                .filter(|l| l.host == src.name)
-                .map(|l| l.port),
+    } else {
+        origin = src.vd.map(|vd| vd.origin.clone()).unwrap_or_default();
+    }
+    // VirtualDestination ports the route table does not decide.
+    if let Some(vd) = src.vd {
+        for p in &vd.spec.ports {
+            let proto = resolve::vd_proto(&p.value);
+            let key = (p.value.number, proto);
+            if src.rt.is_some() && proto == Proto::Tcp {
+                continue; // the route table decided (or refused) every TCP port
+            }
+            ports.entry(key).or_insert_with(|| PortRouting {
+                origin: vd.origin.clone(),
+                route: None,
+                dests: vec![(
+                    Dest::Virtual {
+                        vd,
+                        port: &p.value,
+                        subset: &NO_SUBSET,
+                    },
+                    100,
+                )],
+            });
+        }
+    }
+    let mut served = Vec::new();
+    for ((port, proto), r) in &ports {
+        let mut made = false;
+        for (vip, is6) in [(IpAddr::V4(v4), false), (IpAddr::V6(v6), true)] {
+            let family_known = r.dests.iter().any(|(d, _)| c.has_family(d, is6));
+            // A v4 service always exists (so a host with no endpoints at all
+            // answers EHOSTUNREACH); a v6 one only if v6 endpoints exist.
+            if family_known || (!is6 && !r.dests.iter().any(|(d, _)| c.has_family(d, true))) {
+                services.push(c.service(&src.name, vip, *port, *proto, r));
+                made = true;
+            }
+        }
+        if made {
+            served.push(*port);
+        }
+        if r.dests.is_empty() {
+            errors.push(to_diag(
+                &r.origin,
+                format!("{}:{port}: no destination resolved", src.name),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    served.extend(l7.iter().map(|l| l.port));
+    served.sort();
+    served.dedup();
+    for s in services.iter().filter(|s| !s.proxied && s.slots.is_empty()) {
+        let msg = format!(
+            "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
+            s.host, s.port, s.proto, s.vip
         );
-        served.sort();
-        served.dedup();
-        host_plans.push(HostPlan {
+        c.notice(&s.origin, msg);
+    }
+    services.sort_by_key(|a| (a.vip, a.port, a.proto));
+    Ok(HostUnit {
+        host: Arc::new(HostPlan {
             name: src.name.clone(),
             vip4: v4,
             vip6: v6,
             origin,
             ports: served,
-        });
-    }
-    if !errors.is_empty() {
-        return Err(ConfigError { errors });
-    }
-    // The L7 proxy: a kernel header per VIP that hands connections to the
-    // proxy's one listener; the proxy recognises the service by VIP:port.
-    let gateways = c.gateways();
-    let proxy = &v.settings.proxy;
-    if let Some(g) = gateways.iter().find(|g| g.port == proxy.port) {
-        return Err(ConfigError {
-            errors: vec![to_diag(
-                &g.origin,
-                format!(
-                    "VirtualGateway {} listens on port {}, the L7 proxy's port (RouterConfig \
-                     spec.proxy.port): choose another port for one of them",
-                    g.gateway, g.port
-                ),
-            )],
-        });
-    }
-    let mut l7_services = Vec::new();
-    for l in l7_pending {
-        for vip in &l.vips {
-            services.push(ServicePlan {
-                vip: *vip,
-                port: l.port,
-                proto: Proto::Tcp,
-                host: l.host.clone(),
-                origin: l.origin.clone(),
-                route: Some(l.route.clone()),
-                destinations: Vec::new(),
-                slots: Vec::new(),
-                proxied: true,
-            });
-        }
-        l7_services.push(L7Service {
-            host: l.host,
-            port: l.port,
-            vips: l.vips,
-            routes: l.routes,
-        });
-    }
-    services.sort_by_key(|a| (a.vip, a.port, a.proto));
-    for s in services.iter().filter(|s| !s.proxied) {
-        if s.slots.is_empty() {
-            let msg = format!(
-                "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
-                s.host, s.port, s.proto, s.vip
-            );
-            c.notice(&s.origin, msg);
-        }
-    }
-    let mut backends: BTreeMap<SocketAddr, BackendPlan> = BTreeMap::new();
-    for s in &services {
-        for d in &s.destinations {
-            for t in &d.tiers {
-                for e in &t.endpoints {
-                    if s.slots.iter().any(|x| x.endpoint == e.addr) {
-                        backends.entry(e.addr).or_insert_with(|| BackendPlan {
-                            addr: e.addr,
-                            cluster: e.cluster.clone(),
-                            locality: e.locality.clone(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    let watch = c.watch.into_inner();
-    let mut notices = c.notices;
-    notices.sort_by(|a, b| {
-        (&a.origin.file, a.origin.line, &a.message).cmp(&(
-            &b.origin.file,
-            b.origin.line,
-            &b.message,
-        ))
-    });
-    notices.dedup();
-    // Endpoints the proxy may dial need no kernel backend entry.
-    Ok(Plan {
-        l7: l7_services,
-        gateways,
-        proxy: v.settings.proxy.clone(),
-        node: v.settings.node.clone(),
-        vip_ranges: v.settings.vip_ranges,
-        refuse_unknown_vips: v.settings.refuse_unknown_vips,
-        dns: v.settings.dns.clone(),
-        hosts: host_plans,
-        services,
-        backends: backends.into_values().collect(),
-        health_checks: watch.checks.into_values().collect(),
-        outliers: watch.outliers.into_values().collect(),
-        close_removed: v.settings.close_connections_to_removed_endpoints,
-        notices,
+        }),
+        services: services.into_iter().map(Arc::new).collect(),
+        l7,
+        notices: c.notices,
+        watch: c.watch.into_inner(),
+        deps: c.touched.into_inner(),
     })
 }
 

@@ -34,7 +34,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// The config was rejected; nothing of it was applied.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub struct ConfigError {
     pub errors: Vec<Diagnostic>,
 }

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{Resources, diag::Diags, model::*};
+use super::{EndpointSliceBody, Resources, diag::Diags, model::*};
 use crate::plan::{Locality, Origin, Proto, VipRanges};
 
 /// Why `ip` cannot be an endpoint, if it cannot: the kernel would send the
@@ -113,6 +113,9 @@ pub struct Inventory {
     /// 10,000 services cost 10^8 comparisons.
     by_ns_name: std::collections::HashMap<(String, String), Vec<ServiceId>>,
     by_label: std::collections::HashMap<(String, String), Vec<ServiceId>>,
+    /// Endpoint address -> the services it serves (health changes are
+    /// reported by address).
+    by_ip: std::collections::HashMap<IpAddr, BTreeSet<ServiceId>>,
 }
 
 /// A Kubernetes port protocol routerd serves (TCP by default).
@@ -297,8 +300,35 @@ impl Inventory {
             .filter_map(|id| self.by_name.get(id))
     }
 
+    /// The services `ip` is an endpoint of.
+    pub fn services_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceId> {
+        self.by_ip.get(&ip).into_iter().flatten()
+    }
+
+    /// Replace a service's endpoints (its slices changed); the old ones.
+    pub fn set_endpoints(&mut self, id: &ServiceId, endpoints: Vec<Ep>) -> Vec<Ep> {
+        let Some(entry) = self.by_name.get_mut(id) else {
+            return Vec::new();
+        };
+        for ep in &entry.endpoints {
+            if let Some(set) = self.by_ip.get_mut(&ep.ip) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.by_ip.remove(&ep.ip);
+                }
+            }
+        }
+        for ep in &endpoints {
+            self.by_ip.entry(ep.ip).or_default().insert(id.clone());
+        }
+        std::mem::replace(&mut entry.endpoints, endpoints)
+    }
+
     fn index(&mut self) {
         for (id, s) in &self.by_name {
+            for ep in &s.endpoints {
+                self.by_ip.entry(ep.ip).or_default().insert(id.clone());
+            }
             self.by_ns_name
                 .entry((id.namespace.clone(), id.name.clone()))
                 .or_default()
@@ -406,54 +436,16 @@ impl Inventory {
             );
         }
 
-        let mut seen_ips: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
+        let mut owners = IpOwners::default();
         for es in &cfg.endpoint_slices {
-            let o = &es.origin;
-            let res = Some(es.display());
-            let Some(cluster) = cluster_of(es, diags) else {
+            let Some((id, eps)) = slice_endpoints(es, vips, diags) else {
                 continue;
             };
-            let Some(svc_name) = es.meta.labels.get(LABEL_SERVICE_NAME) else {
-                diags.push(&o.file, o.line, res, format!(
-                    "missing label `{LABEL_SERVICE_NAME}`: an EndpointSlice names its Service with it"));
-                continue;
-            };
-            let id = ServiceId {
-                cluster: cluster.clone(),
-                namespace: o.namespace.clone(),
-                name: svc_name.clone(),
-            };
-            let v6 = match es.spec.address_type {
-                AddressType::IPv4 => false,
-                AddressType::IPv6 => true,
-                AddressType::Fqdn => {
-                    diags.push(
-                        &o.file,
-                        o.line,
-                        res,
-                        "addressType FQDN is not supported; expected IPv4 or IPv6".to_string(),
-                    );
-                    continue;
-                }
-            };
-            let mut ports = Vec::new();
-            for p in &es.spec.ports {
-                match (valid_port(u32::from(p.port)), parse_proto(p.protocol)) {
-                    (Some(n), Ok(pr)) => ports.push((p.name.clone(), n, pr)),
-                    (None, _) => diags.push(
-                        &o.file,
-                        o.line,
-                        res.clone(),
-                        format!("port {} is out of range 1-65535", p.port),
-                    ),
-                    (_, Err(e)) => diags.push(&o.file, o.line, res.clone(), e),
-                }
-            }
             let Some(entry) = inv.by_name.get_mut(&id) else {
                 diags.push(
-                    &o.file,
-                    o.line,
-                    res,
+                    &es.origin.file,
+                    es.origin.line,
+                    Some(es.display()),
                     format!(
                         "belongs to Service {id} (label {LABEL_SERVICE_NAME}), which is not in the \
                      inventory: add the Service or fix the label"
@@ -461,99 +453,10 @@ impl Inventory {
                 );
                 continue;
             };
-            let slice_locality = |key: &str, ep: &Endpoint| {
-                ep.deprecated_topology
-                    .get(key)
-                    .or_else(|| es.meta.labels.get(key))
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            for ep in &es.spec.endpoints {
-                let line = es.line_of(ep);
-                let ep = &ep.value;
-                let locality = Locality {
-                    region: slice_locality(LABEL_REGION, ep),
-                    zone: ep
-                        .zone
-                        .clone()
-                        .unwrap_or_else(|| slice_locality(LABEL_ZONE, ep)),
-                    subzone: slice_locality(LABEL_SUBZONE, ep),
-                };
-                let mut labels = es.meta.labels.clone();
-                labels.remove(LABEL_SERVICE_NAME);
-                labels.insert(LABEL_CLUSTER.into(), cluster.clone());
-                for (k, v) in [
-                    (LABEL_REGION, &locality.region),
-                    (LABEL_ZONE, &locality.zone),
-                    (LABEL_SUBZONE, &locality.subzone),
-                ] {
-                    if !v.is_empty() {
-                        labels.insert(k.into(), v.clone());
-                    }
-                }
-                let cond = ep.conditions.clone().unwrap_or_default();
-                // Kubernetes: a nil `ready` means ready; terminating endpoints are not.
-                let ready = cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false);
-                if ep.addresses.is_empty() {
-                    diags.push(&o.file, line, res.clone(), "endpoint has no addresses");
-                }
-                for a in &ep.addresses {
-                    let ip: IpAddr = match a.parse() {
-                        Ok(ip) => ip,
-                        Err(_) => {
-                            diags.push(
-                                &o.file,
-                                line,
-                                res.clone(),
-                                format!("`{a}` is not an IP address"),
-                            );
-                            continue;
-                        }
-                    };
-                    if let Some(why) = endpoint_address_problem(ip, vips) {
-                        diags.push(
-                            &o.file,
-                            line,
-                            res.clone(),
-                            format!(
-                                "endpoint address {ip} is {why}: the router would send \
-                                 connections there; endpoints must be unicast addresses of pods \
-                                 or hosts"
-                            ),
-                        );
-                        continue;
-                    }
-                    if ip.is_ipv6() != v6 {
-                        diags.push(
-                            &o.file,
-                            line,
-                            res.clone(),
-                            format!(
-                                "address {ip} does not match addressType {}",
-                                es.spec.address_type
-                            ),
-                        );
-                        continue;
-                    }
-                    if let Some((other_cluster, other_res)) = seen_ips.get(&ip) {
-                        if *other_cluster != cluster {
-                            diags.push(&o.file, line, res.clone(), format!(
-                                "endpoint {ip} also appears in cluster {other_cluster} ({other_res}); \
-                                 the router reaches endpoints by address, so clusters need \
-                                 non-overlapping endpoint addresses"));
-                            continue;
-                        }
-                    } else {
-                        seen_ips.insert(ip, (cluster.clone(), es.display()));
-                    }
-                    entry.endpoints.push(Ep {
-                        ip,
-                        ports: ports.clone(),
-                        labels: labels.clone(),
-                        locality: locality.clone(),
-                        cluster: cluster.clone(),
-                        ready,
-                    });
+            for (line, ep) in eps {
+                match owners.claim(ep.ip, &ep.cluster, es) {
+                    Ok(()) => entry.endpoints.push(ep),
+                    Err(e) => diags.push(&es.origin.file, line, Some(es.display()), e),
                 }
             }
         }
@@ -563,3 +466,178 @@ impl Inventory {
 }
 
 static NONE: Vec<ServiceId> = Vec::new();
+
+/// Which cluster an endpoint address belongs to: the first slice (in config
+/// order) that lists it. The router reaches endpoints by address, so one
+/// address in two clusters is an error, reported on the later slice.
+#[derive(Default)]
+struct IpOwners(std::collections::HashMap<IpAddr, (String, String)>);
+
+impl IpOwners {
+    fn claim(
+        &mut self,
+        ip: IpAddr,
+        cluster: &str,
+        es: &super::Resource<EndpointSliceBody>,
+    ) -> Result<(), String> {
+        match self.0.get(&ip) {
+            Some((other_cluster, _)) if other_cluster == cluster => Ok(()),
+            Some((other_cluster, other_res)) => Err(ip_conflict(ip, other_cluster, other_res)),
+            None => {
+                self.0.insert(ip, (cluster.to_string(), es.display()));
+                Ok(())
+            }
+        }
+    }
+}
+
+pub fn ip_conflict(ip: IpAddr, other_cluster: &str, other_res: &str) -> String {
+    format!(
+        "endpoint {ip} also appears in cluster {other_cluster} ({other_res}); the router \
+         reaches endpoints by address, so clusters need non-overlapping endpoint addresses"
+    )
+}
+
+/// One slice's endpoints with the line each is on, or `None` (with the
+/// reason in `diags`) for a slice that gives none. Addresses that cannot be
+/// endpoints are reported and left out. The slice's Service is `id`.
+pub fn slice_endpoints(
+    es: &super::Resource<EndpointSliceBody>,
+    vips: &VipRanges,
+    diags: &mut Diags,
+) -> Option<(ServiceId, Vec<(u64, Ep)>)> {
+    let o = &es.origin;
+    let res = Some(es.display());
+    let cluster = cluster_of(es, diags)?;
+    let Some(svc_name) = es.meta.labels.get(LABEL_SERVICE_NAME) else {
+        diags.push(
+            &o.file,
+            o.line,
+            res,
+            format!(
+                "missing label `{LABEL_SERVICE_NAME}`: an EndpointSlice names its Service with it"
+            ),
+        );
+        return None;
+    };
+    let id = ServiceId {
+        cluster: cluster.clone(),
+        namespace: o.namespace.clone(),
+        name: svc_name.clone(),
+    };
+    let v6 = match es.spec.address_type {
+        AddressType::IPv4 => false,
+        AddressType::IPv6 => true,
+        AddressType::Fqdn => {
+            diags.push(
+                &o.file,
+                o.line,
+                res,
+                "addressType FQDN is not supported; expected IPv4 or IPv6".to_string(),
+            );
+            return None;
+        }
+    };
+    let mut ports = Vec::new();
+    for p in &es.spec.ports {
+        match (valid_port(u32::from(p.port)), parse_proto(p.protocol)) {
+            (Some(n), Ok(pr)) => ports.push((p.name.clone(), n, pr)),
+            (None, _) => diags.push(
+                &o.file,
+                o.line,
+                res.clone(),
+                format!("port {} is out of range 1-65535", p.port),
+            ),
+            (_, Err(e)) => diags.push(&o.file, o.line, res.clone(), e),
+        }
+    }
+    let slice_locality = |key: &str, ep: &Endpoint| {
+        ep.deprecated_topology
+            .get(key)
+            .or_else(|| es.meta.labels.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for ep in &es.spec.endpoints {
+        let line = es.line_of(ep);
+        let ep = &ep.value;
+        let locality = Locality {
+            region: slice_locality(LABEL_REGION, ep),
+            zone: ep
+                .zone
+                .clone()
+                .unwrap_or_else(|| slice_locality(LABEL_ZONE, ep)),
+            subzone: slice_locality(LABEL_SUBZONE, ep),
+        };
+        let mut labels = es.meta.labels.clone();
+        labels.remove(LABEL_SERVICE_NAME);
+        labels.insert(LABEL_CLUSTER.into(), cluster.clone());
+        for (k, v) in [
+            (LABEL_REGION, &locality.region),
+            (LABEL_ZONE, &locality.zone),
+            (LABEL_SUBZONE, &locality.subzone),
+        ] {
+            if !v.is_empty() {
+                labels.insert(k.into(), v.clone());
+            }
+        }
+        let cond = ep.conditions.clone().unwrap_or_default();
+        // Kubernetes: a nil `ready` means ready; terminating endpoints are not.
+        let ready = cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false);
+        if ep.addresses.is_empty() {
+            diags.push(&o.file, line, res.clone(), "endpoint has no addresses");
+        }
+        for a in &ep.addresses {
+            let ip: IpAddr = match a.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    diags.push(
+                        &o.file,
+                        line,
+                        res.clone(),
+                        format!("`{a}` is not an IP address"),
+                    );
+                    continue;
+                }
+            };
+            if let Some(why) = endpoint_address_problem(ip, vips) {
+                diags.push(
+                    &o.file,
+                    line,
+                    res.clone(),
+                    format!(
+                        "endpoint address {ip} is {why}: the router would send \
+                         connections there; endpoints must be unicast addresses of pods \
+                         or hosts"
+                    ),
+                );
+                continue;
+            }
+            if ip.is_ipv6() != v6 {
+                diags.push(
+                    &o.file,
+                    line,
+                    res.clone(),
+                    format!(
+                        "address {ip} does not match addressType {}",
+                        es.spec.address_type
+                    ),
+                );
+                continue;
+            }
+            out.push((
+                line,
+                Ep {
+                    ip,
+                    ports: ports.clone(),
+                    labels: labels.clone(),
+                    locality: locality.clone(),
+                    cluster: cluster.clone(),
+                    ready,
+                },
+            ));
+        }
+    }
+    Some((id, out))
+}

@@ -7,20 +7,21 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 
 use super::{
-    EndpointSliceBody, Resource, Resources, diag::Diags, expected_api, model::*, supported_kinds,
+    EndpointSliceBody, Resource, Resources, diag::Diags, expected_api, model::*, store::Object,
+    supported_kinds,
 };
 use crate::plan::Origin;
 
 /// A document of a file, with the 1-based line its text starts on.
-struct RawDoc<'a> {
-    text: &'a str,
-    first_line: u64,
+pub(super) struct RawDoc<'a> {
+    pub text: &'a str,
+    pub first_line: u64,
 }
 
 /// Split a YAML stream on `---` / `...` marker lines. Markers must start at
 /// column 0 (block scalars cannot contain an unindented line, so a column-0
 /// `---` is always a document boundary).
-fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
+pub(super) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
     let mut start_line = 1u64;
@@ -101,7 +102,7 @@ pub fn untrusted(md_uid: u32, md_mode: u32, me: u32) -> Option<String> {
     None
 }
 
-fn check_trust(p: &Path, opts: LoadOptions) -> Result<(), String> {
+pub(super) fn check_trust(p: &Path, opts: LoadOptions) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     if !opts.trusted_only {
         return Ok(());
@@ -198,7 +199,7 @@ fn check_sticky_parent(dir: &Path, opts: LoadOptions) -> Result<(), String> {
 /// Read one config file: opened without blocking (a FIFO swapped in after
 /// the listing cannot hang the daemon), checked to be a regular file, and
 /// read up to [`MAX_FILE_BYTES`].
-fn read_config_file(p: &Path) -> Result<String, String> {
+pub(super) fn read_config_file(p: &Path) -> Result<String, String> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -285,33 +286,18 @@ fn resource<S>(cx: &DocCtx<'_, '_>, d: Doc<S>) -> Resource<S> {
     }
 }
 
-macro_rules! parsed_enum {
+macro_rules! parse_kind {
     ($($kind:ident, $api:ident, $field:ident, $spec:ty, $parse:ident;)*) => {
-        /// One document's resource, as the cache keeps it.
-        #[derive(Clone)]
-        #[allow(clippy::upper_case_acronyms)]
-        enum Parsed {
-            $($kind(Resource<$spec>),)*
-        }
-
-        impl Parsed {
-            fn push_into(self, cfg: &mut Resources) {
-                match self {
-                    $(Parsed::$kind(r) => cfg.$field.push(r),)*
-                }
-            }
-
-            /// Parse a document of `kind` (a kind [`expected_api`] knows).
-            fn parse(kind: &str, cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Parsed> {
-                match kind {
-                    $(stringify!($kind) => $parse::<$spec>(cx, diags).map(Parsed::$kind),)*
-                    _ => None,
-                }
+        /// Parse a document of `kind` (a kind [`expected_api`] knows).
+        fn parse_kind(kind: &str, cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Object> {
+            match kind {
+                $(stringify!($kind) => $parse::<$spec>(cx, diags).map(Object::$kind),)*
+                _ => None,
             }
         }
     };
 }
-crate::for_each_kind!(parsed_enum);
+crate::for_each_kind!(parse_kind);
 
 /// A document whose body is under `spec`.
 fn parse_spec<S: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<S>> {
@@ -340,177 +326,85 @@ fn parse_endpoint_slice<S>(
     })
 }
 
-/// Documents parsed by the last [`load_path`], by (file, first line), with
-/// their text. YAML parsing is most of a reload's cost (about 0.1-0.2 ms per
-/// document); with the cache, a reload after one edit parses only the
-/// documents that changed (or moved). Only documents that parsed cleanly
-/// are kept, so every error is reported again on every load.
-type Cache = std::collections::HashMap<(String, u64), (String, Parsed)>;
-
-/// The documents of the last load, for the next one to reuse: owned by
-/// whoever loads the same path again and again (the daemon).
-#[derive(Default)]
-pub struct DocCache(Cache);
-
 /// Parse one file's text into `cfg`. `file` is how errors name it.
 pub fn load_text(file: &str, text: &str, cfg: &mut Resources, diags: &mut Diags) {
-    load_text_cached(
-        file,
-        text,
-        cfg,
-        diags,
-        &mut Cache::default(),
-        &mut Cache::default(),
-    );
+    for doc in split_documents(text) {
+        if let Some(o) = parse_doc(file, &doc, diags) {
+            cfg.upsert(o);
+        }
+    }
 }
 
-/// [`load_text`], reusing documents parsed by the previous load (`old`)
-/// when the same file has the same text at the same line, and recording
-/// what it parsed in `new`.
-fn load_text_cached(
-    file: &str,
-    text: &str,
-    cfg: &mut Resources,
-    diags: &mut Diags,
-    old: &mut Cache,
-    new: &mut Cache,
-) {
-    for doc in split_documents(text) {
-        let key = (file.to_string(), doc.first_line);
-        if let Some((t, p)) = old.remove(&key)
-            && t == doc.text
-        {
-            p.clone().push_into(cfg);
-            new.insert(key, (t, p));
-            continue;
+/// Parse one document: dispatched by `kind`, checked against its
+/// apiVersion, parsed strictly. `None` (with the reason in `diags`) if it
+/// is not a resource routerd reads.
+pub(super) fn parse_doc(file: &str, doc: &RawDoc<'_>, diags: &mut Diags) -> Option<Object> {
+    let header: Header = match serde_saphyr::from_str(doc.text) {
+        Ok(h) => h,
+        Err(e) => {
+            saphyr_error(diags, file, doc, None, &e);
+            return None;
         }
-        let header: Header = match serde_saphyr::from_str(doc.text) {
-            Ok(h) => h,
-            Err(e) => {
-                saphyr_error(diags, file, &doc, None, &e);
-                continue;
-            }
-        };
-        let line = content_line(&doc);
-        let Some(kind) = header.kind.clone() else {
-            diags.push(
-                file,
-                line,
-                None,
-                format!(
-                    "document has no `kind`; expected one of: {}",
-                    supported_kinds()
-                ),
-            );
-            continue;
-        };
-        let name = header.metadata.as_ref().and_then(|m| m.name.clone());
-        let ns = header
-            .metadata
-            .as_ref()
-            .and_then(|m| m.namespace.clone())
-            .unwrap_or_else(|| "default".into());
-        let resource_name = format!("{kind} {ns}/{}", name.as_deref().unwrap_or("<unnamed>"));
-        let Some(api) = expected_api(&kind) else {
+    };
+    let line = content_line(doc);
+    let Some(kind) = header.kind.clone() else {
+        diags.push(
+            file,
+            line,
+            None,
+            format!(
+                "document has no `kind`; expected one of: {}",
+                supported_kinds()
+            ),
+        );
+        return None;
+    };
+    let name = header.metadata.as_ref().and_then(|m| m.name.clone());
+    let ns = header
+        .metadata
+        .as_ref()
+        .and_then(|m| m.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let resource_name = format!("{kind} {ns}/{}", name.as_deref().unwrap_or("<unnamed>"));
+    let Some(api) = expected_api(&kind) else {
+        diags.push(
+            file,
+            line,
+            Some(resource_name),
+            format!(
+                "unsupported kind `{kind}`; supported kinds are: {}",
+                supported_kinds()
+            ),
+        );
+        return None;
+    };
+    match header.api_version.as_deref() {
+        Some(v) if v == api => {}
+        other => {
             diags.push(
                 file,
                 line,
                 Some(resource_name),
                 format!(
-                    "unsupported kind `{kind}`; supported kinds are: {}",
-                    supported_kinds()
+                    "apiVersion is {}, expected `{api}` for kind {kind}",
+                    other
+                        .map(|v| format!("`{v}`"))
+                        .unwrap_or_else(|| "missing".into())
                 ),
             );
-            continue;
-        };
-        match header.api_version.as_deref() {
-            Some(v) if v == api => {}
-            other => {
-                diags.push(
-                    file,
-                    line,
-                    Some(resource_name),
-                    format!(
-                        "apiVersion is {}, expected `{api}` for kind {kind}",
-                        other
-                            .map(|v| format!("`{v}`"))
-                            .unwrap_or_else(|| "missing".into())
-                    ),
-                );
-                continue;
-            }
-        }
-        if name.as_deref().is_none_or(str::is_empty) {
-            diags.push(file, line, Some(resource_name), "metadata.name is required");
-            continue;
-        }
-        let cx = DocCtx {
-            file,
-            doc: &doc,
-            resource: resource_name,
-        };
-        let parsed = Parsed::parse(&kind, &cx, diags);
-        if let Some(p) = parsed {
-            p.clone().push_into(cfg);
-            new.insert(key, (doc.text.to_string(), p));
+            return None;
         }
     }
-}
-
-/// Load every file under `path`, reusing the documents of `cache` that did
-/// not change (and leaving this load's there). Errors are collected, not
-/// returned early.
-pub fn load_path(
-    path: &Path,
-    opts: LoadOptions,
-    cache: &mut DocCache,
-    cfg: &mut Resources,
-    diags: &mut Diags,
-) {
-    let shown = path.display().to_string();
-    let files = match config_files(path, opts) {
-        Ok(f) => f,
-        Err(e) => {
-            diags.push(&shown, 0, None, e);
-            return;
-        }
+    if name.as_deref().is_none_or(str::is_empty) {
+        diags.push(file, line, Some(resource_name), "metadata.name is required");
+        return None;
+    }
+    let cx = DocCtx {
+        file,
+        doc,
+        resource: resource_name,
     };
-    if files.is_empty() {
-        diags.push(
-            &shown,
-            0,
-            None,
-            "no *.yaml or *.yml files found; expected at least one",
-        );
-        return;
-    }
-    let mut old = std::mem::take(&mut cache.0);
-    let mut new = Cache::new();
-    let mut total = 0u64;
-    for f in files {
-        let name = f.display().to_string();
-        match read_config_file(&f) {
-            Ok(text) => {
-                total += text.len() as u64;
-                if total > MAX_TOTAL_BYTES {
-                    diags.push(
-                        &name,
-                        0,
-                        None,
-                        format!(
-                            "the config adds up to more than {} MiB; split it, or trim it",
-                            MAX_TOTAL_BYTES >> 20
-                        ),
-                    );
-                    break;
-                }
-                cfg.files.push(name.clone());
-                load_text_cached(&name, &text, cfg, diags, &mut old, &mut new);
-            }
-            Err(e) => diags.push(&name, 0, None, e),
-        }
-    }
-    cache.0 = new;
+    parse_kind(&kind, &cx, diags)
 }
 
 #[cfg(test)]
@@ -540,52 +434,5 @@ mod tests {
         let one = split_documents("kind: A\n");
         assert_eq!(one.len(), 1);
         assert_eq!(content_line(&one[0]), 1);
-    }
-
-    #[test]
-    fn reloads_reuse_unchanged_documents_and_see_every_edit() {
-        let dir = std::env::temp_dir().join(format!("rt-load-cache-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("a.yaml");
-        let doc = |host: &str| {
-            format!(
-                "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualDestination\nmetadata: {{name: {host}, namespace: ns}}\nspec:\n  hosts: [{host}.mesh]\n  services: [{{name: s}}]\n  ports: [{{number: 80}}]\n"
-            )
-        };
-        let mut cache = DocCache::default();
-        let mut load = |text: &str| {
-            std::fs::write(&file, text).unwrap();
-            let (mut cfg, mut diags) = (Resources::default(), Diags::default());
-            load_path(
-                &dir,
-                LoadOptions::default(),
-                &mut cache,
-                &mut cfg,
-                &mut diags,
-            );
-            let hosts: Vec<String> = cfg
-                .virtual_destinations
-                .iter()
-                .flat_map(|r| r.spec.hosts.iter().map(|h| h.value.clone()))
-                .collect();
-            (hosts, diags.errors.len())
-        };
-        let a = doc("a");
-        assert_eq!(
-            load(&format!("{a}---\n{}", doc("b"))),
-            (vec!["a.mesh".into(), "b.mesh".into()], 0)
-        );
-        // The second document edited in place: its new text is parsed.
-        assert_eq!(
-            load(&format!("{a}---\n{}", doc("c"))),
-            (vec!["a.mesh".into(), "c.mesh".into()], 0)
-        );
-        // A broken document is reported on every load, not cached.
-        let bad = format!("{a}---\nkind: VirtualDestination\nbogus: [\n");
-        assert_eq!(load(&bad).1, 1);
-        assert_eq!(load(&bad).1, 1);
-        // Documents that moved lines are parsed again (their lines changed).
-        assert_eq!(load(&format!("# moved\n{a}")), (vec!["a.mesh".into()], 0));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,11 +7,14 @@
 //! only a compiled plan reaches the kernel. A rejected config changes nothing.
 pub mod diag;
 pub mod inventory;
+pub mod live;
 pub mod load;
 pub mod model;
 pub mod policy;
 pub mod resolve;
 pub mod routes;
+pub mod source;
+pub mod store;
 pub mod types;
 pub mod validate;
 
@@ -205,30 +208,12 @@ pub fn load_with(
     overrides: &Overrides,
     opts: load::LoadOptions,
 ) -> Result<Validated, ConfigError> {
-    Loader::new(opts).load(path, overrides)
-}
-
-/// Loads the same path again and again (the daemon's reloads), parsing
-/// only the documents that changed since the last load.
-pub struct Loader {
-    opts: load::LoadOptions,
-    cache: load::DocCache,
-}
-
-impl Loader {
-    pub fn new(opts: load::LoadOptions) -> Self {
-        Loader {
-            opts,
-            cache: load::DocCache::default(),
-        }
-    }
-
-    pub fn load(&mut self, path: &Path, overrides: &Overrides) -> Result<Validated, ConfigError> {
-        let mut cfg = Resources::default();
-        let mut diags = diag::Diags::default();
-        load::load_path(path, self.opts, &mut self.cache, &mut cfg, &mut diags);
-        finish(cfg, overrides, diags)
-    }
+    let source = source::FileSource::new(path, opts);
+    let mut reading = source.read()?;
+    let mut cfg = Resources::default();
+    cfg.apply(std::mem::take(&mut reading.changes));
+    cfg.files = std::mem::take(&mut reading.names);
+    validate_all(cfg, overrides)
 }
 
 /// Load and validate YAML text (tests, fuzzing). `file` names it in errors.
@@ -237,15 +222,43 @@ pub fn load_str(file: &str, text: &str, overrides: &Overrides) -> Result<Validat
     let mut diags = diag::Diags::default();
     load::load_text(file, text, &mut cfg, &mut diags);
     cfg.files.push(file.to_string());
-    finish(cfg, overrides, diags)
+    match (diags.is_empty(), check_all(&cfg, overrides)) {
+        (true, Ok((settings, inventory, notices))) => Ok(Validated {
+            config: cfg,
+            inventory,
+            settings,
+            notices,
+        }),
+        // Parse errors with what the rest of the config says.
+        (_, other) => {
+            if let Err(e) = other {
+                diags.errors.extend(e.errors);
+            }
+            diags
+                .into_result(())
+                .map(|()| unreachable!("there are errors"))
+        }
+    }
 }
 
-fn finish(
-    cfg: Resources,
+/// Validate a whole config.
+pub fn validate_all(cfg: Resources, overrides: &Overrides) -> Result<Validated, ConfigError> {
+    let (settings, inventory, notices) = check_all(&cfg, overrides)?;
+    Ok(Validated {
+        config: cfg,
+        inventory,
+        settings,
+        notices,
+    })
+}
+
+/// Everything a whole validation derives: settings, inventory, notices.
+fn check_all(
+    cfg: &Resources,
     overrides: &Overrides,
-    mut diags: diag::Diags,
-) -> Result<Validated, ConfigError> {
-    if cfg.is_empty() && diags.errors.is_empty() {
+) -> Result<(Settings, inventory::Inventory, Vec<Notice>), ConfigError> {
+    let mut diags = diag::Diags::default();
+    if cfg.is_empty() {
         // An empty or truncated file must not wipe out what is serving.
         let file = if cfg.files.is_empty() {
             "<config>".to_string()
@@ -262,15 +275,10 @@ fn finish(
                 .to_string(),
         );
     }
-    let settings = settings(&cfg, overrides, &mut diags);
-    let inventory = inventory::Inventory::build(&cfg, &settings.vip_ranges, &mut diags);
-    let notices = validate::validate(&cfg, &inventory, &settings, &mut diags);
-    diags.into_result(Validated {
-        config: cfg,
-        inventory,
-        settings,
-        notices,
-    })
+    let settings = settings(cfg, overrides, &mut diags);
+    let inventory = inventory::Inventory::build(cfg, &settings.vip_ranges, &mut diags);
+    let notices = validate::validate(cfg, &inventory, &settings, &mut diags);
+    diags.into_result((settings, inventory, notices))
 }
 
 fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings {

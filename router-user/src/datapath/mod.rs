@@ -421,6 +421,20 @@ impl Datapath {
         Ok(report)
     }
 
+    /// Write only the entries an update changed (see
+    /// [`sync::apply_changes`]).
+    pub fn apply_changes(
+        &mut self,
+        plan: &crate::plan::Plan,
+        services: &std::collections::BTreeSet<(std::net::IpAddr, u16, crate::plan::Proto)>,
+        backends: &std::collections::BTreeSet<std::net::SocketAddr>,
+    ) -> Result<sync::SyncReport> {
+        let report =
+            sync::apply_changes(&mut self.maps, &mut self.mirror, plan, services, backends)?;
+        self.bump_generation()?;
+        Ok(report)
+    }
+
     /// After a failed apply: forget what this daemon thought the maps held
     /// and read them back (the next apply diffs against what is really there).
     pub fn resync(&mut self) -> Result<()> {

@@ -42,7 +42,7 @@ use router_common::{
 use serde::Serialize;
 
 use super::Maps;
-use crate::plan::{Plan, ServicePlan};
+use crate::plan::{BackendPlan, Locality, Plan, Proto, ServicePlan};
 
 /// An IP as the kernel's four network-order words, plus the family tag.
 pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
@@ -77,11 +77,15 @@ pub fn port_host(be: u16) -> u16 {
 }
 
 pub fn svc_key(s: &ServicePlan) -> SvcKey {
-    let (addr, family) = ip_words(s.vip);
+    key_of(s.vip, s.port, s.proto)
+}
+
+pub fn key_of(vip: IpAddr, port: u16, proto: Proto) -> SvcKey {
+    let (addr, family) = ip_words(vip);
     SvcKey {
         addr,
-        port: port_be(s.port),
-        proto: s.proto.number(),
+        port: port_be(port),
+        proto: proto.number(),
         family,
     }
 }
@@ -138,6 +142,10 @@ pub struct Mirror {
     services: BTreeMap<SvcKey, SvcState>,
     svc_ids: BTreeSet<u32>,
     retiring: VecDeque<Retiring>,
+    /// The cluster and locality lists of the last whole apply (backends
+    /// number their cluster and locality by them).
+    clusters: Vec<String>,
+    localities: Vec<Locality>,
 }
 
 /// The lowest id at or above `from` (ids below it are known to be taken)
@@ -321,22 +329,6 @@ fn zeroed<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
     Ok(PerCpuValues::try_from(vec![T::default(); n])?)
 }
 
-/// Expand a plan service's shares into the kernel's slot order.
-fn expand_slots(s: &ServicePlan, ids: &BTreeMap<SocketAddr, u32>) -> Result<Vec<u32>> {
-    let mut out = Vec::with_capacity(s.total_slots() as usize);
-    for share in &s.slots {
-        let id = *ids.get(&share.endpoint).with_context(|| {
-            format!(
-                "plan bug: endpoint {} of {} is not in plan.backends",
-                share.endpoint,
-                s.label()
-            )
-        })?;
-        out.extend(std::iter::repeat_n(id, share.slots as usize));
-    }
-    Ok(out)
-}
-
 /// A plan refused before anything was written: the maps are as they were.
 #[derive(Debug)]
 pub struct DoesNotFit(pub anyhow::Error);
@@ -380,7 +372,7 @@ fn check_capacity(
             max_backends - 1
         );
     }
-    let keys: BTreeSet<SvcKey> = plan.services.iter().map(svc_key).collect();
+    let keys: BTreeSet<SvcKey> = plan.services.iter().map(|s| svc_key(s)).collect();
     let union_services = keys.len() + mirror.services.keys().filter(|k| !keys.contains(k)).count();
     let new_services = keys
         .iter()
@@ -476,86 +468,139 @@ pub fn listeners_entry(b: &Bound) -> Listeners {
     }
 }
 
-pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncReport> {
-    // Ids index the per-CPU counter arrays, whose sizes were fixed at load.
-    let (max_services, max_backends) = (maps.svc_stats.len(), maps.backend_stats.len());
-    // What was retired by the last apply must be gone before this one may
-    // rewrite a bank or reuse an id (usually it is: applies are further
-    // apart than the grace).
-    mirror.retire(maps, Instant::now(), true);
-    check_capacity(mirror, plan, max_services, max_backends).map_err(DoesNotFit)?;
-    let mut r = SyncReport::default();
-    let mut retire = Retiring::default();
-    let clusters = plan.clusters();
-    let localities = plan.localities();
+/// One apply's running state: ids handed out, entries to retire.
+struct Writer<'m> {
+    maps: &'m mut Maps,
+    mirror: &'m mut Mirror,
+    r: SyncReport,
+    retire: Retiring,
+    max_services: u32,
+    max_backends: u32,
+    next_backend: u32,
+    next_svc: u32,
+}
 
-    // 1. Backends.
-    let (mut next_backend, mut next_svc) = (1, 1);
-    let mut ids: BTreeMap<SocketAddr, u32> = BTreeMap::new();
-    for b in &plan.backends {
+impl<'m> Writer<'m> {
+    fn new(maps: &'m mut Maps, mirror: &'m mut Mirror) -> Self {
+        // Ids index the per-CPU counter arrays, whose sizes were fixed at load.
+        let (max_services, max_backends) = (maps.svc_stats.len(), maps.backend_stats.len());
+        Writer {
+            maps,
+            mirror,
+            r: SyncReport::default(),
+            retire: Retiring::default(),
+            max_services,
+            max_backends,
+            next_backend: 1,
+            next_svc: 1,
+        }
+    }
+
+    /// Write a backend (new, or changed in place); its id.
+    fn backend(
+        &mut self,
+        b: &BackendPlan,
+        clusters: &[String],
+        localities: &[Locality],
+    ) -> Result<u32> {
         let (addr, family) = ip_words(b.addr.ip());
         let value = Backend {
             addr,
             port: port_be(b.addr.port()),
             family,
             _pad: 0,
-            cluster_id: index_of(&clusters, &b.cluster),
-            locality_id: index_of(&localities, &b.locality),
+            cluster_id: index_of(clusters, &b.cluster),
+            locality_id: index_of(localities, &b.locality),
         };
-        match mirror.backends.get(&b.addr).copied() {
+        match self.mirror.backends.get(&b.addr).copied() {
             Some((id, old)) => {
                 if old != value {
-                    maps.backends.insert(id, value, 0)?;
-                    r.writes += 1;
-                    r.backends_changed += 1;
-                    mirror.backends.insert(b.addr, (id, value));
+                    self.maps.backends.insert(id, value, 0)?;
+                    self.r.writes += 1;
+                    self.r.backends_changed += 1;
+                    self.mirror.backends.insert(b.addr, (id, value));
                 }
-                ids.insert(b.addr, id);
+                Ok(id)
             }
             None => {
-                let id = lowest_free(&mirror.backend_ids, next_backend, max_backends)
-                    .context("no free backend id (capacity was checked: bug)")?;
-                next_backend = id + 1;
-                maps.backend_stats.set(id, zeroed::<BackendStats>()?, 0)?;
-                maps.backends.insert(id, value, 0)?;
-                r.writes += 2;
-                r.backends_added += 1;
-                mirror.backend_ids.insert(id);
-                mirror.backends.insert(b.addr, (id, value));
-                ids.insert(b.addr, id);
+                let id = lowest_free(
+                    &self.mirror.backend_ids,
+                    self.next_backend,
+                    self.max_backends,
+                )
+                .context("no free backend id (capacity was checked: bug)")?;
+                self.next_backend = id + 1;
+                self.maps
+                    .backend_stats
+                    .set(id, zeroed::<BackendStats>()?, 0)?;
+                self.maps.backends.insert(id, value, 0)?;
+                self.r.writes += 2;
+                self.r.backends_added += 1;
+                self.mirror.backend_ids.insert(id);
+                self.mirror.backends.insert(b.addr, (id, value));
+                Ok(id)
             }
         }
     }
 
-    // 2. Services: inactive bank, header flip; the old bank is retired.
-    let mut wanted: BTreeSet<SvcKey> = BTreeSet::new();
-    for s in &plan.services {
+    /// Retire a backend nothing points at any more.
+    fn retire_backend(&mut self, addr: &SocketAddr) {
+        if let Some((id, _)) = self.mirror.backends.remove(addr) {
+            self.retire.backends.push(id);
+            self.r.backends_removed += 1;
+        }
+    }
+
+    /// Write a service: its slots into the inactive bank, then the header
+    /// flip; the old bank is retired.
+    fn service(&mut self, s: &ServicePlan) -> Result<()> {
         let key = svc_key(s);
-        wanted.insert(key);
-        let slots = expand_slots(s, &ids)?;
+        let ids: Result<Vec<u32>> = s
+            .slots
+            .iter()
+            .map(|share| {
+                self.mirror
+                    .backends
+                    .get(&share.endpoint)
+                    .map(|(id, _)| (*id, share.slots))
+                    .with_context(|| {
+                        format!(
+                            "plan bug: endpoint {} of {} is not in plan.backends",
+                            share.endpoint,
+                            s.label()
+                        )
+                    })
+            })
+            .collect::<Result<Vec<(u32, u32)>>>()
+            .map(|v| {
+                v.into_iter()
+                    .flat_map(|(id, n)| std::iter::repeat_n(id, n as usize))
+                    .collect()
+            });
+        let slots = ids?;
         let flags = if s.proxied {
             router_common::SVC_F_PROXY
         } else {
             0
         };
-        let (svc_id, old) = match mirror.services.get(&key) {
+        let (svc_id, old) = match self.mirror.services.get(&key) {
             Some(st) => {
                 if st.slots == slots
                     && st.header.count as usize == slots.len()
                     && st.header.flags == flags
                 {
-                    r.services_unchanged += 1;
-                    continue;
+                    self.r.services_unchanged += 1;
+                    return Ok(());
                 }
                 (st.header.svc_id, Some(st.clone()))
             }
             None => {
-                let id = lowest_free(&mirror.svc_ids, next_svc, max_services)
+                let id = lowest_free(&self.mirror.svc_ids, self.next_svc, self.max_services)
                     .context("no free service id (capacity was checked: bug)")?;
-                next_svc = id + 1;
-                maps.svc_stats.set(id, zeroed::<SvcStats>()?, 0)?;
-                r.writes += 1;
-                mirror.svc_ids.insert(id);
+                self.next_svc = id + 1;
+                self.maps.svc_stats.set(id, zeroed::<SvcStats>()?, 0)?;
+                self.r.writes += 1;
+                self.mirror.svc_ids.insert(id);
                 (id, None)
             }
         };
@@ -564,7 +609,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
             _ => 1,
         };
         for (i, id) in slots.iter().enumerate() {
-            maps.slots.insert(
+            self.maps.slots.insert(
                 SlotKey {
                     svc_id,
                     slot: base + i as u32,
@@ -573,7 +618,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
                 0,
             )?;
         }
-        r.writes += slots.len();
+        self.r.writes += slots.len();
         let header = SvcHeader {
             svc_id,
             count: slots.len() as u32,
@@ -581,64 +626,177 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
             flags,
             _pad: 0,
         };
-        maps.services.insert(key, header, 0)?;
-        r.writes += 1;
+        self.maps.services.insert(key, header, 0)?;
+        self.r.writes += 1;
         if let Some(st) = &old {
-            retire.slots.extend((0..st.header.count).map(|i| SlotKey {
-                svc_id,
+            self.retire
+                .slots
+                .extend((0..st.header.count).map(|i| SlotKey {
+                    svc_id,
+                    slot: st.header.base + i,
+                }));
+            self.r.services_changed += 1;
+        } else {
+            self.r.services_added += 1;
+        }
+        self.mirror.services.insert(key, SvcState { header, slots });
+        Ok(())
+    }
+
+    /// A service that went away: the header now, the slots after the grace.
+    fn remove_service(&mut self, key: &SvcKey) -> Result<()> {
+        let Some(st) = self.mirror.services.remove(key) else {
+            return Ok(());
+        };
+        self.maps.services.remove(key)?;
+        self.r.writes += 1;
+        self.retire
+            .slots
+            .extend((0..st.header.count).map(|i| SlotKey {
+                svc_id: st.header.svc_id,
                 slot: st.header.base + i,
             }));
-            r.services_changed += 1;
-        } else {
-            r.services_added += 1;
-        }
-        mirror.services.insert(key, SvcState { header, slots });
+        self.retire.svc_ids.push(st.header.svc_id);
+        self.r.services_removed += 1;
+        Ok(())
     }
 
+    fn finish(mut self) -> SyncReport {
+        self.r.writes += self.retire.slots.len() + self.retire.backends.len();
+        if self.retire != Retiring::default() {
+            self.retire.since = Some(Instant::now());
+            self.mirror.retiring.push_back(self.retire);
+        }
+        self.r
+    }
+}
+
+/// Write the whole plan: every backend and service, then what went away.
+pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncReport> {
+    // What was retired by the last apply must be gone before this one may
+    // rewrite a bank or reuse an id (usually it is: applies are further
+    // apart than the grace).
+    mirror.retire(maps, Instant::now(), true);
+    check_capacity(mirror, plan, maps.svc_stats.len(), maps.backend_stats.len())
+        .map_err(DoesNotFit)?;
+    let clusters = plan.clusters();
+    let localities = plan.localities();
+    let mut w = Writer::new(maps, mirror);
+    // 1. Backends.
+    let mut used: BTreeSet<SocketAddr> = BTreeSet::new();
+    for b in &plan.backends {
+        w.backend(b, &clusters, &localities)?;
+        used.insert(b.addr);
+    }
+    // 2. Services.
+    let mut wanted: BTreeSet<SvcKey> = BTreeSet::new();
+    for s in &plan.services {
+        wanted.insert(svc_key(s));
+        w.service(s)?;
+    }
     // 3. Config.
     let cfg = config_entry(plan);
-    if maps.config.get(&0, 0).ok() != Some(cfg) {
-        maps.config.set(0, cfg, 0)?;
-        r.writes += 1;
+    if w.maps.config.get(&0, 0).ok() != Some(cfg) {
+        w.maps.config.set(0, cfg, 0)?;
+        w.r.writes += 1;
     }
-
-    // 4. Services that went away: the header now, the slots after the grace.
-    let gone: Vec<SvcKey> = mirror
+    // 4. Services that went away.
+    let gone: Vec<SvcKey> = w
+        .mirror
         .services
         .keys()
         .filter(|k| !wanted.contains(k))
         .copied()
         .collect();
     for key in gone {
-        let st = mirror.services.remove(&key).expect("listed above");
-        maps.services.remove(&key)?;
-        r.writes += 1;
-        retire.slots.extend((0..st.header.count).map(|i| SlotKey {
-            svc_id: st.header.svc_id,
-            slot: st.header.base + i,
-        }));
-        retire.svc_ids.push(st.header.svc_id);
-        r.services_removed += 1;
+        w.remove_service(&key)?;
     }
-
     // 5. Backends nothing points at any more: retired too.
-    let unused: Vec<SocketAddr> = mirror
+    let unused: Vec<SocketAddr> = w
+        .mirror
         .backends
         .keys()
-        .filter(|a| !ids.contains_key(a))
+        .filter(|a| !used.contains(a))
         .copied()
         .collect();
     for addr in unused {
-        let (id, _) = mirror.backends.remove(&addr).expect("listed above");
-        retire.backends.push(id);
-        r.backends_removed += 1;
+        w.retire_backend(&addr);
     }
-    r.writes += retire.slots.len() + retire.backends.len();
-    if retire != Retiring::default() {
-        retire.since = Some(Instant::now());
-        mirror.retiring.push_back(retire);
+    w.mirror.clusters = clusters;
+    w.mirror.localities = localities;
+    Ok(w.finish())
+}
+
+/// Write only what an update changed: the backends in `backends`, the
+/// services in `services` (written if in the plan, removed if not). The
+/// rest of the plan is what the maps hold already. Falls back to
+/// [`apply`] when a backend's cluster or locality is new (their ids would
+/// move).
+pub fn apply_changes(
+    maps: &mut Maps,
+    mirror: &mut Mirror,
+    plan: &Plan,
+    services: &BTreeSet<(IpAddr, u16, Proto)>,
+    backends: &BTreeSet<SocketAddr>,
+) -> Result<SyncReport> {
+    let known = |b: &BackendPlan| {
+        mirror.clusters.contains(&b.cluster) && mirror.localities.contains(&b.locality)
+    };
+    let find_backend = |a: &SocketAddr| {
+        plan.backends
+            .binary_search_by_key(a, |b| b.addr)
+            .ok()
+            .map(|i| &*plan.backends[i])
+    };
+    if backends.iter().filter_map(find_backend).any(|b| !known(b)) {
+        return apply(maps, mirror, plan);
     }
-    Ok(r)
+    mirror.retire(maps, Instant::now(), true);
+    // Capacity: what is new here against what the maps hold.
+    let new_backends = backends
+        .iter()
+        .filter(|a| find_backend(a).is_some() && !mirror.backends.contains_key(a))
+        .count();
+    if new_backends > 0 && mirror.backends.len() + new_backends >= maps.backend_stats.len() as usize
+    {
+        return Err(DoesNotFit(anyhow::anyhow!(
+            "the plan needs {} backends but the backend maps hold {}: reduce the number of \
+             endpoints, or re-create the datapath with a larger --max-backends (`routerd \
+             stop`, then `routerd run --max-backends N`)",
+            mirror.backends.len() + new_backends,
+            maps.backend_stats.len() - 1
+        ))
+        .into());
+    }
+    let (clusters, localities) = (mirror.clusters.clone(), mirror.localities.clone());
+    let mut w = Writer::new(maps, mirror);
+    for a in backends {
+        if let Some(b) = find_backend(a) {
+            w.backend(b, &clusters, &localities)?;
+        }
+    }
+    for (vip, port, proto) in services {
+        match plan.service(*vip, *port, *proto) {
+            Some(s) => {
+                if s.total_slots() > BANK_SLOTS {
+                    bail!(
+                        "service {} needs {} slots; at most {} fit (compiler bug)",
+                        s.label(),
+                        s.total_slots(),
+                        BANK_SLOTS
+                    );
+                }
+                w.service(s)?
+            }
+            None => w.remove_service(&key_of(*vip, *port, *proto))?,
+        }
+    }
+    for a in backends {
+        if find_backend(a).is_none() {
+            w.retire_backend(a);
+        }
+    }
+    Ok(w.finish())
 }
 
 #[cfg(test)]

@@ -1,0 +1,263 @@
+//! The config side of the daemon: the file source, the store as
+//! validated ([`Live`]), and the compiled units with their plan
+//! ([`Compiled`]). A change is prepared (read what changed, apply it to the
+//! store, validate and compile what it feeds), then committed once the
+//! datapath took it, or rolled back; `tests/incremental.rs` drives this same
+//! code against a whole load and compile after every step.
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Instant};
+
+use crate::{
+    compile::{
+        Health,
+        units::{Compiled, Delta},
+    },
+    config::{
+        ConfigError, Overrides, Resources,
+        live::{Applied, Live},
+        load::LoadOptions,
+        source::{FileSource, Reading},
+    },
+    events::Phases,
+    plan::Plan,
+};
+
+/// The config side: the file source, the store as validated, and the
+/// compiled units with their plan. A change is prepared (nothing accepted
+/// yet), then committed once the datapath took it, or rolled back.
+pub struct Control {
+    pub source: FileSource,
+    overrides: Overrides,
+    /// `None` until a config validates (a restart with a bad config).
+    live: Option<Live>,
+    compiled: Option<Compiled>,
+    /// The source's reading of a prepared change, to record on commit.
+    reading: Option<Reading>,
+    /// The plan before a prepared build (to take it back).
+    previous: Option<Compiled>,
+}
+
+/// What a prepared change does.
+pub enum Prepared {
+    /// Nothing changes.
+    Nothing,
+    Changes(Delta),
+}
+
+impl Control {
+    pub fn new(path: &Path, opts: LoadOptions, overrides: &Overrides) -> Self {
+        Control {
+            source: FileSource::new(path, opts),
+            overrides: overrides.clone(),
+            live: None,
+            compiled: None,
+            reading: None,
+            previous: None,
+        }
+    }
+
+    pub fn plan(&self) -> Option<&Plan> {
+        self.compiled.as_ref().map(Compiled::plan)
+    }
+
+    /// Read the files (what changed in them) and compile what the changes
+    /// feed; `phases` gets where the time went.
+    fn prepare_files(
+        &mut self,
+        health: &Health,
+        phases: &mut Phases,
+    ) -> Result<Prepared, ConfigError> {
+        let t = Instant::now();
+        let mut reading = self.source.read()?;
+        let changes = std::mem::take(&mut reading.changes);
+        let files = std::mem::take(&mut reading.names);
+        phases.read_ms = ms(t);
+        let Some(live) = &mut self.live else {
+            // The first config that validates.
+            let t = Instant::now();
+            let mut cfg = Resources::default();
+            cfg.apply(changes);
+            cfg.files = files;
+            let live = Live::new(cfg, &self.overrides)?;
+            phases.validate_ms = ms(t);
+            let t = Instant::now();
+            let compiled = Compiled::build(live.validated(), health)?;
+            phases.compile_ms = ms(t);
+            self.live = Some(live);
+            self.compiled = Some(compiled);
+            self.reading = Some(reading);
+            return Ok(Prepared::Changes(Delta::everything()));
+        };
+        if changes.is_empty() {
+            self.source.commit(&mut reading);
+            return Ok(Prepared::Nothing);
+        }
+        live.set_files(files);
+        let t = Instant::now();
+        let applied = live.apply(changes)?;
+        phases.validate_ms = ms(t);
+        let t = Instant::now();
+        let compiled = self
+            .compiled
+            .as_mut()
+            .expect("compiled with the live config");
+        let delta = match applied {
+            Applied::Endpoints(services) => compiled.update(live.validated(), health, &services),
+            Applied::Everything => Compiled::build(live.validated(), health).map(|c| {
+                let same = c.plan() == compiled.plan();
+                self.previous = Some(std::mem::replace(compiled, c));
+                if same {
+                    Delta::default()
+                } else {
+                    Delta::everything()
+                }
+            }),
+        };
+        phases.compile_ms = ms(t);
+        match delta {
+            Ok(d) => {
+                self.reading = Some(reading);
+                Ok(if d.is_empty() {
+                    Prepared::Nothing
+                } else {
+                    Prepared::Changes(d)
+                })
+            }
+            Err(e) => {
+                live.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Endpoint health changed (`changed`: the endpoints that turned): the
+    /// units that read their services, recompiled.
+    fn prepare_health(
+        &mut self,
+        health: &Health,
+        changed: &BTreeSet<SocketAddr>,
+        phases: &mut Phases,
+    ) -> Result<Prepared, ConfigError> {
+        let (Some(live), Some(compiled)) = (&self.live, &mut self.compiled) else {
+            return Ok(Prepared::Nothing);
+        };
+        let t = Instant::now();
+        let v = live.validated();
+        let services: BTreeSet<_> = changed
+            .iter()
+            .flat_map(|a| v.inventory.services_with_ip(a.ip()).cloned())
+            .collect();
+        let d = compiled.update(v, health, &services)?;
+        phases.compile_ms = ms(t);
+        Ok(if d.is_empty() {
+            Prepared::Nothing
+        } else {
+            Prepared::Changes(d)
+        })
+    }
+
+    /// The datapath took the prepared change.
+    pub fn commit(&mut self) {
+        if let Some(mut r) = self.reading.take() {
+            self.source.commit(&mut r);
+        }
+        if let Some(l) = &mut self.live {
+            l.commit();
+        }
+        self.previous = None;
+    }
+
+    /// The datapath refused the prepared change: the config as it was, and
+    /// its plan (compiled again, when it was updated in place).
+    pub fn rollback(&mut self, health: &Health) {
+        self.reading = None;
+        let Some(live) = &mut self.live else { return };
+        live.rollback();
+        self.compiled = match self.previous.take() {
+            Some(c) => Some(c),
+            None => Compiled::build(live.validated(), health).ok(),
+        };
+    }
+}
+
+pub fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// What a reload prepared: the change to apply, and, when the files were
+/// refused, why (endpoint health is applied all the same: a bad edit on
+/// disk waits for its own fix, the health of the endpoints does not).
+pub struct Reload {
+    pub prepared: Prepared,
+    pub refused: Option<ConfigError>,
+}
+
+impl Delta {
+    /// Both changes.
+    pub fn merge(&mut self, other: Delta) {
+        self.all |= other.all;
+        self.services.extend(other.services);
+        self.replaced.extend(other.replaced);
+        self.backends.extend(other.backends);
+        self.names |= other.names;
+        self.proxy |= other.proxy;
+        self.watched |= other.watched;
+    }
+}
+
+impl Control {
+    /// One reload: the files (if `read_files`: what changed in them), then
+    /// endpoint health (`applied`: the health the serving plan has;
+    /// `health`: now). Nothing is accepted until [`Control::commit`].
+    pub fn prepare(
+        &mut self,
+        read_files: bool,
+        applied: &Health,
+        health: &Health,
+        phases: &mut Phases,
+    ) -> Reload {
+        let mut delta = Delta::default();
+        let mut refused = None;
+        if read_files {
+            match self.prepare_files(health, phases) {
+                Ok(Prepared::Changes(d)) => delta.merge(d),
+                Ok(Prepared::Nothing) => {}
+                Err(e) => refused = Some(e),
+            }
+        }
+        if health.unhealthy != applied.unhealthy {
+            let changed: BTreeSet<SocketAddr> = health
+                .unhealthy
+                .symmetric_difference(&applied.unhealthy)
+                .copied()
+                .collect();
+            match self.prepare_health(health, &changed, phases) {
+                Ok(Prepared::Changes(d)) => delta.merge(d),
+                Ok(Prepared::Nothing) => {}
+                Err(e) => {
+                    self.rollback(applied);
+                    return Reload {
+                        prepared: Prepared::Nothing,
+                        refused: Some(e),
+                    };
+                }
+            }
+        }
+        if delta.is_empty() {
+            // Accepted, and nothing for the datapath to refuse.
+            self.commit();
+            return Reload {
+                prepared: Prepared::Nothing,
+                refused,
+            };
+        }
+        Reload {
+            prepared: Prepared::Changes(delta),
+            refused,
+        }
+    }
+
+    /// The validated config in service, if any.
+    pub fn validated(&self) -> Option<&crate::config::Validated> {
+        self.live.as_ref().map(Live::validated)
+    }
+}
