@@ -76,7 +76,7 @@ impl Control {
             let t = Instant::now();
             let mut cfg = Resources::default();
             cfg.apply(changes);
-            cfg.files = files;
+            cfg.files = files.unwrap_or_default();
             let live = Live::new(cfg, &self.overrides)?;
             phases.validate_ms = ms(t);
             let t = Instant::now();
@@ -91,7 +91,9 @@ impl Control {
             self.source.commit(&mut reading);
             return Ok(Prepared::Nothing);
         }
-        live.set_files(files);
+        if let Some(files) = files {
+            live.set_files(files);
+        }
         let t = Instant::now();
         let applied = live.apply(changes)?;
         phases.validate_ms = ms(t);

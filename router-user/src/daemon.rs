@@ -162,9 +162,10 @@ fn spawn_logger(dp: &mut Datapath) {
 
 /// How long a burst of file events may be quiet before it is read (an
 /// editor's several writes, a tool writing many files), and the longest a
-/// burst is waited for.
+/// burst is waited for (under sustained churn, a batch every this often:
+/// the staleness budget).
 const FILE_QUIET: Duration = Duration::from_millis(5);
-const FILE_DEBOUNCE_MAX: Duration = Duration::from_millis(150);
+const FILE_DEBOUNCE_MAX: Duration = Duration::from_millis(20);
 /// Recompiles for health changes and signals: at most one per this.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -281,13 +281,15 @@ pub struct OutlierPlan {
     pub max_ejection_percent: u32,
 }
 
+/// (Cluster, locality and service are shared with every endpoint of the
+/// same: a plan lists 100,000 endpoints and a handful of each.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointPlan {
     pub addr: SocketAddr,
-    pub cluster: String,
-    pub locality: Locality,
+    pub cluster: Arc<str>,
+    pub locality: Arc<Locality>,
     /// Service (cluster/namespace/name) this endpoint belongs to.
-    pub service: String,
+    pub service: Arc<str>,
     pub healthy: bool,
 }
 
@@ -317,8 +319,8 @@ impl fmt::Display for Notice {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BackendPlan {
     pub addr: SocketAddr,
-    pub cluster: String,
-    pub locality: Locality,
+    pub cluster: Arc<str>,
+    pub locality: Arc<Locality>,
 }
 
 /// DNS for virtual hosts (README, "Names").
@@ -463,14 +465,22 @@ impl Plan {
     }
     /// Clusters in the order `Backend::cluster_id` numbers them (1-based).
     pub fn clusters(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.backends.iter().map(|b| b.cluster.clone()).collect();
+        let mut v: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| b.cluster.to_string())
+            .collect();
         v.sort();
         v.dedup();
         v
     }
     /// Localities in the order `Backend::locality_id` numbers them (1-based).
     pub fn localities(&self) -> Vec<Locality> {
-        let mut v: Vec<Locality> = self.backends.iter().map(|b| b.locality.clone()).collect();
+        let mut v: Vec<Locality> = self
+            .backends
+            .iter()
+            .map(|b| (*b.locality).clone())
+            .collect();
         v.sort();
         v.dedup();
         v

@@ -91,7 +91,7 @@ mod tests {
             .map(|(a, healthy, _)| EndpointPlan {
                 addr: a.parse().unwrap(),
                 cluster: "c".into(),
-                locality: Locality::default(),
+                locality: Locality::default().into(),
                 service: "s".into(),
                 healthy: *healthy,
             })
@@ -103,7 +103,7 @@ mod tests {
                 std::sync::Arc::new(BackendPlan {
                     addr: a.parse().unwrap(),
                     cluster: "c".into(),
-                    locality: Locality::default(),
+                    locality: Locality::default().into(),
                 })
             })
             .collect();

@@ -11,6 +11,7 @@
 //! - Every namespace, cgroup, pinned object and temp dir is removed in `Drop`
 //!   (also when a test panics), and leftovers of killed test runs are swept
 //!   at the start of the next one.
+pub mod churn;
 pub mod drill;
 
 use std::{
@@ -783,6 +784,8 @@ pub struct LogLine {
     pub text: String,
     /// The typed event, when the line is one.
     pub event: Option<Event>,
+    /// When the harness read it.
+    pub seen: Instant,
 }
 
 impl LogLine {
@@ -792,6 +795,7 @@ impl LogLine {
                 level: String::new(),
                 text: raw.to_string(),
                 event: None,
+                seen: Instant::now(),
             };
         };
         let event = o
@@ -819,7 +823,12 @@ impl LogLine {
                 }
             }
         }
-        LogLine { level, text, event }
+        LogLine {
+            level,
+            text,
+            event,
+            seen: Instant::now(),
+        }
     }
 }
 
@@ -1003,6 +1012,18 @@ impl Routerd {
         let start = self.log_len();
         self.signal(libc::SIGHUP);
         self.wait_outcome(start)
+    }
+
+    /// Applied events from position `start`: when each was seen and how
+    /// long routerd took (so it began at `seen - elapsed`).
+    pub fn applied_times(&self, start: usize) -> Vec<(Instant, f64)> {
+        self.logs.0.lock().unwrap()[start..]
+            .iter()
+            .filter_map(|l| match &l.event {
+                Some(Event::Applied { elapsed_ms, .. }) => Some((l.seen, *elapsed_ms)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every event so far, from position `start`.

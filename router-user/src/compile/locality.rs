@@ -109,7 +109,7 @@ fn describe_target(t: &LocalityTarget) -> String {
 pub struct Candidate<'a> {
     pub addr: SocketAddr,
     pub ep: &'a Ep,
-    pub service: String,
+    pub service: std::sync::Arc<str>,
     pub healthy: bool,
 }
 

@@ -194,12 +194,13 @@ impl<'a> Compiler<'a> {
             .backing(d)
             .into_iter()
             .flat_map(|(svc, port, subset)| {
+                let service: Arc<str> = Arc::from(svc.id.to_string());
                 svc.endpoints(port, v6, subset)
                     .into_iter()
                     .map(move |(addr, ep)| Candidate {
                         addr,
                         ep,
-                        service: svc.id.to_string(),
+                        service: service.clone(),
                         healthy: !self.health.unhealthy.contains(&addr),
                     })
             })
@@ -489,10 +490,48 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
     (hosts, notices)
 }
 
+/// Where a host's config is, by position (an update finds it again
+/// without collecting every host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAt {
+    pub name: String,
+    pub vd: Option<crate::config::store::Pos>,
+    pub rt: Option<crate::config::store::Pos>,
+}
+
+impl HostAt {
+    pub fn of(src: &HostSrc<'_>) -> Self {
+        HostAt {
+            name: src.name.clone(),
+            vd: src.vd.map(|r| crate::config::store::Pos::of(&r.origin)),
+            rt: src.rt.map(|r| crate::config::store::Pos::of(&r.origin)),
+        }
+    }
+
+    /// The host's sources in `v` (`None` if one is not there any more).
+    pub fn find<'a>(&self, v: &'a Validated) -> Option<HostSrc<'a>> {
+        use crate::config::store::at;
+        let vd = match &self.vd {
+            Some(p) => Some(at(&v.config.virtual_destinations, p)?),
+            None => None,
+        };
+        let rt = match &self.rt {
+            Some(p) => Some(at(&v.config.route_tables, p)?),
+            None => None,
+        };
+        Some(HostSrc {
+            name: self.name.clone(),
+            vd,
+            rt,
+        })
+    }
+}
+
 /// One virtual host compiled: everything the plan holds for it, and what
 /// it depends on.
 #[derive(Clone, Debug)]
 pub struct HostUnit {
+    pub at: HostAt,
     pub host: Arc<HostPlan>,
     /// Its kernel services and its proxied ones.
     pub services: Vec<Arc<ServicePlan>>,
@@ -500,8 +539,8 @@ pub struct HostUnit {
     pub l7: Vec<L7Service>,
     pub notices: Vec<Notice>,
     pub watch: checks::Watch,
-    /// The services whose endpoints it read.
-    pub deps: BTreeSet<ServiceId>,
+    /// The services whose endpoints it read (sorted).
+    pub deps: Vec<ServiceId>,
 }
 
 /// The VirtualGateway listeners compiled (one unit: they are few).
@@ -509,7 +548,7 @@ pub struct HostUnit {
 pub struct GatewayUnit {
     pub listeners: Vec<GatewayListener>,
     pub watch: checks::Watch,
-    pub deps: BTreeSet<ServiceId>,
+    pub deps: Vec<ServiceId>,
 }
 
 /// The gateways' unit.
@@ -519,7 +558,7 @@ fn gateway_unit(v: &Validated, health: &Health) -> GatewayUnit {
     GatewayUnit {
         listeners,
         watch: c.watch.into_inner(),
-        deps: c.touched.into_inner(),
+        deps: c.touched.into_inner().into_iter().collect(),
     }
 }
 
@@ -705,6 +744,7 @@ fn host_unit(
     }
     services.sort_by_key(|a| (a.vip, a.port, a.proto));
     Ok(HostUnit {
+        at: HostAt::of(src),
         host: Arc::new(HostPlan {
             name: src.name.clone(),
             vip4: v4,
@@ -716,7 +756,7 @@ fn host_unit(
         l7,
         notices: c.notices,
         watch: c.watch.into_inner(),
-        deps: c.touched.into_inner(),
+        deps: c.touched.into_inner().into_iter().collect(),
     })
 }
 

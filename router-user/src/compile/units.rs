@@ -98,7 +98,7 @@ pub struct Compiled {
     units: BTreeMap<String, HostUnit>,
     gateways: GatewayUnit,
     /// service -> the hosts that read its endpoints.
-    readers: HashMap<ServiceId, BTreeSet<String>>,
+    readers: HashMap<ServiceId, Vec<String>>,
     /// Host key -> its place in `plan.hosts`.
     host_pos: HashMap<String, usize>,
     /// Notices that are no unit's (validation's, host collection's).
@@ -177,7 +177,7 @@ impl Compiled {
         gateways: GatewayUnit,
         base_notices: Vec<Notice>,
     ) -> Compiled {
-        let mut readers: HashMap<ServiceId, BTreeSet<String>> = HashMap::new();
+        let mut readers: HashMap<ServiceId, Vec<String>> = HashMap::new();
         let mut host_pos = HashMap::new();
         let mut hosts = Vec::with_capacity(units.len());
         let mut services = Vec::new();
@@ -188,7 +188,7 @@ impl Compiled {
             services.extend(u.services.iter().cloned());
             l7.extend(u.l7.iter().cloned());
             for d in &u.deps {
-                readers.entry(d.clone()).or_default().insert(key.clone());
+                readers.entry(d.clone()).or_default().push(key.clone());
             }
         }
         services.sort_by_key(|s| svc_id(s));
@@ -336,14 +336,16 @@ impl Compiled {
     ) -> Result<Delta, ConfigError> {
         let dirty = self.readers_of(services);
         let gateways_dirty = self.gateways.deps.iter().any(|d| services.contains(d));
-        let (hosts, _) = virtual_hosts(v);
         let mut fresh = BTreeMap::new();
         let mut errors = Vec::new();
         for key in &dirty {
-            let (Some(src), Some(old)) = (hosts.get(key), self.units.get(key)) else {
+            let Some(old) = self.units.get(key) else {
                 continue; // the host set changes only with a build
             };
-            match host_unit(v, health, src, (old.host.vip4, old.host.vip6)) {
+            let Some(src) = old.at.find(v) else {
+                continue;
+            };
+            match host_unit(v, health, &src, (old.host.vip4, old.host.vip6)) {
                 Ok(u) => {
                     fresh.insert(key.clone(), u);
                 }
@@ -377,20 +379,28 @@ impl Compiled {
             .units
             .remove(&key)
             .expect("only known hosts are updated");
-        // Dependencies.
-        for d in old.deps.difference(&new.deps) {
+        // Dependencies (sorted lists: most units read one service).
+        for d in old
+            .deps
+            .iter()
+            .filter(|d| new.deps.binary_search(d).is_err())
+        {
             if let Some(h) = self.readers.get_mut(d) {
-                h.remove(&key);
+                h.retain(|k| *k != key);
                 if h.is_empty() {
                     self.readers.remove(d);
                 }
             }
         }
-        for d in new.deps.difference(&old.deps) {
-            self.readers
-                .entry(d.clone())
-                .or_default()
-                .insert(key.clone());
+        for d in new
+            .deps
+            .iter()
+            .filter(|d| old.deps.binary_search(d).is_err())
+        {
+            let h = self.readers.entry(d.clone()).or_default();
+            if let Err(i) = h.binary_search(&key) {
+                h.insert(i, key.clone());
+            }
         }
         // The host entry.
         if old.host != new.host {

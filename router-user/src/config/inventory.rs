@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use super::{EndpointSliceBody, Resources, diag::Diags, model::*};
@@ -81,15 +82,18 @@ pub struct SvcPort {
     pub proto: Proto,
 }
 
+/// One endpoint address. What its slice says of all its endpoints (ports,
+/// cluster) and what endpoints of one locality share (labels) are shared,
+/// not copied: a mesh has 100,000 endpoints and a handful of each.
 #[derive(Clone, Debug)]
 pub struct Ep {
     pub ip: IpAddr,
     /// `(port name, port number, protocol)` from the slice.
-    pub ports: Vec<(Option<String>, u16, Proto)>,
+    pub ports: Arc<Vec<(Option<String>, u16, Proto)>>,
     /// The slice's labels plus topology labels derived from the locality.
-    pub labels: Labels,
-    pub locality: Locality,
-    pub cluster: String,
+    pub labels: Arc<Labels>,
+    pub locality: Arc<Locality>,
+    pub cluster: Arc<str>,
     pub ready: bool,
 }
 
@@ -115,7 +119,8 @@ pub struct Inventory {
     by_label: std::collections::HashMap<(String, String), Vec<ServiceId>>,
     /// Endpoint address -> the services it serves (health changes are
     /// reported by address).
-    by_ip: std::collections::HashMap<IpAddr, BTreeSet<ServiceId>>,
+    /// (One `Arc` per service, shared by its addresses: 100,000 entries.)
+    by_ip: std::collections::HashMap<IpAddr, Vec<Arc<ServiceId>>>,
 }
 
 /// A Kubernetes port protocol routerd serves (TCP by default).
@@ -302,7 +307,7 @@ impl Inventory {
 
     /// The services `ip` is an endpoint of.
     pub fn services_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceId> {
-        self.by_ip.get(&ip).into_iter().flatten()
+        self.by_ip.get(&ip).into_iter().flatten().map(|id| &**id)
     }
 
     /// Replace a service's endpoints (its slices changed); the old ones.
@@ -311,23 +316,31 @@ impl Inventory {
             return Vec::new();
         };
         for ep in &entry.endpoints {
-            if let Some(set) = self.by_ip.get_mut(&ep.ip) {
-                set.remove(id);
-                if set.is_empty() {
+            if let Some(ids) = self.by_ip.get_mut(&ep.ip) {
+                ids.retain(|x| **x != *id);
+                if ids.is_empty() {
                     self.by_ip.remove(&ep.ip);
                 }
             }
         }
+        let shared = Arc::new(id.clone());
         for ep in &endpoints {
-            self.by_ip.entry(ep.ip).or_default().insert(id.clone());
+            let ids = self.by_ip.entry(ep.ip).or_default();
+            if !ids.iter().any(|x| **x == *id) {
+                ids.push(shared.clone());
+            }
         }
         std::mem::replace(&mut entry.endpoints, endpoints)
     }
 
     fn index(&mut self) {
         for (id, s) in &self.by_name {
+            let shared = Arc::new(id.clone());
             for ep in &s.endpoints {
-                self.by_ip.entry(ep.ip).or_default().insert(id.clone());
+                let ids = self.by_ip.entry(ep.ip).or_default();
+                if !ids.iter().any(|x| **x == *id) {
+                    ids.push(shared.clone());
+                }
             }
             self.by_ns_name
                 .entry((id.namespace.clone(), id.name.clone()))
@@ -498,6 +511,16 @@ pub fn ip_conflict(ip: IpAddr, other_cluster: &str, other_res: &str) -> String {
     )
 }
 
+/// The Service a slice belongs to (by its cluster, namespace and service
+/// label), if it names one.
+pub fn slice_service(es: &super::Resource<EndpointSliceBody>) -> Option<ServiceId> {
+    Some(ServiceId {
+        cluster: es.meta.cluster_name.clone().filter(|c| !c.is_empty())?,
+        namespace: es.origin.namespace.clone(),
+        name: es.meta.labels.get(LABEL_SERVICE_NAME)?.clone(),
+    })
+}
+
 /// One slice's endpoints with the line each is on, or `None` (with the
 /// reason in `diags`) for a slice that gives none. Addresses that cannot be
 /// endpoints are reported and left out. The slice's Service is `id`.
@@ -558,6 +581,10 @@ pub fn slice_endpoints(
             .cloned()
             .unwrap_or_default()
     };
+    let ports = Arc::new(ports);
+    let cluster_arc: Arc<str> = Arc::from(cluster.as_str());
+    // Endpoints of one locality share their locality and labels.
+    let mut shared: BTreeMap<Locality, (Arc<Locality>, Arc<Labels>)> = BTreeMap::new();
     let mut out = Vec::new();
     for ep in &es.spec.endpoints {
         let line = es.line_of(ep);
@@ -570,18 +597,24 @@ pub fn slice_endpoints(
                 .unwrap_or_else(|| slice_locality(LABEL_ZONE, ep)),
             subzone: slice_locality(LABEL_SUBZONE, ep),
         };
-        let mut labels = es.meta.labels.clone();
-        labels.remove(LABEL_SERVICE_NAME);
-        labels.insert(LABEL_CLUSTER.into(), cluster.clone());
-        for (k, v) in [
-            (LABEL_REGION, &locality.region),
-            (LABEL_ZONE, &locality.zone),
-            (LABEL_SUBZONE, &locality.subzone),
-        ] {
-            if !v.is_empty() {
-                labels.insert(k.into(), v.clone());
-            }
-        }
+        let (locality, labels) = shared
+            .entry(locality)
+            .or_insert_with_key(|locality| {
+                let mut labels = es.meta.labels.clone();
+                labels.remove(LABEL_SERVICE_NAME);
+                labels.insert(LABEL_CLUSTER.into(), cluster.clone());
+                for (k, v) in [
+                    (LABEL_REGION, &locality.region),
+                    (LABEL_ZONE, &locality.zone),
+                    (LABEL_SUBZONE, &locality.subzone),
+                ] {
+                    if !v.is_empty() {
+                        labels.insert(k.into(), v.clone());
+                    }
+                }
+                (Arc::new(locality.clone()), Arc::new(labels))
+            })
+            .clone();
         let cond = ep.conditions.clone().unwrap_or_default();
         // Kubernetes: a nil `ready` means ready; terminating endpoints are not.
         let ready = cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false);
@@ -633,7 +666,7 @@ pub fn slice_endpoints(
                     ports: ports.clone(),
                     labels: labels.clone(),
                     locality: locality.clone(),
-                    cluster: cluster.clone(),
+                    cluster: cluster_arc.clone(),
                     ready,
                 },
             ));

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::{
@@ -24,6 +25,9 @@ use super::{
     store::{Change, Kind, Object, Pos, Undo},
     validate_all,
 };
+
+/// An endpoint address's cluster, and how many slice entries list it.
+type IpCount = (Arc<str>, u32);
 
 /// What an accepted change set changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +47,7 @@ pub struct Live {
     slices_of: HashMap<ServiceId, BTreeSet<Pos>>,
     /// Endpoint address -> (its cluster, how many slice entries list it).
     /// In an accepted config every address has one cluster.
-    ips: HashMap<IpAddr, (String, u32)>,
+    ips: HashMap<IpAddr, IpCount>,
     /// How to take back the last apply, until it is committed (the
     /// compiler or the datapath may still refuse it).
     pending: Option<Rollback>,
@@ -57,7 +61,7 @@ struct Whole {
     inventory: inventory::Inventory,
     notices: Vec<crate::plan::Notice>,
     slices_of: HashMap<ServiceId, BTreeSet<Pos>>,
-    ips: HashMap<IpAddr, (String, u32)>,
+    ips: HashMap<IpAddr, IpCount>,
 }
 
 /// What an apply replaced.
@@ -68,7 +72,7 @@ enum Rollback {
         undo: Undo,
         endpoints: Vec<(ServiceId, Vec<inventory::Ep>)>,
         slices_of: Vec<(ServiceId, Option<BTreeSet<Pos>>)>,
-        ips: Vec<(IpAddr, Option<(String, u32)>)>,
+        ips: Vec<(IpAddr, Option<IpCount>)>,
     },
 }
 
@@ -152,29 +156,28 @@ impl Live {
         self.v
     }
 
-    /// Rebuild the slice indexes from the accepted config.
+    /// Rebuild the slice indexes from the accepted config: every endpoint
+    /// entry of the inventory is one slice's listing of an address.
     fn index(&mut self) {
         self.slices_of.clear();
         self.ips.clear();
-        let vips = self.v.settings.vip_ranges;
-        for es in &self.v.config.endpoint_slices {
-            let mut scratch = Diags::default();
-            let Some((id, eps)) = inventory::slice_endpoints(es, &vips, &mut scratch) else {
-                continue;
-            };
-            if self.v.inventory.get(&id).is_none() {
-                continue;
-            }
-            for (_, ep) in &eps {
+        for svc in self.v.inventory.by_name.values() {
+            for ep in &svc.endpoints {
                 self.ips
                     .entry(ep.ip)
                     .or_insert_with(|| (ep.cluster.clone(), 0))
                     .1 += 1;
             }
-            self.slices_of
-                .entry(id)
-                .or_default()
-                .insert(Pos::of(&es.origin));
+        }
+        for es in &self.v.config.endpoint_slices {
+            if let Some(id) = inventory::slice_service(es)
+                && self.v.inventory.get(&id).is_some()
+            {
+                self.slices_of
+                    .entry(id)
+                    .or_default()
+                    .insert(Pos::of(&es.origin));
+            }
         }
     }
 
@@ -214,7 +217,7 @@ impl Live {
         #[derive(Default)]
         struct IpChange {
             removed: u32,
-            added: Vec<String>,
+            added: Vec<Arc<str>>,
         }
         let vips = self.v.settings.vip_ranges;
         let mut touched: BTreeSet<ServiceId> = BTreeSet::new();
@@ -263,7 +266,7 @@ impl Live {
                 .get(ip)
                 .filter(|(_, n)| *n > ch.removed)
                 .map(|(c, _)| c);
-            let mut clusters: BTreeSet<&String> = ch.added.iter().collect();
+            let mut clusters: BTreeSet<&Arc<str>> = ch.added.iter().collect();
             clusters.extend(kept);
             if clusters.len() > 1 {
                 refused = true;

@@ -335,16 +335,84 @@ pub fn load_text(file: &str, text: &str, cfg: &mut Resources, diags: &mut Diags)
     }
 }
 
+/// A plain scalar as it stands on a line (quotes removed), or `None` when
+/// it needs a YAML parser (flow collections, escapes, anchors...).
+fn plain_value(v: &str) -> Option<String> {
+    let v = v.trim();
+    let v = match v.find(" #") {
+        Some(i) => v[..i].trim_end(),
+        None => v,
+    };
+    if v.is_empty() || v.contains(['{', '[', '&', '*', '!', '|', '>', '\\', '#']) {
+        return None;
+    }
+    let unquoted = v
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')));
+    match unquoted {
+        Some(u) if !u.contains(['"', '\'']) => Some(u.to_string()),
+        Some(_) => None,
+        None if !v.contains(['"', '\'']) => Some(v.to_string()),
+        None => None,
+    }
+}
+
+/// `kind`, `apiVersion` and `metadata.name`/`namespace` read off a block
+/// style document's lines (top-level keys start at column 0; metadata's at
+/// column 2), so that dispatching by kind does not parse the document
+/// twice. `None` when the document is written otherwise: then YAML parses
+/// the header.
+fn quick_header(text: &str) -> Option<Header> {
+    let (mut kind, mut api, mut name, mut ns) = (None, None, None, None);
+    let mut in_meta = false;
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            in_meta = false;
+            if let Some(v) = line.strip_prefix("kind:") {
+                kind = Some(plain_value(v)?);
+            } else if let Some(v) = line.strip_prefix("apiVersion:") {
+                api = Some(plain_value(v)?);
+            } else if let Some(v) = line.strip_prefix("metadata:") {
+                if !v.trim().is_empty() {
+                    return None; // flow style
+                }
+                in_meta = true;
+            }
+        } else if in_meta && !line.starts_with("   ") {
+            if let Some(v) = line.strip_prefix("  name:") {
+                name = Some(plain_value(v)?);
+            } else if let Some(v) = line.strip_prefix("  namespace:") {
+                ns = Some(plain_value(v)?);
+            }
+        }
+    }
+    Some(Header {
+        kind: Some(kind?),
+        api_version: Some(api?),
+        metadata: Some(HeaderMeta {
+            name: Some(name?),
+            namespace: ns,
+        }),
+    })
+}
+
 /// Parse one document: dispatched by `kind`, checked against its
 /// apiVersion, parsed strictly. `None` (with the reason in `diags`) if it
 /// is not a resource routerd reads.
 pub(super) fn parse_doc(file: &str, doc: &RawDoc<'_>, diags: &mut Diags) -> Option<Object> {
-    let header: Header = match serde_saphyr::from_str(doc.text) {
-        Ok(h) => h,
-        Err(e) => {
-            saphyr_error(diags, file, doc, None, &e);
-            return None;
-        }
+    let header: Header = match quick_header(doc.text) {
+        Some(h) => h,
+        None => match serde_saphyr::from_str(doc.text) {
+            Ok(h) => h,
+            Err(e) => {
+                saphyr_error(diags, file, doc, None, &e);
+                return None;
+            }
+        },
     };
     let line = content_line(doc);
     let Some(kind) = header.kind.clone() else {
@@ -422,6 +490,25 @@ mod tests {
         assert!(untrusted(1000, 0o100644, 0).unwrap().contains("uid 1000"));
         assert!(untrusted(0, 0o100664, 0).unwrap().contains("its group"));
         assert!(untrusted(0, 0o040777, 0).unwrap().contains("everyone"));
+    }
+
+    #[test]
+    fn block_headers_are_read_off_the_lines_and_others_parsed() {
+        let h = quick_header(
+            "# c\napiVersion: v1\nkind: Service\nmetadata:\n  name: \"web\"\n  labels:\n    name: x\n  namespace: t\nspec: {}\n",
+        )
+        .unwrap();
+        assert_eq!(h.kind.as_deref(), Some("Service"));
+        assert_eq!(h.api_version.as_deref(), Some("v1"));
+        let m = h.metadata.unwrap();
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref()),
+            (Some("web"), Some("t"))
+        );
+        // Flow style, anchors, a missing name: YAML decides.
+        assert!(quick_header("kind: Service\napiVersion: v1\nmetadata: {name: a}\n").is_none());
+        assert!(quick_header("kind: &k Service\napiVersion: v1\nmetadata:\n  name: a\n").is_none());
+        assert!(quick_header("kind: Service\napiVersion: v1\nmetadata:\n  labels: {}\n").is_none());
     }
 
     #[test]

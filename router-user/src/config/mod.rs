@@ -212,7 +212,7 @@ pub fn load_with(
     let mut reading = source.read()?;
     let mut cfg = Resources::default();
     cfg.apply(std::mem::take(&mut reading.changes));
-    cfg.files = std::mem::take(&mut reading.names);
+    cfg.files = reading.names.take().unwrap_or_default();
     validate_all(cfg, overrides)
 }
 

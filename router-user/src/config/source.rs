@@ -24,7 +24,7 @@ use super::{
         LoadOptions, MAX_FILES, MAX_TOTAL_BYTES, check_trust, config_files, parse_doc,
         read_config_file, split_documents,
     },
-    store::{Change, Kind, Pos},
+    store::{Change, Kind, Object, Pos},
 };
 
 /// What identifies a file's content without reading it.
@@ -68,8 +68,11 @@ pub struct Reading {
     pub changes: Vec<Change>,
     /// Files read: their new state (`None`: gone).
     files: BTreeMap<PathBuf, Option<FileState>>,
-    /// Every config file, in order, after this read.
-    pub names: Vec<String>,
+    /// Every config file, in order, after this read (when the set of
+    /// files changed).
+    pub names: Option<Vec<String>>,
+    /// Their size in all.
+    total: u64,
 }
 
 /// The config path as a source of changes.
@@ -82,12 +85,35 @@ pub struct FileSource {
     pending: BTreeSet<PathBuf>,
     /// A full rescan is owed (start, SIGHUP, a directory event).
     rescan: bool,
+    /// The accepted files' size in all.
+    total: u64,
 }
 
 fn doc_hash(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
+}
+
+/// `f` over every item, on as many threads as the machine has (in order).
+fn parse_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len() / 64 + 1);
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a parser thread panicked"))
+            .collect()
+    })
 }
 
 fn is_config_name(p: &Path) -> bool {
@@ -103,6 +129,7 @@ impl FileSource {
             files: BTreeMap::new(),
             pending: BTreeSet::new(),
             rescan: true,
+            total: 0,
         }
     }
 
@@ -127,8 +154,16 @@ impl FileSource {
                     .is_ok_and(|rel| rel.iter().any(|c| c.to_string_lossy().starts_with('.')))
             {
                 self.pending.insert(p);
-            } else if p.is_dir() || !p.exists() {
-                // A directory appeared, went or moved: look at everything.
+            } else if p.is_dir()
+                || self
+                    .files
+                    .range(p.clone()..)
+                    .next()
+                    .is_some_and(|(f, _)| f.starts_with(&p))
+            {
+                // A directory appeared, or one holding config files went or
+                // moved: look at everything. (Anything else, such as an
+                // editor's or a tool's temporary file, is not config.)
                 self.rescan = true;
             }
         }
@@ -168,6 +203,7 @@ impl FileSource {
             listed = BTreeSet::new();
         }
         let mut r = Reading::default();
+        let mut texts: Vec<(PathBuf, String, String, Fingerprint)> = Vec::new();
         for f in &candidates {
             let name = f.display().to_string();
             let md = match std::fs::metadata(f) {
@@ -199,17 +235,51 @@ impl FileSource {
                     continue;
                 }
             }
-            let text = match read_config_file(f) {
-                Ok(t) => t,
-                Err(e) => {
-                    diags.push(&name, 0, None, e);
-                    continue;
+            match read_config_file(f) {
+                Ok(t) => texts.push((f.clone(), name, t, fp)),
+                Err(e) => diags.push(&name, 0, None, e),
+            }
+        }
+        // The documents that are new or moved, parsed in parallel (YAML is
+        // most of a start-up's cost), then each file diffed in order.
+        let split: Vec<Vec<super::load::RawDoc<'_>>> = texts
+            .iter()
+            .map(|(_, _, t, _)| split_documents(t))
+            .collect();
+        let mut jobs: Vec<(usize, usize)> = Vec::new();
+        for (i, docs) in split.iter().enumerate() {
+            let known: std::collections::HashSet<(u64, u64)> = self
+                .files
+                .get(&texts[i].0)
+                .map(|o| o.docs.iter().map(|d| (d.first_line, d.hash)).collect())
+                .unwrap_or_default();
+            for (j, doc) in docs.iter().enumerate() {
+                if !known.contains(&(doc.first_line, doc_hash(doc.text))) {
+                    jobs.push((i, j));
                 }
-            };
-            r.files.insert(
-                f.clone(),
-                Some(self.diff_file(&name, &text, old, fp, &mut r.changes, &mut diags)),
+            }
+        }
+        let parsed = parse_all(&jobs, |(i, j)| {
+            let mut d = Diags::default();
+            // A clone is compact: what the parser built has the slack of
+            // growing vectors (about half again, for a store that lives as
+            // long as the daemon).
+            let o = parse_doc(&texts[*i].1, &split[*i][*j], &mut d).clone();
+            (o, d)
+        });
+        let mut parsed: BTreeMap<(usize, usize), (Option<Object>, Diags)> =
+            jobs.into_iter().zip(parsed).collect();
+        for (i, (f, _, _, fp)) in texts.iter().enumerate() {
+            let st = self.diff_file(
+                i,
+                &split[i],
+                self.files.get(f),
+                *fp,
+                &mut parsed,
+                &mut r.changes,
+                &mut diags,
             );
+            r.files.insert(f.clone(), Some(st));
         }
         // Deletions of the documents of files that went away.
         for (f, st) in &r.files {
@@ -224,16 +294,31 @@ impl FileSource {
                 }
             }
         }
-        // The resulting set of files, and its limits.
-        let mut all: BTreeSet<&PathBuf> = self.files.keys().collect();
+        // The resulting set of files, and its limits (kept as running
+        // totals: a one-file change must not walk 10,000 files).
+        let mut count = self.files.len();
+        let mut total = self.total;
+        let mut set_changed = false;
         for (f, st) in &r.files {
-            if st.is_some() {
-                all.insert(f);
-            } else {
-                all.remove(f);
+            let old = self.files.get(f);
+            total -= old.and_then(|o| o.fingerprint).map_or(0, |p| p.len);
+            match st {
+                Some(s) => {
+                    total += s.fingerprint.map_or(0, |p| p.len);
+                    if old.is_none() {
+                        count += 1;
+                        set_changed = true;
+                    }
+                }
+                None => {
+                    if old.is_some() {
+                        count -= 1;
+                        set_changed = true;
+                    }
+                }
             }
         }
-        if all.len() > MAX_FILES {
+        if count > MAX_FILES {
             diags.push(
                 &shown,
                 0,
@@ -241,7 +326,7 @@ impl FileSource {
                 format!("{shown} holds more than {MAX_FILES} config files"),
             );
         }
-        if all.is_empty() && diags.is_empty() {
+        if count == 0 && diags.is_empty() {
             diags.push(
                 &shown,
                 0,
@@ -249,13 +334,6 @@ impl FileSource {
                 "no *.yaml or *.yml files found; expected at least one",
             );
         }
-        let total: u64 = all
-            .iter()
-            .map(|f| match r.files.get(*f) {
-                Some(Some(s)) => s.fingerprint.map_or(0, |p| p.len),
-                _ => self.files[*f].fingerprint.map_or(0, |p| p.len),
-            })
-            .sum();
         if total > MAX_TOTAL_BYTES {
             diags.push(
                 &shown,
@@ -270,7 +348,18 @@ impl FileSource {
         if !diags.is_empty() {
             return diags.into_result(r);
         }
-        r.names = all.iter().map(|f| f.display().to_string()).collect();
+        if set_changed || self.rescan {
+            let mut all: BTreeSet<&PathBuf> = self.files.keys().collect();
+            for (f, st) in &r.files {
+                if st.is_some() {
+                    all.insert(f);
+                } else {
+                    all.remove(f);
+                }
+            }
+            r.names = Some(all.iter().map(|f| f.display().to_string()).collect());
+        }
+        r.total = total;
         Ok(r)
     }
 
@@ -294,14 +383,17 @@ impl FileSource {
         Ok(())
     }
 
-    /// One file's new text against its accepted state: upserts for new or
-    /// moved documents, deletes for documents gone.
+    /// One file's documents against its accepted state: upserts for new
+    /// or moved documents (parsed already, in `parsed` by (file, doc)),
+    /// deletes for documents gone.
+    #[allow(clippy::too_many_arguments)]
     fn diff_file(
         &self,
-        name: &str,
-        text: &str,
+        file: usize,
+        split: &[super::load::RawDoc<'_>],
         old: Option<&FileState>,
         fp: Fingerprint,
+        parsed: &mut BTreeMap<(usize, usize), (Option<Object>, Diags)>,
         changes: &mut Vec<Change>,
         diags: &mut Diags,
     ) -> FileState {
@@ -310,14 +402,18 @@ impl FileSource {
             .unwrap_or_default();
         let mut docs = Vec::new();
         let mut now: BTreeSet<(Kind, Pos)> = BTreeSet::new();
-        for doc in split_documents(text) {
+        for (j, doc) in split.iter().enumerate() {
             let hash = doc_hash(doc.text);
             if let Some(d) = kept.remove(&(doc.first_line, hash)) {
                 now.insert((d.kind, d.at.clone()));
                 docs.push(d.clone());
                 continue;
             }
-            let Some(o) = parse_doc(name, &doc, diags) else {
+            let Some((o, d)) = parsed.remove(&(file, j)) else {
+                continue;
+            };
+            diags.errors.extend(d.errors);
+            let Some(o) = o else {
                 continue;
             };
             let (kind, at) = (o.kind(), Pos::of(o.origin()));
@@ -358,5 +454,6 @@ impl FileSource {
         }
         self.pending.clear();
         self.rescan = false;
+        self.total = r.total;
     }
 }

@@ -51,6 +51,11 @@ fn find<S>(list: &[Resource<S>], at: &Pos) -> Result<usize, usize> {
     list.binary_search_by(|r| order(&r.origin.file, r.origin.line, &at.file, at.line))
 }
 
+/// The resource of `list` (one kind, in config order) at `at`.
+pub fn at<'a, S>(list: &'a [Resource<S>], pos: &Pos) -> Option<&'a Resource<S>> {
+    find(list, pos).ok().map(|i| &list[i])
+}
+
 /// One change to the store.
 #[derive(Clone, Debug)]
 pub enum Change {

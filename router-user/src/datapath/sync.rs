@@ -317,7 +317,7 @@ impl SyncReport {
     }
 }
 
-fn index_of<T: PartialEq>(list: &[T], x: &T) -> u16 {
+fn index_of<T: PartialEq<U>, U: ?Sized>(list: &[T], x: &U) -> u16 {
     list.iter()
         .position(|y| y == x)
         .map(|i| i as u16 + 1)
@@ -509,8 +509,8 @@ impl<'m> Writer<'m> {
             port: port_be(b.addr.port()),
             family,
             _pad: 0,
-            cluster_id: index_of(clusters, &b.cluster),
-            locality_id: index_of(localities, &b.locality),
+            cluster_id: index_of(clusters, &*b.cluster),
+            locality_id: index_of(localities, &*b.locality),
         };
         match self.mirror.backends.get(&b.addr).copied() {
             Some((id, old)) => {
@@ -740,7 +740,7 @@ pub fn apply_changes(
     backends: &BTreeSet<SocketAddr>,
 ) -> Result<SyncReport> {
     let known = |b: &BackendPlan| {
-        mirror.clusters.contains(&b.cluster) && mirror.localities.contains(&b.locality)
+        mirror.clusters.iter().any(|c| **c == *b.cluster) && mirror.localities.contains(&b.locality)
     };
     let find_backend = |a: &SocketAddr| {
         plan.backends

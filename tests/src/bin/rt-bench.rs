@@ -30,7 +30,11 @@ use router_tests::*;
 #[derive(Parser)]
 struct Args {
     /// Suites to run.
-    #[arg(long, value_delimiter = ',', default_value = "connect,http,control")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connect,http,control,churn"
+    )]
     suites: Vec<String>,
     /// Numbers of services (virtual hosts) to load for the connect suite.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
@@ -41,6 +45,13 @@ struct Args {
     /// Endpoints per service in the control suite.
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
+    /// Endpoint changes per second in the churn suite (over the largest
+    /// control world).
+    #[arg(long, default_value_t = 500)]
+    churn_rate: u64,
+    /// How long the churn lasts, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    churn_secs: f64,
     /// Length of one measurement, milliseconds.
     #[arg(long, default_value_t = 2000)]
     millis: u64,
@@ -724,128 +735,258 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// `n` route tables, each its own service with `eps` endpoints. The
-/// inventory (`inv.yaml`) is separate so one endpoint can change.
-fn control_inventory(n: usize, eps: usize, unready: Option<usize>) -> String {
-    let mut y = Config::new();
-    for i in 0..n {
-        let addrs: Vec<String> = (0..eps)
-            .map(|j| {
-                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 16, 0, 0)) + (i * eps + j) as u32 + 1)
-                    .to_string()
-            })
-            .collect();
-        let list: Vec<Ep<'_>> = addrs
-            .iter()
-            .enumerate()
-            .map(|(j, a)| (a.as_str(), "e1", !(unready == Some(i) && j == 0)))
-            .collect();
-        let name = format!("s{i}");
-        y = y.with(service_with_slice("c1", "east", &name, &name, 8080, &list));
+/// `n` route tables `r<i>`, each the only route of host `r<i>.bench.mesh`
+/// to its own service `s<i>`; the services in one file each
+/// ([`churn::EndpointFiles`]), as a per-object source (Kubernetes, a
+/// distributed store) would feed them.
+fn control_config(dir: &Path, n: usize, eps: usize) -> Result<churn::EndpointFiles> {
+    let rt = (0..n).fold(node(), |c, i| {
+        c.with(rt_forward(
+            &format!("r{i}"),
+            &format!("r{i}.bench.mesh"),
+            &format!("s{i}"),
+        ))
+    });
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("routes.yaml"), rt.yaml())?;
+    churn::EndpointFiles::create(dir, n, eps)
+}
+
+/// routerd on a control world of `n` tables (file watcher on).
+fn control_routerd(cfg: &Path, n: usize, eps: usize) -> Result<(Cgroup, Routerd, f64)> {
+    let cgroup = Cgroup::new(&unique())?;
+    let max_s = (n + 16).next_power_of_two().max(16_384).to_string();
+    let max_b = (n * eps + 16).next_power_of_two().max(65_536).to_string();
+    let t = Instant::now();
+    let routerd = Routerd::start(
+        &unique(),
+        cfg,
+        &cgroup.path,
+        &[
+            "--no-dns",
+            "--max-services",
+            &max_s,
+            "--max-backends",
+            &max_b,
+        ],
+    )?;
+    Ok((cgroup, routerd, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The phases and figures of an `applied` event.
+fn applied_of(e: &Event) -> Option<(f64, f64, router_user::events::Phases)> {
+    match e {
+        Event::Applied {
+            elapsed_ms,
+            writes,
+            phases,
+            ..
+        } => Some((*elapsed_ms, *writes as f64, *phases)),
+        _ => None,
     }
-    y.yaml()
 }
 
 fn control_suite(args: &Args, md: &mut String) -> Result<()> {
-    let mut lines = Vec::new();
-    for &n in &args.route_tables {
-        let eps = args.endpoints;
-        let dir = TempDir::new(&unique())?;
-        let rt = (0..n).fold(node(), |c, i| {
-            c.with(rt_forward(
-                &format!("r{i}"),
-                &format!("r{i}.bench.mesh"),
-                &format!("s{i}"),
-            ))
-        });
-        dir.write("config/routes.yaml", &rt.yaml())?;
-        dir.write("config/inv.yaml", &control_inventory(n, eps, None))?;
-        let cfg = dir.path.join("config");
-        let t = Instant::now();
-        plan(&cfg)?;
-        let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-        let cgroup = Cgroup::new(&unique())?;
-        let max_s = (n + 16).next_power_of_two().max(16_384).to_string();
-        let max_b = (n * eps + 16).next_power_of_two().max(65_536).to_string();
-        let t = Instant::now();
-        let routerd = Routerd::start(
-            &unique(),
-            &cfg,
-            &cgroup.path,
-            &[
-                "--no-watch",
-                "--no-dns",
-                "--max-services",
-                &max_s,
-                "--max-backends",
-                &max_b,
-            ],
-        )?;
-        let start_ms = t.elapsed().as_secs_f64() * 1e3;
-        let first = routerd
-            .events(0)
-            .iter()
-            .find_map(applied_figures)
-            .context("no applied event")?;
-        let (rss, hwm, maps) = memory(routerd.pid().unwrap_or(0));
-        // One endpoint of one service goes unready, then ready again, ...
-        let mut change = Vec::new();
-        for k in 0..args.rounds.max(3) {
-            let unready = (k % 2 == 0).then_some(n / 2);
-            dir.write("config/inv.yaml", &control_inventory(n, eps, unready))?;
-            let t = Instant::now();
-            let outcome = routerd.reload()?;
-            let wall = t.elapsed().as_secs_f64() * 1e3;
-            let Some((elapsed, writes)) = applied_figures(&outcome) else {
-                bail!("an endpoint change was not applied: {outcome}");
-            };
-            change.push((wall, elapsed, writes));
-        }
-        lines.push((
-            n,
-            n * eps,
-            compile_ms,
-            start_ms,
-            first.0,
-            first.1,
-            median(change.iter().map(|c| c.0).collect()),
-            median(change.iter().map(|c| c.1).collect()),
-            median(change.iter().map(|c| c.2).collect()),
-            rss,
-            hwm,
-            maps,
-        ));
-    }
     let _ = writeln!(md, "## Control plane at scale\n");
     let _ = writeln!(
         md,
-        "n route tables, each the only route of its own service with {} endpoints. From scratch: \
-         `routerd run` on the config until ready (reading, compiling, loading and attaching the \
-         programs, writing the maps). One endpoint change: one endpoint of one service turns unready \
-         (or ready again) in the inventory file, then SIGHUP; the time is from the signal to the \
-         `applied` log line (the file watcher adds its 150 ms debounce). Medians of {} changes.\n",
+        "n route tables, each the only route of its own service with {} endpoints; one file per \
+         service. From scratch: `routerd run` on the config until ready (reading, validating, \
+         compiling, loading and attaching the programs, writing the maps); the phases are those of \
+         the first apply. One endpoint change: one endpoint of one service turns unready (or ready \
+         again) in its file (written whole and renamed over the old one); \"file change to applied\" \
+         is from the rename to routerd's `applied` event, through the file watcher; \"in routerd\" is \
+         the apply itself, from the watcher's event (read, validate, compile, write). Medians of {} \
+         changes. Memory after the changes.\n",
         args.endpoints,
-        args.rounds.max(3)
+        args.rounds.max(5)
     );
     let _ = writeln!(
         md,
-        "| route tables | endpoints | compile in-process (ms) | start to ready (ms) | first apply in routerd (ms) | map writes | one endpoint change: signal to applied (ms) | in routerd (ms) | map writes | routerd RSS (MiB) | routerd peak RSS (MiB) | kernel maps (MiB) |"
+        "| route tables | endpoints | start to ready (ms) | first apply: read / validate / compile / write (ms) | one endpoint change: file change to applied (ms) | in routerd (ms) | read / validate / compile / write (ms) | map writes | routerd RSS (MiB) | routerd peak RSS (MiB) | kernel maps (MiB) |"
     );
-    let _ = writeln!(
-        md,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for (n, e, c, s, a, w, cw, ca, cwr, rss, hwm, maps) in &lines {
+    let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|");
+    for &n in &args.route_tables {
+        let eps = args.endpoints;
+        let dir = TempDir::new(&unique())?;
+        let cfg = dir.path.join("config");
+        let mut files = control_config(&cfg, n, eps)?;
+        let (_cgroup, routerd, start_ms) = control_routerd(&cfg, n, eps)?;
+        let first = routerd
+            .events(0)
+            .iter()
+            .find_map(applied_of)
+            .context("no applied event")?;
+        let mut change = Vec::new();
+        for _ in 0..args.rounds.max(5) {
+            let mark = routerd.log_len();
+            let t = files.change(n / 2)?;
+            routerd.wait_event(mark, Event::is_applied)?;
+            let (seen, _) = *routerd
+                .applied_times(mark)
+                .first()
+                .context("no applied event")?;
+            let e = routerd
+                .events(mark)
+                .iter()
+                .find_map(applied_of)
+                .context("no applied event")?;
+            change.push((seen.duration_since(t).as_secs_f64() * 1e3, e));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (rss, hwm, maps) = memory(routerd.pid().unwrap_or(0));
+        type Change = (f64, (f64, f64, router_user::events::Phases));
+        let med = |f: &dyn Fn(&Change) -> f64| median(change.iter().map(f).collect());
+        let p = first.2;
         let _ = writeln!(
             md,
-            "| {n} | {e} | {c:.0} | {s:.0} | {a:.0} | {w:.0} | {cw:.0} | {ca:.0} | {cwr:.0} | {} | {} | {} |",
+            "| {n} | {} | {start_ms:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.1} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {:.0} | {} | {} | {} |",
+            n * eps,
+            p.read_ms,
+            p.validate_ms,
+            p.compile_ms,
+            p.write_ms,
+            med(&|c| c.0),
+            med(&|c| c.1.0),
+            med(&|c| c.1.2.read_ms),
+            med(&|c| c.1.2.validate_ms),
+            med(&|c| c.1.2.compile_ms),
+            med(&|c| c.1.2.write_ms),
+            med(&|c| c.1.1),
             mib(rss * 1024.0),
             mib(hwm * 1024.0),
-            mib(*maps)
+            mib(maps)
         );
     }
     let _ = writeln!(md);
     Ok(())
+}
+
+/// Sustained endpoint churn against the largest control world.
+fn churn_suite(args: &Args, md: &mut String) -> Result<()> {
+    let n = *args
+        .route_tables
+        .last()
+        .context("--route-tables is empty")?;
+    let eps = args.endpoints;
+    let dir = TempDir::new(&unique())?;
+    let cfg = dir.path.join("config");
+    let mut files = control_config(&cfg, n, eps)?;
+    let (_cgroup, routerd, _) = control_routerd(&cfg, n, eps)?;
+    let mark = routerd.log_len();
+    let (rss0, _, _) = memory(routerd.pid().unwrap_or(0));
+    let written = churn::drive(&mut files, args.churn_rate, args.churn_secs)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let stale = churn::staleness(&written, &routerd.applied_times(mark));
+    let (rss1, _, _) = memory(routerd.pid().unwrap_or(0));
+    let all: Vec<f64> = stale.iter().flatten().copied().collect();
+    let missing = stale.iter().filter(|s| s.is_none()).count();
+    let applies = routerd.applied_times(mark).len();
+    let windows = churn::windows(&written, &stale, 5.0);
+    let _ = writeln!(md, "## Sustained endpoint churn\n");
+    let _ = writeln!(
+        md,
+        "{} endpoint changes per second for {} s, spread over the {n} services of the control world \
+         above ({} endpoints): each change rewrites one service's file. Staleness: from the rename \
+         to the end of the first apply that began after it (through the file watcher). {} changes \
+         were served by {applies} applies (bursts coalesce); {missing} were never applied. \
+         Overall staleness p50 {:.1} ms, p99 {:.1} ms. routerd RSS {} MiB before, {} MiB after.\n",
+        args.churn_rate,
+        args.churn_secs,
+        n * eps,
+        written.len(),
+        churn::quantile(&all, 0.5),
+        churn::quantile(&all, 0.99),
+        mib(rss0 * 1024.0),
+        mib(rss1 * 1024.0),
+    );
+    let _ = writeln!(
+        md,
+        "| seconds | changes | never applied | staleness p50 (ms) | p99 (ms) | max (ms) |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for (t, c, m, p50, p99, max) in &windows {
+        let _ = writeln!(
+            md,
+            "| {t:.0}-{:.0} | {c} | {m} | {p50:.1} | {p99:.1} | {max:.1} |",
+            t + 5.0
+        );
+    }
+    let _ = writeln!(md);
+    write_chart(
+        args.out.as_deref(),
+        "bench-churn.svg",
+        &line_chart(
+            &format!(
+                "Staleness under {} endpoint changes/s ({n} services)",
+                args.churn_rate
+            ),
+            "ms",
+            &windows.iter().map(|w| (w.0, w.3, w.4)).collect::<Vec<_>>(),
+        ),
+        md,
+    )?;
+    Ok(())
+}
+
+/// A line chart of p50 and p99 over time: `(x, p50, p99)`.
+fn line_chart(title: &str, unit: &str, points: &[(f64, f64, f64)]) -> String {
+    let (w, h, left, top, bottom) = (860.0, 360.0, 70.0, 50.0, 50.0);
+    let plot_w = w - left - 30.0;
+    let plot_h = h - top - bottom;
+    let xmax = points.last().map_or(1.0, |p| p.0 + 5.0);
+    let ymax = points
+        .iter()
+        .map(|p| p.2)
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max)
+        * 1.2;
+    let x = |v: f64| left + plot_w * v / xmax;
+    let y = |v: f64| top + plot_h * (1.0 - v / ymax);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds</text>\n\
+         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{unit}</text>\n",
+        w / 2.0,
+        top + plot_h,
+        left + plot_w,
+        top + plot_h,
+        top + plot_h,
+        left + plot_w / 2.0,
+        h - 12.0,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+    );
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.0}</text>\n",
+            left - 6.0,
+            y(v) + 4.0
+        );
+    }
+    for (i, (name, color)) in [("p50", "#4e79a7"), ("p99", "#e15759")].iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|p| {
+                let v = if i == 0 { p.1 } else { p.2 };
+                format!("{:.1},{:.1}", x(p.0 + 2.5), y(v))
+            })
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
+            pts.join(" "),
+            left + plot_w - 40.0,
+            top + 14.0 * (i as f64 + 1.0)
+        );
+    }
+    s += "</svg>\n";
+    s
 }
 
 fn main() -> std::process::ExitCode {
@@ -911,7 +1052,8 @@ fn bench() -> Result<()> {
             "connect" => connect_suite(&args, &mut md)?,
             "http" => http_suite(&args, &mut md)?,
             "control" => control_suite(&args, &mut md)?,
-            other => bail!("unknown suite {other:?}: expected connect, http or control"),
+            "churn" => churn_suite(&args, &mut md)?,
+            other => bail!("unknown suite {other:?}: expected connect, http, control or churn"),
         }
     }
     print!("{md}");

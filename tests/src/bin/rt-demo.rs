@@ -44,7 +44,7 @@ fn listens(config: &std::path::Path) -> Result<Vec<Listen>> {
     let mut out = Vec::new();
     for svc in v.inventory.by_name.values() {
         for ep in &svc.endpoints {
-            for (_, port, proto) in &ep.ports {
+            for (_, port, proto) in ep.ports.iter() {
                 let id = format!("{}@{}/{}", svc.id.name, ep.cluster, ep.locality.zone);
                 let addr = SocketAddr::new(ep.ip, *port);
                 let proto = if *proto == Proto::Udp { "udp" } else { "tcp" };
