@@ -589,6 +589,7 @@ impl Daemon {
                     Event::NoChange {
                         reason: why.to_string(),
                         generation: self.serving.dp.generation(),
+                        elapsed_ms: ms(t),
                     }
                     .emit();
                 }

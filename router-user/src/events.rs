@@ -99,7 +99,13 @@ pub enum Event {
         phases: Phases,
     },
     /// The config compiled to the plan that already serves.
-    NoChange { reason: String, generation: u64 },
+    NoChange {
+        reason: String,
+        generation: u64,
+        /// How long finding that out took.
+        #[serde(default)]
+        elapsed_ms: f64,
+    },
     /// The config was refused; the last good plan keeps serving. Each error
     /// names the file, the line and the resource.
     Rejected { reason: String, errors: Vec<String> },
@@ -294,9 +300,13 @@ impl fmt::Display for Event {
                  (read {:.1}, validate {:.1}, compile {:.1}, write {:.1})",
                 phases.read_ms, phases.validate_ms, phases.compile_ms, phases.write_ms
             ),
-            Event::NoChange { reason, generation } => write!(
+            Event::NoChange {
+                reason,
+                generation,
+                elapsed_ms,
+            } => write!(
                 f,
-                "reload ({reason}): no change; generation {generation} keeps serving"
+                "reload ({reason}): no change ({elapsed_ms:.1} ms); generation {generation} keeps serving"
             ),
             Event::Rejected { reason, errors } => write!(
                 f,

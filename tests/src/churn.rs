@@ -94,6 +94,18 @@ impl EndpointFiles {
 /// Change `rate` endpoints per second, spread over the services, for
 /// `secs`: the times the changes were written.
 pub fn drive(files: &mut EndpointFiles, rate: u64, secs: f64) -> Result<Vec<Instant>> {
+    let n = files.len();
+    // A stride coprime with the count visits every service in turn.
+    paced(rate, secs, |k| files.change((k * 7919) % n))
+}
+
+/// Call `change(k)` `rate` times a second for `secs`; what each returned
+/// (when it wrote).
+pub fn paced(
+    rate: u64,
+    secs: f64,
+    mut change: impl FnMut(usize) -> Result<Instant>,
+) -> Result<Vec<Instant>> {
     let total = (rate as f64 * secs) as usize;
     let every = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
@@ -103,9 +115,7 @@ pub fn drive(files: &mut EndpointFiles, rate: u64, secs: f64) -> Result<Vec<Inst
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        // A stride coprime with the count visits every service in turn.
-        let i = (k * 7919) % files.len();
-        written.push(files.change(i)?);
+        written.push(change(k)?);
     }
     Ok(written)
 }

@@ -25,6 +25,10 @@ pub struct Scale {
     pub hostile: usize,
     /// New connections per second, in all.
     pub rate: u64,
+    /// Drill 6: services churned, endpoint changes per second, seconds.
+    pub churn_services: usize,
+    pub churn_rate: u64,
+    pub churn_secs: f64,
 }
 
 impl Scale {
@@ -33,12 +37,18 @@ impl Scale {
         restarts: 3,
         hostile: 60,
         rate: 400,
+        churn_services: 500,
+        churn_rate: 200,
+        churn_secs: 5.0,
     };
     pub const FULL: Scale = Scale {
         reloads: 300,
         restarts: 10,
         hostile: 400,
         rate: 1500,
+        churn_services: 10_000,
+        churn_rate: 500,
+        churn_secs: 30.0,
     };
 }
 
@@ -621,14 +631,137 @@ pub fn size_limits(s: Scale) -> Result<Figures> {
     Ok(f)
 }
 
+/// `web`'s four endpoints (real backends), one file: endpoint `unready`
+/// (if any) is not ready.
+fn churned_web(dir: &std::path::Path, unready: Option<usize>) -> Result<Instant> {
+    let eps: Vec<(String, bool)> = (0..4)
+        .map(|j| (format!("10.1.0.{}", j + 1), unready != Some(j)))
+        .collect();
+    let list: Vec<Ep<'_>> = eps.iter().map(|(a, r)| (a.as_str(), "e1", *r)).collect();
+    let tmp = dir.join(".web.yaml.tmp");
+    std::fs::write(&tmp, web("c1", "east", "web", &list).yaml())?;
+    std::fs::rename(&tmp, dir.join("web.yaml"))?;
+    Ok(Instant::now())
+}
+
+/// Drill 6: endpoints change all the time (a rollout, autoscaling, failing
+/// probes) over many services, `web`'s own among them (one of its four
+/// endpoints out at a time), while clients connect through `web`'s VIP:
+/// nothing fails, nothing goes astray, and every change is served within
+/// a bounded staleness without a backlog.
+pub fn endpoint_churn(s: Scale) -> Result<Figures> {
+    let ids = ["w1", "w2", "w3", "w4"];
+    let listens: Vec<Listen> = ids
+        .iter()
+        .enumerate()
+        .map(|(j, id)| Listen::tcp(&format!("10.1.0.{}:8080", j + 1), id))
+        .collect();
+    let world = World::new(&listens)?;
+    let cfg = world.dir.path.join("config");
+    std::fs::create_dir_all(&cfg)?;
+    world.dir.write(
+        "config/node.yaml",
+        &Config::new()
+            .node("c1", "east", "e1")
+            .with(
+                VirtualDestination::new("web", "web.t.mesh")
+                    .app("web")
+                    .port(8080, "TCP"),
+            )
+            .yaml(),
+    )?;
+    churned_web(&cfg, None)?;
+    let mut files = crate::churn::EndpointFiles::create(&cfg, s.churn_services, 4)?;
+    let vip = vip(&plan(&cfg)?, "web.t.mesh", 8080, false);
+    let max = (s.churn_services * 4 + 64)
+        .next_power_of_two()
+        .max(65_536)
+        .to_string();
+    let routerd = Routerd::start(
+        &world.tag,
+        &cfg,
+        &world.cgroup.path,
+        &["--no-dns", "--max-backends", &max],
+    )?;
+    let mark = routerd.log_len();
+    let load = Load::start(&world, &[(vip, &ids)], s.rate)?;
+    let mut web_unready = None;
+    let n = files.len();
+    let written = crate::churn::paced(s.churn_rate, s.churn_secs, |k| {
+        if k % 10 == 0 {
+            // web: the next endpoint out, the one before back.
+            web_unready = match web_unready {
+                None => Some(0),
+                Some(j) if j < 3 => Some(j + 1),
+                Some(_) => None,
+            };
+            churned_web(&cfg, web_unready)
+        } else {
+            files.change((k * 7919) % n)
+        }
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let c = load.stop()?;
+    let stale = crate::churn::staleness(&written, &routerd.served_times(mark));
+    let all: Vec<f64> = stale.iter().flatten().copied().collect();
+    let missing = stale.iter().filter(|x| x.is_none()).count();
+    let windows = crate::churn::windows(&written, &stale, (s.churn_secs / 3.0).max(1.0));
+    let mut f = Figures::new("6. endpoint churn under load");
+    f.add(
+        "services churned (4 endpoints each), changes per second, seconds",
+        format!("{}, {}, {}", s.churn_services, s.churn_rate, s.churn_secs),
+    );
+    f.add(
+        "endpoint changes (1 in 10 to web, whose VIP is loaded)",
+        written.len(),
+    );
+    f.add("changes never applied", missing);
+    f.add(
+        "staleness, change to applied: p50 / p99 / max (ms)",
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            crate::churn::quantile(&all, 0.5),
+            crate::churn::quantile(&all, 0.99),
+            all.iter().copied().fold(0.0, f64::max)
+        ),
+    );
+    f.add(
+        "staleness p99 in the first / last third (ms)",
+        format!(
+            "{:.1} / {:.1}",
+            windows.first().map_or(f64::NAN, |w| w.4),
+            windows.last().map_or(f64::NAN, |w| w.4)
+        ),
+    );
+    f.churn(&c);
+    clean(&c, "endpoint churn")?;
+    ensure!(missing == 0, "{missing} changes were never applied");
+    // No backlog: the last third is served as fast as the first (within
+    // a factor and a margin for noise).
+    if let (Some(a), Some(b)) = (windows.first(), windows.last()) {
+        ensure!(
+            b.4 <= a.4 * 3.0 + 100.0,
+            "staleness grows: p99 {:.1} ms at first, {:.1} ms at the end (a backlog)",
+            a.4,
+            b.4
+        );
+    }
+    ensure!(
+        c.by_id.get("w1").copied().unwrap_or(0) > 0,
+        "web's endpoints took no traffic"
+    );
+    Ok(f)
+}
+
 /// Every drill, in order.
 pub type DrillFn = fn(Scale) -> Result<Figures>;
-pub const ALL: [(&str, DrillFn); 5] = [
+pub const ALL: [(&str, DrillFn); 6] = [
     ("reload_churn", reload_churn),
     ("kill_restart", kill_restart),
     ("endpoint_failover", endpoint_failover),
     ("hostile_configs", hostile_configs),
     ("size_limits", size_limits),
+    ("endpoint_churn", endpoint_churn),
 ];
 
 /// Markdown for the report.

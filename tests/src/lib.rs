@@ -1014,13 +1014,16 @@ impl Routerd {
         self.wait_outcome(start)
     }
 
-    /// Applied events from position `start`: when each was seen and how
-    /// long routerd took (so it began at `seen - elapsed`).
-    pub fn applied_times(&self, start: usize) -> Vec<(Instant, f64)> {
+    /// Reloads that served what they read (applied, or found nothing to
+    /// change), from position `start`: when each was seen and how long
+    /// routerd took (so it began at `seen - elapsed`).
+    pub fn served_times(&self, start: usize) -> Vec<(Instant, f64)> {
         self.logs.0.lock().unwrap()[start..]
             .iter()
             .filter_map(|l| match &l.event {
-                Some(Event::Applied { elapsed_ms, .. }) => Some((l.seen, *elapsed_ms)),
+                Some(Event::Applied { elapsed_ms, .. } | Event::NoChange { elapsed_ms, .. }) => {
+                    Some((l.seen, *elapsed_ms))
+                }
                 _ => None,
             })
             .collect()

@@ -1,6 +1,7 @@
 //! The drills in reduced form (`cargo xtask drill` runs them in full): load
 //! through VIPs while the config churns, the daemon is killed, an endpoint
-//! dies, hostile configs arrive and configs outgrow the maps. Each fails on
+//! dies, hostile configs arrive, configs outgrow the maps and endpoints
+//! churn over hundreds of services. Each fails on
 //! any failed or misrouted connection.
 use router_tests::{drill::*, require_root};
 
@@ -33,4 +34,9 @@ fn hostile_configs_are_rejected_and_the_last_good_one_serves() {
 #[test]
 fn configs_that_outgrow_the_maps_are_refused_whole() {
     run(size_limits);
+}
+
+#[test]
+fn endpoint_churn_under_load_loses_nothing_and_keeps_up() {
+    run(endpoint_churn);
 }

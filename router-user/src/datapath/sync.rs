@@ -246,7 +246,6 @@ impl Mirror {
     /// first sleep until all of them are due (the caller is about to reuse
     /// what they hold). Returns how many map entries were deleted.
     pub fn retire(&mut self, maps: &mut Maps, now: Instant, wait: bool) -> usize {
-        let mut deleted = 0;
         if wait && let Some(last) = self.retiring.back().and_then(|r| r.since) {
             let due = last + GRACE;
             let now = Instant::now();
@@ -254,6 +253,31 @@ impl Mirror {
                 std::thread::sleep(due - now);
             }
         }
+        self.delete_due(maps, now, wait)
+    }
+
+    /// [`Mirror::retire`] before rewriting the services `ids`: wait only for
+    /// retired banks of those services (under churn, applies come faster
+    /// than the grace; most touch other services).
+    pub fn retire_for(&mut self, maps: &mut Maps, ids: &BTreeSet<u32>) -> usize {
+        let last = self
+            .retiring
+            .iter()
+            .filter(|r| r.slots.iter().any(|k| ids.contains(&k.svc_id)))
+            .filter_map(|r| r.since)
+            .max();
+        if let Some(last) = last {
+            let due = last + GRACE;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        self.delete_due(maps, Instant::now(), false)
+    }
+
+    fn delete_due(&mut self, maps: &mut Maps, now: Instant, wait: bool) -> usize {
+        let mut deleted = 0;
         let now = if wait { Instant::now().max(now) } else { now };
         while let Some(r) = self.retiring.front() {
             if r.since.is_some_and(|t| t + GRACE > now) {

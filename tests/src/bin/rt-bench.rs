@@ -823,7 +823,7 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
             let t = files.change(n / 2)?;
             routerd.wait_event(mark, Event::is_applied)?;
             let (seen, _) = *routerd
-                .applied_times(mark)
+                .served_times(mark)
                 .first()
                 .context("no applied event")?;
             let e = routerd
@@ -877,11 +877,11 @@ fn churn_suite(args: &Args, md: &mut String) -> Result<()> {
     let (rss0, _, _) = memory(routerd.pid().unwrap_or(0));
     let written = churn::drive(&mut files, args.churn_rate, args.churn_secs)?;
     std::thread::sleep(Duration::from_millis(500));
-    let stale = churn::staleness(&written, &routerd.applied_times(mark));
+    let stale = churn::staleness(&written, &routerd.served_times(mark));
     let (rss1, _, _) = memory(routerd.pid().unwrap_or(0));
     let all: Vec<f64> = stale.iter().flatten().copied().collect();
     let missing = stale.iter().filter(|s| s.is_none()).count();
-    let applies = routerd.applied_times(mark).len();
+    let applies = routerd.served_times(mark).len();
     let windows = churn::windows(&written, &stale, 5.0);
     let _ = writeln!(md, "## Sustained endpoint churn\n");
     let _ = writeln!(
