@@ -31,10 +31,18 @@ pub fn write_state(state_dir: &Path, plan: &Plan) {
     let write = || -> Result<()> {
         state_dir_ready(state_dir)?;
         let tmp = state_dir.join("plan.json.tmp");
-        let bytes = serde_json::to_vec(plan)?;
-        if let Err(e) = std::fs::write(&tmp, bytes) {
+        // Streamed: at 10,000 hosts the plan is tens of MiB of JSON.
+        let written = std::fs::File::create(&tmp)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+                serde_json::to_writer(&mut w, plan)?;
+                std::io::Write::flush(&mut w)?;
+                Ok(())
+            });
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
+            return Err(e);
         }
         std::fs::rename(&tmp, plan_file(state_dir))?;
         Ok(())

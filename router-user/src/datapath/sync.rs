@@ -775,7 +775,12 @@ pub fn apply_changes(
     if backends.iter().filter_map(find_backend).any(|b| !known(b)) {
         return apply(maps, mirror, plan);
     }
-    mirror.retire(maps, Instant::now(), true);
+    let rewritten: BTreeSet<u32> = services
+        .iter()
+        .filter_map(|(v, p, pr)| mirror.services.get(&key_of(*v, *p, *pr)))
+        .map(|st| st.header.svc_id)
+        .collect();
+    mirror.retire_for(maps, &rewritten);
     // Capacity: what is new here against what the maps hold.
     let new_backends = backends
         .iter()
