@@ -189,8 +189,34 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
+/// Free bytes on the filesystem that holds `path` (statvfs).
+fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("statvfs");
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What a fresh `cargo xtask test` writes under target/ (host build ~1.6 GiB,
+/// static VM build ~3 GiB, kernels and initramfs ~1.5 GiB), with margin.
+const TEST_DISK_NEEDED: u64 = 8 << 30;
+
 fn test(no_vm: bool, rest: &[String]) -> Result<()> {
     require_root("the test suite")?;
+    // A full disk shows up as a linker "Bus error" deep in the build; say so first.
+    let free = free_bytes(&root())?;
+    if free < TEST_DISK_NEEDED {
+        eprintln!(
+            "xtask: warning: {:.1} GiB free under {}; a fresh test run needs about {} GiB \
+             (free space, or `cargo clean` an old target/)",
+            free as f64 / (1u64 << 30) as f64,
+            root().display(),
+            TEST_DISK_NEEDED >> 30
+        );
+    }
     build(false)?;
     lint()?;
     let root = root();
