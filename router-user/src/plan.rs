@@ -465,25 +465,19 @@ impl Plan {
     }
     /// Clusters in the order `Backend::cluster_id` numbers them (1-based).
     pub fn clusters(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| b.cluster.to_string())
-            .collect();
-        v.sort();
+        let mut v: Vec<&str> = self.backends.iter().map(|b| &*b.cluster).collect();
+        v.sort_unstable();
         v.dedup();
-        v
+        v.into_iter().map(str::to_string).collect()
     }
     /// Localities in the order `Backend::locality_id` numbers them (1-based).
     pub fn localities(&self) -> Vec<Locality> {
-        let mut v: Vec<Locality> = self
-            .backends
-            .iter()
-            .map(|b| (*b.locality).clone())
-            .collect();
+        // Backends share their localities: compare by reference first, and
+        // copy each distinct one once (not one per backend).
+        let mut v: Vec<&Locality> = self.backends.iter().map(|b| &*b.locality).collect();
         v.sort();
         v.dedup();
-        v
+        v.into_iter().cloned().collect()
     }
 }
 

@@ -64,6 +64,10 @@ struct Args {
     /// Also write the tables to this markdown file (charts go beside it).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the control world of the first --route-tables size to this
+    /// directory and exit (to profile routerd on it: `routerd check` or `run`).
+    #[arg(long)]
+    write_control_world: Option<PathBuf>,
 }
 
 const BACKEND: &str = "10.9.0.1:8080";
@@ -1047,6 +1051,15 @@ fn bench() -> Result<()> {
             .map(|a| format!(" {a}"))
             .collect::<String>()
     );
+    if let Some(dir) = &args.write_control_world {
+        let n = args.route_tables.first().copied().unwrap_or(1000);
+        control_config(dir, n, args.endpoints)?;
+        eprintln!(
+            "wrote a control world of {n} route tables to {}",
+            dir.display()
+        );
+        return Ok(());
+    }
     for suite in &args.suites {
         match suite.as_str() {
             "connect" => connect_suite(&args, &mut md)?,
