@@ -76,6 +76,7 @@ impl Control {
             let t = Instant::now();
             let mut cfg = Resources::default();
             cfg.apply(changes);
+            cfg.shrink_to_fit();
             cfg.files = files.unwrap_or_default();
             let live = Live::new(cfg, &self.overrides)?;
             phases.validate_ms = ms(t);

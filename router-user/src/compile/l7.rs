@@ -265,7 +265,7 @@ impl<'a> Compiler<'a> {
             out.push(L7Route {
                 name: r.name.clone(),
                 origin: r.origin.clone(),
-                labels: r.labels.clone(),
+                labels: r.labels.clone().into(),
                 matchers: r
                     .matchers
                     .iter()
@@ -301,7 +301,7 @@ impl<'a> Compiler<'a> {
                 Some(L7Route {
                     name: r.name.clone(),
                     origin: r.origin.clone(),
-                    labels: r.labels.clone(),
+                    labels: r.labels.clone().into(),
                     matchers: Vec::new(),
                     action,
                     policies: L7Policies::default(),

@@ -191,7 +191,7 @@ pub fn tiers(
                     .take_while(|l| {
                         node.labels
                             .get(*l)
-                            .is_some_and(|v| c.ep.labels.get(*l) == Some(v))
+                            .is_some_and(|v| c.ep.labels.get(l) == Some(v))
                     })
                     .count();
                 let why = if k == 0 {

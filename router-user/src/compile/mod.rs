@@ -377,11 +377,22 @@ impl<'a> Compiler<'a> {
             host: host.to_string(),
             origin: r.origin.clone(),
             route: r.route.clone(),
-            destinations: per_dest.into_iter().map(|(p, _, _)| p).collect(),
+            destinations: fresh(per_dest.into_iter().map(|(p, _, _)| p)),
             slots: to_slots(&shares),
             proxied: false,
         }
     }
+}
+
+/// Collect into a new vector of exactly the items. `collect()` from a
+/// vector's `into_iter()` reuses that vector's allocation when it can, so a
+/// `Vec<Arc<ServicePlan>>` made from a `Vec<ServicePlan>` keeps the 224
+/// bytes per item of the original for its 8: for a plan that lives as long
+/// as the config, that was 9 MB at 10,000 hosts.
+pub(crate) fn fresh<T>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
+    let mut v = Vec::with_capacity(items.len());
+    v.extend(items);
+    v
 }
 
 /// Each healthy endpoint's share of a destination's traffic.
@@ -752,7 +763,7 @@ fn host_unit(
             origin,
             ports: served,
         }),
-        services: services.into_iter().map(Arc::new).collect(),
+        services: fresh(services.into_iter().map(Arc::new)),
         l7,
         notices: c.notices,
         watch: c.watch.into_inner(),

@@ -353,6 +353,10 @@ impl Inventory {
                     .push(id.clone());
             }
         }
+        // Most addresses serve one service: a vector of one, not of four.
+        for ids in self.by_ip.values_mut() {
+            ids.shrink_to_fit();
+        }
     }
 
     /// Build from Services and EndpointSlices, reporting malformed ones.
@@ -472,6 +476,9 @@ impl Inventory {
                     Err(e) => diags.push(&es.origin.file, line, Some(es.display()), e),
                 }
             }
+        }
+        for s in inv.by_name.values_mut() {
+            s.endpoints.shrink_to_fit();
         }
         inv.index();
         inv

@@ -308,7 +308,7 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
             zone: pick(&o.zone, &rc.zone),
             subzone: pick(&o.subzone, &rc.subzone),
         },
-        labels: rc.labels.clone(),
+        labels: rc.labels.clone().into(),
     };
     // The node's own topology labels, for `priorityLabels`.
     for (k, v) in [

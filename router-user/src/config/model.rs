@@ -7,14 +7,11 @@
 //! error that names the field, not a silent no-op. Kubernetes objects list the
 //! standard fields we do not use as `Ignored`, so `kubectl get -o yaml` output
 //! loads unchanged.
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, de::IgnoredAny};
 pub use serde_saphyr::Spanned;
 
 pub use super::types::*;
 
-pub type Labels = BTreeMap<String, String>;
 pub type Ignored = Option<IgnoredAny>;
 
 pub const GLOO_NETWORKING: &str = "networking.gloo.solo.io/v2";
@@ -660,10 +657,12 @@ pub struct Endpoint {
     pub addresses: Vec<String>,
     #[serde(default)]
     pub conditions: Option<EndpointConditions>,
+    // Read by nothing (kept as `Ignored`: 48 bytes less on each of
+    // 100,000 endpoints).
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Ignored,
     #[serde(default)]
-    pub node_name: Option<String>,
+    pub node_name: Ignored,
     #[serde(default)]
     pub zone: Option<String>,
     /// `topology.kubernetes.io/region`, `topology.istio.io/subzone` live here

@@ -124,6 +124,12 @@ macro_rules! object_enum {
                 }
             }
 
+            /// Capacity down to the objects (after a first load: vectors
+            /// grown by doubling keep up to half again of slack).
+            pub fn shrink_to_fit(&mut self) {
+                $(self.$field.shrink_to_fit();)*
+            }
+
             /// Remove the object of `kind` at `at`, if there is one.
             pub fn delete(&mut self, kind: Kind, at: &Pos) -> Option<Object> {
                 match kind {

@@ -396,3 +396,136 @@ mod tests {
         assert!(e.to_string().contains("unknown unit"), "{e}");
     }
 }
+
+/// Kubernetes labels: a map from key to value, kept as one sorted vector.
+/// Objects carry one to a handful of labels, and there are tens of
+/// thousands of objects: a `BTreeMap` allocates a node of eleven slots
+/// (over 500 bytes) for a single label, this a vector of exactly the
+/// entries. Lookups are binary searches; the order (and so equality,
+/// ordering and iteration) is the map's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    pub const fn new() -> Self {
+        Labels(Vec::new())
+    }
+
+    fn find(&self, k: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(x, _)| x.as_str().cmp(k))
+    }
+
+    pub fn get(&self, k: &str) -> Option<&String> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, k: &str) -> bool {
+        self.find(k).is_ok()
+    }
+
+    /// Set `k` to `v`; the value it had.
+    pub fn insert(&mut self, k: String, v: String) -> Option<String> {
+        match self.find(&k) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (k, v));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, k: &str) -> Option<String> {
+        self.find(k).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> + Clone {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Insert every entry of `other` (its values win).
+    pub fn extend(&mut self, other: Labels) {
+        for (k, v) in other.0 {
+            self.insert(k, v);
+        }
+    }
+
+    /// Capacity down to the entries (for labels kept as long as the config).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    /// Later entries win over earlier ones with the same key, as in a map.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(it: I) -> Self {
+        let mut l = Labels::new();
+        for (k, v) in it {
+            l.insert(k, v);
+        }
+        l.shrink_to_fit();
+        l
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl From<Labels> for std::collections::BTreeMap<String, String> {
+    fn from(l: Labels) -> Self {
+        l.0.into_iter().collect()
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(a: [(String, String); N]) -> Self {
+        a.into_iter().collect()
+    }
+}
+
+impl serde::Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Labels;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of label keys to values")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Labels, A::Error> {
+                let mut l = Labels(Vec::with_capacity(m.size_hint().unwrap_or(0)));
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    l.insert(k, v);
+                }
+                l.shrink_to_fit();
+                Ok(l)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
