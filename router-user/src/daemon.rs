@@ -459,6 +459,7 @@ impl Daemon {
                         control.commit();
                         phases.write_ms = ms(t);
                         applied_event("start-up", &serving, &plan, &report, phases, started);
+                        crate::limits::return_freed_memory();
                     }
                     Err(e) => return Err(e),
                 }

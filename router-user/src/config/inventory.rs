@@ -115,8 +115,9 @@ pub struct Inventory {
     /// by namespace/name without a cluster, and by one label, are per
     /// destination; scanning every service for each would make a config of
     /// 10,000 services cost 10^8 comparisons.
-    by_ns_name: std::collections::HashMap<(String, String), Vec<ServiceId>>,
-    by_label: std::collections::HashMap<(String, String), Vec<ServiceId>>,
+    /// (The ids are the `Arc`s `by_ip` shares.)
+    by_ns_name: std::collections::HashMap<(String, String), Vec<Arc<ServiceId>>>,
+    by_label: std::collections::HashMap<(String, String), Vec<Arc<ServiceId>>>,
     /// Endpoint address -> the services it serves (health changes are
     /// reported by address).
     /// (One `Arc` per service, shared by its addresses: 100,000 entries.)
@@ -269,7 +270,7 @@ impl Inventory {
         &'a self,
         sel: &'a ObjectSelector,
     ) -> Box<dyn Iterator<Item = &'a SvcEntry> + 'a> {
-        let narrowed: Option<&Vec<ServiceId>> = match (&sel.namespace, &sel.name) {
+        let narrowed: Option<&Vec<Arc<ServiceId>>> = match (&sel.namespace, &sel.name) {
             (Some(ns), Some(n)) => Some(
                 self.by_ns_name
                     .get(&(ns.clone(), n.clone()))
@@ -285,7 +286,7 @@ impl Inventory {
             // The index keeps `by_name`'s order (ids sorted).
             Some(ids) => Box::new(
                 ids.iter()
-                    .filter_map(|id| self.by_name.get(id))
+                    .filter_map(|id| self.by_name.get(&**id))
                     .filter(move |s| selector_matches(sel, &s.id, &s.labels)),
             ),
             None => Box::new(
@@ -302,7 +303,7 @@ impl Inventory {
             .get(&(namespace.to_string(), name.to_string()))
             .unwrap_or(&NONE)
             .iter()
-            .filter_map(|id| self.by_name.get(id))
+            .filter_map(|id| self.by_name.get(&**id))
     }
 
     /// The services `ip` is an endpoint of.
@@ -345,12 +346,12 @@ impl Inventory {
             self.by_ns_name
                 .entry((id.namespace.clone(), id.name.clone()))
                 .or_default()
-                .push(id.clone());
+                .push(shared.clone());
             for (k, v) in &s.labels {
                 self.by_label
                     .entry((k.clone(), v.clone()))
                     .or_default()
-                    .push(id.clone());
+                    .push(shared.clone());
             }
         }
         // Most addresses serve one service: a vector of one, not of four.
@@ -485,7 +486,7 @@ impl Inventory {
     }
 }
 
-static NONE: Vec<ServiceId> = Vec::new();
+static NONE: Vec<Arc<ServiceId>> = Vec::new();
 
 /// Which cluster an endpoint address belongs to: the first slice (in config
 /// order) that lists it. The router reaches endpoints by address, so one

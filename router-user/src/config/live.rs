@@ -38,13 +38,41 @@ pub enum Applied {
     Everything,
 }
 
+/// A Service's EndpointSlices, by position in config order: a sorted
+/// vector (a service has one or a few; a `BTreeSet` would allocate a node
+/// of eleven for each).
+#[derive(Clone, Debug, Default)]
+struct Slices(Vec<Pos>);
+
+impl Slices {
+    fn insert(&mut self, at: Pos) {
+        if let Err(i) = self.0.binary_search(&at) {
+            self.0.insert(i, at);
+        }
+    }
+
+    fn remove(&mut self, at: &Pos) {
+        if let Ok(i) = self.0.binary_search(at) {
+            self.0.remove(i);
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Slices {
+    type Item = &'a Pos;
+    type IntoIter = std::slice::Iter<'a, Pos>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// The accepted config and the indexes the slice-only path needs.
 #[derive(Debug)]
 pub struct Live {
     v: Validated,
     overrides: Overrides,
     /// Service -> the positions of its slices (in config order).
-    slices_of: HashMap<ServiceId, BTreeSet<Pos>>,
+    slices_of: HashMap<ServiceId, Slices>,
     /// Endpoint address -> (its cluster, how many slice entries list it).
     /// In an accepted config every address has one cluster.
     ips: HashMap<IpAddr, IpCount>,
@@ -60,7 +88,7 @@ struct Whole {
     settings: super::Settings,
     inventory: inventory::Inventory,
     notices: Vec<crate::plan::Notice>,
-    slices_of: HashMap<ServiceId, BTreeSet<Pos>>,
+    slices_of: HashMap<ServiceId, Slices>,
     ips: HashMap<IpAddr, IpCount>,
 }
 
@@ -71,7 +99,7 @@ enum Rollback {
     Slices {
         undo: Undo,
         endpoints: Vec<(ServiceId, Vec<inventory::Ep>)>,
-        slices_of: Vec<(ServiceId, Option<BTreeSet<Pos>>)>,
+        slices_of: Vec<(ServiceId, Option<Slices>)>,
         ips: Vec<(IpAddr, Option<IpCount>)>,
     },
 }

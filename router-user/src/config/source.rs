@@ -434,6 +434,7 @@ impl FileSource {
                 });
             }
         }
+        docs.shrink_to_fit();
         FileState {
             fingerprint: Some(fp),
             docs,
