@@ -189,9 +189,7 @@ pub fn tiers(
                 let k = labels
                     .iter()
                     .take_while(|l| {
-                        node.labels
-                            .get(*l)
-                            .is_some_and(|v| c.ep.labels.get(l) == Some(v))
+                        priority_label_matches(l, |k| node.labels.get(k), |k| c.ep.labels.get(k))
                     })
                     .count();
                 let why = if k == 0 {
@@ -293,6 +291,21 @@ pub fn tiers(
         out[0].panic = true;
     }
     (mode, out)
+}
+
+/// One entry of `priorityLabels` (Istio's `failoverPriority`, which Gloo
+/// follows): `key` matches an endpoint whose `key` has the node's value;
+/// `key=value` matches an endpoint whose `key` is `value`, whatever the
+/// node's labels say.
+pub fn priority_label_matches<'a>(
+    entry: &str,
+    node: impl Fn(&str) -> Option<&'a String>,
+    endpoint: impl Fn(&str) -> Option<&'a String>,
+) -> bool {
+    match entry.split_once('=') {
+        Some((k, v)) => endpoint(k).is_some_and(|e| e == v),
+        None => node(entry).is_some_and(|n| endpoint(entry) == Some(n)),
+    }
 }
 
 /// Envoy's panic mode per level, from `(healthy, total)`: when the levels

@@ -171,9 +171,12 @@ pub struct FlattenError {
     pub message: String,
 }
 
-fn table_selected(sel: &RouteTableSelector, t: &Resource<RouteTableSpec>, parent_ns: &str) -> bool {
-    // Without a namespace, the delegating table's namespace.
-    sel.namespace.as_deref().unwrap_or(parent_ns) == t.namespace()
+/// Gloo's RouteTableSelector: without a namespace it selects in every
+/// namespace (Gloo: the workspace; routerd's config is one workspace).
+fn table_selected(sel: &RouteTableSelector, t: &Resource<RouteTableSpec>) -> bool {
+    sel.namespace
+        .as_deref()
+        .is_none_or(|ns| ns == t.namespace())
         && sel.name.as_ref().is_none_or(|n| n == t.name())
         && sel
             .labels
@@ -392,7 +395,7 @@ fn expand<'a>(
             let matched: Vec<_> = cfg
                 .route_tables
                 .iter()
-                .filter(|t| table_selected(sel, t, table.namespace()))
+                .filter(|t| table_selected(sel, t))
                 .collect();
             if matched.is_empty() {
                 errors.push(FlattenError {
@@ -402,7 +405,7 @@ fn expand<'a>(
                         "route `{}` delegates to route tables matching {}, but none exists; \
                          check the name/namespace/labels",
                         route.name,
-                        describe_rt_selector(sel, table.namespace())
+                        describe_rt_selector(sel)
                     ),
                 });
             }
@@ -459,15 +462,15 @@ fn expand<'a>(
     }
 }
 
-pub fn describe_rt_selector(sel: &RouteTableSelector, default_ns: &str) -> String {
+pub fn describe_rt_selector(sel: &RouteTableSelector) -> String {
     let mut parts = Vec::new();
     if let Some(n) = &sel.name {
         parts.push(format!("name `{n}`"));
     }
-    parts.push(format!(
-        "namespace `{}`",
-        sel.namespace.as_deref().unwrap_or(default_ns)
-    ));
+    parts.push(match &sel.namespace {
+        Some(ns) => format!("namespace `{ns}`"),
+        None => "any namespace".to_string(),
+    });
     if !sel.labels.is_empty() {
         let l: Vec<String> = sel.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         parts.push(format!("labels {}", l.join(",")));
@@ -482,11 +485,7 @@ pub fn delegated_tables(cfg: &Resources) -> BTreeMap<(String, String), ()> {
         for r in &t.spec.http {
             if let Some(d) = &r.value.delegate {
                 for sel in &d.route_tables {
-                    for c in cfg
-                        .route_tables
-                        .iter()
-                        .filter(|c| table_selected(sel, c, t.namespace()))
-                    {
+                    for c in cfg.route_tables.iter().filter(|c| table_selected(sel, c)) {
                         out.insert((c.namespace().to_string(), c.name().to_string()), ());
                     }
                 }

@@ -334,6 +334,18 @@ fn check_destinations(
             "route `{route}`: destination weights sum to {sum_set}; they must sum to at most 100 \
              (destinations without a weight share what is left)"));
     }
+    // Gloo: weighted destinations that take all of 100 leave no remainder
+    // for an unweighted one, which is an error (not a destination at 0%).
+    let unweighted: Vec<&Spanned<DestinationRef>> =
+        dests.iter().filter(|d| d.value.weight.is_none()).collect();
+    if dests.len() > 1 && sum_set == 100 && !unweighted.is_empty() {
+        let line = rt.line_of(unweighted[0]);
+        v.err(rt, line, format!(
+            "route `{route}`: the weighted destinations take all of 100, which leaves nothing for \
+             {} destination(s) without a weight: give every destination a weight, or lower the \
+             others so that a remainder is left to share",
+            unweighted.len()));
+    }
 }
 
 fn check_matcher(
@@ -759,7 +771,7 @@ fn failover_policy(v: &mut Validator<'_>, p: &Resource<FailoverPolicySpec>) {
             v.err(
                 p,
                 p.origin.line,
-                "priorityLabels.labels is empty; list label keys in priority order",
+                "priorityLabels.labels is empty; list label keys (or key=value) in priority order",
             );
         }
         if !cfg.locality_mappings.is_empty() {

@@ -1,0 +1,234 @@
+//! Gloo's API as Gloo users write it (issue 14): each test loads resources
+//! in the shape Gloo Mesh's API reference documents, written out as YAML,
+//! and checks that routerd reads them as Gloo means them. The node and the
+//! inventory around them come from the typed builders.
+use router_user::{
+    compile::{Health, compile},
+    config::{Overrides, load_str},
+    plan::Plan,
+    testing::*,
+};
+
+/// The node (cluster c1, region r1, zone z1) and `payments` in namespace
+/// `payments`: two endpoints in z1, one in z2, port 80 named http.
+fn world() -> String {
+    Config::new()
+        .node("c1", "r1", "z1")
+        .with(
+            Service::new("c1", "payments")
+                .namespace("payments")
+                .label("app", "payments")
+                .named_port("http", 80, "TCP"),
+        )
+        .with(
+            Slice::new("c1", "payments", "payments-1")
+                .namespace("payments")
+                .region("r1")
+                .named_port("http", 8080, "TCP")
+                .endpoint("10.0.0.1", "z1")
+                .endpoint("10.0.0.2", "z1")
+                .endpoint("10.0.0.3", "z2"),
+        )
+        .yaml()
+}
+
+fn load(gloo: &str) -> Result<Plan, String> {
+    let text = format!("{}{gloo}", world());
+    let v = load_str("t.yaml", &text, &Overrides::default()).map_err(|e| e.to_string())?;
+    compile(&v, &Health::default()).map_err(|e| e.to_string())
+}
+
+fn plan(gloo: &str) -> Plan {
+    load(gloo).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Item 1: a delegate `routeTables` selector without a namespace selects in
+/// every namespace (Gloo: the workspace), not only the parent's. The app
+/// team's table lives in its own namespace, the gateway team's elsewhere.
+#[test]
+fn a_delegate_selector_without_namespace_finds_tables_in_every_namespace() {
+    let p = plan(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata:
+  name: shop
+  namespace: gateways
+spec:
+  hosts:
+  - shop.mesh
+  http:
+  - name: payments
+    matchers:
+    - uri:
+        prefix: /pay
+    delegate:
+      routeTables:
+      - labels:
+          team: payments
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata:
+  name: payments-routes
+  namespace: payments
+  labels:
+    team: payments
+spec:
+  http:
+  - name: pay
+    forwardTo:
+      destinations:
+      - ref:
+          name: payments
+          namespace: payments
+        port:
+          number: 80
+"#,
+    );
+    let l7 =
+        p.l7.iter()
+            .find(|s| s.host == "shop.mesh")
+            .expect("shop.mesh is served by the L7 proxy");
+    let route = &l7.routes[0];
+    assert_eq!(
+        (route.origin.namespace.as_str(), route.origin.name.as_str()),
+        ("payments", "payments-routes"),
+        "the child table in another namespace is the one that routes"
+    );
+    // With a namespace, only that namespace.
+    let e = load(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: shop, namespace: gateways}
+spec:
+  hosts: [shop.mesh]
+  http:
+  - name: payments
+    delegate:
+      routeTables:
+      - labels: {team: payments}
+        namespace: gateways
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: payments-routes, namespace: payments, labels: {team: payments}}
+spec:
+  http:
+  - name: pay
+    forwardTo:
+      destinations:
+      - ref: {name: payments, namespace: payments}
+        port: {number: 80}
+"#,
+    )
+    .expect_err("nothing matches in namespace gateways");
+    assert!(
+        e.contains("namespace `gateways`, labels team=payments, but none exists"),
+        "{e}"
+    );
+}
+
+/// A route table for `shop.mesh` whose one TCP route forwards to `dests`
+/// (Gloo's `forwardTo.destinations` entries, as YAML flow maps).
+fn forward_to(dests: &[&str]) -> String {
+    let list: String = dests.iter().map(|d| format!("      - {d}\n")).collect();
+    format!(
+        "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: shop, namespace: payments}}\nspec:\n  hosts: [shop.mesh]\n  tcp:\n  - matchers: [{{port: 80}}]\n    forwardTo:\n      destinations:\n{list}"
+    )
+}
+
+/// Item 4: weights of 50 and 50 leave no remainder, so a third destination
+/// without a weight is invalid in Gloo (it used to be accepted at 0%).
+#[test]
+fn weights_that_leave_no_remainder_for_an_unweighted_destination_are_errors() {
+    let d = "{ref: {name: payments}, port: {number: 80}";
+    let e = load(&forward_to(&[
+        &format!("{d}, weight: 50}}"),
+        &format!("{d}, weight: 50}}"),
+        &format!("{d}}}"),
+    ]))
+    .expect_err("50 + 50 + an unweighted destination");
+    assert!(
+        e.contains("t.yaml:")
+            && e.contains("RouteTable payments/shop")
+            && e.contains("leaves nothing for 1 destination(s) without a weight"),
+        "{e}"
+    );
+    // A remainder to share is fine: 40 + 40 + the rest (20).
+    plan(&forward_to(&[
+        &format!("{d}, weight: 40}}"),
+        &format!("{d}, weight: 40}}"),
+        &format!("{d}}}"),
+    ]));
+}
+
+/// `payments` as a VirtualDestination, with outlier detection (locality
+/// ranking applies only with it, as in Istio) and `failover` as the
+/// FailoverPolicy's config.
+fn failover(config: &str) -> String {
+    format!(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: VirtualDestination
+metadata: {{name: payments, namespace: payments, labels: {{failover: "true"}}}}
+spec:
+  hosts: [payments.mesh]
+  services: [{{labels: {{app: payments}}}}]
+  ports: [{{number: 80}}]
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: OutlierDetectionPolicy
+metadata: {{name: outliers, namespace: payments}}
+spec:
+  applyToDestinations:
+  - kind: VIRTUAL_DESTINATION
+    selector: {{labels: {{failover: "true"}}}}
+  config: {{consecutiveErrors: 5}}
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: FailoverPolicy
+metadata: {{name: failover, namespace: payments}}
+spec:
+  applyToDestinations:
+  - kind: VIRTUAL_DESTINATION
+    selector: {{labels: {{failover: "true"}}}}
+  config:
+{config}"#
+    )
+}
+
+/// The endpoints `payments.mesh:80`'s slot table uses.
+fn used(p: &Plan) -> Vec<String> {
+    let s = p
+        .services
+        .iter()
+        .find(|s| s.host == "payments.mesh" && s.port == 80 && s.vip.is_ipv4())
+        .expect("payments.mesh:80");
+    s.slots
+        .iter()
+        .map(|x| x.endpoint.ip().to_string())
+        .collect()
+}
+
+/// Item 5: `priorityLabels` entries in the `key=value` form (Istio's
+/// failoverPriority, which Gloo follows) prefer endpoints whose label has
+/// that value, whatever the node's own labels; they used to match nothing
+/// and the locality preference was lost. A bare `key` still means "the
+/// node's value".
+#[test]
+fn priority_labels_in_key_value_form_prefer_the_endpoints_with_that_value() {
+    // The zone label of each endpoint comes from its slice: z1 for .1 and
+    // .2, z2 for .3. Prefer z2 (not the node's zone).
+    let p = plan(&failover(
+        "    priorityLabels:\n      labels:\n      - topology.kubernetes.io/zone=z2\n",
+    ));
+    assert_eq!(
+        used(&p),
+        vec!["10.0.0.3"],
+        "z2 first, whatever the node's zone"
+    );
+    // A bare key: the node's value (z1).
+    let p = plan(&failover(
+        "    priorityLabels:\n      labels:\n      - topology.kubernetes.io/zone\n",
+    ));
+    assert_eq!(used(&p), vec!["10.0.0.1", "10.0.0.2"]);
+}
