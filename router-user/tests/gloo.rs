@@ -232,3 +232,62 @@ fn priority_labels_in_key_value_form_prefer_the_endpoints_with_that_value() {
     ));
     assert_eq!(used(&p), vec!["10.0.0.1", "10.0.0.2"]);
 }
+
+/// Item 6: a route policy without `applyToRoutes` applies to every route
+/// (Gloo's meaning); it used to be refused. A notice says so.
+#[test]
+fn a_route_policy_without_apply_to_routes_applies_to_every_route() {
+    let v = load_str(
+        "t.yaml",
+        &format!(
+            "{}{}",
+            world(),
+            r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: shop, namespace: payments}
+spec:
+  hosts: [shop.mesh]
+  http:
+  - name: api
+    matchers: [{uri: {prefix: /api}}]
+    forwardTo:
+      destinations: [{ref: {name: payments}, port: {number: 80}}]
+  - name: web
+    matchers: [{uri: {prefix: /}}, {headers: [{name: x-web, value: "1"}]}]
+    forwardTo:
+      destinations: [{ref: {name: payments}, port: {number: 80}}]
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: RetryTimeoutPolicy
+metadata: {name: everywhere, namespace: payments}
+spec:
+  config:
+    retries: {attempts: 2}
+    requestTimeout: 3s
+"#
+        ),
+        &Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        v.notices
+            .iter()
+            .any(|n| n.message.contains("applies to every route")),
+        "{:?}",
+        v.notices
+    );
+    let p = compile(&v, &Health::default()).unwrap_or_else(|e| panic!("{e}"));
+    let l7 =
+        p.l7.iter()
+            .find(|s| s.host == "shop.mesh")
+            .expect("shop.mesh");
+    assert_eq!(l7.routes.len(), 2);
+    for r in &l7.routes {
+        let retry = r
+            .policies
+            .retry
+            .as_ref()
+            .unwrap_or_else(|| panic!("route {} has no retry policy", r.name));
+        assert_eq!(retry.attempts, 2, "route {}", r.name);
+    }
+}

@@ -79,8 +79,11 @@ fn winner<'c, C>(
     list: &'c [Resource<RoutePolicySpec<C>>],
     r: &FlatRoute<'_>,
 ) -> Option<&'c Resource<RoutePolicySpec<C>>> {
-    list.iter()
-        .find(|p| p.spec.apply_to_routes.iter().any(|s| selects(&s.value, r)))
+    // An empty applyToRoutes applies to every route (as in Gloo).
+    list.iter().find(|p| {
+        p.spec.apply_to_routes.is_empty()
+            || p.spec.apply_to_routes.iter().any(|s| selects(&s.value, r))
+    })
 }
 
 impl<'a> Compiler<'a> {

@@ -804,8 +804,9 @@ fn apply_to<S>(v: &mut Validator<'_>, p: &Resource<S>, sels: &[Spanned<Destinati
 /// Route policies: selectors, durations, percentages, statuses, references.
 fn route_policies(v: &mut Validator<'_>) {
     fn common<C>(v: &mut Validator<'_>, p: &Resource<RoutePolicySpec<C>>) {
+        // Gloo: without applyToRoutes a policy applies to every route.
         if p.spec.apply_to_routes.is_empty() {
-            v.err(p, p.origin.line, "spec.applyToRoutes is empty; select routes by labels, e.g. `- route: {labels: {route: reviews}}`");
+            v.notice(p, p.origin.line, "spec.applyToRoutes is empty: the policy applies to every route the L7 proxy serves (Gloo's meaning); select routes by labels to narrow it, e.g. `- route: {labels: {route: reviews}}`");
         }
     }
     let cfg = v.cfg;
