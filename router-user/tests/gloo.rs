@@ -291,3 +291,74 @@ spec:
         assert_eq!(retry.attempts, 2, "route {}", r.name);
     }
 }
+
+fn notices(gloo: &str) -> Vec<String> {
+    let text = format!("{}{gloo}", world());
+    let v = load_str("t.yaml", &text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    v.notices.iter().map(|n| n.to_string()).collect()
+}
+
+/// Item 7: a route policy whose selector matches no route, and a field
+/// routerd parses but does not apply (VirtualGateway `workloads`), are
+/// notices naming the line, never silence.
+#[test]
+fn selectors_that_match_nothing_and_ignored_fields_are_notices() {
+    let gloo = r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: shop, namespace: payments}
+spec:
+  hosts: [shop.mesh]
+  http:
+  - name: api
+    labels: {route: api}
+    matchers: [{uri: {prefix: /api}}]
+    forwardTo:
+      destinations: [{ref: {name: payments}, port: {number: 80}}]
+---
+apiVersion: trafficcontrol.policy.gloo.solo.io/v2
+kind: HeaderManipulationPolicy
+metadata: {name: headers, namespace: payments}
+spec:
+  applyToRoutes:
+  - route: {labels: {route: api}}
+  - route: {labels: {route: typo}}
+  config: {appendRequestHeaders: {x-a: "1"}}
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: VirtualGateway
+metadata: {name: ingress, namespace: payments}
+spec:
+  workloads:
+  - selector: {labels: {app: istio-ingressgateway}}
+  listeners:
+  - port: {number: 8080}
+    http: {}
+"#;
+    let n = notices(gloo);
+    let typo_line = world().lines().count()
+        + gloo
+            .lines()
+            .position(|l| l.contains("route: typo"))
+            .expect("typo")
+        + 1;
+    let selects_nothing: Vec<&String> = n
+        .iter()
+        .filter(|l| l.contains("applyToRoutes selects no route"))
+        .collect();
+    assert_eq!(
+        selects_nothing.len(),
+        1,
+        "only the typo selects nothing: {n:?}"
+    );
+    assert!(
+        selects_nothing[0].contains("HeaderManipulationPolicy payments/headers")
+            && selects_nothing[0].starts_with(&format!("t.yaml:{typo_line}:")),
+        "{n:?}"
+    );
+    assert!(
+        n.iter()
+            .any(|l| l.contains("VirtualGateway payments/ingress")
+                && l.contains("spec.workloads is not applied")),
+        "{n:?}"
+    );
+}

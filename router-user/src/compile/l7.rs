@@ -66,13 +66,7 @@ fn conds(m: &HttpMatcher) -> Vec<L7Cond> {
 
 /// Does a route selector pick this route?
 fn selects(sel: &RouteSelector, r: &FlatRoute<'_>) -> bool {
-    let Some(rr) = &sel.route else { return true };
-    rr.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
-        && rr.name.as_ref().is_none_or(|n| n == r.table.name())
-        && rr
-            .namespace
-            .as_ref()
-            .is_none_or(|n| n == r.table.namespace())
+    crate::config::routes::route_selected(sel, &r.labels, r.table.namespace(), r.table.name())
 }
 
 fn winner<'c, C>(

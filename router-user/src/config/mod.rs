@@ -136,6 +136,17 @@ macro_rules! resources_struct {
 }
 for_each_kind!(resources_struct);
 
+impl Resources {
+    /// Any route policy (they select routes by labels).
+    pub fn has_route_policies(&self) -> bool {
+        !(self.header_policies.is_empty()
+            && self.retry_policies.is_empty()
+            && self.fault_policies.is_empty()
+            && self.mirror_policies.is_empty()
+            && self.cors_policies.is_empty())
+    }
+}
+
 /// Command-line settings that override the RouterConfig resource.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {

@@ -462,6 +462,15 @@ fn expand<'a>(
     }
 }
 
+/// Does a route policy's `applyToRoutes[]` entry pick a route with these
+/// labels, written in table `namespace/name`? (No `route`: every route.)
+pub fn route_selected(sel: &RouteSelector, labels: &Labels, namespace: &str, name: &str) -> bool {
+    let Some(rr) = &sel.route else { return true };
+    rr.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && rr.name.as_ref().is_none_or(|n| n == name)
+        && rr.namespace.as_ref().is_none_or(|n| n == namespace)
+}
+
 pub fn describe_rt_selector(sel: &RouteTableSelector) -> String {
     let mut parts = Vec::new();
     if let Some(n) = &sel.name {

@@ -13,6 +13,9 @@ struct Validator<'a> {
     settings: &'a Settings,
     diags: &'a mut Diags,
     notices: Vec<Notice>,
+    /// Every served route as `(table namespace, table name, labels)`, for
+    /// route policies' selectors (collected only when there are any).
+    routes: Vec<(String, String, Labels)>,
 }
 
 impl Validator<'_> {
@@ -60,6 +63,7 @@ pub fn validate(
         settings,
         diags,
         notices: Vec::new(),
+        routes: Vec::new(),
     };
     duplicates(&mut v);
     for vd in &cfg.virtual_destinations {
@@ -590,6 +594,15 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
     if is_child {
         return;
     }
+    if v.cfg.has_route_policies() {
+        v.routes.extend(flat.iter().map(|r| {
+            (
+                r.table.namespace().to_string(),
+                r.table.name().to_string(),
+                r.labels.clone(),
+            )
+        }));
+    }
     // Shadowed (conflicting) routes, on the flattened table.
     // Only within one table: across delegated tables overlap is normal and
     // TABLE_WEIGHT or ROUTE_SPECIFICITY decides.
@@ -675,6 +688,9 @@ fn route_host_uniqueness(v: &mut Validator<'_>) {
 }
 
 fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
+    if gw.spec.workloads.is_some() {
+        v.notice(gw, gw.origin.line, "spec.workloads is not applied: routerd opens the gateway's listeners on this node, whatever workloads it names");
+    }
     if gw.spec.listeners.is_empty() {
         v.err(
             gw,
@@ -804,6 +820,16 @@ fn apply_to<S>(v: &mut Validator<'_>, p: &Resource<S>, sels: &[Spanned<Destinati
 /// Route policies: selectors, durations, percentages, statuses, references.
 fn route_policies(v: &mut Validator<'_>) {
     fn common<C>(v: &mut Validator<'_>, p: &Resource<RoutePolicySpec<C>>) {
+        for sel in &p.spec.apply_to_routes {
+            let hit = v
+                .routes
+                .iter()
+                .any(|(ns, name, labels)| routes::route_selected(&sel.value, labels, ns, name));
+            if !hit {
+                let line = p.line_of(sel);
+                v.notice(p, line, "applyToRoutes selects no route of any route table with hosts: the policy applies to nothing (yet); check the route labels, name and namespace");
+            }
+        }
         // Gloo: without applyToRoutes a policy applies to every route.
         if p.spec.apply_to_routes.is_empty() {
             v.notice(p, p.origin.line, "spec.applyToRoutes is empty: the policy applies to every route the L7 proxy serves (Gloo's meaning); select routes by labels to narrow it, e.g. `- route: {labels: {route: reviews}}`");
