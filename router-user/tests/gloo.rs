@@ -166,6 +166,7 @@ fn weights_that_leave_no_remainder_for_an_unweighted_destination_are_errors() {
 /// ranking applies only with it, as in Istio) and `failover` as the
 /// FailoverPolicy's config.
 fn failover(config: &str) -> String {
+    let apply = "  applyToDestinations:\n  - kind: VIRTUAL_DESTINATION\n    selector: {labels: {failover: \"true\"}}";
     format!(
         r#"apiVersion: networking.gloo.solo.io/v2
 kind: VirtualDestination
@@ -179,18 +180,14 @@ apiVersion: resilience.policy.gloo.solo.io/v2
 kind: OutlierDetectionPolicy
 metadata: {{name: outliers, namespace: payments}}
 spec:
-  applyToDestinations:
-  - kind: VIRTUAL_DESTINATION
-    selector: {{labels: {{failover: "true"}}}}
+{apply}
   config: {{consecutiveErrors: 5}}
 ---
 apiVersion: resilience.policy.gloo.solo.io/v2
 kind: FailoverPolicy
 metadata: {{name: failover, namespace: payments}}
 spec:
-  applyToDestinations:
-  - kind: VIRTUAL_DESTINATION
-    selector: {{labels: {{failover: "true"}}}}
+{apply}
   config:
 {config}"#
     )
