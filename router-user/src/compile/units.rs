@@ -106,9 +106,36 @@ pub struct Compiled {
     notice_count: BTreeMap<NoticeKey, (Notice, u32)>,
     /// Backend address -> how many kernel services' slot tables use it.
     backend_refs: HashMap<SocketAddr, u32>,
-    checks: BTreeMap<SocketAddr, BTreeMap<UnitKey, HealthCheckPlan>>,
-    outliers: BTreeMap<String, BTreeMap<UnitKey, OutlierPlan>>,
+    checks: ByUnit<SocketAddr, HealthCheckPlan>,
+    outliers: ByUnit<String, OutlierPlan>,
     plan: Plan,
+}
+
+/// Per key (an endpoint's check, a destination's outlier detection), what
+/// each unit asks for; the first unit in order decides.
+type ByUnit<K, V> = BTreeMap<K, BTreeMap<UnitKey, V>>;
+
+fn add_unit<K: Ord + Clone, V: Clone>(m: &mut ByUnit<K, V>, unit: &UnitKey, from: &BTreeMap<K, V>) {
+    for (k, v) in from {
+        m.entry(k.clone())
+            .or_default()
+            .insert(unit.clone(), v.clone());
+    }
+}
+
+fn remove_unit<'k, K: Ord + 'k, V>(
+    m: &mut ByUnit<K, V>,
+    unit: &UnitKey,
+    keys: impl Iterator<Item = &'k K>,
+) {
+    for k in keys {
+        if let Some(by) = m.get_mut(k) {
+            by.remove(unit);
+            if by.is_empty() {
+                m.remove(k);
+            }
+        }
+    }
 }
 
 /// The backends a service's slot table uses, with where they are.
@@ -236,24 +263,10 @@ impl Compiled {
             .map(|(k, u)| (UnitKey::Host(k.clone()), &u.watch))
             .chain(std::iter::once((UnitKey::Gateways, &c.gateways.watch)))
             .collect();
-        let mut checks: BTreeMap<SocketAddr, BTreeMap<UnitKey, HealthCheckPlan>> = BTreeMap::new();
-        let mut outliers: BTreeMap<String, BTreeMap<UnitKey, OutlierPlan>> = BTreeMap::new();
         for (k, w) in keyed {
-            for (addr, p) in &w.checks {
-                checks
-                    .entry(*addr)
-                    .or_default()
-                    .insert(k.clone(), p.clone());
-            }
-            for (label, p) in &w.outliers {
-                outliers
-                    .entry(label.clone())
-                    .or_default()
-                    .insert(k.clone(), p.clone());
-            }
+            add_unit(&mut c.checks, &k, &w.checks);
+            add_unit(&mut c.outliers, &k, &w.outliers);
         }
-        c.checks = checks;
-        c.outliers = outliers;
         c.plan.health_checks = c.checks.keys().map(|a| c.merged_check(a)).collect();
         c.plan.outliers = c.outliers.keys().map(|l| c.merged_outlier(l)).collect();
         let all: Vec<Notice> = c
@@ -533,33 +546,9 @@ impl Compiled {
     }
 
     fn swap_watch(&mut self, unit: &UnitKey, old: &Watch, new: &Watch) {
-        for addr in old.checks.keys() {
-            if let Some(m) = self.checks.get_mut(addr) {
-                m.remove(unit);
-                if m.is_empty() {
-                    self.checks.remove(addr);
-                }
-            }
-        }
-        for (addr, p) in &new.checks {
-            self.checks
-                .entry(*addr)
-                .or_default()
-                .insert(unit.clone(), p.clone());
-        }
-        for label in old.outliers.keys() {
-            if let Some(m) = self.outliers.get_mut(label) {
-                m.remove(unit);
-                if m.is_empty() {
-                    self.outliers.remove(label);
-                }
-            }
-        }
-        for (label, p) in &new.outliers {
-            self.outliers
-                .entry(label.clone())
-                .or_default()
-                .insert(unit.clone(), p.clone());
-        }
+        remove_unit(&mut self.checks, unit, old.checks.keys());
+        add_unit(&mut self.checks, unit, &new.checks);
+        remove_unit(&mut self.outliers, unit, old.outliers.keys());
+        add_unit(&mut self.outliers, unit, &new.outliers);
     }
 }

@@ -419,10 +419,6 @@ impl Labels {
         self.find(k).ok().map(|i| &self.0[i].1)
     }
 
-    pub fn contains_key(&self, k: &str) -> bool {
-        self.find(k).is_ok()
-    }
-
     /// Set `k` to `v`; the value it had.
     pub fn insert(&mut self, k: String, v: String) -> Option<String> {
         match self.find(&k) {
@@ -438,10 +434,6 @@ impl Labels {
         self.find(k).ok().map(|i| self.0.remove(i).1)
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -451,15 +443,15 @@ impl Labels {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
-    }
-
     /// Insert every entry of `other` (its values win).
     pub fn extend(&mut self, other: Labels) {
         for (k, v) in other.0 {
             self.insert(k, v);
         }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
     }
 
     /// Capacity down to the entries (for labels kept as long as the config).
@@ -494,12 +486,6 @@ impl<'a> IntoIterator for &'a Labels {
 impl From<Labels> for std::collections::BTreeMap<String, String> {
     fn from(l: Labels) -> Self {
         l.0.into_iter().collect()
-    }
-}
-
-impl<const N: usize> From<[(String, String); N]> for Labels {
-    fn from(a: [(String, String); N]) -> Self {
-        a.into_iter().collect()
     }
 }
 
