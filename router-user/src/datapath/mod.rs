@@ -276,6 +276,13 @@ impl Datapath {
             }
         }
         let replacing = links_present;
+        // Counter arrays not pinned yet are created by this load: all zero.
+        let counters_created = [
+            router_common::MAP_SVC_STATS,
+            router_common::MAP_BACKEND_STATS,
+        ]
+        .iter()
+        .all(|m| !pins.map(m).exists());
         let ebpf = match Self::load_and_attach(&pins, cgroup, object, sizes) {
             Ok(e) => e,
             Err(e) => {
@@ -293,7 +300,10 @@ impl Datapath {
         meta.cgroup_id = cgroup_id;
         meta.cgroup_path = cgroup_path_bytes(cgroup);
         maps.meta.set(0, meta, 0)?;
-        let mirror = read_and_collect(&mut maps)?;
+        let mut mirror = read_and_collect(&mut maps)?;
+        if counters_created {
+            mirror.counters_created();
+        }
         let startup = if replacing {
             Startup::Replaced
         } else {
