@@ -582,7 +582,7 @@ pub fn slice_endpoints(
             (_, Err(e)) => diags.push(&o.file, o.line, res.clone(), e),
         }
     }
-    let slice_locality = |key: &str, ep: &Endpoint| {
+    let slice_locality = |key: &str, ep: &super::SliceEndpoint| {
         ep.deprecated_topology
             .get(key)
             .or_else(|| es.meta.labels.get(key))
@@ -595,14 +595,13 @@ pub fn slice_endpoints(
     let mut shared: BTreeMap<Locality, (Arc<Locality>, Arc<Labels>)> = BTreeMap::new();
     let mut out = Vec::new();
     for ep in &es.spec.endpoints {
-        let line = es.line_of(ep);
-        let ep = &ep.value;
+        let line = u64::from(ep.line);
         let locality = Locality {
             region: slice_locality(LABEL_REGION, ep),
             zone: ep
                 .zone
-                .clone()
-                .unwrap_or_else(|| slice_locality(LABEL_ZONE, ep)),
+                .as_deref()
+                .map_or_else(|| slice_locality(LABEL_ZONE, ep), str::to_string),
             subzone: slice_locality(LABEL_SUBZONE, ep),
         };
         let (locality, labels) = shared
@@ -623,16 +622,14 @@ pub fn slice_endpoints(
                 (Arc::new(locality.clone()), Arc::new(labels))
             })
             .clone();
-        let cond = ep.conditions.clone().unwrap_or_default();
-        // Kubernetes: a nil `ready` means ready; terminating endpoints are not.
-        let ready = cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false);
-        if ep.addresses.is_empty() {
+        let ready = ep.ready;
+        if ep.addresses().next().is_none() {
             diags.push(&o.file, line, res.clone(), "endpoint has no addresses");
         }
-        for a in &ep.addresses {
-            let ip: IpAddr = match a.parse() {
-                Ok(ip) => ip,
-                Err(_) => {
+        for a in ep.addresses() {
+            let ip: IpAddr = match a {
+                super::Address::Ip(ip) => *ip,
+                super::Address::NotAnIp(a) => {
                     diags.push(
                         &o.file,
                         line,

@@ -314,13 +314,27 @@ fn parse_endpoint_slice<S>(
     diags: &mut Diags,
 ) -> Option<Resource<EndpointSliceBody>> {
     let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
+    let origin = origin(cx, &d.kind, &d.metadata);
+    let line_base = cx.doc.first_line - 1;
+    let mut zones = Vec::new();
+    let endpoints = d
+        .endpoints
+        .into_iter()
+        .map(|ep| {
+            let line = match ep.referenced.line() {
+                0 => origin.line,
+                l => line_base + l,
+            };
+            super::SliceEndpoint::new(ep.value, line, &mut zones)
+        })
+        .collect();
     Some(Resource {
-        origin: origin(cx, &d.kind, &d.metadata),
-        line_base: cx.doc.first_line - 1,
+        origin,
+        line_base,
         meta: d.metadata,
         spec: EndpointSliceBody {
             address_type: d.address_type,
-            endpoints: d.endpoints,
+            endpoints,
             ports: d.ports,
         },
     })
