@@ -191,6 +191,7 @@ pub fn main() -> ExitCode {
                 Some(c) => c,
                 None => sys::cgroup2_mount()?,
             };
+            crate::limits::no_huge_pages();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -293,6 +293,21 @@ pub fn return_freed_memory() {
     };
 }
 
+/// Back the daemon's heap with 4 KiB pages only. The allocator asks for
+/// transparent huge pages where the host allows them (`madvise`): a 2 MiB
+/// page then stays resident while any object on it lives, and every first
+/// touch zeroes 2 MiB. At the bench's 10,000 services that held about 12 MiB
+/// more RSS after start-up and made start-up vary by 400 ms from run to run
+/// (a fifth of its CPU time in the kernel's `clear_page`). A failure (an old
+/// kernel) changes nothing else.
+pub fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
