@@ -13,6 +13,7 @@ pub mod health;
 pub mod inspect;
 pub mod limits;
 pub mod netns;
+pub mod par;
 pub mod plan;
 pub mod proxy;
 pub mod reap;

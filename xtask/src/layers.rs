@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub const LAYERS: &[&[&str]] = &[
     // Host plumbing with no knowledge of routing.
     // Fixtures: YAML shapes only, no knowledge of the code.
-    &["limits", "sockdiag", "testing"],
+    &["limits", "par", "sockdiag", "testing"],
     &["netns"],
     // The plan: plain values, the seam between config and kernel.
     &["plan", "events"],

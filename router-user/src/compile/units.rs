@@ -165,8 +165,12 @@ impl Compiled {
         })?;
         let mut units = BTreeMap::new();
         let mut errors = Vec::new();
-        for (key, src) in &hosts {
-            match host_unit(v, health, src, vips[key]) {
+        // Each host compiles on its own (a unit reads only the validated
+        // config and health): on every CPU.
+        let each: Vec<_> = hosts.iter().collect();
+        let compiled = crate::par::map(&each, |(key, src)| host_unit(v, health, src, vips[*key]));
+        for ((key, _), u) in each.into_iter().zip(compiled) {
+            match u {
                 Ok(u) => {
                     units.insert(key.clone(), u);
                 }

@@ -95,43 +95,6 @@ fn doc_hash(text: &str) -> u64 {
     h.finish()
 }
 
-/// `f` over every item, on as many threads as the machine has (results in
-/// the items' order). Threads take the next few items as they finish the
-/// last: documents differ in cost (an EndpointSlice of a hundred endpoints
-/// against a one-route table), so fixed halves left one thread idle for a
-/// third of a start-up.
-pub(super) fn parse_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    const BATCH: usize = 16;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len() / 64 + 1);
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || {
-        let mut done: Vec<(usize, Vec<R>)> = Vec::new();
-        loop {
-            let start = next.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
-            if start >= items.len() {
-                return done;
-            }
-            let end = (start + BATCH).min(items.len());
-            done.push((start, items[start..end].iter().map(&f).collect()));
-        }
-    };
-    let mut batches: Vec<(usize, Vec<R>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in handles {
-            all.extend(h.join().expect("a parser thread panicked"));
-        }
-        all
-    });
-    batches.sort_unstable_by_key(|(start, _)| *start);
-    batches.into_iter().flat_map(|(_, r)| r).collect()
-}
-
 fn is_config_name(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
@@ -228,7 +191,7 @@ impl FileSource {
             Failed(String),
         }
         let candidates: Vec<PathBuf> = candidates.into_iter().collect();
-        let looks = parse_all(&candidates, |f| {
+        let looks = crate::par::map(&candidates, |f| {
             let Ok(md) = std::fs::metadata(f) else {
                 return Look::Gone;
             };
@@ -285,7 +248,7 @@ impl FileSource {
                 }
             }
         }
-        let parsed = parse_all(&jobs, |(i, j)| {
+        let parsed = crate::par::map(&jobs, |(i, j)| {
             let mut d = Diags::default();
             // A clone is compact: what the parser built has the slack of
             // growing vectors (about half again, for a store that lives as
