@@ -359,3 +359,133 @@ spec:
         "{n:?}"
     );
 }
+
+/// Item 8: what `kubectl get ... -A -o yaml` prints, a `v1 List` whose
+/// `items` carry `status`, `managedFields`, `uid`, `resourceVersion`,
+/// timestamps and the last-applied annotation, loads unchanged and means
+/// what the same objects written one per document mean.
+#[test]
+fn kubectl_list_output_loads_as_the_objects_it_lists() {
+    let node = Config::new().node("c1", "r1", "z1").yaml();
+    let objects = [
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  clusterName: c1
+  name: payments
+  namespace: payments
+  labels:
+    app: payments
+spec:
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+"#,
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  clusterName: c1
+  name: payments-1
+  namespace: payments
+  labels:
+    kubernetes.io/service-name: payments
+    topology.kubernetes.io/region: r1
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+- addresses:
+  - 10.0.0.1
+  zone: z1
+- addresses:
+  - 10.0.0.3
+  zone: z2
+"#,
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata:
+  name: pay
+  namespace: payments
+spec:
+  hosts:
+  - pay.mesh
+  tcp:
+  - forwardTo:
+      destinations:
+      - ref:
+          name: payments
+          cluster: c1
+        port:
+          number: 80
+"#,
+    ];
+    let plain = format!("{node}---\n{}", objects.join("---\n"));
+    // The same objects as kubectl prints them: items at column 0 under
+    // `items:`, cluster-added fields in metadata, a status, and the List's
+    // own kind and metadata after the items.
+    let mut list = format!("{node}---\napiVersion: v1\nitems:\n");
+    for o in objects {
+        let mut lines = o.lines();
+        list.push_str(&format!("- {}\n", lines.next().unwrap()));
+        for l in lines {
+            list.push_str(&format!("  {l}\n"));
+            if l == "metadata:" {
+                list.push_str(
+                    "    annotations:\n      kubectl.kubernetes.io/last-applied-configuration: |\n        {\"apiVersion\":\"v1\",\n         \"kind\":\"x\"}\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    generation: 3\n    managedFields:\n    - apiVersion: v1\n      fieldsType: FieldsV1\n      manager: kubectl\n    resourceVersion: \"4711\"\n    uid: 6b1d1e0e-0000-4000-8000-000000000001\n",
+                );
+            }
+        }
+        if !o.contains("kind: EndpointSlice") {
+            list.push_str("  status:\n    ownerWorkspace: ops\n    observedGeneration: 3\n");
+        }
+    }
+    list.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+    let load = |text: &str| {
+        let v = load_str("t.yaml", text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        compile(&v, &Health::default()).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (a, b) = (load(&plain), load(&list));
+    assert_eq!(a.services.len(), 1, "{:?}", a.services);
+    // The same services, endpoints and backends; only the lines differ.
+    let lineless = |p: &Plan| {
+        p.services
+            .iter()
+            .map(|x| {
+                let mut x = (**x).clone();
+                x.origin.line = 0;
+                x
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lineless(&a), lineless(&b));
+    assert_eq!(a.backends, b.backends);
+    // The origin names the route's own line in the List.
+    let route_line = list.lines().position(|l| l == "    - forwardTo:").unwrap() as u64 + 1;
+    assert_eq!(b.services[0].origin.line, route_line);
+    assert_eq!(b.services[0].origin.kind, "RouteTable");
+
+    // An error inside an item names its line in the file, and its column
+    // as written there (the item's indentation counted).
+    let bad = list.replace("    - pay.mesh\n", "    - pay.mesh\n    hostz: 1\n");
+    assert_ne!(bad, list);
+    let err = load_str("t.yaml", &bad, &Overrides::default()).unwrap_err();
+    let line = bad.lines().position(|l| l == "    hostz: 1").unwrap() as u64 + 1;
+    let e = &err.errors[0];
+    assert_eq!((e.line, e.column), (line, 5), "{err}");
+    assert!(e.message.contains("hostz"), "{err}");
+
+    // `items: []` lists nothing; a List in flow style is refused with its line.
+    let empty = format!("{plain}---\napiVersion: v1\nitems: []\nkind: List\n");
+    assert_eq!(lineless(&load(&empty)), lineless(&a));
+    let flow = format!("{plain}---\napiVersion: v1\nitems: [{{kind: Service}}]\nkind: List\n");
+    let err = load_str("t.yaml", &flow, &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("block style"), "{err}");
+    assert_eq!(
+        err.errors[0].line,
+        plain.lines().count() as u64 + 2,
+        "{err}"
+    );
+}

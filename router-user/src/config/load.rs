@@ -12,10 +12,13 @@ use super::{
 };
 use crate::plan::Origin;
 
-/// A document of a file, with the 1-based line its text starts on.
+/// A document of a file, with the 1-based line its text starts on. An
+/// item of a `List` is a document of its own, its text moved left by
+/// `indent` columns (the `- ` and its indentation).
 pub(super) struct RawDoc<'a> {
-    pub text: &'a str,
+    pub text: std::borrow::Cow<'a, str>,
     pub first_line: u64,
+    pub indent: u64,
 }
 
 /// Split a YAML stream on `---` / `...` marker lines. Markers must start at
@@ -34,8 +37,9 @@ pub(super) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
             || trimmed == "...";
         if is_marker {
             docs.push(RawDoc {
-                text: &text[start..offset],
+                text: text[start..offset].into(),
                 first_line: start_line,
+                indent: 0,
             });
             // Content after `--- ` on the same line belongs to the next document;
             // blank it out by starting after the marker line.
@@ -45,15 +49,118 @@ pub(super) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
         offset += line.len();
     }
     docs.push(RawDoc {
-        text: &text[start..],
+        text: text[start..].into(),
         first_line: start_line,
+        indent: 0,
     });
     docs.retain(|d| {
         d.text
             .lines()
             .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
     });
-    docs
+    docs.into_iter().flat_map(list_items).collect()
+}
+
+/// A `kind: List` document (what `kubectl get ... -o yaml` prints: `items`
+/// in block style, each a whole object) as one document per item, each
+/// keeping its lines; any other document as it is. A List routerd cannot
+/// split by lines (flow style, anchors across items) stays whole, and is
+/// then refused as an unsupported kind with its line.
+fn list_items(doc: RawDoc<'_>) -> Vec<RawDoc<'_>> {
+    let text: &str = match &doc.text {
+        std::borrow::Cow::Borrowed(t) => t,
+        std::borrow::Cow::Owned(_) => return vec![doc],
+    };
+    // A key of the List itself (`kind:`, `metadata:`): column 0, not an
+    // item's `-` (kubectl prints items at column 0).
+    let top = |l: &str| !l.is_empty() && !l.starts_with([' ', '\t', '#', '\r', '\n', '-']);
+    let is_list = text.lines().any(|l| {
+        l.strip_prefix("kind:")
+            .and_then(plain_value)
+            .is_some_and(|k| k == "List")
+    });
+    if !is_list {
+        return vec![doc];
+    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let Some(at) = lines.iter().position(|l| {
+        l.trim_end()
+            .strip_prefix("items:")
+            .is_some_and(|v| v.trim().is_empty())
+    }) else {
+        // `items: []` holds nothing; anything else on the line is flow style.
+        let empty = lines.iter().any(|l| {
+            l.trim_end()
+                .strip_prefix("items:")
+                .is_some_and(|v| v.trim() == "[]")
+        });
+        return if empty { Vec::new() } else { vec![doc] };
+    };
+    let end = (at + 1..lines.len())
+        .find(|i| top(lines[*i]))
+        .unwrap_or(lines.len());
+    let block = &lines[at + 1..end];
+    // The items' `-` column: the first content line's.
+    let Some(dash) = block
+        .iter()
+        .map(|l| l.trim_end())
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .and_then(|l| {
+            let n = l.len() - l.trim_start().len();
+            let rest = &l[n..];
+            (rest == "-" || rest.starts_with("- ")).then_some(n)
+        })
+    else {
+        return vec![doc];
+    };
+    let starts_item = |l: &str| {
+        let l = l.trim_end();
+        l.len() > dash
+            && l[..dash].bytes().all(|b| b == b' ')
+            && (l[dash..] == *"-" || l[dash..].starts_with("- "))
+    };
+    let mut items = Vec::new();
+    let mut i = 0;
+    while i < block.len() {
+        if !starts_item(block[i]) {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        i += 1;
+        while i < block.len() && !starts_item(block[i]) {
+            i += 1;
+        }
+        let cut = dash + 2;
+        let mut item = String::new();
+        for (k, l) in block[first..i].iter().enumerate() {
+            if k == 0 {
+                item.push_str(&" ".repeat(cut));
+                item.push_str(l.get(cut.min(l.len())..).unwrap_or(""));
+                // `-` alone on its line: the item starts on the next one.
+                if l.trim_end().len() <= dash + 1 {
+                    item.push('\n');
+                }
+            } else {
+                item.push_str(l);
+            }
+        }
+        // Every line moved left by the item's indentation; a shorter line
+        // (a blank or a comment) loses its spaces only.
+        let moved: String = item
+            .split_inclusive('\n')
+            .map(|l| {
+                let n = l.len() - l.trim_start_matches(' ').len();
+                &l[n.min(cut)..]
+            })
+            .collect();
+        items.push(RawDoc {
+            text: moved.into(),
+            first_line: doc.first_line + (at + 1 + first) as u64,
+            indent: cut as u64,
+        });
+    }
+    items
 }
 
 /// Line of the first non-blank, non-comment line of a document.
@@ -239,7 +346,7 @@ fn saphyr_error(
 ) {
     let msg = DefaultMessageFormatter.format_message(e).into_owned();
     let (line, column) = match e.location() {
-        Some(l) if l.line() > 0 => (doc.first_line + l.line() - 1, l.column()),
+        Some(l) if l.line() > 0 => (doc.first_line + l.line() - 1, l.column() + doc.indent),
         _ => (content_line(doc), 0),
     };
     diags.errors.push(super::diag::Diagnostic {
@@ -258,7 +365,7 @@ struct DocCtx<'a, 'b> {
 }
 
 fn parse_typed<T: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<T> {
-    match serde_saphyr::from_str::<T>(cx.doc.text) {
+    match serde_saphyr::from_str::<T>(&cx.doc.text) {
         Ok(v) => Some(v),
         Err(e) => {
             saphyr_error(diags, cx.file, cx.doc, Some(cx.resource.clone()), &e);
@@ -418,9 +525,9 @@ fn quick_header(text: &str) -> Option<Header> {
 /// apiVersion, parsed strictly. `None` (with the reason in `diags`) if it
 /// is not a resource routerd reads.
 pub(super) fn parse_doc(file: &str, doc: &RawDoc<'_>, diags: &mut Diags) -> Option<Object> {
-    let header: Header = match quick_header(doc.text) {
+    let header: Header = match quick_header(&doc.text) {
         Some(h) => h,
-        None => match serde_saphyr::from_str(doc.text) {
+        None => match serde_saphyr::from_str(&doc.text) {
             Ok(h) => h,
             Err(e) => {
                 saphyr_error(diags, file, doc, None, &e);
@@ -448,6 +555,18 @@ pub(super) fn parse_doc(file: &str, doc: &RawDoc<'_>, diags: &mut Diags) -> Opti
         .and_then(|m| m.namespace.clone())
         .unwrap_or_else(|| "default".into());
     let resource_name = format!("{kind} {ns}/{}", name.as_deref().unwrap_or("<unnamed>"));
+    if kind == "List" {
+        // Block-style Lists were split into their items already.
+        diags.push(
+            file,
+            line,
+            Some(resource_name),
+            "a List is read item by item when its `items` are in block style, as \
+             `kubectl get -o yaml` prints them; these are not: write each item as \
+             `- apiVersion: ...` on lines of its own, or each resource as a document",
+        );
+        return None;
+    }
     let Some(api) = expected_api(&kind) else {
         diags.push(
             file,

@@ -243,7 +243,7 @@ impl FileSource {
                 .map(|o| o.docs.iter().map(|d| (d.first_line, d.hash)).collect())
                 .unwrap_or_default();
             for (j, doc) in docs.iter().enumerate() {
-                if !known.contains(&(doc.first_line, doc_hash(doc.text))) {
+                if !known.contains(&(doc.first_line, doc_hash(&doc.text))) {
                     jobs.push((i, j));
                 }
             }
@@ -394,7 +394,7 @@ impl FileSource {
         let mut docs = Vec::new();
         let mut now: BTreeSet<(Kind, Pos)> = BTreeSet::new();
         for (j, doc) in split.iter().enumerate() {
-            let hash = doc_hash(doc.text);
+            let hash = doc_hash(&doc.text);
             if let Some(d) = kept.remove(&(doc.first_line, hash)) {
                 now.insert((d.kind, d.at.clone()));
                 docs.push(d.clone());
