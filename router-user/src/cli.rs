@@ -134,6 +134,14 @@ enum Cmd {
         target: String,
         #[command(flatten)]
         config: ConfigArgs,
+        /// The running daemon's state directory: while a routerd runs with
+        /// it, explain what that daemon serves (endpoint health included).
+        #[arg(long, default_value = "/run/routerd")]
+        state_dir: PathBuf,
+        /// Explain the config files instead (every endpoint counted
+        /// healthy), even while a daemon runs.
+        #[arg(long)]
+        files: bool,
     },
     /// Read the pinned maps: services, backends, counters.
     Inspect {
@@ -214,11 +222,43 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         })(),
         Cmd::Check { config, json } => check(&config, json),
-        Cmd::Explain { target, config } => (|| {
-            let plan = daemon::build_plan(&config.config, &config.overrides(), &Health::default())
-                .map_err(anyhow::Error::msg)?;
+        Cmd::Explain {
+            target,
+            config,
+            state_dir,
+            files,
+        } => (|| {
+            let served = if files {
+                None
+            } else {
+                daemon::served_plan(&state_dir)
+            };
+            let (plan, source) = match served {
+                Some((plan, pid)) => (
+                    plan,
+                    format!(
+                        "as served by routerd (pid {pid}, state in {}): endpoint health as it \
+                         sees it; --files for the config files",
+                        state_dir.display()
+                    ),
+                ),
+                None => (
+                    daemon::build_plan(&config.config, &config.overrides(), &Health::default())
+                        .map_err(anyhow::Error::msg)?,
+                    format!(
+                        "from the config files at {} ({}): every endpoint counted healthy",
+                        config.config.display(),
+                        if files {
+                            "--files".to_string()
+                        } else {
+                            format!("no routerd runs with state in {}", state_dir.display())
+                        }
+                    ),
+                ),
+            };
             match explain::explain(&plan, &target) {
                 Ok(text) => {
+                    println!("# {source}");
                     print!("{text}");
                     Ok(ExitCode::SUCCESS)
                 }

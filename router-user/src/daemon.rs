@@ -75,6 +75,25 @@ pub fn build_plan(path: &Path, overrides: &Overrides, health: &Health) -> Result
     crate::compile::compile(&v, health).map_err(|e| e.to_string())
 }
 
+/// The plan a running daemon serves, with its pid: the state directory's
+/// `plan.json` (rewritten within a second of every apply, health changes
+/// included) while the pid file names a live `routerd`. `None` when no
+/// daemon runs with this state directory.
+pub fn served_plan(state_dir: &Path) -> Option<(Plan, i32)> {
+    let pid: i32 = std::fs::read_to_string(pid_file(state_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // A live process that is a routerd (a stale pid file may name another).
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() != "routerd" {
+        return None;
+    }
+    let plan = serde_json::from_slice(&std::fs::read(state::plan_file(state_dir)).ok()?).ok()?;
+    Some((plan, pid))
+}
+
 /// A refused reload, typed: what was wrong, and with what.
 #[derive(Debug)]
 pub enum Rejection {

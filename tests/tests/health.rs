@@ -125,6 +125,49 @@ fn active_checks_move_connections_off_a_dead_endpoint_and_back() {
         "the health change was not applied: {events:?}"
     );
 
+    // `routerd explain` reads what the daemon serves (its plan.json follows
+    // every apply within a second): e1 unhealthy, no share; `--files`
+    // compiles the files, where every endpoint counts healthy.
+    let cfg = s.world.dir.path.join("config");
+    let explain = |extra: &[&str]| {
+        let out = std::process::Command::new(bin("routerd"))
+            .args(["explain", "web.t.mesh:8080", "--config"])
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(&s.routerd.state_dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let e1_line = |text: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(E1))
+            .unwrap_or_else(|| panic!("no line for {E1} in:\n{text}"))
+            .to_string()
+    };
+    let t = Instant::now();
+    let served = loop {
+        let text = explain(&[]);
+        if e1_line(&text).contains("UNHEALTHY") || t.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        served.starts_with("# as served by routerd (pid "),
+        "{served}"
+    );
+    assert!(e1_line(&served).contains("UNHEALTHY"), "{served}");
+    assert!(
+        e1_line(&served).ends_with(" 0.0% of connections"),
+        "{served}"
+    );
+    let files = explain(&["--files"]);
+    assert!(files.starts_with("# from the config files at "), "{files}");
+    assert!(e1_line(&files).contains(" healthy "), "{files}");
+
     // It comes back: one passing check returns it to its tier.
     s.e1 = Some(
         s.world

@@ -129,10 +129,18 @@ fn show_curls(
     Ok(seen)
 }
 
-fn explain(bin: &std::path::Path, config: &std::path::Path, target: &str) -> Result<()> {
+/// `routerd explain` of what the demo's daemon serves (its state dir).
+fn explain(
+    bin: &std::path::Path,
+    routerd: &Routerd,
+    config: &std::path::Path,
+    target: &str,
+) -> Result<()> {
     let out = run(Command::new(bin)
         .args(["explain", target, "--config"])
-        .arg(config))?;
+        .arg(config)
+        .arg("--state-dir")
+        .arg(&routerd.state_dir))?;
     for l in out.lines() {
         println!("  | {l}");
     }
@@ -314,14 +322,19 @@ fn demo() -> Result<()> {
     heading("app-a: a route straight to app-a's Service in cluster-1");
     let a = show_curls(&world, "app-a.shop.mesh.internal", 8080, false, 6)?;
     println!("  => {a:?}");
-    explain(&routerd_bin, &config, "app-a.shop.mesh.internal:8080")?;
+    explain(
+        &routerd_bin,
+        &routerd,
+        &config,
+        "app-a.shop.mesh.internal:8080",
+    )?;
 
     heading(
         "app-b: a route to a VirtualDestination whose closest healthy instance is in cluster-2",
     );
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 6)?;
     println!("  => {b:?}");
-    explain(&routerd_bin, &config, "app-b.shop.mesh.internal")?;
+    explain(&routerd_bin, &routerd, &config, "app-b.shop.mesh.internal")?;
 
     heading(
         "reviews: delegated to the reviews team's table, 80/20 between v1 and v2 (200 connections)",
@@ -375,7 +388,12 @@ fn demo() -> Result<()> {
     heading(
         "ratings: routes on the request path, so the kernel hands the connection to routerd's L7 proxy",
     );
-    explain(&routerd_bin, &config, "ratings.shop.mesh.internal")?;
+    explain(
+        &routerd_bin,
+        &routerd,
+        &config,
+        "ratings.shop.mesh.internal",
+    )?;
     l7_demo(&world)?;
     let p = &world.probe(&["tcp", "240.240.255.254:80"])?[0];
     println!(
