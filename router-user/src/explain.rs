@@ -203,10 +203,15 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p.parse::<u16>().unwrap())),
         _ => (target, None),
     };
+    let gateways = gateway_text(plan, host, port);
     let Some(h) = plan.host(host) else {
+        if let Some(g) = gateways {
+            return Ok(g);
+        }
         let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(format!(
-            "no virtual host `{host}` in this config; known hosts: {}",
+            "no virtual host `{host}` in this config, and no gateway listener serves it; \
+             known virtual hosts: {}",
             known.join(", ")
         ));
     };
@@ -265,5 +270,47 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
     for n in plan.notices.iter().filter(|n| n.message.contains(&h.name)) {
         let _ = writeln!(o, "  note: {n}");
     }
+    if let Some(g) = gateways {
+        o.push_str(&g);
+    }
     Ok(o)
+}
+
+/// North-south: the gateway listeners whose tables serve `host` (on `port`,
+/// if given): which listener, which table (the first whose host patterns
+/// match, as the gateway chooses), and its routes in match order.
+fn gateway_text(plan: &Plan, host: &str, port: Option<u16>) -> Option<String> {
+    let mut o = String::new();
+    for l in plan
+        .gateways
+        .iter()
+        .filter(|l| port.is_none_or(|p| p == l.port))
+    {
+        let Some(g) = l
+            .hosts
+            .iter()
+            .find(|g| g.hosts.iter().any(|p| crate::plan::host_matches(p, host)))
+        else {
+            continue;
+        };
+        let kind = match (l.http, &l.tls) {
+            (false, _) => "TCP",
+            (true, Some(_)) => "HTTPS",
+            (true, None) if l.https_redirect => "HTTP, redirecting to HTTPS",
+            (true, None) => "HTTP",
+        };
+        let _ = writeln!(
+            o,
+            "{host} on gateway {} ({}): listener on port {} ({kind})",
+            l.gateway, l.origin, l.port
+        );
+        let _ = writeln!(
+            o,
+            "  route table {} (hosts {}), per request:",
+            g.table,
+            g.hosts.join(", ")
+        );
+        l7_routes(&mut o, &g.routes, "    ");
+    }
+    (!o.is_empty()).then_some(o)
 }

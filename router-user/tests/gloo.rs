@@ -489,3 +489,54 @@ spec:
         "{err}"
     );
 }
+
+/// Item 11, gateways: `routerd explain` of a host served north-south says
+/// which gateway and listener, which route table, and its routes in match
+/// order; a port no listener of the host has is an error, not silence.
+#[test]
+fn explain_names_the_gateway_listener_table_and_routes_of_a_host() {
+    let p = plan(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: VirtualGateway
+metadata: {name: north, namespace: payments}
+spec:
+  listeners:
+  - port: {number: 8081}
+    http: {}
+    allowedRouteTables: [{host: "*.example.com"}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: storefront, namespace: payments}
+spec:
+  hosts: [shop.example.com]
+  virtualGateways: [{name: north}]
+  http:
+  - name: checkout
+    matchers: [{uri: {prefix: /checkout}}]
+    forwardTo:
+      destinations: [{ref: {name: payments}, port: {number: 80}}]
+"#,
+    );
+    let text =
+        router_user::explain::explain(&p, "shop.example.com").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.starts_with(
+            "shop.example.com on gateway payments/north (VirtualGateway payments/north"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("listener on port 8081 (HTTP)"), "{text}");
+    assert!(
+        text.contains("route table payments/storefront (hosts shop.example.com)"),
+        "{text}"
+    );
+    assert!(text.contains("checkout"), "{text}");
+    assert!(text.contains("/checkout"), "{text}");
+    assert_eq!(
+        router_user::explain::explain(&p, "shop.example.com:8081").as_deref(),
+        Ok(text.as_str())
+    );
+    let err = router_user::explain::explain(&p, "shop.example.com:9000").unwrap_err();
+    assert!(err.contains("no gateway listener serves it"), "{err}");
+}
