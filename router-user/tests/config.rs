@@ -260,6 +260,36 @@ fn inventory_errors_name_the_object() {
     assert!(errors(&text).contains("endpoint 10.0.0.1 also appears in cluster c1"));
 }
 
+/// An endpoint with several addresses is one backend per address, and
+/// `deprecatedTopology` gives its locality where the slice's labels do not;
+/// a bad second address is an error on the endpoint's line.
+#[test]
+fn every_address_of_an_endpoint_serves_with_its_topology() {
+    let node = node();
+    let slice = |second: &str| {
+        format!(
+            "{node}apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: ns, clusterName: c1}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: ns, clusterName: c1, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [10.0.0.1, {second}]\n  zone: z1\n  deprecatedTopology: {{topology.kubernetes.io/region: r9}}\n"
+        )
+    };
+    let v = load_str("t.yaml", &slice("10.0.0.2"), &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let eps: Vec<String> = v
+        .inventory
+        .by_name
+        .values()
+        .flat_map(|s| &s.endpoints)
+        .map(|e| format!("{} {}", e.ip, e.locality))
+        .collect();
+    assert_eq!(eps, ["10.0.0.1 r9/z1/*", "10.0.0.2 r9/z1/*"], "{eps:?}");
+    let text = slice("ten");
+    let line = text.lines().position(|l| l.contains("ten]")).unwrap() + 1;
+    let e = errors(&text);
+    assert!(
+        e.contains(&format!("t.yaml:{line}:")) && e.contains("`ten` is not an IP address"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_settings_are_errors() {
     let text = "apiVersion: routerd.io/v1alpha1\nkind: RouterConfig\nmetadata: {name: node}\nspec:\n  vipRanges: {ipv4: 240.240.0.0/4}\n";

@@ -583,7 +583,7 @@ pub fn slice_endpoints(
         }
     }
     let slice_locality = |key: &str, ep: &super::SliceEndpoint| {
-        ep.deprecated_topology
+        ep.deprecated_topology()
             .get(key)
             .or_else(|| es.meta.labels.get(key))
             .cloned()

@@ -73,10 +73,10 @@ pub struct EndpointSliceBody {
 }
 
 /// One endpoint of a slice as the store keeps it. There are 100,000 of
-/// these at the bench's scale, so it holds only what routerd reads, in 88
-/// bytes and (for the usual one address) no allocation of its own: the
-/// parsed `Spanned<Endpoint>` was 136 bytes plus two allocations for its
-/// address.
+/// these at the bench's scale, so it holds only what routerd reads, in 56
+/// bytes and (for the usual one address and no topology) no allocation of
+/// its own: the parsed `Spanned<Endpoint>` was 136 bytes plus two
+/// allocations for its address.
 #[derive(Clone, Debug)]
 pub struct SliceEndpoint {
     /// Its line in the file.
@@ -86,11 +86,19 @@ pub struct SliceEndpoint {
     pub ready: bool,
     /// `zone` (shared by the slice's endpoints with the same one).
     pub zone: Option<std::sync::Arc<str>>,
-    /// `addresses`: the first, and any others.
+    /// `addresses`: the first (the others are in `rare`).
     first: Option<Address>,
-    more: Box<[Address]>,
-    pub deprecated_topology: Labels,
+    /// What few endpoints have: more addresses, `deprecatedTopology`.
+    rare: Option<Box<Rare>>,
 }
+
+#[derive(Clone, Debug)]
+struct Rare {
+    more: Box<[Address]>,
+    deprecated_topology: Labels,
+}
+
+const _: () = assert!(std::mem::size_of::<SliceEndpoint>() == 56);
 
 /// An endpoint address as written: an IP, or text that is not one (kept
 /// for the error that names it).
@@ -117,18 +125,32 @@ impl SliceEndpoint {
             Ok(ip) => Address::Ip(ip),
             Err(_) => Address::NotAnIp(a.into()),
         });
+        let first = addresses.next();
+        let more: Box<[Address]> = addresses.collect();
+        let rare = (!more.is_empty() || ep.deprecated_topology != Labels::new()).then(|| {
+            Box::new(Rare {
+                more,
+                deprecated_topology: ep.deprecated_topology,
+            })
+        });
         SliceEndpoint {
             line: u32::try_from(line).unwrap_or(u32::MAX),
             ready: cond.ready.unwrap_or(true) && !cond.terminating.unwrap_or(false),
             zone,
-            first: addresses.next(),
-            more: addresses.collect(),
-            deprecated_topology: ep.deprecated_topology,
+            first,
+            rare,
         }
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = &Address> {
-        self.first.iter().chain(self.more.iter())
+        let more = self.rare.as_ref().map_or(&[][..], |r| &r.more[..]);
+        self.first.iter().chain(more)
+    }
+
+    /// `deprecatedTopology` (empty for most endpoints).
+    pub fn deprecated_topology(&self) -> &Labels {
+        static NONE: Labels = Labels::new();
+        self.rare.as_ref().map_or(&NONE, |r| &r.deprecated_topology)
     }
 }
 
