@@ -174,15 +174,15 @@ pub fn service(o: &mut String, s: &ServicePlan) {
                 let slots = s
                     .slots
                     .iter()
-                    .find(|x| x.endpoint == e.addr)
+                    .find(|x| x.endpoint == e.addr())
                     .map(|x| x.slots)
                     .unwrap_or(0);
                 let _ = writeln!(
                     o,
                     "        {:<28} {:<10} {:<28} {:<9} {:>5.1}% of connections",
-                    e.addr.to_string(),
-                    e.cluster,
-                    e.locality.to_string(),
+                    e.addr().to_string(),
+                    e.cluster(),
+                    e.locality().to_string(),
                     if e.healthy { "healthy" } else { "UNHEALTHY" },
                     100.0 * f64::from(slots) / f64::from(total)
                 );

@@ -49,11 +49,11 @@ pub fn closed_endpoints<'a>(
         .into_iter()
         .flat_map(endpoints)
         .filter(|e| e.healthy)
-        .map(|e| e.addr)
+        .map(|e| e.addr())
         .collect();
     old.into_iter()
         .flat_map(endpoints)
-        .map(|e| e.addr)
+        .map(|e| e.addr())
         .filter(|a| {
             !healthy.contains(a) && plan.backends.binary_search_by_key(a, |b| b.addr).is_err()
         })
@@ -89,9 +89,11 @@ mod tests {
         let endpoints: Vec<EndpointPlan> = eps
             .iter()
             .map(|(a, healthy, _)| EndpointPlan {
-                addr: a.parse().unwrap(),
-                cluster: "c".into(),
-                locality: Locality::default().into(),
+                backend: std::sync::Arc::new(BackendPlan {
+                    addr: a.parse().unwrap(),
+                    cluster: "c".into(),
+                    locality: Locality::default().into(),
+                }),
                 service: "s".into(),
                 healthy: *healthy,
             })

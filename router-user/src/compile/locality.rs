@@ -115,9 +115,11 @@ pub struct Candidate<'a> {
 
 fn endpoint_plan(c: &Candidate<'_>) -> EndpointPlan {
     EndpointPlan {
-        addr: c.addr,
-        cluster: c.ep.cluster.clone(),
-        locality: c.ep.locality.clone(),
+        backend: std::sync::Arc::new(crate::plan::BackendPlan {
+            addr: c.addr,
+            cluster: c.ep.cluster.clone(),
+            locality: c.ep.locality.clone(),
+        }),
         service: c.service.clone(),
         healthy: c.healthy,
     }

@@ -322,8 +322,8 @@ impl<'a> Compiler<'a> {
             }
             let share = Share::new(u128::from(t.load_percent), 100 * healthy.len() as u128);
             for e in healthy {
-                let cur = shares.get(&e.addr).copied().unwrap_or(Share::ZERO);
-                shares.insert(e.addr, cur + share);
+                let cur = shares.get(&e.addr()).copied().unwrap_or(Share::ZERO);
+                shares.insert(e.addr(), cur + share);
             }
         }
         let plan = DestinationPlan {

@@ -138,18 +138,15 @@ fn remove_unit<'k, K: Ord + 'k, V>(
     }
 }
 
-/// The backends a service's slot table uses, with where they are.
-fn service_backends(s: &ServicePlan) -> impl Iterator<Item = BackendPlan> + '_ {
+/// The backends a service's slot table uses, with where they are (the
+/// endpoints' own, shared).
+fn service_backends(s: &ServicePlan) -> impl Iterator<Item = &Arc<BackendPlan>> + '_ {
     s.destinations
         .iter()
         .flat_map(|d| &d.tiers)
         .flat_map(|t| &t.endpoints)
-        .filter(|e| s.slots.iter().any(|x| x.endpoint == e.addr))
-        .map(|e| BackendPlan {
-            addr: e.addr,
-            cluster: e.cluster.clone(),
-            locality: e.locality.clone(),
-        })
+        .filter(|e| s.slots.iter().any(|x| x.endpoint == e.addr()))
+        .map(|e| &e.backend)
 }
 
 impl Compiled {
@@ -256,7 +253,7 @@ impl Compiled {
         for s in &c.plan.services {
             for b in service_backends(s) {
                 *c.backend_refs.entry(b.addr).or_insert(0) += 1;
-                backends.entry(b.addr).or_insert_with(|| Arc::new(b));
+                backends.entry(b.addr).or_insert_with(|| Arc::clone(b));
             }
         }
         c.plan.backends = backends.into_values().collect();
@@ -438,7 +435,7 @@ impl Compiled {
             old.services.iter().map(|s| (svc_id(s), s)).collect();
         let new_map: BTreeMap<SvcId, &Arc<ServicePlan>> =
             new.services.iter().map(|s| (svc_id(s), s)).collect();
-        let mut touched_backends: BTreeMap<SocketAddr, Option<BackendPlan>> = BTreeMap::new();
+        let mut touched_backends: BTreeMap<SocketAddr, Option<Arc<BackendPlan>>> = BTreeMap::new();
         for (id, s) in &old_map {
             if new_map.get(id).is_some_and(|n| n == s) {
                 continue;
@@ -473,7 +470,7 @@ impl Compiled {
             }
             for b in service_backends(s) {
                 *self.backend_refs.entry(b.addr).or_insert(0) += 1;
-                touched_backends.insert(b.addr, Some(b));
+                touched_backends.insert(b.addr, Some(Arc::clone(b)));
             }
             let i = self
                 .plan
@@ -491,16 +488,17 @@ impl Compiled {
                     delta.backends.insert(addr);
                 }
                 (Ok(i), true) => {
-                    if let Some(b) = info
-                        && *self.plan.backends[i] != b
-                    {
-                        self.plan.backends[i] = Arc::new(b);
-                        delta.backends.insert(addr);
+                    if let Some(b) = info {
+                        if self.plan.backends[i] != b {
+                            delta.backends.insert(addr);
+                        }
+                        // The new endpoints' own (the old ones may go).
+                        self.plan.backends[i] = b;
                     }
                 }
                 (Err(i), true) => {
                     let b = info.expect("a new backend comes from a new service");
-                    self.plan.backends.insert(i, Arc::new(b));
+                    self.plan.backends.insert(i, b);
                     delta.backends.insert(addr);
                 }
                 (Err(_), false) => {}
