@@ -277,7 +277,7 @@ impl Live {
                 match inventory::slice_endpoints(new, &vips, &mut diags) {
                     Some((id, eps)) if self.v.inventory.get(&id).is_some() => {
                         for (_, ep) in eps {
-                            ips.entry(ep.ip).or_default().added.push(ep.cluster);
+                            ips.entry(ep.ip).or_default().added.push(ep.cluster.clone());
                         }
                         moves.push((id.clone(), at, true));
                         touched.insert(id);
