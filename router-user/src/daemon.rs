@@ -90,8 +90,7 @@ pub fn served_plan(state_dir: &Path) -> Option<(Plan, i32)> {
     if comm.trim() != "routerd" {
         return None;
     }
-    let plan = serde_json::from_slice(&std::fs::read(state::plan_file(state_dir)).ok()?).ok()?;
-    Some((plan, pid))
+    Some((state::read_plan(state_dir)?, pid))
 }
 
 /// A refused reload, typed: what was wrong, and with what.
@@ -437,11 +436,7 @@ impl Daemon {
         let serving_plan = control
             .plan()
             .cloned()
-            .or_else(|| {
-                std::fs::read(state::plan_file(&opts.state_dir))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Plan>(&b).ok())
-            })
+            .or_else(|| state::read_plan(&opts.state_dir))
             .unwrap_or_default();
         check_privileged_port(&socks, serving_plan.proxy.port).await;
         let orig = Arc::new(OrigTable::open(&opts.pins)?);

@@ -277,8 +277,8 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
 }
 
 /// North-south: the gateway listeners whose tables serve `host` (on `port`,
-/// if given): which listener, which table (the first whose host patterns
-/// match, as the gateway chooses), and its routes in match order.
+/// if given): which listener, which table (as the proxy chooses it), and
+/// its routes in match order.
 fn gateway_text(plan: &Plan, host: &str, port: Option<u16>) -> Option<String> {
     let mut o = String::new();
     for l in plan
@@ -286,13 +286,11 @@ fn gateway_text(plan: &Plan, host: &str, port: Option<u16>) -> Option<String> {
         .iter()
         .filter(|l| port.is_none_or(|p| p == l.port))
     {
-        let Some(g) = l
-            .hosts
-            .iter()
-            .find(|g| g.hosts.iter().any(|p| crate::plan::host_matches(p, host)))
+        let Some(i) = crate::plan::select_gateway_host(l.hosts.iter().map(|g| &g.hosts[..]), host)
         else {
             continue;
         };
+        let g = &l.hosts[i];
         let kind = match (l.http, &l.tls) {
             (false, _) => "TCP",
             (true, Some(_)) => "HTTPS",

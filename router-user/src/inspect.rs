@@ -12,7 +12,7 @@ use crate::{
         Maps, Pins, meta_cgroup_path,
         sync::{backend_addr, key_addr},
     },
-    plan::{Plan, Proto},
+    plan::Proto,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,9 +76,7 @@ fn sum<T: aya::Pod + Default + Copy>(
 pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     let maps = Maps::open(pins)?;
     let meta = maps.read_meta()?;
-    let plan: Option<Plan> = std::fs::read(crate::state::plan_file(state_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let plan = crate::state::read_plan(state_dir);
     let clusters = plan.as_ref().map(|p| p.clusters()).unwrap_or_default();
     let localities = plan.as_ref().map(|p| p.localities()).unwrap_or_default();
     let hosts: BTreeMap<(SocketAddr, Proto), String> = plan

@@ -545,6 +545,35 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Which of a gateway listener's host entries (each a list of patterns, in
+/// plan order) serves `host`: the first with an exact name, else the one
+/// with the longest matching wildcard. The proxy chooses by it, and
+/// `explain` says what it chose.
+pub fn select_gateway_host<'a>(
+    entries: impl Iterator<Item = &'a [String]> + Clone,
+    host: &str,
+) -> Option<usize> {
+    entries
+        .clone()
+        .position(|hs| {
+            hs.iter()
+                .any(|h| !h.starts_with('*') && host_matches(h, host))
+        })
+        .or_else(|| {
+            entries
+                .enumerate()
+                .filter_map(|(i, hs)| {
+                    hs.iter()
+                        .filter(|h| h.starts_with('*') && host_matches(h, host))
+                        .map(|h| h.len())
+                        .max()
+                        .map(|l| (l, i))
+                })
+                .max_by_key(|(l, _)| *l)
+                .map(|(_, i)| i)
+        })
+}
+
 // ----------------------------------------------------------------------------
 // The L7 path: route tables the proxy applies per request.
 // ----------------------------------------------------------------------------
@@ -753,6 +782,23 @@ pub struct GatewayListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_picks_an_exact_host_then_the_longest_wildcard() {
+        let entries: Vec<Vec<String>> = [
+            vec!["*.com"],
+            vec!["*.example.com"],
+            vec!["api.example.com"],
+        ]
+        .iter()
+        .map(|e| e.iter().map(|h| h.to_string()).collect())
+        .collect();
+        let pick = |host| select_gateway_host(entries.iter().map(|e| &e[..]), host);
+        assert_eq!(pick("api.example.com"), Some(2));
+        assert_eq!(pick("www.example.com"), Some(1));
+        assert_eq!(pick("www.other.com"), Some(0));
+        assert_eq!(pick("example.org"), None);
+    }
 
     #[test]
     fn wildcard_hosts_match_left_labels() {

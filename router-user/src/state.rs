@@ -15,6 +15,11 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
     state_dir.join("routerd.pid")
 }
 
+/// The last applied plan recorded in `state_dir`, if there is a readable one.
+pub fn read_plan(state_dir: &Path) -> Option<Plan> {
+    serde_json::from_slice(&std::fs::read(plan_file(state_dir)).ok()?).ok()
+}
+
 /// The state directory, root only (the plan names every endpoint).
 pub fn state_dir_ready(state_dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

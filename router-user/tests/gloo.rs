@@ -540,3 +540,25 @@ spec:
     let err = router_user::explain::explain(&p, "shop.example.com:9000").unwrap_err();
     assert!(err.contains("no gateway listener serves it"), "{err}");
 }
+
+/// `explain` names the table the gateway really picks: an exact host
+/// before a wildcard listed earlier (the proxy's rule, one function).
+#[test]
+fn explain_picks_the_gateway_table_the_proxy_picks() {
+    let table = |name: &str, host: &str| {
+        format!(
+            "---\napiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {{name: {name}, namespace: payments}}\nspec:\n  hosts: [\"{host}\"]\n  virtualGateways: [{{name: north}}]\n  http:\n  - name: {name}\n    forwardTo:\n      destinations: [{{ref: {{name: payments}}, port: {{number: 80}}}}]\n"
+        )
+    };
+    let p = plan(&format!(
+        "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {{name: north, namespace: payments}}\nspec:\n  listeners:\n  - port: {{number: 8081}}\n    http: {{}}\n    allowedRouteTables: [{{host: \"*.example.com\"}}]\n{}{}",
+        table("catchall", "*.example.com"),
+        table("exact", "shop.example.com")
+    ));
+    let text =
+        router_user::explain::explain(&p, "shop.example.com").unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("route table payments/exact"), "{text}");
+    let text =
+        router_user::explain::explain(&p, "www.example.com").unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("route table payments/catchall"), "{text}");
+}

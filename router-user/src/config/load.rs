@@ -64,8 +64,8 @@ pub(super) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
 /// A `kind: List` document (what `kubectl get ... -o yaml` prints: `items`
 /// in block style, each a whole object) as one document per item, each
 /// keeping its lines; any other document as it is. A List routerd cannot
-/// split by lines (flow style, anchors across items) stays whole, and is
-/// then refused as an unsupported kind with its line.
+/// split by lines (flow style) stays whole, and `parse_doc` refuses it
+/// with its line and what to write instead.
 fn list_items(doc: RawDoc<'_>) -> Vec<RawDoc<'_>> {
     let text: &str = match &doc.text {
         std::borrow::Cow::Borrowed(t) => t,
@@ -131,27 +131,17 @@ fn list_items(doc: RawDoc<'_>) -> Vec<RawDoc<'_>> {
         while i < block.len() && !starts_item(block[i]) {
             i += 1;
         }
+        // Every line moved left by the item's indentation and its `- `
+        // (a shorter line, a blank or a comment, loses its spaces only); a
+        // `-` alone on its line leaves that line empty.
         let cut = dash + 2;
-        let mut item = String::new();
-        for (k, l) in block[first..i].iter().enumerate() {
-            if k == 0 {
-                item.push_str(&" ".repeat(cut));
-                item.push_str(l.get(cut.min(l.len())..).unwrap_or(""));
-                // `-` alone on its line: the item starts on the next one.
-                if l.trim_end().len() <= dash + 1 {
-                    item.push('\n');
-                }
-            } else {
-                item.push_str(l);
-            }
-        }
-        // Every line moved left by the item's indentation; a shorter line
-        // (a blank or a comment) loses its spaces only.
-        let moved: String = item
-            .split_inclusive('\n')
-            .map(|l| {
-                let n = l.len() - l.trim_start_matches(' ').len();
-                &l[n.min(cut)..]
+        let moved: String = block[first..i]
+            .iter()
+            .enumerate()
+            .map(|(k, l)| match l.get(cut..) {
+                Some(rest) if k == 0 && !rest.is_empty() => rest,
+                _ if k == 0 => "\n",
+                _ => &l[(l.len() - l.trim_start_matches(' ').len()).min(cut)..],
             })
             .collect();
         items.push(RawDoc {

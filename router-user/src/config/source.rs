@@ -231,9 +231,18 @@ impl FileSource {
         }
         // The documents that are new or moved, parsed in parallel (YAML is
         // most of a start-up's cost), then each file diffed in order.
-        let split: Vec<Vec<super::load::RawDoc<'_>>> = texts
+        // Each document with the hash of its text (computed once, here).
+        let split: Vec<Vec<(super::load::RawDoc<'_>, u64)>> = texts
             .iter()
-            .map(|(_, _, t, _)| split_documents(t))
+            .map(|(_, _, t, _)| {
+                split_documents(t)
+                    .into_iter()
+                    .map(|d| {
+                        let h = doc_hash(&d.text);
+                        (d, h)
+                    })
+                    .collect()
+            })
             .collect();
         let mut jobs: Vec<(usize, usize)> = Vec::new();
         for (i, docs) in split.iter().enumerate() {
@@ -242,8 +251,8 @@ impl FileSource {
                 .get(&texts[i].0)
                 .map(|o| o.docs.iter().map(|d| (d.first_line, d.hash)).collect())
                 .unwrap_or_default();
-            for (j, doc) in docs.iter().enumerate() {
-                if !known.contains(&(doc.first_line, doc_hash(&doc.text))) {
+            for (j, (doc, hash)) in docs.iter().enumerate() {
+                if !known.contains(&(doc.first_line, *hash)) {
                     jobs.push((i, j));
                 }
             }
@@ -255,7 +264,7 @@ impl FileSource {
             // long as the daemon). Cloning on this thread instead, so that
             // the parsers' pages hold only garbage, kept 3 MB less at
             // 10,000 services and cost 80 ms of start-up: not worth it.
-            let o = parse_doc(&texts[*i].1, &split[*i][*j], &mut d).clone();
+            let o = parse_doc(&texts[*i].1, &split[*i][*j].0, &mut d).clone();
             (o, d)
         });
         let mut parsed: BTreeMap<(usize, usize), (Option<Object>, Diags)> =
@@ -381,7 +390,7 @@ impl FileSource {
     fn diff_file(
         &self,
         file: usize,
-        split: &[super::load::RawDoc<'_>],
+        split: &[(super::load::RawDoc<'_>, u64)],
         old: Option<&FileState>,
         fp: Fingerprint,
         parsed: &mut BTreeMap<(usize, usize), (Option<Object>, Diags)>,
@@ -393,8 +402,8 @@ impl FileSource {
             .unwrap_or_default();
         let mut docs = Vec::new();
         let mut now: BTreeSet<(Kind, Pos)> = BTreeSet::new();
-        for (j, doc) in split.iter().enumerate() {
-            let hash = doc_hash(&doc.text);
+        for (j, (doc, hash)) in split.iter().enumerate() {
+            let hash = *hash;
             if let Some(d) = kept.remove(&(doc.first_line, hash)) {
                 now.insert((d.kind, d.at.clone()));
                 docs.push(d.clone());

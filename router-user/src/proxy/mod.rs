@@ -48,7 +48,7 @@ use upstream::{Body, UpstreamOptions, Upstreams};
 use crate::{
     datapath::{OrigTable, sync::Bound},
     netns::Sockets,
-    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles, host_matches},
+    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles, select_gateway_host},
 };
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,26 +65,12 @@ pub struct GatewayTables {
 }
 
 impl GatewayTables {
-    /// Exact host names first, then the longest matching wildcard.
+    /// Exact host names first, then the longest matching wildcard
+    /// ([`select_gateway_host`]).
     pub fn select(&self, host: &str) -> Option<&Compiled> {
         let host = engine::split_host_port(host).0.trim_end_matches('.');
-        if let Some((_, c)) = self.hosts.iter().find(|(hs, _)| {
-            hs.iter()
-                .any(|h| !h.starts_with('*') && host_matches(h, host))
-        }) {
-            return Some(c);
-        }
-        self.hosts
-            .iter()
-            .filter_map(|(hs, c)| {
-                hs.iter()
-                    .filter(|h| h.starts_with('*') && host_matches(h, host))
-                    .map(|h| h.len())
-                    .max()
-                    .map(|l| (l, c))
-            })
-            .max_by_key(|(l, _)| *l)
-            .map(|(_, c)| c)
+        select_gateway_host(self.hosts.iter().map(|(hs, _)| &hs[..]), host)
+            .map(|i| &self.hosts[i].1)
     }
 }
 
