@@ -20,7 +20,7 @@ pub mod inputs;
 /// by router-ebpf's build script from these constants) follows.
 macro_rules! layout {
     () => {
-        "2"
+        "3"
     };
 }
 
@@ -43,7 +43,7 @@ const fn parse_u32(s: &str) -> u32 {
 }
 
 /// Version of the map layouts. Part of every map name and of the pin directory
-/// (`<bpffs>/<root>/v2/`).
+/// (`<bpffs>/<root>/v3/`).
 pub const ABI_VERSION: u32 = parse_u32(layout!());
 
 /// Directory under the pin root that holds this layout's maps and links.
@@ -78,7 +78,7 @@ pub const MAP_UDP_REVNAT: &str = map_name!("UDPRN");
 /// LRU `OrigKey -> OrigDst`: for TCP connections handed to one of the
 /// daemon's listeners (the L7 proxy, DNS over TCP), what the client dialled,
 /// keyed by the client's own address as the listener sees it. Written by the
-/// `orig_dst` (sock_ops) program when the connection starts; read (and deleted) by the
+/// `tcp_ops` (sock_ops) program when the connection starts; read (and deleted) by the
 /// daemon when it accepts it.
 pub const MAP_ORIG_DST: &str = map_name!("ODST");
 /// Per-CPU array indexed by service id: `SvcStats`.
@@ -96,12 +96,21 @@ pub const MAP_META: &str = map_name!("META");
 /// asked, as if routerd were not there) and L7 VIPs are refused with
 /// [`ERRNO_DAEMON_DOWN`] instead of being handed to a port nobody serves.
 pub const MAP_ALIVE: &str = map_name!("ALIVE");
+/// Array indexed by backend id: `BackendHealth`, what the kernel saw of
+/// connections it sent to each backend (failures in a row, and until when
+/// the connect hook avoids it). Written by `tcp_ops` and the connect hook;
+/// the daemon lifts an ejection it does not confirm.
+pub const MAP_BACKEND_HEALTH: &str = map_name!("BHLTH");
+/// Ring buffer of `KernelEjection`: a backend the kernel stopped sending
+/// connections to, for the daemon to confirm (slot tables recompiled
+/// without it) or lift.
+pub const MAP_EJECTIONS: &str = map_name!("EJECT");
 
 /// The kernel object's maps: `(key the eBPF sources name it by, map name)`.
 /// router-ebpf's build script turns this table into the `router_map!`
 /// macro that puts each name on its map definition, so the names exist
 /// here only.
-pub const KERNEL_MAPS: [(&str, &str); 13] = [
+pub const KERNEL_MAPS: [(&str, &str); 15] = [
     ("services", MAP_SERVICES),
     ("slots", MAP_SLOTS),
     ("backends", MAP_BACKENDS),
@@ -115,10 +124,12 @@ pub const KERNEL_MAPS: [(&str, &str); 13] = [
     ("global_stats", MAP_GLOBAL_STATS),
     ("meta", MAP_META),
     ("alive", MAP_ALIVE),
+    ("backend_health", MAP_BACKEND_HEALTH),
+    ("ejections", MAP_EJECTIONS),
 ];
 
 /// Every map the daemon pins, in the order it creates them.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -132,6 +143,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_GLOBAL_STATS,
     MAP_META,
     MAP_ALIVE,
+    MAP_BACKEND_HEALTH,
+    MAP_EJECTIONS,
 ];
 
 /// The cgroup sock_addr programs, by ELF symbol name.
@@ -146,9 +159,10 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "getpeername6",
 ];
 
-/// The `sock_ops` program (records the original destination of TCP
-/// connections handed to the daemon's listeners).
-pub const SOCK_OPS_PROGRAM: &str = "orig_dst";
+/// The `sock_ops` program: records the original destination of TCP
+/// connections handed to the daemon's listeners, and watches the handshake
+/// of connections sent to backends that have outlier detection.
+pub const SOCK_OPS_PROGRAM: &str = "tcp_ops";
 
 /// Every program the daemon attaches to the cgroup (one pinned link each).
 pub const PROGRAMS: [&str; 9] = [
@@ -172,7 +186,7 @@ pub const PROGRAMS: [&str; 9] = [
 /// (32 bytes x this x CPUs), so the default is moderate; the daemon sets the
 /// real size when it first loads the datapath (`--max-services`).
 pub const MAX_SERVICES: u32 = 16_384;
-/// Default size of the backend map and its per-CPU counters (16 bytes x this
+/// Default size of the backend map and its per-CPU counters (32 bytes x this
 /// x CPUs); `--max-backends` at first load.
 pub const MAX_BACKENDS: u32 = 65_536;
 /// Slots per bank. A service's slot table lives in one of two banks
@@ -188,6 +202,14 @@ pub const MAX_UDP_REVNAT: u32 = 65_536;
 pub const MAX_ORIG_DST: u32 = 65_536;
 /// Network namespaces with listeners.
 pub const MAX_LISTENER_NETNS: u32 = 4_096;
+/// Bytes of the kernel-ejection ring buffer (a page multiple; 32-byte events
+/// plus an 8-byte header: 1,600 ejections before the daemon reads).
+pub const EJECTIONS_RING_BYTES: u32 = 65_536;
+/// Slots the connect hook tries after one whose backend the kernel ejected
+/// (each a fresh random pick from the same slot table, so weights and the
+/// locality tier hold). With a third of a table ejected, 1 connect in 6,561
+/// still lands on an ejected backend until the daemon recompiles the table.
+pub const EJECT_PROBES: u32 = 8;
 
 // ---------------------------------------------------------------------------
 // Flags and constants.
@@ -227,9 +249,22 @@ pub const ALIVE_NS: u64 = 3_000_000_000;
 pub const SVC_F_PROXY: u16 = 1;
 
 /// `RevNat::flags`: the connection was handed to one of the daemon's
-/// listeners (the L7 proxy or DNS); `orig_dst` records its original
+/// listeners (the L7 proxy or DNS); `tcp_ops` records its original
 /// destination in [`MAP_ORIG_DST`].
 pub const REV_F_DAEMON: u8 = 1;
+/// `RevNat::flags`: the backend has outlier detection; `tcp_ops` watches
+/// the handshake (state and retransmission callbacks) and counts a failure.
+pub const REV_F_WATCH: u8 = 2;
+/// `RevNat::flags`: this connection's failure was counted already (a SYN
+/// retransmission, then the close that follows, count once).
+pub const REV_F_FAILED: u8 = 4;
+
+/// `KernelEjection::reason` / `BackendHealth::last_reason`: the backend
+/// answered the SYN with a reset (nothing listens: the process died).
+pub const FAIL_RESET: u8 = 1;
+/// The SYN went unanswered for a retransmission timeout (host down,
+/// packets dropped).
+pub const FAIL_SYN_TIMEOUT: u8 = 2;
 
 /// errno values the programs set with `bpf_set_retval` (as negatives).
 pub const ERRNO_NO_BACKEND: i32 = 113; // EHOSTUNREACH: a known service, no healthy backend
@@ -306,6 +341,14 @@ pub struct Backend {
     /// Locality index in the daemon's applied plan (for `routerd inspect`); the
     /// kernel never reads it. 0: unknown.
     pub locality_id: u16,
+    /// Failed handshakes in a row after which the connect hook stops
+    /// choosing this backend (the OutlierDetectionPolicy's threshold). 0:
+    /// the kernel does not watch it.
+    pub eject_after: u32,
+    /// For how long (milliseconds) the kernel avoids it once ejected; the
+    /// daemon then recompiles the slot tables without it for as long as
+    /// the policy says (with back-off).
+    pub eject_ms: u32,
 }
 
 /// The one entry of [`MAP_CONFIG`].
@@ -368,6 +411,39 @@ pub struct RevNat {
     /// `REV_F_*` bits.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Id of the backend in [`MAP_BACKENDS`]; 0: a daemon listener.
+    pub backend_id: u32,
+}
+
+/// Value of [`MAP_BACKEND_HEALTH`] (index: backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendHealth {
+    /// Failed handshakes since the last one that succeeded (racy across
+    /// CPUs: an approximate count is enough for a threshold).
+    pub fails: u32,
+    /// `FAIL_*` of the last failure; 0: none.
+    pub last_reason: u32,
+    /// CLOCK_MONOTONIC ns until which the connect hook avoids this backend;
+    /// 0: not ejected.
+    pub ejected_until: u64,
+}
+
+/// An event of [`MAP_EJECTIONS`]: the kernel ejected a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelEjection {
+    /// The backend's address, network byte order.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `FAIL_*` of the failure that crossed the threshold.
+    pub reason: u8,
+    pub backend_id: u32,
+    /// Failures in a row counted.
+    pub fails: u32,
+    pub _pad: u32,
 }
 
 /// Key of [`MAP_UDP_REVNAT`].
@@ -448,6 +524,12 @@ pub struct BackendStats {
     pub connects: u64,
     /// Unconnected UDP datagrams sent to this backend.
     pub datagrams: u64,
+    /// Handshakes that failed (reset, SYN timeout), counted for backends
+    /// with outlier detection.
+    pub failures: u64,
+    /// Connects that found this backend ejected by the kernel and went to
+    /// another slot.
+    pub ejected_skips: u64,
 }
 
 /// Value of [`MAP_GLOBAL_STATS`] (per CPU, one entry).
@@ -467,6 +549,13 @@ pub struct GlobalStats {
     /// Connections handed to a daemon listener whose original destination
     /// could not be recorded (the daemon then closes them).
     pub orig_failed: u64,
+    /// Connects whose first pick and every further probe found a backend
+    /// the kernel ejected: they went to the first pick (the daemon
+    /// recompiles the table without it within milliseconds).
+    pub ejected_fallback: u64,
+    /// Kernel ejections the daemon was not told of (its ring buffer was
+    /// full): they last the policy's base ejection time, unconfirmed.
+    pub ejections_lost: u64,
 }
 
 /// Length of [`Meta::cgroup_path`].
@@ -514,17 +603,19 @@ macro_rules! assert_layout {
 assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
-assert_layout!(Backend, 24);
+assert_layout!(Backend, 32);
 assert_layout!(GlobalConfig, 48);
 assert_layout!(Listeners, 48);
-assert_layout!(RevNat, 40);
+assert_layout!(RevNat, 44);
+assert_layout!(BackendHealth, 16);
+assert_layout!(KernelEjection, 32);
 assert_layout!(UdpRevKey, 32);
 assert_layout!(UdpRevValue, 24);
 assert_layout!(OrigKey, 32);
 assert_layout!(OrigDst, 24);
 assert_layout!(SvcStats, 32);
-assert_layout!(BackendStats, 16);
-assert_layout!(GlobalStats, 40);
+assert_layout!(BackendStats, 32);
+assert_layout!(GlobalStats, 56);
 assert_layout!(Meta, 256);
 const _: () = assert!(core::mem::offset_of!(SvcKey, port) == 16);
 const _: () = assert!(core::mem::offset_of!(SvcKey, family) == 19);
@@ -534,6 +625,8 @@ const _: () = assert!(core::mem::offset_of!(Listeners, dns_port) == 28);
 const _: () = assert!(core::mem::offset_of!(Listeners, proxy6) == 32);
 const _: () = assert!(core::mem::offset_of!(RevNat, vip_port) == 32);
 const _: () = assert!(core::mem::offset_of!(RevNat, flags) == 37);
+const _: () = assert!(core::mem::offset_of!(RevNat, backend_id) == 40);
+const _: () = assert!(core::mem::offset_of!(KernelEjection, backend_id) == 20);
 const _: () = assert!(core::mem::offset_of!(UdpRevKey, addr) == 8);
 const _: () = assert!(core::mem::offset_of!(OrigKey, port) == 24);
 const _: () = assert!(2 * BANK_SLOTS < u32::MAX);
@@ -558,6 +651,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for BackendHealth {}
+    unsafe impl aya::Pod for KernelEjection {}
 }
 
 /// IPv4 and IPv6 helpers shared by both sides (pure, no allocation).

@@ -3,7 +3,8 @@
 //! backend picked from a slot table the daemon precomputed, and translate the
 //! backend back to the VIP wherever the application can see the peer address;
 //! and a `sock_ops` program that records, for TCP connections handed to one
-//! of the daemon's listeners, what the client dialled.
+//! of the daemon's listeners, what the client dialled, and watches the
+//! handshakes of connections sent to backends with outlier detection.
 //!
 //! Attach points and what each one does:
 //! - `connect4/6`: TCP and connected UDP. Rewrite VIP:port -> backend (or ->
@@ -14,11 +15,23 @@
 //!   into an LRU keyed by (cookie, backend).
 //! - `recvmsg4/6`: UDP replies: backend source -> VIP.
 //! - `getpeername4/6`: backend -> VIP.
-//! - `orig_dst` (sock_ops, TCP_CONNECT_CB, once the client's port is known): for a
-//!   connection handed to a daemon listener, `(netns, client addr, client
-//!   port) -> original destination` into `ROUTER_ODST_V2`, which the daemon
-//!   reads when it accepts the connection. One listener serves every L7
-//!   service: there is no per-service port to squat.
+//! - `tcp_ops` (sock_ops):
+//!   - TCP_CONNECT_CB (the client's port is known): for a connection handed
+//!     to a daemon listener, `(netns, client addr, client port) -> original
+//!     destination` into `ROUTER_ODST_V3`, which the daemon reads when it
+//!     accepts the connection. One listener serves every L7 service: there
+//!     is no per-service port to squat. For a connection sent to a watched
+//!     backend (outlier detection), ask for the state and RTO callbacks.
+//!   - STATE_CB SYN_SENT -> CLOSE with a segment received (the reset that
+//!     answers a SYN nobody listens for), or RTO_CB in SYN_SENT (the SYN went
+//!     unanswered): one failure of that backend. At the policy's threshold
+//!     of failures in a row the backend is ejected in `ROUTER_BHLTH_V3` and
+//!     the daemon told through the `ROUTER_EJECT_V3` ring buffer.
+//!   - ACTIVE_ESTABLISHED_CB: a handshake that succeeded resets the count,
+//!     and the callbacks are switched off for the rest of the connection.
+//!
+//!   ARCHITECTURE.md ("Kernel-side failure signal") says why sock_ops and
+//!   not the tracepoints.
 //!
 //! Rules (see ARCHITECTURE.md, "Kernel side"):
 //! - Not a service and not inside a VIP range: pass untouched (fail open).
@@ -26,13 +39,15 @@
 //! - A service with no healthy backend: refuse with EHOSTUNREACH.
 //! - DNS is captured, and L7 VIPs are handed to the proxy, only in network
 //!   namespaces where the daemon has listeners (netns cookie ->
-//!   `ROUTER_LSN_V2`) and only while its heartbeat is fresh. Elsewhere DNS
+//!   `ROUTER_LSN_V3`) and only while its heartbeat is fresh. Elsewhere DNS
 //!   passes untouched and L7 VIPs are refused with ECONNREFUSED: never handed
 //!   to a port nobody (or somebody else) listens on.
 //! - An IPv4-mapped IPv6 destination (`::ffff:VIP`, from dual-stack sockets)
 //!   is decided as the IPv4 address and rewritten to a mapped address.
-//! - No loops, no logging on the connect path; O(1) in the number of services:
-//!   one header lookup, one slot lookup, one backend lookup.
+//! - No logging on the connect path; O(1) in the number of services: one
+//!   header lookup, one slot lookup, one backend lookup, and for a watched
+//!   backend one health lookup. Only when that backend is ejected, at most
+//!   `EJECT_PROBES` further random slots of the same table (a bounded loop).
 //! - `user_ip6` is read and written one 32-bit word at a time and `user_port`
 //!   as a whole u32: the verifier rejects any other access size on these ctx
 //!   fields.
@@ -40,8 +55,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+    },
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval, bpf_sk_storage_get,
@@ -50,12 +68,13 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, DNS_PORT,
-    ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP, FAMILY_V4, FAMILY_V6, GlobalConfig,
-    GlobalStats, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
+    BANK_SLOTS, Backend, BackendHealth, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, DNS_PORT,
+    EJECT_PROBES, EJECTIONS_RING_BYTES, ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP,
+    FAIL_RESET, FAIL_SYN_TIMEOUT, FAMILY_V4, FAMILY_V6, GlobalConfig, GlobalStats, KernelEjection,
+    LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
     MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, OrigDst, OrigKey, PROTO_UDP,
-    REV_F_DAEMON, RevNat, SVC_F_PROXY, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey,
-    UdpRevValue, addr,
+    REV_F_DAEMON, REV_F_FAILED, REV_F_WATCH, RevNat, SVC_F_PROXY, SlotKey, SvcHeader, SvcKey,
+    SvcStats, UdpRevKey, UdpRevValue, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -116,6 +135,14 @@ router_map!(alive, static ALIVE: Array<u64, 1> = Array::new(););
 // Daemon-only bookkeeping (never read here); declared in the object so that it
 // is created and pinned with the other maps.
 router_map!(meta, static META: Array<Meta, 1> = Array::new(););
+router_map!(
+    backend_health,
+    static BACKEND_HEALTH: Array<BackendHealth, { MAX_BACKENDS as usize }> = Array::new();
+);
+router_map!(
+    ejections,
+    static EJECTIONS: RingBuf<KernelEjection, { EJECTIONS_RING_BYTES as usize }> = RingBuf::new();
+);
 
 /// Return values of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -129,6 +156,10 @@ struct Target {
     port: u16,
     /// One of the daemon's listeners (the L7 proxy or DNS).
     daemon: bool,
+    /// The backend's id (0 for a daemon listener).
+    backend_id: u32,
+    /// The backend has outlier detection: watch the handshake.
+    watch: bool,
 }
 
 /// What the lookup decided for one address.
@@ -197,6 +228,8 @@ fn proxy(ctx: &SockAddrContext, key: &SvcKey, svc_id: u32, kind: Kind) -> Verdic
                 addr,
                 port: l.proxy_port,
                 daemon: true,
+                backend_id: 0,
+                watch: false,
             })
         }
         _ => None,
@@ -277,6 +310,8 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &GlobalConfig, key: &SvcKey) -> Opti
         addr,
         port: l.dns_port,
         daemon: true,
+        backend_id: 0,
+        watch: false,
     })
 }
 
@@ -301,14 +336,7 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         svc_id,
         slot: base + pick % count,
     };
-    let backend = match unsafe { SLOTS.get(slot) } {
-        Some(id) => {
-            let id = *id;
-            unsafe { BACKENDS.get(id) }.map(|b| (id, *b))
-        }
-        None => None,
-    };
-    let Some((backend_id, backend)) = backend else {
+    let Some((backend_id, backend)) = slot_backend(slot) else {
         // The daemon writes backends, then slots, then the header, and deletes
         // an old bank only after a grace period: this can only happen if the
         // maps were edited by hand. Never send a VIP out.
@@ -321,6 +349,11 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
             slot.slot
         );
         return Verdict::Refuse(ERRNO_NO_BACKEND);
+    };
+    let (backend_id, backend) = if backend.eject_after != 0 && ejected(backend_id) {
+        avoid_ejected(svc_id, base, count, (backend_id, backend))
+    } else {
+        (backend_id, backend)
     };
     bump_svc(svc_id, |s| match kind {
         Kind::Connect => s.connects += 1,
@@ -338,7 +371,55 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         addr: backend.addr,
         port: backend.port,
         daemon: false,
+        backend_id,
+        watch: backend.eject_after != 0,
     })
+}
+
+/// The backend a slot names, copied.
+#[inline(always)]
+fn slot_backend(slot: SlotKey) -> Option<(u32, Backend)> {
+    // SAFETY: values of hash maps are copied at once.
+    let id = *unsafe { SLOTS.get(slot) }?;
+    unsafe { BACKENDS.get(id) }.map(|b| (id, *b))
+}
+
+/// Has the kernel ejected this backend (and is the ejection still running)?
+#[inline(always)]
+fn ejected(id: u32) -> bool {
+    match BACKEND_HEALTH.get(id) {
+        // SAFETY: helper call.
+        Some(h) => h.ejected_until != 0 && unsafe { bpf_ktime_get_ns() } < h.ejected_until,
+        None => false,
+    }
+}
+
+/// The first pick's backend is ejected: try up to `EJECT_PROBES` other
+/// random slots of the same table (so the weights and the locality tier the
+/// daemon compiled still hold); if every one is ejected too, keep the first
+/// pick (the kernel never refuses on its own: the daemon decides whether a
+/// whole tier is out).
+#[inline(always)]
+fn avoid_ejected(svc_id: u32, base: u32, count: u32, first: (u32, Backend)) -> (u32, Backend) {
+    if let Some(p) = BACKEND_STATS.get_ptr_mut(first.0) {
+        // SAFETY: per-CPU value.
+        unsafe { (*p).ejected_skips += 1 };
+    }
+    for _ in 0..EJECT_PROBES {
+        // SAFETY: helper call.
+        let pick = unsafe { bpf_get_prandom_u32() };
+        let slot = SlotKey {
+            svc_id,
+            slot: base + pick % count,
+        };
+        if let Some((id, b)) = slot_backend(slot)
+            && (b.eject_after == 0 || !ejected(id))
+        {
+            return (id, b);
+        }
+    }
+    bump_global(|s| s.ejected_fallback += 1);
+    first
 }
 
 #[inline(always)]
@@ -469,7 +550,14 @@ fn do_connect(ctx: &SockAddrContext, family: u8) -> i32 {
                 rev.backend = to;
                 rev.backend_port = t.port;
                 rev.family = family;
-                rev.flags = if t.daemon { REV_F_DAEMON } else { 0 };
+                rev.flags = if t.daemon {
+                    REV_F_DAEMON
+                } else if t.watch && proto != PROTO_UDP {
+                    REV_F_WATCH
+                } else {
+                    0
+                };
+                rev.backend_id = t.backend_id;
             }
             if t.daemon && proto == PROTO_UDP {
                 // A DNS query on a connected UDP socket: the daemon finds its
@@ -582,28 +670,167 @@ fn do_reverse(ctx: &SockAddrContext, family: u8, udp: bool) -> i32 {
 
 const AF_INET: u32 = 2;
 
-/// At TCP_CONNECT_CB the client's port is bound: record what a connection
-/// handed to a daemon listener dialled, keyed the way the listener sees the
-/// client (an IPv4-mapped client address as IPv4).
+/// TCP states as `tcp_set_state` numbers them (include/net/tcp_states.h).
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+
+/// The socket's `RevNat` (set by the connect hook), if it has one: storage
+/// owned by the socket, valid for this program run.
 #[inline(always)]
-fn record_orig_dst(ctx: &SockOpsContext) {
+fn revnat(ctx: &SockOpsContext) -> Option<core::ptr::NonNull<RevNat>> {
     // SAFETY: ctx->sk is PTR_TO_SOCKET_OR_NULL; 8-byte load, checked below.
     let sk: *mut bpf_sock = unsafe { core::ptr::read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
     if sk.is_null() {
-        return;
+        return None;
     }
     let map = core::ptr::from_ref(&SOCK_REVNAT).cast_mut().cast();
-    // SAFETY: lookup without create on a full socket; copied at once.
+    // SAFETY: lookup without create on a full socket.
     let rev =
         unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<RevNat>();
-    if rev.is_null() {
+    core::ptr::NonNull::new(rev)
+}
+
+/// At TCP_CONNECT_CB the client's port is bound: record what a connection
+/// handed to a daemon listener dialled, or ask to see the handshake of a
+/// connection to a watched backend.
+#[inline(always)]
+fn on_connect(ctx: &SockOpsContext) {
+    let Some(rev) = revnat(ctx) else { return };
+    // SAFETY: see `revnat`; copied at once.
+    let rev = unsafe { *rev.as_ptr() };
+    if rev.flags & REV_F_DAEMON != 0 {
+        record_orig_dst(ctx, &rev);
+    } else if rev.flags & REV_F_WATCH != 0 {
+        let _ = ctx.set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32);
+    }
+}
+
+/// The handshake succeeded: the backend's failures in a row are over, and
+/// nothing more of this connection needs watching.
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext) {
+    let Some(rev) = revnat(ctx) else { return };
+    // SAFETY: see `revnat`; copied at once.
+    let rev = unsafe { *rev.as_ptr() };
+    if rev.flags & REV_F_WATCH == 0 {
         return;
     }
-    // SAFETY: non-null storage of this socket.
-    let rev = unsafe { *rev };
-    if rev.flags & REV_F_DAEMON == 0 {
+    let id = rev.backend_id;
+    let _ = ctx.set_cb_flags(0);
+    if let Some(h) = BACKEND_HEALTH.get_ptr_mut(id) {
+        // SAFETY: array value; plain loads and stores (a lost update between
+        // CPUs only makes the count approximate).
+        unsafe {
+            if core::ptr::read_volatile(&(*h).fails) != 0 {
+                core::ptr::write_volatile(&mut (*h).fails, 0);
+            }
+        }
+    }
+}
+
+/// A state change: SYN_SENT -> CLOSE after a segment came back is the reset
+/// that answers a SYN nobody listens for; after a retransmitted SYN it is
+/// the SYN timing out (counted at the first RTO already). Closed by the
+/// application before any answer: not the backend's failure.
+#[inline(always)]
+fn on_state(ctx: &SockOpsContext) {
+    if ctx.arg(0) != TCP_SYN_SENT || ctx.arg(1) != TCP_CLOSE {
         return;
     }
+    // SAFETY: 4-byte loads of readable sock_ops fields.
+    let (segs_in, retrans) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ops).segs_in),
+            core::ptr::read_volatile(&(*ctx.ops).total_retrans),
+        )
+    };
+    let reason = if segs_in > 0 {
+        FAIL_RESET
+    } else if retrans > 0 {
+        FAIL_SYN_TIMEOUT
+    } else {
+        return;
+    };
+    if let Some(mut rev) = revnat(ctx) {
+        // SAFETY: see `revnat`.
+        failed(unsafe { rev.as_mut() }, reason);
+    }
+}
+
+/// A retransmission timeout while the SYN is out: the backend does not
+/// answer (host down, packets dropped).
+#[inline(always)]
+fn on_rto(ctx: &SockOpsContext) {
+    // SAFETY: 4-byte load of a readable sock_ops field.
+    if unsafe { core::ptr::read_volatile(&(*ctx.ops).state) } != TCP_SYN_SENT {
+        return;
+    }
+    if let Some(mut rev) = revnat(ctx) {
+        // SAFETY: see `revnat`.
+        failed(unsafe { rev.as_mut() }, FAIL_SYN_TIMEOUT);
+    }
+}
+
+/// Count one failed handshake of the connection's backend (once per
+/// connection); at the backend's threshold, eject it and tell the daemon.
+#[inline(always)]
+fn failed(rev: &mut RevNat, reason: u8) {
+    if rev.flags & (REV_F_WATCH | REV_F_FAILED) != REV_F_WATCH {
+        return;
+    }
+    rev.flags |= REV_F_FAILED;
+    let id = rev.backend_id;
+    // SAFETY: copied at once.
+    let Some(b) = (unsafe { BACKENDS.get(id) }).copied() else {
+        return;
+    };
+    // The id may have been handed to another endpoint since the connect
+    // (ids are reused after a grace period): the port must still match.
+    if b.eject_after == 0 || b.port != rev.backend_port {
+        return;
+    }
+    if let Some(p) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*p).failures += 1 };
+    }
+    let Some(h) = BACKEND_HEALTH.get_ptr_mut(id) else {
+        return;
+    };
+    // SAFETY: array value, valid for this run; plain loads and stores
+    // (atomics with a result need Linux 5.12, and an approximate count is
+    // enough for a threshold).
+    let h = unsafe { &mut *h };
+    let fails = h.fails + 1;
+    h.fails = fails;
+    h.last_reason = u32::from(reason);
+    if fails < b.eject_after {
+        return;
+    }
+    // SAFETY: helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if h.ejected_until > now {
+        return;
+    }
+    h.ejected_until = now + u64::from(b.eject_ms) * 1_000_000;
+    h.fails = 0;
+    let ev = KernelEjection {
+        addr: b.addr,
+        port: b.port,
+        family: b.family,
+        reason,
+        backend_id: id,
+        fails,
+        _pad: 0,
+    };
+    if EJECTIONS.output(ev, 0).is_err() {
+        bump_global(|s| s.ejections_lost += 1);
+    }
+}
+
+/// Record what a connection handed to a daemon listener dialled, keyed the
+/// way the listener sees the client (an IPv4-mapped client address as IPv4).
+#[inline(always)]
+fn record_orig_dst(ctx: &SockOpsContext, rev: &RevNat) {
     // SAFETY: 4-byte loads of readable sock_ops fields.
     let (family, local) = unsafe {
         let o = ctx.ops;
@@ -690,9 +917,13 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 }
 
 #[sock_ops]
-pub fn orig_dst(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        record_orig_dst(&ctx);
+pub fn tcp_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        BPF_SOCK_OPS_STATE_CB => on_state(&ctx),
+        BPF_SOCK_OPS_RTO_CB => on_rto(&ctx),
+        _ => {}
     }
     1
 }

@@ -233,6 +233,11 @@ pub fn main() -> ExitCode {
             } else {
                 daemon::served_plan(&state_dir)
             };
+            let out = if served.is_some() {
+                crate::state::read_health(&state_dir)
+            } else {
+                Default::default()
+            };
             let (plan, source) = match served {
                 Some((plan, pid)) => (
                     plan,
@@ -256,7 +261,7 @@ pub fn main() -> ExitCode {
                     ),
                 ),
             };
-            match explain::explain(&plan, &target) {
+            match explain::explain_health(&plan, &target, &out) {
                 Ok(text) => {
                     println!("# {source}");
                     print!("{text}");

@@ -465,7 +465,15 @@ impl Daemon {
             .observations()
             .subscribe()
             .context("the proxy's outcomes have a subscriber already")?;
-        tokio::spawn(health::run(socks.clone(), watched_rx, outcomes, avoid_tx));
+        let kernel = datapath::KernelSignals::open(&opts.pins)?;
+        tokio::spawn(health::run(
+            socks.clone(),
+            watched_rx,
+            outcomes,
+            Some(kernel),
+            avoid_tx,
+            Some(opts.state_dir.clone()),
+        ));
         let mut serving = Serving {
             dp,
             proxy,
@@ -742,7 +750,11 @@ fn applied_event(
 /// Remove pins and state. Idempotent.
 pub fn cleanup(pins: &Pins, state_dir: &Path) -> Result<()> {
     datapath::remove(pins)?;
-    for f in [state::plan_file(state_dir), pid_file(state_dir)] {
+    for f in [
+        state::plan_file(state_dir),
+        state::health_file(state_dir),
+        pid_file(state_dir),
+    ] {
         let _ = std::fs::remove_file(f);
     }
     let _ = std::fs::remove_dir(state_dir);

@@ -143,7 +143,7 @@ pub fn l7_routes(o: &mut String, routes: &[L7Route], indent: &str) {
     }
 }
 
-pub fn service(o: &mut String, s: &ServicePlan) {
+pub fn service(o: &mut String, s: &ServicePlan, out: &crate::state::Avoided) {
     let total = s.total_slots().max(1);
     let _ = writeln!(
         o,
@@ -186,6 +186,9 @@ pub fn service(o: &mut String, s: &ServicePlan) {
                     if e.healthy { "healthy" } else { "UNHEALTHY" },
                     100.0 * f64::from(slots) / f64::from(total)
                 );
+                if let Some(why) = out.get(&e.addr()).filter(|w| !e.healthy && !w.is_empty()) {
+                    let _ = writeln!(o, "          out: {why}");
+                }
             }
         }
     }
@@ -199,6 +202,17 @@ pub fn service(o: &mut String, s: &ServicePlan) {
 
 /// Explain `target` (`host` or `host:port`) against `plan`.
 pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
+    explain_health(plan, target, &crate::state::Avoided::new())
+}
+
+/// [`explain`], saying why each unhealthy endpoint in `out` is out (what
+/// the daemon recorded: an active check, an ejection by the proxy or the
+/// kernel).
+pub fn explain_health(
+    plan: &Plan,
+    target: &str,
+    out: &crate::state::Avoided,
+) -> Result<String, String> {
     let (host, port) = match target.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p.parse::<u16>().unwrap())),
         _ => (target, None),
@@ -264,7 +278,7 @@ pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
                 }
             }
         } else {
-            service(&mut o, s);
+            service(&mut o, s, out);
         }
     }
     for n in plan.notices.iter().filter(|n| n.message.contains(&h.name)) {

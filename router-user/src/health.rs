@@ -8,9 +8,13 @@
 //! publishes the new set; the daemon recompiles the last good config with it
 //! and writes only the services whose slots changed.
 //!
-//! What is not seen: the kernel path picks an endpoint inside connect() and
-//! never learns whether the handshake then failed, so for L4-only services
-//! only active checks detect a dead endpoint.
+//! The kernel sees handshakes too: for endpoints with outlier detection it
+//! counts failed handshakes (a reset answering the SYN, a SYN timeout),
+//! ejects an endpoint itself at the policy's threshold and says so through
+//! [`KernelSignals`]; [`Ejector::kernel_ejected`] confirms the ejection
+//! (the slot tables are recompiled without the endpoint, with the same
+//! back-off and maxEjectionPercent as an ejection the proxy caused) or has
+//! the kernel lift it.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
@@ -26,6 +30,10 @@ use tokio::{
 use serde::Serialize;
 
 use crate::{
+    datapath::{
+        KernelSignals,
+        sync::{port_host, words_ip},
+    },
     events::Event,
     netns::Sockets,
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
@@ -150,6 +158,19 @@ struct EpOutlier {
     ejected_until_ms: Option<u64>,
     /// When the multiplier last changed (for its decay).
     last_change_ms: u64,
+    /// Why it is ejected (while it is).
+    why: String,
+}
+
+/// What the daemon makes of an ejection the kernel made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelVerdict {
+    /// Confirmed: out of the slot tables for as long as the policy says.
+    Confirmed(Ejection),
+    /// Ejected here already: nothing to do.
+    AlreadyOut,
+    /// Not confirmed (why): the kernel takes it back.
+    Lift(String),
 }
 
 /// Outlier detection over every destination that has it. Times are
@@ -232,6 +253,41 @@ impl Ejector {
         } else {
             return None;
         };
+        self.eject(ep, &plan, reason, now_ms)
+    }
+
+    /// The kernel ejected `ep` (`reason`: what it saw): confirm it as if
+    /// the proxy had seen the failures, or say why not.
+    pub fn kernel_ejected(&mut self, ep: SocketAddr, reason: String, now_ms: u64) -> KernelVerdict {
+        let Some(plan) = self
+            .plans
+            .iter()
+            .find(|p| p.endpoints.contains(&ep))
+            .cloned()
+        else {
+            return KernelVerdict::Lift("no OutlierDetectionPolicy watches it any more".into());
+        };
+        let s = self.eps.entry(ep).or_default();
+        if s.ejected_until_ms.is_some() {
+            return KernelVerdict::AlreadyOut;
+        }
+        match self.eject(ep, &plan, reason, now_ms) {
+            Some(e) => KernelVerdict::Confirmed(e),
+            None => KernelVerdict::Lift(format!(
+                "maxEjectionPercent {}% of {} reached",
+                plan.max_ejection_percent, plan.destination
+            )),
+        }
+    }
+
+    /// Eject `ep` if every destination holding it has room; `Some` when it did.
+    fn eject(
+        &mut self,
+        ep: SocketAddr,
+        plan: &OutlierPlan,
+        reason: String,
+        now_ms: u64,
+    ) -> Option<Ejection> {
         // maxEjectionPercent, as Envoy checks it: eject while the ejected
         // share is below the limit (so one may always go, if the limit > 0).
         let room = self
@@ -241,7 +297,7 @@ impl Ejector {
             .all(|p| {
                 100 * self.ejected_in(p) < p.max_ejection_percent as usize * p.endpoints.len()
             });
-        let s = self.eps.get_mut(&ep).expect("inserted above");
+        let s = self.eps.entry(ep).or_default();
         if !room {
             return None;
         }
@@ -250,6 +306,7 @@ impl Ejector {
         let for_ms = (plan.base_ejection_ms * u64::from(s.ejections))
             .min(MAX_EJECTION_MS.max(plan.base_ejection_ms));
         s.ejected_until_ms = Some(now_ms + for_ms);
+        s.why = format!("ejected by {} for {} ms: {reason}", plan.policy, for_ms);
         s.errors = 0;
         s.gateway_errors = 0;
         Some(Ejection {
@@ -291,10 +348,15 @@ impl Ejector {
     }
 
     pub fn ejected(&self) -> BTreeSet<SocketAddr> {
+        self.ejected_why().into_keys().collect()
+    }
+
+    /// The endpoints ejected now, and why.
+    pub fn ejected_why(&self) -> BTreeMap<SocketAddr, String> {
         self.eps
             .iter()
             .filter(|(_, s)| s.ejected_until_ms.is_some())
-            .map(|(e, _)| *e)
+            .map(|(e, s)| (*e, s.why.clone()))
             .collect()
     }
 
@@ -388,7 +450,9 @@ pub async fn run(
     socks: Sockets,
     mut watched: watch::Receiver<Watched>,
     mut outcomes: mpsc::UnboundedReceiver<(SocketAddr, Outcome)>,
+    mut kernel: Option<KernelSignals>,
     avoid: watch::Sender<BTreeSet<SocketAddr>>,
+    state_dir: Option<std::path::PathBuf>,
 ) {
     // The plan in service when we start counts as a change.
     watched.mark_changed();
@@ -398,16 +462,31 @@ pub async fn run(
         mpsc::unbounded_channel::<(SocketAddr, Result<(), ProbeError>)>();
     let mut tasks: BTreeMap<SocketAddr, (HealthCheckPlan, JoinHandle<()>)> = BTreeMap::new();
     let mut active: BTreeMap<SocketAddr, Active> = BTreeMap::new();
+    // Why each endpoint failed its active checks (while it is unhealthy).
+    let mut check_why: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut ejector = Ejector::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(3600));
-    let publish = |active: &BTreeMap<SocketAddr, Active>, ejector: &Ejector| {
-        let mut set = ejector.ejected();
-        set.extend(active.iter().filter(|(_, a)| !a.healthy).map(|(e, _)| *e));
+    let mut recorded = crate::state::Avoided::new();
+    let mut publish = |active: &BTreeMap<SocketAddr, Active>,
+                       check_why: &BTreeMap<SocketAddr, String>,
+                       ejector: &Ejector| {
+        let mut why = ejector.ejected_why();
+        for (e, _) in active.iter().filter(|(_, a)| !a.healthy) {
+            why.entry(*e)
+                .or_insert_with(|| check_why.get(e).cloned().unwrap_or_default());
+        }
+        let set: BTreeSet<SocketAddr> = why.keys().copied().collect();
         avoid.send_if_modified(|cur| {
             let changed = *cur != set;
             *cur = set;
             changed
         });
+        if let Some(dir) = &state_dir
+            && why != recorded
+        {
+            crate::state::write_health(dir, &why);
+            recorded = why;
+        }
     };
     loop {
         tokio::select! {
@@ -426,6 +505,7 @@ pub async fn run(
                     keep
                 });
                 active.retain(|ep, _| want.contains_key(ep));
+                check_why.retain(|ep, _| want.contains_key(ep));
                 for (ep, c) in want {
                     if tasks.contains_key(&ep) {
                         continue;
@@ -452,7 +532,7 @@ pub async fn run(
                 if let Some(i) = ejector.interval() {
                     sweep = tokio::time::interval_at(tokio::time::Instant::now() + i, i);
                 }
-                publish(&active, &ejector);
+                publish(&active, &check_why, &ejector);
             }
             Some((ep, r)) = results.recv() => {
                 let Some((plan, _)) = tasks.get(&ep) else { continue };
@@ -467,17 +547,45 @@ pub async fn run(
                 let a = active.entry(ep).or_default();
                 if a.observe(r.is_ok(), plan.unhealthy_threshold, plan.healthy_threshold) {
                     if a.healthy {
+                        check_why.remove(&ep);
                         Event::EndpointHealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.healthy_threshold }.emit();
                     } else {
-                        Event::EndpointUnhealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.unhealthy_threshold, last_error: r.err().unwrap_or_default() }.emit();
+                        let last_error = r.err().unwrap_or_default();
+                        check_why.insert(ep, format!("{} checks in a row failed ({}): {last_error}", plan.unhealthy_threshold, plan.policy));
+                        Event::EndpointUnhealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.unhealthy_threshold, last_error }.emit();
                     }
-                    publish(&active, &ejector);
+                    publish(&active, &check_why, &ejector);
+                }
+            }
+            batch = kernel_ejections(&mut kernel) => {
+                let mut changed = false;
+                for ev in batch {
+                    let ep = SocketAddr::new(words_ip(ev.addr, ev.family), port_host(ev.port));
+                    let why = kernel_reason(ev.reason, ev.fails);
+                    match ejector.kernel_ejected(ep, why, now_ms()) {
+                        KernelVerdict::Confirmed(e) => {
+                            Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
+                            changed = true;
+                        }
+                        KernelVerdict::AlreadyOut => {}
+                        KernelVerdict::Lift(why_not) => {
+                            tracing::info!(endpoint = %ep, "the kernel's ejection is lifted: {why_not}");
+                            if let Some(k) = kernel.as_mut()
+                                && let Err(e) = k.lift(ev.backend_id)
+                            {
+                                tracing::warn!(endpoint = %ep, "could not lift the kernel's ejection: {e:#}");
+                            }
+                        }
+                    }
+                }
+                if changed {
+                    publish(&active, &check_why, &ejector);
                 }
             }
             Some((ep, o)) = outcomes.recv() => {
                 if let Some(e) = ejector.record(ep, o, now_ms()) {
                     Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
-                    publish(&active, &ejector);
+                    publish(&active, &check_why, &ejector);
                 }
             }
             _ = sweep.tick() => {
@@ -486,13 +594,34 @@ pub async fn run(
                     for ep in &back {
                         Event::EjectionOver { endpoint: *ep }.emit();
                     }
-                    publish(&active, &ejector);
+                    publish(&active, &check_why, &ejector);
                 }
             }
         }
     }
     for (_, (_, h)) in tasks {
         h.abort();
+    }
+}
+
+/// The next ejections the kernel made; never, without a kernel.
+async fn kernel_ejections(k: &mut Option<KernelSignals>) -> Vec<router_common::KernelEjection> {
+    match k {
+        Some(k) => k.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the kernel ejected an endpoint, for the log and `explain`.
+pub fn kernel_reason(reason: u8, fails: u32) -> String {
+    match reason {
+        router_common::FAIL_RESET => {
+            format!("kernel: {fails} connection attempts in a row answered with a reset")
+        }
+        router_common::FAIL_SYN_TIMEOUT => {
+            format!("kernel: {fails} connection attempts in a row without an answer to the SYN")
+        }
+        _ => format!("kernel: {fails} failed connection attempts in a row"),
     }
 }
 
@@ -585,6 +714,53 @@ mod tests {
             e.record(ep(1), Outcome::Reset, 50_002).unwrap().for_ms,
             10_000
         );
+    }
+
+    #[test]
+    fn the_kernels_ejections_are_confirmed_with_back_off_or_lifted() {
+        let mut e = Ejector::default();
+        e.set_plans(&[od(4, 5, 0, 50)]);
+        // Confirmed: the base ejection time, the reason kept for explain.
+        match e.kernel_ejected(ep(1), "kernel: 3 resets".into(), 0) {
+            KernelVerdict::Confirmed(j) => {
+                assert_eq!((j.endpoint, j.for_ms), (ep(1), 10_000));
+                assert_eq!(j.reason, "kernel: 3 resets");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            e.ejected_why()[&ep(1)],
+            "ejected by OutlierDetectionPolicy t/od for 10000 ms: kernel: 3 resets"
+        );
+        // Told again while out: nothing to do.
+        assert_eq!(
+            e.kernel_ejected(ep(1), "again".into(), 1),
+            KernelVerdict::AlreadyOut
+        );
+        // The proxy's ejection and the kernel's share maxEjectionPercent.
+        assert!(e.record(ep(2), Outcome::Reset, 0).is_none());
+        assert!(
+            matches!(
+                e.kernel_ejected(ep(2), "k".into(), 2),
+                KernelVerdict::Confirmed(_)
+            ),
+            "25% < 50%: a second may go"
+        );
+        assert!(
+            matches!(e.kernel_ejected(ep(3), "k".into(), 3), KernelVerdict::Lift(w) if w.contains("maxEjectionPercent 50%")),
+            "50% is not below 50%: the kernel lifts it"
+        );
+        // No policy watches an endpoint: lifted.
+        assert!(matches!(
+            e.kernel_ejected(ep(9), "k".into(), 4),
+            KernelVerdict::Lift(_)
+        ));
+        // Back after the ejection time; a second ejection lasts twice as long.
+        assert_eq!(e.sweep(10_000), vec![ep(1)]);
+        match e.kernel_ejected(ep(1), "k".into(), 10_001) {
+            KernelVerdict::Confirmed(j) => assert_eq!(j.for_ms, 20_000),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

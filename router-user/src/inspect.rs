@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path};
 
 use anyhow::Result;
 use router_common::{BackendStats, GlobalStats, SlotKey, SvcStats};
+
+use crate::datapath::monotonic_ns;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -24,6 +26,26 @@ pub struct BackendReport {
     pub slots: u32,
     pub connects: u64,
     pub datagrams: u64,
+}
+
+/// A backend whose handshakes the kernel watches (its destination has an
+/// OutlierDetectionPolicy), whether or not a slot table names it now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchedReport {
+    pub id: u32,
+    pub addr: SocketAddr,
+    /// Failed handshakes in a row that eject it.
+    pub eject_after: u32,
+    /// Failed handshakes since the last one that succeeded.
+    pub fails_in_a_row: u32,
+    /// Failed handshakes in all.
+    pub failures: u64,
+    /// Connects that found it ejected and went to another slot.
+    pub ejected_skips: u64,
+    /// Milliseconds the kernel's own ejection still runs; 0: not ejected.
+    pub ejected_for_ms: u64,
+    /// What the last failure was: "reset", "SYN timeout" or "".
+    pub last_failure: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +78,14 @@ pub struct Report {
     /// Connections handed to a daemon listener whose original destination
     /// could not be recorded.
     pub orig_failed: u64,
+    pub watched: Vec<WatchedReport>,
+    /// Endpoints the daemon keeps out of the slot tables, and why (its
+    /// `health.json`).
+    pub out_of_service: BTreeMap<SocketAddr, String>,
+    /// Connects that found every probed slot ejected by the kernel.
+    pub ejected_fallback: u64,
+    /// Kernel ejections the daemon was not told of (ring buffer full).
+    pub ejections_lost: u64,
 }
 
 fn sum<T: aya::Pod + Default + Copy>(
@@ -156,8 +186,33 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         ]
     });
     let g2 = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
-        [s.orig_failed, 0, 0, 0]
+        [s.orig_failed, s.ejected_fallback, s.ejections_lost, 0]
     });
+    let now = monotonic_ns();
+    let mut watched = Vec::new();
+    for (id, b) in &backends {
+        if b.eject_after == 0 {
+            continue;
+        }
+        let h = maps.backend_health.get(id, 0).unwrap_or_default();
+        let bs = sum(maps.backend_stats.get(id, 0), |s: &BackendStats| {
+            [s.failures, s.ejected_skips, 0, 0]
+        });
+        watched.push(WatchedReport {
+            id: *id,
+            addr: backend_addr(b),
+            eject_after: b.eject_after,
+            fails_in_a_row: h.fails,
+            failures: bs[0],
+            ejected_skips: bs[1],
+            ejected_for_ms: h.ejected_until.saturating_sub(now).div_ceil(1_000_000),
+            last_failure: match h.last_reason as u8 {
+                router_common::FAIL_RESET => "reset".into(),
+                router_common::FAIL_SYN_TIMEOUT => "SYN timeout".into(),
+                _ => String::new(),
+            },
+        });
+    }
     Ok(Report {
         dir: pins.dir().display().to_string(),
         cgroup: meta_cgroup_path(&meta),
@@ -169,6 +224,10 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         dns_captured: g[2],
         proxy_refused: g[3],
         orig_failed: g2[0],
+        watched,
+        out_of_service: crate::state::read_health(state_dir),
+        ejected_fallback: g2[1],
+        ejections_lost: g2[2],
     })
 }
 
@@ -223,6 +282,52 @@ pub fn render(r: &Report) -> String {
         "L7 connections refused (daemon down, or no proxy in the caller's namespace): {}",
         r.proxy_refused
     );
+    if !r.watched.is_empty() {
+        let _ = writeln!(
+            o,
+            "handshakes the kernel watches (outlier detection), per backend:"
+        );
+        let _ = writeln!(
+            o,
+            "  {:<39} {:>12} {:>9} {:>9} {:>8} {:<12} KERNEL-EJECTED",
+            "BACKEND", "EJECT-AFTER", "IN-A-ROW", "FAILURES", "SKIPPED", "LAST"
+        );
+        for w in &r.watched {
+            let _ = writeln!(
+                o,
+                "  {:<39} {:>12} {:>9} {:>9} {:>8} {:<12} {}",
+                w.addr.to_string(),
+                w.eject_after,
+                w.fails_in_a_row,
+                w.failures,
+                w.ejected_skips,
+                if w.last_failure.is_empty() {
+                    "-"
+                } else {
+                    &w.last_failure
+                },
+                if w.ejected_for_ms > 0 {
+                    format!("yes, {} ms more", w.ejected_for_ms)
+                } else {
+                    "no".into()
+                }
+            );
+        }
+    }
+    if !r.out_of_service.is_empty() {
+        let _ = writeln!(o, "endpoints the daemon keeps out of service:");
+        for (addr, why) in &r.out_of_service {
+            let _ = writeln!(o, "  {addr}: {why}");
+        }
+    }
+    if r.ejected_fallback > 0 || r.ejections_lost > 0 {
+        let _ = writeln!(
+            o,
+            "connects that found every probed slot kernel-ejected: {}; kernel ejections \
+             the daemon missed (ring buffer full): {}",
+            r.ejected_fallback, r.ejections_lost
+        );
+    }
     if r.orig_failed > 0 {
         let _ = writeln!(
             o,

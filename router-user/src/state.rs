@@ -1,7 +1,12 @@
 //! The daemon's state directory (`/run/routerd` by default, root only: the
-//! plan names every endpoint): its pid, and the last applied plan (for
-//! `routerd inspect`, and for a restart whose config is bad).
-use std::path::{Path, PathBuf};
+//! plan names every endpoint): its pid, the last applied plan (for
+//! `routerd inspect`, and for a restart whose config is bad), and why each
+//! endpoint it avoids is out (for `explain` and `inspect`).
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 
@@ -13,6 +18,55 @@ pub fn plan_file(state_dir: &Path) -> PathBuf {
 }
 pub fn pid_file(state_dir: &Path) -> PathBuf {
     state_dir.join("routerd.pid")
+}
+pub fn health_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("health.json")
+}
+
+/// Why the daemon's health task keeps each endpoint it avoids out of the
+/// slot tables (an active check, an ejection by the proxy or the kernel).
+pub type Avoided = BTreeMap<SocketAddr, String>;
+
+/// Record the endpoints avoided and why (best effort, like the plan).
+pub fn write_health(state_dir: &Path, avoided: &Avoided) {
+    if let Err(e) = write_json(state_dir, &health_file(state_dir), avoided) {
+        tracing::warn!(
+            "could not record why endpoints are out in {}: {e:#}",
+            health_file(state_dir).display()
+        );
+    }
+}
+
+/// What the running daemon last recorded with [`write_health`].
+pub fn read_health(state_dir: &Path) -> Avoided {
+    std::fs::read(health_file(state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Write `value` as JSON to `path` in `state_dir`: a temporary file, then a
+/// rename (a reader sees the old file or the new one, whole).
+fn write_json(state_dir: &Path, path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    state_dir_ready(state_dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // Streamed: at 10,000 hosts the plan is tens of MiB of JSON.
+    let written = std::fs::File::create(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+            serde_json::to_writer(&mut w, value)?;
+            std::io::Write::flush(&mut w)?;
+            Ok(())
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// The last applied plan recorded in `state_dir`, if there is a readable one.
@@ -33,26 +87,7 @@ pub fn state_dir_ready(state_dir: &Path) -> Result<()> {
 /// config. Best effort: a full disk must not stop the daemon from applying
 /// plans (the maps are what serves).
 pub fn write_state(state_dir: &Path, plan: &Plan) {
-    let write = || -> Result<()> {
-        state_dir_ready(state_dir)?;
-        let tmp = state_dir.join("plan.json.tmp");
-        // Streamed: at 10,000 hosts the plan is tens of MiB of JSON.
-        let written = std::fs::File::create(&tmp)
-            .map_err(anyhow::Error::from)
-            .and_then(|f| {
-                let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-                serde_json::to_writer(&mut w, plan)?;
-                std::io::Write::flush(&mut w)?;
-                Ok(())
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, plan_file(state_dir))?;
-        Ok(())
-    };
-    if let Err(e) = write() {
+    if let Err(e) = write_json(state_dir, &plan_file(state_dir), plan) {
         tracing::warn!(
             "could not record the applied plan in {}: {e:#}; the plan is applied and serving, \
              but `routerd inspect` shows the previous one (free space there)",

@@ -57,6 +57,8 @@ impl Scale {
 pub struct Figures {
     pub name: &'static str,
     pub rows: Vec<(&'static str, String)>,
+    /// Runs side by side (a header, then one row per run), after the rows.
+    pub table: Vec<Vec<String>>,
 }
 
 impl Figures {
@@ -64,6 +66,7 @@ impl Figures {
         Figures {
             name,
             rows: Vec::new(),
+            table: Vec::new(),
         }
     }
     fn add(&mut self, k: &'static str, v: impl ToString) {
@@ -87,8 +90,26 @@ pub struct Load {
 
 impl Load {
     pub fn start(world: &World, targets: &[(SocketAddr, &[&str])], rate: u64) -> Result<Load> {
+        Self::start_with(world, targets, rate, 4)
+    }
+
+    /// `conns` clients, each opening one connection at a time: with many
+    /// (rate x the client's 3 s connect timeout), connects that hang on a
+    /// blackholed endpoint do not hold the load back.
+    pub fn start_with(
+        world: &World,
+        targets: &[(SocketAddr, &[&str])],
+        rate: u64,
+        conns: u64,
+    ) -> Result<Load> {
         let mut cmd = world.client(bin("rt-probe"));
-        cmd.args(["churn", "--conns", "4", "--rate", &rate.to_string()]);
+        cmd.args([
+            "churn",
+            "--conns",
+            &conns.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ]);
         for (addr, ids) in targets {
             cmd.arg("--target").arg(format!("{addr}={}", ids.join(",")));
         }
@@ -299,18 +320,27 @@ pub fn kill_restart(s: Scale) -> Result<Figures> {
     Ok(f)
 }
 
-/// Drill 3: the closest endpoint dies under load; active checks move
-/// traffic to the next tier within the configured bound.
-pub fn endpoint_failover(s: Scale) -> Result<Figures> {
-    let (interval, timeout, threshold) = (200u64, 200u64, 2u64);
-    let hc = Policy::active_health_check(
-        "hc",
-        json!({"healthCheck": {
-            "interval": format!("{interval}ms"), "timeout": format!("{timeout}ms"),
-            "unhealthyThreshold": threshold, "tcpHealthCheck": {}
-        }}),
-    )
-    .virtual_destinations_labelled("lb", "local");
+/// How the closest endpoint goes away in drill 3.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Its process dies: the kernel answers SYNs to it with resets.
+    Killed,
+    /// Every packet to it is dropped (iptables in the backends' namespace):
+    /// SYNs go unanswered.
+    Blackholed,
+}
+
+/// What one failover run saw.
+struct FailoverRun {
+    load: Churn,
+    /// From the loss to the last failed connection.
+    failover_ms: u64,
+}
+
+/// One run of drill 3: `web` on e1 (the node's zone) and e2 (the next),
+/// active checks, and with `kernel` an OutlierDetectionPolicy (the kernel
+/// watches handshakes); e1 is lost under load.
+fn failover_once(s: Scale, loss: Loss, kernel: bool, hc: &Policy) -> Result<FailoverRun> {
     // e1 runs in its own process so it can die alone.
     let mut world = World::new(&[])?;
     for (a, _) in WEB {
@@ -336,49 +366,150 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
                 .port(8080, "HTTP")
                 .label("lb", "local"),
         )
-        .with(locality_policy())
-        .with(hc);
+        .with(hc.clone())
+        // Locality failover needs an OutlierDetectionPolicy (as in Gloo);
+        // with 0 errors it ejects nothing, and the kernel watches nothing.
+        .with(
+            Policy::outlier_detection(
+                "od",
+                json!({"consecutiveErrors": if kernel { KERNEL_THRESHOLD } else { 0 },
+                       "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 50}),
+            )
+            .virtual_destinations_labelled("lb", "local"),
+        );
     world.dir.write("config/web.yaml", &y.yaml())?;
     let cfg = world.dir.path.join("config");
     let web = vip(&plan(&cfg)?, "web.t.mesh", 8080, false);
     let _routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"])?;
-    let load = Load::start(&world, &[(web, &["e1", "e2"])], s.rate)?;
+    let load = Load::start_with(&world, &[(web, &["e1", "e2"])], s.rate, s.rate * 3)?;
     std::thread::sleep(Duration::from_millis(1000));
-    let killed = epoch_ms();
-    drop(e1);
+    let lost = epoch_ms();
+    let _e1 = match loss {
+        Loss::Killed => {
+            drop(e1);
+            None
+        }
+        Loss::Blackholed => {
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &world.world.name,
+                "iptables",
+                "-I",
+                "INPUT",
+                "-d",
+                "10.1.0.1",
+                "-j",
+                "DROP",
+            ]))
+            .context("dropping e1's packets with iptables")?;
+            Some(e1)
+        }
+    };
     std::thread::sleep(Duration::from_millis(3000));
     let c = load.stop()?;
-    let bound = interval * threshold + timeout + 500;
-    let failover = c.last_failure_ms.map_or(0, |l| l.saturating_sub(killed));
-    let mut f = Figures::new("3. the closest endpoint killed under load");
-    f.add(
-        "active check",
-        format!("TCP every {interval} ms, timeout {timeout} ms, unhealthy after {threshold}"),
-    );
-    f.add("load (connections/s)", s.rate);
-    f.churn(&c);
-    f.add(
-        "failover: kill to the last failed connection (ms)",
-        failover,
-    );
-    f.add(
-        "bound: interval x threshold + timeout + 500 ms recompile slack (ms)",
-        bound,
-    );
     ensure!(c.misrouted == 0, "misrouted connections: {:?}", c.samples);
     ensure!(
         c.by_id.get("e1").copied().unwrap_or(0) > 0,
-        "e1 never took traffic before it died"
-    );
-    ensure!(
-        failover <= bound,
-        "failover took {failover} ms, over the {bound} ms bound ({} failed)",
-        c.failed
+        "e1 never took traffic before it was lost"
     );
     // Afterwards: nothing fails, all on e2.
     let after = Load::start(&world, &[(web, &["e2"])], s.rate)?;
     std::thread::sleep(Duration::from_millis(500));
     clean(&after.stop()?, "after failover")?;
+    Ok(FailoverRun {
+        failover_ms: c.last_failure_ms.map_or(0, |l| l.saturating_sub(lost)),
+        load: c,
+    })
+}
+
+/// Failed handshakes in a row after which the kernel ejects (drill 3).
+const KERNEL_THRESHOLD: u64 = 3;
+
+/// Drill 3: the closest endpoint dies (or is blackholed) under load; active
+/// checks move traffic to the next tier within the configured bound, and
+/// with outlier detection the kernel, seeing the failed handshakes, does so
+/// after a few failed connections.
+pub fn endpoint_failover(s: Scale) -> Result<Figures> {
+    let (interval, timeout, threshold) = (200u64, 200u64, 2u64);
+    let hc = Policy::active_health_check(
+        "hc",
+        json!({"healthCheck": {
+            "interval": format!("{interval}ms"), "timeout": format!("{timeout}ms"),
+            "unhealthyThreshold": threshold, "tcpHealthCheck": {}
+        }}),
+    )
+    .virtual_destinations_labelled("lb", "local");
+    let bound = interval * threshold + timeout + 500;
+    let mut f = Figures::new("3. the closest endpoint lost under load");
+    f.add(
+        "active check (every run)",
+        format!("TCP every {interval} ms, timeout {timeout} ms, unhealthy after {threshold}"),
+    );
+    f.add(
+        "kernel signal (runs marked so)",
+        format!(
+            "OutlierDetectionPolicy consecutiveErrors {KERNEL_THRESHOLD} (0 in the other \
+             runs): the kernel ejects after {KERNEL_THRESHOLD} failed handshakes"
+        ),
+    );
+    f.add("load (connections/s)", s.rate);
+    let killed = failover_once(s, Loss::Killed, false, &hc)?;
+    let killed_k = failover_once(s, Loss::Killed, true, &hc)?;
+    let holed = failover_once(s, Loss::Blackholed, false, &hc)?;
+    let holed_k = failover_once(s, Loss::Blackholed, true, &hc)?;
+    f.add(
+        "bound: interval x threshold + timeout + 500 ms recompile slack (ms)",
+        bound,
+    );
+    f.table.push(
+        [
+            "e1 lost by",
+            "failure signal",
+            "connections attempted",
+            "failed",
+            "misrouted",
+            "loss to the last failed connection (ms)",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for (loss, signal, r) in [
+        ("kill (RST)", "active check only", &killed),
+        ("kill (RST)", "active check + kernel", &killed_k),
+        ("blackhole (drop)", "active check only", &holed),
+        ("blackhole (drop)", "active check + kernel", &holed_k),
+    ] {
+        f.table.push(vec![
+            loss.into(),
+            signal.into(),
+            r.load.attempted.to_string(),
+            r.load.failed.to_string(),
+            r.load.misrouted.to_string(),
+            r.failover_ms.to_string(),
+        ]);
+    }
+    for (what, r) in [
+        ("killed", &killed),
+        ("killed (kernel signal)", &killed_k),
+        ("blackholed", &holed),
+        ("blackholed (kernel signal)", &holed_k),
+    ] {
+        ensure!(
+            r.failover_ms <= bound,
+            "{what}: failover took {} ms, over the {bound} ms bound ({} failed)",
+            r.failover_ms,
+            r.load.failed
+        );
+    }
+    // The kernel's signal: the threshold, plus the connections already on
+    // their way and those the connect hook sends to the only endpoint of
+    // the tier until the daemon recompiles the table.
+    ensure!(
+        killed_k.load.failed <= 10,
+        "with the kernel signal, {} connections failed after the kill (at most 10 expected)",
+        killed_k.load.failed
+    );
     Ok(f)
 }
 
@@ -773,6 +904,14 @@ pub fn markdown(results: &[Figures]) -> String {
             md += &format!("| {k} | {v} |\n");
         }
         md += "\n";
+        if let Some((head, rows)) = f.table.split_first() {
+            md += &format!("| {} |\n", head.join(" | "));
+            md += &format!("|---|{}\n", "---:|".repeat(head.len().saturating_sub(1)));
+            for r in rows {
+                md += &format!("| {} |\n", r.join(" | "));
+            }
+            md += "\n";
+        }
     }
     md
 }

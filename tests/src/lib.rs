@@ -127,7 +127,8 @@ pub struct Churn {
     pub misrouted: u64,
     /// Answers per endpoint id.
     pub by_id: std::collections::BTreeMap<String, u64>,
-    /// Unix time (ms) of the first and last failure.
+    /// Unix time (ms) at which the first and the last failed connection
+    /// was attempted.
     pub first_failure_ms: Option<u64>,
     pub last_failure_ms: Option<u64>,
     /// The first few failures and misroutes, with what happened.
@@ -443,7 +444,8 @@ impl Drop for Proc {
 /// A backend socket to serve in the world namespace.
 #[derive(Clone, Debug)]
 pub struct Listen {
-    /// `tcp` (HTTP/1.1), `udp` (echo) or `sink` (accept and drop, for benchmarks).
+    /// `tcp` (HTTP/1.1), `udp` (echo), `sink` (accept and drop, for
+    /// benchmarks) or `hung` (listens, never accepts: SYNs time out).
     pub proto: &'static str,
     pub addr: SocketAddr,
     pub id: String,

@@ -98,9 +98,11 @@ fn until_only(s: &Setup, want: &str, n: usize, bound: Duration) -> (Duration, us
 
 #[test]
 fn active_checks_move_connections_off_a_dead_endpoint_and_back() {
+    // consecutiveErrors 0: locality on, nothing ejected (the kernel would
+    // otherwise see the resets and eject e1 before the checks do).
     let mut s = setup(
         Config::new()
-            .with(outlier(5, "30s"))
+            .with(outlier(0, "30s"))
             .with(active_check(json!({"tcpHealthCheck": {}}))),
     );
     until_only(&s, "e1", 10, Duration::from_secs(5));
@@ -317,6 +319,135 @@ fn the_proxy_ejects_an_endpoint_that_fails_and_takes_it_back_later() {
         |e| matches!(e, Event::EjectionOver { endpoint } if *endpoint == e1),
     );
     assert!(over.is_ok(), "{over:?}");
+}
+
+/// The kernel sees the handshakes of L4 connections: with outlier
+/// detection and no active check, an endpoint whose process died (its
+/// address answers every SYN with a reset) is ejected after the policy's
+/// failures in a row, by the connect hook at once and by the daemon's slot
+/// tables a moment later; it takes traffic again after the ejection time.
+/// (Without the kernel's signal nothing would ever move the traffic: no
+/// active check runs and the proxy never sees these connections.)
+#[test]
+fn the_kernel_ejects_an_endpoint_that_resets_handshakes_and_takes_it_back() {
+    let mut s = setup(Config::new().with(outlier(3, "1s")));
+    until_only(&s, "e1", 10, Duration::from_secs(5));
+    let e1: std::net::SocketAddr = E1.parse().unwrap();
+    // The kernel watches e1's handshakes (the policy's threshold is in its
+    // backend entry); all of them succeeded so far.
+    let r = s.routerd.inspect().unwrap();
+    let w = r
+        .watched
+        .iter()
+        .find(|w| w.addr == e1)
+        .unwrap_or_else(|| panic!("inspect does not show {e1} as watched: {r:?}"));
+    assert_eq!(
+        (
+            w.eject_after,
+            w.fails_in_a_row,
+            w.failures,
+            w.ejected_for_ms
+        ),
+        (3, 0, 0, 0),
+        "{w:?}"
+    );
+
+    drop(s.e1.take());
+    let (took, failed, _) = until_only(&s, "e2", 20, Duration::from_secs(5));
+    eprintln!("kernel ejection: {took:?}, {failed} connections failed before it");
+    // Three failures eject; one more may start before the daemon has
+    // recompiled the table (e1 is the only endpoint of its tier, so the
+    // connect hook has nowhere else to send it until then).
+    assert!(
+        (3..=5).contains(&failed),
+        "{failed} connections failed; consecutiveErrors is 3"
+    );
+    let events = s.routerd.events(0);
+    let why = events
+        .iter()
+        .find_map(|e| match e {
+            Event::EndpointEjected { endpoint, why, .. } if *endpoint == e1 => Some(why.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no ejection of {e1}: {events:?}"));
+    assert!(
+        why.starts_with("kernel: 3 connection attempts in a row answered with a reset"),
+        "{why}"
+    );
+    let out = s.routerd.inspect().unwrap().out_of_service;
+    assert!(
+        out.get(&e1).is_some_and(|w| w.ends_with(&why)),
+        "inspect does not say why {e1} is out: {out:?}"
+    );
+
+    // e1 returns; after baseEjectionTime (1 s) it takes traffic again.
+    s.e1 = Some(
+        s.world
+            .spawn_backend(&[Listen::tcp(E1, "e1")], &[])
+            .unwrap(),
+    );
+    let (took, failed, _) = until_only(&s, "e1", 10, Duration::from_secs(10));
+    eprintln!("back after {took:?} ({failed} failed)");
+    assert_eq!(failed, 0, "nothing should fail while an endpoint returns");
+    let over = s.routerd.wait_event(
+        0,
+        |e| matches!(e, Event::EjectionOver { endpoint } if *endpoint == e1),
+    );
+    assert!(over.is_ok(), "{over:?}");
+}
+
+/// A stuck endpoint (it listens and never accepts: its SYNs go unanswered)
+/// is ejected by the kernel at the first retransmission timeout of the
+/// policy's number of connection attempts.
+#[test]
+fn the_kernel_ejects_an_endpoint_whose_syns_go_unanswered() {
+    let mut s = setup(Config::new().with(outlier(3, "30s")));
+    until_only(&s, "e1", 10, Duration::from_secs(5));
+    drop(s.e1.take());
+    s.e1 = Some(
+        s.world
+            .spawn_backend(&[Listen::new("hung", E1.parse().unwrap(), "e1")], &[])
+            .unwrap(),
+    );
+    // Six connection attempts at once: one fills the accept queue, the
+    // others' SYNs are dropped and retransmitted after a second (the
+    // kernel's initial RTO): each such attempt is one failure.
+    let vip = s.vip.to_string();
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| s.world.probe(&["tcp", &vip]).unwrap());
+        }
+    });
+    let e1: std::net::SocketAddr = E1.parse().unwrap();
+    let ejected = s.routerd.wait_event(
+        0,
+        |e| matches!(e, Event::EndpointEjected { endpoint, .. } if *endpoint == e1),
+    );
+    let why = match ejected {
+        Ok(Event::EndpointEjected { why, .. }) => why,
+        other => panic!("no ejection of {e1}: {other:?}"),
+    };
+    eprintln!("ejected within {:?}: {why}", t.elapsed());
+    assert!(
+        why.starts_with("kernel: 3 connection attempts in a row without an answer to the SYN"),
+        "{why}"
+    );
+    let (_, failed, _) = until_only(&s, "e2", 10, Duration::from_secs(5));
+    assert_eq!(failed, 0, "e1 is out already");
+    // `explain` says why e1 is out (what the daemon recorded).
+    let out = std::process::Command::new(bin("routerd"))
+        .args(["explain", "web.t.mesh:8080", "--state-dir"])
+        .arg(&s.routerd.state_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "out: ejected by OutlierDetectionPolicy t/od for 30000 ms: {why}"
+        )),
+        "{text}"
+    );
 }
 
 /// `web` (TCP 8080) and `echo` (UDP 9000) on e1 and e2; `e1_ready` says

@@ -112,6 +112,8 @@ fn setup() -> Result<()> {
         ("curl", "curl"),
         ("dnsmasq", "dnsmasq-base"),
         ("dig", "bind9-dnsutils"),
+        // Drill 3 blackholes an endpoint with a DROP rule in a test namespace.
+        ("iptables", "iptables"),
     ])?;
     Ok(())
 }

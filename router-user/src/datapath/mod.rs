@@ -2,8 +2,8 @@
 //! under a versioned bpffs directory, attach to a cgroup, adopt what a previous
 //! daemon left there, and write plans into the maps ([`sync`]).
 //!
-//! Pinned layout (`<pin-root>/v2/`):
-//! - one file per map, named like the map (`ROUTER_SVC_V1`, ...);
+//! Pinned layout (`<pin-root>/v3/`):
+//! - one file per map, named like the map (`ROUTER_SVC_V3`, ...);
 //! - `links/<program>`: one bpf_link per program, attached to the cgroup.
 //!
 //! Links and maps outlive the daemon: while it is down, routing goes on with
@@ -22,16 +22,16 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use router_common::{
-    Backend, BackendStats, GlobalConfig, GlobalStats, Listeners, META_PATH_LEN, Meta, OrigDst,
-    OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_OPS_PROGRAM, SlotKey,
-    SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
+    Backend, BackendHealth, BackendStats, GlobalConfig, GlobalStats, KernelEjection, Listeners,
+    META_PATH_LEN, Meta, OrigDst, OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS,
+    SOCK_OPS_PROGRAM, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
 };
 
 /// The kernel object, embedded at build time by build.rs from
@@ -70,7 +70,7 @@ impl Pins {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Pins { root: root.into() }
     }
-    /// `<root>/v2`
+    /// `<root>/v3`
     pub fn dir(&self) -> PathBuf {
         self.root.join(PIN_SUBDIR)
     }
@@ -107,6 +107,7 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub global_stats: PerCpuArray<MapData, GlobalStats>,
+    pub backend_health: Array<MapData, BackendHealth>,
 }
 
 fn open_pinned<T>(pins: &Pins, name: &str) -> Result<T>
@@ -145,6 +146,7 @@ impl Maps {
             svc_stats: open_pinned(pins, MAP_SVC_STATS)?,
             backend_stats: open_pinned(pins, MAP_BACKEND_STATS)?,
             global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
+            backend_health: open_pinned(pins, MAP_BACKEND_HEALTH)?,
         })
     }
 
@@ -354,12 +356,15 @@ impl Datapath {
             .collect();
         let mut loader = EbpfLoader::new();
         // Sizes only take effect for maps created now (not yet pinned).
-        use router_common::{MAP_BACKEND_STATS, MAP_BACKENDS, MAP_SERVICES, MAP_SVC_STATS};
+        use router_common::{
+            MAP_BACKEND_HEALTH, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_SERVICES, MAP_SVC_STATS,
+        };
         loader
             .map_max_entries(MAP_SERVICES, sizes.services)
             .map_max_entries(MAP_SVC_STATS, sizes.services)
             .map_max_entries(MAP_BACKENDS, sizes.backends)
-            .map_max_entries(MAP_BACKEND_STATS, sizes.backends);
+            .map_max_entries(MAP_BACKEND_STATS, sizes.backends)
+            .map_max_entries(MAP_BACKEND_HEALTH, sizes.backends);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -556,9 +561,62 @@ impl Heartbeat {
     }
 }
 
+/// What the kernel says about backends: the ejections it made
+/// ([`router_common::MAP_EJECTIONS`]), for the daemon to confirm or lift
+/// ([`router_common::MAP_BACKEND_HEALTH`]). Handles of its own, for the
+/// health task.
+pub struct KernelSignals {
+    ring: tokio::io::unix::AsyncFd<RingBuf<MapData>>,
+    health: Array<MapData, BackendHealth>,
+}
+
+impl KernelSignals {
+    /// Open the pinned ring buffer (inside a tokio runtime).
+    pub fn open(pins: &Pins) -> Result<Self> {
+        let ring: RingBuf<MapData> = open_pinned(pins, router_common::MAP_EJECTIONS)?;
+        // SAFETY: the ring buffer owns its fd and keeps it open for as long
+        // as the AsyncFd holds it.
+        let ring = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        };
+        Ok(KernelSignals {
+            ring: ring.context("watching the kernel's ejection ring buffer")?,
+            health: open_pinned(pins, router_common::MAP_BACKEND_HEALTH)?,
+        })
+    }
+
+    /// The next ejections the kernel made (waits for at least one).
+    pub async fn next(&mut self) -> Vec<KernelEjection> {
+        loop {
+            let Ok(mut guard) = self.ring.readable_mut().await else {
+                return std::future::pending().await;
+            };
+            let mut out = Vec::new();
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<KernelEjection>() {
+                    // SAFETY: the kernel wrote a KernelEjection (a Pod) here;
+                    // read unaligned, copied.
+                    out.push(unsafe { item.as_ptr().cast::<KernelEjection>().read_unaligned() });
+                }
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return out;
+            }
+        }
+    }
+
+    /// Take back the kernel's ejection of backend `id` (and its count of
+    /// failures): the daemon does not confirm it.
+    pub fn lift(&mut self, id: u32) -> Result<()> {
+        Ok(self.health.set(id, BackendHealth::default(), 0)?)
+    }
+}
+
 /// What clients handed to one of the daemon's listeners originally dialled:
 /// TCP connections by the client's address ([`router_common::MAP_ORIG_DST`],
-/// filled by the `orig_dst` sock_ops program), captured UDP DNS queries by
+/// filled by the `tcp_ops` sock_ops program), captured UDP DNS queries by
 /// the client socket's cookie ([`router_common::MAP_UDP_REVNAT`]).
 pub struct OrigTable {
     tcp: std::sync::Mutex<HashMap<MapData, OrigKey, OrigDst>>,

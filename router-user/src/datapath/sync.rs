@@ -35,14 +35,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{IterableMap, PerCpuValues};
 use router_common::{
-    BANK_SLOTS, Backend, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, FAMILY_V4, FAMILY_V6,
-    GlobalConfig, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_SLOT_ENTRIES, SlotKey, SvcHeader, SvcKey,
-    SvcStats,
+    BANK_SLOTS, Backend, BackendHealth, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, FAMILY_V4,
+    FAMILY_V6, GlobalConfig, LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_SLOT_ENTRIES, SlotKey,
+    SvcHeader, SvcKey, SvcStats,
 };
 use serde::Serialize;
 
 use super::Maps;
-use crate::plan::{BackendPlan, Locality, Plan, Proto, ServicePlan};
+use crate::plan::{BackendPlan, Locality, OutlierPlan, Plan, Proto, ServicePlan};
 
 /// An IP as the kernel's four network-order words, plus the family tag.
 pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
@@ -154,6 +154,42 @@ pub struct Mirror {
     /// unknown (adopted maps). A fresh start then skips 110,000 zeroing
     /// writes at the bench's scale.
     zero_from: StatIds,
+    /// The outlier plans the backends' kernel ejection thresholds were
+    /// written from, and those thresholds by endpoint.
+    outliers: Vec<OutlierPlan>,
+    eject: HashMap<SocketAddr, Eject>,
+}
+
+/// What the kernel does with failed handshakes of one endpoint
+/// ([`Backend::eject_after`], [`Backend::eject_ms`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eject {
+    pub after: u32,
+    pub ms: u32,
+}
+
+/// The kernel's ejection thresholds, from the outlier plans: a failed
+/// handshake is a connect failure, which counts both as an error and as a
+/// gateway error, so the lower of the two thresholds set decides. The first
+/// plan (in label order) that watches an endpoint decides, as in
+/// [`crate::health::Ejector`]'s bookkeeping.
+pub fn eject_params(plans: &[OutlierPlan]) -> HashMap<SocketAddr, Eject> {
+    let mut out = HashMap::new();
+    for p in plans {
+        let after = [p.consecutive_errors, p.consecutive_gateway_errors]
+            .into_iter()
+            .filter(|n| *n > 0)
+            .min();
+        let Some(after) = after else { continue };
+        let e = Eject {
+            after,
+            ms: p.base_ejection_ms.clamp(1, u64::from(u32::MAX)) as u32,
+        };
+        for ep in &p.endpoints {
+            out.entry(*ep).or_insert(e);
+        }
+    }
+    out
 }
 
 /// First ids of the counter arrays that are still as created (all zero).
@@ -596,6 +632,7 @@ impl<'m> Writer<'m> {
         localities: &[Locality],
     ) -> Result<u32> {
         let (addr, family) = ip_words(b.addr.ip());
+        let eject = self.mirror.eject.get(&b.addr).copied();
         let value = Backend {
             addr,
             port: port_be(b.addr.port()),
@@ -603,6 +640,8 @@ impl<'m> Writer<'m> {
             _pad: 0,
             cluster_id: index_of(clusters, &*b.cluster),
             locality_id: index_of(localities, &*b.locality),
+            eject_after: eject.map_or(0, |e| e.after),
+            eject_ms: eject.map_or(0, |e| e.ms),
         };
         match self.mirror.backends.get(&b.addr).copied() {
             Some((id, old)) => {
@@ -625,16 +664,56 @@ impl<'m> Writer<'m> {
                 if id >= *zero {
                     *zero = id + 1;
                 } else {
+                    // A reused id: counters and the kernel's health of the
+                    // endpoint that had it start over.
                     self.maps
                         .backend_stats
                         .set(id, zeroed::<BackendStats>()?, 0)?;
-                    self.r.writes += 1;
+                    self.maps
+                        .backend_health
+                        .set(id, BackendHealth::default(), 0)?;
+                    self.r.writes += 2;
                 }
                 self.backends.push(id, value);
                 self.r.backends_added += 1;
                 self.mirror.backend_ids.insert(id);
                 self.mirror.backends.insert(b.addr, (id, value));
                 Ok(id)
+            }
+        }
+    }
+
+    /// New outlier plans: new kernel ejection thresholds, and the backends
+    /// already in the maps whose thresholds change rewritten (with the
+    /// other backend writes of this apply).
+    fn outliers(&mut self, plan: &Plan) {
+        if self.mirror.outliers == plan.outliers {
+            return;
+        }
+        let eject = eject_params(&plan.outliers);
+        let touched: BTreeSet<SocketAddr> = self
+            .mirror
+            .eject
+            .keys()
+            .chain(eject.keys())
+            .copied()
+            .collect();
+        self.mirror.eject = eject;
+        self.mirror.outliers = plan.outliers.clone();
+        for a in touched {
+            let Some((id, old)) = self.mirror.backends.get(&a).copied() else {
+                continue;
+            };
+            let e = self.mirror.eject.get(&a).copied();
+            let value = Backend {
+                eject_after: e.map_or(0, |e| e.after),
+                eject_ms: e.map_or(0, |e| e.ms),
+                ..old
+            };
+            if value != old {
+                self.backends.push(id, value);
+                self.r.backends_changed += 1;
+                self.mirror.backends.insert(a, (id, value));
             }
         }
     }
@@ -810,6 +889,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
     let localities = plan.localities();
     let mut w = Writer::new(maps, mirror);
     // 1. Backends.
+    w.outliers(plan);
     let mut used: BTreeSet<SocketAddr> = BTreeSet::new();
     for b in &plan.backends {
         w.backend(b, &clusters, &localities)?;
@@ -904,6 +984,7 @@ pub fn apply_changes(
     }
     let (clusters, localities) = (mirror.clusters.clone(), mirror.localities.clone());
     let mut w = Writer::new(maps, mirror);
+    w.outliers(plan);
     for a in backends {
         if let Some(b) = find_backend(a) {
             w.backend(b, &clusters, &localities)?;
@@ -938,6 +1019,51 @@ pub fn apply_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_ejection_thresholds_come_from_the_first_outlier_plan() {
+        let ep = |i: u8| SocketAddr::from(([10, 0, 0, i], 80));
+        let od = |errors, gw, base, eps: &[u8]| OutlierPlan {
+            destination: "d".into(),
+            policy: "p".into(),
+            endpoints: eps.iter().map(|i| ep(*i)).collect(),
+            consecutive_errors: errors,
+            consecutive_gateway_errors: gw,
+            interval_ms: 1000,
+            base_ejection_ms: base,
+            max_ejection_percent: 10,
+        };
+        let e = eject_params(&[
+            od(5, 3, 30_000, &[1, 2]),
+            od(2, 0, 1_000, &[2, 3]),
+            od(0, 0, 1_000, &[4]),
+        ]);
+        // A failed handshake is an error and a gateway error: the lower one.
+        assert_eq!(
+            e[&ep(1)],
+            Eject {
+                after: 3,
+                ms: 30_000
+            }
+        );
+        // The first plan watching an endpoint decides.
+        assert_eq!(
+            e[&ep(2)],
+            Eject {
+                after: 3,
+                ms: 30_000
+            }
+        );
+        assert_eq!(
+            e[&ep(3)],
+            Eject {
+                after: 2,
+                ms: 1_000
+            }
+        );
+        // No threshold: the kernel does not watch it.
+        assert!(!e.contains_key(&ep(4)));
+    }
 
     #[test]
     fn words_round_trip() {

@@ -39,8 +39,8 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {spec}"))?;
-    if proto != "tcp" && proto != "udp" && proto != "sink" {
-        bail!("proto must be tcp, udp or sink in {spec}");
+    if !["tcp", "udp", "sink", "hung"].contains(&proto) {
+        bail!("proto must be tcp, udp, sink or hung in {spec}");
     }
     Ok((proto.to_string(), addr, id.to_string()))
 }
@@ -198,16 +198,31 @@ fn sink(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// `hung:ADDR:id`: a process that listens and never accepts (stuck). The
+/// accept queue (backlog 0) holds one connection; the kernel drops every
+/// later SYN silently, so clients see SYN timeouts, as from a blackholed
+/// host, with no firewall needed (the VM images have none).
+fn hung(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding hung {addr}"))?;
+    // SAFETY: re-listen with backlog 0 on our own socket.
+    unsafe { libc::listen(l.as_raw_fd(), 0) };
+    Ok(l)
+}
+
 async fn serve() -> Result<()> {
     let args = Args::parse();
     if let Some(cpu) = args.cpu {
         router_tests::pin_to_cpu(cpu)?;
     }
     let mut tasks = Vec::new();
+    let mut stuck = Vec::new();
     for spec in &args.listen {
         let (proto, addr, id) = parse(spec)?;
         let id = Arc::new(id);
-        if proto == "sink" {
+        if proto == "hung" {
+            stuck.push(hung(addr)?);
+        } else if proto == "sink" {
             sink(addr)?;
         } else if proto == "tcp" {
             let l = TcpListener::bind(addr)

@@ -420,22 +420,28 @@ async fn churn(
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     };
+    raise_nofile();
     let stop = Arc::new(AtomicBool::new(false));
     let out = Arc::new(Mutex::new(router_tests::Churn::default()));
     let targets = Arc::new(targets);
-    // Each client waits this long between connections (bounded load).
+    // Each client waits this long between connections (bounded load); the
+    // clients start spread over one gap, so the load is even.
     let gap = Duration::from_micros(1_000_000 * conns.max(1) as u64 / rate.max(1));
+    let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for c in 0..conns {
         let (stop, out, targets) = (stop.clone(), out.clone(), targets.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = c;
-            let mut tick = tokio::time::interval(gap);
+            let mut tick = tokio::time::interval_at(t0 + gap * c as u32 / conns as u32, gap);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let (addr, allowed) = &targets[i % targets.len()];
                 i += 1;
+                // A failure counts from when the connection was attempted
+                // (a connect to a blackholed endpoint fails seconds later).
+                let started = router_tests::epoch_ms();
                 let (p, sender) = tcp_once(*addr, "/churn").await;
                 drop(sender);
                 let mut o = out.lock().unwrap();
@@ -457,10 +463,9 @@ async fn churn(
                         }
                     }
                     None => {
-                        let now = router_tests::epoch_ms();
                         o.failed += 1;
-                        o.first_failure_ms.get_or_insert(now);
-                        o.last_failure_ms = Some(now);
+                        o.first_failure_ms.get_or_insert(started);
+                        o.last_failure_ms = Some(o.last_failure_ms.unwrap_or(0).max(started));
                         if o.samples.len() < 20 {
                             let m =
                                 format!("failed: {addr}: {}", p.error.clone().unwrap_or_default());
