@@ -366,6 +366,11 @@ pub struct GlobalConfig {
     /// IPv6 VIP range: network and mask, as four network-byte-order words.
     pub v6_net: [u32; 4],
     pub v6_mask: [u32; 4],
+    /// Initial SYN retransmission timeout, in the kernel's jiffies, of
+    /// connections to watched backends (`BPF_SOCK_OPS_TIMEOUT_INIT`); 0:
+    /// Linux's own (1 s).
+    pub syn_rto_jiffies: u32,
+    pub _pad: u32,
 }
 
 /// Value of [`MAP_LISTENERS`] (key: the network namespace's cookie, `u64`,
@@ -604,7 +609,7 @@ assert_layout!(SvcKey, 20);
 assert_layout!(SvcHeader, 16);
 assert_layout!(SlotKey, 8);
 assert_layout!(Backend, 32);
-assert_layout!(GlobalConfig, 48);
+assert_layout!(GlobalConfig, 56);
 assert_layout!(Listeners, 48);
 assert_layout!(RevNat, 44);
 assert_layout!(BackendHealth, 16);

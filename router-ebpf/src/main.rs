@@ -29,6 +29,8 @@
 //!     the daemon told through the `ROUTER_EJECT_V3` ring buffer.
 //!   - ACTIVE_ESTABLISHED_CB: a handshake that succeeded resets the count,
 //!     and the callbacks are switched off for the rest of the connection.
+//!   - TIMEOUT_INIT (before the SYN leaves): with `synRetransmitTimeout`
+//!     set, the initial RTO of a connection to a watched backend.
 //!
 //!   ARCHITECTURE.md ("Kernel-side failure signal") says why sock_ops and
 //!   not the tracepoints.
@@ -57,7 +59,8 @@
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TIMEOUT_INIT, bpf_sock,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{
@@ -705,10 +708,32 @@ fn on_connect(ctx: &SockOpsContext) {
     }
 }
 
+/// Before the SYN leaves: the initial retransmission timeout of a
+/// connection to a watched backend, when the node config sets one (the
+/// reply, in jiffies; no reply keeps Linux's 1 s).
+#[inline(always)]
+fn on_timeout_init(ctx: &SockOpsContext) {
+    let Some(cfg) = CONFIG.get(0) else { return };
+    let rto = cfg.syn_rto_jiffies;
+    if rto == 0 {
+        return;
+    }
+    let Some(rev) = revnat(ctx) else { return };
+    // SAFETY: see `revnat`; one byte read.
+    if unsafe { (*rev.as_ptr()).flags } & REV_F_WATCH != 0 {
+        ctx.set_reply(rto);
+    }
+}
+
 /// The handshake succeeded: the backend's failures in a row are over, and
 /// nothing more of this connection needs watching.
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
+    // Only connections to watched backends asked for callbacks: the others
+    // (nearly all) leave without a storage lookup.
+    if ctx.cb_flags() & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
+        return;
+    }
     let Some(rev) = revnat(ctx) else { return };
     // SAFETY: see `revnat`; copied at once.
     let rev = unsafe { *rev.as_ptr() };
@@ -923,6 +948,7 @@ pub fn tcp_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
         BPF_SOCK_OPS_STATE_CB => on_state(&ctx),
         BPF_SOCK_OPS_RTO_CB => on_rto(&ctx),
+        BPF_SOCK_OPS_TIMEOUT_INIT => on_timeout_init(&ctx),
         _ => {}
     }
     1

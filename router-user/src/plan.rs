@@ -475,6 +475,10 @@ pub struct Plan {
     pub vip_ranges: VipRanges,
     /// Refuse connections into the VIP ranges that match no service.
     pub refuse_unknown_vips: bool,
+    /// First SYN retransmission timeout (ms) of connections the kernel
+    /// watches; 0: Linux's (1 s).
+    #[serde(default)]
+    pub syn_timeout_ms: u32,
     pub dns: DnsPlan,
     pub proxy: ProxyPlan,
     /// Sorted by lower-cased name. (Shared with the compiler's units, as

@@ -843,3 +843,16 @@ fn an_l7_host_has_an_ipv6_vip_only_with_ipv6_endpoints() {
     assert_eq!(vips.len(), 2, "{vips:?}");
     assert!(aaaa.is_some());
 }
+
+#[test]
+fn the_syn_retransmit_timeout_is_a_bounded_duration() {
+    let p = vd_with(od(), json!({"synRetransmitTimeout": "100ms"}));
+    assert_eq!(p.syn_timeout_ms, 100);
+    assert_eq!(vd_with(od(), json!({})).syn_timeout_ms, 0, "unset: Linux's");
+    let e = errors(&vd_text(od(), json!({"synRetransmitTimeout": "5ms"})));
+    assert!(
+        e.contains("RouterConfig default/node")
+            && e.contains("spec.synRetransmitTimeout 5 ms is outside 10 ms to 3000 ms"),
+        "{e}"
+    );
+}

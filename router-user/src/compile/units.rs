@@ -237,6 +237,7 @@ impl Compiled {
                 node: v.settings.node.clone(),
                 vip_ranges: v.settings.vip_ranges,
                 refuse_unknown_vips: v.settings.refuse_unknown_vips,
+                syn_timeout_ms: v.settings.syn_timeout_ms,
                 dns: v.settings.dns.clone(),
                 hosts,
                 services,

@@ -256,6 +256,8 @@ pub struct Settings {
     /// Percent; 0: no panic mode.
     pub healthy_panic_threshold: u32,
     pub close_connections_to_removed_endpoints: bool,
+    /// `spec.synRetransmitTimeout` in ms; 0: Linux's initial RTO.
+    pub syn_timeout_ms: u32,
     pub dns: DnsPlan,
     pub proxy: ProxyPlan,
 }
@@ -269,6 +271,7 @@ impl Default for Settings {
             refuse_unknown_vips: true,
             healthy_panic_threshold: 50,
             close_connections_to_removed_endpoints: false,
+            syn_timeout_ms: 0,
             dns: DnsPlan::default(),
             proxy: ProxyPlan::default(),
         }
@@ -451,6 +454,12 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
     };
     s.close_connections_to_removed_endpoints =
         rc.close_connections_to_removed_endpoints.unwrap_or(false);
+    if let Some(d) = rc.syn_retransmit_timeout {
+        match syn_timeout_error(d.millis()) {
+            Some(e) => diags.push(&file, line, res.clone(), e),
+            None => s.syn_timeout_ms = d.millis() as u32,
+        }
+    }
     s.proxy = proxy_settings(&rc.proxy.clone().unwrap_or_default(), |msg| {
         diags.push(&file, line, res.clone(), msg)
     });
@@ -458,6 +467,22 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
         diags.push(&file, line, res.clone(), msg)
     });
     s
+}
+
+/// Shortest and longest `spec.synRetransmitTimeout` (ms).
+pub const SYN_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 10..=3000;
+
+/// Why a `spec.synRetransmitTimeout` cannot be used, if it cannot.
+fn syn_timeout_error(ms: u64) -> Option<String> {
+    (!SYN_TIMEOUT_MS.contains(&ms)).then(|| {
+        format!(
+            "spec.synRetransmitTimeout {ms} ms is outside {} ms to {} ms; expected e.g. \
+             `synRetransmitTimeout: 100ms` (longer than the round trip to any backend: a \
+             SYN retransmitted counts as a failed handshake), or leave it unset for Linux's 1 s",
+            SYN_TIMEOUT_MS.start(),
+            SYN_TIMEOUT_MS.end()
+        )
+    })
 }
 
 /// Why a VIP range cannot be used, if it cannot: its prefix length, or

@@ -751,6 +751,11 @@ pub struct RouterConfigSpec {
     /// to a live one. Default false: established connections are kept.
     #[serde(default)]
     pub close_connections_to_removed_endpoints: Option<bool>,
+    /// The first SYN retransmission timeout of connections the kernel
+    /// watches (to backends with outlier detection), instead of Linux's 1 s:
+    /// a blackholed endpoint counts a failure after this. Unset: Linux's.
+    #[serde(default)]
+    pub syn_retransmit_timeout: Option<GlooDuration>,
     #[serde(default)]
     pub dns: Option<DnsSpec>,
     #[serde(default)]

@@ -549,6 +549,11 @@ pub fn config_entry(plan: &Plan) -> GlobalConfig {
         v4_mask: v4_mask[0],
         v6_net,
         v6_mask,
+        syn_rto_jiffies: match plan.syn_timeout_ms {
+            0 => 0,
+            ms => super::sys::ms_to_jiffies(ms),
+        },
+        _pad: 0,
     }
 }
 

@@ -251,3 +251,89 @@ mod tests {
         );
     }
 }
+
+/// The tick rates Linux is built with (CONFIG_HZ).
+const HZ_CHOICES: [u32; 4] = [100, 250, 300, 1000];
+
+/// The kernel's tick rate (CONFIG_HZ), which `BPF_SOCK_OPS_TIMEOUT_INIT`
+/// counts in (jiffies). Nothing tells a process directly (`CLK_TCK` is
+/// USER_HZ, always 100): two samples of `/proc/timer_list` 50 ms apart
+/// give jiffies against its nanosecond clock. Unreadable: 1000 is assumed
+/// (a timeout computed with it is never shorter than asked).
+pub fn kernel_hz() -> u32 {
+    static HZ: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let sample = || {
+            std::fs::read_to_string("/proc/timer_list")
+                .ok()
+                .and_then(|t| parse_timer_list(&t))
+        };
+        let a = sample();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        match (a, sample()) {
+            (Some(a), Some(b)) => hz_from_samples(a, b).unwrap_or(1000),
+            _ => {
+                tracing::warn!(
+                    "could not read the kernel's tick rate from /proc/timer_list; assuming \
+                     HZ=1000 (synRetransmitTimeout is then at least what it says)"
+                );
+                1000
+            }
+        }
+    })
+}
+
+/// `(now at ... nsecs, jiffies: ...)` of a `/proc/timer_list` text.
+pub fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
+    let now = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .parse()
+            .ok()
+    })?;
+    let jiffies = text
+        .lines()
+        .find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())?;
+    Some((now, jiffies))
+}
+
+/// The tick rate two `(ns, jiffies)` samples show, rounded to the nearest
+/// rate Linux builds with; `None` if they are too close to tell.
+pub fn hz_from_samples(a: (u64, u64), b: (u64, u64)) -> Option<u32> {
+    let ns = b.0.checked_sub(a.0)?;
+    let ticks = b.1.checked_sub(a.1)?;
+    if ns < 10_000_000 {
+        return None;
+    }
+    let hz = ticks as f64 * 1e9 / ns as f64;
+    HZ_CHOICES.into_iter().min_by(|x, y| {
+        (f64::from(*x) - hz)
+            .abs()
+            .total_cmp(&(f64::from(*y) - hz).abs())
+    })
+}
+
+/// `ms` in the kernel's jiffies, rounded up (at least one).
+pub fn ms_to_jiffies(ms: u32) -> u32 {
+    (u64::from(ms) * u64::from(kernel_hz()))
+        .div_ceil(1000)
+        .max(1) as u32
+}
+
+#[cfg(test)]
+mod hz_tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_rate_comes_from_two_timer_list_samples() {
+        let text = "Timer List Version: v0.9\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 34083290580927 nsecs\n\ncpu: 0\n  .idle_jiffies   : 4303413025\njiffies: 4303414045\n";
+        let a = parse_timer_list(text).unwrap();
+        assert_eq!(a, (34_083_290_580_927, 4_303_414_045));
+        // 50 ms at HZ=250: 12 or 13 ticks.
+        assert_eq!(hz_from_samples(a, (a.0 + 50_000_000, a.1 + 13)), Some(250));
+        assert_eq!(hz_from_samples(a, (a.0 + 50_000_000, a.1 + 50)), Some(1000));
+        assert_eq!(hz_from_samples(a, (a.0 + 50_000_000, a.1 + 5)), Some(100));
+        assert_eq!(hz_from_samples(a, (a.0 + 1_000, a.1)), None);
+        assert_eq!(parse_timer_list("no clock here"), None);
+    }
+}

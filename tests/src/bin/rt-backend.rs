@@ -199,15 +199,18 @@ fn sink(addr: SocketAddr) -> Result<()> {
 }
 
 /// `hung:ADDR:id`: a process that listens and never accepts (stuck). The
-/// accept queue (backlog 0) holds one connection; the kernel drops every
-/// later SYN silently, so clients see SYN timeouts, as from a blackholed
-/// host, with no firewall needed (the VM images have none).
-fn hung(addr: SocketAddr) -> Result<std::net::TcpListener> {
+/// accept queue (backlog 0) holds one connection, which the process makes
+/// to itself; the kernel drops every later SYN silently, so clients see
+/// SYN timeouts, as from a blackholed host, with no firewall needed (the
+/// VM images have none).
+fn hung(addr: SocketAddr) -> Result<(std::net::TcpListener, std::net::TcpStream)> {
     use std::os::fd::AsRawFd;
     let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding hung {addr}"))?;
     // SAFETY: re-listen with backlog 0 on our own socket.
     unsafe { libc::listen(l.as_raw_fd(), 0) };
-    Ok(l)
+    let own = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("filling the accept queue of {addr}"))?;
+    Ok((l, own))
 }
 
 async fn serve() -> Result<()> {

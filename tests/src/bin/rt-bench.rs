@@ -103,6 +103,27 @@ fn bench_router() -> Config {
     ))
 }
 
+/// The contender whose handshakes the kernel watches: one virtual
+/// destination on the bench backend with an OutlierDetectionPolicy (the
+/// connect hook reads the backend's health entry, sock_ops asks for the
+/// state and RTO callbacks of every connection).
+const WATCHED_CONTENDER: &str = "VIP, handshakes watched (outlier detection)";
+
+fn watched_config() -> String {
+    bench_router()
+        .with(
+            VirtualDestination::new("w", "w.bench.mesh")
+                .app("bench")
+                .port(8080, "TCP")
+                .label("lb", "watched"),
+        )
+        .with(
+            Policy::outlier_detection("od", json!({"consecutiveErrors": 5}))
+                .virtual_destinations_labelled("lb", "watched"),
+        )
+        .yaml()
+}
+
 /// A config with `n` route tables, each a virtual host forwarding to one backend.
 fn connect_config(n: usize) -> String {
     (0..n)
@@ -558,6 +579,19 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
         let restore_ms = t.elapsed().as_secs_f64() * 1e3;
         control.push((n, compile_ms, start_ms, applied, mem, restore_ms));
 
+        // The same connects with the kernel watching each handshake, in a
+        // twin world of its own (watching is per backend address).
+        let watched = bench_world("sink")?;
+        watched.dir.write("config/bench.yaml", &watched_config())?;
+        let wcfg = watched.dir.path.join("config");
+        let wvip = vip(&router_tests::plan(&wcfg)?, "w.bench.mesh", 8080, false).to_string();
+        let _wrouterd = Routerd::start(
+            &watched.tag,
+            &wcfg,
+            &watched.cgroup.path,
+            &["--no-watch", "--no-dns"],
+        )?;
+
         let vip = vip(&plan, &format!("h{}.bench.mesh", n / 2), 8080, false).to_string();
         let clusterip = format!("{}:8080", cluster_ip(n / 2));
         let ms = args.millis.to_string();
@@ -567,6 +601,7 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
         let contenders = vec![
             ("direct", &world, b(BACKEND)),
             ("VIP (routerd)", &world, b(&vip)),
+            (WATCHED_CONTENDER, &watched, b(&wvip)),
             (DNAT_CONTENDER, &kube, b(&clusterip)),
         ];
         rows.extend(compare(&n.to_string(), args.rounds, &contenders)?);
@@ -580,6 +615,8 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
          cgroup connect hook rewrites; `{DNAT_CONTENDER}` dials a ClusterIP in a twin namespace \
          holding kube-proxy's iptables chains for n services (KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP \
          DNAT; iptables-nft as Debian ships it), where conntrack and NAT handle the first packet. \
+         `{WATCHED_CONTENDER}` dials a VIP of a twin routerd whose destination has an \
+         OutlierDetectionPolicy: the kernel watches every handshake (issue 17's cost). \
          {} ms per measurement, {} alternated measurements per contender (medians).\n",
         args.millis, args.rounds
     );
@@ -588,7 +625,11 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
         "services",
         "connects",
         &rows,
-        &[("direct", "direct"), (DNAT_CONTENDER, "iptables")],
+        &[
+            ("direct", "direct"),
+            ("VIP (routerd)", "VIP"),
+            (DNAT_CONTENDER, "iptables"),
+        ],
     );
     let _ = writeln!(md);
     write_chart(

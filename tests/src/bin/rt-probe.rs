@@ -112,6 +112,10 @@ enum Cmd {
     /// (an HTTP GET each, then RST) to the targets in turn, at most `rate`
     /// per second in all, until a line arrives on stdin (or `--millis`);
     /// prints one [`router_tests::Churn`] line.
+    /// Start one connection and print the kernel's retransmission timeout
+    /// for it while its SYN is out (TCP_INFO `tcpi_rto`, microseconds):
+    /// `{"rto_us": N}`.
+    SynRto { addr: SocketAddr },
     Churn {
         /// `ADDR=ID,ID,...`: a VIP and the endpoint ids allowed to answer there.
         #[arg(long = "target", required = true)]
@@ -1084,6 +1088,77 @@ async fn uploads(
     out
 }
 
+/// Connect without waiting (the connect hook has run when connect()
+/// returns EINPROGRESS, and the SYN is out) and read the socket's RTO.
+fn syn_rto(addr: SocketAddr) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: zeroed sockaddr_storage is valid; the family's struct is
+    // written into it below, within its size.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let family = i32::from(ss.ss_family);
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own (closed on drop).
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: valid fd and address of `len` bytes.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), (&raw const ss).cast(), len as u32) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most len bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.tcpi_rto)
+}
+
 /// Raise this process's soft RLIMIT_NOFILE to the hard limit.
 fn raise_nofile() {
     let mut lim = libc::rlimit {
@@ -1267,6 +1342,13 @@ async fn main() -> Result<()> {
             }
             println!("{}", serde_json::to_string(&bench(addr, millis)).unwrap());
         }
+        Cmd::SynRto { addr } => match syn_rto(addr) {
+            Ok(rto) => println!("{}", serde_json::json!({ "rto_us": rto })),
+            Err(e) => {
+                eprintln!("rt-probe syn-rto: {e}");
+                std::process::exit(1);
+            }
+        },
         Cmd::Churn {
             targets,
             conns,
