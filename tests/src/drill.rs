@@ -339,8 +339,15 @@ struct FailoverRun {
 
 /// One run of drill 3: `web` on e1 (the node's zone) and e2 (the next),
 /// active checks, and with `kernel` an OutlierDetectionPolicy (the kernel
-/// watches handshakes); e1 is lost under load.
-fn failover_once(s: Scale, loss: Loss, kernel: bool, hc: &Policy) -> Result<FailoverRun> {
+/// watches handshakes), with `syn_timeout` the node's
+/// `synRetransmitTimeout`; e1 is lost under load.
+fn failover_once(
+    s: Scale,
+    loss: Loss,
+    kernel: bool,
+    syn_timeout: Option<&str>,
+    hc: &Policy,
+) -> Result<FailoverRun> {
     // e1 runs in its own process so it can die alone.
     let mut world = World::new(&[])?;
     for (a, _) in WEB {
@@ -350,8 +357,12 @@ fn failover_once(s: Scale, loss: Loss, kernel: bool, hc: &Policy) -> Result<Fail
     }
     world.start_backends(&[Listen::tcp("10.1.1.1:8080", "e2")])?;
     let e1 = world.spawn_backend(&[Listen::tcp("10.1.0.1:8080", "e1")], &[])?;
+    let node = match syn_timeout {
+        Some(t) => json!({ "synRetransmitTimeout": t }),
+        None => json!({}),
+    };
     let y = Config::new()
-        .node("c1", "east", "e1")
+        .node_with("c1", "east", "e1", node)
         .with(service_with_slice(
             "c1",
             "east",
@@ -454,10 +465,11 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
         ),
     );
     f.add("load (connections/s)", s.rate);
-    let killed = failover_once(s, Loss::Killed, false, &hc)?;
-    let killed_k = failover_once(s, Loss::Killed, true, &hc)?;
-    let holed = failover_once(s, Loss::Blackholed, false, &hc)?;
-    let holed_k = failover_once(s, Loss::Blackholed, true, &hc)?;
+    let killed = failover_once(s, Loss::Killed, false, None, &hc)?;
+    let killed_k = failover_once(s, Loss::Killed, true, None, &hc)?;
+    let holed = failover_once(s, Loss::Blackholed, false, None, &hc)?;
+    let holed_k = failover_once(s, Loss::Blackholed, true, None, &hc)?;
+    let holed_k100 = failover_once(s, Loss::Blackholed, true, Some("100ms"), &hc)?;
     f.add(
         "bound: interval x threshold + timeout + 500 ms recompile slack (ms)",
         bound,
@@ -479,6 +491,11 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
         ("kill (RST)", "active check + kernel", &killed_k),
         ("blackhole (drop)", "active check only", &holed),
         ("blackhole (drop)", "active check + kernel", &holed_k),
+        (
+            "blackhole (drop)",
+            "active check + kernel, synRetransmitTimeout 100ms",
+            &holed_k100,
+        ),
     ] {
         f.table.push(vec![
             loss.into(),
@@ -494,6 +511,7 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
         ("killed (kernel signal)", &killed_k),
         ("blackholed", &holed),
         ("blackholed (kernel signal)", &holed_k),
+        ("blackholed (kernel signal, 100 ms SYN timeout)", &holed_k100),
     ] {
         ensure!(
             r.failover_ms <= bound,
