@@ -45,7 +45,9 @@ fn main() -> std::process::ExitCode {
         md,
         "Kernel {}, {} CPUs. Command: `cargo xtask drill{}` ({} scale: {} reloads, {} restarts, {} hostile configs, {} new connections/s). \
          Load is `rt-probe churn`: 4 clients in the attached cgroup opening new connections (an HTTP GET each) to VIPs, \
-         every answer checked against the endpoints allowed to give it.\n",
+         every answer checked against the endpoints allowed to give it; in drill 3, 3 clients per connection/s \
+         (each waits up to 3 s for a connect, so connects that hang on a blackholed endpoint do not slow the load), \
+         and a failed connection counts at the time it was attempted.\n",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),
