@@ -511,7 +511,10 @@ pub fn endpoint_failover(s: Scale) -> Result<Figures> {
         ("killed (kernel signal)", &killed_k),
         ("blackholed", &holed),
         ("blackholed (kernel signal)", &holed_k),
-        ("blackholed (kernel signal, 100 ms SYN timeout)", &holed_k100),
+        (
+            "blackholed (kernel signal, 100 ms SYN timeout)",
+            &holed_k100,
+        ),
     ] {
         ensure!(
             r.failover_ms <= bound,
