@@ -624,6 +624,11 @@ impl Daemon {
         let delta = match reload.prepared {
             Prepared::Nothing => {
                 self.health = health;
+                if trigger == Trigger::Signal
+                    && let Some(plan) = self.control.plan()
+                {
+                    self.serving.proxy.reload_tls(plan);
+                }
                 if !refused {
                     Event::NoChange {
                         reason: why.to_string(),

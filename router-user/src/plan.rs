@@ -769,6 +769,25 @@ pub struct GatewayHost {
 pub struct TlsFiles {
     pub cert: String,
     pub key: String,
+    /// PEM file of the CA that signs client certificates.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Whether clients must present a certificate the CA signed.
+    #[serde(default)]
+    pub client_certs: ClientCerts,
+}
+
+/// What a TLS gateway listener asks of clients' certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCerts {
+    /// SIMPLE: none asked for.
+    #[default]
+    None,
+    /// MUTUAL: required, and verified against the CA.
+    Required,
+    /// OPTIONAL_MUTUAL: verified if presented.
+    Optional,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -594,13 +594,17 @@ impl Gateway {
     pub fn http(self, port: u16, host: &str) -> Self {
         self.listener(port, host, json!({"http": {}}))
     }
-    /// An HTTPS listener (TLS from PEM files).
+    /// An HTTPS listener (TLS from PEM files, Gloo's `files` form).
     pub fn https(self, port: u16, host: &str, cert: &str, key: &str) -> Self {
-        self.listener(
+        self.https_with(
             port,
             host,
-            json!({"http": {}, "tls": {"mode": "SIMPLE", "certFile": cert, "keyFile": key}}),
+            json!({"mode": "SIMPLE", "files": {"serverCert": cert, "privateKey": key}}),
         )
+    }
+    /// An HTTPS listener with this `tls` (e.g. `{"mode": "MUTUAL", "files": {...}}`).
+    pub fn https_with(self, port: u16, host: &str, tls: Value) -> Self {
+        self.listener(port, host, json!({"http": {}, "tls": tls}))
     }
     /// A TCP listener.
     pub fn tcp(self, port: u16, host: &str) -> Self {

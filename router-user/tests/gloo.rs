@@ -5,7 +5,7 @@
 use router_user::{
     compile::{Health, compile},
     config::{Overrides, load_str},
-    plan::Plan,
+    plan::{ClientCerts, Plan},
     testing::*,
 };
 
@@ -561,4 +561,66 @@ fn explain_picks_the_gateway_table_the_proxy_picks() {
     let text =
         router_user::explain::explain(&p, "www.example.com").unwrap_or_else(|e| panic!("{e}"));
     assert!(text.contains("route table payments/catchall"), "{text}");
+}
+
+/// Item 3: a VirtualGateway listener's TLS in Gloo's `files` form, with
+/// MUTUAL and OPTIONAL_MUTUAL (client certificates verified against
+/// `rootCa`); what cannot work is an error naming the listener's line.
+#[test]
+fn gateway_tls_takes_gloos_files_form_and_mutual_modes() {
+    let dir = std::env::temp_dir().join(format!("routerd-gloo-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, "PEM (the loader only checks that it is there)").unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+    let gateway = |tls: &str| {
+        format!(
+            "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {{name: north, namespace: payments}}\nspec:\n  listeners:\n  - port: {{number: 8443}}\n    http: {{}}\n    tls: {tls}\n    allowedRouteTables: [{{host: \"*.example.com\"}}]\n"
+        )
+    };
+    let tls_of = |p: &Plan| p.gateways[0].tls.clone().expect("a TLS listener");
+    for (mode, want) in [
+        ("MUTUAL", ClientCerts::Required),
+        ("OPTIONAL_MUTUAL", ClientCerts::Optional),
+    ] {
+        let t = tls_of(&plan(&gateway(&format!(
+            "{{mode: {mode}, files: {{serverCert: {cert}, privateKey: {key}, rootCa: {ca}}}}}"
+        ))));
+        assert_eq!(
+            (
+                t.cert.as_str(),
+                t.key.as_str(),
+                t.ca.as_deref(),
+                t.client_certs
+            ),
+            (cert.as_str(), key.as_str(), Some(ca.as_str()), want)
+        );
+    }
+    let t = tls_of(&plan(&gateway(&format!(
+        "{{mode: SIMPLE, files: {{serverCert: {cert}, privateKey: {key}}}}}"
+    ))));
+    assert_eq!(t.client_certs, ClientCerts::None);
+    // MUTUAL without the CA to verify clients with.
+    let e = load(&gateway(&format!(
+        "{{mode: MUTUAL, files: {{serverCert: {cert}, privateKey: {key}}}}}"
+    )))
+    .unwrap_err();
+    assert!(
+        e.contains("VirtualGateway payments/north")
+            && e.contains("tls mode Mutual verifies client certificates and needs `files.rootCa`"),
+        "{e}"
+    );
+    // A mode routerd does not serve.
+    let e = load(&gateway(&format!(
+        "{{mode: ISTIO_MUTUAL, files: {{serverCert: {cert}, privateKey: {key}}}}}"
+    )))
+    .unwrap_err();
+    assert!(
+        e.contains("expected SIMPLE, MUTUAL or OPTIONAL_MUTUAL"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

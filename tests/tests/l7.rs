@@ -12,8 +12,16 @@ const NODE_IP: &str = "10.255.255.1";
 
 /// The shop: `api` (subsets v1 and v2), `flaky`, `shadow`; one table with
 /// every kind of HTTP route, the policies on its labelled routes, and a
-/// gateway serving `*.example.test` on 8081 and 8443 (TLS with `tls`).
+/// gateway serving `*.example.test` on 8081 and 8443 (TLS with `tls`:
+/// certificate and key).
 fn config(tls: Option<(&str, &str)>) -> String {
+    config_tls(tls.map(
+        |(cert, key)| json!({"mode": "SIMPLE", "files": {"serverCert": cert, "privateKey": key}}),
+    ))
+}
+
+/// [`config`], with the 8443 listener's `tls` as given.
+fn config_tls(tls: Option<serde_json::Value>) -> String {
     let mut y = Config::new()
         .node("c1", "east", "e1")
         .with(Service::new("c1", "api").named_port("http", 8080, "TCP"));
@@ -86,7 +94,7 @@ fn config(tls: Option<(&str, &str)>) -> String {
         );
     let gateway = Gateway::new("gw").http(8081, "*.example.test");
     let gateway = match tls {
-        Some((cert, key)) => gateway.https(8443, "*.example.test", cert, key),
+        Some(tls) => gateway.https_with(8443, "*.example.test", tls),
         None => gateway.http(8443, "*.example.test"),
     };
     y.with(shop)
@@ -543,6 +551,114 @@ fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
     );
     assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
     assert_eq!(answer(&body).path, "/v1/tls");
+}
+
+/// Issue 14, item 3: MUTUAL and OPTIONAL_MUTUAL (Gloo's `files` with
+/// `rootCa`): curl with a client certificate the CA signed gets through,
+/// one without is refused by MUTUAL and served by OPTIONAL_MUTUAL, one the
+/// CA did not sign is refused by both.
+#[test]
+fn mutual_tls_gateway_listeners_verify_client_certificates() {
+    let l = setup();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "routerd test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let signed = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let dir = &l.world.dir;
+    let path = |name: &str, text: &str| dir.write(name, text).unwrap().display().to_string();
+    let ca_pem = path("mtls/ca.pem", &ca.pem());
+    let (server_cert, server_key) = signed("www.example.test");
+    let (server_cert, server_key) = (
+        path("mtls/server.pem", &server_cert),
+        path("mtls/server-key.pem", &server_key),
+    );
+    let (client_cert, client_key) = signed("client.example.test");
+    let (client_cert, client_key) = (
+        path("mtls/client.pem", &client_cert),
+        path("mtls/client-key.pem", &client_key),
+    );
+    let stranger = rcgen::generate_simple_self_signed(vec!["stranger.test".to_string()]).unwrap();
+    let (stranger_cert, stranger_key) = (
+        path("mtls/stranger.pem", &stranger.cert.pem()),
+        path(
+            "mtls/stranger-key.pem",
+            &stranger.signing_key.serialize_pem(),
+        ),
+    );
+    let resolve_arg = format!("www.example.test:8443:{NODE_IP}");
+    let get = |client: Option<(&str, &str)>| {
+        let mut args = vec![
+            "--cacert",
+            &ca_pem,
+            "--resolve",
+            &resolve_arg,
+            "https://www.example.test:8443/teapot",
+        ];
+        if let Some((c, k)) = client {
+            args.extend(["--cert", c, "--key", k]);
+        }
+        curl(&l.world, &args, false).0
+    };
+    for (mode, without) in [("MUTUAL", 0), ("OPTIONAL_MUTUAL", 418)] {
+        let tls = json!({"mode": mode, "files": {
+            "serverCert": server_cert, "privateKey": server_key, "rootCa": ca_pem}});
+        dir.write("config/all.yaml", &config_tls(Some(tls)))
+            .unwrap();
+        let r = l.routerd.reload().unwrap();
+        assert!(r.is_applied(), "{r}");
+        assert_eq!(
+            get(Some((&client_cert, &client_key))),
+            418,
+            "{mode}: signed client"
+        );
+        assert_eq!(get(None), without, "{mode}: no client certificate");
+        assert_eq!(
+            get(Some((&stranger_cert, &stranger_key))),
+            0,
+            "{mode}: a certificate the CA did not sign"
+        );
+    }
+    // The server's certificate renewed in place (a self-signed one now):
+    // SIGHUP, with nothing else to change, serves it.
+    let renewed = rcgen::generate_simple_self_signed(vec!["www.example.test".into()]).unwrap();
+    dir.write("mtls/server.pem", &renewed.cert.pem()).unwrap();
+    dir.write("mtls/server-key.pem", &renewed.signing_key.serialize_pem())
+        .unwrap();
+    let r = l.routerd.reload().unwrap();
+    assert!(matches!(r, Event::NoChange { .. }), "{r}");
+    let renewed_pem = path("mtls/renewed.pem", &renewed.cert.pem());
+    let (code, ..) = curl(
+        &l.world,
+        &[
+            "--cacert",
+            &renewed_pem,
+            "--cert",
+            &client_cert,
+            "--key",
+            &client_key,
+            "--resolve",
+            &resolve_arg,
+            "https://www.example.test:8443/teapot",
+        ],
+        false,
+    );
+    assert_eq!(code, 418, "the renewed certificate is served");
+    assert_eq!(
+        get(Some((&client_cert, &client_key))),
+        0,
+        "the old CA no longer verifies the server"
+    );
 }
 
 /// Issue 10, item 1 (gateways). Turning a gateway listener's TLS off and on

@@ -353,9 +353,16 @@ impl<'a> Compiler<'a> {
                     port,
                     http: lv.http.is_some(),
                     tls: lv.tls.as_ref().and_then(|t| {
+                        let (cert, key) = t.cert_and_key();
                         Some(TlsFiles {
-                            cert: t.cert_file.clone()?,
-                            key: t.key_file.clone()?,
+                            cert: cert?.clone(),
+                            key: key?.clone(),
+                            ca: t.root_ca().cloned(),
+                            client_certs: match t.mode.unwrap_or_default() {
+                                TlsMode::Mutual => ClientCerts::Required,
+                                TlsMode::OptionalMutual => ClientCerts::Optional,
+                                _ => ClientCerts::None,
+                            },
                         })
                     }),
                     https_redirect: lv.https_redirect.unwrap_or(false),

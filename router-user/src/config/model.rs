@@ -366,10 +366,43 @@ pub struct ListenerTls {
     pub mode: Option<TlsMode>,
     #[serde(default)]
     pub secret_name: Option<String>,
+    /// Gloo's form: PEM files on the node.
+    #[serde(default)]
+    pub files: Option<ListenerTlsFiles>,
+    /// routerd's older spelling of `files.serverCert` / `files.privateKey`.
     #[serde(default)]
     pub cert_file: Option<String>,
     #[serde(default)]
     pub key_file: Option<String>,
+}
+
+/// `tls.files` of a VirtualGateway listener (Gloo's `TLSConfig.files`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerTlsFiles {
+    #[serde(default)]
+    pub server_cert: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// The CA that signs client certificates (MUTUAL, OPTIONAL_MUTUAL).
+    #[serde(default)]
+    pub root_ca: Option<String>,
+}
+
+impl ListenerTls {
+    /// The certificate and key files, from `files` or the older spelling.
+    pub fn cert_and_key(&self) -> (Option<&String>, Option<&String>) {
+        let f = self.files.as_ref();
+        (
+            f.and_then(|f| f.server_cert.as_ref())
+                .or(self.cert_file.as_ref()),
+            f.and_then(|f| f.private_key.as_ref())
+                .or(self.key_file.as_ref()),
+        )
+    }
+    pub fn root_ca(&self) -> Option<&String> {
+        self.files.as_ref().and_then(|f| f.root_ca.as_ref())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -722,23 +722,55 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
             );
         }
         if let Some(t) = &lv.tls {
-            if let Some(m) = t.mode.filter(|m| *m != TlsMode::Simple) {
+            let mode = t.mode.unwrap_or_default();
+            if !matches!(
+                mode,
+                TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual
+            ) {
                 v.err(
                     gw,
                     line,
-                    format!("tls mode {m:?} is not supported; expected SIMPLE"),
+                    format!(
+                        "tls mode {mode:?} is not supported; expected SIMPLE, MUTUAL or \
+                         OPTIONAL_MUTUAL"
+                    ),
                 );
             }
-            match (&t.cert_file, &t.key_file) {
+            if t.files.is_some() && (t.cert_file.is_some() || t.key_file.is_some()) {
+                v.err(
+                    gw,
+                    line,
+                    "tls has both `files` and certFile/keyFile; give `files: {serverCert, \
+                     privateKey, rootCa}` only (certFile and keyFile are routerd's older spelling)",
+                );
+            }
+            match t.cert_and_key() {
                 (Some(c), Some(k)) => {
-                    for f in [c, k] {
+                    for f in [Some(c), Some(k), t.root_ca()].into_iter().flatten() {
                         if !std::path::Path::new(f).is_file() {
-                            v.err(gw, line, format!("tls file {f} does not exist (certFile and keyFile are PEM files on this node)"));
+                            v.err(gw, line, format!("tls file {f} does not exist (the tls files are PEM files on this node)"));
                         }
                     }
                 }
-                _ if t.secret_name.is_some() => v.err(gw, line, "tls secretName is not supported (there is no Kubernetes here): give certFile and keyFile"),
-                _ => v.err(gw, line, "tls needs certFile and keyFile (PEM files on this node)"),
+                _ if t.secret_name.is_some() => v.err(gw, line, "tls secretName is not supported (there is no Kubernetes here): give `files: {serverCert, privateKey}`"),
+                _ => v.err(gw, line, "tls needs `files: {serverCert, privateKey}` (PEM files on this node)"),
+            }
+            match (mode, t.root_ca()) {
+                (TlsMode::Mutual | TlsMode::OptionalMutual, None) => v.err(
+                    gw,
+                    line,
+                    format!(
+                        "tls mode {mode:?} verifies client certificates and needs \
+                         `files.rootCa` (PEM: the CA that signs them)"
+                    ),
+                ),
+                (TlsMode::Simple, Some(_)) => v.notice(
+                    gw,
+                    line,
+                    "tls files.rootCa is only used to verify client certificates (mode MUTUAL \
+                     or OPTIONAL_MUTUAL); with SIMPLE it is ignored",
+                ),
+                _ => {}
             }
         }
     }

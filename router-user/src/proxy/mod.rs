@@ -48,7 +48,7 @@ use upstream::{Body, UpstreamOptions, Upstreams};
 use crate::{
     datapath::{OrigTable, sync::Bound},
     netns::Sockets,
-    plan::{GatewayListener, Plan, ProxyPlan, TlsFiles, select_gateway_host},
+    plan::{ClientCerts, GatewayListener, Plan, ProxyPlan, TlsFiles, select_gateway_host},
 };
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,16 +218,43 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading private key {}", files.key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "certificate {} does not go with key {}",
-                files.cert, files.key
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match (&files.ca, files.client_certs) {
+        (Some(ca), ClientCerts::Required | ClientCerts::Optional) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading the client CA {ca}"))?
+            {
+                roots
+                    .add(c.with_context(|| format!("parsing the client CA {ca}"))?)
+                    .with_context(|| {
+                        format!("the client CA {ca} is not a usable CA certificate")
+                    })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if files.client_certs == ClientCerts::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .with_context(|| format!("verifying client certificates with {ca}"))?,
             )
-        })?;
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "certificate {} does not go with key {}",
+            files.cert, files.key
+        )
+    })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -535,6 +562,28 @@ impl Proxy {
     /// publish the tables. Fails, changing nothing that serves, when a table
     /// does not compile or a port cannot be bound. Returns the east-west
     /// listeners the kernel should point at.
+    /// Read the TLS files of the gateway listeners serving `plan` again
+    /// (SIGHUP with nothing else to change: a certificate renewed in place).
+    /// A listener whose files do not load keeps what it has.
+    pub fn reload_tls(&self, plan: &Plan) {
+        for g in &plan.gateways {
+            let (Some(files), Some(running)) = (&g.tls, self.gateways.get(&g.port)) else {
+                continue;
+            };
+            match load_tls(files) {
+                Ok(tls) => {
+                    running.shape.send_modify(|s| s.tls = Some(tls));
+                }
+                Err(e) => tracing::warn!(
+                    gateway = %g.gateway,
+                    port = g.port,
+                    "could not read the listener's TLS files again ({e:#}); it keeps serving \
+                     the certificate it has"
+                ),
+            }
+        }
+    }
+
     pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
         let routing = Tables::compile(plan)?;
         let want: Vec<SocketAddr> = plan.proxy.listeners();
@@ -560,9 +609,12 @@ impl Proxy {
             };
             if let Some(running) = self.gateways.get(&g.port) {
                 // The same socket serves on; new connections get the new
-                // TLS settings (certificates, on/off) or protocol.
+                // TLS settings (certificates, on/off) or protocol. With TLS
+                // on, the files were read again above: a certificate renewed
+                // in place is served from this reload on.
                 let old = running.shape.borrow();
-                let same = old.http == shape.http && old.files == shape.files;
+                let same =
+                    old.http == shape.http && old.files == shape.files && shape.tls.is_none();
                 drop(old);
                 if !same {
                     running.shape.send_replace(shape);
