@@ -767,6 +767,7 @@ pub struct GatewayHost {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsFiles {
+    /// PEM files (empty with `secret`).
     pub cert: String,
     pub key: String,
     /// PEM file of the CA that signs client certificates.
@@ -775,6 +776,29 @@ pub struct TlsFiles {
     /// Whether clients must present a certificate the CA signed.
     #[serde(default)]
     pub client_certs: ClientCerts,
+    /// The certificate, key and CA from a `kubernetes.io/tls` Secret, as
+    /// PEM text (plan.json keeps them: the state directory is root's only,
+    /// like the config that holds the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretPem>,
+}
+
+/// A TLS Secret's contents.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPem {
+    /// `namespace/name`, for messages.
+    pub name: String,
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretPem({})", self.name)
+    }
 }
 
 /// What a TLS gateway listener asks of clients' certificates.

@@ -227,6 +227,45 @@ impl Docs for Service {
     }
 }
 
+/// A `kubernetes.io/tls` Secret (values as `stringData`: PEM text).
+#[derive(Clone, Debug)]
+pub struct TlsSecret {
+    meta: Meta,
+    data: Map<String, Value>,
+}
+
+impl TlsSecret {
+    pub fn new(name: &str, cert: &str, key: &str) -> Self {
+        let mut data = Map::new();
+        data.insert("tls.crt".into(), cert.into());
+        data.insert("tls.key".into(), key.into());
+        TlsSecret {
+            meta: Meta::new(name),
+            data,
+        }
+    }
+    /// The CA that signs client certificates (`ca.crt`).
+    pub fn ca(mut self, ca: &str) -> Self {
+        self.data.insert("ca.crt".into(), ca.into());
+        self
+    }
+}
+
+impl Object for TlsSecret {
+    fn meta(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+}
+
+impl Docs for TlsSecret {
+    fn docs(&self) -> Vec<Value> {
+        let mut body = Map::new();
+        body.insert("type".into(), "kubernetes.io/tls".into());
+        body.insert("stringData".into(), Value::Object(self.data.clone()));
+        vec![self.meta.doc("v1", "Secret", body)]
+    }
+}
+
 /// An endpoint: address, zone (empty: none given), ready.
 pub type Ep<'a> = (&'a str, &'a str, bool);
 

@@ -624,3 +624,81 @@ fn gateway_tls_takes_gloos_files_form_and_mutual_modes() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Item 3: `tls.secretName` names a `kubernetes.io/tls` Secret given with
+/// the config (in the gateway's namespace): `tls.crt`, `tls.key` and, for
+/// MUTUAL, `ca.crt`, base64 in `data` (or plain in `stringData`).
+#[test]
+fn gateway_tls_secret_name_resolves_to_a_tls_secret() {
+    let gateway = |tls: &str| {
+        format!(
+            "apiVersion: networking.gloo.solo.io/v2\nkind: VirtualGateway\nmetadata: {{name: north, namespace: payments}}\nspec:\n  listeners:\n  - port: {{number: 8443}}\n    http: {{}}\n    tls: {tls}\n    allowedRouteTables: [{{host: \"*.example.com\"}}]\n"
+        )
+    };
+    let secret = |ty: &str, data: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: north-tls, namespace: payments}}\ntype: {ty}\ndata:\n{data}"
+        )
+    };
+    let full = "  tls.crt: Y2VydC1wZW0=\n  tls.key: a2V5LXBlbQ==\n  ca.crt: Y2EtcGVt\n";
+    let p = plan(&format!(
+        "{}{}",
+        gateway("{mode: MUTUAL, secretName: north-tls}"),
+        secret("kubernetes.io/tls", full)
+    ));
+    let t = p.gateways[0].tls.clone().expect("a TLS listener");
+    let s = t.secret.expect("the Secret's contents");
+    assert_eq!(
+        (
+            s.name.as_str(),
+            s.cert.as_str(),
+            s.key.as_str(),
+            s.ca.as_deref()
+        ),
+        ("payments/north-tls", "cert-pem", "key-pem", Some("ca-pem"))
+    );
+    assert_eq!(t.client_certs, ClientCerts::Required);
+    // What cannot work, each an error naming the gateway.
+    for (text, want) in [
+        (
+            gateway("{mode: SIMPLE, secretName: nowhere}"),
+            "there is no Secret nowhere in namespace payments",
+        ),
+        (
+            format!(
+                "{}{}",
+                gateway("{mode: SIMPLE, secretName: north-tls}"),
+                secret("Opaque", full)
+            ),
+            "Secret payments/north-tls has type Opaque, expected kubernetes.io/tls",
+        ),
+        (
+            format!(
+                "{}{}",
+                gateway("{mode: SIMPLE, secretName: north-tls}"),
+                secret(
+                    "kubernetes.io/tls",
+                    "  tls.crt: '%%%'\n  tls.key: a2V5LXBlbQ==\n"
+                )
+            ),
+            "data.tls.crt is not base64",
+        ),
+        (
+            format!(
+                "{}{}",
+                gateway("{mode: MUTUAL, secretName: north-tls}"),
+                secret(
+                    "kubernetes.io/tls",
+                    "  tls.crt: Y2VydC1wZW0=\n  tls.key: a2V5LXBlbQ==\n"
+                )
+            ),
+            "needs `files.rootCa` (PEM: the CA that signs them) or a Secret with ca.crt",
+        ),
+    ] {
+        let e = load(&text).unwrap_err();
+        assert!(
+            e.contains("VirtualGateway payments/north") && e.contains(want),
+            "want {want:?} in:\n{e}"
+        );
+    }
+}

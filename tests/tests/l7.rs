@@ -610,19 +610,20 @@ fn mutual_tls_gateway_listeners_verify_client_certificates() {
         }
         curl(&l.world, &args, false).0
     };
+    // Serve `text`; a client with the signed certificate gets through, one
+    // without gets `without` (0: the handshake fails).
+    let serve = |text: &str, what: &str, without: u16| {
+        dir.write("config/all.yaml", text).unwrap();
+        let r = l.routerd.reload().unwrap();
+        assert!(r.is_applied(), "{r}");
+        let signed = get(Some((&client_cert, &client_key)));
+        assert_eq!(signed, 418, "{what}: signed client");
+        assert_eq!(get(None), without, "{what}: no client certificate");
+    };
     for (mode, without) in [("MUTUAL", 0), ("OPTIONAL_MUTUAL", 418)] {
         let tls = json!({"mode": mode, "files": {
             "serverCert": server_cert, "privateKey": server_key, "rootCa": ca_pem}});
-        dir.write("config/all.yaml", &config_tls(Some(tls)))
-            .unwrap();
-        let r = l.routerd.reload().unwrap();
-        assert!(r.is_applied(), "{r}");
-        assert_eq!(
-            get(Some((&client_cert, &client_key))),
-            418,
-            "{mode}: signed client"
-        );
-        assert_eq!(get(None), without, "{mode}: no client certificate");
+        serve(&config_tls(Some(tls)), mode, without);
         assert_eq!(
             get(Some((&stranger_cert, &stranger_key))),
             0,
@@ -659,6 +660,14 @@ fn mutual_tls_gateway_listeners_verify_client_certificates() {
         0,
         "the old CA no longer verifies the server"
     );
+    // The same from a kubernetes.io/tls Secret given with the config
+    // (`stringData`; the CA for client certificates in ca.crt).
+    let (secret_cert, secret_key) = signed("www.example.test");
+    let secret = Config::new()
+        .with(TlsSecret::new("gw-tls", &secret_cert, &secret_key).ca(&ca.pem()))
+        .yaml();
+    let text = config_tls(Some(json!({"mode": "MUTUAL", "secretName": "gw-tls"})));
+    serve(&format!("{text}---\n{secret}"), "Secret, MUTUAL", 0);
 }
 
 /// Issue 10, item 1 (gateways). Turning a gateway listener's TLS off and on

@@ -353,10 +353,27 @@ impl<'a> Compiler<'a> {
                     port,
                     http: lv.http.is_some(),
                     tls: lv.tls.as_ref().and_then(|t| {
+                        let secret = match &t.secret_name {
+                            Some(name) => {
+                                let s = cfg.secret(gw.namespace(), name)?;
+                                let (cert, key, ca) = s.spec.tls().ok()?;
+                                Some(SecretPem {
+                                    name: format!("{}/{}", s.namespace(), s.name()),
+                                    cert,
+                                    key,
+                                    ca,
+                                })
+                            }
+                            None => None,
+                        };
                         let (cert, key) = t.cert_and_key();
+                        if secret.is_none() && (cert.is_none() || key.is_none()) {
+                            return None;
+                        }
                         Some(TlsFiles {
-                            cert: cert?.clone(),
-                            key: key?.clone(),
+                            cert: cert.cloned().unwrap_or_default(),
+                            key: key.cloned().unwrap_or_default(),
+                            secret,
                             ca: t.root_ca().cloned(),
                             client_certs: match t.mode.unwrap_or_default() {
                                 TlsMode::Mutual => ClientCerts::Required,

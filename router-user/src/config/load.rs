@@ -401,6 +401,25 @@ fn parse_spec<S: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Op
     parse_typed::<Doc<S>>(cx, diags).map(|d| resource(cx, d))
 }
 
+/// A Secret: its fields are at the top level.
+#[expect(
+    clippy::extra_unused_type_parameters,
+    reason = "the kind table calls every parser as `parse::<Spec>`"
+)]
+fn parse_secret<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<SecretBody>> {
+    let d = parse_typed::<SecretDoc>(cx, diags)?;
+    Some(Resource {
+        origin: origin(cx, &d.kind, &d.metadata),
+        line_base: cx.doc.first_line - 1,
+        meta: d.metadata,
+        spec: SecretBody {
+            type_: d.type_,
+            data: d.data,
+            string_data: d.string_data,
+        },
+    })
+}
+
 /// An EndpointSlice: its fields are at the top level.
 #[expect(
     clippy::extra_unused_type_parameters,

@@ -177,6 +177,7 @@ macro_rules! for_each_kind {
             CORSPolicy, GLOO_SECURITY, cors_policies, RoutePolicySpec<CorsConfig>, parse_spec;
             Service, K8S_CORE, services, ServiceSpec, parse_spec;
             EndpointSlice, K8S_DISCOVERY, endpoint_slices, EndpointSliceBody, parse_endpoint_slice;
+            Secret, K8S_CORE, secrets, SecretBody, parse_secret;
             RouterConfig, ROUTER_API, router_configs, RouterConfigSpec, parse_spec;
         }
     };
@@ -290,6 +291,14 @@ pub struct Validated {
 impl Resources {
     pub fn router(&self) -> Option<&Resource<RouterConfigSpec>> {
         self.router_configs.first()
+    }
+
+    /// The Secret `name` in `namespace` (a gateway's `tls.secretName` names
+    /// one in the gateway's namespace, as in Kubernetes).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Resource<SecretBody>> {
+        self.secrets
+            .iter()
+            .find(|s| s.name() == name && s.namespace() == namespace)
     }
 }
 

@@ -735,6 +735,91 @@ pub struct EndpointSliceDoc {
     pub ports: Vec<EndpointPort>,
 }
 
+/// A `v1 Secret`: its fields are at the top level.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Values base64-encoded, as Kubernetes stores them.
+    #[serde(default)]
+    pub data: std::collections::BTreeMap<String, String>,
+    /// Values as they are (Kubernetes merges them into `data`).
+    #[serde(default)]
+    pub string_data: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub immutable: Option<bool>,
+}
+
+/// A Secret's type and values (still encoded: decoded where used, so that
+/// a bad value is an error naming the resource that uses it).
+#[derive(Clone, Default)]
+pub struct SecretBody {
+    pub type_: Option<String>,
+    pub data: std::collections::BTreeMap<String, String>,
+    pub string_data: std::collections::BTreeMap<String, String>,
+}
+
+/// Never prints the values.
+impl std::fmt::Debug for SecretBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretBody")
+            .field("type", &self.type_)
+            .field(
+                "keys",
+                &self
+                    .data
+                    .keys()
+                    .chain(self.string_data.keys())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The Kubernetes type of TLS secrets.
+pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
+
+impl SecretBody {
+    /// The value of `key`, decoded (`stringData` wins, as in Kubernetes).
+    pub fn value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine as _;
+        if let Some(v) = self.string_data.get(key) {
+            return Ok(Some(v.as_bytes().to_vec()));
+        }
+        let Some(v) = self.data.get(key) else {
+            return Ok(None);
+        };
+        let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map(Some)
+            .map_err(|e| format!("data.{key} is not base64 ({e})"))
+    }
+
+    /// The certificate, key and optional CA of a `kubernetes.io/tls` Secret
+    /// (`tls.crt`, `tls.key`, `ca.crt`), as PEM text.
+    pub fn tls(&self) -> Result<(String, String, Option<String>), String> {
+        if self.type_.as_deref() != Some(SECRET_TYPE_TLS) {
+            return Err(format!(
+                "has type {}, expected {SECRET_TYPE_TLS} (with tls.crt and tls.key)",
+                self.type_.as_deref().unwrap_or("Opaque (unset)")
+            ));
+        }
+        let text = |key: &str| -> Result<Option<String>, String> {
+            self.value(key)?
+                .map(|b| String::from_utf8(b).map_err(|_| format!("{key} is not PEM text")))
+                .transpose()
+        };
+        let cert = text("tls.crt")?.ok_or("has no tls.crt")?;
+        let key = text("tls.key")?.ok_or("has no tls.key")?;
+        Ok((cert, key, text("ca.crt")?))
+    }
+}
+
 // ----------------------------------------------------------------------------
 // routerd.io/v1alpha1
 // ----------------------------------------------------------------------------

@@ -744,27 +744,64 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
                      privateKey, rootCa}` only (certFile and keyFile are routerd's older spelling)",
                 );
             }
-            match t.cert_and_key() {
-                (Some(c), Some(k)) => {
-                    for f in [Some(c), Some(k), t.root_ca()].into_iter().flatten() {
+            if let Some(f) = t.root_ca()
+                && !std::path::Path::new(f).is_file()
+            {
+                v.err(
+                    gw,
+                    line,
+                    format!(
+                        "tls file {f} does not exist (the tls files are PEM files on this node)"
+                    ),
+                );
+            }
+            let mut secret_ca = false;
+            match (t.cert_and_key(), &t.secret_name) {
+                ((Some(_), _) | (_, Some(_)), Some(_)) => v.err(
+                    gw,
+                    line,
+                    "tls has both secretName and certificate files; give one of them",
+                ),
+                ((Some(c), Some(k)), None) => {
+                    for f in [c, k] {
                         if !std::path::Path::new(f).is_file() {
                             v.err(gw, line, format!("tls file {f} does not exist (the tls files are PEM files on this node)"));
                         }
                     }
                 }
-                _ if t.secret_name.is_some() => v.err(gw, line, "tls secretName is not supported (there is no Kubernetes here): give `files: {serverCert, privateKey}`"),
-                _ => v.err(gw, line, "tls needs `files: {serverCert, privateKey}` (PEM files on this node)"),
+                (_, Some(name)) => match v.cfg.secret(gw.namespace(), name) {
+                    None => v.err(
+                        gw,
+                        line,
+                        format!(
+                            "tls secretName {name}: there is no Secret {name} in namespace {}; \
+                             give it with the config, like Services (`apiVersion: v1`, `kind: \
+                             Secret`, `type: kubernetes.io/tls`, data `tls.crt`, `tls.key`, \
+                             optional `ca.crt`), or use `files: {{serverCert, privateKey}}`",
+                            gw.namespace()
+                        ),
+                    ),
+                    Some(s) => match s.spec.tls() {
+                        Ok((_, _, ca)) => secret_ca = ca.is_some(),
+                        Err(why) => v.err(
+                            gw,
+                            line,
+                            format!("tls secretName {name}: Secret {} {why}", s.display()),
+                        ),
+                    },
+                },
+                _ => v.err(gw, line, "tls needs `files: {serverCert, privateKey}` (PEM files on this node) or `secretName` (a kubernetes.io/tls Secret given with the config)"),
             }
-            match (mode, t.root_ca()) {
-                (TlsMode::Mutual | TlsMode::OptionalMutual, None) => v.err(
+            match (mode, t.root_ca().is_some() || secret_ca) {
+                (TlsMode::Mutual | TlsMode::OptionalMutual, false) => v.err(
                     gw,
                     line,
                     format!(
                         "tls mode {mode:?} verifies client certificates and needs \
-                         `files.rootCa` (PEM: the CA that signs them)"
+                         `files.rootCa` (PEM: the CA that signs them) or a Secret with ca.crt"
                     ),
                 ),
-                (TlsMode::Simple, Some(_)) => v.notice(
+                (TlsMode::Simple, true) => v.notice(
                     gw,
                     line,
                     "tls files.rootCa is only used to verify client certificates (mode MUTUAL \

@@ -48,7 +48,9 @@ use upstream::{Body, UpstreamOptions, Upstreams};
 use crate::{
     datapath::{OrigTable, sync::Bound},
     netns::Sockets,
-    plan::{ClientCerts, GatewayListener, Plan, ProxyPlan, TlsFiles, select_gateway_host},
+    plan::{
+        ClientCerts, GatewayListener, Plan, ProxyPlan, SecretPem, TlsFiles, select_gateway_host,
+    },
 };
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -211,26 +213,62 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
 
 fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .with_context(|| format!("reading certificate {}", files.cert))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing certificate {}", files.cert))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reading private key {}", files.key))?;
+    // From a Secret (PEM text) or from files; what messages call them.
+    let (certs, key, cert_name, key_name) = match &files.secret {
+        Some(s) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(s.cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("parsing tls.crt of Secret {}", s.name))?;
+            let key = PrivateKeyDer::from_pem_slice(s.key.as_bytes())
+                .with_context(|| format!("parsing tls.key of Secret {}", s.name))?;
+            let name = format!("Secret {}", s.name);
+            (certs, key, name.clone(), name)
+        }
+        None => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .with_context(|| format!("reading certificate {}", files.cert))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing certificate {}", files.cert))?;
+            let key = PrivateKeyDer::from_pem_file(&files.key)
+                .with_context(|| format!("reading private key {}", files.key))?;
+            (certs, key, files.cert.clone(), files.key.clone())
+        }
+    };
+    // The client CA: files.rootCa, else the Secret's ca.crt.
+    let ca: Option<(Vec<CertificateDer<'static>>, String)> = match (&files.ca, &files.secret) {
+        (Some(path), _) => Some((
+            CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading the client CA {path}"))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing the client CA {path}"))?,
+            path.clone(),
+        )),
+        (
+            None,
+            Some(SecretPem {
+                ca: Some(pem),
+                name,
+                ..
+            }),
+        ) => Some((
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing ca.crt of Secret {name}"))?,
+            format!("ca.crt of Secret {name}"),
+        )),
+        _ => None,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match (&files.ca, files.client_certs) {
-        (Some(ca), ClientCerts::Required | ClientCerts::Optional) => {
+    let builder = match (ca, files.client_certs) {
+        (Some((ca_certs, ca)), ClientCerts::Required | ClientCerts::Optional) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading the client CA {ca}"))?
-            {
-                roots
-                    .add(c.with_context(|| format!("parsing the client CA {ca}"))?)
-                    .with_context(|| {
-                        format!("the client CA {ca} is not a usable CA certificate")
-                    })?;
+            for c in ca_certs {
+                roots.add(c).with_context(|| {
+                    format!("the client CA {ca} is not a usable CA certificate")
+                })?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -249,12 +287,9 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_single_cert(certs, key).with_context(|| {
-        format!(
-            "certificate {} does not go with key {}",
-            files.cert, files.key
-        )
-    })?;
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .with_context(|| format!("certificate {cert_name} does not go with key {key_name}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
