@@ -178,6 +178,91 @@ fn spawn_logger(dp: &mut Datapath) {
     }
 }
 
+/// Watches the directories of the gateway listeners' TLS files (a
+/// certificate renewed in place, by an editor or a tool that renames a new
+/// file over the old one, is served without a reload).
+struct TlsWatch {
+    watcher: Option<notify::RecommendedWatcher>,
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeSet<PathBuf>,
+    tx: mpsc::UnboundedSender<Vec<PathBuf>>,
+    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+}
+
+impl TlsWatch {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        TlsWatch {
+            watcher: None,
+            dirs: BTreeSet::new(),
+            files: BTreeSet::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Watch the TLS files `plan`'s gateway listeners read.
+    fn follow(&mut self, plan: &Plan) {
+        self.files = plan
+            .gateways
+            .iter()
+            .filter_map(|g| g.tls.as_ref())
+            .flat_map(|t| [Some(&t.cert), Some(&t.key), t.ca.as_ref()])
+            .flatten()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let dirs: BTreeSet<PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        if dirs == self.dirs {
+            return;
+        }
+        self.watcher = None;
+        self.dirs = dirs;
+        if self.dirs.is_empty() {
+            return;
+        }
+        use notify::{RecursiveMode, Watcher};
+        let tx = self.tx.clone();
+        let made = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev
+                && !ev.kind.is_access()
+            {
+                let _ = tx.send(ev.paths);
+            }
+        });
+        let mut w = match made {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch the TLS files ({e}); SIGHUP reads them again");
+                return;
+            }
+        };
+        for d in &self.dirs {
+            if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
+                tracing::warn!(
+                    dir = %d.display(),
+                    "cannot watch the TLS files there ({e}); SIGHUP reads them again"
+                );
+            }
+        }
+        self.watcher = Some(w);
+    }
+
+    /// The next change of a watched TLS file.
+    async fn changed(&mut self) {
+        loop {
+            let paths = self.rx.recv().await.unwrap_or_default();
+            if paths.iter().any(|p| self.files.contains(p)) {
+                return;
+            }
+        }
+    }
+}
+
 /// How long a burst of file events may be quiet before it is read (an
 /// editor's several writes, a tool writing many files), and the longest a
 /// burst is waited for (under sustained churn, a batch every this often:
@@ -352,6 +437,8 @@ pub struct Daemon {
     avoid: watch::Receiver<BTreeSet<SocketAddr>>,
     changes: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// The gateway listeners' TLS files (followed with `--watch` only).
+    tls: TlsWatch,
     beat: (Arc<AtomicBool>, std::thread::JoinHandle<()>),
 }
 
@@ -523,6 +610,10 @@ impl Daemon {
         } else {
             (None, mpsc::unbounded_channel().1)
         };
+        let mut tls = TlsWatch::new();
+        if opts.watch {
+            tls.follow(control.plan().unwrap_or(&serving_plan));
+        }
         Event::Ready {
             startup: startup.to_string(),
             compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -538,6 +629,7 @@ impl Daemon {
             avoid,
             changes,
             _watcher: watcher,
+            tls,
             beat: (stop_beat, beat),
         })
     }
@@ -560,6 +652,17 @@ impl Daemon {
                 Some(paths) = self.changes.recv() => {
                     self.note_paths(paths);
                     Trigger::FileChange
+                }
+                () = self.tls.changed() => {
+                    // A tool may write the certificate, then the key: let
+                    // the burst pass, then read both.
+                    tokio::time::sleep(FILE_DEBOUNCE_MAX).await;
+                    while self.tls.rx.try_recv().is_ok() {}
+                    if let Some(plan) = self.control.plan() {
+                        tracing::info!("a gateway listener's TLS file changed: read again");
+                        self.serving.proxy.reload_tls(plan);
+                    }
+                    continue;
                 }
                 _ = signals.term.recv() => break,
                 _ = signals.int.recv() => break,
@@ -661,6 +764,9 @@ impl Daemon {
                     close_removed(&self.serving.socks, gone, &self.serving.cgroup);
                 }
                 applied_event(why, &self.serving, &plan, &report, phases, t);
+                if self.opts.watch {
+                    self.tls.follow(&plan);
+                }
             }
             Err(e) => {
                 // The maps may hold some of the new plan: read them back and

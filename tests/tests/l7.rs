@@ -186,6 +186,11 @@ struct L7 {
 }
 
 fn setup() -> L7 {
+    setup_args(&["--no-watch"])
+}
+
+/// [`setup`], routerd run with `args`.
+fn setup_args(args: &[&str]) -> L7 {
     require_root();
     let world = World::new(&[
         Listen::tcp("10.1.0.1:8080", "v1"),
@@ -213,7 +218,7 @@ fn setup() -> L7 {
         )
         .unwrap();
     let cfg = world.dir.path.join("config");
-    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, args).unwrap();
     L7 {
         world,
         routerd,
@@ -668,6 +673,43 @@ fn mutual_tls_gateway_listeners_verify_client_certificates() {
         .yaml();
     let text = config_tls(Some(json!({"mode": "MUTUAL", "secretName": "gw-tls"})));
     serve(&format!("{text}---\n{secret}"), "Secret, MUTUAL", 0);
+}
+
+/// Issue 14, item 3: with the config watched, a certificate renewed in
+/// place (a new file renamed over the old one, as certificate tools do) is
+/// served without a reload.
+#[test]
+fn a_renewed_certificate_file_is_served_without_a_reload() {
+    let l = setup_args(&[]);
+    let renewed = rcgen::generate_simple_self_signed(vec!["www.example.test".into()]).unwrap();
+    let dir = &l.world.dir;
+    let renewed_ca = dir.write("renewed.pem", &renewed.cert.pem()).unwrap();
+    for (file, text) in [
+        (&l.key, renewed.signing_key.serialize_pem()),
+        (&l.ca, renewed.cert.pem()),
+    ] {
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, file).unwrap();
+    }
+    let args = [
+        "--cacert",
+        &renewed_ca.display().to_string(),
+        "--resolve",
+        &format!("www.example.test:8443:{NODE_IP}"),
+        "https://www.example.test:8443/teapot",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = std::time::Instant::now();
+    while curl(&l.world, &args, false).0 != 418 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the renewed certificate is not served; routerd logged:\n{}",
+            l.routerd.logs().join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Issue 10, item 1 (gateways). Turning a gateway listener's TLS off and on
