@@ -198,6 +198,14 @@ fn bump_svc(id: u32, f: impl FnOnce(&mut SvcStats)) {
     }
 }
 
+#[inline(always)]
+fn bump_backend(id: u32, f: impl FnOnce(&mut BackendStats)) {
+    if let Some(p) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU value, valid for the duration of the program.
+        f(unsafe { &mut *p });
+    }
+}
+
 /// Is the daemon's heartbeat fresh?
 #[inline(always)]
 fn daemon_alive() -> bool {
@@ -362,14 +370,10 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         Kind::Connect => s.connects += 1,
         Kind::Datagram => s.datagrams += 1,
     });
-    if let Some(p) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU value.
-        let s = unsafe { &mut *p };
-        match kind {
-            Kind::Connect => s.connects += 1,
-            Kind::Datagram => s.datagrams += 1,
-        }
-    }
+    bump_backend(backend_id, |s| match kind {
+        Kind::Connect => s.connects += 1,
+        Kind::Datagram => s.datagrams += 1,
+    });
     Verdict::Rewrite(Target {
         addr: backend.addr,
         port: backend.port,
@@ -404,10 +408,7 @@ fn ejected(id: u32) -> bool {
 /// whole tier is out).
 #[inline(always)]
 fn avoid_ejected(svc_id: u32, base: u32, count: u32, first: (u32, Backend)) -> (u32, Backend) {
-    if let Some(p) = BACKEND_STATS.get_ptr_mut(first.0) {
-        // SAFETY: per-CPU value.
-        unsafe { (*p).ejected_skips += 1 };
-    }
+    bump_backend(first.0, |s| s.ejected_skips += 1);
     for _ in 0..EJECT_PROBES {
         // SAFETY: helper call.
         let pick = unsafe { bpf_get_prandom_u32() };
@@ -776,10 +777,7 @@ fn on_state(ctx: &SockOpsContext) {
     } else {
         return;
     };
-    if let Some(mut rev) = revnat(ctx) {
-        // SAFETY: see `revnat`.
-        failed(unsafe { rev.as_mut() }, reason);
-    }
+    failed(ctx, reason);
 }
 
 /// A retransmission timeout while the SYN is out: the backend does not
@@ -790,16 +788,16 @@ fn on_rto(ctx: &SockOpsContext) {
     if unsafe { core::ptr::read_volatile(&(*ctx.ops).state) } != TCP_SYN_SENT {
         return;
     }
-    if let Some(mut rev) = revnat(ctx) {
-        // SAFETY: see `revnat`.
-        failed(unsafe { rev.as_mut() }, FAIL_SYN_TIMEOUT);
-    }
+    failed(ctx, FAIL_SYN_TIMEOUT);
 }
 
 /// Count one failed handshake of the connection's backend (once per
 /// connection); at the backend's threshold, eject it and tell the daemon.
 #[inline(always)]
-fn failed(rev: &mut RevNat, reason: u8) {
+fn failed(ctx: &SockOpsContext, reason: u8) {
+    let Some(mut rev) = revnat(ctx) else { return };
+    // SAFETY: see `revnat`.
+    let rev = unsafe { rev.as_mut() };
     if rev.flags & (REV_F_WATCH | REV_F_FAILED) != REV_F_WATCH {
         return;
     }
@@ -814,10 +812,7 @@ fn failed(rev: &mut RevNat, reason: u8) {
     if b.eject_after == 0 || b.port != rev.backend_port {
         return;
     }
-    if let Some(p) = BACKEND_STATS.get_ptr_mut(id) {
-        // SAFETY: per-CPU value.
-        unsafe { (*p).failures += 1 };
-    }
+    bump_backend(id, |s| s.failures += 1);
     let Some(h) = BACKEND_HEALTH.get_ptr_mut(id) else {
         return;
     };

@@ -121,6 +121,23 @@ fn log_notices(plan: &Plan) {
     }
 }
 
+/// A watcher that sends the paths of every change it sees (an empty list
+/// when events were lost: look at everything).
+fn path_watcher(
+    tx: mpsc::UnboundedSender<Vec<PathBuf>>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+        Ok(ev) if !ev.kind.is_access() => {
+            let _ = tx.send(ev.paths);
+        }
+        Ok(_) => {}
+        // Events were lost (a queue overflow): look at everything.
+        Err(_) => {
+            let _ = tx.send(Vec::new());
+        }
+    })
+}
+
 /// Spawn a watcher that sends the paths of every change under `path`.
 fn watch(
     path: &Path,
@@ -130,16 +147,7 @@ fn watch(
 )> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
-        Ok(ev) if !ev.kind.is_access() => {
-            let _ = tx.send(ev.paths);
-        }
-        Ok(_) => {}
-        // Events were lost (a queue overflow): look at everything.
-        Err(_) => {
-            let _ = tx.send(Vec::new());
-        }
-    })?;
+    let mut w = path_watcher(tx)?;
     // Watch the parent of a file: editors replace files by rename.
     let target = if path.is_file() {
         path.parent().unwrap_or(Path::new("."))
@@ -226,15 +234,7 @@ impl TlsWatch {
             return;
         }
         use notify::{RecursiveMode, Watcher};
-        let tx = self.tx.clone();
-        let made = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev
-                && !ev.kind.is_access()
-            {
-                let _ = tx.send(ev.paths);
-            }
-        });
-        let mut w = match made {
+        let mut w = match path_watcher(self.tx.clone()) {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("cannot watch the TLS files ({e}); SIGHUP reads them again");
@@ -252,11 +252,11 @@ impl TlsWatch {
         self.watcher = Some(w);
     }
 
-    /// The next change of a watched TLS file.
+    /// The next change of a watched TLS file (or events lost).
     async fn changed(&mut self) {
         loop {
             let paths = self.rx.recv().await.unwrap_or_default();
-            if paths.iter().any(|p| self.files.contains(p)) {
+            if paths.is_empty() || paths.iter().any(|p| self.files.contains(p)) {
                 return;
             }
         }

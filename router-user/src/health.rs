@@ -115,6 +115,8 @@ pub struct Active {
     pub healthy: bool,
     ok_streak: u32,
     fail_streak: u32,
+    /// Why it is unhealthy (set by the caller when it turns so).
+    pub why: String,
 }
 
 impl Default for Active {
@@ -123,6 +125,7 @@ impl Default for Active {
             healthy: true,
             ok_streak: 0,
             fail_streak: 0,
+            why: String::new(),
         }
     }
 }
@@ -201,6 +204,12 @@ impl Ejector {
         self.eps.retain(|ep, _| watched.contains(ep));
     }
 
+    /// The plan that decides for `ep`: the first (in label order) that
+    /// watches it.
+    fn plan_of(&self, ep: &SocketAddr) -> Option<&OutlierPlan> {
+        self.plans.iter().find(|p| p.endpoints.contains(ep))
+    }
+
     fn ejected_in(&self, p: &OutlierPlan) -> usize {
         p.endpoints
             .iter()
@@ -216,11 +225,7 @@ impl Ejector {
     pub fn record(&mut self, ep: SocketAddr, o: Outcome, now_ms: u64) -> Option<Ejection> {
         // The first destination (in label order) that watches `ep` decides
         // the thresholds; every destination holding it must have room.
-        let plan = self
-            .plans
-            .iter()
-            .find(|p| p.endpoints.contains(&ep))?
-            .clone();
+        let plan = self.plan_of(&ep)?.clone();
         let s = self.eps.entry(ep).or_default();
         match o {
             Outcome::Ok => {
@@ -259,12 +264,7 @@ impl Ejector {
     /// The kernel ejected `ep` (`reason`: what it saw): confirm it as if
     /// the proxy had seen the failures, or say why not.
     pub fn kernel_ejected(&mut self, ep: SocketAddr, reason: String, now_ms: u64) -> KernelVerdict {
-        let Some(plan) = self
-            .plans
-            .iter()
-            .find(|p| p.endpoints.contains(&ep))
-            .cloned()
-        else {
+        let Some(plan) = self.plan_of(&ep).cloned() else {
             return KernelVerdict::Lift("no OutlierDetectionPolicy watches it any more".into());
         };
         let s = self.eps.entry(ep).or_default();
@@ -321,12 +321,7 @@ impl Ejector {
     /// endpoints that stayed in for a whole base ejection time. Returns the
     /// endpoints brought back.
     pub fn sweep(&mut self, now_ms: u64) -> Vec<SocketAddr> {
-        let base = |ep: &SocketAddr| {
-            self.plans
-                .iter()
-                .find(|p| p.endpoints.contains(ep))
-                .map_or(0, |p| p.base_ejection_ms)
-        };
+        let base = |ep: &SocketAddr| self.plan_of(ep).map_or(0, |p| p.base_ejection_ms);
         let mut back = Vec::new();
         let bases: HashMap<SocketAddr, u64> = self.eps.keys().map(|e| (*e, base(e))).collect();
         for (ep, s) in self.eps.iter_mut() {
@@ -462,18 +457,13 @@ pub async fn run(
         mpsc::unbounded_channel::<(SocketAddr, Result<(), ProbeError>)>();
     let mut tasks: BTreeMap<SocketAddr, (HealthCheckPlan, JoinHandle<()>)> = BTreeMap::new();
     let mut active: BTreeMap<SocketAddr, Active> = BTreeMap::new();
-    // Why each endpoint failed its active checks (while it is unhealthy).
-    let mut check_why: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut ejector = Ejector::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(3600));
     let mut recorded = crate::state::Avoided::new();
-    let mut publish = |active: &BTreeMap<SocketAddr, Active>,
-                       check_why: &BTreeMap<SocketAddr, String>,
-                       ejector: &Ejector| {
+    let mut publish = |active: &BTreeMap<SocketAddr, Active>, ejector: &Ejector| {
         let mut why = ejector.ejected_why();
-        for (e, _) in active.iter().filter(|(_, a)| !a.healthy) {
-            why.entry(*e)
-                .or_insert_with(|| check_why.get(e).cloned().unwrap_or_default());
+        for (e, a) in active.iter().filter(|(_, a)| !a.healthy) {
+            why.entry(*e).or_insert_with(|| a.why.clone());
         }
         let set: BTreeSet<SocketAddr> = why.keys().copied().collect();
         avoid.send_if_modified(|cur| {
@@ -505,7 +495,6 @@ pub async fn run(
                     keep
                 });
                 active.retain(|ep, _| want.contains_key(ep));
-                check_why.retain(|ep, _| want.contains_key(ep));
                 for (ep, c) in want {
                     if tasks.contains_key(&ep) {
                         continue;
@@ -532,7 +521,7 @@ pub async fn run(
                 if let Some(i) = ejector.interval() {
                     sweep = tokio::time::interval_at(tokio::time::Instant::now() + i, i);
                 }
-                publish(&active, &check_why, &ejector);
+                publish(&active, &ejector);
             }
             Some((ep, r)) = results.recv() => {
                 let Some((plan, _)) = tasks.get(&ep) else { continue };
@@ -547,14 +536,13 @@ pub async fn run(
                 let a = active.entry(ep).or_default();
                 if a.observe(r.is_ok(), plan.unhealthy_threshold, plan.healthy_threshold) {
                     if a.healthy {
-                        check_why.remove(&ep);
                         Event::EndpointHealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.healthy_threshold }.emit();
                     } else {
                         let last_error = r.err().unwrap_or_default();
-                        check_why.insert(ep, format!("{} checks in a row failed ({}): {last_error}", plan.unhealthy_threshold, plan.policy));
+                        a.why = format!("{} checks in a row failed ({}): {last_error}", plan.unhealthy_threshold, plan.policy);
                         Event::EndpointUnhealthy { endpoint: ep, policy: plan.policy.to_string(), threshold: plan.unhealthy_threshold, last_error }.emit();
                     }
-                    publish(&active, &check_why, &ejector);
+                    publish(&active, &ejector);
                 }
             }
             batch = kernel_ejections(&mut kernel) => {
@@ -579,13 +567,13 @@ pub async fn run(
                     }
                 }
                 if changed {
-                    publish(&active, &check_why, &ejector);
+                    publish(&active, &ejector);
                 }
             }
             Some((ep, o)) = outcomes.recv() => {
                 if let Some(e) = ejector.record(ep, o, now_ms()) {
                     Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
-                    publish(&active, &check_why, &ejector);
+                    publish(&active, &ejector);
                 }
             }
             _ = sweep.tick() => {
@@ -594,7 +582,7 @@ pub async fn run(
                     for ep in &back {
                         Event::EjectionOver { endpoint: *ep }.emit();
                     }
-                    publish(&active, &check_why, &ejector);
+                    publish(&active, &ejector);
                 }
             }
         }

@@ -182,6 +182,14 @@ impl Held {
             eject_ms: b.eject_ms,
         }
     }
+    /// With the kernel's ejection threshold of `e` (none: not watched).
+    fn eject(self, e: Option<Eject>) -> Self {
+        Held {
+            eject_after: e.map_or(0, |e| e.after),
+            eject_ms: e.map_or(0, |e| e.ms),
+            ..self
+        }
+    }
     /// The map value again.
     fn backend(&self, addr: SocketAddr) -> Backend {
         let (words, family) = ip_words(addr.ip());
@@ -674,27 +682,25 @@ impl<'m> Writer<'m> {
         clusters: &[String],
         localities: &[Locality],
     ) -> Result<u32> {
-        let (addr, family) = ip_words(b.addr.ip());
-        let eject = self.mirror.eject.get(&b.addr).copied();
-        let value = Backend {
-            addr,
-            port: port_be(b.addr.port()),
-            family,
-            _pad: 0,
-            cluster_id: index_of(clusters, &*b.cluster),
-            locality_id: index_of(localities, &*b.locality),
-            eject_after: eject.map_or(0, |e| e.after),
-            eject_ms: eject.map_or(0, |e| e.ms),
+        let want = |id| {
+            Held {
+                id,
+                cluster_id: index_of(clusters, &*b.cluster),
+                locality_id: index_of(localities, &*b.locality),
+                eject_after: 0,
+                eject_ms: 0,
+            }
+            .eject(self.mirror.eject.get(&b.addr).copied())
         };
         match self.mirror.backends.get(&b.addr).copied() {
             Some(old) => {
-                let id = old.id;
-                if old != Held::of(id, &value) {
-                    self.backends.push(id, value);
+                let new = want(old.id);
+                if old != new {
+                    self.backends.push(new.id, new.backend(b.addr));
                     self.r.backends_changed += 1;
-                    self.mirror.backends.insert(b.addr, Held::of(id, &value));
+                    self.mirror.backends.insert(b.addr, new);
                 }
-                Ok(id)
+                Ok(new.id)
             }
             None => {
                 let id = lowest_free(
@@ -718,10 +724,11 @@ impl<'m> Writer<'m> {
                         .set(id, BackendHealth::default(), 0)?;
                     self.r.writes += 2;
                 }
-                self.backends.push(id, value);
+                let new = want(id);
+                self.backends.push(id, new.backend(b.addr));
                 self.r.backends_added += 1;
                 self.mirror.backend_ids.insert(id);
-                self.mirror.backends.insert(b.addr, Held::of(id, &value));
+                self.mirror.backends.insert(b.addr, new);
                 Ok(id)
             }
         }
@@ -748,12 +755,7 @@ impl<'m> Writer<'m> {
             let Some(old) = self.mirror.backends.get(&a).copied() else {
                 continue;
             };
-            let e = self.mirror.eject.get(&a).copied();
-            let new = Held {
-                eject_after: e.map_or(0, |e| e.after),
-                eject_ms: e.map_or(0, |e| e.ms),
-                ..old
-            };
+            let new = old.eject(self.mirror.eject.get(&a).copied());
             if new != old {
                 self.backends.push(new.id, new.backend(a));
                 self.r.backends_changed += 1;

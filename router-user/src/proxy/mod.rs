@@ -211,64 +211,65 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// PEM text and what messages call it.
+struct Pem {
+    bytes: Vec<u8>,
+    what: String,
+}
+
+impl Pem {
+    fn file(path: &str, what: &str) -> Result<Pem> {
+        Ok(Pem {
+            bytes: std::fs::read(path).with_context(|| format!("reading {what} {path}"))?,
+            what: format!("{what} {path}"),
+        })
+    }
+    fn secret(text: &str, key: &str, s: &SecretPem) -> Pem {
+        Pem {
+            bytes: text.as_bytes().to_vec(),
+            what: format!("{key} of Secret {}", s.name),
+        }
+    }
+    fn certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {}", self.what))
+    }
+}
+
 fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    // From a Secret (PEM text) or from files; what messages call them.
-    let (certs, key, cert_name, key_name) = match &files.secret {
-        Some(s) => {
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(s.cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("parsing tls.crt of Secret {}", s.name))?;
-            let key = PrivateKeyDer::from_pem_slice(s.key.as_bytes())
-                .with_context(|| format!("parsing tls.key of Secret {}", s.name))?;
-            let name = format!("Secret {}", s.name);
-            (certs, key, name.clone(), name)
-        }
-        None => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-                .with_context(|| format!("reading certificate {}", files.cert))?
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("parsing certificate {}", files.cert))?;
-            let key = PrivateKeyDer::from_pem_file(&files.key)
-                .with_context(|| format!("reading private key {}", files.key))?;
-            (certs, key, files.cert.clone(), files.key.clone())
-        }
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    // From a Secret (PEM text) or from files.
+    let (cert, key) = match &files.secret {
+        Some(s) => (
+            Pem::secret(&s.cert, "tls.crt", s),
+            Pem::secret(&s.key, "tls.key", s),
+        ),
+        None => (
+            Pem::file(&files.cert, "certificate")?,
+            Pem::file(&files.key, "private key")?,
+        ),
     };
     // The client CA: files.rootCa, else the Secret's ca.crt.
-    let ca: Option<(Vec<CertificateDer<'static>>, String)> = match (&files.ca, &files.secret) {
-        (Some(path), _) => Some((
-            CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading the client CA {path}"))?
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("parsing the client CA {path}"))?,
-            path.clone(),
-        )),
-        (
-            None,
-            Some(SecretPem {
-                ca: Some(pem),
-                name,
-                ..
-            }),
-        ) => Some((
-            CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("parsing ca.crt of Secret {name}"))?,
-            format!("ca.crt of Secret {name}"),
-        )),
+    let ca = match (&files.ca, &files.secret) {
+        (Some(path), _) => Some(Pem::file(path, "the client CA")?),
+        (None, Some(s)) => s.ca.as_deref().map(|ca| Pem::secret(ca, "ca.crt", s)),
         _ => None,
     };
+    let certs = cert.certs()?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key.bytes)
+        .with_context(|| format!("parsing {}", key.what))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match (ca, files.client_certs) {
-        (Some((ca_certs, ca)), ClientCerts::Required | ClientCerts::Optional) => {
+        (Some(ca), ClientCerts::Required | ClientCerts::Optional) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in ca_certs {
-                roots.add(c).with_context(|| {
-                    format!("the client CA {ca} is not a usable CA certificate")
-                })?;
+            for c in ca.certs()? {
+                roots
+                    .add(c)
+                    .with_context(|| format!("{} is not a usable CA certificate", ca.what))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -282,14 +283,14 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
             builder.with_client_cert_verifier(
                 verifier
                     .build()
-                    .with_context(|| format!("verifying client certificates with {ca}"))?,
+                    .with_context(|| format!("verifying client certificates with {}", ca.what))?,
             )
         }
         _ => builder.with_no_client_auth(),
     };
     let mut cfg = builder
-        .with_single_cert(certs, key)
-        .with_context(|| format!("certificate {cert_name} does not go with key {key_name}"))?;
+        .with_single_cert(certs, private_key)
+        .with_context(|| format!("{} does not go with {}", cert.what, key.what))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
