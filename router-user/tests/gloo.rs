@@ -702,3 +702,129 @@ fn gateway_tls_secret_name_resolves_to_a_tls_secret() {
         );
     }
 }
+
+/// A route table for `shop.mesh` with one labelled route (`route: api`)
+/// and `policy`, a route policy document, after it.
+fn shop_with(policy: &str) -> String {
+    format!(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: shop, namespace: payments}}
+spec:
+  hosts: [shop.mesh]
+  http:
+  - name: api
+    labels: {{route: api}}
+    matchers: [{{uri: {{prefix: /api}}}}]
+    forwardTo:
+      destinations: [{{ref: {{name: payments}}, port: {{number: 80}}}}]
+---
+{policy}"#
+    )
+}
+
+/// Item 2: Gloo's RetryPolicy: `retryOn` a comma-separated string whose
+/// HTTP status codes are retried besides the named conditions, `attempts`
+/// 2 when omitted, `retryRemoteLocalities` parsed (a notice: retries stay
+/// in the serving tier); routerd's old `retriableStatusCodes` (not Gloo's)
+/// is an error that says where the codes go.
+#[test]
+fn retry_on_takes_gloos_string_with_status_codes() {
+    let retry = |retries: &str| {
+        shop_with(&format!(
+            "apiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\n\
+             metadata: {{name: retry, namespace: payments}}\nspec:\n  \
+             applyToRoutes: [{{route: {{labels: {{route: api}}}}}}]\n  \
+             config:\n    retries: {retries}\n"
+        ))
+    };
+    let p = plan(&retry(
+        "{retryOn: \"5xx,connect-failure,429,retriable-4xx\", perTryTimeout: 1s}",
+    ));
+    let l7 = p.l7.iter().find(|s| s.host == "shop.mesh").expect("shop.mesh");
+    let r = l7.routes[0].policies.retry.as_ref().expect("retry policy");
+    assert_eq!(r.attempts, 2, "Gloo's default: 2 retries");
+    assert!(r.on_5xx && r.on_connect_failure && !r.on_reset);
+    assert_eq!(r.status_codes, vec![409, 429]);
+    assert_eq!(r.per_try_timeout_ms, Some(1000));
+
+    let e = load(&retry("{attempts: 1, retriableStatusCodes: [429]}")).unwrap_err();
+    assert!(
+        e.contains("retriableStatusCodes is not a field of Gloo's RetryTimeoutPolicy")
+            && e.contains("`retryOn: 5xx,429`")
+            && e.contains("t.yaml:"),
+        "{e}"
+    );
+    let e = load(&retry("{retryOn: \"5xx,unavailable\"}")).unwrap_err();
+    assert!(e.contains("gRPC condition"), "{e}");
+    let e = load(&retry("{retryOn: \"5xx,700\"}")).unwrap_err();
+    assert!(e.contains("`700` is not an HTTP status"), "{e}");
+
+    let n = notices(&retry("{retryOn: 5xx, retryRemoteLocalities: true}"));
+    assert!(
+        n.iter().any(|l| l.contains("retryRemoteLocalities is not applied")),
+        "{n:?}"
+    );
+}
+
+/// Item 6: `applyToRoutes[].route` is Gloo's ObjectSelector: `cluster` and
+/// `workspace` load (a notice says they do not narrow the selection: the
+/// route tables here are mesh-wide), labels still select.
+#[test]
+fn apply_to_routes_takes_gloos_object_selector_fields() {
+    let text = shop_with(
+        "apiVersion: trafficcontrol.policy.gloo.solo.io/v2\nkind: HeaderManipulationPolicy\n\
+         metadata: {name: headers, namespace: payments}\nspec:\n  applyToRoutes:\n  \
+         - route: {labels: {route: api}, cluster: c1, workspace: payments-ws}\n  \
+         config: {appendRequestHeaders: {x-a: \"1\"}}\n",
+    );
+    let n = notices(&text);
+    for field in ["cluster", "workspace"] {
+        assert!(
+            n.iter().any(|l| l.contains(&format!(
+                "applyToRoutes[].route.{field} does not narrow the selection"
+            ))),
+            "{field}: {n:?}"
+        );
+    }
+    let p = plan(&text);
+    let l7 = p.l7.iter().find(|s| s.host == "shop.mesh").expect("shop.mesh");
+    assert!(l7.routes[0].policies.headers.is_some(), "the labels select");
+}
+
+/// Item 5: FailoverPolicy `to` entries may be partly weighted (a
+/// distribution): those without a weight share what the weighted ones
+/// leave of 100; a weighted sum of 100 with an unweighted entry left over
+/// is an error, as for destinations.
+#[test]
+fn partially_weighted_failover_targets_share_the_remainder() {
+    let p = plan(&failover(
+        "    localityMappings:\n    - from: {region: r1}\n      to:\n      \
+         - {region: r1, zone: z2, weight: 60}\n      - {region: r1, zone: z1}\n",
+    ));
+    let s = p
+        .services
+        .iter()
+        .find(|s| s.host == "payments.mesh" && s.port == 80 && s.vip.is_ipv4())
+        .expect("payments.mesh:80");
+    let total: u32 = s.slots.iter().map(|x| x.slots).sum();
+    let share = |ip: &str| {
+        s.slots
+            .iter()
+            .filter(|x| x.endpoint.ip().to_string() == ip)
+            .map(|x| x.slots)
+            .sum::<u32>() as f64
+            / total as f64
+    };
+    let all: Vec<f64> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().map(|i| share(i)).collect();
+    assert!((share("10.0.0.3") - 0.6).abs() < 0.01, "z2: 60%: {all:?}");
+    assert!((share("10.0.0.1") - 0.2).abs() < 0.01, "z1 shares 40%");
+    assert!((share("10.0.0.2") - 0.2).abs() < 0.01, "z1 shares 40%");
+
+    let e = load(&failover(
+        "    localityMappings:\n    - from: {region: r1}\n      to:\n      \
+         - {region: r1, zone: z2, weight: 100}\n      - {region: r1, zone: z1}\n",
+    ))
+    .unwrap_err();
+    assert!(e.contains("leaves nothing for the 1"), "{e}");
+}

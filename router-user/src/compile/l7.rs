@@ -152,7 +152,7 @@ impl<'a> Compiler<'a> {
             RetryPolicy {
                 from: p.origin.resource(),
                 attempts: if c.retries.is_some() {
-                    r.attempts.unwrap_or(1)
+                    r.attempts.unwrap_or(2)
                 } else {
                     0
                 },
@@ -162,7 +162,7 @@ impl<'a> Compiler<'a> {
                 on_gateway_error: on(RetryOn::GatewayError),
                 on_reset: on(RetryOn::Reset),
                 on_connect_failure: on(RetryOn::ConnectFailure) || r.retry_on.0.is_empty(),
-                status_codes: r.retriable_status_codes.clone(),
+                status_codes: r.retry_on.status_codes(),
                 request_timeout_ms: ms(&c.request_timeout),
             }
         });

@@ -71,6 +71,29 @@ pub enum Ranking {
     },
 }
 
+/// Gloo's partially weighted `to` entries: those without a weight share
+/// equally what the weighted ones leave of 100 (the first of them take the
+/// rounding), so every target of a distribution has a weight.
+pub fn fill_weights(to: &[LocalityTarget]) -> Vec<LocalityTarget> {
+    let set: u32 = to.iter().filter_map(|t| t.weight).sum();
+    let unset = to.iter().filter(|t| t.weight.is_none()).count() as u32;
+    let left = 100u32.saturating_sub(set);
+    let (each, mut extra) = match unset {
+        0 => (0, 0),
+        n => (left / n, left % n),
+    };
+    to.iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if t.weight.is_none() {
+                t.weight = Some(each + u32::from(extra > 0));
+                extra = extra.saturating_sub(1);
+            }
+            t
+        })
+        .collect()
+}
+
 fn sel_matches(
     region: &Option<String>,
     zone: &Option<String>,
@@ -332,6 +355,20 @@ pub fn panics(levels: &[(u32, u32)], threshold: u32) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unweighted_targets_share_what_the_weighted_ones_leave() {
+        let t = |w: Option<u32>| LocalityTarget {
+            weight: w,
+            ..Default::default()
+        };
+        let w = |to: &[LocalityTarget]| -> Vec<u32> {
+            fill_weights(to).iter().map(|t| t.weight.unwrap()).collect()
+        };
+        assert_eq!(w(&[t(Some(60)), t(None), t(None)]), vec![60, 20, 20]);
+        assert_eq!(w(&[t(None), t(Some(50)), t(None), t(None)]), vec![17, 50, 17, 16]);
+        assert_eq!(w(&[t(Some(30)), t(Some(70))]), vec![30, 70]);
+    }
 
     #[test]
     fn envoy_priority_load_examples() {

@@ -277,9 +277,9 @@ impl<'a> Compiler<'a> {
             .map(|m| &m.value)
             .find(|m| locality::from_matches(&m.from, &s.node.locality));
         match mapping {
-            Some(m) if m.to.iter().all(|t| t.weight.is_some()) => Ranking::Distribute {
+            Some(m) if m.to.iter().any(|t| t.weight.is_some()) => Ranking::Distribute {
                 policy: name(fp),
-                targets: m.to.clone(),
+                targets: locality::fill_weights(&m.to),
             },
             Some(m) => Ranking::Priority {
                 policy: Some(name(fp)),

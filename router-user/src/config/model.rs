@@ -963,6 +963,13 @@ pub struct RouteRef {
     pub name: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Gloo's ObjectSelector fields that routerd's config has no use for
+    /// (route tables are mesh-wide; there are no workspaces): parsed, and a
+    /// notice says they do not narrow the selection.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -978,19 +985,33 @@ pub struct HeaderManipulationConfig {
     pub remove_response_headers: Vec<String>,
 }
 
+/// Gloo's `RetryTimeoutPolicySpec.Config.RetryPolicy`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySpec {
+    /// Retries after the first attempt (Gloo's default: 2).
     #[serde(default)]
     pub attempts: Option<u32>,
     #[serde(default)]
     pub per_try_timeout: Option<GlooDuration>,
-    /// `5xx`, `gateway-error`, `reset`, `connect-failure`,
-    /// `retriable-status-codes`: a comma-separated string (Gloo) or a list.
+    /// `5xx`, `gateway-error`, `reset`, `connect-failure`, `retriable-4xx`,
+    /// `retriable-status-codes` and HTTP status codes: a comma-separated
+    /// string (Gloo) or a list.
     #[serde(default)]
     pub retry_on: RetryOnList,
+    /// Parsed; retries stay in the locality tier that serves (a notice).
     #[serde(default)]
-    pub retriable_status_codes: Vec<u16>,
+    pub retry_remote_localities: Option<bool>,
+    /// Not Gloo's (an earlier routerd field): refused with the way to say it.
+    #[serde(default, deserialize_with = "not_gloo_retriable_status_codes")]
+    pub retriable_status_codes: (),
+}
+
+fn not_gloo_retriable_status_codes<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "retriableStatusCodes is not a field of Gloo's RetryTimeoutPolicy; list the status \
+         codes in retryOn instead, e.g. `retryOn: 5xx,429`",
+    ))
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

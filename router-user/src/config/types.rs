@@ -234,29 +234,49 @@ impl fmt::Display for AddressType {
     }
 }
 
-/// One `retryOn` condition (Envoy's names).
+/// One `retryOn` condition: Envoy's names, as Gloo (and Istio) pass them
+/// on, or an HTTP status code, which Gloo adds to the retriable status codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryOn {
     Status5xx,
     GatewayError,
     Reset,
     ConnectFailure,
+    /// Envoy's `retriable-4xx`: 409.
+    Retriable4xx,
+    /// Envoy's `retriable-status-codes`: the codes listed in `retryOn`.
     RetriableStatusCodes,
+    /// An HTTP status code (`503`), retried when the response has it.
+    Status(u16),
 }
 
 impl FromStr for RetryOn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.trim() {
+        let s = s.trim();
+        Ok(match s {
             "5xx" => RetryOn::Status5xx,
             "gateway-error" => RetryOn::GatewayError,
             "reset" => RetryOn::Reset,
             "connect-failure" => RetryOn::ConnectFailure,
+            "retriable-4xx" => RetryOn::Retriable4xx,
             "retriable-status-codes" => RetryOn::RetriableStatusCodes,
+            code if code.bytes().all(|b| b.is_ascii_digit()) => match code.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => RetryOn::Status(c),
+                _ => return Err(format!("retryOn status `{code}` is not an HTTP status (100-599)")),
+            },
+            "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
+            | "unavailable" => {
+                return Err(format!(
+                    "retryOn `{s}` is a gRPC condition, which routerd's proxy does not retry on \
+                     yet; use 5xx, gateway-error, reset, connect-failure, retriable-4xx or status codes"
+                ));
+            }
             other => {
                 return Err(format!(
                     "unknown retryOn condition `{other}`; expected 5xx, gateway-error, reset, \
-                     connect-failure or retriable-status-codes"
+                     connect-failure, retriable-4xx, retriable-status-codes or an HTTP status \
+                     code such as 503"
                 ));
             }
         })
@@ -271,6 +291,23 @@ pub struct RetryOnList(pub Vec<RetryOn>);
 impl RetryOnList {
     pub fn has(&self, c: RetryOn) -> bool {
         self.0.contains(&c)
+    }
+
+    /// The status codes retried besides 5xx and gateway errors: the codes
+    /// listed, and 409 for `retriable-4xx`.
+    pub fn status_codes(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .0
+            .iter()
+            .filter_map(|c| match c {
+                RetryOn::Status(s) => Some(*s),
+                RetryOn::Retriable4xx => Some(409),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -377,13 +414,18 @@ mod tests {
             kind: DestinationKind,
         }
         let t: T = serde_saphyr::from_str(
-            "retryOn: 5xx,connect-failure\ntimeout: 250ms\nup: 10.0.0.2\nkind: VIRTUAL_DESTINATION\n",
+            "retryOn: 5xx,connect-failure,429\ntimeout: 250ms\nup: 10.0.0.2\nkind: VIRTUAL_DESTINATION\n",
         )
         .unwrap();
         assert_eq!(
             t.retry_on,
-            RetryOnList(vec![RetryOn::Status5xx, RetryOn::ConnectFailure])
+            RetryOnList(vec![
+                RetryOn::Status5xx,
+                RetryOn::ConnectFailure,
+                RetryOn::Status(429)
+            ])
         );
+        assert_eq!(t.retry_on.status_codes(), vec![429]);
         assert_eq!(t.timeout.millis(), 250);
         assert_eq!(t.up.0, "10.0.0.2:53".parse().unwrap());
         assert_eq!(t.kind, DestinationKind::VirtualDestination);

@@ -836,17 +836,27 @@ fn failover_policy(v: &mut Validator<'_>, p: &Resource<FailoverPolicySpec>) {
         if mv.to.is_empty() {
             v.err(p, line, "localityMappings[].to is empty; list the localities to fail over (or distribute) to");
         }
+        // Any weight makes the mapping a distribution (Istio's `distribute`);
+        // entries without one share what the weighted ones leave of 100.
         let weighted = mv.to.iter().filter(|t| t.weight.is_some()).count();
-        if weighted != 0 && weighted != mv.to.len() {
-            v.err(p, line, "either every localityMappings[].to entry has a weight (distribute) or none has (failover order)");
-        }
-        if weighted == mv.to.len() && weighted > 0 {
+        if weighted > 0 {
             let sum: u32 = mv.to.iter().filter_map(|t| t.weight).sum();
-            if sum != 100 {
+            if weighted == mv.to.len() && sum != 100 {
                 v.err(
                     p,
                     line,
                     format!("distribute weights sum to {sum}; they must sum to 100"),
+                );
+            } else if weighted < mv.to.len() && sum >= 100 {
+                v.err(
+                    p,
+                    line,
+                    format!(
+                        "distribute weights sum to {sum}, which leaves nothing for the {} \
+                         localityMappings[].to entries without a weight: lower the weights \
+                         below 100 or give every entry one",
+                        mv.to.len() - weighted
+                    ),
                 );
             }
         }
@@ -890,6 +900,14 @@ fn apply_to<S>(v: &mut Validator<'_>, p: &Resource<S>, sels: &[Spanned<Destinati
 fn route_policies(v: &mut Validator<'_>) {
     fn common<C>(v: &mut Validator<'_>, p: &Resource<RoutePolicySpec<C>>) {
         for sel in &p.spec.apply_to_routes {
+            if let Some(r) = &sel.value.route {
+                for (field, set) in [("cluster", &r.cluster), ("workspace", &r.workspace)] {
+                    if set.is_some() {
+                        let line = p.line_of(sel);
+                        v.notice(p, line, format!("applyToRoutes[].route.{field} does not narrow the selection: routerd's route tables are mesh-wide (no clusters or workspaces); select by labels, name and namespace"));
+                    }
+                }
+            }
             let hit = v
                 .routes
                 .iter()
@@ -934,6 +952,16 @@ fn route_policies(v: &mut Validator<'_>) {
                 p,
                 p.origin.line,
                 "retries.attempts over 10 is refused (a retry storm waiting to happen)",
+            );
+        }
+        if let Some(r) = &c.retries
+            && r.retry_remote_localities == Some(true)
+        {
+            v.notice(
+                p,
+                p.origin.line,
+                "retries.retryRemoteLocalities is not applied: a retry goes to another endpoint \
+                 of the locality tier that serves the request",
             );
         }
     }
