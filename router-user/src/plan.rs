@@ -821,6 +821,10 @@ pub struct GatewayListener {
     pub port: u16,
     /// false: a TCP listener (forwards per `tcp` routes).
     pub http: bool,
+    /// TLS PASSTHROUGH: each connection forwarded undecrypted by the SNI of
+    /// its ClientHello (`hosts` are the `tls` routes' SNI names).
+    #[serde(default)]
+    pub passthrough: bool,
     pub tls: Option<TlsFiles>,
     pub https_redirect: bool,
     pub hosts: Vec<GatewayHost>,

@@ -581,6 +581,26 @@ impl TcpRoute {
     }
 }
 
+/// A `tls` route of a route table (served by PASSTHROUGH gateway listeners).
+#[derive(Clone, Debug, Default)]
+pub struct TlsRoute(Map<String, Value>);
+
+impl Route for TlsRoute {
+    fn fields(&mut self) -> &mut Map<String, Value> {
+        &mut self.0
+    }
+}
+
+impl TlsRoute {
+    pub fn new() -> Self {
+        TlsRoute::default()
+    }
+    /// Match connections whose ClientHello names one of `hosts`.
+    pub fn sni(self, hosts: &[&str]) -> Self {
+        self.matcher(json!({ "sniHosts": hosts }))
+    }
+}
+
 /// A RouteTable.
 #[derive(Clone, Debug)]
 pub struct RouteTable(Spec);
@@ -605,6 +625,10 @@ impl RouteTable {
     }
     pub fn tcp(mut self, r: TcpRoute) -> Self {
         push(&mut self.0.spec, "tcp", Value::Object(r.0));
+        self
+    }
+    pub fn tls(mut self, r: TlsRoute) -> Self {
+        push(&mut self.0.spec, "tls", Value::Object(r.0));
         self
     }
 }
@@ -648,6 +672,11 @@ impl Gateway {
     /// A TCP listener.
     pub fn tcp(self, port: u16, host: &str) -> Self {
         self.listener(port, host, json!({"tcp": {}}))
+    }
+    /// A TLS PASSTHROUGH listener: connections routed by SNI to the
+    /// tables' `tls` routes, undecrypted.
+    pub fn passthrough(self, port: u16, host: &str) -> Self {
+        self.listener(port, host, json!({"tls": {"mode": "PASSTHROUGH"}}))
     }
 }
 

@@ -619,7 +619,7 @@ fn gateway_tls_takes_gloos_files_form_and_mutual_modes() {
     )))
     .unwrap_err();
     assert!(
-        e.contains("expected SIMPLE, MUTUAL or OPTIONAL_MUTUAL"),
+        e.contains("expected SIMPLE, MUTUAL, OPTIONAL_MUTUAL or PASSTHROUGH"),
         "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -741,7 +741,10 @@ fn retry_on_takes_gloos_string_with_status_codes() {
     let p = plan(&retry(
         "{retryOn: \"5xx,connect-failure,429,retriable-4xx\", perTryTimeout: 1s}",
     ));
-    let l7 = p.l7.iter().find(|s| s.host == "shop.mesh").expect("shop.mesh");
+    let l7 =
+        p.l7.iter()
+            .find(|s| s.host == "shop.mesh")
+            .expect("shop.mesh");
     let r = l7.routes[0].policies.retry.as_ref().expect("retry policy");
     assert_eq!(r.attempts, 2, "Gloo's default: 2 retries");
     assert!(r.on_5xx && r.on_connect_failure && !r.on_reset);
@@ -762,7 +765,8 @@ fn retry_on_takes_gloos_string_with_status_codes() {
 
     let n = notices(&retry("{retryOn: 5xx, retryRemoteLocalities: true}"));
     assert!(
-        n.iter().any(|l| l.contains("retryRemoteLocalities is not applied")),
+        n.iter()
+            .any(|l| l.contains("retryRemoteLocalities is not applied")),
         "{n:?}"
     );
 }
@@ -788,7 +792,10 @@ fn apply_to_routes_takes_gloos_object_selector_fields() {
         );
     }
     let p = plan(&text);
-    let l7 = p.l7.iter().find(|s| s.host == "shop.mesh").expect("shop.mesh");
+    let l7 =
+        p.l7.iter()
+            .find(|s| s.host == "shop.mesh")
+            .expect("shop.mesh");
     assert!(l7.routes[0].policies.headers.is_some(), "the labels select");
 }
 
@@ -816,7 +823,10 @@ fn partially_weighted_failover_targets_share_the_remainder() {
             .sum::<u32>() as f64
             / total as f64
     };
-    let all: Vec<f64> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().map(|i| share(i)).collect();
+    let all: Vec<f64> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        .iter()
+        .map(|i| share(i))
+        .collect();
     assert!((share("10.0.0.3") - 0.6).abs() < 0.01, "z2: 60%: {all:?}");
     assert!((share("10.0.0.1") - 0.2).abs() < 0.01, "z1 shares 40%");
     assert!((share("10.0.0.2") - 0.2).abs() < 0.01, "z1 shares 40%");
@@ -827,4 +837,75 @@ fn partially_weighted_failover_targets_share_the_remainder() {
     ))
     .unwrap_err();
     assert!(e.contains("leaves nothing for the 1"), "{e}");
+}
+
+/// Item 10: RouteTable `tls` routes (`matchers: [{sniHosts, port}]`) on a
+/// VirtualGateway listener with `tls: {mode: PASSTHROUGH}`: the plan's
+/// listener routes by SNI (one host entry per route, its SNI names) and
+/// has no certificate. A passthrough listener cannot be `http` or carry
+/// certificates; `tls` routes that no passthrough listener serves are a
+/// notice.
+#[test]
+fn tls_routes_on_passthrough_listeners_route_by_sni() {
+    let with = |listener: &str| {
+        format!(
+            r#"apiVersion: networking.gloo.solo.io/v2
+kind: VirtualGateway
+metadata: {{name: edge, namespace: payments}}
+spec:
+  listeners:
+  - port: {{number: 443}}
+{listener}
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: passthrough, namespace: payments}}
+spec:
+  hosts: ["*.pay.test"]
+  virtualGateways: [{{name: edge}}]
+  tls:
+  - name: checkout
+    matchers:
+    - sniHosts: [checkout.pay.test]
+      port: 443
+    forwardTo:
+      destinations: [{{ref: {{name: payments}}, port: {{number: 80}}}}]
+  - name: rest
+    forwardTo:
+      destinations: [{{ref: {{name: payments}}, port: {{number: 80}}}}]
+"#
+        )
+    };
+    let p = plan(&with("    tls: {mode: PASSTHROUGH}\n    tcp: {}"));
+    let l = &p.gateways[0];
+    assert!(l.passthrough && !l.http && l.tls.is_none(), "{l:?}");
+    let hosts: Vec<(&[String], &str)> = l
+        .hosts
+        .iter()
+        .map(|h| (&h.hosts[..], h.routes[0].name.as_str()))
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            (&["checkout.pay.test".to_string()][..], "checkout"),
+            (&["*.pay.test".to_string()][..], "rest"),
+        ],
+        "a route without sniHosts takes the table's hosts"
+    );
+    // Without tcp: {} too (the mode says what the listener is).
+    assert!(plan(&with("    tls: {mode: PASSTHROUGH}")).gateways[0].passthrough);
+    let e = load(&with("    tls: {mode: PASSTHROUGH}\n    http: {}")).unwrap_err();
+    assert!(e.contains("cannot be `http: {}`"), "{e}");
+    let e = load(&with(
+        "    tls: {mode: PASSTHROUGH, secretName: pay-cert}\n    tcp: {}",
+    ))
+    .unwrap_err();
+    assert!(e.contains("PASSTHROUGH does not terminate TLS"), "{e}");
+    let n = notices(&with("    tcp: {}"));
+    assert!(
+        n.iter()
+            .any(|l| l.contains("RouteTable payments/passthrough")
+                && l.contains("tls routes are served only by VirtualGateway listeners")),
+        "{n:?}"
+    );
 }

@@ -444,8 +444,9 @@ impl Drop for Proc {
 /// A backend socket to serve in the world namespace.
 #[derive(Clone, Debug)]
 pub struct Listen {
-    /// `tcp` (HTTP/1.1), `udp` (echo), `sink` (accept and drop, for
-    /// benchmarks) or `hung` (listens, never accepts: SYNs time out).
+    /// `tcp` (HTTP/1.1), `tls` (HTTPS, self-signed), `udp` (echo), `sink`
+    /// (accept and drop, for benchmarks) or `hung` (listens, never accepts:
+    /// SYNs time out).
     pub proto: &'static str,
     pub addr: SocketAddr,
     pub id: String,
@@ -467,6 +468,11 @@ impl Listen {
     }
     pub fn sink(addr: &str, id: &str) -> Self {
         Listen::new("sink", addr.parse().expect("socket address"), id)
+    }
+    /// HTTPS with a self-signed certificate for `name` (rt-backend writes
+    /// it to its `--cert-dir` as `<name>.pem`).
+    pub fn tls(addr: &str, name: &str) -> Self {
+        Listen::new("tls", addr.parse().expect("socket address"), name)
     }
 }
 
@@ -567,6 +573,8 @@ impl World {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.world.name])
             .arg(bin("rt-backend"))
+            .arg("--cert-dir")
+            .arg(&self.dir.path)
             .args(extra);
         for l in listens {
             cmd.arg("--listen")
@@ -581,6 +589,11 @@ impl World {
             bail!("rt-backend did not start (printed {line:?})");
         }
         Ok(Proc(child))
+    }
+
+    /// The self-signed certificate of a `tls` backend named `name`.
+    pub fn backend_cert(&self, name: &str) -> PathBuf {
+        self.dir.path.join(format!("{name}.pem"))
     }
 
     /// Point the node namespace's resolv.conf at `nameserver`.

@@ -33,13 +33,18 @@ fn config_tls(tls: Option<serde_json::Value>) -> String {
                 .endpoint(ip, "e1"),
         );
     }
-    for (name, ip) in [("flaky", "10.1.0.3"), ("shadow", "10.1.0.4")] {
+    for (name, ip, port) in [
+        ("flaky", "10.1.0.3", 8080),
+        ("shadow", "10.1.0.4", 8080),
+        ("pass-a", "10.1.0.5", 8443),
+        ("pass-b", "10.1.0.6", 8443),
+    ] {
         y = y.with(service_with_slice(
             "c1",
             "east",
             name,
             name,
-            8080,
+            port,
             &[(ip, "e1", true)],
         ));
     }
@@ -92,7 +97,9 @@ fn config_tls(tls: Option<serde_json::Value>) -> String {
                 .prefix("/split")
                 .to(&[api("v1").weight(70), api("v2").weight(30)]),
         );
-    let gateway = Gateway::new("gw").http(8081, "*.example.test");
+    let gateway = Gateway::new("gw")
+        .http(8081, "*.example.test")
+        .passthrough(8444, "*.pass.test");
     let gateway = match tls {
         Some(tls) => gateway.https_with(8443, "*.example.test", tls),
         None => gateway.http(8443, "*.example.test"),
@@ -169,6 +176,23 @@ fn config_tls(tls: Option<serde_json::Value>) -> String {
                 ),
         )
         .with(
+            RouteTable::new("pass")
+                .host("*.pass.test")
+                .gateway("gw")
+                .tls(
+                    TlsRoute::new()
+                        .name("a")
+                        .sni(&["a.pass.test"])
+                        .to(&[Dest::service("pass-a").port(8443)]),
+                )
+                .tls(
+                    TlsRoute::new()
+                        .name("b")
+                        .sni(&["b.pass.test", "*.b.pass.test"])
+                        .to(&[Dest::service("pass-b").port(8443)]),
+                ),
+        )
+        .with(
             RouteTable::new("not-allowed")
                 .host("other.test")
                 .gateway("gw")
@@ -197,6 +221,8 @@ fn setup_args(args: &[&str]) -> L7 {
         Listen::tcp("10.1.0.2:8080", "v2"),
         Listen::tcp("10.1.0.3:8080", "flaky"),
         Listen::tcp("10.1.0.4:8080", "shadow"),
+        Listen::tls("10.1.0.5:8443", "a.pass.test"),
+        Listen::tls("10.1.0.6:8443", "b.pass.test"),
     ])
     .unwrap();
     let dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
@@ -556,6 +582,60 @@ fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
     );
     assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
     assert_eq!(answer(&body).path, "/v1/tls");
+}
+
+/// Issue 14, item 10: a PASSTHROUGH gateway listener routes each TLS
+/// connection by the SNI of its ClientHello to the `tls` route that names
+/// it, without decrypting: curl verifies the endpoint's own certificate
+/// (which routerd does not have). No route for the name, no SNI, or not
+/// TLS at all: the connection is closed.
+#[test]
+fn passthrough_listeners_route_tls_by_sni_undecrypted() {
+    let l = setup();
+    let get = |name: &str, cert: &str| {
+        let resolve = format!("{name}:8444:{NODE_IP}");
+        let ca = l.world.backend_cert(cert).display().to_string();
+        let url = format!("https://{name}:8444/hello");
+        curl(
+            &l.world,
+            &["--cacert", &ca, "--resolve", &resolve, &url],
+            false,
+        )
+    };
+    for (name, cert) in [
+        ("a.pass.test", "a.pass.test"),
+        ("b.pass.test", "b.pass.test"),
+    ] {
+        let (code, body, _, version, _) = get(name, cert);
+        assert_eq!(code, 200, "{name}: {body}");
+        let a = answer(&body);
+        assert_eq!((a.id.as_str(), a.path.as_str()), (name, "/hello"));
+        assert_eq!(version, "2", "ALPN is the endpoint's: {name}");
+    }
+    // The wildcard SNI of route b: the endpoint's certificate is for
+    // b.pass.test only, so curl (verifying) refuses it; -k shows it was
+    // routed there.
+    let resolve = format!("x.b.pass.test:8444:{NODE_IP}");
+    let (code, body, ..) = curl(
+        &l.world,
+        &["-k", "--resolve", &resolve, "https://x.b.pass.test:8444/w"],
+        false,
+    );
+    assert_eq!((code, answer(&body).id.as_str()), (200, "b.pass.test"));
+    // No tls route names c.pass.test: closed (curl gets no response).
+    let (code, ..) = get("c.pass.test", "a.pass.test");
+    assert_eq!(code, 0, "no route: the connection is closed");
+    // No SNI (an IP address) and plain HTTP: closed.
+    let (code, ..) = curl(
+        &l.world,
+        &["-k", &format!("https://{NODE_IP}:8444/")],
+        false,
+    );
+    assert_eq!(code, 0);
+    let (code, ..) = curl(&l.world, &[&format!("http://{NODE_IP}:8444/")], false);
+    assert_eq!(code, 0);
+    // routerd is still serving after the rejected connections.
+    assert_eq!(get("a.pass.test", "a.pass.test").0, 200);
 }
 
 /// Issue 14, item 3: MUTUAL and OPTIONAL_MUTUAL (Gloo's `files` with

@@ -57,7 +57,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         secs: u64,
-        /// Targets (default: all): config_load, route_engine.
+        /// Targets (default: all): config_load, route_engine, client_hello.
         targets: Vec<String>,
     },
     /// The kernel tests inside qemu on Debian's packaged kernels (6.1, 6.12).
@@ -294,7 +294,7 @@ fn fuzz(secs: u64, targets: &[String]) -> Result<()> {
             }
         }
     }
-    let all = ["config_load", "route_engine"];
+    let all = ["config_load", "route_engine", "client_hello"];
     for t in all
         .iter()
         .filter(|t| targets.is_empty() || targets.iter().any(|x| x == *t))

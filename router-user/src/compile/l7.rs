@@ -277,31 +277,88 @@ impl<'a> Compiler<'a> {
         out
     }
 
+    /// A route that only forwards (to `f`'s destinations), as the gateway
+    /// listeners that do not speak HTTP serve it.
+    fn forward_route(
+        &self,
+        table: &'a Resource<RouteTableSpec>,
+        name: String,
+        origin: Origin,
+        labels: &Labels,
+        f: &'a ForwardTo,
+    ) -> L7Route {
+        let action = match self.resolved(table, f) {
+            Ok(dests) => L7Action::Forward(L7Forward {
+                dests: dests.iter().map(|(d, w)| self.l7_dest(d, *w)).collect(),
+                path_rewrite: None,
+                regex_rewrite: None,
+                host_rewrite: None,
+                auto_host_rewrite: false,
+            }),
+            Err(e) => L7Action::Broken {
+                reason: format!("destination {e}"),
+            },
+        };
+        L7Route {
+            name,
+            origin,
+            labels: labels.clone().into(),
+            matchers: Vec::new(),
+            action,
+            policies: L7Policies::default(),
+        }
+    }
+
     /// TCP routes of a table as forward-only routes (for TCP gateway listeners).
     pub(super) fn tcp_routes(&self, flat: &[FlatRoute<'a>], port: u16) -> Vec<L7Route> {
         flat.iter()
             .filter(|r| !r.is_http() && r.on_port(port).is_some())
             .filter_map(|r| {
                 let f = r.forward_to()?;
-                let action = match self.resolved(r.table, f) {
-                    Ok(dests) => L7Action::Forward(L7Forward {
-                        dests: dests.iter().map(|(d, w)| self.l7_dest(d, *w)).collect(),
-                        path_rewrite: None,
-                        regex_rewrite: None,
-                        host_rewrite: None,
-                        auto_host_rewrite: false,
-                    }),
-                    Err(e) => L7Action::Broken {
-                        reason: format!("destination {e}"),
-                    },
-                };
-                Some(L7Route {
-                    name: r.name.clone(),
-                    origin: r.origin.clone(),
-                    labels: r.labels.clone().into(),
-                    matchers: Vec::new(),
-                    action,
-                    policies: L7Policies::default(),
+                Some(self.forward_route(r.table, r.name.clone(), r.origin.clone(), &r.labels, f))
+            })
+            .collect()
+    }
+
+    /// A table's `tls` routes on passthrough listener `port`: one host entry
+    /// per route (its SNI names, else the table's hosts), in route order.
+    fn tls_hosts(&self, rt: &'a Resource<RouteTableSpec>, port: u16) -> Vec<GatewayHost> {
+        let table = format!("{}/{}", rt.namespace(), rt.name());
+        rt.spec
+            .tls
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.value.matchers.is_empty()
+                    || r.value
+                        .matchers
+                        .iter()
+                        .any(|m| m.port.is_none_or(|p| p == port))
+            })
+            .filter_map(|(i, r)| {
+                let f = r.value.forward_to.as_ref()?;
+                let mut sni: Vec<String> = r
+                    .value
+                    .matchers
+                    .iter()
+                    .filter(|m| m.port.is_none_or(|p| p == port))
+                    .flat_map(|m| m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()))
+                    .collect();
+                if sni.is_empty() {
+                    sni = rt
+                        .spec
+                        .hosts
+                        .iter()
+                        .map(|h| h.value.to_ascii_lowercase())
+                        .collect();
+                }
+                let mut origin = rt.origin.clone();
+                origin.line = rt.line_of(r);
+                let name = r.value.name.clone().unwrap_or_else(|| format!("tls[{i}]"));
+                Some(GatewayHost {
+                    hosts: sni,
+                    table: table.clone(),
+                    routes: vec![self.forward_route(rt, name, origin, &r.value.labels, f)],
                 })
             })
             .collect()
@@ -330,6 +387,10 @@ impl<'a> Compiler<'a> {
                     if !allowed(lv, rt) {
                         continue;
                     }
+                    if lv.passthrough() {
+                        hosts.extend(self.tls_hosts(rt, port));
+                        continue;
+                    }
                     let (flat, _) = crate::config::routes::flatten(cfg, rt);
                     let routes = if lv.tcp.is_some() {
                         self.tcp_routes(&flat, port)
@@ -352,7 +413,8 @@ impl<'a> Compiler<'a> {
                     origin,
                     port,
                     http: lv.http.is_some(),
-                    tls: lv.tls.as_ref().and_then(|t| {
+                    passthrough: lv.passthrough(),
+                    tls: lv.tls.as_ref().filter(|_| !lv.passthrough()).and_then(|t| {
                         let secret = match &t.secret_name {
                             Some(name) => {
                                 let s = cfg.secret(gw.namespace(), name)?;

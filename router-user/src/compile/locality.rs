@@ -366,7 +366,10 @@ mod tests {
             fill_weights(to).iter().map(|t| t.weight.unwrap()).collect()
         };
         assert_eq!(w(&[t(Some(60)), t(None), t(None)]), vec![60, 20, 20]);
-        assert_eq!(w(&[t(None), t(Some(50)), t(None), t(None)]), vec![17, 50, 17, 16]);
+        assert_eq!(
+            w(&[t(None), t(Some(50)), t(None), t(None)]),
+            vec![17, 50, 17, 16]
+        );
         assert_eq!(w(&[t(Some(30)), t(Some(70))]), vec![30, 70]);
     }
 

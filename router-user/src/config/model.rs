@@ -312,6 +312,32 @@ pub struct TcpRoute {
     pub forward_to: Option<ForwardTo>,
 }
 
+/// Gloo's `TLSRoute.TLSMatcher`: the SNI names (exact or `*.` wildcards)
+/// and the gateway port a passthrough connection matches.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsMatcher {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default, deserialize_with = "opt_port")]
+    pub port: Option<u16>,
+}
+
+/// A `tls` route: TLS connections on a PASSTHROUGH gateway listener,
+/// matched by the ClientHello's SNI and forwarded undecrypted.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub matchers: Vec<TlsMatcher>,
+    #[serde(default)]
+    pub forward_to: Option<ForwardTo>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteTableSpec {
@@ -334,6 +360,9 @@ pub struct RouteTableSpec {
     pub http: Vec<Spanned<HttpRoute>>,
     #[serde(default)]
     pub tcp: Vec<Spanned<TcpRoute>>,
+    /// Served only by gateway listeners in PASSTHROUGH mode.
+    #[serde(default)]
+    pub tls: Vec<Spanned<TlsRoute>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -428,6 +457,15 @@ pub struct Listener {
     pub https_redirect: Option<bool>,
     #[serde(default)]
     pub allowed_route_tables: Vec<AllowedRouteTable>,
+}
+
+impl Listener {
+    /// `tls: {mode: PASSTHROUGH}`: connections routed by SNI, undecrypted.
+    pub fn passthrough(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode == Some(TlsMode::Passthrough))
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -263,7 +263,11 @@ impl FromStr for RetryOn {
             "retriable-status-codes" => RetryOn::RetriableStatusCodes,
             code if code.bytes().all(|b| b.is_ascii_digit()) => match code.parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => RetryOn::Status(c),
-                _ => return Err(format!("retryOn status `{code}` is not an HTTP status (100-599)")),
+                _ => {
+                    return Err(format!(
+                        "retryOn status `{code}` is not an HTTP status (100-599)"
+                    ));
+                }
             },
             "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
             | "unavailable" => {

@@ -551,37 +551,41 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
         }
     }
     for (i, r) in rt.spec.tcp.iter().enumerate() {
-        let line = rt.line_of(r);
         let route = r.value.name.clone().unwrap_or_else(|| format!("tcp[{i}]"));
-        let r = &r.value;
-        for m in &r.matchers {
-            if m.port.is_some_and(|p| !(1..=65535).contains(&p)) {
-                v.err(
-                    rt,
-                    line,
-                    format!("route `{route}`: port is out of range 1-65535"),
-                );
+        let ports = r.value.matchers.iter().map(|m| m.port);
+        forward_only_route(
+            v,
+            rt,
+            rt.line_of(r),
+            &route,
+            "tcp",
+            ports,
+            &r.value.forward_to,
+        );
+    }
+    for (i, r) in rt.spec.tls.iter().enumerate() {
+        let (line, route) = (
+            rt.line_of(r),
+            r.value.name.clone().unwrap_or_else(|| format!("tls[{i}]")),
+        );
+        let ports = r.value.matchers.iter().map(|m| m.port);
+        forward_only_route(v, rt, line, &route, "tls", ports, &r.value.forward_to);
+        for h in r.value.matchers.iter().flat_map(|m| &m.sni_hosts) {
+            if !valid_host(h, true) {
+                v.err(rt, line, format!("route `{route}`: sniHosts entry `{h}` is not a DNS name (a left-most `*.` wildcard is allowed)"));
             }
         }
-        match &r.forward_to {
-            None => v.err(
-                rt,
-                line,
-                format!("route `{route}`: a tcp route needs forwardTo"),
-            ),
-            Some(f) => {
-                if f.path_rewrite.is_some()
-                    || f.regex_rewrite.is_some()
-                    || f.host_rewrite.is_some()
-                    || f.auto_host_rewrite.is_some()
-                {
-                    v.err(rt, line, format!("route `{route}`: rewrites are HTTP features; a tcp route cannot have them"));
-                }
-                if f.destinations.is_empty() && rt.spec.default_destination.is_none() {
-                    v.err(rt, line, format!("route `{route}`: forwardTo has no destinations and the table has no defaultDestination"));
-                }
-                check_destinations(v, rt, &route, &f.destinations);
-            }
+    }
+    if let Some(first) = rt.spec.tls.first() {
+        let served = rt.spec.virtual_gateways.iter().any(|g| {
+            v.cfg.virtual_gateways.iter().any(|gw| {
+                gw.name() == g.name
+                    && gw.namespace() == g.namespace.as_deref().unwrap_or(rt.namespace())
+                    && gw.spec.listeners.iter().any(|l| l.value.passthrough())
+            })
+        });
+        if !served {
+            v.notice(rt, rt.line_of(first), "tls routes are served only by VirtualGateway listeners with `tls: {mode: PASSTHROUGH}`, and none of this table's virtualGateways has one: they serve nothing (east-west, TLS to this host goes by its tcp routes)");
         }
     }
     // Delegation problems (cycles, selectors matching nothing) on every
@@ -616,6 +620,49 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
                  change its matchers or remove it", r.name, if key.2.is_empty() { "everything".into() } else { key.2.clone() }));
         } else {
             seen.insert(key, r.name.clone());
+        }
+    }
+}
+
+/// A route that only forwards (`tcp`, and `tls` on passthrough listeners):
+/// ports in range, `forwardTo` with destinations (or the table's default),
+/// no HTTP rewrites.
+fn forward_only_route(
+    v: &mut Validator<'_>,
+    rt: &Resource<RouteTableSpec>,
+    line: u64,
+    route: &str,
+    kind: &str,
+    ports: impl Iterator<Item = Option<u16>>,
+    forward_to: &Option<ForwardTo>,
+) {
+    for p in ports {
+        if p.is_some_and(|p| !(1..=65535).contains(&p)) {
+            v.err(
+                rt,
+                line,
+                format!("route `{route}`: port is out of range 1-65535"),
+            );
+        }
+    }
+    match forward_to {
+        None => v.err(
+            rt,
+            line,
+            format!("route `{route}`: a {kind} route needs forwardTo"),
+        ),
+        Some(f) => {
+            if f.path_rewrite.is_some()
+                || f.regex_rewrite.is_some()
+                || f.host_rewrite.is_some()
+                || f.auto_host_rewrite.is_some()
+            {
+                v.err(rt, line, format!("route `{route}`: rewrites are HTTP features; a {kind} route cannot have them"));
+            }
+            if f.destinations.is_empty() && rt.spec.default_destination.is_none() {
+                v.err(rt, line, format!("route `{route}`: forwardTo has no destinations and the table has no defaultDestination"));
+            }
+            check_destinations(v, rt, route, &f.destinations);
         }
     }
 }
@@ -714,11 +761,28 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
                 "listener needs `port: {number: N}` with N in 1-65535",
             ),
         }
+        if lv.passthrough() {
+            // The proxy reads the ClientHello's SNI and forwards the bytes:
+            // no certificate here, no HTTP.
+            let t = lv.tls.as_ref().expect("passthrough has tls");
+            if lv.http.is_some() {
+                v.err(gw, line, "tls mode PASSTHROUGH forwards TLS undecrypted, so the listener cannot be `http: {}`; use `tcp: {}` (or neither) and `tls` routes in the route tables");
+            }
+            if t.files.is_some()
+                || t.secret_name.is_some()
+                || t.cert_file.is_some()
+                || t.key_file.is_some()
+            {
+                v.err(gw, line, "tls mode PASSTHROUGH does not terminate TLS: remove files/secretName (the endpoints present their own certificates)");
+            }
+            continue;
+        }
         if lv.http.is_some() == lv.tcp.is_some() {
             v.err(
                 gw,
                 line,
-                "a listener needs exactly one of `http: {}` or `tcp: {}`",
+                "a listener needs exactly one of `http: {}` or `tcp: {}` (or `tls: {mode: \
+                 PASSTHROUGH}`)",
             );
         }
         if let Some(t) = &lv.tls {
@@ -731,8 +795,8 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
                     gw,
                     line,
                     format!(
-                        "tls mode {mode:?} is not supported; expected SIMPLE, MUTUAL or \
-                         OPTIONAL_MUTUAL"
+                        "tls mode {mode:?} is not supported; expected SIMPLE, MUTUAL, \
+                         OPTIONAL_MUTUAL or PASSTHROUGH"
                     ),
                 );
             }

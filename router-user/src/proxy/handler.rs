@@ -271,7 +271,7 @@ fn cors_preflight(c: &CorsPolicy, origin: &str) -> Response<Body> {
 
 /// Pick one of the destinations by weight (those with endpoints), then one
 /// endpoint by share, avoiding `avoid` when there is a choice (retries).
-fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketAddr)> {
+pub(super) fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketAddr)> {
     let live: Vec<&L7Dest> = dests
         .iter()
         .filter(|d| d.weight > 0 && !d.endpoints.is_empty())

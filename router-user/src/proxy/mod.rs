@@ -21,6 +21,7 @@
 //! gateway listener whose TLS settings change keeps its socket.
 pub mod engine;
 pub mod handler;
+pub mod sni;
 pub mod upstream;
 
 use std::{
@@ -147,6 +148,7 @@ enum ConnKey {
 #[derive(Clone)]
 struct Shape {
     http: bool,
+    passthrough: bool,
     tls: Option<tokio_rustls::TlsAcceptor>,
     files: Option<TlsFiles>,
 }
@@ -383,9 +385,16 @@ async fn route_request(
     }
 }
 
+/// The destinations of the first forwarding route of `table`.
+fn first_forward(table: &Compiled) -> Option<Vec<crate::plan::L7Dest>> {
+    table.routes.iter().find_map(|route| match &route.action {
+        crate::plan::L7Action::Forward(f) => Some(f.dests.clone()),
+        _ => None,
+    })
+}
+
 /// A TCP gateway listener: each connection to an endpoint of the first
-/// route's destinations (per-connection weighted choice), with the connect
-/// timeout and an idle timeout.
+/// route's destinations.
 async fn serve_tcp(
     client: tokio::net::TcpStream,
     port: u16,
@@ -395,28 +404,76 @@ async fn serve_tcp(
 ) {
     let target = {
         let r = routing.borrow();
-        r.gateways.get(&port).and_then(|gw| {
-            gw.hosts
-                .iter()
-                .flat_map(|(_, c)| c.routes.iter())
-                .find_map(|route| match &route.action {
-                    crate::plan::L7Action::Forward(f) => Some(f.dests.clone()),
-                    _ => None,
-                })
-        })
+        r.gateways
+            .get(&port)
+            .and_then(|gw| gw.hosts.iter().find_map(|(_, c)| first_forward(c)))
     };
-    let Some(dests) = target else { return };
-    let live: Vec<_> = dests.iter().filter(|d| !d.endpoints.is_empty()).collect();
-    let Some(dest) = live.get(fastrand::usize(0..live.len().max(1))) else {
+    if let Some(dests) = target {
+        forward_raw(client, &[], &dests, idle, &ctx).await;
+    }
+}
+
+/// A PASSTHROUGH gateway listener: read the ClientHello (within the TLS
+/// handshake timeout, at most [`sni::MAX_HELLO`] bytes), pick the `tls`
+/// route by its SNI (exact names first, then the longest wildcard), and
+/// forward the connection undecrypted, the bytes already read first. No
+/// SNI, no matching route, or not TLS: the connection is closed.
+async fn serve_passthrough(
+    mut client: tokio::net::TcpStream,
+    port: u16,
+    idle: Duration,
+    routing: watch::Receiver<Arc<Tables>>,
+    ctx: Arc<Ctx>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(2048);
+    let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE;
+    let name = loop {
+        match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        match sni::client_hello(&buf) {
+            sni::Hello::NeedMore if buf.len() < sni::MAX_HELLO => continue,
+            sni::Hello::Sni(Some(name)) => break name,
+            _ => return,
+        }
+    };
+    let target = {
+        let r = routing.borrow();
+        r.gateways
+            .get(&port)
+            .and_then(|gw| gw.select(&name))
+            .and_then(first_forward)
+    };
+    if let Some(dests) = target {
+        forward_raw(client, &buf, &dests, idle, &ctx).await;
+    }
+}
+
+/// Connect to an endpoint of `dests` (by weight, then by share) and copy
+/// bytes both ways until either side closes or both are idle for `idle`;
+/// `first` (what was read from the client already) goes ahead.
+async fn forward_raw(
+    client: tokio::net::TcpStream,
+    first: &[u8],
+    dests: &[crate::plan::L7Dest],
+    idle: Duration,
+    ctx: &Ctx,
+) {
+    use tokio::io::AsyncWriteExt;
+    let Some((_, ep)) = handler::pick(dests, None) else {
         return;
     };
-    let ep = dest.endpoints[fastrand::usize(0..dest.endpoints.len())].endpoint;
     match ctx.pool.connect(ep).await {
         Ok(up) => {
             ctx.obs.record(ep, handler::Outcome::Ok);
             let activity = Activity::default();
             let mut a = Watched::new(client, activity.clone());
             let mut b = Watched::new(up, activity.clone());
+            if !first.is_empty() && b.write_all(first).await.is_err() {
+                return;
+            }
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
                 _ = activity.idle_for(idle) => {}
@@ -500,6 +557,9 @@ impl Acceptor {
             tokio::spawn(async move {
                 let activity = Activity::default();
                 match (shape.http, shape.tls) {
+                    _ if shape.passthrough => {
+                        serve_passthrough(stream, port, tcp_idle, routing, ctx).await
+                    }
                     (false, _) => serve_tcp(stream, port, tcp_idle, routing, ctx).await,
                     (true, Some(acc)) => {
                         let io = Watched::new(stream, activity.clone());
@@ -640,6 +700,7 @@ impl Proxy {
                 .with_context(|| format!("gateway {} port {}", g.gateway, g.port))?;
             let shape = Shape {
                 http: g.http,
+                passthrough: g.passthrough,
                 tls,
                 files: g.tls.clone(),
             };
@@ -649,8 +710,10 @@ impl Proxy {
                 // on, the files were read again above: a certificate renewed
                 // in place is served from this reload on.
                 let old = running.shape.borrow();
-                let same =
-                    old.http == shape.http && old.files == shape.files && shape.tls.is_none();
+                let same = old.http == shape.http
+                    && old.passthrough == shape.passthrough
+                    && old.files == shape.files
+                    && shape.tls.is_none();
                 drop(old);
                 if !same {
                     running.shape.send_replace(shape);

@@ -3,6 +3,9 @@
 //! listens, and who it sees as the client. Prints `ready` once every socket
 //! is bound.
 //!
+//! `tls:ADDR:name` serves the same HTTP over TLS with a self-signed
+//! certificate for `name`, written to `--cert-dir` as `<name>.pem`.
+//!
 //! `rt-backend --listen tcp:10.1.1.10:8080:app-a-1 --listen udp:10.1.1.40:9000:echo-1`
 use std::{
     convert::Infallible,
@@ -27,6 +30,10 @@ struct Args {
     /// proto:ip:port:id (IPv6 as tcp:[fd00::1]:80:id)
     #[arg(long = "listen", required = true)]
     listen: Vec<String>,
+    /// Where `tls` listeners write their self-signed certificate
+    /// (`<id>.pem`, for clients to verify against).
+    #[arg(long, default_value = "/tmp")]
+    cert_dir: std::path::PathBuf,
 }
 
 fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
@@ -39,8 +46,8 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {spec}"))?;
-    if !["tcp", "udp", "sink", "hung"].contains(&proto) {
-        bail!("proto must be tcp, udp, sink or hung in {spec}");
+    if !["tcp", "tls", "udp", "sink", "hung"].contains(&proto) {
+        bail!("proto must be tcp, tls, udp, sink or hung in {spec}");
     }
     Ok((proto.to_string(), addr, id.to_string()))
 }
@@ -125,7 +132,8 @@ async fn answer(
     respond(200, body)
 }
 
-async fn serve_tcp(l: TcpListener, id: Arc<String>) {
+/// HTTP on `l`, over TLS with `tls` (HTTPS with ALPN h2 and http/1.1).
+async fn serve_tcp(l: TcpListener, id: Arc<String>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mem = Arc::new(Memory::default());
     loop {
         let Ok((stream, peer)) = l.accept().await else {
@@ -135,19 +143,42 @@ async fn serve_tcp(l: TcpListener, id: Arc<String>) {
             .local_addr()
             .map(|l| l.to_string())
             .unwrap_or_default();
-        let (id, mem) = (id.clone(), mem.clone());
+        let (id, mem, tls) = (id.clone(), mem.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (id, local, mem) = (id.clone(), local.clone(), mem.clone());
                 async move { Ok::<_, Infallible>(answer(req, id, local, peer, mem).await) }
             });
             // HTTP/1.1 and HTTP/2 (prior knowledge), like a real service.
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+            let http =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = match tls {
+                None => http.serve_connection(TokioIo::new(stream), svc).await,
+                Some(acc) => match acc.accept(stream).await {
+                    Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Err(_) => return,
+                },
+            };
         });
     }
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `name`, which
+/// is written to `dir/<name>.pem`.
+fn self_signed(name: &str, dir: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
+    let pem = ck.cert.pem();
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, &pem).with_context(|| format!("writing {}", path.display()))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 async fn serve_udp(s: UdpSocket, id: Arc<String>) {
@@ -227,11 +258,14 @@ async fn serve() -> Result<()> {
             stuck.push(hung(addr)?);
         } else if proto == "sink" {
             sink(addr)?;
-        } else if proto == "tcp" {
+        } else if proto == "tcp" || proto == "tls" {
+            let tls = (proto == "tls")
+                .then(|| self_signed(&id, &args.cert_dir))
+                .transpose()?;
             let l = TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding tcp {addr}"))?;
-            tasks.push(tokio::spawn(serve_tcp(l, id)));
+                .with_context(|| format!("binding {proto} {addr}"))?;
+            tasks.push(tokio::spawn(serve_tcp(l, id, tls)));
         } else {
             let s = UdpSocket::bind(addr)
                 .await
