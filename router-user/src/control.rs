@@ -78,6 +78,7 @@ impl Control {
             cfg.apply(changes);
             cfg.shrink_to_fit();
             cfg.files = files.unwrap_or_default();
+            cfg.resolved = health.resolved.clone();
             let live = Live::new(cfg, &self.overrides)?;
             phases.validate_ms = ms(t);
             let t = Instant::now();
@@ -158,6 +159,27 @@ impl Control {
         })
     }
 
+    /// The resolver's answers changed: the ExternalServices that read the
+    /// names whose addresses changed, recompiled.
+    fn prepare_resolved(
+        &mut self,
+        health: &Health,
+        phases: &mut Phases,
+    ) -> Result<Prepared, ConfigError> {
+        let (Some(live), Some(compiled)) = (&mut self.live, &mut self.compiled) else {
+            return Ok(Prepared::Nothing);
+        };
+        let t = Instant::now();
+        let services = live.set_resolved(health.resolved.clone());
+        let d = compiled.update(live.validated(), health, &services)?;
+        phases.compile_ms += ms(t);
+        Ok(if d.is_empty() {
+            Prepared::Nothing
+        } else {
+            Prepared::Changes(d)
+        })
+    }
+
     /// The datapath took the prepared change.
     pub fn commit(&mut self) {
         if let Some(mut r) = self.reading.take() {
@@ -209,8 +231,8 @@ impl Delta {
 
 impl Control {
     /// One reload: the files (if `read_files`: what changed in them), then
-    /// endpoint health (`applied`: the health the serving plan has;
-    /// `health`: now). Nothing is accepted until [`Control::commit`].
+    /// the resolver's answers, then endpoint health (`applied`: what the
+    /// serving plan was compiled with; `health`: now). Nothing is accepted until [`Control::commit`].
     pub fn prepare(
         &mut self,
         read_files: bool,
@@ -225,6 +247,23 @@ impl Control {
                 Ok(Prepared::Changes(d)) => delta.merge(d),
                 Ok(Prepared::Nothing) => {}
                 Err(e) => refused = Some(e),
+            }
+        }
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|l| l.validated().config.resolved != health.resolved)
+        {
+            match self.prepare_resolved(health, phases) {
+                Ok(Prepared::Changes(d)) => delta.merge(d),
+                Ok(Prepared::Nothing) => {}
+                Err(e) => {
+                    self.rollback(applied);
+                    return Reload {
+                        prepared: Prepared::Nothing,
+                        refused: Some(e),
+                    };
+                }
             }
         }
         if health.unhealthy != applied.unhealthy {

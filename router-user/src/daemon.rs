@@ -40,7 +40,7 @@ use crate::{
     config::{ConfigError, Overrides, load::LoadOptions},
     control::{Control, Prepared, ms},
     datapath::{self, Datapath, Heartbeat, OrigTable, Pins, Startup, sync::Bound},
-    dns::{Dns, Names},
+    dns::{Dns, Lookups, Names},
     events::{Event, Phases},
     health::{self, Watched},
     limits,
@@ -278,6 +278,8 @@ pub enum Trigger {
     /// Endpoint health changed: recompile the config in service (not the
     /// files on disk: a bad edit there waits for its own reload).
     Health,
+    /// An external host name resolved to other addresses: likewise.
+    Resolved,
     /// A file under the config path changed.
     FileChange,
     /// SIGHUP.
@@ -288,13 +290,14 @@ impl Trigger {
     fn reason(self) -> &'static str {
         match self {
             Trigger::Health => "endpoint health change",
+            Trigger::Resolved => "external host resolved",
             Trigger::FileChange => "config change",
             Trigger::Signal => "SIGHUP",
         }
     }
     /// Does this trigger read the files again?
     fn reloads(self) -> bool {
-        self != Trigger::Health
+        !matches!(self, Trigger::Health | Trigger::Resolved)
     }
 }
 
@@ -432,9 +435,14 @@ pub struct Daemon {
     opts: RunOptions,
     serving: Serving,
     control: Control,
-    /// Endpoints the health task says to avoid, as last applied.
+    /// Endpoints the health task says to avoid, and the resolver's
+    /// answers, as last applied.
     health: Health,
     avoid: watch::Receiver<BTreeSet<SocketAddr>>,
+    /// The external host names to resolve (from the applied plan), and
+    /// what the resolver found.
+    lookups: watch::Sender<Lookups>,
+    resolved: watch::Receiver<Arc<crate::plan::Resolved>>,
     changes: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     _watcher: Option<notify::RecommendedWatcher>,
     /// The gateway listeners' TLS files (followed with `--watch` only).
@@ -516,6 +524,28 @@ impl Daemon {
             .netns_cookie()
             .await
             .context("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
+        // External host names resolve before the first apply (at most 3 s),
+        // so a restart does not take their endpoints away for a moment.
+        let (lookups, lookups_rx) = watch::channel(Lookups::of(
+            control.plan().unwrap_or(&Plan::default()),
+            opts.listen_netns.as_deref(),
+        ));
+        let mut resolved = crate::dns::spawn_resolver(socks.clone(), lookups_rx);
+        let mut health0 = Health::default();
+        if first.is_ok() && !lookups.borrow().names.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), resolved.changed()).await;
+            health0.resolved = (**resolved.borrow_and_update()).clone();
+            if !health0.resolved.is_empty() {
+                let none = Health::default();
+                let r = tokio::task::block_in_place(|| {
+                    control.prepare(false, &none, &health0, &mut phases)
+                });
+                if let Some(e) = r.refused {
+                    Rejection::Config(e).event("start-up").emit();
+                    health0.resolved.clear();
+                }
+            }
+        }
         // The plan to serve: this config's, or the last applied one if this
         // config is bad (the datapath was adopted as it is).
         // (Read only when needed: plan.json is 36 MiB at the bench's 10,000
@@ -625,8 +655,10 @@ impl Daemon {
             opts,
             serving,
             control,
-            health: Health::default(),
+            health: health0,
             avoid,
+            lookups,
+            resolved,
             changes,
             _watcher: watcher,
             tls,
@@ -649,6 +681,7 @@ impl Daemon {
                 }
                 _ = signals.hup.recv() => Trigger::Signal,
                 Ok(()) = self.avoid.changed() => Trigger::Health,
+                Ok(()) = self.resolved.changed() => Trigger::Resolved,
                 Some(paths) = self.changes.recv() => {
                     self.note_paths(paths);
                     Trigger::FileChange
@@ -679,6 +712,7 @@ impl Daemon {
                     _ = tokio::time::sleep(quiet) => break,
                     _ = signals.hup.recv() => trigger = trigger.max(Trigger::Signal),
                     Ok(()) = self.avoid.changed() => {}
+                    Ok(()) = self.resolved.changed() => trigger = trigger.max(Trigger::Resolved),
                     Some(paths) = self.changes.recv() => {
                         self.note_paths(paths);
                         trigger = trigger.max(Trigger::FileChange);
@@ -708,6 +742,7 @@ impl Daemon {
         let mut phases = Phases::default();
         let health = Health {
             unhealthy: self.avoid.borrow_and_update().clone(),
+            resolved: (**self.resolved.borrow_and_update()).clone(),
         };
         if trigger == Trigger::Signal {
             self.control.source.rescan();
@@ -764,6 +799,14 @@ impl Daemon {
                     close_removed(&self.serving.socks, gone, &self.serving.cgroup);
                 }
                 applied_event(why, &self.serving, &plan, &report, phases, t);
+                let want = Lookups::of(&plan, self.opts.listen_netns.as_deref());
+                self.lookups.send_if_modified(|cur| {
+                    let changed = *cur != want;
+                    if changed {
+                        *cur = want;
+                    }
+                    changed
+                });
                 if self.opts.watch {
                     self.tls.follow(&plan);
                 }

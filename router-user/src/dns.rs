@@ -27,7 +27,7 @@
 //! exchange and idle TCP connection times out, and an upstream that answers
 //! ICMP port unreachable is given up at once.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -54,7 +54,7 @@ use crate::{
     datapath::{OrigTable, sync::Bound},
     limits::Admission,
     netns::Sockets,
-    plan::{DnsPlan, Plan},
+    plan::{DnsPlan, Plan, Resolved},
 };
 
 const MAX_UDP: usize = 4096;
@@ -290,6 +290,194 @@ pub fn fallback_upstreams(
         }
     }
     (kept, dropped)
+}
+
+// --- resolving ExternalService host names ------------------------------------
+
+/// How often a name is looked up again: its answer's TTL, within these.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+const MAX_REFRESH: Duration = Duration::from_secs(300);
+/// After a failed lookup (no upstream answered): the old addresses stay.
+const RETRY: Duration = Duration::from_secs(5);
+/// Negative answers without an SOA are cached this long (seconds).
+const NEGATIVE_TTL: u32 = 30;
+
+/// What the resolver looks up, and where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lookups {
+    pub names: Vec<String>,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+impl Lookups {
+    /// The plan's names, asked of its upstreams (`spec.dns.upstreams`,
+    /// else the namespace's resolv.conf). The daemon's own queries are never
+    /// captured (`DAEMON_MARK`), so any resolver will do, never our own
+    /// listeners.
+    pub fn of(plan: &Plan, netns: Option<&Path>) -> Lookups {
+        let configured = if plan.dns.upstreams.is_empty() {
+            system_upstreams(netns)
+        } else {
+            plan.dns.upstreams.clone()
+        };
+        let ours = if plan.dns.enabled {
+            plan.dns.listeners()
+        } else {
+            Vec::new()
+        };
+        Lookups {
+            names: plan.dns.resolve.clone(),
+            upstreams: configured
+                .into_iter()
+                .filter(|u| !ours.contains(u))
+                .collect(),
+        }
+    }
+}
+
+/// A query for `name` of type `t` with id `id`.
+fn lookup_query(name: &str, t: RecordType, id: u16) -> Option<Vec<u8>> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    let mut fqdn = Name::from_ascii(name).ok()?;
+    fqdn.set_fqdn(true);
+    m.add_query(hickory_proto::op::Query::query(fqdn, t));
+    m.to_vec().ok()
+}
+
+/// The addresses an upstream's reply to query `id` gives (every A and
+/// AAAA of the answer, whatever owner: CNAME chains end there) and how long
+/// they hold (the lowest TTL; for "no such name" or "no such type", the
+/// SOA's). `None`: not an answer (wrong id, SERVFAIL, REFUSED, garbage),
+/// and the caller tries elsewhere or later. Pure.
+pub fn answer_addresses(reply: &[u8], id: u16) -> Option<(Vec<IpAddr>, u32)> {
+    let m = Message::from_vec(reply).ok()?;
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let negative_ttl = || {
+        m.authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+            .unwrap_or(NEGATIVE_TTL)
+    };
+    match m.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Some((Vec::new(), negative_ttl())),
+        _ => return None,
+    }
+    let mut addrs = Vec::new();
+    let mut ttl = None::<u32>;
+    for r in &m.answers {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        addrs.push(ip);
+        ttl = Some(ttl.map_or(r.ttl, |t| t.min(r.ttl)));
+    }
+    Some((addrs, ttl.unwrap_or_else(negative_ttl)))
+}
+
+/// Look `name` up (A, then AAAA) at the first upstream that answers each.
+/// `None` if neither type got an answer.
+async fn lookup(
+    socks: &Sockets,
+    upstreams: &[SocketAddr],
+    name: &str,
+) -> Option<(Vec<IpAddr>, u32)> {
+    let mut out: Option<(Vec<IpAddr>, u32)> = None;
+    for t in [RecordType::A, RecordType::AAAA] {
+        let id = fastrand::u16(..);
+        let q = lookup_query(name, t, id)?;
+        for up in upstreams {
+            let mut reply = ask_udp(socks, *up, &q).await;
+            // Truncated: ask again over TCP.
+            if reply
+                .as_ref()
+                .is_some_and(|r| r.len() > 2 && r[2] & 0x02 != 0)
+            {
+                reply = ask_tcp(socks, *up, &q).await;
+            }
+            if let Some((addrs, ttl)) = reply.as_deref().and_then(|r| answer_addresses(r, id)) {
+                let (all, min) = out.get_or_insert((Vec::new(), u32::MAX));
+                all.extend(addrs);
+                *min = (*min).min(ttl);
+                break;
+            }
+        }
+    }
+    out.map(|(mut a, t)| {
+        a.sort();
+        a.dedup();
+        (a, t)
+    })
+}
+
+/// Resolve `want`'s names, each again when its answer expires (its TTL,
+/// within 1 s to 5 min; 5 s after a failure, keeping the old addresses),
+/// and publish every name's addresses whenever any changed. Stops when the
+/// sender of `want` is dropped.
+pub fn spawn_resolver(
+    socks: Sockets,
+    mut want: watch::Receiver<Lookups>,
+) -> watch::Receiver<Arc<Resolved>> {
+    let (tx, rx) = watch::channel(Arc::new(Resolved::new()));
+    tokio::spawn(async move {
+        use tokio::time::Instant;
+        // name -> (addresses, when to look again)
+        let mut state: BTreeMap<String, (Option<Vec<IpAddr>>, Instant)> = BTreeMap::new();
+        loop {
+            let lookups = want.borrow_and_update().clone();
+            state.retain(|n, _| lookups.names.contains(n));
+            for n in &lookups.names {
+                state.entry(n.clone()).or_insert((None, Instant::now()));
+            }
+            let now = Instant::now();
+            for (name, (addrs, due)) in state.iter_mut().filter(|(_, (_, d))| *d <= now) {
+                match lookup(&socks, &lookups.upstreams, name).await {
+                    Some((a, ttl)) => {
+                        let ttl = Duration::from_secs(u64::from(ttl));
+                        *due = Instant::now() + ttl.clamp(MIN_REFRESH, MAX_REFRESH);
+                        if addrs.as_ref() != Some(&a) {
+                            tracing::info!(%name, addresses = ?a, "external host resolved");
+                        }
+                        *addrs = Some(a);
+                    }
+                    None => {
+                        tracing::warn!(%name, upstreams = ?lookups.upstreams, "external host name did not resolve (no upstream answered); keeping its last addresses, trying again in 5 s");
+                        *due = Instant::now() + RETRY;
+                    }
+                }
+            }
+            let now_map: Resolved = state
+                .iter()
+                .filter_map(|(n, (a, _))| Some((n.clone(), a.clone()?)))
+                .collect();
+            tx.send_if_modified(|cur| {
+                let changed = **cur != now_map;
+                if changed {
+                    *cur = Arc::new(now_map);
+                }
+                changed
+            });
+            let next = state
+                .values()
+                .map(|(_, d)| *d)
+                .min()
+                .unwrap_or_else(|| Instant::now() + MAX_REFRESH);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                r = want.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    rx
 }
 
 // --- the server ----------------------------------------------------------------
@@ -708,6 +896,54 @@ mod tests {
         let (kept, dropped) = fallback_upstreams(&[ours, local, remote], &[ours], false);
         assert_eq!(kept, vec![remote]);
         assert_eq!(dropped.len(), 2);
+    }
+
+    #[test]
+    fn resolver_answers_give_addresses_and_how_long_they_hold() {
+        let name = Name::from_ascii("api.partner.test.").unwrap();
+        let reply = |code: ResponseCode, records: Vec<Record>, soa_ttl: Option<u32>| {
+            let mut m = Message::response(7, OpCode::Query);
+            m.metadata.response_code = code;
+            for r in records {
+                m.add_answer(r);
+            }
+            if let Some(t) = soa_ttl {
+                m.add_authority(soa(&name, t));
+            }
+            m.to_vec().unwrap()
+        };
+        let a =
+            |ip: &str, ttl| Record::from_rdata(name.clone(), ttl, RData::A(A(ip.parse().unwrap())));
+        let cname = Record::from_rdata(
+            name.clone(),
+            300,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(
+                Name::from_ascii("lb.partner.test.").unwrap(),
+            )),
+        );
+        // A CNAME chain: the addresses at its end, the lowest TTL of them.
+        let r = reply(
+            ResponseCode::NoError,
+            vec![cname, a("10.9.0.2", 60), a("10.9.0.1", 20)],
+            None,
+        );
+        assert_eq!(
+            answer_addresses(&r, 7),
+            Some((
+                vec!["10.9.0.2".parse().unwrap(), "10.9.0.1".parse().unwrap()],
+                20
+            ))
+        );
+        assert_eq!(answer_addresses(&r, 8), None, "another query's answer");
+        // No such name, no such type: no addresses, for the SOA's TTL.
+        let r = reply(ResponseCode::NXDomain, vec![], Some(15));
+        assert_eq!(answer_addresses(&r, 7), Some((vec![], 15)));
+        let r = reply(ResponseCode::NoError, vec![], None);
+        assert_eq!(answer_addresses(&r, 7), Some((vec![], NEGATIVE_TTL)));
+        // A failure is not an answer: the caller keeps what it had.
+        let r = reply(ResponseCode::ServFail, vec![], None);
+        assert_eq!(answer_addresses(&r, 7), None);
+        assert_eq!(answer_addresses(b"garbage", 7), None);
     }
 
     #[test]

@@ -389,7 +389,14 @@ pub struct DnsPlan {
     pub ttl: u32,
     /// Upstream resolvers; empty: the node's resolv.conf.
     pub upstreams: Vec<SocketAddr>,
+    /// Host names the daemon resolves (A and AAAA, again when the answers
+    /// expire) for the ExternalServices backed by DNS, sorted.
+    #[serde(default)]
+    pub resolve: Vec<String>,
 }
+
+/// Host names and the addresses they resolved to (sorted, deduplicated).
+pub type Resolved = std::collections::BTreeMap<String, Vec<IpAddr>>;
 
 impl Default for DnsPlan {
     fn default() -> Self {
@@ -401,6 +408,7 @@ impl Default for DnsPlan {
             port: 53,
             ttl: 5,
             upstreams: Vec::new(),
+            resolve: Vec::new(),
         }
     }
 }

@@ -51,7 +51,13 @@ pub fn check(plan: &Plan, elapsed: Duration) -> String {
             "  gateway {} listener :{} ({}{}): {}",
             g.gateway,
             g.port,
-            if g.http { "http" } else { "tcp" },
+            if g.passthrough {
+                "tls passthrough"
+            } else if g.http {
+                "http"
+            } else {
+                "tcp"
+            },
             if g.tls.is_some() { ", tls" } else { "" },
             if tables.is_empty() {
                 "no route tables bound".to_string()

@@ -444,6 +444,51 @@ impl VirtualDestination {
     }
 }
 
+/// An ExternalService: `host` served with a VIP and a name, backed by the
+/// ExternalEndpoints its selector picks, else by `host` as DNS resolves it.
+#[derive(Clone, Debug)]
+pub struct ExternalService(Spec);
+gloo_object!(ExternalService);
+
+impl ExternalService {
+    pub fn new(name: &str, host: &str) -> Self {
+        let mut s = Spec::new(GLOO, "ExternalService", name);
+        push(&mut s.spec, "hosts", host.into());
+        ExternalService(s)
+    }
+    /// A port as Gloo writes it (`{"number": 443, "name": "https", "protocol": "HTTPS"}`).
+    pub fn port(mut self, port: Value) -> Self {
+        push(&mut self.0.spec, "ports", port);
+        self
+    }
+    /// Back it with the ExternalEndpoints labelled so.
+    pub fn selector(mut self, k: &str, v: &str) -> Self {
+        merge(&mut self.0.spec, "selector", json!({ k: v }));
+        self
+    }
+}
+
+/// An ExternalEndpoint: an address (IP or host name) and its ports.
+#[derive(Clone, Debug)]
+pub struct ExternalEndpoint(Spec);
+gloo_object!(ExternalEndpoint);
+
+impl ExternalEndpoint {
+    pub fn new(name: &str, address: &str) -> Self {
+        let mut s = Spec::new(GLOO, "ExternalEndpoint", name);
+        s.spec.insert("address".into(), address.into());
+        ExternalEndpoint(s)
+    }
+    pub fn port(mut self, name: &str, number: u16) -> Self {
+        push(
+            &mut self.0.spec,
+            "ports",
+            json!({"name": name, "number": number}),
+        );
+        self
+    }
+}
+
 /// A VirtualDestination for `host` over the services labelled `app: <app>`,
 /// on one port, labelled `lb: local` (so [`locality_policy`] applies).
 pub fn local_vd(
@@ -471,6 +516,10 @@ impl Dest {
     /// A VirtualDestination by name.
     pub fn virtual_destination(name: &str) -> Self {
         Dest(json!({"ref": {"name": name}, "kind": "VIRTUAL_DESTINATION"}))
+    }
+    /// An ExternalService by name.
+    pub fn external_service(name: &str) -> Self {
+        Dest(json!({"ref": {"name": name}, "kind": "EXTERNAL_SERVICE"}))
     }
     pub fn cluster(mut self, c: &str) -> Self {
         self.0["ref"]["cluster"] = c.into();

@@ -909,3 +909,254 @@ spec:
         "{n:?}"
     );
 }
+
+/// `api.partner.test` as Gloo's ExternalService on 443, and `extra` (more
+/// documents) after it.
+fn partner(selector: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: ExternalService
+metadata: {{name: partner, namespace: payments, labels: {{external: "true"}}}}
+spec:
+  hosts: [api.partner.test]
+  ports:
+  - {{number: 443, name: https, protocol: HTTPS}}
+{selector}---
+apiVersion: networking.gloo.solo.io/v2
+kind: ExternalEndpoint
+metadata:
+  name: partner-z1
+  namespace: payments
+  labels: {{partner: api, topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z1}}
+spec:
+  address: 10.9.0.1
+  ports: [{{name: https, number: 8443}}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: ExternalEndpoint
+metadata:
+  name: partner-z2
+  namespace: payments
+  labels: {{partner: api, topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z2}}
+spec:
+  address: 10.9.0.2
+  ports: [{{name: https, number: 8443}}]
+---
+{extra}"#
+    )
+}
+
+/// The endpoints (with slot counts) of `host`:`port`'s IPv4 service.
+fn slots_of(p: &Plan, host: &str, port: u16) -> Vec<(String, u32)> {
+    let s = p
+        .services
+        .iter()
+        .find(|s| s.host == host && s.port == port && s.vip.is_ipv4())
+        .unwrap_or_else(|| panic!("no service {host}:{port}"));
+    s.slots
+        .iter()
+        .map(|x| (x.endpoint.to_string(), x.slots))
+        .collect()
+}
+
+/// Item 9: an ExternalService (Gloo's shape) is a virtual host with a VIP
+/// and a name, backed by the ExternalEndpoints its selector picks (ports
+/// by name, locality from their labels), and a destination of kind
+/// EXTERNAL_SERVICE; policies select it by kind EXTERNAL_SERVICE, and
+/// locality and failover apply as to any destination.
+#[test]
+fn external_services_are_virtual_hosts_backed_by_external_endpoints() {
+    let p = plan(&partner(
+        "  selector: {partner: api}\n",
+        r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: partner-routes, namespace: payments}
+spec:
+  hosts: [partner.mesh]
+  tcp:
+  - forwardTo:
+      destinations: [{ref: {name: partner}, kind: EXTERNAL_SERVICE, port: {number: 443}}]
+"#,
+    ));
+    let h = p.host("api.partner.test").expect("a virtual host");
+    assert!(p.vip_ranges.v4.contains(&h.vip4), "a VIP: {}", h.vip4);
+    assert_eq!(
+        slots_of(&p, "api.partner.test", 443),
+        vec![("10.9.0.1:8443".into(), 1), ("10.9.0.2:8443".into(), 1)]
+    );
+    assert_eq!(
+        slots_of(&p, "partner.mesh", 443).len(),
+        2,
+        "the route table's destination"
+    );
+    // Outlier detection and failover select it by kind: its own zone first.
+    let policies = r#"apiVersion: resilience.policy.gloo.solo.io/v2
+kind: OutlierDetectionPolicy
+metadata: {name: od, namespace: payments}
+spec:
+  applyToDestinations: [{kind: EXTERNAL_SERVICE, selector: {labels: {external: "true"}}}]
+  config: {consecutiveErrors: 5}
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: FailoverPolicy
+metadata: {name: fo, namespace: payments}
+spec:
+  applyToDestinations: [{kind: EXTERNAL_SERVICE}]
+  config:
+    localityMappings: [{from: {region: r1}, to: [{region: r1, zone: z2}]}]
+"#;
+    let p = plan(&partner("  selector: {partner: api}\n", policies));
+    assert_eq!(
+        slots_of(&p, "api.partner.test", 443),
+        vec![("10.9.0.1:8443".into(), 1)],
+        "the node's zone (z1) first"
+    );
+    // A policy of kind SERVICE does not select it.
+    let p = plan(&partner(
+        "  selector: {partner: api}\n",
+        &policies.replace("kind: EXTERNAL_SERVICE", "kind: SERVICE"),
+    ));
+    assert_eq!(slots_of(&p, "api.partner.test", 443).len(), 2);
+}
+
+/// Item 9: without ExternalEndpoints, the hosts' addresses come from DNS
+/// (the daemon's resolver hands them in as `Resources::resolved`; here set
+/// by hand); the plan lists the names to resolve. What routerd cannot do
+/// is an error naming the line.
+#[test]
+fn external_services_without_endpoints_resolve_their_hosts() {
+    let text = format!("{}{}", world(), partner("", ""));
+    let v = load_str("t.yaml", &text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    let p = compile(&v, &Health::default()).unwrap();
+    assert_eq!(p.dns.resolve, vec!["api.partner.test".to_string()]);
+    assert!(
+        slots_of(&p, "api.partner.test", 443).is_empty(),
+        "not resolved yet"
+    );
+    let mut cfg = v.config.clone();
+    cfg.resolved.insert(
+        "api.partner.test".into(),
+        vec!["10.9.1.1".parse().unwrap(), "10.9.1.2".parse().unwrap()],
+    );
+    let v = router_user::config::validate_all(cfg, &Overrides::default()).unwrap();
+    let p = compile(&v, &Health::default()).unwrap();
+    assert_eq!(
+        slots_of(&p, "api.partner.test", 443),
+        vec![("10.9.1.1:443".into(), 1), ("10.9.1.2:443".into(), 1)]
+    );
+    for (bad, says) in [
+        (
+            "  addresses: [192.0.2.10]\n",
+            "spec.addresses is not supported",
+        ),
+        (
+            "  selector: {partner: none}\n",
+            "", // a notice, not an error
+        ),
+    ] {
+        let r = load(&partner(bad, ""));
+        if says.is_empty() {
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            let e = r.unwrap_err();
+            assert!(
+                e.contains(says) && e.contains("ExternalService payments/partner"),
+                "{e}"
+            );
+        }
+    }
+    let e = load(&partner("", "").replace(
+        "name: https, protocol: HTTPS}",
+        "name: https, protocol: HTTPS, clientsideTls: {}}",
+    ))
+    .unwrap_err();
+    assert!(e.contains("clientsideTls is not supported"), "{e}");
+    let e =
+        load(&partner("", "").replace("[api.partner.test]", "[\"*.partner.test\"]")).unwrap_err();
+    assert!(e.contains("wildcards are not allowed"), "{e}");
+    let n = notices(&partner("  selector: {partner: none}\n", ""));
+    assert!(
+        n.iter().any(|l| l.contains("selects no ExternalEndpoint")),
+        "{n:?}"
+    );
+}
+
+/// Item 7 (and the conformance table's `notice` rows): Gloo's selector
+/// fields with no meaning on a node (`cluster`, `workspace` of route table
+/// selectors and gateway references) and a mirror's `weight` load with a
+/// notice each; a destination selector's port by name selects a Service
+/// port of that name.
+#[test]
+fn fields_without_meaning_here_are_notices_and_ports_select_by_name() {
+    let gloo = r#"apiVersion: networking.gloo.solo.io/v2
+kind: VirtualGateway
+metadata: {name: edge, namespace: payments}
+spec:
+  listeners:
+  - port: {number: 8080}
+    http: {}
+    allowedRouteTables: [{selector: {cluster: c1}}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: root, namespace: payments}
+spec:
+  hosts: [shop.mesh]
+  virtualGateways: [{name: edge, cluster: c1}]
+  http:
+  - name: team
+    delegate:
+      routeTables: [{labels: {team: shop}, cluster: c1, workspace: shop}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: child, namespace: payments, labels: {team: shop}}
+spec:
+  http:
+  - name: api
+    labels: {route: api}
+    forwardTo:
+      destinations: [{ref: {name: payments}, port: {number: 80}}]
+---
+apiVersion: trafficcontrol.policy.gloo.solo.io/v2
+kind: MirrorPolicy
+metadata: {name: mirror, namespace: payments}
+spec:
+  applyToRoutes: [{route: {labels: {route: api}}}]
+  config:
+    destination: {ref: {name: payments}, port: {number: 80}, weight: 50}
+"#;
+    let n = notices(gloo);
+    for want in [
+        "allowedRouteTables[].selector.cluster is not applied",
+        "virtualGateways entry edge: `cluster` is not applied",
+        "delegate.routeTables[].cluster does not narrow",
+        "delegate.routeTables[].workspace does not narrow",
+        "destination.weight is not used by a mirror",
+    ] {
+        assert!(n.iter().any(|l| l.contains(want)), "{want}: {n:?}");
+    }
+    // applyToDestinations port by name: `http` is payments' port 80.
+    let od = |port: &str| {
+        format!(
+            r#"apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {{name: svc, namespace: payments}}
+spec:
+  hosts: [svc.mesh]
+  tcp:
+  - forwardTo:
+      destinations: [{{ref: {{name: payments}}, port: {{number: 80}}}}]
+---
+apiVersion: resilience.policy.gloo.solo.io/v2
+kind: OutlierDetectionPolicy
+metadata: {{name: od, namespace: payments}}
+spec:
+  applyToDestinations: [{{kind: SERVICE, port: {{name: {port}}}}}]
+  config: {{consecutiveErrors: 5}}
+"#
+        )
+    };
+    assert_eq!(plan(&od("http")).outliers.len(), 1, "port http is selected");
+    assert!(plan(&od("grpc")).outliers.is_empty(), "no port grpc");
+}

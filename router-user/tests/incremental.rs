@@ -1,7 +1,8 @@
 //! Incremental equals full: random sequences of changes to a config on disk
 //! (endpoints added, removed, made unready, moved to another zone, slices
 //! and services added and removed, route weights, delegation, policies,
-//! bad input) and to endpoint health, applied through the daemon's own
+//! ExternalServices, bad input), to endpoint health and to what the
+//! resolver found for external host names, applied through the daemon's own
 //! [`Control`] (file source, store, units), give after every step exactly
 //! what loading and compiling the same files from scratch gives: the same
 //! plan when accepted, the same errors when refused (the last good plan
@@ -44,6 +45,9 @@ struct World {
     checks: bool,
     /// A bad address in service 0's first slice (refused).
     bad_address: bool,
+    /// `ext.mesh`, an ExternalService resolved by DNS, and `partner.mesh`,
+    /// one over an ExternalEndpoint whose address is a name.
+    external: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +77,7 @@ impl World {
             failover: false,
             checks: false,
             bad_address: false,
+            external: true,
         }
     }
 
@@ -163,6 +168,27 @@ impl World {
             routes.with(team.http(HttpRoute::new().to(&[to("s3")])))
         };
         out.insert("routes.yaml".into(), routes.yaml());
+        if self.external {
+            out.insert(
+                "external.yaml".into(),
+                Config::new()
+                    .with(
+                        ExternalService::new("ext", "ext.mesh")
+                            .port(json!({"number": 443, "name": "https"})),
+                    )
+                    .with(
+                        ExternalService::new("partner", "partner.mesh")
+                            .port(json!({"number": 443, "name": "https"}))
+                            .selector("partner", "yes"),
+                    )
+                    .with(
+                        ExternalEndpoint::new("partner-1", "api.partner.test")
+                            .port("https", 8443)
+                            .label("partner", "yes"),
+                    )
+                    .yaml(),
+            );
+        }
         let mut policies = Config::new();
         if self.outlier {
             policies = policies.with(
@@ -244,8 +270,17 @@ enum Op {
         host: u8,
         healthy: bool,
     },
+    /// The resolver's answer for one of the external names: `n` addresses.
+    Resolve {
+        name: usize,
+        n: u8,
+    },
+    ToggleExternal,
     Sighup,
 }
+
+/// The names the external services resolve.
+const EXTERNAL_NAMES: [&str; 2] = ["ext.mesh", "api.partner.test"];
 
 fn op() -> impl Strategy<Value = Op> {
     let svc = 0..SERVICES;
@@ -270,6 +305,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ToggleChecks),
         5 => (svc.clone(), 1..6u8, any::<bool>())
             .prop_map(|(svc, host, healthy)| Op::Health { svc, host, healthy }),
+        3 => (0..2usize, 0..4u8).prop_map(|(name, n)| Op::Resolve { name, n }),
+        1 => Just(Op::ToggleExternal),
         1 => Just(Op::Sighup),
     ]
 }
@@ -353,9 +390,26 @@ fn step(w: &mut World, health: &mut Health, op: &Op) -> bool {
             }
             return false;
         }
+        Op::Resolve { name, n } => {
+            let addrs = (0..n)
+                .map(|i| format!("10.9.{name}.{}", 1 + i).parse().unwrap())
+                .collect();
+            health
+                .resolved
+                .insert(EXTERNAL_NAMES[name].to_string(), addrs);
+            return false;
+        }
+        Op::ToggleExternal => w.external = !w.external,
         Op::Sighup => {}
     }
     true
+}
+
+/// `v` with the resolver's answers (a whole validation of the same config).
+fn with_resolved(v: &Validated, health: &Health) -> Validated {
+    let mut cfg = v.config.clone();
+    cfg.resolved = health.resolved.clone();
+    router_user::config::validate_all(cfg, &Overrides::default()).unwrap()
 }
 
 /// Write the world's files: the changed ones, and remove the ones gone.
@@ -442,7 +496,7 @@ fn run(ops: &[Op]) {
             (Some(e), Ok(_)) => panic!("step {n} ({op:?}): refused what a whole load accepts: {e}"),
             (None, Err(f)) => panic!("step {n} ({op:?}): accepted what a whole load refuses: {f}"),
         }
-        let want: Plan = compile(&good, &health).unwrap();
+        let want: Plan = compile(&with_resolved(&good, &health), &health).unwrap();
         if let Prepared::Changes(_) = r.prepared {
             control.commit();
         }
@@ -545,6 +599,13 @@ fn every_kind_of_step_once() {
         Op::ToggleService { svc: 3 },
         Op::ToggleService { svc: 3 },
         Op::ToggleOutlier,
+        Op::Resolve { name: 0, n: 2 },
+        Op::Resolve { name: 1, n: 1 },
+        Op::Resolve { name: 0, n: 1 },
+        Op::ToggleExternal,
+        Op::Resolve { name: 1, n: 3 },
+        Op::ToggleExternal,
+        Op::Resolve { name: 0, n: 0 },
         Op::Sighup,
     ]);
 }

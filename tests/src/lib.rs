@@ -434,6 +434,14 @@ impl Drop for EtcNetns {
 /// A process killed on drop.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Send it SIGHUP (dnsmasq: read the hosts files again).
+    pub fn hangup(&self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGHUP) };
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -593,7 +601,9 @@ impl World {
 
     /// The self-signed certificate of a `tls` backend named `name`.
     pub fn backend_cert(&self, name: &str) -> PathBuf {
-        self.dir.path.join(format!("{name}.pem"))
+        self.dir
+            .path
+            .join(format!("{}.pem", name.replace('/', "_")))
     }
 
     /// Point the node namespace's resolv.conf at `nameserver`.
@@ -624,8 +634,33 @@ impl World {
                 "--local=/test/",
                 "--local=/mesh/",
                 "--local=/invalid/",
+                "--local-ttl=30",
             ],
             "dnsmasq.pid",
+        )
+    }
+
+    /// A real resolver in the world namespace on `addr` answering from
+    /// `hosts` (an /etc/hosts-style file, which dnsmasq reads again on
+    /// SIGHUP: [`Proc::hangup`]) with answers that live `ttl` seconds.
+    pub fn dnsmasq_hosts(&self, addr: &str, hosts: &Path, ttl: u32) -> Result<Proc> {
+        self.world
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.world.name]);
+        self.run_dnsmasq(
+            cmd,
+            &self.world.name,
+            addr,
+            &[],
+            &[
+                "--no-resolv",
+                "--local=/test/",
+                "--local=/invalid/",
+                &format!("--addn-hosts={}", hosts.display()),
+                &format!("--local-ttl={ttl}"),
+            ],
+            "hosts-dnsmasq.pid",
         )
     }
 
@@ -642,7 +677,11 @@ impl World {
             &self.node.name,
             addr,
             records,
-            &["--no-resolv", &format!("--server={upstream}")],
+            &[
+                "--no-resolv",
+                &format!("--server={upstream}"),
+                "--local-ttl=30",
+            ],
             "local-dnsmasq.pid",
         )
     }
@@ -658,12 +697,7 @@ impl World {
     ) -> Result<Proc> {
         cmd.arg("dnsmasq")
             .args(["--keep-in-foreground", "--no-hosts"])
-            .args([
-                "--user=root",
-                "--bind-interfaces",
-                "--port=53",
-                "--local-ttl=30",
-            ])
+            .args(["--user=root", "--bind-interfaces", "--port=53"])
             .args(extra)
             .arg(format!("--listen-address={addr}"))
             .arg(format!(

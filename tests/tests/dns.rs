@@ -449,3 +449,61 @@ fn an_upstream_that_refuses_gets_servfail_at_once() {
         d.vip.ip().to_string()
     );
 }
+
+/// Issue 14, item 9: an ExternalService without ExternalEndpoints is
+/// served by name and VIP like any virtual host, its endpoints being what
+/// its host resolves to upstream (routerd's own queries are not captured),
+/// looked up again when the answer's TTL runs out: a changed DNS record
+/// moves new connections to the new address, with no reload.
+#[test]
+fn external_services_follow_their_hosts_dns_answers() {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp("10.7.0.1:8080", "partner-old"),
+        Listen::tcp("10.7.0.2:8080", "partner-new"),
+    ])
+    .unwrap();
+    let hosts = world
+        .dir
+        .write("partner.hosts", "10.7.0.1 api.partner.test\n")
+        .unwrap();
+    let dnsmasq = world.dnsmasq_hosts(RESOLVER, &hosts, 1).unwrap();
+    world.resolv_conf(RESOLVER).unwrap();
+    let config = Config::new()
+        .node("c1", "east", "e1")
+        .with(
+            ExternalService::new("partner", "api.partner.test")
+                .port(json!({"number": 8080, "name": "http", "protocol": "HTTP"})),
+        )
+        .yaml();
+    world.dir.write("config/all.yaml", &config).unwrap();
+    let cfg = world.dir.path.join("config");
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    let get = || {
+        let body = out(world.client("curl").args([
+            "-sS",
+            "--max-time",
+            "5",
+            "http://api.partner.test:8080/ext",
+        ]));
+        serde_json::from_str::<Answer>(&body)
+            .unwrap_or_else(|e| panic!("{e}: {body:?}"))
+            .id
+    };
+    // Resolved before the first apply: served from the start.
+    assert_eq!(get(), "partner-old");
+    // The name is a virtual host: the cgroup's resolver answers its VIP.
+    let ip = out(world.client("getent").args(["hosts", "api.partner.test"]));
+    assert!(ip.starts_with("240.240."), "{ip:?}");
+    // The record changes upstream; routerd looks again within the TTL.
+    let mark = routerd.log_len();
+    std::fs::write(&hosts, "10.7.0.2 api.partner.test\n").unwrap();
+    dnsmasq.hangup();
+    routerd
+        .wait_event(
+            mark,
+            |e| matches!(e, Event::Applied { reason, .. } if reason == "external host resolved"),
+        )
+        .unwrap();
+    assert_eq!(get(), "partner-new");
+}

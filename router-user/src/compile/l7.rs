@@ -397,6 +397,9 @@ impl<'a> Compiler<'a> {
                     } else {
                         self.l7_routes(&flat, None)
                     };
+                    if routes.is_empty() && !rt.spec.tls.is_empty() {
+                        continue; // a table of tls routes: for passthrough listeners
+                    }
                     hosts.push(GatewayHost {
                         hosts: rt
                             .spec

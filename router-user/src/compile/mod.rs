@@ -26,7 +26,7 @@ use std::{
 
 use crate::{
     config::{
-        ConfigError, Diagnostic, Resource, Validated,
+        ConfigError, Diagnostic, Resource, Validated, external,
         inventory::{ServiceId, SvcEntry, SvcPort},
         model::*,
         resolve::{self, Dest},
@@ -41,6 +41,11 @@ use slots::Share;
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     pub unhealthy: BTreeSet<SocketAddr>,
+    /// What the daemon's resolver found for the external host names (the
+    /// endpoints of ExternalServices that resolve by DNS): like health, an
+    /// observation of the world, not config. The compiler reads it through
+    /// the inventory (`Resources::resolved`), where `Control` puts it.
+    pub resolved: crate::config::Resolved,
 }
 
 /// Gloo's remainder rule for `forwardTo` weights (percentages):
@@ -447,6 +452,7 @@ pub struct HostSrc<'a> {
     /// As first spelled (host names are case-insensitive).
     pub name: String,
     pub vd: Option<&'a Resource<VirtualDestinationSpec>>,
+    pub es: Option<&'a Resource<ExternalServiceSpec>>,
     pub rt: Option<&'a Resource<RouteTableSpec>>,
 }
 
@@ -466,6 +472,7 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
             .or_insert_with(|| HostSrc {
                 name: name.to_string(),
                 vd: None,
+                es: None,
                 rt: None,
             })
     }
@@ -473,6 +480,11 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
     for vd in &cfg.virtual_destinations {
         for h in &vd.spec.hosts {
             host(&mut hosts, &h.value).vd = Some(vd);
+        }
+    }
+    for es in &cfg.external_services {
+        for h in &es.spec.hosts {
+            host(&mut hosts, &h.value).es = Some(es);
         }
     }
     for rt in &cfg.route_tables {
@@ -507,6 +519,7 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
 pub struct HostAt {
     pub name: String,
     pub vd: Option<crate::config::store::Pos>,
+    pub es: Option<crate::config::store::Pos>,
     pub rt: Option<crate::config::store::Pos>,
 }
 
@@ -515,6 +528,7 @@ impl HostAt {
         HostAt {
             name: src.name.clone(),
             vd: src.vd.map(|r| crate::config::store::Pos::of(&r.origin)),
+            es: src.es.map(|r| crate::config::store::Pos::of(&r.origin)),
             rt: src.rt.map(|r| crate::config::store::Pos::of(&r.origin)),
         }
     }
@@ -526,6 +540,10 @@ impl HostAt {
             Some(p) => Some(at(&v.config.virtual_destinations, p)?),
             None => None,
         };
+        let es = match &self.es {
+            Some(p) => Some(at(&v.config.external_services, p)?),
+            None => None,
+        };
         let rt = match &self.rt {
             Some(p) => Some(at(&v.config.route_tables, p)?),
             None => None,
@@ -533,6 +551,7 @@ impl HostAt {
         Some(HostSrc {
             name: self.name.clone(),
             vd,
+            es,
             rt,
         })
     }
@@ -621,6 +640,13 @@ fn host_unit(
                 }
             }
         }
+        if let Some(es) = src.es {
+            for p in &es.spec.ports {
+                if external::proto(&p.value) == Proto::Tcp {
+                    candidates.insert(p.value.number);
+                }
+            }
+        }
         for p in candidates {
             // A route whose destinations do not resolve (possible only
             // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
@@ -694,7 +720,11 @@ fn host_unit(
             }
         }
     } else {
-        origin = src.vd.map(|vd| vd.origin.clone()).unwrap_or_default();
+        origin = src
+            .vd
+            .map(|vd| vd.origin.clone())
+            .or(src.es.map(|es| es.origin.clone()))
+            .unwrap_or_default();
     }
     // VirtualDestination ports the route table does not decide.
     if let Some(vd) = src.vd {
@@ -716,6 +746,31 @@ fn host_unit(
                     100,
                 )],
             });
+        }
+    }
+    // ExternalService ports the route table does not decide.
+    if let Some(svc) = src
+        .es
+        .and_then(|es| c.v.inventory.get(&external::service_id(es)))
+    {
+        for sp in &svc.ports {
+            if src.rt.is_some() && sp.proto == Proto::Tcp {
+                continue;
+            }
+            ports
+                .entry((sp.port, sp.proto))
+                .or_insert_with(|| PortRouting {
+                    origin: svc.origin.clone(),
+                    route: None,
+                    dests: vec![(
+                        Dest::Service {
+                            svc,
+                            port: sp,
+                            subset: &NO_SUBSET,
+                        },
+                        100,
+                    )],
+                });
         }
     }
     let mut served = Vec::new();
@@ -746,11 +801,35 @@ fn host_unit(
     served.extend(l7.iter().map(|l| l.port));
     served.sort();
     served.dedup();
+    // An ExternalService whose names have no addresses (yet): resolved by
+    // the daemon at run time, so `check` always, and the daemon until an
+    // answer comes, serve it without endpoints.
+    let unresolved: Vec<String> = src
+        .es
+        .map(|es| {
+            external::names_of(&c.v.config, es)
+                .into_iter()
+                .filter(|n| c.v.config.resolved.get(n).is_none_or(Vec::is_empty))
+                .collect()
+        })
+        .unwrap_or_default();
     for s in services.iter().filter(|s| !s.proxied && s.slots.is_empty()) {
-        let msg = format!(
-            "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
-            s.host, s.port, s.proto, s.vip
-        );
+        let msg = if unresolved.is_empty() {
+            format!(
+                "{}:{}/{} has no healthy endpoint ({}); connections to it fail with EHOSTUNREACH",
+                s.host, s.port, s.proto, s.vip
+            )
+        } else {
+            format!(
+                "{}:{}/{} has no endpoint until {} resolve(s): the daemon looks the names up \
+                 upstream when it runs (check and explain from files do not); meanwhile \
+                 connections to it fail with EHOSTUNREACH",
+                s.host,
+                s.port,
+                s.proto,
+                unresolved.join(", ")
+            )
+        };
         c.notice(&s.origin, msg);
     }
     services.sort_by_key(|a| (a.vip, a.port, a.proto));

@@ -238,7 +238,12 @@ impl Compiled {
                 vip_ranges: v.settings.vip_ranges,
                 refuse_unknown_vips: v.settings.refuse_unknown_vips,
                 syn_timeout_ms: v.settings.syn_timeout_ms,
-                dns: v.settings.dns.clone(),
+                dns: DnsPlan {
+                    resolve: crate::config::external::dns_names(&v.config)
+                        .into_iter()
+                        .collect(),
+                    ..v.settings.dns.clone()
+                },
                 hosts,
                 services,
                 backends: Vec::new(),

@@ -62,9 +62,20 @@ pub struct ServiceId {
     pub name: String,
 }
 
+impl ServiceId {
+    /// An ExternalService's entry (in no cluster; see `config::external`).
+    pub fn is_external(&self) -> bool {
+        self.cluster.is_empty()
+    }
+}
+
 impl std::fmt::Display for ServiceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.cluster, self.namespace, self.name)
+        if self.is_external() {
+            write!(f, "{}/{} (external)", self.namespace, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.cluster, self.namespace, self.name)
+        }
     }
 }
 
@@ -281,7 +292,15 @@ impl Inventory {
         self.by_name.get(id)
     }
 
+    /// The Services (never ExternalServices) `sel` selects.
     pub fn select<'a>(
+        &'a self,
+        sel: &'a ObjectSelector,
+    ) -> Box<dyn Iterator<Item = &'a SvcEntry> + 'a> {
+        Box::new(self.select_any(sel).filter(|s| !s.id.is_external()))
+    }
+
+    fn select_any<'a>(
         &'a self,
         sel: &'a ObjectSelector,
     ) -> Box<dyn Iterator<Item = &'a SvcEntry> + 'a> {
@@ -312,12 +331,14 @@ impl Inventory {
         }
     }
 
-    /// Services called `name` in `namespace`, in any cluster (sorted).
+    /// Services called `name` in `namespace`, in any cluster (sorted; not
+    /// ExternalServices).
     pub fn named(&self, namespace: &str, name: &str) -> impl Iterator<Item = &SvcEntry> {
         self.by_ns_name
             .get(&(namespace.to_string(), name.to_string()))
             .unwrap_or(&NONE)
             .iter()
+            .filter(|id| !id.is_external())
             .filter_map(|id| self.by_name.get(&**id))
     }
 
@@ -492,6 +513,9 @@ impl Inventory {
                     Err(e) => diags.push(&es.origin.file, line, Some(es.display()), e),
                 }
             }
+        }
+        for e in super::external::entries(cfg, vips) {
+            inv.by_name.insert(e.id.clone(), e);
         }
         for s in inv.by_name.values_mut() {
             s.endpoints.shrink_to_fit();

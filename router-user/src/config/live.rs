@@ -76,9 +76,10 @@ pub struct Live {
     /// Endpoint address -> (its cluster, how many slice entries list it).
     /// In an accepted config every address has one cluster.
     ips: HashMap<IpAddr, IpCount>,
-    /// How to take back the last apply, until it is committed (the
-    /// compiler or the datapath may still refuse it).
-    pending: Option<Rollback>,
+    /// How to take back the last apply (and the resolver answers set
+    /// after it), until it is committed (the compiler or the datapath may
+    /// still refuse it).
+    pending: Vec<Rollback>,
 }
 
 /// What a whole validation replaced.
@@ -102,6 +103,11 @@ enum Rollback {
         slices_of: Vec<(ServiceId, Option<Slices>)>,
         ips: Vec<(IpAddr, Option<IpCount>)>,
     },
+    /// The resolver's answers before, and the endpoints they gave.
+    Resolved {
+        resolved: super::Resolved,
+        endpoints: Vec<(ServiceId, Vec<inventory::Ep>)>,
+    },
 }
 
 impl Live {
@@ -113,7 +119,7 @@ impl Live {
             overrides: overrides.clone(),
             slices_of: HashMap::new(),
             ips: HashMap::new(),
-            pending: None,
+            pending: Vec::new(),
         };
         live.index();
         Ok(live)
@@ -121,15 +127,29 @@ impl Live {
 
     /// Keep what the last apply did.
     pub fn commit(&mut self) {
-        self.pending = None;
+        self.pending.clear();
     }
 
     /// Take back what the last apply did (the compiler or the datapath
     /// refused its result).
     pub fn rollback(&mut self) {
-        match self.pending.take() {
-            None => {}
-            Some(Rollback::Whole(w)) => {
+        while let Some(r) = self.pending.pop() {
+            self.take_back(r);
+        }
+    }
+
+    fn take_back(&mut self, r: Rollback) {
+        match r {
+            Rollback::Resolved {
+                resolved,
+                endpoints,
+            } => {
+                self.v.config.resolved = resolved;
+                for (id, eps) in endpoints {
+                    self.v.inventory.set_endpoints(&id, eps);
+                }
+            }
+            Rollback::Whole(w) => {
                 let Whole {
                     undo,
                     settings,
@@ -145,12 +165,12 @@ impl Live {
                 self.slices_of = slices_of;
                 self.ips = ips;
             }
-            Some(Rollback::Slices {
+            Rollback::Slices {
                 undo,
                 endpoints,
                 slices_of,
                 ips,
-            }) => {
+            } => {
                 self.v.config.undo(undo);
                 for (id, eps) in endpoints {
                     self.v.inventory.set_endpoints(&id, eps);
@@ -171,6 +191,43 @@ impl Live {
         }
     }
 
+    /// What the resolver found for the external host names: the
+    /// ExternalServices that read a name whose addresses changed get their
+    /// endpoints again (those are returned). Taken back by `rollback`,
+    /// kept by `commit`, like an apply.
+    pub fn set_resolved(&mut self, resolved: super::Resolved) -> BTreeSet<ServiceId> {
+        let old = &self.v.config.resolved;
+        if *old == resolved {
+            return BTreeSet::new();
+        }
+        let changed: BTreeSet<&String> = old
+            .iter()
+            .chain(&resolved)
+            .filter(|(k, v)| old.get(*k) != Some(v) || resolved.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        let changed: BTreeSet<String> = changed.into_iter().cloned().collect();
+        let before = std::mem::replace(&mut self.v.config.resolved, resolved);
+        let vips = self.v.settings.vip_ranges;
+        let (cfg, inv) = (&self.v.config, &mut self.v.inventory);
+        let mut touched = BTreeSet::new();
+        let mut endpoints = Vec::new();
+        for es in &cfg.external_services {
+            if super::external::names_of(cfg, es).is_disjoint(&changed) {
+                continue;
+            }
+            let id = super::external::service_id(es);
+            let eps = super::external::endpoints(cfg, es, &vips);
+            endpoints.push((id.clone(), inv.set_endpoints(&id, eps)));
+            touched.insert(id);
+        }
+        self.pending.push(Rollback::Resolved {
+            resolved: before,
+            endpoints,
+        });
+        touched
+    }
+
     /// The config files, for messages about the config as a whole.
     pub fn set_files(&mut self, files: Vec<String>) {
         self.v.config.files = files;
@@ -189,7 +246,11 @@ impl Live {
     fn index(&mut self) {
         self.slices_of.clear();
         self.ips.clear();
+        // (ExternalServices' addresses are outside every cluster.)
         for svc in self.v.inventory.by_name.values() {
+            if svc.id.is_external() {
+                continue;
+            }
             for ep in &svc.endpoints {
                 self.ips
                     .entry(ep.ip)
@@ -221,7 +282,7 @@ impl Live {
         let undo = self.v.config.apply(changes);
         match check_all(&self.v.config, &self.overrides) {
             Ok((settings, inventory, notices)) => {
-                self.pending = Some(Rollback::Whole(Box::new(Whole {
+                self.pending.push(Rollback::Whole(Box::new(Whole {
                     undo,
                     settings: std::mem::replace(&mut self.v.settings, settings),
                     inventory: std::mem::replace(&mut self.v.inventory, inventory),
@@ -360,7 +421,7 @@ impl Live {
             let old = self.v.inventory.set_endpoints(id, endpoints);
             old_endpoints.push((id.clone(), old));
         }
-        self.pending = Some(Rollback::Slices {
+        self.pending.push(Rollback::Slices {
             undo,
             endpoints: old_endpoints,
             slices_of: old_sets,

@@ -6,6 +6,7 @@
 //! outside any lock; only a config without errors reaches the compiler, and
 //! only a compiled plan reaches the kernel. A rejected config changes nothing.
 pub mod diag;
+pub mod external;
 pub mod inventory;
 pub mod live;
 pub mod load;
@@ -167,6 +168,8 @@ macro_rules! for_each_kind {
             RouteTable, GLOO_NETWORKING, route_tables, RouteTableSpec, parse_spec;
             VirtualDestination, GLOO_NETWORKING, virtual_destinations, VirtualDestinationSpec, parse_spec;
             VirtualGateway, GLOO_NETWORKING, virtual_gateways, VirtualGatewaySpec, parse_spec;
+            ExternalService, GLOO_NETWORKING, external_services, ExternalServiceSpec, parse_spec;
+            ExternalEndpoint, GLOO_NETWORKING, external_endpoints, ExternalEndpointSpec, parse_spec;
             FailoverPolicy, GLOO_RESILIENCE, failover_policies, FailoverPolicySpec, parse_spec;
             OutlierDetectionPolicy, GLOO_RESILIENCE, outlier_policies, OutlierDetectionPolicySpec, parse_spec;
             ActiveHealthCheckPolicy, GLOO_RESILIENCE, health_policies, ActiveHealthCheckPolicySpec, parse_spec;
@@ -194,6 +197,10 @@ macro_rules! resources_struct {
             )*
             /// Files read, in order.
             pub files: Vec<String>,
+            /// What the daemon's resolver found for the host names of
+            /// ExternalServices and ExternalEndpoints (name -> addresses,
+            /// sorted): not config, but what the inventory builds on.
+            pub resolved: Resolved,
         }
 
         impl Resources {
@@ -218,6 +225,8 @@ macro_rules! resources_struct {
     };
 }
 for_each_kind!(resources_struct);
+
+pub use crate::plan::Resolved;
 
 impl Resources {
     /// Any route policy (they select routes by labels).

@@ -236,6 +236,12 @@ pub struct RouteTableSelector {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: Labels,
+    /// Gloo's ObjectSelector fields with no meaning here (route tables are
+    /// mesh-wide; no workspaces): parsed, with a notice.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -386,6 +392,70 @@ pub struct VirtualDestinationSpec {
     pub services: Vec<Spanned<ObjectSelector>>,
     #[serde(default)]
     pub ports: Vec<Spanned<VdPort>>,
+}
+
+/// A port of an ExternalService (Gloo's `ExternalServiceSpec.Port`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalPort {
+    #[serde(deserialize_with = "port")]
+    pub number: u16,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HTTP, HTTP2, GRPC, HTTPS, TLS, TCP or UDP (default TCP).
+    #[serde(default)]
+    pub protocol: Option<PortProtocol>,
+    /// The port of the ExternalEndpoints (by number or name); with DNS
+    /// resolution, the number dialled at the resolved addresses.
+    #[serde(default)]
+    pub target_port: Option<PortSelector>,
+    /// TLS origination: refused (routerd forwards the client's bytes).
+    #[serde(default)]
+    pub clientside_tls: Ignored,
+}
+
+/// Gloo's ExternalService: hosts outside the mesh, served like a
+/// VirtualDestination (a VIP and a name on the node), backed by the
+/// ExternalEndpoints its `selector` selects, else by the addresses its
+/// hosts resolve to in DNS.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Refused: routerd gives an ExternalService a VIP by host name.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<ExternalPort>>,
+    /// Labels of the ExternalEndpoints that back it (any namespace).
+    #[serde(default)]
+    pub selector: Labels,
+    /// Parsed, not applied (routerd does not originate TLS): a notice.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// A port of an ExternalEndpoint.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalEndpointPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "port")]
+    pub number: u16,
+}
+
+/// Gloo's ExternalEndpoint: one address (an IP, or a host name resolved by
+/// DNS) with its ports. Its locality is in its labels, as on a Kubernetes
+/// node (`topology.kubernetes.io/region`, `topology.kubernetes.io/zone`,
+/// `topology.istio.io/subzone`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalEndpointSpec {
+    pub address: String,
+    #[serde(default)]
+    pub ports: Vec<ExternalEndpointPort>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -9,20 +9,24 @@ use super::{
 };
 
 fn selector_hits_dest(sel: &DestinationSelector, d: &Dest<'_>) -> bool {
-    let kind_ok = matches!(
-        (sel.kind, d),
-        (None, _)
-            | (Some(DestinationKind::Service), Dest::Service { .. })
-            | (
-                Some(DestinationKind::VirtualDestination),
-                Dest::Virtual { .. }
-            )
-    );
+    let kind_ok = match (sel.kind, d) {
+        (None, _) => true,
+        (Some(DestinationKind::Service), Dest::Service { svc, .. }) => !svc.id.is_external(),
+        (Some(DestinationKind::ExternalService), Dest::Service { svc, .. }) => svc.id.is_external(),
+        (Some(DestinationKind::VirtualDestination), Dest::Virtual { .. }) => true,
+        _ => false,
+    };
 
     let port_ok = match &sel.port {
         Some(PortSelector {
             number: Some(n), ..
         }) => d.front_port() == *n,
+        // By name: a Service's (or ExternalService's) port name;
+        // VirtualDestination ports have none.
+        Some(PortSelector { name: Some(n), .. }) => match d {
+            Dest::Service { port, .. } => port.name.as_deref() == Some(n.as_str()),
+            Dest::Virtual { .. } => false,
+        },
         _ => true,
     };
     let obj_ok = match (&sel.selector, d) {

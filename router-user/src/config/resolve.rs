@@ -50,6 +50,17 @@ impl Dest<'_> {
                 svc,
                 port,
                 subset: s,
+            } if svc.id.is_external() => format!(
+                "ExternalService {}/{} port {}{}",
+                svc.id.namespace,
+                svc.id.name,
+                port.port,
+                subset(s)
+            ),
+            Dest::Service {
+                svc,
+                port,
+                subset: s,
             } => format!("Service {} port {}{}", svc.id, port.port, subset(s)),
             Dest::Virtual {
                 vd,
@@ -84,7 +95,7 @@ pub fn find_service<'a>(
     ns: &str,
 ) -> Result<&'a SvcEntry, String> {
     let namespace = r.namespace.clone().unwrap_or_else(|| ns.to_string());
-    if let Some(c) = &r.cluster {
+    if let Some(c) = r.cluster.as_ref().filter(|c| !c.is_empty()) {
         let id = ServiceId {
             cluster: c.clone(),
             namespace: namespace.clone(),
@@ -127,6 +138,25 @@ pub fn find_service<'a>(
                 .join(", ")
         )),
     }
+}
+
+/// The ExternalService a destination names (its inventory entry).
+pub fn find_external<'a>(
+    inv: &'a Inventory,
+    r: &ObjectRef,
+    ns: &str,
+) -> Result<&'a SvcEntry, String> {
+    let id = ServiceId {
+        cluster: String::new(),
+        namespace: r.namespace.clone().unwrap_or_else(|| ns.to_string()),
+        name: r.name.clone(),
+    };
+    inv.get(&id).ok_or_else(|| {
+        format!(
+            "refers to ExternalService {}/{}, which does not exist: check the name and namespace",
+            id.namespace, id.name
+        )
+    })
 }
 
 pub fn find_vd<'a>(
@@ -192,6 +222,15 @@ pub fn resolve_dest<'a>(
     match d.kind.unwrap_or_default() {
         DestinationKind::Service => {
             let svc = find_service(inv, settings, &d.ref_, ns)?;
+            let port = svc.port(d.port.as_ref())?;
+            Ok(Dest::Service {
+                svc,
+                port,
+                subset: &d.subset,
+            })
+        }
+        DestinationKind::ExternalService => {
+            let svc = find_external(inv, &d.ref_, ns)?;
             let port = svc.port(d.port.as_ref())?;
             Ok(Dest::Service {
                 svc,

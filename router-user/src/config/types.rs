@@ -119,6 +119,7 @@ pub enum DestinationKind {
     #[default]
     Service,
     VirtualDestination,
+    ExternalService,
 }
 
 /// How delegated children are ordered.

@@ -69,6 +69,12 @@ pub fn validate(
     for vd in &cfg.virtual_destinations {
         virtual_destination(&mut v, vd);
     }
+    for es in &cfg.external_services {
+        external_service(&mut v, es);
+    }
+    for ee in &cfg.external_endpoints {
+        external_endpoint(&mut v, ee);
+    }
     vd_host_uniqueness(&mut v);
     let delegated = routes::delegated_tables(cfg);
     for rt in &cfg.route_tables {
@@ -206,6 +212,8 @@ fn duplicates(v: &mut Validator<'_>) {
     }
     each!(cfg.route_tables);
     each!(cfg.virtual_destinations);
+    each!(cfg.external_services);
+    each!(cfg.external_endpoints);
     each!(cfg.virtual_gateways);
     each!(cfg.failover_policies);
     each!(cfg.outlier_policies);
@@ -286,24 +294,122 @@ fn virtual_destination(v: &mut Validator<'_>, vd: &Resource<VirtualDestinationSp
     }
 }
 
+/// One host name, one VirtualDestination or ExternalService.
 fn vd_host_uniqueness(v: &mut Validator<'_>) {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut claim = |v: &mut Validator<'_>, h: &str, file: &str, line: u64, who: String| {
+        let key = h.to_ascii_lowercase();
+        if let Some(other) = seen.get(&key) {
+            let msg = format!(
+                "host `{h}` is already claimed by {other}; VirtualDestination and \
+                 ExternalService hosts must be unique"
+            );
+            v.diags.push(file, line, Some(who), msg);
+        } else {
+            seen.insert(key, format!("{who} ({file}:{line})"));
+        }
+    };
     for vd in &v.cfg.virtual_destinations {
         for h in &vd.spec.hosts {
-            let key = h.value.to_ascii_lowercase();
-            if let Some(other) = seen.get(&key) {
-                let msg = format!(
-                    "host `{}` is already claimed by {other}; VirtualDestination hosts must be unique",
-                    h.value
-                );
-                v.diags
-                    .push(&vd.origin.file, vd.line_of(h), Some(vd.display()), msg);
-            } else {
-                seen.insert(
-                    key,
-                    format!("{} ({}:{})", vd.display(), vd.origin.file, vd.line_of(h)),
+            claim(v, &h.value, &vd.origin.file, vd.line_of(h), vd.display());
+        }
+    }
+    for es in &v.cfg.external_services {
+        for h in &es.spec.hosts {
+            claim(v, &h.value, &es.origin.file, es.line_of(h), es.display());
+        }
+    }
+}
+
+fn external_service(v: &mut Validator<'_>, es: &Resource<ExternalServiceSpec>) {
+    let line = es.origin.line;
+    if es.spec.hosts.is_empty() {
+        v.err(es, line, "spec.hosts is empty; an ExternalService needs at least one host name (routerd serves it by name, with a VIP)");
+    }
+    for h in &es.spec.hosts {
+        if !valid_host(&h.value, false) {
+            v.err(es, es.line_of(h), format!("host `{}` is not a valid DNS name (routerd gives each ExternalService host a VIP, so wildcards are not allowed)", h.value));
+        }
+    }
+    if !es.spec.addresses.is_empty() {
+        v.err(es, line, "spec.addresses is not supported: routerd serves an ExternalService by its hosts (a VIP and a DNS name on the node), not by capturing traffic to outside addresses; give `hosts` and, for fixed addresses, ExternalEndpoints");
+    }
+    if es.spec.ports.is_empty() {
+        v.err(es, line, "spec.ports is empty; list the ports clients use, e.g. `- {number: 443, name: https, protocol: HTTPS}`");
+    }
+    if !es.spec.subject_alt_names.is_empty() {
+        v.notice(es, line, "spec.subjectAltNames is not applied: routerd forwards the client's own TLS (it does not originate TLS), so the client verifies the certificate");
+    }
+    let endpoints: Vec<&Resource<ExternalEndpointSpec>> =
+        super::external::selected(v.cfg, es).collect();
+    if !es.spec.selector.is_empty() && endpoints.is_empty() {
+        v.notice(es, line, "spec.selector selects no ExternalEndpoint: the hosts are resolved by DNS (as when no selector is given)");
+    }
+    let mut names = BTreeSet::new();
+    for p in &es.spec.ports {
+        let pl = es.line_of(p);
+        let pv = &p.value;
+        if !names.insert(super::external::port_name(pv)) {
+            v.err(
+                es,
+                pl,
+                format!(
+                    "port {} has the name of another port; names must be unique",
+                    pv.number
+                ),
+            );
+        }
+        if pv.clientside_tls.is_some() {
+            v.err(es, pl, "clientsideTls is not supported: routerd does not originate TLS; let the client speak TLS to the external host (port protocol HTTPS or TLS)");
+        }
+        if endpoints.is_empty()
+            && let Some(PortSelector { name: Some(n), .. }) = &pv.target_port
+        {
+            v.err(es, pl, format!("targetPort `{n}` selects a port by name, which needs ExternalEndpoints; without them the hosts are resolved by DNS and the port needs a number"));
+        }
+        for ee in &endpoints {
+            if let Err(why) = super::external::endpoint_port(pv, &ee.spec) {
+                v.err(
+                    es,
+                    pl,
+                    format!(
+                        "port {}: ExternalEndpoint {} {why}",
+                        pv.number,
+                        ee.display()
+                    ),
                 );
             }
+        }
+    }
+}
+
+fn external_endpoint(v: &mut Validator<'_>, ee: &Resource<ExternalEndpointSpec>) {
+    let line = ee.origin.line;
+    let a = &ee.spec.address;
+    match a.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            if let Some(why) =
+                super::inventory::endpoint_address_problem(ip, &v.settings.vip_ranges)
+            {
+                v.err(ee, line, format!("address {ip} is {why}: the router would send connections there; give the external host's unicast address or name"));
+            }
+        }
+        Err(_) => {
+            if !valid_host(a, false) {
+                v.err(
+                    ee,
+                    line,
+                    format!("address `{a}` is neither an IP address nor a DNS name"),
+                );
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for p in &ee.spec.ports {
+        if let Some(n) = &p.name
+            && !seen.insert(n.clone())
+        {
+            v.err(ee, line, format!("port name `{n}` is used twice"));
         }
     }
 }
@@ -461,6 +567,9 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
         v.notice(rt, rt.origin.line, "workloadSelectors are not applied one by one: the table serves every process in the attached cgroup (and, with virtualGateways, its gateways too)");
     }
     for gw in &rt.spec.virtual_gateways {
+        if gw.cluster.is_some() {
+            v.notice(rt, rt.origin.line, format!("virtualGateways entry {}: `cluster` is not applied: a VirtualGateway's listeners open on this node, whichever cluster it names", gw.name));
+        }
         let ns = gw
             .namespace
             .clone()
@@ -490,6 +599,13 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
         let line = rt.line_of(r);
         let route = r.value.name.clone().unwrap_or_else(|| format!("http[{i}]"));
         let r = &r.value;
+        for sel in r.delegate.iter().flat_map(|d| &d.route_tables) {
+            for (field, set) in [("cluster", &sel.cluster), ("workspace", &sel.workspace)] {
+                if set.is_some() {
+                    v.notice(rt, line, format!("route `{route}`: delegate.routeTables[].{field} does not narrow the selection: routerd's route tables are mesh-wide (no clusters or workspaces); select by labels, name and namespace"));
+                }
+            }
+        }
         let actions = [
             r.forward_to.is_some(),
             r.delegate.is_some(),
@@ -760,6 +876,11 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
                 line,
                 "listener needs `port: {number: N}` with N in 1-65535",
             ),
+        }
+        for a in &lv.allowed_route_tables {
+            if a.selector.as_ref().is_some_and(|s| s.cluster.is_some()) {
+                v.notice(gw, line, "allowedRouteTables[].selector.cluster is not applied: route tables are mesh-wide here; select by host, labels, name and namespace");
+            }
         }
         if lv.passthrough() {
             // The proxy reads the ClientHello's SNI and forwards the bytes:
@@ -1059,6 +1180,9 @@ fn route_policies(v: &mut Validator<'_>) {
                 p.line_of(&c.destination),
                 format!("mirror destination {e}"),
             );
+        }
+        if c.destination.value.weight.is_some() {
+            v.notice(p, p.line_of(&c.destination), "destination.weight is not used by a mirror: `percentage` says how many requests are copied");
         }
     }
     for p in &cfg.cors_policies {

@@ -164,11 +164,11 @@ async fn serve_tcp(l: TcpListener, id: Arc<String>, tls: Option<tokio_rustls::Tl
 }
 
 /// A TLS acceptor with a fresh self-signed certificate for `name`, which
-/// is written to `dir/<name>.pem`.
+/// is written to `dir/<name>.pem` (`/` in the name as `_`).
 fn self_signed(name: &str, dir: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
     let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
     let pem = ck.cert.pem();
-    let path = dir.join(format!("{name}.pem"));
+    let path = dir.join(format!("{}.pem", name.replace('/', "_")));
     std::fs::write(&path, &pem).with_context(|| format!("writing {}", path.display()))?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(

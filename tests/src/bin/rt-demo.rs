@@ -44,10 +44,15 @@ fn listens(config: &std::path::Path) -> Result<Vec<Listen>> {
     let mut out = Vec::new();
     for svc in v.inventory.by_name.values() {
         for ep in &svc.endpoints {
-            for (_, port, proto) in ep.ports.iter() {
+            for (name, port, proto) in ep.ports.iter() {
                 let id = format!("{}@{}/{}", svc.id.name, ep.cluster, ep.locality.zone);
                 let addr = SocketAddr::new(ep.ip, *port);
-                let proto = if *proto == Proto::Udp { "udp" } else { "tcp" };
+                let proto = match (proto, name.as_deref()) {
+                    (Proto::Udp, _) => "udp",
+                    // Serves HTTPS with a certificate of its own.
+                    (_, Some("https")) => "tls",
+                    _ => "tcp",
+                };
                 out.push(Listen::new(proto, addr, &id));
             }
         }
@@ -210,6 +215,40 @@ fn l7_demo(world: &World) -> Result<()> {
         "north-south curl -H 'Host: nope.example' http://<node>:8088/",
         &["-H", "Host: nope.example", &format!("{gw}/")],
     )?;
+    // TLS passthrough: vault's own certificate (issued to vault, not to
+    // routerd, which has none here) answers.
+    let resolve = "vault.shop.mesh.internal:8443:10.255.255.1";
+    curl_show(
+        world,
+        false,
+        "north-south curl -k https://vault.shop.mesh.internal:8443/ (PASSTHROUGH by SNI)",
+        &[
+            "-k",
+            "--resolve",
+            resolve,
+            "https://vault.shop.mesh.internal:8443/secret",
+        ],
+    )?;
+    let v = world
+        .outside("curl")
+        .args([
+            "-skv",
+            "--resolve",
+            resolve,
+            "-o",
+            "/dev/null",
+            "https://vault.shop.mesh.internal:8443/",
+        ])
+        .output()?;
+    let cert: Vec<String> = String::from_utf8_lossy(&v.stderr)
+        .lines()
+        .filter(|l| l.contains("subject:") || l.contains("subjectAltName"))
+        .map(|l| l.trim_start_matches(['*', ' ']).to_string())
+        .collect();
+    println!(
+        "  the certificate curl got is the endpoint's: {}",
+        cert.join("; ")
+    );
     Ok(())
 }
 
@@ -252,17 +291,25 @@ fn demo() -> Result<()> {
         args.config.display()
     );
     let mut backends = listens(&args.config)?;
-    // Something outside the mesh, reached by a name the upstream resolver knows.
+    // Outside the mesh, reached by names the upstream resolver knows: a
+    // status page (plain DNS) and the partner API (an ExternalService).
     backends.push(Listen::tcp("10.9.9.9:8080", "status-page@outside"));
+    backends.push(Listen::tcp("10.9.9.10:8080", "partner-api@outside"));
     let world = World::new(&backends)?;
-    let _resolver = world.dnsmasq(RESOLVER, &["status.example.test,10.9.9.9"])?;
+    let _resolver = world.dnsmasq(
+        RESOLVER,
+        &[
+            "status.example.test,10.9.9.9",
+            "api.partner.example.test,10.9.9.10",
+        ],
+    )?;
     world.resolv_conf(RESOLVER)?;
     println!(
         "world: namespaces {} (clients; no default route; resolv.conf: nameserver {RESOLVER}) and {} \
-         ({} backends in 2 clusters and one outside, and a dnsmasq resolver), cgroup {}",
+         ({} backends in 2 clusters and two outside, and a dnsmasq resolver), cgroup {}",
         world.node.name,
         world.world.name,
-        backends.len() - 1,
+        backends.len() - 2,
         world.cgroup.path.display()
     );
     let config = world.dir.path.join("configs");
@@ -367,6 +414,17 @@ fn demo() -> Result<()> {
             p.peer.unwrap_or_default()
         );
     }
+
+    heading(
+        "partner: an ExternalService; routerd gives it a VIP and resolves its host upstream itself",
+    );
+    show_curls(&world, "api.partner.example.test", 8080, false, 2)?;
+    explain(
+        &routerd_bin,
+        &routerd,
+        &config,
+        "api.partner.example.test:8080",
+    )?;
 
     heading("IPv6: app-a's IPv6 VIP");
     show_curls(&world, "app-a.shop.mesh.internal", 8080, true, 2)?;
