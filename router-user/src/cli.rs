@@ -119,6 +119,11 @@ enum Cmd {
         /// can write the config steers every connection of the cgroup).
         #[arg(long)]
         allow_untrusted_config: bool,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address, in the
+        /// daemon's own network namespace (off by default; e.g.
+        /// 127.0.0.1:9477).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -194,6 +199,7 @@ pub fn main() -> ExitCode {
             max_backends,
             listen_netns,
             allow_untrusted_config,
+            metrics_addr,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -218,6 +224,7 @@ pub fn main() -> ExitCode {
                 cleanup,
                 watch: !no_watch,
                 allow_untrusted_config,
+                metrics_addr,
             }))?;
             Ok(ExitCode::SUCCESS)
         })(),

@@ -44,10 +44,12 @@ use crate::{
     events::{Event, Phases},
     health::{self, Watched},
     limits,
+    metrics::KernelCollector,
     netns::Sockets,
     plan::Plan,
     proxy::{Proxy, ProxyOptions},
     state::{self, StateWriter, pid_file, state_dir_ready},
+    telemetry::{ReloadLabels, Telemetry},
 };
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,8 @@ pub struct RunOptions {
     /// Accept config files and directories that users other than root could
     /// write (`--allow-untrusted-config`).
     pub allow_untrusted_config: bool,
+    /// Serve Prometheus metrics here (`--metrics-addr`; None: off).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Load, validate and compile (`routerd check`, `explain`, tests); the
@@ -377,6 +381,45 @@ struct Serving {
     /// Where the kernel sends DNS and L7 connections now.
     bound: Bound,
     state: StateWriter,
+    telemetry: Arc<Telemetry>,
+    /// With `--metrics-addr`: the kernel's counters named by the applied
+    /// plan, and the endpoint's accept task.
+    metrics: Option<(Arc<KernelCollector>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
+    }
+}
+
+impl Serving {
+    /// Count a reload's outcome (`result`: applied, unchanged, rejected,
+    /// failed); an applied plan also names the kernel's counters.
+    fn count_reload(&self, why: &str, result: &str, since: Instant, plan: Option<&Plan>) {
+        let t = &self.telemetry;
+        t.reloads
+            .get_or_create(&ReloadLabels {
+                trigger: why.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        t.reload_duration.observe(since.elapsed().as_secs_f64());
+        if let Some(plan) = plan {
+            t.generation.set(self.dp.generation() as i64);
+            t.last_applied.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_default(),
+            );
+            if let Some((k, _)) = &self.metrics {
+                k.set_plan(plan);
+            }
+        }
+    }
 }
 
 impl Serving {
@@ -557,6 +600,7 @@ impl Daemon {
             .unwrap_or_default();
         check_privileged_port(&socks, serving_plan.proxy.port).await;
         let orig = Arc::new(OrigTable::open(&opts.pins)?);
+        let telemetry = Telemetry::new();
         let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
         let dns = Dns::new(
             socks.clone(),
@@ -564,6 +608,7 @@ impl Daemon {
             netns,
             opts.listen_netns.clone(),
             names_rx,
+            &telemetry,
         )
         .await;
         let proxy = Proxy::new(
@@ -573,6 +618,7 @@ impl Daemon {
             ProxyOptions {
                 max_conns: fds.proxy_conns,
                 netns,
+                telemetry: telemetry.clone(),
             },
         );
         // Health: checks and ejections publish the endpoints to avoid.
@@ -590,6 +636,7 @@ impl Daemon {
             Some(kernel),
             avoid_tx,
             Some(opts.state_dir.clone()),
+            telemetry.clone(),
         ));
         let mut serving = Serving {
             dp,
@@ -602,7 +649,16 @@ impl Daemon {
             watched: watched_tx,
             bound: Bound::default(),
             state: StateWriter::spawn(opts.state_dir.clone())?,
+            telemetry: telemetry.clone(),
+            metrics: None,
         };
+        if let Some(addr) = opts.metrics_addr {
+            let kernel = Arc::new(KernelCollector::new(opts.pins.clone(), opts.sizes));
+            let registry = crate::metrics::registry(&telemetry, kernel.clone());
+            let task = crate::metrics::serve(addr, registry).await?;
+            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            serving.metrics = Some((kernel, task));
+        }
         let startup = serving.dp.startup;
         match &first {
             Ok(_) => {
@@ -614,6 +670,7 @@ impl Daemon {
                         control.commit();
                         phases.write_ms = ms(t);
                         applied_event("start-up", &serving, &plan, &report, phases, started);
+                        serving.count_reload("start-up", "applied", started, Some(&plan));
                         crate::limits::return_freed_memory();
                     }
                     Err(e) => return Err(e),
@@ -758,6 +815,7 @@ impl Daemon {
         let refused = reload.refused.is_some();
         if let Some(e) = reload.refused {
             Rejection::Config(e).event(why).emit();
+            self.serving.count_reload(why, "rejected", t, None);
         }
         let delta = match reload.prepared {
             Prepared::Nothing => {
@@ -768,6 +826,7 @@ impl Daemon {
                     self.serving.proxy.reload_tls(plan);
                 }
                 if !refused {
+                    self.serving.count_reload(why, "unchanged", t, None);
                     Event::NoChange {
                         reason: why.to_string(),
                         generation: self.serving.dp.generation(),
@@ -799,6 +858,7 @@ impl Daemon {
                     close_removed(&self.serving.socks, gone, &self.serving.cgroup);
                 }
                 applied_event(why, &self.serving, &plan, &report, phases, t);
+                self.serving.count_reload(why, "applied", t, Some(&plan));
                 let want = Lookups::of(&plan, self.opts.listen_netns.as_deref());
                 self.lookups.send_if_modified(|cur| {
                     let changed = *cur != want;
@@ -815,6 +875,7 @@ impl Daemon {
                 // The maps may hold some of the new plan: read them back and
                 // write the last good plan again.
                 self.control.rollback(&self.health);
+                self.serving.count_reload(why, "failed", t, None);
                 self.restore(why, &e);
                 Rejection::Datapath(e).event(why).emit();
             }

@@ -55,7 +55,9 @@ use crate::{
     limits::Admission,
     netns::Sockets,
     plan::{DnsPlan, Plan, Resolved},
+    telemetry::{ResultLabels, Telemetry},
 };
+use prometheus_client::metrics::counter::Counter;
 
 const MAX_UDP: usize = 4096;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -482,8 +484,36 @@ pub fn spawn_resolver(
 
 // --- the server ----------------------------------------------------------------
 
+/// The DNS listener's counters by result (taken once: a query formats
+/// nothing).
+struct Counts {
+    answered: Counter,
+    forwarded: Counter,
+    failed: Counter,
+    dropped: Counter,
+}
+
+impl Counts {
+    fn new(t: &Telemetry) -> Counts {
+        let c = |r: &str| {
+            t.dns_queries
+                .get_or_create(&ResultLabels {
+                    result: r.to_string(),
+                })
+                .clone()
+        };
+        Counts {
+            answered: c("answered"),
+            forwarded: c("forwarded"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+        }
+    }
+}
+
 /// What every listener task shares.
 struct Shared {
+    counts: Counts,
     socks: Sockets,
     names: watch::Receiver<Arc<Names>>,
     fallback: watch::Receiver<Arc<Vec<SocketAddr>>>,
@@ -545,27 +575,38 @@ async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, shared: Arc<Shared>) 
             }
         };
         if n > MAX_UDP {
+            shared.counts.dropped.inc();
             continue; // oversized: no resolver sends these
         }
         let query = buf[..n].to_vec();
         let reply = respond(&query, &shared.names.borrow());
         match reply {
             Reply::Local(b) => {
+                shared.counts.answered.inc();
                 let _ = sock.send_to(&b, client).await;
             }
-            Reply::Drop => {}
+            Reply::Drop => {
+                shared.counts.dropped.inc();
+            }
             Reply::Forward => {
                 let Some(ticket) = shared.udp_forwards.try_take(client.ip(), 1) else {
+                    shared.counts.dropped.inc();
                     continue;
                 };
                 let (sock, shared) = (sock.clone(), shared.clone());
                 tokio::spawn(async move {
                     let origin = shared.udp_origin(client, ours);
                     let targets = shared.targets(origin, ours);
-                    let resp = shared
-                        .forward_udp(&targets, &query)
-                        .await
-                        .or_else(|| servfail(&query));
+                    let resp = match shared.forward_udp(&targets, &query).await {
+                        Some(r) => {
+                            shared.counts.forwarded.inc();
+                            Some(r)
+                        }
+                        None => {
+                            shared.counts.failed.inc();
+                            servfail(&query)
+                        }
+                    };
                     if let Some(b) = resp {
                         let _ = sock.send_to(&b, client).await;
                     }
@@ -588,15 +629,22 @@ async fn serve_tcp_conn(
         };
         let reply = respond(&query, &shared.names.borrow());
         let out = match reply {
-            Reply::Local(b) => b,
-            Reply::Drop => return,
+            Reply::Local(b) => {
+                shared.counts.answered.inc();
+                b
+            }
+            Reply::Drop => {
+                shared.counts.dropped.inc();
+                return;
+            }
             Reply::Forward => {
                 let targets = shared.targets(origin, ours);
-                match shared
-                    .forward_tcp(&targets, &query)
-                    .await
-                    .or_else(|| servfail(&query))
-                {
+                let got = shared.forward_tcp(&targets, &query).await;
+                match &got {
+                    Some(_) => shared.counts.forwarded.inc(),
+                    None => shared.counts.failed.inc(),
+                };
+                match got.or_else(|| servfail(&query)) {
                     Some(b) => b,
                     None => return,
                 }
@@ -663,10 +711,12 @@ impl Dns {
         netns: u64,
         listen_netns: Option<PathBuf>,
         names: watch::Receiver<Arc<Names>>,
+        telemetry: &Telemetry,
     ) -> Dns {
         let diag = socks.diag().await.ok();
         let (fallback, fallback_rx) = watch::channel(Arc::new(Vec::new()));
         let shared = Arc::new(Shared {
+            counts: Counts::new(telemetry),
             socks,
             names,
             fallback: fallback_rx,

@@ -37,6 +37,7 @@ use crate::{
     events::Event,
     netns::Sockets,
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
+    telemetry::{SourceLabels, Telemetry},
 };
 
 /// What the proxy saw of each endpoint (for outlier detection).
@@ -448,7 +449,16 @@ pub async fn run(
     mut kernel: Option<KernelSignals>,
     avoid: watch::Sender<BTreeSet<SocketAddr>>,
     state_dir: Option<std::path::PathBuf>,
+    telemetry: Arc<Telemetry>,
 ) {
+    let ejected = |source: &str| {
+        telemetry
+            .ejections
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc();
+    };
     // The plan in service when we start counts as a change.
     watched.mark_changed();
     let t0 = Instant::now();
@@ -466,6 +476,7 @@ pub async fn run(
             why.entry(*e).or_insert_with(|| a.why.clone());
         }
         let set: BTreeSet<SocketAddr> = why.keys().copied().collect();
+        telemetry.avoided_endpoints.set(set.len() as i64);
         avoid.send_if_modified(|cur| {
             let changed = *cur != set;
             *cur = set;
@@ -552,6 +563,7 @@ pub async fn run(
                     let why = kernel_reason(ev.reason, ev.fails);
                     match ejector.kernel_ejected(ep, why, now_ms()) {
                         KernelVerdict::Confirmed(e) => {
+                            ejected("kernel");
                             Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
                             changed = true;
                         }
@@ -572,6 +584,7 @@ pub async fn run(
             }
             Some((ep, o)) = outcomes.recv() => {
                 if let Some(e) = ejector.record(ep, o, now_ms()) {
+                    ejected("proxy");
                     Event::EndpointEjected { endpoint: e.endpoint, destination: e.destination.to_string(), for_ms: e.for_ms, why: e.reason.to_string() }.emit();
                     publish(&active, &ejector);
                 }

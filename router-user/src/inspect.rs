@@ -4,16 +4,10 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path};
 
 use anyhow::Result;
-use router_common::{BackendStats, GlobalStats, SlotKey, SvcStats};
-
-use crate::datapath::monotonic_ns;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{
-        Maps, Pins, meta_cgroup_path,
-        sync::{backend_addr, key_addr},
-    },
+    datapath::{Maps, Pins, counters::Counters, meta_cgroup_path, monotonic_ns},
     plan::Proto,
 };
 
@@ -88,24 +82,10 @@ pub struct Report {
     pub ejections_lost: u64,
 }
 
-fn sum<T: aya::Pod + Default + Copy>(
-    v: Result<aya::maps::PerCpuValues<T>, aya::maps::MapError>,
-    f: impl Fn(&T) -> [u64; 4],
-) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    if let Ok(v) = v {
-        for x in v.iter() {
-            for (o, n) in out.iter_mut().zip(f(x)) {
-                *o += n;
-            }
-        }
-    }
-    out
-}
-
 pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     let maps = Maps::open(pins)?;
     let meta = maps.read_meta()?;
+    let c = Counters::read(&maps)?;
     let plan = crate::state::read_plan(state_dir);
     let clusters = plan.as_ref().map(|p| p.clusters()).unwrap_or_default();
     let localities = plan.as_ref().map(|p| p.localities()).unwrap_or_default();
@@ -114,120 +94,79 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         .flat_map(|p| p.services.iter())
         .map(|s| ((SocketAddr::new(s.vip, s.port), s.proto), s.host.clone()))
         .collect();
-    let mut backends = BTreeMap::new();
-    for item in maps.backends.iter() {
-        let (id, b) = item?;
-        backends.insert(id, b);
-    }
-    let mut services = Vec::new();
-    for item in maps.services.iter() {
-        let (k, h) = item?;
-        let vip = key_addr(&k);
-        let proto = Proto::from_number(k.proto).unwrap_or(Proto::Tcp);
-        let st = sum(maps.svc_stats.get(&h.svc_id, 0), |s: &SvcStats| {
-            [s.connects, s.datagrams, s.no_backend, s.inconsistent]
-        });
-        let mut per_backend: BTreeMap<u32, u32> = BTreeMap::new();
-        for i in 0..h.count {
-            if let Ok(id) = maps.slots.get(
-                &SlotKey {
-                    svc_id: h.svc_id,
-                    slot: h.base + i,
-                },
-                0,
-            ) {
-                *per_backend.entry(id).or_default() += 1;
-            }
-        }
-        let mut brs = Vec::new();
-        for (id, slots) in per_backend {
-            let Some(b) = backends.get(&id) else { continue };
-            let bs = sum(maps.backend_stats.get(&id, 0), |s: &BackendStats| {
-                [s.connects, s.datagrams, 0, 0]
-            });
-            let name = |list: &Vec<String>, i: u16| {
-                list.get(usize::from(i).wrapping_sub(1))
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            brs.push(BackendReport {
-                id,
-                addr: backend_addr(b),
-                cluster: name(&clusters, b.cluster_id),
-                locality: localities
-                    .get(usize::from(b.locality_id).wrapping_sub(1))
-                    .map(|l| l.to_string())
-                    .unwrap_or_default(),
-                slots,
-                connects: bs[0],
-                datagrams: bs[1],
-            });
-        }
-        services.push(ServiceReport {
-            id: h.svc_id,
-            vip,
-            proto,
-            host: hosts.get(&(vip, proto)).cloned().unwrap_or_default(),
-            slots: h.count,
-            connects: st[0],
-            datagrams: st[1],
-            no_backend: st[2],
-            inconsistent: st[3],
-            backends: brs,
-        });
-    }
+    let name = |list: &Vec<String>, i: u16| {
+        list.get(usize::from(i).wrapping_sub(1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut services: Vec<ServiceReport> = c
+        .services
+        .iter()
+        .map(|s| ServiceReport {
+            id: s.svc_id,
+            vip: s.vip,
+            proto: s.proto,
+            host: hosts.get(&(s.vip, s.proto)).cloned().unwrap_or_default(),
+            slots: s.slots,
+            connects: s.connects,
+            datagrams: s.datagrams,
+            no_backend: s.no_backend,
+            inconsistent: s.inconsistent,
+            backends: s
+                .backends
+                .iter()
+                .map(|b| BackendReport {
+                    id: b.id,
+                    addr: b.addr,
+                    cluster: name(&clusters, b.backend.cluster_id),
+                    locality: localities
+                        .get(usize::from(b.backend.locality_id).wrapping_sub(1))
+                        .map(|l| l.to_string())
+                        .unwrap_or_default(),
+                    slots: b.slots,
+                    connects: b.connects,
+                    datagrams: b.datagrams,
+                })
+                .collect(),
+        })
+        .collect();
     services.sort_by_key(|s| (s.host.clone(), s.vip, s.proto));
-    let g = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
-        [
-            s.unknown_vip,
-            s.revnat_failed,
-            s.dns_captured,
-            s.proxy_refused,
-        ]
-    });
-    let g2 = sum(maps.global_stats.get(&0, 0), |s: &GlobalStats| {
-        [s.orig_failed, s.ejected_fallback, s.ejections_lost, 0]
-    });
     let now = monotonic_ns();
-    let mut watched = Vec::new();
-    for (id, b) in &backends {
-        if b.eject_after == 0 {
-            continue;
-        }
-        let h = maps.backend_health.get(id, 0).unwrap_or_default();
-        let bs = sum(maps.backend_stats.get(id, 0), |s: &BackendStats| {
-            [s.failures, s.ejected_skips, 0, 0]
-        });
-        watched.push(WatchedReport {
-            id: *id,
-            addr: backend_addr(b),
-            eject_after: b.eject_after,
+    let watched = c
+        .backends
+        .values()
+        .filter(|(b, _)| b.backend.eject_after != 0)
+        .map(|(b, h)| WatchedReport {
+            id: b.id,
+            addr: b.addr,
+            eject_after: b.backend.eject_after,
             fails_in_a_row: h.fails,
-            failures: bs[0],
-            ejected_skips: bs[1],
+            failures: b.failures,
+            ejected_skips: b.ejected_skips,
             ejected_for_ms: h.ejected_until.saturating_sub(now).div_ceil(1_000_000),
             last_failure: match h.last_reason as u8 {
                 router_common::FAIL_RESET => "reset".into(),
                 router_common::FAIL_SYN_TIMEOUT => "SYN timeout".into(),
                 _ => String::new(),
             },
-        });
-    }
+        })
+        .collect();
+    let g = &c.global;
     Ok(Report {
         dir: pins.dir().display().to_string(),
         cgroup: meta_cgroup_path(&meta),
         generation: meta.generation,
         applied_unix_ms: meta.applied_unix_ms,
         services,
-        unknown_vip_refused: g[0],
-        revnat_failed: g[1],
-        dns_captured: g[2],
-        proxy_refused: g[3],
-        orig_failed: g2[0],
+        unknown_vip_refused: g.unknown_vip,
+        revnat_failed: g.revnat_failed,
+        dns_captured: g.dns_captured,
+        proxy_refused: g.proxy_refused,
+        orig_failed: g.orig_failed,
         watched,
         out_of_service: crate::state::read_health(state_dir),
-        ejected_fallback: g2[1],
-        ejections_lost: g2[2],
+        ejected_fallback: g.ejected_fallback,
+        ejections_lost: g.ejections_lost,
     })
 }
 

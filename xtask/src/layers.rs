@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub const LAYERS: &[&[&str]] = &[
     // Host plumbing with no knowledge of routing.
     // Fixtures: YAML shapes only, no knowledge of the code.
-    &["limits", "par", "sockdiag", "testing"],
+    &["limits", "par", "sockdiag", "telemetry", "testing"],
     &["netns"],
     // The plan: plain values, the seam between config and kernel.
     &["plan", "events"],
@@ -24,7 +24,7 @@ pub const LAYERS: &[&[&str]] = &[
     // Runtime: the datapath, then what serves on top of it.
     &["datapath"],
     &["health"],
-    &["proxy", "dns", "reap"],
+    &["proxy", "dns", "reap", "metrics"],
     &["daemon"],
     // Reading and rendering for people.
     &["inspect", "explain", "report"],

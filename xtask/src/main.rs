@@ -114,6 +114,11 @@ fn setup() -> Result<()> {
         ("dig", "bind9-dnsutils"),
         // Drill 3 blackholes an endpoint with a DROP rule in a test namespace.
         ("iptables", "iptables"),
+        // The metrics test scrapes routerd with a real Prometheus and lints
+        // the exposition with promtool (installed, never started as a
+        // service).
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
     ])?;
     Ok(())
 }

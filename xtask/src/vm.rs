@@ -288,7 +288,9 @@ fn build_static() -> Result<Binaries> {
 /// bounds under load (failover within interval x threshold + timeout + slack)
 /// that TCG's 10-50x slowdown would turn into noise; the kernel behaviour they
 /// rely on is covered in the VMs by the l4, lifecycle and health suites.
-const HOST_ONLY: &[&str] = &["drills"];
+///
+/// `metrics` runs a real Prometheus, which the VM images do not carry.
+const HOST_ONLY: &[&str] = &["drills", "metrics"];
 
 /// Copy `bin` to `root/<dest>` and every shared library it needs (from ldd)
 /// to the same path under `root`.

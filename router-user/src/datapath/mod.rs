@@ -10,6 +10,7 @@
 //! the last plan; a restarted daemon adopts them instead of flushing them.
 //! aya reuses a pinned map without checking its layout, which is why the
 //! version is in the directory name and in every map name.
+pub mod counters;
 pub mod sync;
 pub mod sys;
 

@@ -31,6 +31,7 @@ use super::{
 pub use crate::health::{Observations, Outcome};
 use crate::limits::{Admission, Ticket};
 use crate::plan::{CorsPolicy, L7Action, L7Dest, L7Forward, L7Route, PathKind, RetryPolicy};
+use crate::telemetry::{RouteMetrics, Telemetry};
 
 /// Bodies are buffered only when a retry or a mirror needs a copy; one
 /// buffered body holds at most this much.
@@ -43,6 +44,9 @@ pub struct Compiled {
     pub routes: Vec<L7Route>,
     pub table: Table,
     extras: Vec<RouteExtras>,
+    /// Each route's counters, and those of requests no route matched.
+    metrics: Vec<RouteMetrics>,
+    unmatched: RouteMetrics,
 }
 
 /// What a route needs at request time beyond its matchers.
@@ -91,10 +95,28 @@ impl Compiled {
             .map(RouteExtras::new)
             .collect::<Result<_, _>>()?;
         Ok(Compiled {
+            metrics: vec![RouteMetrics::default(); routes.len()],
+            unmatched: RouteMetrics::default(),
             routes,
             table,
             extras,
         })
+    }
+
+    /// [`Compiled::new`], counting into `t` as `service`'s routes.
+    pub fn instrumented(
+        routes: Vec<L7Route>,
+        t: &Telemetry,
+        service: &str,
+    ) -> Result<Self, String> {
+        let mut c = Compiled::new(routes)?;
+        c.metrics = c
+            .routes
+            .iter()
+            .map(|r| RouteMetrics::new(t, service, &r.name))
+            .collect();
+        c.unmatched = RouteMetrics::new(t, service, "");
+        Ok(c)
     }
 }
 
@@ -540,6 +562,7 @@ async fn forward<B: ClientBodyIn>(
     f: &L7Forward,
     route: &L7Route,
     extras: &RouteExtras,
+    metrics: &RouteMetrics,
     hit: &Hit,
     req: Request<B>,
     peer: SocketAddr,
@@ -638,6 +661,9 @@ async fn forward<B: ClientBodyIn>(
     let mut last_ep = None;
     let mut last_err = text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     for attempt in 0..attempts {
+        if attempt > 0 {
+            metrics.retries.inc();
+        }
         let Some((dest, ep)) = pick(&f.dests, last_ep) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
@@ -744,13 +770,31 @@ pub async fn handle<B: ClientBodyIn>(
     scheme: &str,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let start = Instant::now();
     // Never a forward proxy: the upstream is always an endpoint of a route.
-    if req.method() == http::Method::CONNECT {
-        return text(
+    let (resp, metrics) = if req.method() == http::Method::CONNECT {
+        let r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not served: this proxy routes configured hosts only",
         );
-    }
+        (r, &t.unmatched)
+    } else {
+        route_request(ctx, t, req, port, scheme, peer).await
+    };
+    metrics.observe(resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+/// A request routed by `t`: the response, and the counters of the route
+/// that answered (or of requests no route matched).
+async fn route_request<'t, B: ClientBodyIn>(
+    ctx: &Ctx,
+    t: &'t Compiled,
+    req: Request<B>,
+    port: u16,
+    scheme: &str,
+    peer: SocketAddr,
+) -> (Response<Body>, &'t RouteMetrics) {
     let hit = {
         let r = Req {
             method: req.method(),
@@ -762,11 +806,25 @@ pub async fn handle<B: ClientBodyIn>(
         t.table.select(&r)
     };
     let Some(hit) = hit else {
-        return text(
+        let r = text(
             StatusCode::NOT_FOUND,
             format!("no route for {} {}", req.method(), req.uri().path()),
         );
+        return (r, &t.unmatched);
     };
+    let m = &t.metrics[hit.route];
+    (handle_route(ctx, t, hit, req, scheme, peer).await, m)
+}
+
+/// One request to the route `hit` matched.
+async fn handle_route<B: ClientBodyIn>(
+    ctx: &Ctx,
+    t: &Compiled,
+    hit: Hit,
+    req: Request<B>,
+    scheme: &str,
+    peer: SocketAddr,
+) -> Response<Body> {
     let (route, extras) = (&t.routes[hit.route], &t.extras[hit.route]);
     let origin = req
         .headers()
@@ -817,7 +875,10 @@ pub async fn handle<B: ClientBodyIn>(
             );
             resp
         }
-        L7Action::Forward(f) => forward(ctx, f, route, extras, &hit, req, peer).await,
+        L7Action::Forward(f) => {
+            let m = &t.metrics[hit.route];
+            forward(ctx, f, route, extras, m, &hit, req, peer).await
+        }
     };
     let h = resp.headers_mut();
     if let Some(hp) = &route.policies.headers {

@@ -42,6 +42,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::limits::{self, Activity, Admission, Watched};
+use crate::telemetry::Telemetry;
 use handler::Ctx;
 pub use handler::{Compiled, Observations, Outcome, Timeouts};
 use upstream::{Body, UpstreamOptions, Upstreams};
@@ -95,13 +96,17 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub fn compile(plan: &Plan) -> Result<Tables> {
+    /// The plan's tables, counting into `t` (east-west services as
+    /// `host:port`, gateway tables as `gateway:<port>/<table>`).
+    pub fn compile(plan: &Plan, t: &Telemetry) -> Result<Tables> {
         let mut r = Tables::default();
         for s in &plan.l7 {
+            let service = format!("{}:{}", s.host, s.port);
             let c = Arc::new(EastWest {
                 host: s.host.clone(),
                 port: s.port,
-                table: Compiled::new(s.routes.clone()).map_err(anyhow::Error::msg)?,
+                table: Compiled::instrumented(s.routes.clone(), t, &service)
+                    .map_err(anyhow::Error::msg)?,
             });
             for vip in &s.vips {
                 r.east_west.insert(SocketAddr::new(*vip, s.port), c.clone());
@@ -110,9 +115,11 @@ impl Tables {
         for l in &plan.gateways {
             let mut hosts = Vec::new();
             for h in &l.hosts {
+                let service = format!("gateway:{}/{}", l.port, h.table);
                 hosts.push((
                     h.hosts.clone(),
-                    Compiled::new(h.routes.clone()).map_err(anyhow::Error::msg)?,
+                    Compiled::instrumented(h.routes.clone(), t, &service)
+                        .map_err(anyhow::Error::msg)?,
                 ));
             }
             r.gateways.insert(
@@ -179,6 +186,8 @@ pub struct ProxyOptions {
     /// The network namespace the listeners are in (its cookie), for the
     /// original destinations the kernel records.
     pub netns: u64,
+    /// Where requests are counted.
+    pub telemetry: Arc<Telemetry>,
 }
 
 pub struct Proxy {
@@ -681,7 +690,7 @@ impl Proxy {
     }
 
     pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
-        let routing = Tables::compile(plan)?;
+        let routing = Tables::compile(plan, &self.opts.telemetry)?;
         let want: Vec<SocketAddr> = plan.proxy.listeners();
         let serving: Vec<SocketAddr> = self.east_west.iter().map(|r| r.addr).collect();
         let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();

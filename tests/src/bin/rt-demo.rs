@@ -315,7 +315,17 @@ fn demo() -> Result<()> {
     let config = world.dir.path.join("configs");
     copy_dir(&args.config, &config)?;
     let t = std::time::Instant::now();
-    let mut routerd = Routerd::start(&world.tag, &config, &world.cgroup.path, &[])?;
+    // Prometheus metrics on loopback of the daemon's namespace.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut routerd = Routerd::start(
+        &world.tag,
+        &config,
+        &world.cgroup.path,
+        &["--metrics-addr", &metrics_addr],
+    )?;
     println!(
         "started: routerd {} (ready in {:.0} ms)",
         routerd.args.join(" "),
@@ -472,6 +482,30 @@ fn demo() -> Result<()> {
     routerd.wait_event(mark, |e| matches!(e, Event::Applied { .. }))?;
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (back to cluster-2)");
+
+    heading(&format!(
+        "metrics: Prometheus scrapes http://{metrics_addr}/metrics (a few live series)"
+    ));
+    let text = run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{metrics_addr}/metrics"),
+    ]))?;
+    let shown = [
+        "routerd_service_connects_total{host=\"app-a.shop.mesh.internal\"",
+        "routerd_service_connects_total{host=\"reviews.shop.mesh.internal\"",
+        "routerd_http_requests_total{service=\"ratings.shop.mesh.internal:9090\"",
+        "routerd_dns_queries_total",
+        "routerd_config_reloads_total",
+        "routerd_map_entries",
+    ];
+    for l in text
+        .lines()
+        .filter(|l| shown.iter().any(|p| l.starts_with(p)) && !l.ends_with(" 0"))
+    {
+        println!("  {l}");
+    }
 
     heading("kill -9 routerd: routing goes on; a restart adopts the pinned maps");
     let vip_a = SocketAddr::new(resolve(&world, "app-a.shop.mesh.internal")?, 8080);

@@ -1,0 +1,229 @@
+//! What the daemon counts for Prometheus, besides the kernel's own
+//! counters (read from the per-CPU maps at scrape time, `metrics`): the L7
+//! proxy's requests, DNS queries, reloads, ejections. Label sets are
+//! bounded by the config (services, routes, reasons), never by clients.
+//!
+//! The request path touches no map and formats nothing: the handles of a
+//! route's counters are taken once per plan ([`RouteMetrics::new`]) and a
+//! request increments one counter and observes one histogram.
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+/// An L7 route of a service (east-west `host:port`, or a gateway listener
+/// and table).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub service: String,
+    pub route: String,
+}
+
+/// A route's responses by class (`2xx` ... `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub service: String,
+    pub route: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub trigger: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+fn latency() -> Histogram {
+    // 100 µs .. ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+type Latencies = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The daemon's counters, shared by the proxy, the DNS server, the health
+/// task and the reload loop.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub http_requests: Family<ResponseLabels, Counter>,
+    pub http_duration: Latencies,
+    pub http_retries: Family<RouteLabels, Counter>,
+    pub dns_queries: Family<ResultLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub reload_duration: Histogram,
+    pub generation: Gauge,
+    pub last_applied: Gauge<f64, AtomicU64>,
+    pub ejections: Family<SourceLabels, Counter>,
+    pub avoided_endpoints: Gauge,
+    build: Family<BuildLabels, Gauge>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let t = Telemetry {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency as fn() -> Histogram),
+            http_retries: Family::default(),
+            dns_queries: Family::default(),
+            reloads: Family::default(),
+            reload_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            generation: Gauge::default(),
+            last_applied: Gauge::default(),
+            ejections: Family::default(),
+            avoided_endpoints: Gauge::default(),
+            build: Family::default(),
+        };
+        t.build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        t
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        Arc::new(Telemetry::default())
+    }
+
+    /// Add every family to `r` (names get the registry's `routerd_` prefix).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "http_requests",
+            "Requests the L7 proxy answered, by service, route and response class",
+            self.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "Time from a request's headers to the response's headers, by service and route",
+            Unit::Seconds,
+            self.http_duration.clone(),
+        );
+        r.register(
+            "http_retries",
+            "Requests the L7 proxy sent again under a RetryTimeoutPolicy",
+            self.http_retries.clone(),
+        );
+        r.register(
+            "dns_queries",
+            "DNS queries the listener took, by result (answered: a virtual host; forwarded; failed: no upstream answered; dropped: unreadable or over a cap)",
+            self.dns_queries.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Reloads, by trigger and result (applied, unchanged, rejected, failed)",
+            self.reloads.clone(),
+        );
+        r.register_with_unit(
+            "config_reload_duration",
+            "Time from a reload's trigger to the maps written",
+            Unit::Seconds,
+            self.reload_duration.clone(),
+        );
+        r.register(
+            "config_generation",
+            "Generation of the plan the datapath serves",
+            self.generation.clone(),
+        );
+        r.register_with_unit(
+            "config_last_applied_timestamp",
+            "When the serving plan was applied (Unix time)",
+            Unit::Seconds,
+            self.last_applied.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by who saw the failures (proxy, kernel)",
+            self.ejections.clone(),
+        );
+        r.register(
+            "avoided_endpoints",
+            "Endpoints kept out of the slot tables now (health checks and ejections)",
+            self.avoided_endpoints.clone(),
+        );
+        r.register(
+            "build_info",
+            "The routerd version serving (always 1)",
+            self.build.clone(),
+        );
+    }
+}
+
+/// One route's counters, taken once per plan.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    /// Responses by class: 1xx .. 5xx.
+    by_class: [Counter; 5],
+    duration: Histogram,
+    pub retries: Counter,
+}
+
+impl Default for RouteMetrics {
+    /// Counters no registry exports (tests, tools).
+    fn default() -> Self {
+        RouteMetrics {
+            by_class: Default::default(),
+            duration: latency(),
+            retries: Counter::default(),
+        }
+    }
+}
+
+impl RouteMetrics {
+    pub fn new(t: &Telemetry, service: &str, route: &str) -> Self {
+        let class = |c: &str| {
+            t.http_requests
+                .get_or_create(&ResponseLabels {
+                    service: service.to_string(),
+                    route: route.to_string(),
+                    code: c.to_string(),
+                })
+                .clone()
+        };
+        let labels = RouteLabels {
+            service: service.to_string(),
+            route: route.to_string(),
+        };
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: t.http_duration.get_or_create(&labels).clone(),
+            retries: t.http_retries.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// One response of `status` after `seconds`.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[i].inc();
+        self.duration.observe(seconds);
+    }
+}
