@@ -154,12 +154,30 @@ enum Cmd {
         pins: PinArgs,
         #[arg(long)]
         json: bool,
+        /// A live view: connects/s per service, refreshed in place.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often `--watch` refreshes (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// With `--watch`: stop after this many frames (default: until
+        /// interrupted).
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Stop a running daemon and remove everything it pinned.
     Stop {
         #[command(flatten)]
         pins: PinArgs,
     },
+}
+
+/// `1s`, `500ms`, `2m`: Gloo's duration syntax.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::types::parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}` is not a positive duration; e.g. 1s or 500ms"))
 }
 
 fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -280,8 +298,38 @@ pub fn main() -> ExitCode {
                 }
             }
         })(),
-        Cmd::Inspect { pins, json } => (|| {
-            let r = inspect::read(&Pins::new(&pins.pin_root), &pins.state_dir)?;
+        Cmd::Inspect {
+            pins,
+            json,
+            watch,
+            interval,
+            count,
+        } => (|| {
+            let p = Pins::new(&pins.pin_root);
+            let r = inspect::read(&p, &pins.state_dir)?;
+            if watch {
+                let mut prev = (r, std::time::Instant::now());
+                let mut frames = 0u64;
+                while count.is_none_or(|c| frames < c) {
+                    std::thread::sleep(interval);
+                    let now = (
+                        inspect::read(&p, &pins.state_dir)?,
+                        std::time::Instant::now(),
+                    );
+                    let secs = now.1.duration_since(prev.1).as_secs_f64();
+                    let rates = inspect::rates(&prev.0, &now.0, secs);
+                    // Home, clear the screen, draw (a terminal shows it in place).
+                    print!(
+                        "\x1b[H\x1b[2J{}",
+                        inspect::render_rates(&now.0, &rates, secs)
+                    );
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
+                    prev = now;
+                    frames += 1;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -276,3 +276,125 @@ pub fn render(r: &Report) -> String {
     }
     o
 }
+
+/// One service's rates between two reports (`routerd inspect --watch`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rate {
+    pub service: String,
+    pub host: String,
+    pub connects_per_s: f64,
+    pub datagrams_per_s: f64,
+    pub no_backend_per_s: f64,
+    pub connects: u64,
+}
+
+/// Per-service rates from `prev` to `now`, `secs` apart, busiest first
+/// (services that are new in `now` count from zero). Pure.
+pub fn rates(prev: &Report, now: &Report, secs: f64) -> Vec<Rate> {
+    let key = |s: &ServiceReport| (s.vip, s.proto);
+    let before: BTreeMap<_, &ServiceReport> = prev.services.iter().map(|s| (key(s), s)).collect();
+    let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs.max(1e-9);
+    let mut out: Vec<Rate> = now
+        .services
+        .iter()
+        .map(|s| {
+            let p = before.get(&key(s));
+            let was = |f: fn(&ServiceReport) -> u64| p.map_or(0, |p| f(p));
+            Rate {
+                service: format!("{}/{}", s.vip, s.proto),
+                host: s.host.clone(),
+                connects_per_s: per_s(s.connects, was(|p| p.connects)),
+                datagrams_per_s: per_s(s.datagrams, was(|p| p.datagrams)),
+                no_backend_per_s: per_s(s.no_backend, was(|p| p.no_backend)),
+                connects: s.connects,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.connects_per_s + b.datagrams_per_s)
+            .total_cmp(&(a.connects_per_s + a.datagrams_per_s))
+            .then(a.host.cmp(&b.host))
+            .then(a.service.cmp(&b.service))
+    });
+    out
+}
+
+/// One frame of `inspect --watch`: the rates, and what the datapath is.
+pub fn render_rates(now: &Report, rates: &[Rate], secs: f64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "datapath {} (generation {}), per second over the last {secs:.1} s, busiest first",
+        now.dir, now.generation
+    );
+    let _ = writeln!(
+        o,
+        "{:<44} {:<30} {:>10} {:>10} {:>11} {:>10}",
+        "SERVICE", "HOST", "CONNECTS/S", "DGRAMS/S", "NO-BACKEND/S", "CONNECTS"
+    );
+    for r in rates {
+        let _ = writeln!(
+            o,
+            "{:<44} {:<30} {:>10.1} {:>10.1} {:>11.1} {:>10}",
+            r.service, r.host, r.connects_per_s, r.datagrams_per_s, r.no_backend_per_s, r.connects
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(services: &[(&str, u64, u64)]) -> Report {
+        Report {
+            dir: "/sys/fs/bpf/router/v3".into(),
+            cgroup: String::new(),
+            generation: 1,
+            applied_unix_ms: 0,
+            services: services
+                .iter()
+                .map(|(host, connects, dgrams)| ServiceReport {
+                    id: 1,
+                    vip: format!("240.240.0.{}:80", host.len()).parse().unwrap(),
+                    proto: Proto::Tcp,
+                    host: host.to_string(),
+                    slots: 1,
+                    connects: *connects,
+                    datagrams: *dgrams,
+                    no_backend: 0,
+                    inconsistent: 0,
+                    backends: Vec::new(),
+                })
+                .collect(),
+            unknown_vip_refused: 0,
+            revnat_failed: 0,
+            dns_captured: 0,
+            proxy_refused: 0,
+            orig_failed: 0,
+            watched: Vec::new(),
+            out_of_service: BTreeMap::new(),
+            ejected_fallback: 0,
+            ejections_lost: 0,
+        }
+    }
+
+    #[test]
+    fn rates_are_differences_over_time_busiest_first() {
+        let prev = report(&[("a.mesh", 10, 0), ("bb.mesh", 100, 0)]);
+        let now = report(&[("a.mesh", 30, 0), ("bb.mesh", 110, 0), ("ccc.mesh", 5, 0)]);
+        let r = rates(&prev, &now, 2.0);
+        let got: Vec<(&str, f64)> = r
+            .iter()
+            .map(|r| (r.host.as_str(), r.connects_per_s))
+            .collect();
+        // A service new since the last frame counts from zero.
+        assert_eq!(
+            got,
+            vec![("a.mesh", 10.0), ("bb.mesh", 5.0), ("ccc.mesh", 2.5)]
+        );
+        // Counters never go backwards in a rate (a restart with new maps).
+        let r = rates(&now, &prev, 1.0);
+        assert!(r.iter().all(|r| r.connects_per_s == 0.0), "{r:?}");
+    }
+}

@@ -193,3 +193,50 @@ fn prometheus_scrapes_what_real_traffic_did() {
     }
     drop(routerd);
 }
+
+/// `routerd inspect --watch`: a live view of connects/s per service from
+/// the pinned maps (no Prometheus needed); `--count` frames, then it exits.
+#[test]
+fn inspect_watch_shows_connects_per_second() {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp("10.1.0.1:8080", "e1"),
+        Listen::tcp("10.1.1.1:8080", "e2"),
+    ])
+    .unwrap();
+    world.dir.write("config/all.yaml", &config()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let web = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
+    let watch = Command::new(bin("routerd"))
+        .args(["inspect", "--watch", "--interval", "2s", "--count", "1"])
+        .arg("--pin-root")
+        .arg(&routerd.pin_root)
+        .arg("--state-dir")
+        .arg(&routerd.state_dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 20 connections within the frame's two seconds.
+    std::thread::sleep(Duration::from_millis(300));
+    let probes = world
+        .probe(&["tcp", &web.to_string(), "--count", "20"])
+        .unwrap();
+    assert!(probes.iter().all(|p| p.answer.is_some()), "{probes:?}");
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&web.to_string()) && l.contains("web.t.mesh"))
+        .unwrap_or_else(|| panic!("no web.t.mesh row: {text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let per_s: f64 = cols[2].parse().unwrap();
+    let total: u64 = cols[5].parse().unwrap();
+    assert_eq!(total, 20, "{line}");
+    assert!(
+        (8.0..=12.0).contains(&per_s),
+        "20 connections in ~2 s: {line}"
+    );
+    drop(routerd);
+}
