@@ -601,6 +601,13 @@ impl Daemon {
         check_privileged_port(&socks, serving_plan.proxy.port).await;
         let orig = Arc::new(OrigTable::open(&opts.pins)?);
         let telemetry = Telemetry::new();
+        telemetry.init_reloads(&[
+            "start-up",
+            Trigger::Health.reason(),
+            Trigger::Resolved.reason(),
+            Trigger::FileChange.reason(),
+            Trigger::Signal.reason(),
+        ]);
         let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
         let dns = Dns::new(
             socks.clone(),

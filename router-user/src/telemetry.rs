@@ -100,7 +100,28 @@ impl Default for Telemetry {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1);
+        // Series of things that have not happened yet exist at zero, so a
+        // rate or increase sees their first event.
+        for source in ["proxy", "kernel"] {
+            let _ = t.ejections.get_or_create(&SourceLabels {
+                source: source.to_string(),
+            });
+        }
         t
+    }
+}
+
+impl Telemetry {
+    /// The reload series of every trigger and result, at zero.
+    pub fn init_reloads(&self, triggers: &[&str]) {
+        for trigger in triggers {
+            for result in ["applied", "unchanged", "rejected", "failed"] {
+                let _ = self.reloads.get_or_create(&ReloadLabels {
+                    trigger: trigger.to_string(),
+                    result: result.to_string(),
+                });
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //!   at the start of the next one.
 pub mod churn;
 pub mod drill;
+pub mod prom;
 
 use std::{
     io::{BufRead, BufReader},

@@ -9,16 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use router_tests::*;
-
-/// A port nothing listens on now, on loopback of this namespace.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use router_tests::{
+    prom::{Prometheus, free_port, grafana_expr},
+    *,
+};
 
 /// `web.t.mesh:8080` routed in the kernel, `shop.t.mesh:8080` by the proxy.
 fn config() -> String {
@@ -41,18 +35,6 @@ fn get(url: &str) -> String {
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the one series `query` returns (Prometheus's HTTP API).
-fn query(prom: u16, q: &str) -> Option<f64> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "-G"])
-        .arg(format!("http://127.0.0.1:{prom}/api/v1/query"))
-        .args(["--data-urlencode", &format!("query={q}")])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
 #[test]
@@ -136,28 +118,7 @@ fn prometheus_scrapes_what_real_traffic_did() {
         String::from_utf8_lossy(&lint.stderr)
     );
     // A real Prometheus scrapes it every second.
-    let prom = free_port();
-    let conf = dir.join("prometheus.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n- job_name: routerd\n  static_configs: [{{targets: ['{metrics_addr}']}}]\n"
-        ),
-    )
-    .unwrap();
-    let _prometheus = Proc(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", conf.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (apt-get install prometheus)"),
-    );
+    let prom = Prometheus::start(&dir, &metrics_addr).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let wanted = [
         (
@@ -176,7 +137,7 @@ fn prometheus_scrapes_what_real_traffic_did() {
         ("routerd_map_capacity{map=\"services\"}", 16384.0),
     ];
     loop {
-        let last: Vec<Option<f64>> = wanted.iter().map(|(q, _)| query(prom, q)).collect();
+        let last: Vec<Option<f64>> = wanted.iter().map(|(q, _)| prom.query(q)).collect();
         if wanted
             .iter()
             .zip(&last)
@@ -191,6 +152,41 @@ fn prometheus_scrapes_what_real_traffic_did() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Every panel of the Grafana dashboard (deploy/grafana) is a query
+    // Prometheus accepts and, with this traffic, answers with data (series
+    // of things that did not happen are there, at zero).
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/routerd.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // More traffic and a reload while Prometheus watches (a quantile of
+    // rates needs observations inside its window; rates need two samples).
+    for _ in 0..3 {
+        let (code, ..) = curl(&world, &[&format!("http://{}:8080/api/y", shop.ip())], true);
+        assert_eq!(code, 200);
+    }
+    let mark = routerd.log_len();
+    routerd.signal(libc::SIGHUP);
+    routerd.wait_outcome(mark).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut empty = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let expr = grafana_expr(p["targets"][0]["expr"].as_str().unwrap());
+        let series = prom
+            .range(&expr, now - 60.0, now, 1.0)
+            .unwrap_or_else(|| panic!("panel {}: Prometheus refused `{expr}`", p["title"]));
+        if series.iter().all(|s| s.points.is_empty()) {
+            empty.push(p["title"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(empty.is_empty(), "panels with no data: {empty:?}");
     drop(routerd);
 }
 

@@ -43,6 +43,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
     },
+    /// The Grafana dashboard (deploy/grafana/routerd.json) on real data:
+    /// a minute of traffic through routerd, scraped by a real Prometheus;
+    /// every panel's query drawn to docs/dashboard.svg.
+    Dashboard {
+        /// Arguments for rt-dashboard (e.g. --secs 30).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
     /// The drills at full scale (load through VIPs while configs churn, the
     /// daemon is killed, endpoints die, hostile configs arrive, maps fill);
     /// writes docs/drills.md. `cargo xtask test` runs them reduced.
@@ -263,6 +271,18 @@ fn bench(rest: &[String]) -> Result<()> {
         .env("RUST_BACKTRACE", "0"))
 }
 
+fn dashboard(rest: &[String]) -> Result<()> {
+    require_root("the dashboard picture")?;
+    build(true)?;
+    setup()?;
+    let root = root();
+    std::fs::create_dir_all(root.join("docs"))?;
+    run(Command::new(root.join("target/release/rt-dashboard"))
+        .current_dir(&root)
+        .args(rest)
+        .env("RUST_BACKTRACE", "0"))
+}
+
 fn drill(rest: &[String]) -> Result<()> {
     require_root("the drills")?;
     build(true)?;
@@ -393,6 +413,7 @@ fn dispatch() -> Result<()> {
         }
         Cmd::Bench { rest } => bench(&rest),
         Cmd::Drill { rest } => drill(&rest),
+        Cmd::Dashboard { rest } => dashboard(&rest),
         Cmd::Fuzz { secs, targets } => fuzz(secs, &targets),
         Cmd::Test { no_vm, rest } => test(no_vm, &rest),
     }

@@ -37,6 +37,9 @@ use crate::telemetry::{RouteMetrics, Telemetry};
 /// buffered body holds at most this much.
 pub const MAX_BUFFERED_BODY: usize = 1 << 20;
 
+/// The `route` label of requests no route matched.
+pub const NO_ROUTE: &str = "(no route)";
+
 /// A route table compiled for the engine, with each route's regexes
 /// compiled once per plan rather than per request.
 #[derive(Debug)]
@@ -115,7 +118,7 @@ impl Compiled {
             .iter()
             .map(|r| RouteMetrics::new(t, service, &r.name))
             .collect();
-        c.unmatched = RouteMetrics::new(t, service, "");
+        c.unmatched = RouteMetrics::new(t, service, NO_ROUTE);
         Ok(c)
     }
 }

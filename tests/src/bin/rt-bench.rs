@@ -108,6 +108,32 @@ fn bench_router() -> Config {
 /// connect hook reads the backend's health entry, sock_ops asks for the
 /// state and RTO callbacks of every connection).
 const WATCHED_CONTENDER: &str = "VIP, handshakes watched (outlier detection)";
+const METRICS_CONTENDER: &str = "VIP, metrics on (scraped every second)";
+
+/// GET `http://addr/metrics` every second until `stop` (a Prometheus
+/// scraping far more often than its default 15 s); the bytes read.
+fn scrape_every_second(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut total = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let _ = write!(
+                    s,
+                    "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                );
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                total += buf.len();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        total
+    })
+}
 
 fn watched_config() -> String {
     bench_router()
@@ -592,6 +618,33 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
             &["--no-watch", "--no-dns"],
         )?;
 
+        // The same config in a twin world whose routerd serves metrics,
+        // scraped every second throughout.
+        let metered = bench_world("sink")?;
+        metered.dir.write("config/bench.yaml", &connect_config(n))?;
+        let mcfg = metered.dir.path.join("config");
+        let metrics_addr = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
+        );
+        let _mrouterd = Routerd::start(
+            &metered.tag,
+            &mcfg,
+            &metered.cgroup.path,
+            &[
+                "--no-watch",
+                "--no-dns",
+                "--max-services",
+                &max,
+                "--metrics-addr",
+                &metrics_addr,
+            ],
+        )?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = scrape_every_second(metrics_addr, stop.clone());
+
         let vip = vip(&plan, &format!("h{}.bench.mesh", n / 2), 8080, false).to_string();
         let clusterip = format!("{}:8080", cluster_ip(n / 2));
         let ms = args.millis.to_string();
@@ -602,9 +655,16 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
             ("direct", &world, b(BACKEND)),
             ("VIP (routerd)", &world, b(&vip)),
             (WATCHED_CONTENDER, &watched, b(&wvip)),
+            (METRICS_CONTENDER, &metered, b(&vip)),
             (DNAT_CONTENDER, &kube, b(&clusterip)),
         ];
         rows.extend(compare(&n.to_string(), args.rounds, &contenders)?);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let scraped = scraper.join().unwrap_or(0);
+        anyhow::ensure!(
+            scraped > 0,
+            "the metrics contender's scraper read nothing from routerd's /metrics"
+        );
     }
     let _ = writeln!(md, "## Connect path\n");
     let _ = writeln!(
@@ -617,6 +677,9 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
          DNAT; iptables-nft as Debian ships it), where conntrack and NAT handle the first packet. \
          `{WATCHED_CONTENDER}` dials a VIP of a twin routerd whose destination has an \
          OutlierDetectionPolicy: the kernel watches every handshake (issue 17's cost). \
+         `{METRICS_CONTENDER}` dials the same VIP of a twin routerd run with `--metrics-addr`, \
+         whose `/metrics` a scraper reads every second throughout (issue 16's cost: the kernel's \
+         counters are per-CPU maps summed at scrape time, so the connect path does the same work). \
          {} ms per measurement, {} alternated measurements per contender (medians).\n",
         args.millis, args.rounds
     );
