@@ -1221,6 +1221,22 @@ pub fn two_zones(e1_ready: bool) -> Config {
     ))
 }
 
+/// [`two_zones`] with `web.t.mesh:8080` (a VirtualDestination routed in
+/// the kernel) and `shop.t.mesh:8080` (a route table whose `api` route
+/// the proxy serves), both over `web`.
+pub fn web_and_shop() -> Config {
+    two_zones(true)
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "TCP"))
+        .with(
+            RouteTable::new("shop").host("shop.t.mesh").http(
+                HttpRoute::new()
+                    .name("api")
+                    .prefix("/api")
+                    .to(&[Dest::service("web").port(8080)]),
+            ),
+        )
+}
+
 /// The plan routerd will compute for `config` (to learn VIPs in tests).
 pub fn plan(config: &Path) -> Result<router_user::plan::Plan> {
     router_user::daemon::build_plan(config, &Default::default(), &Default::default())

@@ -14,21 +14,6 @@ use router_tests::{
     *,
 };
 
-/// `web.t.mesh:8080` routed in the kernel, `shop.t.mesh:8080` by the proxy.
-fn config() -> String {
-    two_zones(true)
-        .with(local_vd("web", "web.t.mesh", "web", 8080, "TCP"))
-        .with(
-            RouteTable::new("shop").host("shop.t.mesh").http(
-                HttpRoute::new()
-                    .name("api")
-                    .prefix("/api")
-                    .to(&[Dest::service("web").port(8080)]),
-            ),
-        )
-        .yaml()
-}
-
 fn get(url: &str) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", url])
@@ -45,7 +30,10 @@ fn prometheus_scrapes_what_real_traffic_did() {
         Listen::tcp("10.1.1.1:8080", "e2"),
     ])
     .unwrap();
-    world.dir.write("config/all.yaml", &config()).unwrap();
+    world
+        .dir
+        .write("config/all.yaml", &web_and_shop().yaml())
+        .unwrap();
     let cfg = world.dir.path.join("config");
     let web = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
     let shop = vip(&plan(&cfg).unwrap(), "shop.t.mesh", 8080, false);
@@ -200,7 +188,10 @@ fn inspect_watch_shows_connects_per_second() {
         Listen::tcp("10.1.1.1:8080", "e2"),
     ])
     .unwrap();
-    world.dir.write("config/all.yaml", &config()).unwrap();
+    world
+        .dir
+        .write("config/all.yaml", &web_and_shop().yaml())
+        .unwrap();
     let cfg = world.dir.path.join("config");
     let web = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
     let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();

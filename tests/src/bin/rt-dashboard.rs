@@ -31,21 +31,13 @@ struct Args {
     secs: u64,
 }
 
+/// The world's config: [`web_and_shop`] with outlier detection, and after
+/// the change one more host.
 fn config(extra: bool) -> String {
-    let mut c = two_zones(true)
-        .with(local_vd("web", "web.t.mesh", "web", 8080, "TCP"))
-        .with(
-            RouteTable::new("shop").host("shop.t.mesh").http(
-                HttpRoute::new()
-                    .name("api")
-                    .prefix("/api")
-                    .to(&[Dest::service("web").port(8080)]),
-            ),
-        )
-        .with(
-            Policy::outlier_detection("od", json!({"consecutiveErrors": 5}))
-                .virtual_destinations_labelled("lb", "local"),
-        );
+    let mut c = web_and_shop().with(
+        Policy::outlier_detection("od", json!({"consecutiveErrors": 5}))
+            .virtual_destinations_labelled("lb", "local"),
+    );
     if extra {
         c = c.with(local_vd("more", "more.t.mesh", "web", 8080, "TCP"));
     }
