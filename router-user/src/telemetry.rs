@@ -6,7 +6,11 @@
 //! The request path touches no map and formats nothing: the handles of a
 //! route's counters are taken once per plan ([`RouteMetrics::new`]) and a
 //! request increments one counter and observes one histogram.
-use std::sync::{Arc, atomic::AtomicU64};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -32,6 +36,13 @@ pub struct RouteLabels {
 pub struct ResponseLabels {
     pub service: String,
     pub route: String,
+    pub code: String,
+}
+
+/// An endpoint's answers by class (`error`: none, the exchange failed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
     pub code: String,
 }
 
@@ -70,6 +81,10 @@ pub struct Telemetry {
     pub http_requests: Family<ResponseLabels, Counter>,
     pub http_duration: Latencies,
     pub http_retries: Family<RouteLabels, Counter>,
+    pub http_timeouts: Family<RouteLabels, Counter>,
+    pub http_upstream: Family<UpstreamLabels, Counter>,
+    /// Each endpoint's `http_upstream` counters by class, taken once.
+    upstreams: RwLock<HashMap<SocketAddr, Arc<UpstreamCounters>>>,
     pub dns_queries: Family<ResultLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub reload_duration: Histogram,
@@ -86,6 +101,9 @@ impl Default for Telemetry {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency as fn() -> Histogram),
             http_retries: Family::default(),
+            http_timeouts: Family::default(),
+            http_upstream: Family::default(),
+            upstreams: RwLock::new(HashMap::new()),
             dns_queries: Family::default(),
             reloads: Family::default(),
             reload_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -111,7 +129,45 @@ impl Default for Telemetry {
     }
 }
 
+/// An endpoint's answers: 1xx .. 5xx, then no answer.
+pub type UpstreamCounters = [Counter; 6];
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
 impl Telemetry {
+    /// `ep`'s counters (made on its first request; an endpoint that goes
+    /// away keeps its series, as Prometheus expects of counters).
+    pub fn upstream(&self, ep: SocketAddr) -> Arc<UpstreamCounters> {
+        if let Some(c) = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ep)
+        {
+            return c.clone();
+        }
+        let c = Arc::new(CLASSES.map(|class| {
+            self.http_upstream
+                .get_or_create(&UpstreamLabels {
+                    upstream: ep.to_string(),
+                    code: class.to_string(),
+                })
+                .clone()
+        }));
+        self.upstreams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ep)
+            .or_insert(c)
+            .clone()
+    }
+
+    /// One answer from `ep` (`None`: the exchange failed).
+    pub fn upstream_answered(&self, ep: SocketAddr, status: Option<u16>) {
+        let i = status.map_or(5, |s| usize::from(s / 100).clamp(1, 5) - 1);
+        self.upstream(ep)[i].inc();
+    }
+
     /// The reload series of every trigger and result, at zero.
     pub fn init_reloads(&self, triggers: &[&str]) {
         for trigger in triggers {
@@ -147,6 +203,16 @@ impl Telemetry {
             "http_retries",
             "Requests the L7 proxy sent again under a RetryTimeoutPolicy",
             self.http_retries.clone(),
+        );
+        r.register(
+            "http_timeouts",
+            "Upstream attempts that ran out of time (perTryTimeout, requestTimeout or the proxy's upstream timeout)",
+            self.http_timeouts.clone(),
+        );
+        r.register(
+            "http_upstream_responses",
+            "What each endpoint the proxy sent a request to answered, by class (error: no answer: connect failure, reset, timeout)",
+            self.http_upstream.clone(),
         );
         r.register(
             "dns_queries",
@@ -200,6 +266,7 @@ pub struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
     pub retries: Counter,
+    pub timeouts: Counter,
 }
 
 impl Default for RouteMetrics {
@@ -209,6 +276,7 @@ impl Default for RouteMetrics {
             by_class: Default::default(),
             duration: latency(),
             retries: Counter::default(),
+            timeouts: Counter::default(),
         }
     }
 }
@@ -238,6 +306,7 @@ impl RouteMetrics {
             ],
             duration: t.http_duration.get_or_create(&labels).clone(),
             retries: t.http_retries.get_or_create(&labels).clone(),
+            timeouts: t.http_timeouts.get_or_create(&labels).clone(),
         }
     }
 

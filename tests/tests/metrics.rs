@@ -89,6 +89,16 @@ fn prometheus_scrapes_what_real_traffic_did() {
         "{text}"
     );
     assert!(text.contains("routerd_build_info{version="), "{text}");
+    // The three requests' answers, by the endpoint that gave them.
+    let upstream_2xx: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("routerd_http_upstream_responses_total{upstream=\"10.1.")
+                && l.contains("code=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(upstream_2xx, 3.0, "{text}");
     // The exposition passes Prometheus's own linter.
     let dir = world.dir.path.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();

@@ -145,6 +145,8 @@ pub struct Ctx {
     /// Bytes of buffered request bodies, in all and per client address.
     pub bodies: Arc<Admission<IpAddr>>,
     pub timeouts: Timeouts,
+    /// Endpoints' answers are counted here.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The proxy's time limits (RouterConfig `spec.proxy`).
@@ -689,6 +691,8 @@ async fn forward<B: ClientBodyIn>(
             Ok(r) => r,
             Err(_) => {
                 ctx.obs.record(ep, Outcome::Reset);
+                ctx.telemetry.upstream_answered(ep, None);
+                metrics.timeouts.inc();
                 let o: Result<StatusCode, (Outcome, bool)> = Err((Outcome::Reset, true));
                 let over = Instant::now() >= deadline;
                 last_err = text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
@@ -704,6 +708,7 @@ async fn forward<B: ClientBodyIn>(
         match result {
             Ok(resp) => {
                 let code = resp.status();
+                ctx.telemetry.upstream_answered(ep, Some(code.as_u16()));
                 ctx.obs.record(
                     ep,
                     if code.is_server_error() {
@@ -744,6 +749,7 @@ async fn forward<B: ClientBodyIn>(
                     Outcome::Reset
                 };
                 ctx.obs.record(ep, outcome);
+                ctx.telemetry.upstream_answered(ep, None);
                 last_err = match outcome {
                     Outcome::ConnectFailure => {
                         text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
@@ -1039,6 +1045,7 @@ mod tests {
             obs: Observations::default(),
             bodies: Admission::new(8 << 20, 1 << 20),
             timeouts,
+            telemetry: Telemetry::new(),
         }
     }
 

@@ -597,6 +597,7 @@ impl Proxy {
             obs: Observations::default(),
             bodies: Admission::new(BODY_BUDGET, BODY_BUDGET / 8),
             timeouts: Timeouts::from(plan),
+            telemetry: opts.telemetry.clone(),
         });
         let (routing, _) = watch::channel(Arc::new(Tables::default()));
         let (idle, _) = watch::channel((plan.idle(), plan.tcp_idle()));
