@@ -447,6 +447,35 @@ pub struct ProxyPlan {
     pub idle_timeout_ms: u64,
     /// The same for TCP gateway connections.
     pub tcp_idle_timeout_ms: u64,
+    /// Where access log lines go (None: the daemon's stdout).
+    #[serde(default)]
+    pub access_log_path: Option<String>,
+}
+
+/// Which L7 requests are logged (the first AccessLogPolicy), and with what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogPlan {
+    /// `AccessLogPolicy ns/name`.
+    pub policy: String,
+    /// Any of them matches (empty: every request).
+    pub filters: Vec<LogFilter>,
+    pub request_headers: Vec<String>,
+    pub response_headers: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFilter {
+    /// The response status compared with `value` (`Ordering` of status to
+    /// value that matches: Equal, Greater-or-Equal as `ge`, ...).
+    Status { value: u16, ge: bool, le: bool },
+    /// A request header (Gloo's HeaderMatcher): present, with `value`
+    /// (a full-match regex when `regex`), inverted by `invert`.
+    Header {
+        name: String,
+        value: Option<String>,
+        regex: bool,
+        invert: bool,
+    },
 }
 
 impl Default for ProxyPlan {
@@ -459,6 +488,7 @@ impl Default for ProxyPlan {
             body_timeout_ms: 30_000,
             idle_timeout_ms: 300_000,
             tcp_idle_timeout_ms: 3_600_000,
+            access_log_path: None,
         }
     }
 }
@@ -509,6 +539,9 @@ pub struct Plan {
     /// Close clients' connections to endpoints that stop taking traffic.
     #[serde(default)]
     pub close_removed: bool,
+    /// The access log (an AccessLogPolicy), if any.
+    #[serde(default)]
+    pub access_log: Option<AccessLogPlan>,
     pub notices: Vec<Notice>,
 }
 

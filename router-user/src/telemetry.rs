@@ -92,6 +92,7 @@ pub struct Telemetry {
     pub last_applied: Gauge<f64, AtomicU64>,
     pub ejections: Family<SourceLabels, Counter>,
     pub avoided_endpoints: Gauge,
+    pub access_log_lines: Family<ResultLabels, Counter>,
     build: Family<BuildLabels, Gauge>,
 }
 
@@ -111,6 +112,7 @@ impl Default for Telemetry {
             last_applied: Gauge::default(),
             ejections: Family::default(),
             avoided_endpoints: Gauge::default(),
+            access_log_lines: Family::default(),
             build: Family::default(),
         };
         t.build
@@ -135,6 +137,18 @@ pub type UpstreamCounters = [Counter; 6];
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 impl Telemetry {
+    /// The access log's counters: written, dropped.
+    pub fn access_log_counters(&self) -> (Counter, Counter) {
+        let c = |r: &str| {
+            self.access_log_lines
+                .get_or_create(&ResultLabels {
+                    result: r.to_string(),
+                })
+                .clone()
+        };
+        (c("written"), c("dropped"))
+    }
+
     /// `ep`'s counters (made on its first request; an endpoint that goes
     /// away keeps its series, as Prometheus expects of counters).
     pub fn upstream(&self, ep: SocketAddr) -> Arc<UpstreamCounters> {
@@ -250,6 +264,11 @@ impl Telemetry {
             "avoided_endpoints",
             "Endpoints kept out of the slot tables now (health checks and ejections)",
             self.avoided_endpoints.clone(),
+        );
+        r.register(
+            "access_log_lines",
+            "Access log lines (AccessLogPolicy), by result: written, or dropped (the queue to the writer was full, or the file could not be written)",
+            self.access_log_lines.clone(),
         );
         r.register(
             "build_info",

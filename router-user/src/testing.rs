@@ -750,6 +750,15 @@ impl Policy {
     pub fn failover(name: &str, config: Value) -> Self {
         Policy::new(Self::RESILIENCE, "FailoverPolicy", name, config)
     }
+    /// An AccessLogPolicy (observability.policy.gloo.solo.io/v2).
+    pub fn access_log(name: &str, config: Value) -> Self {
+        Policy::new(
+            "observability.policy.gloo.solo.io/v2",
+            "AccessLogPolicy",
+            name,
+            config,
+        )
+    }
     pub fn active_health_check(name: &str, config: Value) -> Self {
         Policy::new(Self::RESILIENCE, "ActiveHealthCheckPolicy", name, config)
     }

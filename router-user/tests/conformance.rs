@@ -41,6 +41,7 @@ const KINDS: &[(&str, &str)] = &[
     ),
     ("MirrorPolicy", "trafficcontrol.policy.gloo.solo.io/v2"),
     ("CORSPolicy", "security.policy.gloo.solo.io/v2"),
+    ("AccessLogPolicy", "observability.policy.gloo.solo.io/v2"),
 ];
 
 const PROBE: &str = "__probe__";

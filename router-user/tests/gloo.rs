@@ -1160,3 +1160,49 @@ spec:
     assert_eq!(plan(&od("http")).outliers.len(), 1, "port http is selected");
     assert!(plan(&od("grpc")).outliers.is_empty(), "no port grpc");
 }
+
+/// Issue 16: Gloo's AccessLogPolicy loads in its documented shape and
+/// becomes the plan's access log (the first one); what routerd does not
+/// apply is a notice, what cannot work an error naming the line.
+#[test]
+fn access_log_policies_load_in_gloos_shape() {
+    let policy = |name: &str, config: &str| {
+        format!(
+            "apiVersion: observability.policy.gloo.solo.io/v2\nkind: AccessLogPolicy\n\
+             metadata: {{name: {name}, namespace: payments}}\nspec:\n  \
+             applyToWorkloads: [{{selector: {{labels: {{app: gateway}}}}}}]\n  config:\n{config}---\n"
+        )
+    };
+    let good = policy(
+        "errors",
+        "    filters:\n    - statusCodeMatcher: {value: 500, comparator: GE}\n    \
+         - headerMatcher: {name: x-debug, value: \"1\"}\n    includedRequestHeaders: [x-request-id]\n    \
+         includedResponseTrailers: [grpc-status]\n",
+    );
+    let p = plan(&format!("{good}{}", policy("second", "    filters: []\n")));
+    let log = p.access_log.expect("an access log");
+    assert_eq!(log.policy, "AccessLogPolicy payments/errors");
+    assert_eq!(log.filters.len(), 2);
+    assert_eq!(log.request_headers, vec!["x-request-id".to_string()]);
+    let n = notices(&format!("{good}{}", policy("second", "    filters: []\n")));
+    for want in [
+        "spec.applyToWorkloads is not applied",
+        "includedResponseTrailers is not logged",
+        "the first AccessLogPolicy in config order decides",
+    ] {
+        assert!(n.iter().any(|l| l.contains(want)), "{want}: {n:?}");
+    }
+    let e = load(&policy(
+        "bad",
+        "    filters:\n    - statusCodeMatcher: {value: 700}\n    - {}\n",
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("statusCodeMatcher value 700 is not an HTTP status"),
+        "{e}"
+    );
+    assert!(
+        e.contains("exactly one of statusCodeMatcher or headerMatcher"),
+        "{e}"
+    );
+}

@@ -1225,16 +1225,27 @@ pub fn two_zones(e1_ready: bool) -> Config {
 /// the kernel) and `shop.t.mesh:8080` (a route table whose `api` route
 /// the proxy serves), both over `web`.
 pub fn web_and_shop() -> Config {
-    two_zones(true)
-        .with(local_vd("web", "web.t.mesh", "web", 8080, "TCP"))
-        .with(
-            RouteTable::new("shop").host("shop.t.mesh").http(
-                HttpRoute::new()
-                    .name("api")
-                    .prefix("/api")
-                    .to(&[Dest::service("web").port(8080)]),
-            ),
-        )
+    web_and_shop_on(Config::new().node("c1", "east", "e1"))
+}
+
+/// [`web_and_shop`] on `node` (a RouterConfig of c1, east, e1, e.g. with
+/// more settings from `Config::node_with`).
+pub fn web_and_shop_on(node: Config) -> Config {
+    node.with(web(
+        "c1",
+        "east",
+        "web-1",
+        &[("10.1.0.1", "e1", true), ("10.1.1.1", "e2", true)],
+    ))
+    .with(local_vd("web", "web.t.mesh", "web", 8080, "TCP"))
+    .with(
+        RouteTable::new("shop").host("shop.t.mesh").http(
+            HttpRoute::new()
+                .name("api")
+                .prefix("/api")
+                .to(&[Dest::service("web").port(8080)]),
+        ),
+    )
 }
 
 /// The plan routerd will compute for `config` (to learn VIPs in tests).

@@ -14,6 +14,24 @@ use router_tests::{
     *,
 };
 
+/// A world whose `web` endpoints (10.1.0.1, 10.1.1.1 on 8080) serve.
+fn web_world() -> World {
+    World::new(&[
+        Listen::tcp("10.1.0.1:8080", "e1"),
+        Listen::tcp("10.1.1.1:8080", "e2"),
+    ])
+    .unwrap()
+}
+
+/// `config` written into `world` and routerd serving it with `args`: the
+/// config directory and the daemon.
+fn serve(world: &World, config: &Config, args: &[&str]) -> (std::path::PathBuf, Routerd) {
+    world.dir.write("config/all.yaml", &config.yaml()).unwrap();
+    let cfg = world.dir.path.join("config");
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, args).unwrap();
+    (cfg, routerd)
+}
+
 fn get(url: &str) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", url])
@@ -25,27 +43,15 @@ fn get(url: &str) -> String {
 #[test]
 fn prometheus_scrapes_what_real_traffic_did() {
     require_root();
-    let world = World::new(&[
-        Listen::tcp("10.1.0.1:8080", "e1"),
-        Listen::tcp("10.1.1.1:8080", "e2"),
-    ])
-    .unwrap();
-    world
-        .dir
-        .write("config/all.yaml", &web_and_shop().yaml())
-        .unwrap();
-    let cfg = world.dir.path.join("config");
+    let world = web_world();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let (cfg, routerd) = serve(
+        &world,
+        &web_and_shop(),
+        &["--no-watch", "--metrics-addr", &metrics_addr],
+    );
     let web = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
     let shop = vip(&plan(&cfg).unwrap(), "shop.t.mesh", 8080, false);
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let routerd = Routerd::start(
-        &world.tag,
-        &cfg,
-        &world.cgroup.path,
-        &["--no-watch", "--metrics-addr", &metrics_addr],
-    )
-    .unwrap();
     // Real traffic: 7 connections through the kernel, 3 requests through
     // the proxy (each a connection to the L7 VIP, which the kernel hands
     // to the proxy).
@@ -193,18 +199,9 @@ fn prometheus_scrapes_what_real_traffic_did() {
 #[test]
 fn inspect_watch_shows_connects_per_second() {
     require_root();
-    let world = World::new(&[
-        Listen::tcp("10.1.0.1:8080", "e1"),
-        Listen::tcp("10.1.1.1:8080", "e2"),
-    ])
-    .unwrap();
-    world
-        .dir
-        .write("config/all.yaml", &web_and_shop().yaml())
-        .unwrap();
-    let cfg = world.dir.path.join("config");
+    let world = web_world();
+    let (cfg, routerd) = serve(&world, &web_and_shop(), &["--no-watch"]);
     let web = vip(&plan(&cfg).unwrap(), "web.t.mesh", 8080, false);
-    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &["--no-watch"]).unwrap();
     let watch = Command::new(bin("routerd"))
         .args(["inspect", "--watch", "--interval", "2s", "--count", "1"])
         .arg("--pin-root")
@@ -236,4 +233,88 @@ fn inspect_watch_shows_connects_per_second() {
         "20 connections in ~2 s: {line}"
     );
     drop(routerd);
+}
+
+/// Access logs (Gloo's AccessLogPolicy): the proxy writes one JSON line per
+/// request its filters let through (any of them: here a status of 400 or
+/// more, or a request header `x-team` matching `pay.*`), with the headers
+/// it names, to `spec.proxy.accessLogPath`; the lines are counted.
+#[test]
+fn access_log_policies_write_json_lines_for_what_their_filters_let_through() {
+    require_root();
+    let world = web_world();
+    let log = world.dir.path.join("access.log");
+    let node = Config::new().node_with(
+        "c1",
+        "east",
+        "e1",
+        json!({"proxy": {"accessLogPath": log.display().to_string()}}),
+    );
+    let config = web_and_shop_on(node).with(Policy::access_log(
+        "log",
+        json!({
+            "filters": [
+                {"statusCodeMatcher": {"value": 400, "comparator": "GE"}},
+                {"headerMatcher": {"name": "x-team", "value": "pay.*", "regex": true}}
+            ],
+            "includedRequestHeaders": ["x-team"],
+            "includedResponseHeaders": ["content-type"]
+        }),
+    ));
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let (cfg, _routerd) = serve(
+        &world,
+        &config,
+        &["--no-watch", "--metrics-addr", &metrics_addr],
+    );
+    let shop = vip(&plan(&cfg).unwrap(), "shop.t.mesh", 8080, false);
+    let url = |path: &str| format!("http://{}:8080{path}", shop.ip());
+    // Not logged: a 200 without the header, and one with another team.
+    for args in [
+        vec![url("/api/quiet")],
+        vec!["-H".into(), "x-team: shop".into(), url("/api/other")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(curl(&world, &args, true).0, 200);
+    }
+    // Logged: a 404 (no route), and a 200 whose x-team matches.
+    assert_eq!(curl(&world, &[&url("/nowhere")], true).0, 404);
+    assert_eq!(
+        curl(&world, &["-H", "x-team: payments", &url("/api/paid")], true).0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        (
+            lines[0]["path"].as_str(),
+            lines[0]["status"].as_u64(),
+            lines[0]["route"].as_str()
+        ),
+        (Some("/nowhere"), Some(404), Some("(no route)"))
+    );
+    assert_eq!(lines[1]["path"], "/api/paid");
+    assert_eq!(lines[1]["route"], "api");
+    assert_eq!(lines[1]["service"], "shop.t.mesh:8080");
+    assert_eq!(lines[1]["request_headers"]["x-team"], "payments");
+    assert_eq!(
+        lines[1]["response_headers"]["content-type"],
+        "application/json"
+    );
+    let text = get(&format!("http://{metrics_addr}/metrics"));
+    assert!(
+        text.contains("routerd_access_log_lines_total{result=\"written\"} 2"),
+        "{text}"
+    );
 }

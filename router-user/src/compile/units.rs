@@ -250,6 +250,7 @@ impl Compiled {
                 health_checks: Vec::new(),
                 outliers: Vec::new(),
                 close_removed: v.settings.close_connections_to_removed_endpoints,
+                access_log: access_log(v),
                 notices: Vec::new(),
             },
         };
@@ -559,4 +560,45 @@ impl Compiled {
         remove_unit(&mut self.outliers, unit, old.outliers.keys());
         add_unit(&mut self.outliers, unit, &new.outliers);
     }
+}
+
+/// The first AccessLogPolicy (in config order) as the proxy applies it.
+fn access_log(v: &Validated) -> Option<AccessLogPlan> {
+    let p = v.config.access_log_policies.first()?;
+    let c = p.spec.config.clone().unwrap_or_default();
+    Some(AccessLogPlan {
+        policy: p.origin.resource(),
+        filters: c
+            .filters
+            .iter()
+            .filter_map(|f| {
+                let f = &f.value;
+                if let Some(s) = &f.status_code_matcher {
+                    use crate::config::model::Comparator;
+                    return Some(LogFilter::Status {
+                        value: u16::try_from(s.value).unwrap_or(u16::MAX),
+                        ge: s.comparator == Comparator::Ge,
+                        le: s.comparator == Comparator::Le,
+                    });
+                }
+                let h = f.header_matcher.as_ref()?;
+                Some(LogFilter::Header {
+                    name: h.name.to_ascii_lowercase(),
+                    value: h.value.clone(),
+                    regex: h.regex,
+                    invert: h.invert_match,
+                })
+            })
+            .collect(),
+        request_headers: c
+            .included_request_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        response_headers: c
+            .included_response_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    })
 }

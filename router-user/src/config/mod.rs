@@ -178,6 +178,7 @@ macro_rules! for_each_kind {
             HeaderManipulationPolicy, GLOO_TRAFFIC, header_policies, RoutePolicySpec<HeaderManipulationConfig>, parse_spec;
             MirrorPolicy, GLOO_TRAFFIC, mirror_policies, RoutePolicySpec<MirrorConfig>, parse_spec;
             CORSPolicy, GLOO_SECURITY, cors_policies, RoutePolicySpec<CorsConfig>, parse_spec;
+            AccessLogPolicy, GLOO_OBSERVABILITY, access_log_policies, AccessLogPolicySpec, parse_spec;
             Service, K8S_CORE, services, ServiceSpec, parse_spec;
             EndpointSlice, K8S_DISCOVERY, endpoint_slices, EndpointSliceBody, parse_endpoint_slice;
             Secret, K8S_CORE, secrets, SecretBody, parse_secret;
@@ -595,6 +596,16 @@ fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
     }
     if let Some(l) = p.listen6 {
         out.listen6 = l.0;
+    }
+    match p.access_log_path.as_deref() {
+        None | Some("-") => {}
+        Some(path) if std::path::Path::new(path).is_absolute() => {
+            out.access_log_path = Some(path.to_string())
+        }
+        Some(path) => err(format!(
+            "spec.proxy.accessLogPath `{path}` is not an absolute path; give one (e.g. \
+             /var/log/routerd/access.log) or `-` for the daemon's stdout"
+        )),
     }
     out
 }

@@ -1016,6 +1016,77 @@ pub struct ProxySpec {
     /// IPv6 listener address (default ::1; empty string: none).
     #[serde(default)]
     pub listen6: Option<OptionalIpv6>,
+    /// Where an AccessLogPolicy's lines go: a file (appended to), or `-`
+    /// for the daemon's stdout (the default).
+    #[serde(default)]
+    pub access_log_path: Option<String>,
+}
+
+// ----------------------------------------------------------------------------
+// observability.policy.gloo.solo.io/v2
+// ----------------------------------------------------------------------------
+
+pub const GLOO_OBSERVABILITY: &str = "observability.policy.gloo.solo.io/v2";
+
+/// Gloo's `StatusCodeMatcher.Comparator`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Comparator {
+    #[default]
+    #[serde(rename = "EQ")]
+    Eq,
+    #[serde(rename = "GE")]
+    Ge,
+    #[serde(rename = "LE")]
+    Le,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusCodeMatcher {
+    #[serde(default)]
+    pub value: u32,
+    #[serde(default)]
+    pub comparator: Comparator,
+}
+
+/// One of `filters`: a status code or a header (exactly one).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogFilter {
+    #[serde(default)]
+    pub status_code_matcher: Option<StatusCodeMatcher>,
+    #[serde(default)]
+    pub header_matcher: Option<HeaderMatcher>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogConfig {
+    /// Any of them (none: every request).
+    #[serde(default)]
+    pub filters: Vec<Spanned<AccessLogFilter>>,
+    #[serde(default)]
+    pub included_request_headers: Vec<String>,
+    #[serde(default)]
+    pub included_response_headers: Vec<String>,
+    /// Parsed, not logged (a notice).
+    #[serde(default)]
+    pub included_response_trailers: Vec<String>,
+    /// Envoy's filter state: none here (a notice).
+    #[serde(default)]
+    pub included_filter_state_objects: Vec<String>,
+}
+
+/// Gloo's AccessLogPolicy: which L7 requests the node's proxy logs, and
+/// what with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogPolicySpec {
+    /// Parsed (a notice): the node's proxy and gateways are the workload.
+    #[serde(default)]
+    pub apply_to_workloads: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    pub config: Option<AccessLogConfig>,
 }
 
 /// `spec.dns` of the RouterConfig.

@@ -94,6 +94,9 @@ pub fn validate(
         apply_to(&mut v, p, &sels);
     }
     route_policies(&mut v);
+    for (i, p) in cfg.access_log_policies.iter().enumerate() {
+        access_log_policy(&mut v, p, i == 0);
+    }
     for p in &cfg.outlier_policies {
         let sels = p.spec.apply_to_destinations.clone();
         apply_to(&mut v, p, &sels);
@@ -224,6 +227,7 @@ fn duplicates(v: &mut Validator<'_>) {
     each!(cfg.fault_policies);
     each!(cfg.mirror_policies);
     each!(cfg.cors_policies);
+    each!(cfg.access_log_policies);
 }
 
 fn virtual_destination(v: &mut Validator<'_>, vd: &Resource<VirtualDestinationSpec>) {
@@ -1007,6 +1011,69 @@ fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
         if let Some(p) = l.value.port.number.filter(|p| used.contains(p)) {
             v.err(gw, gw.line_of(l), format!("listener port {p} is also used by another VirtualGateway; each port has one listener"));
         }
+    }
+}
+
+fn access_log_policy(v: &mut Validator<'_>, p: &Resource<AccessLogPolicySpec>, first: bool) {
+    let line = p.origin.line;
+    if !first {
+        v.notice(p, line, "is not applied: the first AccessLogPolicy in config order decides what the node's proxy logs (this node is one workload)");
+    }
+    if p.spec.apply_to_workloads.is_some() {
+        v.notice(p, line, "spec.applyToWorkloads is not applied: the node's L7 proxy and gateway listeners log every request the policy's filters let through");
+    }
+    let Some(c) = &p.spec.config else { return };
+    for f in &c.filters {
+        let fl = p.line_of(f);
+        match (&f.value.status_code_matcher, &f.value.header_matcher) {
+            (Some(_), Some(_)) | (None, None) => v.err(
+                p,
+                fl,
+                "a filter needs exactly one of statusCodeMatcher or headerMatcher",
+            ),
+            (Some(s), None) if !(100..=599).contains(&s.value) => v.err(
+                p,
+                fl,
+                format!(
+                    "statusCodeMatcher value {} is not an HTTP status (100-599)",
+                    s.value
+                ),
+            ),
+            (None, Some(h)) => {
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    v.err(
+                        p,
+                        fl,
+                        format!("headerMatcher name `{}` is not a header name", h.name),
+                    );
+                }
+                if let (true, Some(re)) = (h.regex, &h.value)
+                    && regex::Regex::new(re).is_err()
+                {
+                    v.err(
+                        p,
+                        fl,
+                        format!("headerMatcher value `{re}` is not a regular expression"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for name in c
+        .included_request_headers
+        .iter()
+        .chain(&c.included_response_headers)
+    {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            v.err(p, line, format!("`{name}` is not a valid HTTP header name"));
+        }
+    }
+    if !c.included_response_trailers.is_empty() {
+        v.notice(p, line, "config.includedResponseTrailers is not logged: the proxy logs when the response headers are sent");
+    }
+    if !c.included_filter_state_objects.is_empty() {
+        v.notice(p, line, "config.includedFilterStateObjects is not logged: they are Envoy's, and routerd has none");
     }
 }
 

@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::access_log::AccessLog;
 use super::{
     engine::{self, Hit, RegexRewrite, Req, Table},
     upstream::{Body, BoxError, HttpUpstream, UpstreamError, Upstreams},
@@ -50,6 +51,10 @@ pub struct Compiled {
     /// Each route's counters, and those of requests no route matched.
     metrics: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
+    /// The service the table serves (the `service` of metrics and logs).
+    service: String,
+    /// The access log, when an AccessLogPolicy asks for one.
+    log: Option<Arc<AccessLog>>,
 }
 
 /// What a route needs at request time beyond its matchers.
@@ -100,19 +105,25 @@ impl Compiled {
         Ok(Compiled {
             metrics: vec![RouteMetrics::default(); routes.len()],
             unmatched: RouteMetrics::default(),
+            service: String::new(),
+            log: None,
             routes,
             table,
             extras,
         })
     }
 
-    /// [`Compiled::new`], counting into `t` as `service`'s routes.
+    /// [`Compiled::new`], counting into `t` as `service`'s routes, and
+    /// logging into `log`.
     pub fn instrumented(
         routes: Vec<L7Route>,
         t: &Telemetry,
         service: &str,
+        log: Option<Arc<AccessLog>>,
     ) -> Result<Self, String> {
         let mut c = Compiled::new(routes)?;
+        c.service = service.to_string();
+        c.log = log;
         c.metrics = c
             .routes
             .iter()
@@ -780,30 +791,39 @@ pub async fn handle<B: ClientBodyIn>(
     peer: SocketAddr,
 ) -> Response<Body> {
     let start = Instant::now();
+    let pending = t.log.as_ref().map(|l| l.begin(&req, peer));
     // Never a forward proxy: the upstream is always an endpoint of a route.
-    let (resp, metrics) = if req.method() == http::Method::CONNECT {
+    let (resp, route) = if req.method() == http::Method::CONNECT {
         let r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not served: this proxy routes configured hosts only",
         );
-        (r, &t.unmatched)
+        (r, None)
     } else {
         route_request(ctx, t, req, port, scheme, peer).await
     };
-    metrics.observe(resp.status().as_u16(), start.elapsed().as_secs_f64());
+    let took = start.elapsed();
+    route
+        .and_then(|i| t.metrics.get(i))
+        .unwrap_or(&t.unmatched)
+        .observe(resp.status().as_u16(), took.as_secs_f64());
+    if let (Some(l), Some(p)) = (&t.log, pending) {
+        let name = route.map_or(NO_ROUTE, |i| t.routes[i].name.as_str());
+        l.finish(p, &t.service, name, &resp, took);
+    }
     resp
 }
 
-/// A request routed by `t`: the response, and the counters of the route
-/// that answered (or of requests no route matched).
-async fn route_request<'t, B: ClientBodyIn>(
+/// A request routed by `t`: the response, and the route that answered
+/// (`None`: none matched).
+async fn route_request<B: ClientBodyIn>(
     ctx: &Ctx,
-    t: &'t Compiled,
+    t: &Compiled,
     req: Request<B>,
     port: u16,
     scheme: &str,
     peer: SocketAddr,
-) -> (Response<Body>, &'t RouteMetrics) {
+) -> (Response<Body>, Option<usize>) {
     let hit = {
         let r = Req {
             method: req.method(),
@@ -819,10 +839,10 @@ async fn route_request<'t, B: ClientBodyIn>(
             StatusCode::NOT_FOUND,
             format!("no route for {} {}", req.method(), req.uri().path()),
         );
-        return (r, &t.unmatched);
+        return (r, None);
     };
-    let m = &t.metrics[hit.route];
-    (handle_route(ctx, t, hit, req, scheme, peer).await, m)
+    let i = hit.route;
+    (handle_route(ctx, t, hit, req, scheme, peer).await, Some(i))
 }
 
 /// One request to the route `hit` matched.

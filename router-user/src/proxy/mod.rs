@@ -19,6 +19,7 @@
 //! old listeners are closed only after the kernel moved; accepted
 //! connections always finish on the tables they started with or newer. A
 //! gateway listener whose TLS settings change keeps its socket.
+pub mod access_log;
 pub mod engine;
 pub mod handler;
 pub mod sni;
@@ -43,6 +44,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::limits::{self, Activity, Admission, Watched};
 use crate::telemetry::Telemetry;
+use access_log::AccessLog;
 use handler::Ctx;
 pub use handler::{Compiled, Observations, Outcome, Timeouts};
 use upstream::{Body, UpstreamOptions, Upstreams};
@@ -97,15 +99,16 @@ pub struct Tables {
 
 impl Tables {
     /// The plan's tables, counting into `t` (east-west services as
-    /// `host:port`, gateway tables as `gateway:<port>/<table>`).
-    pub fn compile(plan: &Plan, t: &Telemetry) -> Result<Tables> {
+    /// `host:port`, gateway tables as `gateway:<port>/<table>`) and logging
+    /// into `log`.
+    pub fn compile(plan: &Plan, t: &Telemetry, log: Option<Arc<AccessLog>>) -> Result<Tables> {
         let mut r = Tables::default();
         for s in &plan.l7 {
             let service = format!("{}:{}", s.host, s.port);
             let c = Arc::new(EastWest {
                 host: s.host.clone(),
                 port: s.port,
-                table: Compiled::instrumented(s.routes.clone(), t, &service)
+                table: Compiled::instrumented(s.routes.clone(), t, &service, log.clone())
                     .map_err(anyhow::Error::msg)?,
             });
             for vip in &s.vips {
@@ -118,7 +121,7 @@ impl Tables {
                 let service = format!("gateway:{}/{}", l.port, h.table);
                 hosts.push((
                     h.hosts.clone(),
-                    Compiled::instrumented(h.routes.clone(), t, &service)
+                    Compiled::instrumented(h.routes.clone(), t, &service, log.clone())
                         .map_err(anyhow::Error::msg)?,
                 ));
             }
@@ -202,6 +205,13 @@ pub struct Proxy {
     east_west: Vec<Running>,
     next_east_west: Option<Vec<Running>>,
     gateways: BTreeMap<u16, Gateway>,
+    /// The access log's writer (its path; None: stdout) and queue, while a
+    /// plan asks for one.
+    log_writer: Option<(
+        Option<String>,
+        tokio::sync::mpsc::Sender<String>,
+        JoinHandle<()>,
+    )>,
 }
 
 fn http_builder() -> auto::Builder<TokioExecutor> {
@@ -612,6 +622,7 @@ impl Proxy {
             east_west: Vec::new(),
             next_east_west: None,
             gateways: BTreeMap::new(),
+            log_writer: None,
         }
     }
 
@@ -690,8 +701,31 @@ impl Proxy {
         }
     }
 
+    /// The plan's access log (its writer started, or moved when the path
+    /// changed; stopped when no policy asks for one).
+    fn access_log(&mut self, plan: &Plan) -> Option<Arc<AccessLog>> {
+        let Some(p) = &plan.access_log else {
+            if let Some((_, _, task)) = self.log_writer.take() {
+                task.abort();
+            }
+            return None;
+        };
+        let path = plan.proxy.access_log_path.clone();
+        let (written, dropped) = self.opts.telemetry.access_log_counters();
+        if self.log_writer.as_ref().is_none_or(|(p, _, _)| *p != path) {
+            if let Some((_, _, old)) = self.log_writer.take() {
+                old.abort();
+            }
+            let (tx, task) = access_log::spawn_writer(path.clone(), written, dropped.clone());
+            self.log_writer = Some((path, tx, task));
+        }
+        let tx = self.log_writer.as_ref().map(|(_, tx, _)| tx.clone())?;
+        Some(Arc::new(AccessLog::new(p, tx, dropped)))
+    }
+
     pub async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
-        let routing = Tables::compile(plan, &self.opts.telemetry)?;
+        let log = self.access_log(plan);
+        let routing = Tables::compile(plan, &self.opts.telemetry, log)?;
         let want: Vec<SocketAddr> = plan.proxy.listeners();
         let serving: Vec<SocketAddr> = self.east_west.iter().map(|r| r.addr).collect();
         let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();
