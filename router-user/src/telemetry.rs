@@ -39,6 +39,14 @@ pub struct ResponseLabels {
     pub code: String,
 }
 
+/// A route's requests sent to one of its destinations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub service: String,
+    pub route: String,
+    pub destination: String,
+}
+
 /// An endpoint's answers by class (`error`: none, the exchange failed).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -82,6 +90,7 @@ pub struct Telemetry {
     pub http_duration: Latencies,
     pub http_retries: Family<RouteLabels, Counter>,
     pub http_timeouts: Family<RouteLabels, Counter>,
+    pub http_destinations: Family<DestinationLabels, Counter>,
     pub http_upstream: Family<UpstreamLabels, Counter>,
     /// Each endpoint's `http_upstream` counters by class, taken once.
     upstreams: RwLock<HashMap<SocketAddr, Arc<UpstreamCounters>>>,
@@ -103,6 +112,7 @@ impl Default for Telemetry {
             http_duration: Family::new_with_constructor(latency as fn() -> Histogram),
             http_retries: Family::default(),
             http_timeouts: Family::default(),
+            http_destinations: Family::default(),
             http_upstream: Family::default(),
             upstreams: RwLock::new(HashMap::new()),
             dns_queries: Family::default(),
@@ -224,6 +234,11 @@ impl Telemetry {
             self.http_timeouts.clone(),
         );
         r.register(
+            "http_destination_requests",
+            "Requests (attempts, retries included) a route sent to each of its destinations",
+            self.http_destinations.clone(),
+        );
+        r.register(
             "http_upstream_responses",
             "What each endpoint the proxy sent a request to answered, by class (error: no answer: connect failure, reset, timeout)",
             self.http_upstream.clone(),
@@ -286,6 +301,8 @@ pub struct RouteMetrics {
     duration: Histogram,
     pub retries: Counter,
     pub timeouts: Counter,
+    /// Attempts sent to each of the route's destinations, in its order.
+    pub destinations: Vec<Counter>,
 }
 
 impl Default for RouteMetrics {
@@ -296,12 +313,14 @@ impl Default for RouteMetrics {
             duration: latency(),
             retries: Counter::default(),
             timeouts: Counter::default(),
+            destinations: Vec::new(),
         }
     }
 }
 
 impl RouteMetrics {
-    pub fn new(t: &Telemetry, service: &str, route: &str) -> Self {
+    /// `route` of `service`, forwarding to `destinations` (their labels).
+    pub fn new(t: &Telemetry, service: &str, route: &str, destinations: &[&str]) -> Self {
         let class = |c: &str| {
             t.http_requests
                 .get_or_create(&ResponseLabels {
@@ -326,6 +345,18 @@ impl RouteMetrics {
             duration: t.http_duration.get_or_create(&labels).clone(),
             retries: t.http_retries.get_or_create(&labels).clone(),
             timeouts: t.http_timeouts.get_or_create(&labels).clone(),
+            destinations: destinations
+                .iter()
+                .map(|d| {
+                    t.http_destinations
+                        .get_or_create(&DestinationLabels {
+                            service: service.to_string(),
+                            route: route.to_string(),
+                            destination: d.to_string(),
+                        })
+                        .clone()
+                })
+                .collect(),
         }
     }
 

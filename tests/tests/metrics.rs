@@ -105,6 +105,10 @@ fn prometheus_scrapes_what_real_traffic_did() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(upstream_2xx, 3.0, "{text}");
+    assert!(
+        text.contains("routerd_http_destination_requests_total{service=\"shop.t.mesh:8080\",route=\"api\",destination=\"Service c1/t/web port 8080\"} 3"),
+        "{text}"
+    );
     // The exposition passes Prometheus's own linter.
     let dir = world.dir.path.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();

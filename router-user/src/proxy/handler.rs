@@ -127,9 +127,15 @@ impl Compiled {
         c.metrics = c
             .routes
             .iter()
-            .map(|r| RouteMetrics::new(t, service, &r.name))
+            .map(|r| {
+                let dests: Vec<&str> = match &r.action {
+                    L7Action::Forward(f) => f.dests.iter().map(|d| d.label.as_str()).collect(),
+                    _ => Vec::new(),
+                };
+                RouteMetrics::new(t, service, &r.name, &dests)
+            })
             .collect();
-        c.unmatched = RouteMetrics::new(t, service, NO_ROUTE);
+        c.unmatched = RouteMetrics::new(t, service, NO_ROUTE, &[]);
         Ok(c)
     }
 }
@@ -683,6 +689,14 @@ async fn forward<B: ClientBodyIn>(
         let Some((dest, ep)) = pick(&f.dests, last_ep) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
+        if let Some(c) = f
+            .dests
+            .iter()
+            .position(|d| std::ptr::eq(d, dest))
+            .and_then(|i| metrics.destinations.get(i))
+        {
+            c.inc();
+        }
         last_ep = Some(ep);
         let authority = f
             .host_rewrite
