@@ -37,7 +37,7 @@ use crate::{
     events::Event,
     netns::Sockets,
     plan::{CheckKind, HealthCheckPlan, OutlierPlan},
-    telemetry::{SourceLabels, Telemetry},
+    telemetry::{OutLabels, SourceLabels, Telemetry},
 };
 
 /// What the proxy saw of each endpoint (for outlier detection).
@@ -470,6 +470,7 @@ pub async fn run(
     let mut ejector = Ejector::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(3600));
     let mut recorded = crate::state::Avoided::new();
+    let mut out_series: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut publish = |active: &BTreeMap<SocketAddr, Active>, ejector: &Ejector| {
         let mut why = ejector.ejected_why();
         for (e, a) in active.iter().filter(|(_, a)| !a.healthy) {
@@ -477,6 +478,42 @@ pub async fn run(
         }
         let set: BTreeSet<SocketAddr> = why.keys().copied().collect();
         telemetry.avoided_endpoints.set(set.len() as i64);
+        // One series per endpoint out of service, by who took it out.
+        let ejected = ejector.ejected_why();
+        let now_out: BTreeMap<SocketAddr, &str> = set
+            .iter()
+            .map(|e| {
+                (
+                    *e,
+                    if ejected.contains_key(e) {
+                        "ejected"
+                    } else {
+                        "health_check"
+                    },
+                )
+            })
+            .collect();
+        for (e, by) in &out_series {
+            if now_out.get(e).copied() != Some(by.as_str()) {
+                telemetry.out_of_service.remove(&OutLabels {
+                    endpoint: e.to_string(),
+                    by: by.to_string(),
+                });
+            }
+        }
+        for (e, by) in &now_out {
+            telemetry
+                .out_of_service
+                .get_or_create(&OutLabels {
+                    endpoint: e.to_string(),
+                    by: by.to_string(),
+                })
+                .set(1);
+        }
+        out_series = now_out
+            .into_iter()
+            .map(|(e, b)| (e, b.to_string()))
+            .collect();
         avoid.send_if_modified(|cur| {
             let changed = *cur != set;
             *cur = set;

@@ -70,6 +70,14 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// An endpoint out of service, and what took it out (`health_check`,
+/// `ejected`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutLabels {
+    pub endpoint: String,
+    pub by: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -101,6 +109,7 @@ pub struct Telemetry {
     pub last_applied: Gauge<f64, AtomicU64>,
     pub ejections: Family<SourceLabels, Counter>,
     pub avoided_endpoints: Gauge,
+    pub out_of_service: Family<OutLabels, Gauge>,
     pub access_log_lines: Family<ResultLabels, Counter>,
     build: Family<BuildLabels, Gauge>,
 }
@@ -122,6 +131,7 @@ impl Default for Telemetry {
             last_applied: Gauge::default(),
             ejections: Family::default(),
             avoided_endpoints: Gauge::default(),
+            out_of_service: Family::default(),
             access_log_lines: Family::default(),
             build: Family::default(),
         };
@@ -279,6 +289,11 @@ impl Telemetry {
             "avoided_endpoints",
             "Endpoints kept out of the slot tables now (health checks and ejections)",
             self.avoided_endpoints.clone(),
+        );
+        r.register(
+            "endpoint_out_of_service",
+            "1 for each endpoint kept out of the slot tables now, by what took it out (health_check, ejected); gone when it is back",
+            self.out_of_service.clone(),
         );
         r.register(
             "access_log_lines",

@@ -322,3 +322,45 @@ fn access_log_policies_write_json_lines_for_what_their_filters_let_through() {
         "{text}"
     );
 }
+
+/// An endpoint an active health check takes out shows as a series of
+/// `routerd_endpoint_out_of_service` (and counts in
+/// `routerd_avoided_endpoints`).
+#[test]
+fn endpoints_out_of_service_are_series() {
+    require_root();
+    // Only e1 serves: e2 (10.1.1.1) has no process, so its checks fail.
+    let world = World::new(&[Listen::tcp("10.1.0.1:8080", "e1")]).unwrap();
+    world
+        .world
+        .ip(&["addr", "add", "10.1.1.1/32", "dev", "lo"])
+        .unwrap();
+    let config = web_and_shop().with(
+        Policy::active_health_check(
+            "hc",
+            json!({"healthCheck": {"interval": "200ms", "timeout": "200ms", "unhealthyThreshold": 1, "tcpHealthCheck": {}}}),
+        )
+        .virtual_destinations_labelled("lb", "local"),
+    );
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let (_cfg, _routerd) = serve(
+        &world,
+        &config,
+        &["--no-watch", "--metrics-addr", &metrics_addr],
+    );
+    let want = "routerd_endpoint_out_of_service{endpoint=\"10.1.1.1:8080\",by=\"health_check\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = get(&format!("http://{metrics_addr}/metrics"));
+        if text.contains(want) {
+            assert!(text.contains("routerd_avoided_endpoints 1"), "{text}");
+            assert!(
+                !text.contains("endpoint=\"10.1.0.1:8080\""),
+                "the serving endpoint is not out: {text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{want}` within 10 s: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
