@@ -319,6 +319,47 @@ fn header_manipulation_is_visible_at_the_backend_and_the_client() {
     );
 }
 
+/// Issue 15: a request without `x-request-id` reaches the endpoint with a
+/// fresh one (a UUID); one with an id keeps it, and trace context
+/// (W3C `traceparent`/`tracestate`, B3) passes through unchanged.
+#[test]
+fn request_ids_are_added_and_trace_context_passes_through() {
+    let l = setup();
+    let (code, body, ..) = curl(&l.world, &["http://shop.t.mesh:8080/api/id"], true);
+    assert_eq!(code, 200, "{body}");
+    let id = answer(&body)
+        .headers
+        .get("x-request-id")
+        .cloned()
+        .expect("an x-request-id");
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let trace = [
+        ("x-request-id", "client-chosen-17"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-sampled", "1"),
+        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+    ];
+    let mut args: Vec<String> = Vec::new();
+    for (k, v) in trace {
+        args.push("-H".into());
+        args.push(format!("{k}: {v}"));
+    }
+    args.push("http://shop.t.mesh:8080/api/trace".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, body, ..) = curl(&l.world, &args, true);
+    assert_eq!(code, 200, "{body}");
+    let seen = answer(&body).headers;
+    for (k, v) in trace {
+        assert_eq!(seen.get(k).map(String::as_str), Some(v), "{k}: {seen:?}");
+    }
+}
+
 #[test]
 fn retries_recover_from_a_backend_that_fails_once() {
     let l = setup();

@@ -253,6 +253,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
+/// A random version-4 UUID, for `x-request-id`.
+fn request_id() -> String {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 fn chance(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
@@ -611,6 +627,13 @@ async fn forward<B: ClientBodyIn>(
         set(&mut headers, "host", h);
     }
     append(&mut headers, "x-forwarded-for", &peer.ip().to_string());
+    // Envoy's convention: a request without an id gets one; trace context
+    // (traceparent, tracestate, B3) passes through untouched.
+    if !headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
+    {
+        headers.insert("x-request-id", v);
+    }
     if let Some(hp) = &route.policies.headers {
         for n in &hp.remove_request {
             headers.remove(n.as_str());
@@ -967,6 +990,20 @@ mod tests {
         proxy::upstream::UpstreamOptions,
         testing::*,
     };
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!("89ab".contains(&parts[3][..1]), "{a}");
+    }
 
     /// What the scripted upstream does with its n-th request.
     #[derive(Clone, Copy, Debug)]
