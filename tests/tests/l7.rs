@@ -99,6 +99,7 @@ fn config_tls(tls: Option<serde_json::Value>) -> String {
         );
     let gateway = Gateway::new("gw")
         .http(8081, "*.example.test")
+        .tcp(8082, "tcp.example.test")
         .passthrough(8444, "*.pass.test");
     let gateway = match tls {
         Some(tls) => gateway.https_with(8443, "*.example.test", tls),
@@ -174,6 +175,12 @@ fn config_tls(tls: Option<serde_json::Value>) -> String {
                         .to(&[api("v1")])
                         .forward_with(json!({"pathRewrite": "/v1"})),
                 ),
+        )
+        .with(
+            RouteTable::new("tcp-north")
+                .host("tcp.example.test")
+                .gateway("gw")
+                .tcp(TcpRoute::new().to(&[api("v1").weight(90), api("v2").weight(10)])),
         )
         .with(
             RouteTable::new("pass")
@@ -623,6 +630,23 @@ fn the_same_kind_of_table_serves_a_virtual_gateway_plain_and_tls() {
     );
     assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
     assert_eq!(answer(&body).path, "/v1/tls");
+}
+
+/// A TCP gateway listener splits connections by the route's weights (it
+/// used to pick a destination uniformly): 90/10 over 60 connections.
+#[test]
+fn tcp_gateway_listeners_split_connections_by_weight() {
+    let l = setup();
+    let probes = l
+        .world
+        .probe_outside(&["tcp", &format!("{NODE_IP}:8082"), "--count", "60"])
+        .unwrap();
+    let by = tally(&probes);
+    let v1 = by.get("v1").copied().unwrap_or(0);
+    assert_eq!(by.values().sum::<usize>(), 60, "{by:?}");
+    // Binomial(60, 0.9) is below 45 with probability ~1e-4; a uniform
+    // choice reaches 45 with about the same.
+    assert!(v1 >= 45, "90% to v1: {by:?}");
 }
 
 /// Issue 14, item 10: a PASSTHROUGH gateway listener routes each TLS
