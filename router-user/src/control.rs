@@ -249,21 +249,16 @@ impl Control {
                 Err(e) => refused = Some(e),
             }
         }
+        // The observations (resolver answers, endpoint health) recompile
+        // the config in service; one refused takes everything back.
         if self
             .live
             .as_ref()
             .is_some_and(|l| l.validated().config.resolved != health.resolved)
         {
-            match self.prepare_resolved(health, phases) {
-                Ok(Prepared::Changes(d)) => delta.merge(d),
-                Ok(Prepared::Nothing) => {}
-                Err(e) => {
-                    self.rollback(applied);
-                    return Reload {
-                        prepared: Prepared::Nothing,
-                        refused: Some(e),
-                    };
-                }
+            let r = self.prepare_resolved(health, phases);
+            if let Err(refused) = self.take(r, &mut delta, applied) {
+                return refused;
             }
         }
         if health.unhealthy != applied.unhealthy {
@@ -272,16 +267,9 @@ impl Control {
                 .symmetric_difference(&applied.unhealthy)
                 .copied()
                 .collect();
-            match self.prepare_health(health, &changed, phases) {
-                Ok(Prepared::Changes(d)) => delta.merge(d),
-                Ok(Prepared::Nothing) => {}
-                Err(e) => {
-                    self.rollback(applied);
-                    return Reload {
-                        prepared: Prepared::Nothing,
-                        refused: Some(e),
-                    };
-                }
+            let r = self.prepare_health(health, &changed, phases);
+            if let Err(refused) = self.take(r, &mut delta, applied) {
+                return refused;
             }
         }
         if delta.is_empty() {
@@ -296,6 +284,28 @@ impl Control {
             prepared: Prepared::Changes(delta),
             refused,
         }
+    }
+
+    /// A prepared step into `delta`; a refused one rolls everything back
+    /// (to what `applied` was compiled from) and is the reload's answer.
+    fn take(
+        &mut self,
+        step: Result<Prepared, ConfigError>,
+        delta: &mut Delta,
+        applied: &Health,
+    ) -> Result<(), Reload> {
+        match step {
+            Ok(Prepared::Changes(d)) => delta.merge(d),
+            Ok(Prepared::Nothing) => {}
+            Err(e) => {
+                self.rollback(applied);
+                return Err(Reload {
+                    prepared: Prepared::Nothing,
+                    refused: Some(e),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The validated config in service, if any.

@@ -317,6 +317,9 @@ impl Lookups {
     /// captured (`DAEMON_MARK`), so any resolver will do, never our own
     /// listeners.
     pub fn of(plan: &Plan, netns: Option<&Path>) -> Lookups {
+        if plan.dns.resolve.is_empty() {
+            return Lookups::default(); // no resolv.conf read on every reload
+        }
         let configured = if plan.dns.upstreams.is_empty() {
             system_upstreams(netns)
         } else {

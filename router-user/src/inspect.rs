@@ -85,7 +85,7 @@ pub struct Report {
 pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     let maps = Maps::open(pins)?;
     let meta = maps.read_meta()?;
-    let c = Counters::read(&maps)?;
+    let c = Counters::read(&maps, true)?;
     let plan = crate::state::read_plan(state_dir);
     let clusters = plan.as_ref().map(|p| p.clusters()).unwrap_or_default();
     let localities = plan.as_ref().map(|p| p.localities()).unwrap_or_default();

@@ -70,7 +70,7 @@ impl KernelCollector {
         if m.is_none() {
             *m = Maps::open(&self.pins).ok();
         }
-        Counters::read(m.as_ref()?).ok()
+        Counters::read(m.as_ref()?, false).ok()
     }
 }
 

@@ -620,23 +620,11 @@ impl World {
     /// A real resolver (dnsmasq) in the world namespace on `addr`, serving
     /// `records` (`name,ip` host records) and nothing else (no upstream).
     pub fn dnsmasq(&self, addr: &str, records: &[&str]) -> Result<Proc> {
-        self.world
-            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.world.name]);
         // Authoritative for the test domains: unknown names are NXDOMAIN.
-        self.run_dnsmasq(
-            cmd,
-            &self.world.name,
+        self.world_dnsmasq(
             addr,
             records,
-            &[
-                "--no-resolv",
-                "--local=/test/",
-                "--local=/mesh/",
-                "--local=/invalid/",
-                "--local-ttl=30",
-            ],
+            &["--local=/mesh/", "--local-ttl=30"],
             "dnsmasq.pid",
         )
     }
@@ -645,24 +633,33 @@ impl World {
     /// `hosts` (an /etc/hosts-style file, which dnsmasq reads again on
     /// SIGHUP: [`Proc::hangup`]) with answers that live `ttl` seconds.
     pub fn dnsmasq_hosts(&self, addr: &str, hosts: &Path, ttl: u32) -> Result<Proc> {
-        self.world
-            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.world.name]);
-        self.run_dnsmasq(
-            cmd,
-            &self.world.name,
+        self.world_dnsmasq(
             addr,
             &[],
             &[
-                "--no-resolv",
-                "--local=/test/",
-                "--local=/invalid/",
                 &format!("--addn-hosts={}", hosts.display()),
                 &format!("--local-ttl={ttl}"),
             ],
             "hosts-dnsmasq.pid",
         )
+    }
+
+    /// dnsmasq on `addr` (added to the world's loopback), authoritative
+    /// for `.test` and `.invalid` with no upstream, and `extra` options.
+    fn world_dnsmasq(
+        &self,
+        addr: &str,
+        records: &[&str],
+        extra: &[&str],
+        pid_file: &str,
+    ) -> Result<Proc> {
+        self.world
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.world.name]);
+        let mut args = vec!["--no-resolv", "--local=/test/", "--local=/invalid/"];
+        args.extend_from_slice(extra);
+        self.run_dnsmasq(cmd, &self.world.name, addr, records, &args, pid_file)
     }
 
     /// A local caching resolver in the node namespace, *inside the test

@@ -39,11 +39,7 @@ pub fn port_name(p: &ExternalPort) -> String {
 }
 
 pub fn proto(p: &ExternalPort) -> Proto {
-    if p.protocol.is_some_and(PortProtocol::is_udp) {
-        Proto::Udp
-    } else {
-        Proto::Tcp
-    }
+    super::resolve::transport(p.protocol)
 }
 
 /// The ExternalEndpoints `es` selects (by labels, in every namespace, as
@@ -105,20 +101,10 @@ pub fn is_name(address: &str) -> bool {
 /// ExternalEndpoints that are names, and the hosts of ExternalServices that
 /// select no ExternalEndpoint (sorted, lower case).
 pub fn dns_names(cfg: &Resources) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for es in &cfg.external_services {
-        let mut any = false;
-        for ee in selected(cfg, es) {
-            any = true;
-            if is_name(&ee.spec.address) {
-                out.insert(ee.spec.address.to_ascii_lowercase());
-            }
-        }
-        if !any {
-            out.extend(es.spec.hosts.iter().map(|h| h.value.to_ascii_lowercase()));
-        }
-    }
-    out
+    cfg.external_services
+        .iter()
+        .flat_map(|es| names_of(cfg, es))
+        .collect()
 }
 
 /// The names `es`'s endpoints come from (what a resolver answer changes).

@@ -79,7 +79,12 @@ impl Dest<'_> {
 
 /// VirtualDestination port protocol -> transport. HTTP-family protocols ride TCP.
 pub fn vd_proto(p: &VdPort) -> Proto {
-    if p.protocol.is_some_and(PortProtocol::is_udp) {
+    transport(p.protocol)
+}
+
+/// A Gloo port protocol's transport: UDP, or TCP for everything else.
+pub fn transport(p: Option<PortProtocol>) -> Proto {
+    if p.is_some_and(PortProtocol::is_udp) {
         Proto::Udp
     } else {
         Proto::Tcp

@@ -68,7 +68,10 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn read(maps: &Maps) -> Result<Counters> {
+    /// Every counter; with `slot_tables`, also which backends each
+    /// service's slots name (one lookup per slot: `inspect` shows them, the
+    /// metrics endpoint, which scrapes often, does not need them).
+    pub fn read(maps: &Maps, slot_tables: bool) -> Result<Counters> {
         let mut backends = BTreeMap::new();
         for item in maps.backends.iter() {
             let (id, b) = item?;
@@ -95,7 +98,8 @@ impl Counters {
                 [s.connects, s.datagrams, s.no_backend, s.inconsistent]
             });
             let mut per_backend: BTreeMap<u32, u32> = BTreeMap::new();
-            for i in 0..h.count {
+            let walked = if slot_tables { h.count } else { 0 };
+            for i in 0..walked {
                 let key = SlotKey {
                     svc_id: h.svc_id,
                     slot: h.base + i,

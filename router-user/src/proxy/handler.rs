@@ -829,16 +829,7 @@ pub async fn handle<B: ClientBodyIn>(
 ) -> Response<Body> {
     let start = Instant::now();
     let pending = t.log.as_ref().map(|l| l.begin(&req, peer));
-    // Never a forward proxy: the upstream is always an endpoint of a route.
-    let (resp, route) = if req.method() == http::Method::CONNECT {
-        let r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not served: this proxy routes configured hosts only",
-        );
-        (r, None)
-    } else {
-        route_request(ctx, t, req, port, scheme, peer).await
-    };
+    let (resp, route) = route_request(ctx, t, req, port, scheme, peer).await;
     let took = start.elapsed();
     route
         .and_then(|i| t.metrics.get(i))
@@ -861,6 +852,14 @@ async fn route_request<B: ClientBodyIn>(
     scheme: &str,
     peer: SocketAddr,
 ) -> (Response<Body>, Option<usize>) {
+    // Never a forward proxy: the upstream is always an endpoint of a route.
+    if req.method() == http::Method::CONNECT {
+        let r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served: this proxy routes configured hosts only",
+        );
+        return (r, None);
+    }
     let hit = {
         let r = Req {
             method: req.method(),
