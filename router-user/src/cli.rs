@@ -223,7 +223,7 @@ pub fn main() -> ExitCode {
                 Some(c) => c,
                 None => sys::cgroup2_mount()?,
             };
-            crate::limits::no_huge_pages();
+            crate::limits::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

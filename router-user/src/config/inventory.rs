@@ -145,9 +145,31 @@ pub struct Inventory {
     by_ns_name: std::collections::HashMap<(String, String), Vec<Arc<ServiceId>>>,
     by_label: std::collections::HashMap<(String, String), Vec<Arc<ServiceId>>>,
     /// Endpoint address -> the services it serves (health changes are
-    /// reported by address).
+    /// reported by address) and how many endpoint entries of services in
+    /// a cluster list it (an incremental slice change checks that an
+    /// address stays in one cluster by these counts: `config::live`).
     /// (One `Arc` per service, shared by its addresses: 100,000 entries.)
-    by_ip: std::collections::HashMap<IpAddr, Vec<Arc<ServiceId>>>,
+    by_ip: std::collections::HashMap<IpAddr, IpUse>,
+}
+
+/// What [`Inventory`] knows of one endpoint address.
+#[derive(Clone, Debug, Default)]
+struct IpUse {
+    services: Vec<Arc<ServiceId>>,
+    /// Entries of in-cluster services' endpoint lists with this address
+    /// (ExternalServices' addresses are outside every cluster).
+    listings: u32,
+}
+
+impl IpUse {
+    fn add(&mut self, id: &Arc<ServiceId>) {
+        if !id.is_external() {
+            self.listings += 1;
+        }
+        if !self.services.iter().any(|x| **x == **id) {
+            self.services.push(id.clone());
+        }
+    }
 }
 
 /// A Kubernetes port protocol routerd serves (TCP by default).
@@ -344,7 +366,19 @@ impl Inventory {
 
     /// The services `ip` is an endpoint of.
     pub fn services_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceId> {
-        self.by_ip.get(&ip).into_iter().flatten().map(|id| &**id)
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flat_map(|u| &u.services)
+            .map(|id| &**id)
+    }
+
+    /// The cluster an endpoint address is in, and how many endpoint
+    /// entries of services in clusters list it (None: none does).
+    pub fn listings(&self, ip: IpAddr) -> Option<(&str, u32)> {
+        let u = self.by_ip.get(&ip).filter(|u| u.listings > 0)?;
+        let id = u.services.iter().find(|id| !id.is_external())?;
+        Some((&id.cluster, u.listings))
     }
 
     /// Replace a service's endpoints (its slices changed); the old ones.
@@ -353,19 +387,19 @@ impl Inventory {
             return Vec::new();
         };
         for ep in &entry.endpoints {
-            if let Some(ids) = self.by_ip.get_mut(&ep.ip) {
-                ids.retain(|x| **x != *id);
-                if ids.is_empty() {
+            if let Some(u) = self.by_ip.get_mut(&ep.ip) {
+                u.services.retain(|x| **x != *id);
+                if !id.is_external() {
+                    u.listings -= 1;
+                }
+                if u.services.is_empty() && u.listings == 0 {
                     self.by_ip.remove(&ep.ip);
                 }
             }
         }
         let shared = Arc::new(id.clone());
         for ep in &endpoints {
-            let ids = self.by_ip.entry(ep.ip).or_default();
-            if !ids.iter().any(|x| **x == *id) {
-                ids.push(shared.clone());
-            }
+            self.by_ip.entry(ep.ip).or_default().add(&shared);
         }
         std::mem::replace(&mut entry.endpoints, endpoints)
     }
@@ -374,10 +408,7 @@ impl Inventory {
         for (id, s) in &self.by_name {
             let shared = Arc::new(id.clone());
             for ep in &s.endpoints {
-                let ids = self.by_ip.entry(ep.ip).or_default();
-                if !ids.iter().any(|x| **x == *id) {
-                    ids.push(shared.clone());
-                }
+                self.by_ip.entry(ep.ip).or_default().add(&shared);
             }
             self.by_ns_name
                 .entry((id.namespace.clone(), id.name.clone()))
@@ -391,8 +422,8 @@ impl Inventory {
             }
         }
         // Most addresses serve one service: a vector of one, not of four.
-        for ids in self.by_ip.values_mut() {
-            ids.shrink_to_fit();
+        for u in self.by_ip.values_mut() {
+            u.services.shrink_to_fit();
         }
     }
 

@@ -26,9 +26,6 @@ use super::{
     validate_all,
 };
 
-/// An endpoint address's cluster, and how many slice entries list it.
-type IpCount = (Arc<str>, u32);
-
 /// What an accepted change set changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -73,9 +70,9 @@ pub struct Live {
     overrides: Overrides,
     /// Service -> the positions of its slices (in config order).
     slices_of: HashMap<ServiceId, Slices>,
-    /// Endpoint address -> (its cluster, how many slice entries list it).
-    /// In an accepted config every address has one cluster.
-    ips: HashMap<IpAddr, IpCount>,
+    /// (Each endpoint address's cluster, and how many slice entries list
+    /// it, is the inventory's: `Inventory::listings`. In an accepted config
+    /// every address has one cluster.)
     /// How to take back the last apply (and the resolver answers set
     /// after it), until it is committed (the compiler or the datapath may
     /// still refuse it).
@@ -90,7 +87,6 @@ struct Whole {
     inventory: inventory::Inventory,
     notices: Vec<crate::plan::Notice>,
     slices_of: HashMap<ServiceId, Slices>,
-    ips: HashMap<IpAddr, IpCount>,
 }
 
 /// What an apply replaced.
@@ -101,7 +97,6 @@ enum Rollback {
         undo: Undo,
         endpoints: Vec<(ServiceId, Vec<inventory::Ep>)>,
         slices_of: Vec<(ServiceId, Option<Slices>)>,
-        ips: Vec<(IpAddr, Option<IpCount>)>,
     },
     /// The resolver's answers before, and the endpoints they gave.
     Resolved {
@@ -118,7 +113,6 @@ impl Live {
             v,
             overrides: overrides.clone(),
             slices_of: HashMap::new(),
-            ips: HashMap::new(),
             pending: Vec::new(),
         };
         live.index();
@@ -156,20 +150,17 @@ impl Live {
                     inventory,
                     notices,
                     slices_of,
-                    ips,
                 } = *w;
                 self.v.config.undo(undo);
                 self.v.settings = settings;
                 self.v.inventory = inventory;
                 self.v.notices = notices;
                 self.slices_of = slices_of;
-                self.ips = ips;
             }
             Rollback::Slices {
                 undo,
                 endpoints,
                 slices_of,
-                ips,
             } => {
                 self.v.config.undo(undo);
                 for (id, eps) in endpoints {
@@ -179,12 +170,6 @@ impl Live {
                     match set {
                         Some(s) => self.slices_of.insert(id, s),
                         None => self.slices_of.remove(&id),
-                    };
-                }
-                for (ip, v) in ips {
-                    match v {
-                        Some(x) => self.ips.insert(ip, x),
-                        None => self.ips.remove(&ip),
                     };
                 }
             }
@@ -241,23 +226,9 @@ impl Live {
         self.v
     }
 
-    /// Rebuild the slice indexes from the accepted config: every endpoint
-    /// entry of the inventory is one slice's listing of an address.
+    /// Rebuild the slice index from the accepted config.
     fn index(&mut self) {
         self.slices_of.clear();
-        self.ips.clear();
-        // (ExternalServices' addresses are outside every cluster.)
-        for svc in self.v.inventory.by_name.values() {
-            if svc.id.is_external() {
-                continue;
-            }
-            for ep in &svc.endpoints {
-                self.ips
-                    .entry(ep.ip)
-                    .or_insert_with(|| (ep.cluster.clone(), 0))
-                    .1 += 1;
-            }
-        }
         for es in &self.v.config.endpoint_slices {
             if let Some(id) = inventory::slice_service(es)
                 && self.v.inventory.get(&id).is_some()
@@ -288,7 +259,6 @@ impl Live {
                     inventory: std::mem::replace(&mut self.v.inventory, inventory),
                     notices: std::mem::replace(&mut self.v.notices, notices),
                     slices_of: std::mem::take(&mut self.slices_of),
-                    ips: std::mem::take(&mut self.ips),
                 })));
                 self.index();
                 Ok(Applied::Everything)
@@ -351,11 +321,12 @@ impl Live {
         // One cluster per address, counting the entries not changed here.
         for (ip, ch) in &ips {
             let kept = self
-                .ips
-                .get(ip)
+                .v
+                .inventory
+                .listings(*ip)
                 .filter(|(_, n)| *n > ch.removed)
                 .map(|(c, _)| c);
-            let mut clusters: BTreeSet<&Arc<str>> = ch.added.iter().collect();
+            let mut clusters: BTreeSet<&str> = ch.added.iter().map(|c| &**c).collect();
             clusters.extend(kept);
             if clusters.len() > 1 {
                 refused = true;
@@ -396,16 +367,6 @@ impl Live {
                 set.remove(&at);
             }
         }
-        let mut old_ips = Vec::new();
-        for (ip, ch) in ips {
-            old_ips.push((ip, self.ips.get(&ip).cloned()));
-            let (cluster, n) = self.ips.remove(&ip).unwrap_or_default();
-            let n = n - ch.removed + ch.added.len() as u32;
-            if n > 0 {
-                let cluster = ch.added.into_iter().next().unwrap_or(cluster);
-                self.ips.insert(ip, (cluster, n));
-            }
-        }
         let mut old_endpoints = Vec::new();
         for id in &touched {
             let mut endpoints = Vec::new();
@@ -425,7 +386,6 @@ impl Live {
             undo,
             endpoints: old_endpoints,
             slices_of: old_sets,
-            ips: old_ips,
         });
         Ok(Applied::Endpoints(touched))
     }
