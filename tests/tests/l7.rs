@@ -367,6 +367,80 @@ fn request_ids_are_added_and_trace_context_passes_through() {
     }
 }
 
+/// What `rt-probe ws` prints.
+#[derive(serde::Deserialize, Debug)]
+struct Ws {
+    status: u16,
+    replies: Vec<String>,
+    error: Option<String>,
+}
+
+fn ws(cmd: &mut std::process::Command) -> Ws {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "rt-probe ws printed no result ({e}): {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Issue 15 (WebSockets): a real WebSocket client (tungstenite) through an
+/// east-west L7 host and a gateway listener to a real WebSocket server:
+/// the upgrade crosses the proxy (it used to be dropped as a hop-by-hop
+/// header), messages go both ways on the tunnel and across quiet spells,
+/// and a route that answers directly refuses the upgrade with its status.
+#[test]
+fn websockets_upgrade_through_l7_hosts_and_gateways() {
+    let l = setup();
+    let cfg = l.world.dir.path.join("config");
+    let shop = vip(&plan(&cfg).unwrap(), "shop.t.mesh", 8080, false).to_string();
+    let expect: Vec<String> = (0..3).map(|i| format!("v1:m{i}")).collect();
+    let east = ws(l.world.client(bin("rt-probe")).args([
+        "ws",
+        &shop,
+        "--host",
+        "shop.t.mesh",
+        "--path",
+        "/api/chat",
+        "--pause-ms",
+        "300",
+    ]));
+    assert_eq!((east.status, &east.error), (101, &None), "{east:?}");
+    assert_eq!(
+        east.replies, expect,
+        "east-west, through the api route (v1)"
+    );
+    let gw = format!("{NODE_IP}:8081");
+    let north = ws(l.world.outside(bin("rt-probe")).args([
+        "ws",
+        &gw,
+        "--host",
+        "www.example.test",
+        "--path",
+        "/api/chat",
+    ]));
+    assert_eq!((north.status, &north.error), (101, &None), "{north:?}");
+    assert_eq!(north.replies, expect, "through the gateway listener");
+    let direct = ws(l.world.client(bin("rt-probe")).args([
+        "ws",
+        &shop,
+        "--host",
+        "shop.t.mesh",
+        "--path",
+        "/teapot",
+    ]));
+    assert_eq!(direct.status, 418, "{direct:?}");
+    assert!(
+        direct.replies.is_empty() && direct.error.is_some(),
+        "{direct:?}"
+    );
+    // Plain requests on the same host are unaffected.
+    let (code, body, ..) = curl(&l.world, &["http://shop.t.mesh:8080/api/after"], true);
+    assert_eq!(code, 200, "{body}");
+}
+
 #[test]
 fn retries_recover_from_a_backend_that_fails_once() {
     let l = setup();

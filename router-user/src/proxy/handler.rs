@@ -253,6 +253,74 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
+/// What a client connection lends its requests, for an HTTP upgrade: a
+/// tunnel keeps `hold` (the connection's task, and with it the
+/// connection's admission ticket, waits until every copy is gone) and ends
+/// after `idle` with no bytes either way (`activity` watches the client's
+/// socket).
+#[derive(Clone)]
+pub struct TunnelScope {
+    pub hold: tokio::sync::mpsc::Sender<()>,
+    pub activity: crate::limits::Activity,
+    pub idle: Duration,
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (RFC 9110 7.8:
+/// `Upgrade: <protocol>` with `upgrade` among the `Connection` options),
+/// e.g. `websocket`. HTTP/2 has no such upgrade.
+pub fn upgrade_of(version: http::Version, h: &HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let proto = h.get(header::UPGRADE)?;
+    (asks && !proto.is_empty()).then(|| proto.clone())
+}
+
+/// The upstream switched protocols: answer the client with the 101 and
+/// join the two upgraded connections byte for byte, off the request path.
+fn tunnel(
+    mut resp: Response<Body>,
+    client: hyper::upgrade::OnUpgrade,
+    scope: TunnelScope,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    let (mut parts, body) = resp.into_parts();
+    let proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = proto {
+        parts.headers.insert(header::UPGRADE, p);
+    }
+    tokio::spawn(async move {
+        let TunnelScope {
+            hold,
+            activity,
+            idle,
+        } = scope;
+        let _hold = hold;
+        let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
+            return;
+        };
+        let (mut c, mut u) = (
+            hyper_util::rt::TokioIo::new(c),
+            hyper_util::rt::TokioIo::new(u),
+        );
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+            _ = activity.idle_for(idle) => {}
+        }
+    });
+    Response::from_parts(parts, body)
+}
+
 /// A random version-4 UUID, for `x-request-id`.
 fn request_id() -> String {
     let mut b = fastrand::u128(..).to_be_bytes();
@@ -490,6 +558,8 @@ impl<B: ClientBodyIn> Prepared<B> {
             parts.scheme = Some(Scheme::HTTP);
             parts.authority = Some(host);
             headers.remove(header::HOST);
+            headers.remove(header::CONNECTION);
+            headers.remove(header::UPGRADE);
         }
         let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
         let body: Body = match self.body.take() {
@@ -607,7 +677,15 @@ async fn forward<B: ClientBodyIn>(
 ) -> Response<Body> {
     let retry = route.policies.retry.clone();
     let mirror = route.policies.mirror.clone().filter(|m| chance(m.percent));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // An upgrade (a WebSocket) when the client's connection can hand
+    // itself over (HTTP/1.1, served with upgrades).
+    let upgrade = upgrade_of(parts.version, &parts.headers).and_then(|p| {
+        let scope = parts.extensions.get::<TunnelScope>()?.clone();
+        let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        Some((p, client, scope))
+    });
+    let mirror = mirror.filter(|_| upgrade.is_none());
     let path = parts.uri.path();
     let new_path = if let Some(to) = &f.path_rewrite {
         engine::rewrite_prefix(path, hit, to)
@@ -622,6 +700,11 @@ async fn forward<B: ClientBodyIn>(
     };
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if let Some((proto, ..)) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    let mut upgrade = upgrade.map(|(_, client, scope)| (client, scope));
     let original_host = request_host(&parts.uri, &headers);
     if let Some(h) = &original_host {
         set(&mut headers, "host", h);
@@ -734,7 +817,13 @@ async fn forward<B: ClientBodyIn>(
             return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
         }
         let budget = per_try.map_or(left, |b| b.min(left));
-        let call = ctx.http.send(ep, dest.http2, upstream_req);
+        // (An HTTP/2 endpoint has no upgrade: it gets the request without
+        // the upgrade headers, as `request` strips them for HTTP/2.)
+        let call = if upgrade.is_some() && !dest.http2 {
+            ctx.http.send_upgrade(ep, upstream_req)
+        } else {
+            ctx.http.send(ep, dest.http2, upstream_req)
+        };
         let result = match tokio::time::timeout(budget, call).await {
             Ok(r) => r,
             Err(_) => {
@@ -767,6 +856,15 @@ async fn forward<B: ClientBodyIn>(
                 );
                 let again = attempt + 1 < attempts
                     && retry.as_ref().is_some_and(|p| retriable(p, &Ok(code)));
+                if code == StatusCode::SWITCHING_PROTOCOLS {
+                    return match upgrade.take() {
+                        Some((client, scope)) if !dest.http2 => tunnel(resp, client, scope),
+                        _ => text(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream switched protocols unasked",
+                        ),
+                    };
+                }
                 if !again {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -989,6 +1087,37 @@ mod tests {
         proxy::upstream::UpstreamOptions,
         testing::*,
     };
+
+    #[test]
+    fn upgrades_are_http_1_1_requests_naming_upgrade_in_connection() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let v11 = http::Version::HTTP_11;
+        let ws = h(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_of(v11, &ws).unwrap(), "websocket");
+        // Two Connection lines are one list.
+        let split = h(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(upgrade_of(v11, &split).unwrap(), "h2c");
+        // Upgrade without the Connection option, or the option alone, or
+        // an empty protocol, or HTTP/2 or 1.0: no upgrade.
+        assert!(upgrade_of(v11, &h(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_of(v11, &h(&[("connection", "upgrade")])).is_none());
+        assert!(upgrade_of(v11, &h(&[("connection", "upgrade"), ("upgrade", "")])).is_none());
+        assert!(upgrade_of(http::Version::HTTP_2, &ws).is_none());
+        assert!(upgrade_of(http::Version::HTTP_10, &ws).is_none());
+    }
 
     #[test]
     fn request_ids_are_version_4_uuids() {

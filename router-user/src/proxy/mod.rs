@@ -320,7 +320,7 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
 async fn serve_http<I>(
     io: I,
     activity: Activity,
-    idle: Duration,
+    (idle, tunnel_idle): (Duration, Duration),
     peer: SocketAddr,
     key: Key,
     scheme: &'static str,
@@ -329,23 +329,34 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    // Each request may take the connection over (an HTTP upgrade: a
+    // WebSocket); its tunnel holds a sender, and this task, which holds
+    // the connection's admission ticket, lasts until every sender is gone.
+    let (hold, mut tunnels) = tokio::sync::mpsc::channel::<()>(1);
+    let scope = handler::TunnelScope {
+        hold,
+        activity: activity.clone(),
+        idle: tunnel_idle,
+    };
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let routing = routing.borrow().clone();
         let ctx = ctx.clone();
+        req.extensions_mut().insert(scope.clone());
         async move { Ok::<_, Infallible>(route_request(&routing, &ctx, key, scheme, peer, req).await) }
     });
     let builder = http_builder();
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = activity.idle_for(idle) => {
             // Idle: say goodbye politely (GOAWAY on HTTP/2), then give the
             // connection a moment to finish what is in flight.
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
         }
     }
+    drop(conn);
+    let _ = tunnels.recv().await;
 }
 
 async fn route_request(
@@ -550,7 +561,7 @@ impl Acceptor {
                 return; // over a cap: closed
             };
             let (routing, ctx) = (self.routing.clone(), self.ctx.clone());
-            let idle = self.idle.borrow().0;
+            let idle = *self.idle.borrow();
             tokio::spawn(async move {
                 let activity = Activity::default();
                 let io = Watched::new(stream, activity.clone());
@@ -584,11 +595,13 @@ impl Acceptor {
                         let io = Watched::new(stream, activity.clone());
                         if let Ok(Ok(s)) = tokio::time::timeout(TLS_HANDSHAKE, acc.accept(io)).await
                         {
+                            let idle = (idle, tcp_idle);
                             serve_http(s, activity, idle, peer, key, "https", routing, ctx).await;
                         }
                     }
                     (true, None) => {
                         let io = Watched::new(stream, activity.clone());
+                        let idle = (idle, tcp_idle);
                         serve_http(io, activity, idle, peer, key, "http", routing, ctx).await
                     }
                 }

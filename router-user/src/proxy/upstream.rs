@@ -90,6 +90,17 @@ pub trait HttpUpstream: Send + Sync {
         http2: bool,
         req: Request<Body>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>>;
+
+    /// An HTTP/1.1 request that asks to upgrade the connection (a
+    /// WebSocket): a 101 response carries the upstream side of the tunnel
+    /// (`hyper::upgrade::on`).
+    fn send_upgrade(
+        &self,
+        ep: SocketAddr,
+        req: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>> {
+        self.send(ep, false, req)
+    }
 }
 
 impl HttpUpstream for Arc<Upstreams> {
@@ -100,6 +111,14 @@ impl HttpUpstream for Arc<Upstreams> {
         req: Request<Body>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>> {
         Box::pin(Upstreams::send(self, ep, http2, req))
+    }
+
+    fn send_upgrade(
+        &self,
+        ep: SocketAddr,
+        req: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_>> {
+        Box::pin(Upstreams::send_upgrade(self, ep, req))
     }
 }
 
@@ -157,6 +176,22 @@ impl Upstreams {
         } else {
             self.send_h1(ep, req).await
         }?;
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+
+    /// An upgrade request goes on a connection of its own, which the
+    /// upgrade takes over: never one from the pool, never back into it.
+    pub async fn send_upgrade(
+        self: &Arc<Self>,
+        ep: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let io = TokioIo::new(self.connect(ep).await?);
+        let (mut conn, driver) = http1::Builder::new().handshake(io).await.map_err(broken)?;
+        tokio::spawn(async move {
+            let _ = driver.with_upgrades().await;
+        });
+        let resp = conn.send_request(req).await.map_err(broken)?;
         Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
     }
 

@@ -6,6 +6,9 @@
 //! `tls:ADDR:name` serves the same HTTP over TLS with a self-signed
 //! certificate for `name`, written to `--cert-dir` as `<name>.pem`.
 //!
+//! A WebSocket upgrade (`Upgrade: websocket`, any path) is accepted and each
+//! text message is answered with `<id>:<message>`.
+//!
 //! `rt-backend --listen tcp:10.1.1.10:8080:app-a-1 --listen udp:10.1.1.40:9000:echo-1`
 use std::{
     convert::Infallible,
@@ -73,7 +76,7 @@ fn respond(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
 /// `/flaky/<key>` (503 the first time per key, then 200), `/slow/<ms>`, and
 /// `/__log` (the requests seen so far).
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     id: Arc<String>,
     local: String,
     peer: SocketAddr,
@@ -101,6 +104,9 @@ async fn answer(
         headers,
         version: format!("{:?}", req.version()),
     };
+    if let Some(resp) = websocket(&mut req, &id) {
+        return resp;
+    }
     if path == "/__log" {
         let log = mem.log.lock().unwrap().clone();
         return respond(200, serde_json::to_vec(&log).unwrap());
@@ -132,6 +138,53 @@ async fn answer(
     respond(200, body)
 }
 
+/// A WebSocket handshake (RFC 6455 4.2): answer 101 and echo text
+/// messages on the upgraded connection as `<id>:<message>`. None: not a
+/// WebSocket request.
+fn websocket(req: &mut Request<Incoming>, id: &Arc<String>) -> Option<Response<Full<Bytes>>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let wants = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+    if !wants {
+        return None;
+    }
+    let on = hyper::upgrade::on(req);
+    let id = id.clone();
+    tokio::spawn(async move {
+        let Ok(up) = on.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(up),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) if ws.send(Message::text(format!("{id}:{t}"))).await.is_err() => {
+                    return;
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(&key).parse().unwrap(),
+    );
+    Some(r)
+}
+
 /// HTTP on `l`, over TLS with `tls` (HTTPS with ALPN h2 and http/1.1).
 async fn serve_tcp(l: TcpListener, id: Arc<String>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mem = Arc::new(Memory::default());
@@ -153,9 +206,15 @@ async fn serve_tcp(l: TcpListener, id: Arc<String>, tls: Option<tokio_rustls::Tl
             let http =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let _ = match tls {
-                None => http.serve_connection(TokioIo::new(stream), svc).await,
+                None => {
+                    http.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await
+                }
                 Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Ok(s) => {
+                        http.serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await
+                    }
                     Err(_) => return,
                 },
             };

@@ -72,6 +72,21 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         resets: usize,
     },
+    /// A WebSocket client (tungstenite): the handshake with `Host: HOST`,
+    /// then COUNT text messages `m<i>`, each waiting for its reply; prints
+    /// one JSON line ([`Ws`]): the handshake's status and the replies.
+    Ws {
+        addr: SocketAddr,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Pause between messages (the tunnel must outlive quiet spells).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
     /// Raw bytes over TCP (`\r\n` escapes understood); prints what came back
     /// and when the server closed.
     Raw {
@@ -745,6 +760,70 @@ struct Raw {
     text: String,
 }
 
+/// What `rt-probe ws` saw.
+#[derive(serde::Serialize)]
+struct Ws {
+    /// The handshake's HTTP status (0: no response).
+    status: u16,
+    replies: Vec<String>,
+    error: Option<String>,
+}
+
+async fn ws(addr: SocketAddr, host: &str, path: &str, count: usize, pause_ms: u64) -> Ws {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut out = Ws {
+        status: 0,
+        replies: Vec::new(),
+        error: None,
+    };
+    let run = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let req = format!("ws://{host}{path}")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let (mut ws, resp) = match tokio_tungstenite::client_async(req, stream).await {
+            Ok(x) => x,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                out.status = r.status().as_u16();
+                return Err("the server refused the upgrade".to_string());
+            }
+            Err(e) => return Err(format!("handshake: {e}")),
+        };
+        out.status = resp.status().as_u16();
+        for i in 0..count {
+            if i > 0 && pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            ws.send(Message::text(format!("m{i}")))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        out.replies.push(t.to_string());
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("receive: {e}")),
+                    None => return Err("closed before the reply".to_string()),
+                }
+            }
+        }
+        let _ = ws.close(None).await;
+        Ok(())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(20), run).await;
+    out.error = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("no answer within 20 s".to_string()),
+    };
+    out
+}
+
 async fn raw(addr: SocketAddr, send: &str, wait_ms: u64) -> Raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let payload = send.replace("\\r", "\r").replace("\\n", "\n");
@@ -1254,6 +1333,16 @@ async fn main() -> Result<()> {
                 "{}",
                 serde_json::to_string(&h2_flood(addr, streams, resets).await).unwrap()
             );
+        }
+        Cmd::Ws {
+            addr,
+            host,
+            path,
+            count,
+            pause_ms,
+        } => {
+            let w = ws(addr, &host, &path, count, pause_ms).await;
+            println!("{}", serde_json::to_string(&w).unwrap());
         }
         Cmd::Raw {
             addr,
