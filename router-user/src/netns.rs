@@ -65,6 +65,11 @@ fn serve(req: SockReq) {
         SockReq::Listen(addr, reply) => {
             let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(|s| {
                 s.set_reuse_address(true)?;
+                // `[::]:p` beside `0.0.0.0:p` (a dual-stack gateway): the
+                // IPv6 socket must not claim IPv4 too.
+                if addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
                 s.bind(&addr.into())?;
                 s.listen(1024)?;
                 Ok(s.into())

@@ -450,6 +450,15 @@ pub struct ProxyPlan {
     /// Where access log lines go (None: the daemon's stdout).
     #[serde(default)]
     pub access_log_path: Option<String>,
+    /// The addresses every VirtualGateway listener binds (its port on
+    /// each): `0.0.0.0` by default; `::` too for dual-stack gateways. An
+    /// IPv6 socket takes IPv6 only (`IPV6_V6ONLY`), beside the IPv4 one.
+    #[serde(default = "default_gateway_addresses")]
+    pub gateway_addresses: Vec<IpAddr>,
+}
+
+fn default_gateway_addresses() -> Vec<IpAddr> {
+    vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
 }
 
 /// Which L7 requests are logged (the first AccessLogPolicy), and with what.
@@ -489,6 +498,7 @@ impl Default for ProxyPlan {
             idle_timeout_ms: 300_000,
             tcp_idle_timeout_ms: 3_600_000,
             access_log_path: None,
+            gateway_addresses: default_gateway_addresses(),
         }
     }
 }

@@ -856,3 +856,38 @@ fn the_syn_retransmit_timeout_is_a_bounded_duration() {
         "{e}"
     );
 }
+
+/// Issue 15 (IPv6 gateway listeners): `spec.proxy.gatewayAddresses` lists
+/// what gateway listeners bind; IPv4's wildcard by default.
+#[test]
+fn gateway_addresses_default_to_ipv4_and_take_a_dual_stack_list() {
+    let p = plan(&node());
+    assert_eq!(
+        p.proxy.gateway_addresses,
+        ["0.0.0.0".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let p = plan(&node_with(
+        json!({"proxy": {"gatewayAddresses": ["0.0.0.0", "::"]}}),
+    ));
+    let want: Vec<std::net::IpAddr> = vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
+    assert_eq!(p.proxy.gateway_addresses, want);
+    for (bad, says) in [
+        (json!([]), "no address"),
+        (json!(["::", "::"]), ":: is listed twice"),
+        (
+            json!(["0.0.0.0", "10.0.0.1"]),
+            "0.0.0.0 and 10.0.0.1 overlap",
+        ),
+    ] {
+        let e = errors(&node_with(json!({"proxy": {"gatewayAddresses": bad}})));
+        assert!(
+            e.contains("spec.proxy.gatewayAddresses") && e.contains(says) && e.contains("t.yaml:"),
+            "{says}: {e}"
+        );
+    }
+    // An IPv6 address beside IPv4's wildcard is fine (different families).
+    let p = plan(&node_with(
+        json!({"proxy": {"gatewayAddresses": ["0.0.0.0", "fd00::1"]}}),
+    ));
+    assert_eq!(p.proxy.gateway_addresses.len(), 2);
+}

@@ -20,10 +20,24 @@ fn config(tls: Option<(&str, &str)>) -> String {
     ))
 }
 
+/// Dual-stack gateways: every test reaches them over IPv4, and
+/// [`gateways_serve_ipv6_clients_when_asked`] over IPv6.
+const GATEWAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
+
 /// [`config`], with the 8443 listener's `tls` as given.
 fn config_tls(tls: Option<serde_json::Value>) -> String {
+    config_on(tls, &GATEWAY_ADDRESSES)
+}
+
+/// [`config_tls`], with the gateways on `addrs`.
+fn config_on(tls: Option<serde_json::Value>, addrs: &[&str]) -> String {
     let mut y = Config::new()
-        .node("c1", "east", "e1")
+        .node_with(
+            "c1",
+            "east",
+            "e1",
+            json!({"proxy": {"gatewayAddresses": addrs}}),
+        )
         .with(Service::new("c1", "api").named_port("http", 8080, "TCP"));
     for (v, ip) in [("v1", "10.1.0.1"), ("v2", "10.1.0.2")] {
         y = y.with(
@@ -645,6 +659,59 @@ fn weighted_splits_are_per_request_and_http2_works() {
         ])
         .unwrap();
     assert!(probes.iter().all(|p| p.status == Some(200)), "{probes:?}");
+}
+
+/// Issue 15 (IPv6 gateway listeners): with `gatewayAddresses: ["0.0.0.0",
+/// "::"]` every gateway listener (HTTP, TCP) also serves IPv6 clients, on a
+/// socket of its own beside the IPv4 one; a reload that drops `::` closes
+/// the IPv6 sockets only, and one that adds it back opens them on the
+/// ports that serve on.
+#[test]
+fn gateways_serve_ipv6_clients_when_asked() {
+    let l = setup();
+    let get = |url: &str, host: &str| {
+        let (code, body, ..) = curl(
+            &l.world,
+            &["-g", "-H", &format!("host: {host}"), url],
+            false,
+        );
+        (code, body)
+    };
+    let v6 = "http://[fd00:ffff::1]";
+    let v4 = format!("http://{NODE_IP}");
+    let (code, body) = get(&format!("{v6}:8081/api/six"), "www.example.test");
+    assert_eq!(code, 200, "{body}");
+    let a = answer(&body);
+    assert_eq!((a.id.as_str(), a.path.as_str()), ("v1", "/v1/six"));
+    // The TCP gateway listener too (its route splits 90/10 over v1/v2).
+    let (code, body) = get(&format!("{v6}:8082/tcp"), "tcp.example.test");
+    assert_eq!(code, 200, "{body}");
+    assert!(["v1", "v2"].contains(&answer(&body).id.as_str()), "{body}");
+    // IPv4 only: the IPv6 sockets close, the IPv4 ones serve on.
+    let (cert, key) = (l.ca.display().to_string(), l.key.display().to_string());
+    let tls = json!({"mode": "SIMPLE", "files": {"serverCert": cert, "privateKey": key}});
+    l.world
+        .dir
+        .write(
+            "config/all.yaml",
+            &config_on(Some(tls.clone()), &["0.0.0.0"]),
+        )
+        .unwrap();
+    let r = l.routerd.reload().unwrap();
+    assert!(r.is_applied(), "{r}");
+    let (code, body) = get(&format!("{v6}:8081/api/six"), "www.example.test");
+    assert_eq!(code, 0, "nothing listens on IPv6 any more: {body}");
+    let (code, body) = get(&format!("{v4}:8081/api/four"), "www.example.test");
+    assert_eq!(code, 200, "{body}");
+    // And back.
+    l.world
+        .dir
+        .write("config/all.yaml", &config_on(Some(tls), &GATEWAY_ADDRESSES))
+        .unwrap();
+    let r = l.routerd.reload().unwrap();
+    assert!(r.is_applied(), "{r}");
+    let (code, body) = get(&format!("{v6}:8081/api/six"), "www.example.test");
+    assert_eq!(code, 200, "{body}");
 }
 
 #[test]

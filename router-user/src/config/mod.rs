@@ -597,6 +597,12 @@ fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
     if let Some(l) = p.listen6 {
         out.listen6 = l.0;
     }
+    if let Some(a) = &p.gateway_addresses {
+        match gateway_addresses_error(a) {
+            Some(e) => err(format!("spec.proxy.gatewayAddresses {a:?}: {e}")),
+            None => out.gateway_addresses = a.clone(),
+        }
+    }
     match p.access_log_path.as_deref() {
         None | Some("-") => {}
         Some(path) if std::path::Path::new(path).is_absolute() => {
@@ -608,6 +614,33 @@ fn proxy_settings(p: &ProxySpec, mut err: impl FnMut(String)) -> ProxyPlan {
         )),
     }
     out
+}
+
+/// What is wrong with a list of gateway addresses: empty, an address
+/// twice, or a wildcard (`0.0.0.0`, `::`) beside another address of its
+/// family (the wildcard already takes that port on every address).
+fn gateway_addresses_error(a: &[std::net::IpAddr]) -> Option<String> {
+    if a.is_empty() {
+        return Some(
+            "no address: list at least one (0.0.0.0 for IPv4, :: for IPv6, both for \
+             dual-stack)"
+                .into(),
+        );
+    }
+    for (i, x) in a.iter().enumerate() {
+        for y in &a[i + 1..] {
+            if x == y {
+                return Some(format!("{x} is listed twice"));
+            }
+            if x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified()) {
+                return Some(format!(
+                    "{x} and {y} overlap (a wildcard takes the port on every address of its \
+                     family): keep one"
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn dns_settings(d: &DnsSpec, o: &Overrides, mut err: impl FnMut(String)) -> DnsPlan {

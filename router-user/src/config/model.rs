@@ -1020,6 +1020,10 @@ pub struct ProxySpec {
     /// for the daemon's stdout (the default).
     #[serde(default)]
     pub access_log_path: Option<String>,
+    /// What VirtualGateway listeners bind (default `["0.0.0.0"]`; add
+    /// `"::"` for dual-stack).
+    #[serde(default)]
+    pub gateway_addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 // ----------------------------------------------------------------------------

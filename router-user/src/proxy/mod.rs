@@ -28,7 +28,7 @@ pub mod upstream;
 use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -176,7 +176,8 @@ impl Drop for Running {
 }
 
 struct Gateway {
-    running: Running,
+    /// One socket per address of `spec.proxy.gatewayAddresses`.
+    running: Vec<Running>,
     shape: watch::Sender<Shape>,
 }
 
@@ -748,6 +749,9 @@ impl Proxy {
             None
         };
         let mut opened: Vec<(u16, Gateway)> = Vec::new();
+        // Sockets for addresses a serving port does not have yet.
+        let mut added: Vec<(u16, Running)> = Vec::new();
+        let addrs = &plan.proxy.gateway_addresses;
         for g in &plan.gateways {
             let tls = g
                 .tls
@@ -761,8 +765,21 @@ impl Proxy {
                 tls,
                 files: g.tls.clone(),
             };
+            let bind = |a: SocketAddr| {
+                let socks = self.socks.clone();
+                async move {
+                    socks.listen(a).await.with_context(|| {
+                        format!(
+                            "binding gateway {} listener {a}: is the port in use, or is {} \
+                             not an address of this namespace (spec.proxy.gatewayAddresses)?",
+                            g.gateway,
+                            a.ip()
+                        )
+                    })
+                }
+            };
             if let Some(running) = self.gateways.get(&g.port) {
-                // The same socket serves on; new connections get the new
+                // The same sockets serve on; new connections get the new
                 // TLS settings (certificates, on/off) or protocol. With TLS
                 // on, the files were read again above: a certificate renewed
                 // in place is served from this reload on.
@@ -775,28 +792,33 @@ impl Proxy {
                 if !same {
                     running.shape.send_replace(shape);
                 }
+                for ip in addrs {
+                    let a = SocketAddr::new(*ip, g.port);
+                    if running.running.iter().all(|r| r.addr != a) {
+                        let l = bind(a).await?;
+                        let rx = running.shape.subscribe();
+                        added.push((g.port, self.acceptor().spawn_gateway(l, g.port, rx)));
+                    }
+                }
                 continue;
             }
-            let a = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), g.port);
-            let l = self.socks.listen(a).await.with_context(|| {
-                format!(
-                    "binding gateway {} listener {a}: is the port in use?",
-                    g.gateway
-                )
-            })?;
-            let (tx, rx) = watch::channel(shape);
-            opened.push((
-                g.port,
-                Gateway {
-                    running: self.acceptor().spawn_gateway(l, g.port, rx),
-                    shape: tx,
-                },
-            ));
+            let (tx, _) = watch::channel(shape);
+            let mut running = Vec::new();
+            for ip in addrs {
+                let l = bind(SocketAddr::new(*ip, g.port)).await?;
+                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe()));
+            }
+            opened.push((g.port, Gateway { running, shape: tx }));
         }
         self.idle
             .send_replace((plan.proxy.idle(), plan.proxy.tcp_idle()));
         self.routing.send_replace(Arc::new(routing));
         self.gateways.extend(opened);
+        for (port, r) in added {
+            if let Some(g) = self.gateways.get_mut(&port) {
+                g.running.push(r);
+            }
+        }
         let bound_on: Vec<SocketAddr> = match &next {
             Some(n) => n.iter().map(|r| r.addr).collect(),
             None => serving,
@@ -818,6 +840,10 @@ impl Proxy {
         }
         let keep: std::collections::BTreeSet<u16> = plan.gateways.iter().map(|g| g.port).collect();
         self.gateways.retain(|p, _| keep.contains(p));
+        let addrs = &plan.proxy.gateway_addresses;
+        for g in self.gateways.values_mut() {
+            g.running.retain(|r| addrs.contains(&r.addr.ip()));
+        }
     }
 
     /// Listening addresses, for logs and tests.
@@ -828,7 +854,8 @@ impl Proxy {
             .chain(
                 self.gateways
                     .values()
-                    .map(|g| format!("gateway:{}", g.running.addr)),
+                    .flat_map(|g| &g.running)
+                    .map(|r| format!("gateway:{}", r.addr)),
             )
             .collect()
     }
