@@ -744,6 +744,9 @@ pub struct RetryPolicy {
     pub on_reset: bool,
     pub on_connect_failure: bool,
     pub status_codes: Vec<u16>,
+    /// gRPC status codes retried when a response's headers carry them.
+    #[serde(default)]
+    pub grpc_codes: Vec<u8>,
     pub request_timeout_ms: Option<u64>,
 }
 

@@ -400,6 +400,18 @@ fn routes_that_need_l7_go_to_the_proxy_and_l4_ones_stay_in_the_kernel() {
     let p = plan(&text);
     assert_eq!(p.services.len(), 1);
     assert!(!p.services[0].proxied && p.l7.is_empty());
+    // The same route with an HTTP-level policy on it (retries here) needs
+    // the proxy: the kernel cannot retry (it used to stay in the kernel,
+    // the policy silently not applied).
+    let retry = "---\napiVersion: resilience.policy.gloo.solo.io/v2\nkind: RetryTimeoutPolicy\nmetadata: {name: r, namespace: ns}\nspec:\n  config:\n    retries: {attempts: 2, retryOn: unavailable}\n";
+    let p = plan(&format!("{text}{retry}"));
+    assert!(p.services.iter().all(|s| s.proxied), "{:?}", p.services);
+    let r = p.l7[0].routes[0]
+        .policies
+        .retry
+        .as_ref()
+        .expect("the retry policy");
+    assert_eq!(r.grpc_codes, vec![14]);
 }
 
 #[test]

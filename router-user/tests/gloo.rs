@@ -758,8 +758,22 @@ fn retry_on_takes_gloos_string_with_status_codes() {
             && e.contains("t.yaml:"),
         "{e}"
     );
-    let e = load(&retry("{retryOn: \"5xx,unavailable\"}")).unwrap_err();
-    assert!(e.contains("gRPC condition"), "{e}");
+    // Envoy's gRPC conditions, as their status codes (issue 15).
+    let p = plan(&retry(
+        "{retryOn: \"5xx,unavailable,cancelled,deadline-exceeded,internal,resource-exhausted\"}",
+    ));
+    let l7 =
+        p.l7.iter()
+            .find(|s| s.host == "shop.mesh")
+            .expect("shop.mesh");
+    let r = l7.routes[0].policies.retry.as_ref().expect("retry policy");
+    assert_eq!(r.grpc_codes, vec![1, 4, 8, 13, 14]);
+    assert!(r.on_5xx && r.status_codes.is_empty());
+    let e = load(&retry("{retryOn: \"5xx,unavaliable\"}")).unwrap_err();
+    assert!(
+        e.contains("unknown retryOn condition `unavaliable`") && e.contains("unavailable)"),
+        "{e}"
+    );
     let e = load(&retry("{retryOn: \"5xx,700\"}")).unwrap_err();
     assert!(e.contains("`700` is not an HTTP status"), "{e}");
 

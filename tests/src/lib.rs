@@ -13,6 +13,7 @@
 //!   at the start of the next one.
 pub mod churn;
 pub mod drill;
+pub mod grpc;
 pub mod prom;
 
 use std::{
@@ -482,6 +483,10 @@ impl Listen {
     /// it to its `--cert-dir` as `<name>.pem`).
     pub fn tls(addr: &str, name: &str) -> Self {
         Listen::new("tls", addr.parse().expect("socket address"), name)
+    }
+    /// gRPC (HTTP/2): [`grpc::SAY`].
+    pub fn grpc(addr: &str, id: &str) -> Self {
+        Listen::new("grpc", addr.parse().expect("socket address"), id)
     }
 }
 

@@ -62,6 +62,14 @@ fn config_on(tls: Option<serde_json::Value>, addrs: &[&str]) -> String {
             &[(ip, "e1", true)],
         ));
     }
+    // gRPC: the port's name says HTTP/2 to the endpoints.
+    y = y.with(Service::new("c1", "echo").named_port("grpc", 9090, "TCP"));
+    y = y.with(
+        Slice::new("c1", "echo", "echo")
+            .named_port("grpc", 9090, "TCP")
+            .endpoint("10.1.0.7", "e1")
+            .endpoint("10.1.0.8", "e1"),
+    );
     let api = |subset: &str| Dest::service("api").port(8080).subset("version", subset);
     let labelled = |name: &str| HttpRoute::new().name(name).label("route", name);
     let shop = RouteTable::new("shop")
@@ -119,7 +127,22 @@ fn config_on(tls: Option<serde_json::Value>, addrs: &[&str]) -> String {
         Some(tls) => gateway.https_with(8443, "*.example.test", tls),
         None => gateway.http(8443, "*.example.test"),
     };
+    let echo = RouteTable::new("echo").host("echo.t.mesh").http(
+        HttpRoute::new()
+            .name("grpc")
+            .label("route", "grpc")
+            .prefix("/")
+            .to(&[Dest::service("echo").port(9090)]),
+    );
     y.with(shop)
+        .with(echo)
+        .with(
+            Policy::retry_timeout(
+                "grpc-retry",
+                json!({"retries": {"attempts": 2, "retryOn": "unavailable"}}),
+            )
+            .routes_labelled("route", "grpc"),
+        )
         .with(
             Policy::header_manipulation(
                 "headers",
@@ -244,6 +267,8 @@ fn setup_args(args: &[&str]) -> L7 {
         Listen::tcp("10.1.0.4:8080", "shadow"),
         Listen::tls("10.1.0.5:8443", "a.pass.test"),
         Listen::tls("10.1.0.6:8443", "b.pass.test"),
+        Listen::grpc("10.1.0.7:9090", "g1"),
+        Listen::grpc("10.1.0.8:9090", "g2"),
     ])
     .unwrap();
     let dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
@@ -453,6 +478,65 @@ fn websockets_upgrade_through_l7_hosts_and_gateways() {
     // Plain requests on the same host are unaffected.
     let (code, body, ..) = curl(&l.world, &["http://shop.t.mesh:8080/api/after"], true);
     assert_eq!(code, 200, "{body}");
+}
+
+/// What `rt-probe grpc` prints.
+#[derive(serde::Deserialize, Debug)]
+struct GrpcCalls {
+    calls: Vec<(i32, String)>,
+    error: Option<String>,
+}
+
+fn grpc(l: &L7, extra: &[&str]) -> GrpcCalls {
+    let cfg = l.world.dir.path.join("config");
+    let echo = vip(&plan(&cfg).unwrap(), "echo.t.mesh", 9090, false).to_string();
+    let out = l
+        .world
+        .client(bin("rt-probe"))
+        .args(["grpc", &echo, "--count", "6"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("rt-probe grpc: {e}: {text:?}"))
+}
+
+/// Issue 15 (gRPC): a real gRPC client and server (tonic) through an
+/// east-west L7 host: HTTP/2 to the endpoints (the port is named `grpc`),
+/// the status in the trailers (a call without them fails), calls spread
+/// over both endpoints, a status the server chose passes through, and
+/// `retryOn: unavailable` retries a call the server failed with
+/// UNAVAILABLE before answering.
+#[test]
+fn grpc_calls_cross_the_proxy_with_trailers_and_status_retries() {
+    let l = setup();
+    let ok = grpc(&l, &[]);
+    assert_eq!(ok.error, None, "{ok:?}");
+    assert!(ok.calls.iter().all(|(code, _)| *code == 0), "{ok:?}");
+    let served: std::collections::BTreeSet<&str> = ok
+        .calls
+        .iter()
+        .map(|(_, a)| a.split(':').next().unwrap())
+        .collect();
+    assert_eq!(served, ["g1", "g2"].into(), "{ok:?}");
+    for (i, (_, a)) in ok.calls.iter().enumerate() {
+        assert!(a.ends_with(&format!(":m{i}")), "{a}");
+    }
+    // NOT_FOUND (5) is the call's answer: passed on, not retried.
+    let nf = grpc(&l, &["--status", "5"]);
+    assert!(
+        nf.calls
+            .iter()
+            .all(|(code, m)| *code == 5 && m.starts_with("asked by")),
+        "{nf:?}"
+    );
+    // Every call fails once with UNAVAILABLE; the retry answers it.
+    let retried = grpc(&l, &["--fail-once", "k"]);
+    assert_eq!(retried.error, None, "{retried:?}");
+    assert!(
+        retried.calls.iter().all(|(code, _)| *code == 0),
+        "{retried:?}"
+    );
 }
 
 #[test]

@@ -125,6 +125,17 @@ impl<'a> Compiler<'a> {
             .collect()
     }
 
+    /// The first HTTP-level policy that applies to route `r` (which then
+    /// needs the proxy), as `RetryTimeoutPolicy ns/name`.
+    pub(super) fn http_policy(&self, r: &FlatRoute<'_>) -> Option<String> {
+        let cfg = &self.v.config;
+        None.or_else(|| winner(&cfg.retry_policies, r).map(|p| p.origin.resource()))
+            .or_else(|| winner(&cfg.fault_policies, r).map(|p| p.origin.resource()))
+            .or_else(|| winner(&cfg.mirror_policies, r).map(|p| p.origin.resource()))
+            .or_else(|| winner(&cfg.header_policies, r).map(|p| p.origin.resource()))
+            .or_else(|| winner(&cfg.cors_policies, r).map(|p| p.origin.resource()))
+    }
+
     fn policies(&self, r: &FlatRoute<'_>) -> L7Policies {
         let cfg = &self.v.config;
         let headers = winner(&cfg.header_policies, r).map(|p| {
@@ -163,6 +174,7 @@ impl<'a> Compiler<'a> {
                 on_reset: on(RetryOn::Reset),
                 on_connect_failure: on(RetryOn::ConnectFailure) || r.retry_on.0.is_empty(),
                 status_codes: r.retry_on.status_codes(),
+                grpc_codes: r.retry_on.grpc_codes(),
                 request_timeout_ms: ms(&c.request_timeout),
             }
         });

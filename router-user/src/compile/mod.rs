@@ -651,7 +651,7 @@ fn host_unit(
             // A route whose destinations do not resolve (possible only
             // under failureMode ROUTE_REPLACEMENT) answers 500: that takes
             // the proxy.
-            let decision = match ports::decide_port(&flat, p) {
+            let decision = match ports::decide_port(&flat, p, |r| c.http_policy(r)) {
                 ports::PortDecision::L4(r)
                     if r.forward_to()
                         .is_some_and(|f| c.resolved(r.table, f).is_err()) =>

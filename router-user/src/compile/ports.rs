@@ -1,6 +1,6 @@
 //! The L4 question, per port of a host: which flattened route decides it
 //! (first match; TCP routes first), and can the kernel serve it (no
-//! HTTP-level condition or action before it)?
+//! HTTP-level condition, action or policy before it)?
 use crate::config::routes::FlatRoute;
 
 /// The decision for one port of a host.
@@ -17,8 +17,14 @@ pub enum PortDecision<'r, 'a> {
 }
 
 /// First-match on port `p`: TCP routes take a port first; otherwise the first
-/// HTTP route that can see the port decides.
-pub fn decide_port<'r, 'a>(routes: &'r [FlatRoute<'a>], p: u16) -> PortDecision<'r, 'a> {
+/// HTTP route that can see the port decides. `policy` names the HTTP-level
+/// policy applied to a route, if any (a retry, a fault, a mirror, headers,
+/// CORS: only the proxy can apply them).
+pub fn decide_port<'r, 'a>(
+    routes: &'r [FlatRoute<'a>],
+    p: u16,
+    policy: impl Fn(&FlatRoute<'a>) -> Option<String>,
+) -> PortDecision<'r, 'a> {
     for kind_tcp in [true, false] {
         for r in routes.iter().filter(|r| r.is_http() != kind_tcp) {
             let Some(ms) = r.on_port(p) else { continue };
@@ -26,6 +32,14 @@ pub fn decide_port<'r, 'a>(routes: &'r [FlatRoute<'a>], p: u16) -> PortDecision<
                 return PortDecision::NeedsL7 {
                     route: r,
                     why: format!("its action is {why}"),
+                };
+            }
+            if r.is_http()
+                && let Some(p) = policy(r)
+            {
+                return PortDecision::NeedsL7 {
+                    route: r,
+                    why: format!("{p} applies to it"),
                 };
             }
             if ms.is_empty() || ms.iter().any(|m| !m.needs_l7()) {

@@ -249,7 +249,21 @@ pub enum RetryOn {
     RetriableStatusCodes,
     /// An HTTP status code (`503`), retried when the response has it.
     Status(u16),
+    /// A gRPC status (Envoy's `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted`, `unavailable`), retried when a
+    /// response's headers carry it as `grpc-status` (a trailers-only
+    /// response: the server failed the call before sending anything).
+    Grpc(u8),
 }
+
+/// Envoy's gRPC retry conditions and their codes (gRPC's status codes).
+pub const GRPC_RETRY_ON: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 impl FromStr for RetryOn {
     type Err = String;
@@ -270,20 +284,17 @@ impl FromStr for RetryOn {
                     ));
                 }
             },
-            "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-            | "unavailable" => {
-                return Err(format!(
-                    "retryOn `{s}` is a gRPC condition, which routerd's proxy does not retry on \
-                     yet; use 5xx, gateway-error, reset, connect-failure, retriable-4xx or status codes"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "unknown retryOn condition `{other}`; expected 5xx, gateway-error, reset, \
-                     connect-failure, retriable-4xx, retriable-status-codes or an HTTP status \
-                     code such as 503"
-                ));
-            }
+            other => match GRPC_RETRY_ON.iter().find(|(n, _)| *n == other) {
+                Some((_, code)) => RetryOn::Grpc(*code),
+                None => {
+                    return Err(format!(
+                        "unknown retryOn condition `{other}`; expected 5xx, gateway-error, \
+                         reset, connect-failure, retriable-4xx, retriable-status-codes, an HTTP \
+                         status code such as 503, or a gRPC condition (cancelled, \
+                         deadline-exceeded, internal, resource-exhausted, unavailable)"
+                    ));
+                }
+            },
         })
     }
 }
@@ -307,6 +318,21 @@ impl RetryOnList {
             .filter_map(|c| match c {
                 RetryOn::Status(s) => Some(*s),
                 RetryOn::Retriable4xx => Some(409),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The gRPC status codes retried.
+    pub fn grpc_codes(&self) -> Vec<u8> {
+        let mut v: Vec<u8> = self
+            .0
+            .iter()
+            .filter_map(|c| match c {
+                RetryOn::Grpc(g) => Some(*g),
                 _ => None,
             })
             .collect();

@@ -649,6 +649,14 @@ async fn buffer_body<B: ClientBodyIn>(
     }
 }
 
+/// A response's `grpc-status` header: the status of a gRPC call that
+/// failed before any message (a trailers-only response). A call that
+/// answered carries its status in the trailers, after the body, too late
+/// to retry (Envoy's rule as well).
+fn grpc_status(h: &HeaderMap) -> Option<u8> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 /// Should this outcome be retried under `p`?
 fn retriable(p: &RetryPolicy, o: &Result<StatusCode, (Outcome, bool)>) -> bool {
     match o {
@@ -699,7 +707,18 @@ async fn forward<B: ClientBodyIn>(
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let mut headers = parts.headers;
+    // `te: trailers` is the one TE that crosses (HTTP/2 allows no other):
+    // gRPC clients send it to say they take trailers.
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some((proto, ..)) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
@@ -854,8 +873,11 @@ async fn forward<B: ClientBodyIn>(
                         Outcome::Ok
                     },
                 );
+                let grpc = grpc_status(resp.headers());
                 let again = attempt + 1 < attempts
-                    && retry.as_ref().is_some_and(|p| retriable(p, &Ok(code)));
+                    && retry.as_ref().is_some_and(|p| {
+                        retriable(p, &Ok(code)) || grpc.is_some_and(|g| p.grpc_codes.contains(&g))
+                    });
                 if code == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
                         Some((client, scope)) if !dest.http2 => tunnel(resp, client, scope),
@@ -1144,6 +1166,8 @@ mod tests {
         Local,
         /// Reads the whole request body, then answers 200.
         ReadBody,
+        /// A trailers-only gRPC answer: 200 with this `grpc-status`.
+        Grpc(u8),
     }
 
     #[derive(Default)]
@@ -1173,6 +1197,12 @@ mod tests {
                     Peer::Status(code) => {
                         let mut r = ok();
                         *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                        Ok(r)
+                    }
+                    Peer::Grpc(g) => {
+                        let mut r = ok();
+                        r.headers_mut()
+                            .insert("grpc-status", HeaderValue::from(u16::from(g)));
                         Ok(r)
                     }
                     Peer::Hang => std::future::pending().await,
@@ -1350,6 +1380,29 @@ mod tests {
         let r = recorded(&c);
         assert_eq!(r[&calls[0]], (1, 1), "the 503");
         assert_eq!(r[&calls[1]], (1, 0), "the 200");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_statuses_in_headers_are_retried_as_retry_on_says() {
+        let t = table(retry(
+            json!({"retries": {"attempts": 2, "retryOn": "unavailable,cancelled"}}),
+        ));
+        // UNAVAILABLE (14), then CANCELLED (1), then OK.
+        let up = scripted(&[Peer::Grpc(14), Peer::Grpc(1), Peer::Status(200)]);
+        let c = ctx(up.clone(), Timeouts::default());
+        assert_eq!(run(&c, &t, get("/api/x")).await.0, 200);
+        assert_eq!(up.calls.lock().unwrap().len(), 3);
+        // NOT_FOUND (5) is the call's answer: not retried, passed on.
+        let up = scripted(&[Peer::Grpc(5), Peer::Status(200)]);
+        let c = ctx(up.clone(), Timeouts::default());
+        assert_eq!(run(&c, &t, get("/api/x")).await.0, 200);
+        assert_eq!(up.calls.lock().unwrap().len(), 1);
+        // Without a gRPC condition, a gRPC status is not retried.
+        let t = table(retry(json!({"retries": {"attempts": 2, "retryOn": "5xx"}})));
+        let up = scripted(&[Peer::Grpc(14), Peer::Status(200)]);
+        let c = ctx(up.clone(), Timeouts::default());
+        run(&c, &t, get("/api/x")).await;
+        assert_eq!(up.calls.lock().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

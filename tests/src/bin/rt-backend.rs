@@ -9,6 +9,8 @@
 //! A WebSocket upgrade (`Upgrade: websocket`, any path) is accepted and each
 //! text message is answered with `<id>:<message>`.
 //!
+//! `grpc:ADDR:id` serves gRPC (tonic, HTTP/2): `router_tests::grpc::SAY`.
+//!
 //! `rt-backend --listen tcp:10.1.1.10:8080:app-a-1 --listen udp:10.1.1.40:9000:echo-1`
 use std::{
     convert::Infallible,
@@ -49,8 +51,8 @@ fn parse(spec: &str) -> Result<(String, SocketAddr, String)> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {spec}"))?;
-    if !["tcp", "tls", "udp", "sink", "hung"].contains(&proto) {
-        bail!("proto must be tcp, tls, udp, sink or hung in {spec}");
+    if !["tcp", "tls", "udp", "sink", "hung", "grpc"].contains(&proto) {
+        bail!("proto must be tcp, tls, udp, sink, hung or grpc in {spec}");
     }
     Ok((proto.to_string(), addr, id.to_string()))
 }
@@ -222,6 +224,67 @@ async fn serve_tcp(l: TcpListener, id: Arc<String>, tls: Option<tokio_rustls::Tl
     }
 }
 
+/// The gRPC method ([`router_tests::grpc`]).
+#[derive(Clone)]
+struct Say {
+    id: Arc<String>,
+    failed: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl tonic::server::UnaryService<Bytes> for Say {
+    type Response = Bytes;
+    type Future = std::future::Ready<Result<tonic::Response<Bytes>, tonic::Status>>;
+    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+        let meta = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok());
+        if let Some(code) = meta("x-status").and_then(|c| c.parse::<i32>().ok()) {
+            let status =
+                tonic::Status::new(tonic::Code::from(code), format!("asked by {}", self.id));
+            return std::future::ready(Err(status));
+        }
+        if let Some(key) = meta("x-fail-once")
+            && self.failed.lock().unwrap().insert(key.to_string())
+        {
+            let status = tonic::Status::unavailable(format!("{} fails {key} once", self.id));
+            return std::future::ready(Err(status));
+        }
+        let mut out = format!("{}:", self.id).into_bytes();
+        out.extend_from_slice(req.get_ref());
+        std::future::ready(Ok(tonic::Response::new(Bytes::from(out))))
+    }
+}
+
+/// gRPC on `l` (HTTP/2 with prior knowledge, as gRPC clients speak it).
+async fn serve_grpc(l: TcpListener, id: Arc<String>) {
+    let say = Say {
+        id,
+        failed: Arc::default(),
+    };
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            continue;
+        };
+        let say = say.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let say = say.clone();
+                async move {
+                    let resp = if req.uri().path() == router_tests::grpc::SAY {
+                        tonic::server::Grpc::new(router_tests::grpc::RawCodec)
+                            .unary(say, req)
+                            .await
+                    } else {
+                        tonic::Status::unimplemented(req.uri().path().to_string()).into_http()
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let http =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
 /// A TLS acceptor with a fresh self-signed certificate for `name`, which
 /// is written to `dir/<name>.pem` (`/` in the name as `_`).
 fn self_signed(name: &str, dir: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
@@ -317,6 +380,11 @@ async fn serve() -> Result<()> {
             stuck.push(hung(addr)?);
         } else if proto == "sink" {
             sink(addr)?;
+        } else if proto == "grpc" {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding grpc {addr}"))?;
+            tasks.push(tokio::spawn(serve_grpc(l, id)));
         } else if proto == "tcp" || proto == "tls" {
             let tls = (proto == "tls")
                 .then(|| self_signed(&id, &args.cert_dir))

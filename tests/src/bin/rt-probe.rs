@@ -87,6 +87,21 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
     },
+    /// A gRPC client (tonic, one HTTP/2 connection): COUNT calls of
+    /// `router_tests::grpc::SAY` with messages `m<i>`; prints one JSON line
+    /// ([`GrpcCalls`]): each call's status code and answer.
+    Grpc {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Ask the backend to fail each call's first attempt with
+        /// UNAVAILABLE (metadata `x-fail-once: <prefix><i>`).
+        #[arg(long)]
+        fail_once: Option<String>,
+        /// Ask the backend to fail every call with this gRPC status.
+        #[arg(long)]
+        status: Option<i32>,
+    },
     /// Raw bytes over TCP (`\r\n` escapes understood); prints what came back
     /// and when the server closed.
     Raw {
@@ -760,6 +775,59 @@ struct Raw {
     text: String,
 }
 
+/// What `rt-probe grpc` saw.
+#[derive(serde::Serialize)]
+struct GrpcCalls {
+    /// Per call: the gRPC status code (0: OK) and the answer or message.
+    calls: Vec<(i32, String)>,
+    error: Option<String>,
+}
+
+async fn grpc(
+    addr: SocketAddr,
+    count: usize,
+    fail_once: Option<&str>,
+    status: Option<i32>,
+) -> GrpcCalls {
+    let mut out = GrpcCalls {
+        calls: Vec::new(),
+        error: None,
+    };
+    let run = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let mut client = tonic::client::Grpc::new(channel);
+        for i in 0..count {
+            let mut req = tonic::Request::new(Bytes::from(format!("m{i}")));
+            if let Some(p) = fail_once {
+                req.metadata_mut()
+                    .insert("x-fail-once", format!("{p}{i}").parse().unwrap());
+            }
+            if let Some(c) = status {
+                req.metadata_mut()
+                    .insert("x-status", c.to_string().parse().unwrap());
+            }
+            client.ready().await.map_err(|e| format!("ready: {e}"))?;
+            let path = http::uri::PathAndQuery::from_static(router_tests::grpc::SAY);
+            let r = client.unary(req, path, router_tests::grpc::RawCodec).await;
+            out.calls.push(match r {
+                Ok(resp) => (0, String::from_utf8_lossy(resp.get_ref()).into_owned()),
+                Err(s) => (s.code() as i32, s.message().to_string()),
+            });
+        }
+        Ok::<(), String>(())
+    };
+    out.error = match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("no answer within 20 s".to_string()),
+    };
+    out
+}
+
 /// What `rt-probe ws` saw.
 #[derive(serde::Serialize)]
 struct Ws {
@@ -1343,6 +1411,15 @@ async fn main() -> Result<()> {
         } => {
             let w = ws(addr, &host, &path, count, pause_ms).await;
             println!("{}", serde_json::to_string(&w).unwrap());
+        }
+        Cmd::Grpc {
+            addr,
+            count,
+            fail_once,
+            status,
+        } => {
+            let g = grpc(addr, count, fail_once.as_deref(), status).await;
+            println!("{}", serde_json::to_string(&g).unwrap());
         }
         Cmd::Raw {
             addr,
