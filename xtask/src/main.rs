@@ -127,6 +127,8 @@ fn setup() -> Result<()> {
         // service).
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
+        // The bench profiles routerd's L7 path (perf record).
+        ("perf", "linux-perf"),
     ])?;
     Ok(())
 }

@@ -335,6 +335,9 @@ struct Row {
     p50: f64,
     p99: f64,
     errors: u64,
+    /// CPU time of the contender's proxy process (and its children) per
+    /// request, microseconds; None: no proxy process.
+    cpu_us: Option<f64>,
 }
 
 /// A world with one backend on CPU 0 (`sink`: accept and drop; `tcp`: HTTP).
@@ -363,27 +366,75 @@ fn measure(world: &World, args: &[String]) -> Result<Bench> {
     serde_json::from_str(out.trim()).with_context(|| format!("bad bench line {out:?}"))
 }
 
-/// A contender: its name, the world its client runs in, and rt-probe's arguments.
-type Contender<'a> = (&'static str, &'a World, Vec<String>);
+/// A contender: its name, the world its client runs in, rt-probe's
+/// arguments, and the proxy process whose CPU time it costs (if any).
+type Contender<'a> = (&'static str, &'a World, Vec<String>, Option<u32>);
+
+/// CPU time (user and system, clock ticks) of process `pid` and of every
+/// process below it, from /proc (nginx's workers are its master's
+/// children; routerd's and haproxy's threads are in their process's own
+/// figures).
+fn tree_ticks(pid: u32) -> u64 {
+    let stat = |p: u32| -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // After the command's closing parenthesis: state, ppid, ... with
+        // utime and stime the 12th and 13th fields from there.
+        let rest = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, ticks))
+    };
+    let mut all: Vec<(u32, u32, u64)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            && let Some((ppid, t)) = stat(p)
+        {
+            all.push((p, ppid, t));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut total = 0;
+    while let Some(p) = tree.pop() {
+        for (q, ppid, t) in &all {
+            if *q == p {
+                total += t;
+            }
+            if *ppid == p {
+                tree.push(*q);
+            }
+        }
+    }
+    total
+}
 
 /// Alternate the contenders `rounds` times; one row per contender (medians).
 fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<Vec<Row>> {
-    let mut results: Vec<Vec<Bench>> = vec![Vec::new(); contenders.len()];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut results: Vec<Vec<(Bench, Option<f64>)>> = vec![Vec::new(); contenders.len()];
     for _ in 0..rounds {
-        for (i, (_, world, args)) in contenders.iter().enumerate() {
-            results[i].push(measure(world, args)?);
+        for (i, (_, world, args, pid)) in contenders.iter().enumerate() {
+            let before = pid.map(tree_ticks);
+            let b = measure(world, args)?;
+            let cpu = pid.zip(before).map(|(p, t0)| {
+                let ticks = tree_ticks(p).saturating_sub(t0) as f64;
+                ticks / hz * 1e6 / (b.connects.max(1) as f64)
+            });
+            results[i].push((b, cpu));
         }
     }
     Ok(contenders
         .iter()
         .zip(results)
-        .map(|((name, _, _), bs)| Row {
+        .map(|((name, _, _, pid), bs)| Row {
             group: group.to_string(),
             contender: name,
-            rate: median(bs.iter().map(|b| b.rate).collect()),
-            p50: median(bs.iter().map(|b| b.p50_us).collect()),
-            p99: median(bs.iter().map(|b| b.p99_us).collect()),
-            errors: bs.iter().map(|b| b.errors).sum(),
+            rate: median(bs.iter().map(|(b, _)| b.rate).collect()),
+            p50: median(bs.iter().map(|(b, _)| b.p50_us).collect()),
+            p99: median(bs.iter().map(|(b, _)| b.p99_us).collect()),
+            errors: bs.iter().map(|(b, _)| b.errors).sum(),
+            cpu_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| *c).collect())),
         })
         .collect())
 }
@@ -395,14 +446,17 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
         .iter()
         .map(|(_, l)| format!(" vs {l} |"))
         .collect();
+    let cpu = rows.iter().any(|r| r.cpu_us.is_some());
     let _ = writeln!(
         md,
-        "| {first} | contender | {unit}/s |{vs} p50 (us) | p99 (us) | errors |"
+        "| {first} | contender | {unit}/s |{vs} p50 (us) | p99 (us) | errors |{}",
+        if cpu { " proxy CPU (us/request) |" } else { "" }
     );
     let _ = writeln!(
         md,
-        "|---|---|---:|{}---:|---:|---:|",
-        "---:|".repeat(baselines.len())
+        "|---|---|---:|{}---:|---:|---:|{}",
+        "---:|".repeat(baselines.len()),
+        if cpu { "---:|" } else { "" }
     );
     for r in rows {
         let ratios: String = baselines
@@ -417,9 +471,14 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
                 }
             })
             .collect();
+        let cpu = match (cpu, r.cpu_us) {
+            (false, _) => String::new(),
+            (true, None) => " - |".to_string(),
+            (true, Some(c)) => format!(" {c:.1} |"),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} |{ratios} {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.0} |{ratios} {:.1} | {:.1} | {} |{cpu}",
             r.group, r.contender, r.rate, r.p50, r.p99, r.errors
         );
     }
@@ -652,11 +711,11 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
             vec!["bench".into(), addr.into(), "--millis".into(), ms.clone()]
         };
         let contenders = vec![
-            ("direct", &world, b(BACKEND)),
-            ("VIP (routerd)", &world, b(&vip)),
-            (WATCHED_CONTENDER, &watched, b(&wvip)),
-            (METRICS_CONTENDER, &metered, b(&vip)),
-            (DNAT_CONTENDER, &kube, b(&clusterip)),
+            ("direct", &world, b(BACKEND), None),
+            ("VIP (routerd)", &world, b(&vip), None),
+            (WATCHED_CONTENDER, &watched, b(&wvip), None),
+            (METRICS_CONTENDER, &metered, b(&vip), None),
+            (DNAT_CONTENDER, &kube, b(&clusterip), None),
         ];
         rows.extend(compare(&n.to_string(), args.rounds, &contenders)?);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -728,7 +787,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     world.dir.write("config/bench.yaml", &http_config())?;
     let cfg = world.dir.path.join("config");
     let plan = plan(&cfg)?;
-    let _routerd = Routerd::start(
+    let routerd = Routerd::start(
         &world.tag,
         &cfg,
         &world.cgroup.path,
@@ -751,7 +810,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     )?;
     let ns = world.node.name.clone();
     let nprefix = dir.join("nginx").display().to_string();
-    let _nginx = Server::start(
+    let nginx = Server::start(
         "nginx",
         &ns,
         &[
@@ -766,7 +825,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
             "daemon off;",
         ],
     )?;
-    let _haproxy = Server::start(
+    let haproxy = Server::start(
         "haproxy",
         &ns,
         &["haproxy", "-db", "-f", &hconf.display().to_string()],
@@ -802,11 +861,11 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
             v
         };
         let contenders = vec![
-            ("direct", &world, c(BACKEND)),
-            ("VIP, L4 (kernel only)", &world, c(&l4)),
-            ("VIP, L7 (routerd proxy)", &world, c(&l7)),
-            ("nginx", &world, c(nginx_at)),
-            ("haproxy", &world, c(haproxy_at)),
+            ("direct", &world, c(BACKEND), None),
+            ("VIP, L4 (kernel only)", &world, c(&l4), None),
+            ("VIP, L7 (routerd proxy)", &world, c(&l7), routerd.pid()),
+            ("nginx", &world, c(nginx_at), Some(nginx.0.id())),
+            ("haproxy", &world, c(haproxy_at), Some(haproxy.0.id())),
         ];
         rows.extend(compare(group, args.rounds, &contenders)?);
     }
@@ -819,7 +878,8 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
          90/10 weighted split); nginx (2 workers) and haproxy (2 threads), from Debian's packages, \
          listen on loopback in the client's namespace with the same three routes and keep-alive to \
          the backend. Every proxy shares the 2 CPUs with the client and the backend. \
-         {} ms per measurement, {} alternated rounds (medians).\n",
+         {} ms per measurement, {} alternated rounds (medians). Proxy CPU is the user and \
+         system time of the proxy's processes (/proc) over the measurement, per request.\n",
         args.conns, args.millis, args.rounds
     );
     table(
@@ -840,6 +900,106 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
         &chart("HTTP requests per second", "requests", &rows),
         md,
     )?;
+    if let Some(pid) = routerd.pid() {
+        let args = c_keepalive(&l7, args);
+        profile_section(md, &world, &args, pid)?;
+    }
+    Ok(())
+}
+
+/// rt-probe's arguments for one keep-alive measurement of `addr`.
+fn c_keepalive(addr: &str, args: &Args) -> Vec<String> {
+    [
+        "http-bench",
+        addr,
+        "--path",
+        "/api/x",
+        "--conns",
+        &args.conns.to_string(),
+        "--millis",
+        &args.millis.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Where routerd's time goes in the L7 keep-alive measurement: `perf
+/// record` on the process during one more run, summarised by where the
+/// samples fall (the kernel, routerd's code, the C library) and the
+/// hottest functions. perf is Debian's `linux-perf` (`cargo xtask setup`).
+fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) -> Result<()> {
+    let data = world.dir.path.join("perf.data");
+    let mut rec = Command::new("perf")
+        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf (Debian's linux-perf; `cargo xtask setup` installs it)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let b = measure(world, args)?;
+    // SAFETY: SIGINT to our own child: perf writes its data and exits.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    rec.wait()?;
+    let report = |sort: &str, extra: &[&str]| -> Result<Vec<(f64, String)>> {
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "-q",
+                "--percent-limit",
+                "0.7",
+            ])
+            .args(["--sort", sort])
+            .args(extra)
+            .arg("-i")
+            .arg(&data)
+            .output()
+            .context("perf report")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                let (pct, rest) = l.split_once('%')?;
+                // The name, without perf's trailing columns and `[.]`/`[k]`.
+                let name = rest.trim().split("  ").next()?.trim();
+                let name = name
+                    .trim_start_matches("[.]")
+                    .trim_start_matches("[k]")
+                    .trim();
+                Some((pct.trim().parse().ok()?, name.to_string()))
+            })
+            .collect())
+    };
+    let dsos = report("dso", &[])?;
+    let syms = report("symbol", &["--dsos", "routerd"])?;
+    let kernel = report("symbol", &["--dsos", "[kernel.kallsyms]"])?;
+    let _ = writeln!(md, "### Where routerd's time goes (L7, keep-alive)\n");
+    let _ = writeln!(
+        md,
+        "`perf record` on routerd during one more keep-alive measurement of the L7 contender \
+         ({:.0} requests/s). Samples by where they fall, then routerd's own hottest functions \
+         (share of all samples; those under 0.7% left out).\n",
+        b.rate
+    );
+    let _ = writeln!(md, "| where | share of samples |\n|---|---:|");
+    for (p, d) in &dsos {
+        let _ = writeln!(md, "| {} | {p:.1}% |", d.replace('|', "/"));
+    }
+    let _ = writeln!(md, "\n| routerd function | share of samples |\n|---|---:|");
+    for (p, f) in syms.iter().take(12) {
+        let _ = writeln!(md, "| `{}` | {p:.1}% |", f.replace('|', "/"));
+    }
+    let _ = writeln!(
+        md,
+        "\n| kernel function (routerd's syscalls, wake-ups, switches) | share of samples |\n|---|---:|"
+    );
+    for (p, f) in kernel.iter().take(8) {
+        let _ = writeln!(md, "| `{}` | {p:.1}% |", f.replace('|', "/"));
+    }
+    let _ = writeln!(md);
     Ok(())
 }
 
