@@ -236,13 +236,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
+/// The items of a comma-separated list header (every line of it), trimmed.
+fn list_items(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    h.get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = list_items(h, header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         h.remove(n);
@@ -272,12 +277,7 @@ pub fn upgrade_of(version: http::Version, h: &HeaderMap) -> Option<HeaderValue> 
     if version != http::Version::HTTP_11 {
         return None;
     }
-    let asks = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = list_items(h, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     let proto = h.get(header::UPGRADE)?;
     (asks && !proto.is_empty()).then(|| proto.clone())
 }
@@ -712,12 +712,7 @@ async fn forward<B: ClientBodyIn>(
     let mut headers = parts.headers;
     // `te: trailers` is the one TE that crosses (HTTP/2 allows no other):
     // gRPC clients send it to say they take trailers.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let te_trailers = list_items(&headers, header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut headers);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
