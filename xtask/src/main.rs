@@ -127,8 +127,6 @@ fn setup() -> Result<()> {
         // service).
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
-        // The bench profiles routerd's L7 path (perf record).
-        ("perf", "linux-perf"),
     ])?;
     Ok(())
 }
@@ -262,6 +260,8 @@ fn bench(rest: &[String]) -> Result<()> {
         ("iptables-restore", "iptables"),
         ("nginx", "nginx"),
         ("haproxy", "haproxy"),
+        // routerd's L7 path profiled (perf record).
+        ("perf", "linux-perf"),
     ])?;
     let root = root();
     std::fs::create_dir_all(root.join("docs"))?;

@@ -927,7 +927,7 @@ fn c_keepalive(addr: &str, args: &Args) -> Vec<String> {
 /// Where routerd's time goes in the L7 keep-alive measurement: `perf
 /// record` on the process during one more run, summarised by where the
 /// samples fall (the kernel, routerd's code, the C library) and the
-/// hottest functions. perf is Debian's `linux-perf` (`cargo xtask setup`).
+/// hottest functions. perf is Debian's `linux-perf` (`cargo xtask bench` installs it).
 fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) -> Result<()> {
     let data = world.dir.path.join("perf.data");
     let mut rec = Command::new("perf")
@@ -936,7 +936,7 @@ fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) ->
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting perf (Debian's linux-perf; `cargo xtask setup` installs it)")?;
+        .context("starting perf (Debian's linux-perf; `cargo xtask bench` installs it)")?;
     std::thread::sleep(Duration::from_millis(300));
     let b = measure(world, args)?;
     // SAFETY: SIGINT to our own child: perf writes its data and exits.
