@@ -189,7 +189,11 @@ pub struct SlotShare {
 #[serde(rename_all = "snake_case")]
 pub enum LocalityMode {
     /// No locality preference: every healthy endpoint gets an equal share.
-    Off { reason: String },
+    /// (The reasons are a few fixed texts: borrowed, not one copy per
+    /// destination of every service.)
+    Off {
+        reason: std::borrow::Cow<'static, str>,
+    },
     /// Istio's priorities (P0 same subzone ... Pn anywhere), with failover
     /// mappings when a FailoverPolicy gives them.
     Priority { policy: Option<String> },

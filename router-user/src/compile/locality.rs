@@ -55,7 +55,7 @@ pub fn priority_loads(levels: &[(u32, u32)]) -> Vec<u32> {
 #[derive(Clone, Debug)]
 pub enum Ranking {
     Off {
-        reason: String,
+        reason: &'static str,
     },
     Priority {
         policy: Option<String>,
@@ -181,7 +181,7 @@ pub fn tiers(
 ) -> (LocalityMode, Vec<TierPlan>) {
     let mode = match ranking {
         Ranking::Off { reason } => LocalityMode::Off {
-            reason: reason.clone(),
+            reason: std::borrow::Cow::Borrowed(reason),
         },
         Ranking::Priority { policy, .. } => LocalityMode::Priority {
             policy: policy.clone(),

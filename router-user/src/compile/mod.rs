@@ -252,14 +252,12 @@ impl<'a> Compiler<'a> {
             return Ranking::Off {
                 reason: "no OutlierDetectionPolicy applies, and (as in Istio) locality priorities need \
                          outlier detection; set RouterConfig localityRequiresOutlierDetection: false to \
-                         apply them anyway"
-                    .into(),
+                         apply them anyway",
             };
         }
         if s.node.locality.region.is_empty() {
             return Ranking::Off {
-                reason: "the node's region is not set (RouterConfig spec.region or --region)"
-                    .into(),
+                reason: "the node's region is not set (RouterConfig spec.region or --region)",
             };
         }
         let Some(fp) = fp else {

@@ -95,7 +95,9 @@ impl Delta {
 /// The compiled config: its units, what each depends on, and the plan.
 #[derive(Clone, Debug)]
 pub struct Compiled {
-    units: BTreeMap<String, HostUnit>,
+    /// (Boxed: a B-tree node holds eleven entries inline, and a unit is
+    /// 272 bytes; at 100,000 hosts the half-empty nodes cost 20 MB more.)
+    units: BTreeMap<String, Box<HostUnit>>,
     gateways: GatewayUnit,
     /// service -> the hosts that read its endpoints.
     readers: HashMap<ServiceId, Vec<String>>,
@@ -169,7 +171,7 @@ impl Compiled {
         for ((key, _), u) in each.into_iter().zip(compiled) {
             match u {
                 Ok(u) => {
-                    units.insert(key.clone(), u);
+                    units.insert(key.clone(), Box::new(u));
                 }
                 Err(e) => errors.extend(e),
             }
@@ -201,7 +203,7 @@ impl Compiled {
 
     fn assemble(
         v: &Validated,
-        units: BTreeMap<String, HostUnit>,
+        units: BTreeMap<String, Box<HostUnit>>,
         gateways: GatewayUnit,
         base_notices: Vec<Notice>,
     ) -> Compiled {
@@ -531,7 +533,7 @@ impl Compiled {
             self.plan.notices = self.notice_list();
         }
         let l7_changed = old.l7 != new.l7;
-        self.units.insert(key, new);
+        self.units.insert(key, Box::new(new));
         if l7_changed {
             self.plan.l7 = self
                 .units

@@ -355,7 +355,8 @@ pub struct RouteTableSpec {
     #[serde(default)]
     pub workload_selectors: Option<Vec<IgnoredAny>>,
     #[serde(default)]
-    pub default_destination: Option<Spanned<DestinationRef>>,
+    /// (Boxed: most tables have none, and the store keeps every table.)
+    pub default_destination: Option<Box<Spanned<DestinationRef>>>,
     /// Order among sibling delegated tables (higher first).
     #[serde(default)]
     pub weight: Option<i32>,
