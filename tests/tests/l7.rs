@@ -406,6 +406,24 @@ fn request_ids_are_added_and_trace_context_passes_through() {
     }
 }
 
+/// `te: trailers` (what gRPC clients send) reaches the endpoint; any other
+/// TE is hop-by-hop and does not.
+#[test]
+fn te_trailers_crosses_the_proxy_and_other_te_does_not() {
+    let l = setup();
+    let seen = |te: &str| {
+        let (code, body, ..) = curl(
+            &l.world,
+            &["-H", &format!("te: {te}"), "http://shop.t.mesh:8080/api/te"],
+            true,
+        );
+        assert_eq!(code, 200, "{body}");
+        answer(&body).headers.get("te").cloned()
+    };
+    assert_eq!(seen("trailers").as_deref(), Some("trailers"));
+    assert_eq!(seen("gzip"), None);
+}
+
 /// What `rt-probe ws` prints.
 #[derive(serde::Deserialize, Debug)]
 struct Ws {
