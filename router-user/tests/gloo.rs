@@ -738,14 +738,16 @@ fn retry_on_takes_gloos_string_with_status_codes() {
              config:\n    retries: {retries}\n"
         ))
     };
-    let p = plan(&retry(
-        "{retryOn: \"5xx,connect-failure,429,retriable-4xx\", perTryTimeout: 1s}",
-    ));
-    let l7 =
-        p.l7.iter()
-            .find(|s| s.host == "shop.mesh")
-            .expect("shop.mesh");
-    let r = l7.routes[0].policies.retry.as_ref().expect("retry policy");
+    // The retry policy of shop.mesh's first route.
+    let retry_of = |yaml: &str| {
+        let p = plan(&retry(yaml));
+        let l7 =
+            p.l7.iter()
+                .find(|s| s.host == "shop.mesh")
+                .expect("shop.mesh");
+        l7.routes[0].policies.retry.clone().expect("retry policy")
+    };
+    let r = retry_of("{retryOn: \"5xx,connect-failure,429,retriable-4xx\", perTryTimeout: 1s}");
     assert_eq!(r.attempts, 2, "Gloo's default: 2 retries");
     assert!(r.on_5xx && r.on_connect_failure && !r.on_reset);
     assert_eq!(r.status_codes, vec![409, 429]);
@@ -759,14 +761,9 @@ fn retry_on_takes_gloos_string_with_status_codes() {
         "{e}"
     );
     // Envoy's gRPC conditions, as their status codes (issue 15).
-    let p = plan(&retry(
+    let r = retry_of(
         "{retryOn: \"5xx,unavailable,cancelled,deadline-exceeded,internal,resource-exhausted\"}",
-    ));
-    let l7 =
-        p.l7.iter()
-            .find(|s| s.host == "shop.mesh")
-            .expect("shop.mesh");
-    let r = l7.routes[0].policies.retry.as_ref().expect("retry policy");
+    );
     assert_eq!(r.grpc_codes, vec![1, 4, 8, 13, 14]);
     assert!(r.on_5xx && r.status_codes.is_empty());
     let e = load(&retry("{retryOn: \"5xx,unavaliable\"}")).unwrap_err();

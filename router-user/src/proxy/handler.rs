@@ -871,11 +871,6 @@ async fn forward<B: ClientBodyIn>(
                         Outcome::Ok
                     },
                 );
-                let grpc = grpc_status(resp.headers());
-                let again = attempt + 1 < attempts
-                    && retry.as_ref().is_some_and(|p| {
-                        retriable(p, &Ok(code)) || grpc.is_some_and(|g| p.grpc_codes.contains(&g))
-                    });
                 if code == StatusCode::SWITCHING_PROTOCOLS {
                     return match upgrade.take() {
                         Some((client, scope)) if !dest.http2 => tunnel(resp, client, scope),
@@ -885,6 +880,11 @@ async fn forward<B: ClientBodyIn>(
                         ),
                     };
                 }
+                let grpc = grpc_status(resp.headers());
+                let again = attempt + 1 < attempts
+                    && retry.as_ref().is_some_and(|p| {
+                        retriable(p, &Ok(code)) || grpc.is_some_and(|g| p.grpc_codes.contains(&g))
+                    });
                 if !again {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);

@@ -186,13 +186,28 @@ impl Upstreams {
         ep: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let io = TokioIo::new(self.connect(ep).await?);
-        let (mut conn, driver) = http1::Builder::new().handshake(io).await.map_err(broken)?;
-        tokio::spawn(async move {
-            let _ = driver.with_upgrades().await;
-        });
+        let mut conn = self.open_h1(ep, true).await?;
         let resp = conn.send_request(req).await.map_err(broken)?;
         Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+
+    /// A new HTTP/1.1 connection to `ep`, its driver on a task of its own
+    /// (`upgrades`: able to hand itself over after a 101).
+    async fn open_h1(
+        &self,
+        ep: SocketAddr,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = TokioIo::new(self.connect(ep).await?);
+        let (conn, driver) = http1::Builder::new().handshake(io).await.map_err(broken)?;
+        tokio::spawn(async move {
+            let _ = if upgrades {
+                driver.with_upgrades().await
+            } else {
+                driver.await
+            };
+        });
+        Ok(conn)
     }
 
     /// A pooled connection to `ep` that can take a request now. One still
@@ -252,11 +267,7 @@ impl Upstreams {
                 },
             }
         }
-        let io = TokioIo::new(self.connect(ep).await?);
-        let (mut conn, driver) = http1::Builder::new().handshake(io).await.map_err(broken)?;
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
+        let mut conn = self.open_h1(ep, false).await?;
         let resp = conn.send_request(req).await.map_err(broken)?;
         self.recycle(ep, conn);
         Ok(resp)

@@ -842,19 +842,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     let mut rows = Vec::new();
     for (group, new_conn) in [("keep-alive", false), ("new connection per request", true)] {
         let c = |addr: &str| {
-            let mut v: Vec<String> = [
-                "http-bench",
-                addr,
-                "--path",
-                "/api/x",
-                "--conns",
-                &args.conns.to_string(),
-                "--millis",
-                &args.millis.to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut v = c_keepalive(addr, args);
             if new_conn {
                 v.push("--new-conn".into());
             }
@@ -907,7 +895,8 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// rt-probe's arguments for one keep-alive measurement of `addr`.
+/// rt-probe's arguments for one keep-alive measurement of `addr` (the
+/// HTTP suite adds `--new-conn` for its other mode).
 fn c_keepalive(addr: &str, args: &Args) -> Vec<String> {
     [
         "http-bench",
