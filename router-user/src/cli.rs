@@ -124,6 +124,12 @@ enum Cmd {
         /// 127.0.0.1:9477).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// The workloads hand-off directory: one JSON record per pod (its
+        /// namespace, name, network namespace and cgroup), written by a CNI
+        /// plugin or `routerd workload add`; routerd opens DNS and L7
+        /// listeners inside each (default: <state-dir>/workloads).
+        #[arg(long)]
+        workloads_dir: Option<PathBuf>,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -170,6 +176,100 @@ enum Cmd {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Hand workloads (pods in their own network namespaces) to the
+    /// daemon, or take them back, on hosts without a CNI plugin that does.
+    Workload {
+        #[command(subcommand)]
+        cmd: WorkloadCmd,
+        /// The running daemon's state directory.
+        #[arg(long, default_value = "/run/routerd", global = true)]
+        state_dir: PathBuf,
+        /// The hand-off directory (default: <state-dir>/workloads; the
+        /// daemon's --workloads-dir).
+        #[arg(long, global = true)]
+        workloads_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCmd {
+    /// Serve a pod: DNS and L7 listeners inside its network namespace.
+    Add {
+        /// The pod's Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The pod's name.
+        #[arg(long)]
+        name: String,
+        /// Its network namespace (/var/run/netns/NAME or /proc/PID/ns/net).
+        #[arg(long)]
+        netns: PathBuf,
+        /// Its cgroup v2 directory.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+    /// Forget a pod: its listeners close.
+    Remove {
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// The records, and what the daemon serves of each.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn workload_cmd(
+    cmd: WorkloadCmd,
+    state_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use crate::workload::{self, Workload};
+    match cmd {
+        WorkloadCmd::Add {
+            namespace,
+            name,
+            netns,
+            cgroup,
+        } => {
+            let w = Workload {
+                namespace,
+                name,
+                netns,
+                cgroup,
+            };
+            let path = workload::add(dir, &w)?;
+            println!(
+                "workload {} handed to routerd ({})",
+                w.key(),
+                path.display()
+            );
+        }
+        WorkloadCmd::Remove { namespace, name } => {
+            if workload::remove(dir, &namespace, &name)? {
+                println!("workload {namespace}/{name} removed");
+            } else {
+                eprintln!(
+                    "no workload {namespace}/{name} in {} (`routerd workload list` shows them)",
+                    dir.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        WorkloadCmd::List { json } => {
+            let (records, problems) = workload::read_dir(dir, false);
+            let served = workload::read_status(state_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&served)?);
+            } else {
+                print!("{}", workload::render(&records, &problems, &served));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `1s`, `500ms`, `2m`: Gloo's duration syntax.
@@ -218,6 +318,7 @@ pub fn main() -> ExitCode {
             listen_netns,
             allow_untrusted_config,
             metrics_addr,
+            workloads_dir,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -237,6 +338,7 @@ pub fn main() -> ExitCode {
                     services: max_services,
                     backends: max_backends,
                 },
+                workloads_dir: workloads_dir.unwrap_or_else(|| pins.state_dir.join("workloads")),
                 state_dir: pins.state_dir,
                 listen_netns,
                 cleanup,
@@ -337,6 +439,14 @@ pub fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         })(),
+        Cmd::Workload {
+            cmd,
+            state_dir,
+            workloads_dir,
+        } => {
+            let dir = workloads_dir.unwrap_or_else(|| state_dir.join("workloads"));
+            workload_cmd(cmd, &state_dir, &dir)
+        }
         Cmd::Stop { pins } => (|| {
             daemon::stop(&Pins::new(&pins.pin_root), &pins.state_dir)?;
             println!(

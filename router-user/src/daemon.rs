@@ -19,7 +19,7 @@
 //! triggers (health flaps, an editor's several writes) are coalesced into
 //! one recompile.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -50,6 +50,7 @@ use crate::{
     proxy::{Proxy, ProxyOptions},
     state::{self, StateWriter, pid_file, state_dir_ready},
     telemetry::{ReloadLabels, Telemetry},
+    workload::{self, Workload},
 };
 
 #[derive(Clone, Debug)]
@@ -70,6 +71,9 @@ pub struct RunOptions {
     pub allow_untrusted_config: bool,
     /// Serve Prometheus metrics here (`--metrics-addr`; None: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// The workloads hand-off directory (`--workloads-dir`; see
+    /// [`crate::workload`]).
+    pub workloads_dir: PathBuf,
 }
 
 /// Load, validate and compile (`routerd check`, `explain`, tests); the
@@ -368,6 +372,28 @@ async fn check_privileged_port(socks: &Sockets, port: u16) {
     }
 }
 
+/// A workload served: its namespace (the thread that makes sockets there,
+/// its cookie) and the listeners open in it.
+struct Pod {
+    workload: Workload,
+    /// Kept for the life of the workload: its thread stays in the namespace.
+    _socks: Sockets,
+    netns: u64,
+    listeners: Vec<String>,
+}
+
+fn listener_names(b: &Bound) -> Vec<String> {
+    let dns = [b.dns4, b.dns6]
+        .into_iter()
+        .flatten()
+        .map(|a| format!("dns:{a}"));
+    let proxy = [b.proxy4, b.proxy6]
+        .into_iter()
+        .flatten()
+        .map(|a| format!("proxy:{a}"));
+    dns.chain(proxy).collect()
+}
+
 /// Everything that serves: the datapath and the listeners, driven by plans.
 struct Serving {
     dp: Datapath,
@@ -380,6 +406,10 @@ struct Serving {
     watched: watch::Sender<Watched>,
     /// Where the kernel sends DNS and L7 connections now.
     bound: Bound,
+    /// The listener settings in force (what workloads' namespaces get).
+    listening: (crate::plan::DnsPlan, crate::plan::ProxyPlan),
+    /// The workloads served, by `namespace/name`.
+    workloads: BTreeMap<workload::Key, Pod>,
     state: StateWriter,
     telemetry: Arc<Telemetry>,
     /// With `--metrics-addr`: the kernel's counters named by the applied
@@ -423,6 +453,92 @@ impl Serving {
 }
 
 impl Serving {
+    /// Open `w`'s listeners inside its namespace and point the kernel at
+    /// them.
+    async fn serve_workload(&mut self, w: &Workload) -> Result<Pod> {
+        let socks = Sockets::start(Some(&w.netns))?;
+        let netns = socks.netns_cookie().await.with_context(|| {
+            format!(
+                "reading the cookie of network namespace {}",
+                w.netns.display()
+            )
+        })?;
+        if netns == self.netns {
+            anyhow::bail!(
+                "{} is the daemon's own listening namespace: a workload needs a network \
+                 namespace of its own (processes in the daemon's are served already)",
+                w.netns.display()
+            );
+        }
+        if let Some(other) = self.workloads.values().find(|p| p.netns == netns) {
+            anyhow::bail!(
+                "{} is workload {}'s network namespace too: one record per namespace",
+                w.netns.display(),
+                other.workload.key()
+            );
+        }
+        let bound = self.open_in(netns, &socks).await?;
+        Ok(Pod {
+            workload: w.clone(),
+            _socks: socks,
+            netns,
+            listeners: listener_names(&bound),
+        })
+    }
+
+    /// DNS and proxy listeners in namespace `netns` as `listening` says,
+    /// and the kernel's entry for it; nothing left open on failure.
+    async fn open_in(&mut self, netns: u64, socks: &Sockets) -> Result<Bound> {
+        let (dns, proxy) = &self.listening;
+        let opened = match self.dns.serve_in(netns, socks, dns).await {
+            Ok(d) => self
+                .proxy
+                .serve_in(netns, socks, proxy)
+                .await
+                .map(|p| Bound {
+                    proxy4: p.proxy4,
+                    proxy6: p.proxy6,
+                    ..d
+                }),
+            Err(e) => Err(e),
+        }
+        .and_then(|b| self.dp.set_listeners(netns, Some(&b)).map(|()| b));
+        if opened.is_err() {
+            self.close_in(netns);
+        }
+        opened
+    }
+
+    fn close_in(&mut self, netns: u64) {
+        let _ = self.dp.set_listeners(netns, None);
+        self.dns.leave(netns);
+        self.proxy.leave(netns);
+    }
+
+    /// After the plan moved the listeners: the workloads' follow.
+    async fn move_workloads(&mut self) {
+        let pods: Vec<(workload::Key, u64)> = self
+            .workloads
+            .iter()
+            .map(|(k, p)| (k.clone(), p.netns))
+            .collect();
+        for (key, netns) in pods {
+            let socks = self.workloads[&key]._socks.clone();
+            match self.open_in(netns, &socks).await {
+                Ok(b) => {
+                    if let Some(p) = self.workloads.get_mut(&key) {
+                        p.listeners = listener_names(&b);
+                    }
+                }
+                Err(e) => Event::WorkloadFailed {
+                    workload: key,
+                    error: format!("{e:#}"),
+                }
+                .emit(),
+            }
+        }
+    }
+
     /// Listeners for `plan` (bound beside the old ones when they moved).
     async fn prepare(&mut self, plan: &Plan) -> Result<Bound> {
         // DNS first: it only binds; the proxy also publishes its tables, so
@@ -456,6 +572,8 @@ impl Serving {
             self.dp.set_listeners(self.netns, Some(&self.bound))?;
             self.proxy.retire(plan);
             self.dns.retire();
+            self.listening = (plan.dns.clone(), plan.proxy.clone());
+            self.move_workloads().await;
         }
         if delta.all || delta.watched {
             self.watched.send_if_modified(|w| {
@@ -491,6 +609,39 @@ pub struct Daemon {
     /// The gateway listeners' TLS files (followed with `--watch` only).
     tls: TlsWatch,
     beat: (Arc<AtomicBool>, std::thread::JoinHandle<()>),
+    workloads: WorkloadWatch,
+}
+
+/// The workloads hand-off directory, watched.
+struct WorkloadWatch {
+    dir: PathBuf,
+    trusted_only: bool,
+    /// Records that could not be served, and why: tried again when the
+    /// record changes (or on SIGHUP), not on every event in the directory.
+    failed: BTreeMap<workload::Key, (Workload, String)>,
+    /// Problems with files of the directory, as last reported.
+    problems: Vec<String>,
+    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl WorkloadWatch {
+    fn new(dir: &Path, trusted_only: bool) -> Result<Self> {
+        use notify::{RecursiveMode, Watcher};
+        workload::ensure_dir(dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut w = path_watcher(tx)?;
+        w.watch(dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching the workloads directory {}", dir.display()))?;
+        Ok(WorkloadWatch {
+            dir: dir.to_path_buf(),
+            trusted_only,
+            failed: BTreeMap::new(),
+            problems: Vec::new(),
+            rx,
+            _watcher: w,
+        })
+    }
 }
 
 /// The signals `routerd run` handles (registered before anything else, so
@@ -655,6 +806,8 @@ impl Daemon {
             names: names_tx,
             watched: watched_tx,
             bound: Bound::default(),
+            listening: (serving_plan.dns.clone(), serving_plan.proxy.clone()),
+            workloads: BTreeMap::new(),
             state: StateWriter::spawn(opts.state_dir.clone())?,
             telemetry: telemetry.clone(),
             metrics: None,
@@ -708,6 +861,8 @@ impl Daemon {
         if opts.watch {
             tls.follow(control.plan().unwrap_or(&serving_plan));
         }
+        let mut workloads = WorkloadWatch::new(&opts.workloads_dir, !opts.allow_untrusted_config)?;
+        sync_workloads(&mut serving, &mut workloads, false, &opts.state_dir).await;
         Event::Ready {
             startup: startup.to_string(),
             compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -727,6 +882,7 @@ impl Daemon {
             _watcher: watcher,
             tls,
             beat: (stop_beat, beat),
+            workloads,
         })
     }
 
@@ -761,6 +917,14 @@ impl Daemon {
                     }
                     continue;
                 }
+                Some(_) = self.workloads.rx.recv() => {
+                    // `add` writes a temporary file, then renames it: let
+                    // the pair pass, then read the directory once.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    while self.workloads.rx.try_recv().is_ok() {}
+                    sync_workloads(&mut self.serving, &mut self.workloads, false, &self.opts.state_dir).await;
+                    continue;
+                }
                 _ = signals.term.recv() => break,
                 _ = signals.int.recv() => break,
             };
@@ -787,6 +951,17 @@ impl Daemon {
             }
             last_compile = Instant::now();
             self.reload(trigger).await;
+            if trigger == Trigger::Signal {
+                // Events may have been lost: read the hand-off again, and
+                // retry the records that failed.
+                sync_workloads(
+                    &mut self.serving,
+                    &mut self.workloads,
+                    true,
+                    &self.opts.state_dir,
+                )
+                .await;
+            }
         }
     }
 
@@ -923,6 +1098,10 @@ impl Daemon {
         let _ = beat.join();
         let mut serving = self.serving;
         let _ = serving.dp.set_listeners(serving.netns, None);
+        for pod in std::mem::take(&mut serving.workloads).into_values() {
+            serving.close_in(pod.netns);
+        }
+        let _ = std::fs::remove_file(workload::status_file(&opts.state_dir));
         serving.state.finish();
         if opts.cleanup {
             drop(serving);
@@ -935,6 +1114,83 @@ impl Daemon {
         .emit();
         Ok(())
     }
+}
+
+/// Serve the workloads the hand-off directory names now, forget those it
+/// no longer names; `retry`: try the failed records again even if they did
+/// not change. Records what is served in the state directory.
+async fn sync_workloads(
+    serving: &mut Serving,
+    watch: &mut WorkloadWatch,
+    retry: bool,
+    state_dir: &Path,
+) {
+    let started = Instant::now();
+    let (want, problems) = workload::read_dir(&watch.dir, watch.trusted_only);
+    if problems != watch.problems {
+        for p in &problems {
+            tracing::warn!("workloads directory: {p}");
+        }
+        watch.problems = problems;
+    }
+    let gone: Vec<workload::Key> = serving
+        .workloads
+        .iter()
+        .filter(|(k, p)| want.get(*k) != Some(&p.workload))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in gone {
+        if let Some(pod) = serving.workloads.remove(&key) {
+            serving.close_in(pod.netns);
+            Event::WorkloadForgotten { workload: key }.emit();
+        }
+    }
+    watch
+        .failed
+        .retain(|k, (w, _)| !retry && want.get(k) == Some(&*w));
+    for (key, w) in &want {
+        if serving.workloads.contains_key(key) || watch.failed.contains_key(key) {
+            continue;
+        }
+        match serving.serve_workload(w).await {
+            Ok(pod) => {
+                Event::WorkloadServed {
+                    workload: key.clone(),
+                    netns_cookie: pod.netns,
+                    listeners: pod.listeners.clone(),
+                    elapsed_ms: ms(started),
+                }
+                .emit();
+                serving.workloads.insert(key.clone(), pod);
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                Event::WorkloadFailed {
+                    workload: key.clone(),
+                    error: error.clone(),
+                }
+                .emit();
+                watch.failed.insert(key.clone(), (w.clone(), error));
+            }
+        }
+    }
+    let served: Vec<workload::Served> = serving
+        .workloads
+        .values()
+        .map(|p| workload::Served {
+            workload: p.workload.clone(),
+            netns_cookie: p.netns,
+            listeners: p.listeners.clone(),
+            error: None,
+        })
+        .chain(watch.failed.values().map(|(w, e)| workload::Served {
+            workload: w.clone(),
+            netns_cookie: 0,
+            listeners: Vec::new(),
+            error: Some(e.clone()),
+        }))
+        .collect();
+    workload::write_status(state_dir, &served);
 }
 
 /// Notices are logged when the config changed (an update of endpoints
@@ -979,6 +1235,9 @@ pub fn cleanup(pins: &Pins, state_dir: &Path) -> Result<()> {
     ] {
         let _ = std::fs::remove_file(f);
     }
+    // The workloads directory goes only when it is empty: its records are
+    // the CNI plugin's, kept for the next daemon.
+    let _ = std::fs::remove_dir(state_dir.join("workloads"));
     let _ = std::fs::remove_dir(state_dir);
     Ok(())
 }

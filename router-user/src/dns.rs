@@ -514,25 +514,52 @@ impl Counts {
     }
 }
 
-/// What every listener task shares.
+/// What every listener task shares. Queries are relayed from the
+/// daemon's namespace (`socks`), whichever namespace they came from.
 struct Shared {
     counts: Counts,
     socks: Sockets,
     names: watch::Receiver<Arc<Names>>,
     fallback: watch::Receiver<Arc<Vec<SocketAddr>>>,
     orig: Arc<OrigTable>,
-    netns: u64,
-    /// sock_diag, for the original resolver of captured UDP queries.
-    diag: Mutex<Option<OwnedFd>>,
     udp_forwards: Arc<Admission<IpAddr>>,
     tcp_conns: Arc<Admission<IpAddr>>,
 }
 
+/// One network namespace the server listens in: the daemon's (or
+/// `--listen-netns`), or a workload's.
+struct Space {
+    /// Makes the listener sockets there.
+    socks: Sockets,
+    /// Its cookie: how the kernel keys what clients there dialled.
+    netns: u64,
+    /// sock_diag there (a socket is found only from its own namespace), for
+    /// the original resolver of captured UDP queries.
+    diag: Mutex<Option<OwnedFd>>,
+}
+
+impl Space {
+    async fn new(socks: Sockets, netns: u64) -> Arc<Space> {
+        let diag = socks.diag().await.ok();
+        Arc::new(Space {
+            socks,
+            netns,
+            diag: Mutex::new(diag),
+        })
+    }
+}
+
 impl Shared {
-    /// Where a captured UDP query from `client` to our `listener` was going.
-    fn udp_origin(&self, client: SocketAddr, listener: SocketAddr) -> Option<SocketAddr> {
+    /// Where a captured UDP query from `client` to our `listener` in
+    /// `space` was going.
+    fn udp_origin(
+        &self,
+        space: &Space,
+        client: SocketAddr,
+        listener: SocketAddr,
+    ) -> Option<SocketAddr> {
         let cookie = {
-            let g = self.diag.lock().unwrap_or_else(|e| e.into_inner());
+            let g = space.diag.lock().unwrap_or_else(|e| e.into_inner());
             crate::sockdiag::udp_cookie(g.as_ref()?, client, listener).ok()??
         };
         self.orig.udp(cookie, listener)
@@ -566,7 +593,7 @@ impl Shared {
     }
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, shared: Arc<Shared>) {
+async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, space: Arc<Space>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_UDP + 1];
     let mut logged = None;
     loop {
@@ -596,9 +623,9 @@ async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, shared: Arc<Shared>) 
                     shared.counts.dropped.inc();
                     continue;
                 };
-                let (sock, shared) = (sock.clone(), shared.clone());
+                let (sock, shared, space) = (sock.clone(), shared.clone(), space.clone());
                 tokio::spawn(async move {
-                    let origin = shared.udp_origin(client, ours);
+                    let origin = shared.udp_origin(&space, client, ours);
                     let targets = shared.targets(origin, ours);
                     let resp = match shared.forward_udp(&targets, &query).await {
                         Some(r) => {
@@ -659,7 +686,7 @@ async fn serve_tcp_conn(
     }
 }
 
-async fn serve_tcp(l: TcpListener, ours: SocketAddr, shared: Arc<Shared>) {
+async fn serve_tcp(l: TcpListener, ours: SocketAddr, netns: u64, shared: Arc<Shared>) {
     let mut logged = None;
     loop {
         let (s, peer) = match l.accept().await {
@@ -669,7 +696,7 @@ async fn serve_tcp(l: TcpListener, ours: SocketAddr, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let origin = shared.orig.take_tcp(shared.netns, peer);
+        let origin = shared.orig.take_tcp(netns, peer);
         let Some(ticket) = shared.tcp_conns.try_take(peer.ip(), 1) else {
             continue;
         };
@@ -702,8 +729,13 @@ pub struct Dns {
     fallback: watch::Sender<Arc<Vec<SocketAddr>>>,
     listen_netns: Option<PathBuf>,
     orig_known: bool,
+    /// The daemon's namespace (or `--listen-netns`).
+    main: Arc<Space>,
     serving: Vec<Listening>,
     next: Option<Vec<Listening>>,
+    /// Workloads' namespaces, by cookie, with their listeners (moved in
+    /// place: see [`Dns::serve_in`]).
+    workloads: BTreeMap<u64, (Arc<Space>, Vec<Listening>)>,
 }
 
 impl Dns {
@@ -716,7 +748,7 @@ impl Dns {
         names: watch::Receiver<Arc<Names>>,
         telemetry: &Telemetry,
     ) -> Dns {
-        let diag = socks.diag().await.ok();
+        let main = Space::new(socks.clone(), netns).await;
         let (fallback, fallback_rx) = watch::channel(Arc::new(Vec::new()));
         let shared = Arc::new(Shared {
             counts: Counts::new(telemetry),
@@ -724,8 +756,6 @@ impl Dns {
             names,
             fallback: fallback_rx,
             orig,
-            netns,
-            diag: Mutex::new(diag),
             udp_forwards: Admission::new(MAX_UDP_FORWARDS, MAX_UDP_FORWARDS_PER_PEER),
             tcp_conns: Admission::new(MAX_TCP_CONNS, MAX_TCP_CONNS_PER_PEER),
         });
@@ -734,8 +764,10 @@ impl Dns {
             fallback,
             listen_netns,
             orig_known: false,
+            main,
             serving: Vec::new(),
             next: None,
+            workloads: BTreeMap::new(),
         }
     }
 
@@ -754,7 +786,7 @@ impl Dns {
         let Ok(client_addr) = client.local_addr() else {
             return false;
         };
-        let g = self.shared.diag.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.main.diag.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().is_some_and(|fd| {
             matches!(
                 crate::sockdiag::udp_cookie(fd, client_addr, server_addr),
@@ -777,7 +809,7 @@ impl Dns {
         if want != serving {
             let mut bound = Vec::new();
             for addr in &want {
-                bound.push(self.bind(*addr).await?);
+                bound.push(self.bind(&self.main, *addr).await?);
             }
             self.next = Some(bound);
         }
@@ -792,12 +824,7 @@ impl Dns {
             }
         }
         self.set_upstreams(dns, &want);
-        Ok(Bound {
-            dns4: want.iter().copied().find(SocketAddr::is_ipv4),
-            dns6: want.iter().copied().find(SocketAddr::is_ipv6),
-            capture: dns.capture,
-            ..Bound::default()
-        })
+        Ok(dns_bound(dns, &want))
     }
 
     fn set_upstreams(&self, dns: &DnsPlan, ours: &[SocketAddr]) {
@@ -826,20 +853,20 @@ impl Dns {
         });
     }
 
-    async fn bind(&self, addr: SocketAddr) -> Result<Listening> {
+    async fn bind(&self, space: &Arc<Space>, addr: SocketAddr) -> Result<Listening> {
         let hint = || {
             format!(
                 "binding the DNS listener {addr}: is another resolver there? Set RouterConfig \
                  spec.dns.listen/port, or --no-dns"
             )
         };
-        let udp = Arc::new(self.shared.socks.udp(addr).await.with_context(hint)?);
-        let tcp = self.shared.socks.listen(addr).await.with_context(hint)?;
+        let udp = Arc::new(space.socks.udp(addr).await.with_context(hint)?);
+        let tcp = space.socks.listen(addr).await.with_context(hint)?;
         let tasks = vec![
-            tokio::spawn(serve_udp(udp, addr, self.shared.clone())),
-            tokio::spawn(serve_tcp(tcp, addr, self.shared.clone())),
+            tokio::spawn(serve_udp(udp, addr, space.clone(), self.shared.clone())),
+            tokio::spawn(serve_tcp(tcp, addr, space.netns, self.shared.clone())),
         ];
-        tracing::info!(listen = %addr, "DNS serving virtual hosts");
+        tracing::info!(listen = %addr, netns = space.netns, "DNS serving virtual hosts");
         Ok(Listening { addr, tasks })
     }
 
@@ -848,6 +875,56 @@ impl Dns {
         if let Some(next) = self.next.take() {
             self.serving = next;
         }
+    }
+
+    /// Listen in a workload's namespace (cookie `netns`, sockets made by
+    /// `socks`) on the addresses `dns` asks for; again after the plan moved
+    /// them (the old ones are closed first: the workload's DNS is down for
+    /// the moment in between, where the daemon's own namespace binds the new
+    /// ones beside the old). Returns the addresses bound (none with DNS off).
+    pub async fn serve_in(&mut self, netns: u64, socks: &Sockets, dns: &DnsPlan) -> Result<Bound> {
+        let want = if dns.enabled {
+            dns.listeners()
+        } else {
+            Vec::new()
+        };
+        let space = match self.workloads.get_mut(&netns) {
+            Some((space, serving)) => {
+                if serving.iter().map(|l| l.addr).eq(want.iter().copied()) {
+                    return Ok(dns_bound(dns, &want));
+                }
+                serving.clear();
+                space.clone()
+            }
+            None => Space::new(socks.clone(), netns).await,
+        };
+        let mut bound = Vec::new();
+        for addr in &want {
+            match self.bind(&space, *addr).await {
+                Ok(l) => bound.push(l),
+                Err(e) => {
+                    self.workloads.remove(&netns);
+                    return Err(e);
+                }
+            }
+        }
+        self.workloads.insert(netns, (space, bound));
+        Ok(dns_bound(dns, &want))
+    }
+
+    /// Stop listening in a workload's namespace.
+    pub fn leave(&mut self, netns: u64) {
+        self.workloads.remove(&netns);
+    }
+}
+
+/// The DNS part of what the kernel points at: the listeners `want`.
+fn dns_bound(dns: &DnsPlan, want: &[SocketAddr]) -> Bound {
+    Bound {
+        dns4: want.iter().copied().find(SocketAddr::is_ipv4),
+        dns6: want.iter().copied().find(SocketAddr::is_ipv6),
+        capture: dns.capture && !want.is_empty(),
+        ..Bound::default()
     }
 }
 

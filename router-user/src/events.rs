@@ -149,6 +149,22 @@ pub enum Event {
     /// The daemon stopped; `removed`: the datapath (pinned in `dir`) went
     /// with it.
     Stopped { removed: bool, dir: String },
+    /// A workload's listeners are open inside its network namespace and the
+    /// kernel points its DNS and L7 connections there.
+    WorkloadServed {
+        /// `namespace/name`.
+        workload: String,
+        netns_cookie: u64,
+        /// `dns:127.0.0.153:53`, `proxy:127.0.0.1:1000`.
+        listeners: Vec<String>,
+        /// From reading its record to the kernel pointing at the listeners.
+        elapsed_ms: f64,
+    },
+    /// A workload's record went away (or changed): its listeners are closed.
+    WorkloadForgotten { workload: String },
+    /// A workload's record could not be served; the record stays and is
+    /// tried again when it changes (or on SIGHUP).
+    WorkloadFailed { workload: String, error: String },
 }
 
 impl Event {
@@ -176,7 +192,8 @@ impl Event {
             } => Level::ERROR,
             Event::PartialWrite { .. }
             | Event::EndpointUnhealthy { .. }
-            | Event::EndpointEjected { .. } => Level::WARN,
+            | Event::EndpointEjected { .. }
+            | Event::WorkloadFailed { .. } => Level::WARN,
             Event::ConnectionsClosed { failed, .. } if *failed > 0 => Level::WARN,
             _ => Level::INFO,
         }
@@ -387,6 +404,25 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "stopped; the datapath keeps routing from {dir} (run `routerd stop` to remove it)"
+            ),
+            Event::WorkloadServed {
+                workload,
+                netns_cookie,
+                listeners,
+                elapsed_ms,
+            } => write!(
+                f,
+                "serving workload {workload} in its network namespace (cookie {netns_cookie}): \
+                 {} in {elapsed_ms:.1} ms",
+                listeners.join(", ")
+            ),
+            Event::WorkloadForgotten { workload } => {
+                write!(f, "workload {workload} is gone: its listeners are closed")
+            }
+            Event::WorkloadFailed { workload, error } => write!(
+                f,
+                "cannot serve workload {workload}: {error} (its L4 VIPs still work; DNS capture \
+                 and L7 VIPs do not there until its record is fixed)"
             ),
         }
     }

@@ -23,3 +23,4 @@ pub mod sockdiag;
 pub mod state;
 pub mod telemetry;
 pub mod testing;
+pub mod workload;

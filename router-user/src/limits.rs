@@ -345,6 +345,27 @@ pub fn tune_allocator() {
     }
 }
 
+/// Why `md` (of `p`) is not to be trusted, if it is not: not owned by root
+/// or this user, or writable by group or others. Pure. (Config files and
+/// the workloads directory are held to it.)
+pub fn untrusted(md_uid: u32, md_mode: u32, me: u32) -> Option<String> {
+    if md_uid != 0 && md_uid != me {
+        return Some(format!("it is owned by uid {md_uid}, not root"));
+    }
+    if md_mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by {} (mode {:o})",
+            if md_mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            md_mode & 0o7777
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

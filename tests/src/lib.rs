@@ -1158,6 +1158,9 @@ impl Routerd {
 impl Drop for Routerd {
     fn drop(&mut self) {
         self.kill9();
+        // The workloads handed to this test's daemon (records a real node's
+        // CNI plugin would keep across restarts).
+        let _ = std::fs::remove_dir_all(self.state_dir.join("workloads"));
         let _ = router_user::daemon::cleanup(
             &router_user::datapath::Pins::new(&self.pin_root),
             &self.state_dir,

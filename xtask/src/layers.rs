@@ -15,7 +15,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["netns"],
     // The plan: plain values, the seam between config and kernel.
     &["plan", "events"],
-    &["state"],
+    // The state directory, and the workloads hand-off beside it.
+    &["state", "workload"],
     // Config: load, validate, resolve (routes and selectors included).
     &["config"],
     &["compile"],

@@ -205,6 +205,8 @@ pub struct Proxy {
     /// The east-west listeners serving, and those bound for the next plan.
     east_west: Vec<Running>,
     next_east_west: Option<Vec<Running>>,
+    /// East-west listeners inside workloads' namespaces, by cookie.
+    workloads: BTreeMap<u64, Vec<Running>>,
     gateways: BTreeMap<u16, Gateway>,
     /// The access log's writer (its path; None: stdout) and queue, while a
     /// plan asks for one.
@@ -635,6 +637,7 @@ impl Proxy {
             idle,
             east_west: Vec::new(),
             next_east_west: None,
+            workloads: BTreeMap::new(),
             gateways: BTreeMap::new(),
             log_writer: None,
         }
@@ -655,15 +658,16 @@ impl Proxy {
 
     /// Bind the east-west listeners for `want`. The IPv6 one is optional:
     /// where IPv6 is off (`::1` cannot be bound) the proxy goes on without it.
-    async fn bind_east_west(&self, want: &ProxyPlan) -> Result<Vec<Running>> {
+    async fn bind_east_west(
+        &self,
+        socks: &Sockets,
+        netns: u64,
+        want: &ProxyPlan,
+    ) -> Result<Vec<Running>> {
         let mut out = Vec::new();
         for a in want.listeners() {
-            match self.socks.listen(a).await {
-                Ok(l) => out.push(self.acceptor().spawn_east_west(
-                    l,
-                    self.orig.clone(),
-                    self.opts.netns,
-                )),
+            match socks.listen(a).await {
+                Ok(l) => out.push(self.acceptor().spawn_east_west(l, self.orig.clone(), netns)),
                 Err(e)
                     if a.is_ipv6()
                         && matches!(
@@ -744,7 +748,10 @@ impl Proxy {
         let serving: Vec<SocketAddr> = self.east_west.iter().map(|r| r.addr).collect();
         let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();
         let next = if needs_bind {
-            Some(self.bind_east_west(&plan.proxy).await?)
+            Some(
+                self.bind_east_west(&self.socks, self.opts.netns, &plan.proxy)
+                    .await?,
+            )
         } else {
             None
         };
@@ -831,6 +838,42 @@ impl Proxy {
             proxy6: bound_on.iter().copied().find(SocketAddr::is_ipv6),
             ..Bound::default()
         })
+    }
+
+    /// Serve east-west connections from inside a workload's namespace
+    /// (cookie `netns`, sockets made by `socks`) on the addresses `proxy`
+    /// asks for; again after the plan moved them (closed first, then bound:
+    /// the workload's L7 VIPs are refused for the moment in between). The
+    /// connections to endpoints leave from the daemon's namespace, as the
+    /// node's other proxied connections do. Returns the addresses bound.
+    pub async fn serve_in(
+        &mut self,
+        netns: u64,
+        socks: &Sockets,
+        proxy: &ProxyPlan,
+    ) -> Result<Bound> {
+        let want = proxy.listeners();
+        let same = self
+            .workloads
+            .get(&netns)
+            .is_some_and(|r| r.iter().map(|r| r.addr).eq(want.iter().copied()));
+        if !same {
+            self.workloads.remove(&netns);
+            let running = self.bind_east_west(socks, netns, proxy).await?;
+            self.workloads.insert(netns, running);
+        }
+        let on = &self.workloads[&netns];
+        Ok(Bound {
+            proxy4: on.iter().map(|r| r.addr).find(SocketAddr::is_ipv4),
+            proxy6: on.iter().map(|r| r.addr).find(SocketAddr::is_ipv6),
+            ..Bound::default()
+        })
+    }
+
+    /// Stop serving in a workload's namespace (connections already accepted
+    /// go on).
+    pub fn leave(&mut self, netns: u64) {
+        self.workloads.remove(&netns);
     }
 
     /// Close what the plan no longer uses (call after the kernel moved).
