@@ -105,12 +105,18 @@ pub const MAP_BACKEND_HEALTH: &str = map_name!("BHLTH");
 /// connections to, for the daemon to confirm (slot tables recompiled
 /// without it) or lift.
 pub const MAP_EJECTIONS: &str = map_name!("EJECT");
+/// `VisKey -> u32` (1): which network namespaces see which workload-scoped
+/// VIPs (the hosts of RouteTables with `workloadSelectors`). A service
+/// whose header has [`SVC_F_SCOPED`] is used only by callers whose
+/// namespace has an entry for the VIP; others are refused as if the VIP
+/// did not exist.
+pub const MAP_VISIBLE: &str = map_name!("VIS");
 
 /// The kernel object's maps: `(key the eBPF sources name it by, map name)`.
 /// router-ebpf's build script turns this table into the `router_map!`
 /// macro that puts each name on its map definition, so the names exist
 /// here only.
-pub const KERNEL_MAPS: [(&str, &str); 15] = [
+pub const KERNEL_MAPS: [(&str, &str); 16] = [
     ("services", MAP_SERVICES),
     ("slots", MAP_SLOTS),
     ("backends", MAP_BACKENDS),
@@ -126,10 +132,11 @@ pub const KERNEL_MAPS: [(&str, &str); 15] = [
     ("alive", MAP_ALIVE),
     ("backend_health", MAP_BACKEND_HEALTH),
     ("ejections", MAP_EJECTIONS),
+    ("visible", MAP_VISIBLE),
 ];
 
 /// Every map the daemon pins, in the order it creates them.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -145,6 +152,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     MAP_ALIVE,
     MAP_BACKEND_HEALTH,
     MAP_EJECTIONS,
+    MAP_VISIBLE,
 ];
 
 /// The cgroup sock_addr programs, by ELF symbol name.
@@ -202,6 +210,9 @@ pub const MAX_UDP_REVNAT: u32 = 65_536;
 pub const MAX_ORIG_DST: u32 = 65_536;
 /// Network namespaces with listeners.
 pub const MAX_LISTENER_NETNS: u32 = 4_096;
+/// (workload namespace, scoped VIP) pairs: e.g. 200 pods each seeing 160
+/// scoped VIPs (both families).
+pub const MAX_VISIBLE: u32 = 65_536;
 /// Bytes of the kernel-ejection ring buffer (a page multiple; 32-byte events
 /// plus an 8-byte header: 1,600 ejections before the daemon reads).
 pub const EJECTIONS_RING_BYTES: u32 = 65_536;
@@ -247,6 +258,11 @@ pub const ALIVE_NS: u64 = 3_000_000_000;
 /// listener of the caller's network namespace in `MAP_LISTENERS`); there are
 /// no slots.
 pub const SVC_F_PROXY: u16 = 1;
+/// `SvcHeader::flags`: the service's host is workload-scoped (a RouteTable
+/// with `workloadSelectors`): only callers whose network namespace has an
+/// entry in [`MAP_VISIBLE`] for the VIP may use it; the others are refused
+/// with [`ERRNO_UNKNOWN_VIP`], as if it did not exist.
+pub const SVC_F_SCOPED: u16 = 2;
 
 /// `RevNat::flags`: the connection was handed to one of the daemon's
 /// listeners (the L7 proxy or DNS); `tcp_ops` records its original
@@ -477,6 +493,20 @@ pub struct UdpRevValue {
     pub _pad: [u8; 6],
 }
 
+/// Key of [`MAP_VISIBLE`]: a workload's network namespace and a scoped VIP
+/// it sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct VisKey {
+    /// Cookie of the workload's network namespace (host byte order).
+    pub netns: u64,
+    /// The VIP, network byte order (IPv4 in the first word).
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Key of [`MAP_ORIG_DST`]: a TCP client as the daemon's listener sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -617,6 +647,7 @@ assert_layout!(KernelEjection, 32);
 assert_layout!(UdpRevKey, 32);
 assert_layout!(UdpRevValue, 24);
 assert_layout!(OrigKey, 32);
+assert_layout!(VisKey, 32);
 assert_layout!(OrigDst, 24);
 assert_layout!(SvcStats, 32);
 assert_layout!(BackendStats, 32);
@@ -648,6 +679,7 @@ mod pod {
     unsafe impl aya::Pod for GlobalConfig {}
     unsafe impl aya::Pod for Listeners {}
     unsafe impl aya::Pod for OrigKey {}
+    unsafe impl aya::Pod for VisKey {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for UdpRevKey {}

@@ -75,9 +75,9 @@ use router_common::{
     EJECT_PROBES, EJECTIONS_RING_BYTES, ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP,
     FAIL_RESET, FAIL_SYN_TIMEOUT, FAMILY_V4, FAMILY_V6, GlobalConfig, GlobalStats, KernelEjection,
     LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
-    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, Meta, OrigDst, OrigKey, PROTO_UDP,
-    REV_F_DAEMON, REV_F_FAILED, REV_F_WATCH, RevNat, SVC_F_PROXY, SlotKey, SvcHeader, SvcKey,
-    SvcStats, UdpRevKey, UdpRevValue, addr,
+    MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, MAX_VISIBLE, Meta, OrigDst, OrigKey, PROTO_UDP,
+    REV_F_DAEMON, REV_F_FAILED, REV_F_WATCH, RevNat, SVC_F_PROXY, SVC_F_SCOPED, SlotKey, SvcHeader,
+    SvcKey, SvcStats, UdpRevKey, UdpRevValue, VisKey, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -141,6 +141,10 @@ router_map!(meta, static META: Array<Meta, 1> = Array::new(););
 router_map!(
     backend_health,
     static BACKEND_HEALTH: Array<BackendHealth, { MAX_BACKENDS as usize }> = Array::new();
+);
+router_map!(
+    visible,
+    static VISIBLE: HashMap<VisKey, u32, { MAX_VISIBLE as usize }, NO_PREALLOC> = HashMap::new();
 );
 router_map!(
     ejections,
@@ -326,6 +330,21 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &GlobalConfig, key: &SvcKey) -> Opti
     })
 }
 
+/// Does the caller's network namespace see this workload-scoped VIP? (One
+/// more hash lookup, only for scoped services.)
+#[inline(always)]
+fn visible(ctx: &SockAddrContext, key: &SvcKey) -> bool {
+    let k = VisKey {
+        // SAFETY: helper call on the sock_addr ctx.
+        netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+        addr: key.addr,
+        family: key.family,
+        _pad: [0; 7],
+    };
+    // SAFETY: only the presence is read.
+    unsafe { VISIBLE.get(&k) }.is_some()
+}
+
 /// The O(1) lookup: header, one slot, one backend. `pick` is a 32-bit value
 /// (random for connect, the socket cookie for unconnected UDP).
 #[inline(always)]
@@ -335,8 +354,14 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
     let Some(hdr) = (unsafe { SERVICES.get(key) }) else {
         return miss(ctx, key);
     };
-    let (svc_id, count, base) = (hdr.svc_id, hdr.count, hdr.base);
-    if hdr.flags & SVC_F_PROXY != 0 {
+    let (svc_id, count, base, flags) = (hdr.svc_id, hdr.count, hdr.base, hdr.flags);
+    if flags & SVC_F_SCOPED != 0 && !visible(ctx, key) {
+        // A workload-scoped host this caller's namespace does not see: as
+        // if the VIP did not exist.
+        bump_global(|s| s.unknown_vip += 1);
+        return Verdict::Refuse(ERRNO_UNKNOWN_VIP);
+    }
+    if flags & SVC_F_PROXY != 0 {
         return proxy(ctx, key, svc_id, kind);
     }
     if count == 0 {

@@ -153,6 +153,10 @@ enum Cmd {
         /// healthy), even while a daemon runs.
         #[arg(long)]
         files: bool,
+        /// As this workload (`namespace/name` of a Pod in the inventory)
+        /// sees the host: route tables with workloadSelectors included.
+        #[arg(long)]
+        workload: Option<String>,
     },
     /// Read the pinned maps: services, backends, counters.
     Inspect {
@@ -354,6 +358,7 @@ pub fn main() -> ExitCode {
             config,
             state_dir,
             files,
+            workload,
         } => (|| {
             let served = if files {
                 None
@@ -388,7 +393,7 @@ pub fn main() -> ExitCode {
                     ),
                 ),
             };
-            match explain::explain_health(&plan, &target, &out) {
+            match explain::explain_health(&plan, &target, &out, workload.as_deref()) {
                 Ok(text) => {
                     println!("# {source}");
                     print!("{text}");

@@ -410,6 +410,12 @@ struct Serving {
     listening: (crate::plan::DnsPlan, crate::plan::ProxyPlan),
     /// The workloads served, by `namespace/name`.
     workloads: BTreeMap<workload::Key, Pod>,
+    /// Which workloads see which hosts, as the applied plan says.
+    scopes: crate::plan::Scopes,
+    /// The workloads were read once: `MAP_VISIBLE` may be written (until
+    /// then it keeps what the previous daemon left, so that a restart does
+    /// not take scoped L4 VIPs from the workloads for a moment).
+    visible_ready: bool,
     state: StateWriter,
     telemetry: Arc<Telemetry>,
     /// With `--metrics-addr`: the kernel's counters named by the applied
@@ -477,7 +483,7 @@ impl Serving {
                 other.workload.key()
             );
         }
-        let bound = self.open_in(netns, &socks).await?;
+        let bound = self.open_in(netns, &socks, &w.key()).await?;
         Ok(Pod {
             workload: w.clone(),
             _socks: socks,
@@ -488,9 +494,9 @@ impl Serving {
 
     /// DNS and proxy listeners in namespace `netns` as `listening` says,
     /// and the kernel's entry for it; nothing left open on failure.
-    async fn open_in(&mut self, netns: u64, socks: &Sockets) -> Result<Bound> {
+    async fn open_in(&mut self, netns: u64, socks: &Sockets, workload: &str) -> Result<Bound> {
         let (dns, proxy) = &self.listening;
-        let opened = match self.dns.serve_in(netns, socks, dns).await {
+        let opened = match self.dns.serve_in(netns, socks, dns, workload).await {
             Ok(d) => self
                 .proxy
                 .serve_in(netns, socks, proxy)
@@ -509,6 +515,21 @@ impl Serving {
         opened
     }
 
+    /// The kernel's `MAP_VISIBLE` for the workloads served and the plan's
+    /// scoped hosts.
+    fn sync_visible(&mut self) -> Result<()> {
+        if !self.visible_ready {
+            return Ok(());
+        }
+        let want = self
+            .scopes
+            .visibility(self.workloads.iter().map(|(k, p)| (k.as_str(), p.netns)))
+            .into_iter()
+            .map(|(netns, vip)| datapath::sync::vis_key(netns, vip))
+            .collect();
+        self.dp.set_visible(want)
+    }
+
     fn close_in(&mut self, netns: u64) {
         let _ = self.dp.set_listeners(netns, None);
         self.dns.leave(netns);
@@ -524,7 +545,7 @@ impl Serving {
             .collect();
         for (key, netns) in pods {
             let socks = self.workloads[&key]._socks.clone();
-            match self.open_in(netns, &socks).await {
+            match self.open_in(netns, &socks, &key).await {
                 Ok(b) => {
                     if let Some(p) = self.workloads.get_mut(&key) {
                         p.listeners = listener_names(&b);
@@ -568,6 +589,12 @@ impl Serving {
                     .apply_changes(plan, &delta.services, &delta.backends)
             }
         })?;
+        if delta.all {
+            // Workload-scoped hosts: their VIPs for the workloads that
+            // select them (before their names are answered, below).
+            self.scopes = crate::plan::Scopes::of(plan);
+            self.sync_visible()?;
+        }
         if delta.all || delta.proxy {
             self.dp.set_listeners(self.netns, Some(&self.bound))?;
             self.proxy.retire(plan);
@@ -808,6 +835,8 @@ impl Daemon {
             bound: Bound::default(),
             listening: (serving_plan.dns.clone(), serving_plan.proxy.clone()),
             workloads: BTreeMap::new(),
+            scopes: crate::plan::Scopes::of(&serving_plan),
+            visible_ready: false,
             state: StateWriter::spawn(opts.state_dir.clone())?,
             telemetry: telemetry.clone(),
             metrics: None,
@@ -1098,6 +1127,8 @@ impl Daemon {
         let _ = beat.join();
         let mut serving = self.serving;
         let _ = serving.dp.set_listeners(serving.netns, None);
+        // The workloads' listeners go; their scoped VIPs stay (L4 keeps
+        // routing while no daemon runs, as for every other caller).
         for pod in std::mem::take(&mut serving.workloads).into_values() {
             serving.close_in(pod.netns);
         }
@@ -1139,10 +1170,11 @@ async fn sync_workloads(
         .filter(|(k, p)| want.get(*k) != Some(&p.workload))
         .map(|(k, _)| k.clone())
         .collect();
+    let mut events = Vec::new();
     for key in gone {
         if let Some(pod) = serving.workloads.remove(&key) {
             serving.close_in(pod.netns);
-            Event::WorkloadForgotten { workload: key }.emit();
+            events.push(Event::WorkloadForgotten { workload: key });
         }
     }
     watch
@@ -1154,25 +1186,42 @@ async fn sync_workloads(
         }
         match serving.serve_workload(w).await {
             Ok(pod) => {
-                Event::WorkloadServed {
+                if !serving.scopes.hosts.is_empty() && !serving.scopes.knows(key) {
+                    tracing::warn!(
+                        "workload {key} has no Pod in the inventory (a `v1 Pod` named {key} \
+                         in this node's cluster): it sees only the route tables without \
+                         workloadSelectors"
+                    );
+                }
+                events.push(Event::WorkloadServed {
                     workload: key.clone(),
                     netns_cookie: pod.netns,
                     listeners: pod.listeners.clone(),
-                    elapsed_ms: ms(started),
-                }
-                .emit();
+                    elapsed_ms: 0.0,
+                });
                 serving.workloads.insert(key.clone(), pod);
             }
             Err(e) => {
                 let error = format!("{e:#}");
-                Event::WorkloadFailed {
+                events.push(Event::WorkloadFailed {
                     workload: key.clone(),
                     error: error.clone(),
-                }
-                .emit();
+                });
                 watch.failed.insert(key.clone(), (w.clone(), error));
             }
         }
+    }
+    // The scoped VIPs of every workload served, once (at start-up, the
+    // previous daemon's entries stay until every workload is back).
+    serving.visible_ready = true;
+    if let Err(e) = serving.sync_visible() {
+        tracing::warn!("could not write the workloads' scoped VIPs: {e:#}");
+    }
+    for mut e in events {
+        if let Event::WorkloadServed { elapsed_ms, .. } = &mut e {
+            *elapsed_ms = ms(started);
+        }
+        e.emit();
     }
     let served: Vec<workload::Served> = serving
         .workloads

@@ -73,33 +73,61 @@ pub struct Names {
     /// Lower-case name without the trailing dot -> (IPv4 VIP, IPv6 VIP if
     /// the host has an IPv6 service).
     pub by_name: HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>,
+    /// Workload-scoped hosts: (workload `namespace/name`, name) -> the
+    /// VIPs that workload sees under the name (before `by_name`).
+    pub scoped: HashMap<(String, String), (Ipv4Addr, Option<Ipv6Addr>)>,
     pub ttl: u32,
 }
 
 impl Names {
     pub fn from_plan(plan: &Plan) -> Self {
         // One pass over the services (not one per host: 100,000 hosts).
-        let with6: std::collections::HashSet<String> = plan
+        let with6: std::collections::HashSet<IpAddr> = plan
             .services
             .iter()
             .filter(|s| s.vip.is_ipv6())
-            .map(|s| s.host.to_ascii_lowercase())
+            .map(|s| s.vip)
             .collect();
-        let by_name = plan
-            .hosts
-            .iter()
-            .map(|h| {
-                let has6 = with6.contains(&h.name.to_ascii_lowercase());
-                (
-                    h.name.to_ascii_lowercase(),
-                    (h.vip4, has6.then_some(h.vip6)),
-                )
-            })
-            .collect();
+        let vips = |h: &crate::plan::HostPlan| {
+            let has6 = with6.contains(&IpAddr::V6(h.vip6));
+            (h.vip4, has6.then_some(h.vip6))
+        };
+        let mut by_name = HashMap::new();
+        let mut scoped = HashMap::new();
+        for h in &plan.hosts {
+            if h.workload_selectors.is_empty() {
+                by_name.insert(h.name.to_ascii_lowercase(), vips(h));
+                continue;
+            }
+            // Hosts of one name are adjacent, in the order `host_for`
+            // chooses: the first that selects a workload is its answer.
+            for w in plan.workloads.iter().filter(|w| h.visible_to(Some(w))) {
+                scoped
+                    .entry((w.key(), h.name.to_ascii_lowercase()))
+                    .or_insert_with(|| vips(h));
+            }
+        }
         Names {
             by_name,
+            scoped,
             ttl: plan.dns.ttl,
         }
+    }
+
+    /// The VIPs of `name` (lower case, no trailing dot) as `workload`
+    /// (`namespace/name`; None: a caller that is no workload) sees them.
+    pub fn lookup(
+        &self,
+        name: &str,
+        workload: Option<&str>,
+    ) -> Option<(Ipv4Addr, Option<Ipv6Addr>)> {
+        if let Some(w) = workload
+            && !self.scoped.is_empty()
+            && let Some(v) = self.scoped.get(&(w.to_string(), name.to_string()))
+        {
+            return Some(*v);
+        }
+        self.by_name.get(name).copied()
     }
 }
 
@@ -129,6 +157,12 @@ fn soa(name: &Name, ttl: u32) -> Record {
 
 /// Decide and, for our names, build the answer. Pure: no sockets.
 pub fn respond(query: &[u8], names: &Names) -> Reply {
+    respond_for(query, names, None)
+}
+
+/// [`respond`] for a query from workload `workload` (`namespace/name`),
+/// which also sees the workload-scoped hosts that select it.
+pub fn respond_for(query: &[u8], names: &Names, workload: Option<&str>) -> Reply {
     let msg = match Message::from_vec(query) {
         Ok(m) => m,
         // The header is there and says "standard query": tell the client it
@@ -151,7 +185,7 @@ pub fn respond(query: &[u8], names: &Names) -> Reply {
     let q = &msg.queries[0];
     let key = q.name().to_lowercase().to_ascii();
     let key = key.trim_end_matches('.');
-    let Some((v4, v6)) = names.by_name.get(key) else {
+    let Some((v4, v6)) = names.lookup(key, workload) else {
         return Reply::Forward;
     };
     let mut resp = Message::response(msg.metadata.id, OpCode::Query);
@@ -162,17 +196,13 @@ pub fn respond(query: &[u8], names: &Names) -> Reply {
     let name = q.name().clone();
     let want = q.query_type();
     if matches!(want, RecordType::A | RecordType::ANY) {
-        resp.add_answer(Record::from_rdata(
-            name.clone(),
-            names.ttl,
-            RData::A(A(*v4)),
-        ));
+        resp.add_answer(Record::from_rdata(name.clone(), names.ttl, RData::A(A(v4))));
     }
     if let (RecordType::AAAA | RecordType::ANY, Some(v6)) = (want, v6) {
         resp.add_answer(Record::from_rdata(
             name.clone(),
             names.ttl,
-            RData::AAAA(AAAA(*v6)),
+            RData::AAAA(AAAA(v6)),
         ));
     }
     if resp.answers.is_empty() {
@@ -531,6 +561,9 @@ struct Shared {
 struct Space {
     /// Makes the listener sockets there.
     socks: Sockets,
+    /// The workload (`namespace/name`) whose namespace it is; None: the
+    /// daemon's.
+    workload: Option<String>,
     /// Its cookie: how the kernel keys what clients there dialled.
     netns: u64,
     /// sock_diag there (a socket is found only from its own namespace), for
@@ -539,10 +572,11 @@ struct Space {
 }
 
 impl Space {
-    async fn new(socks: Sockets, netns: u64) -> Arc<Space> {
+    async fn new(socks: Sockets, netns: u64, workload: Option<String>) -> Arc<Space> {
         let diag = socks.diag().await.ok();
         Arc::new(Space {
             socks,
+            workload,
             netns,
             diag: Mutex::new(diag),
         })
@@ -609,7 +643,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, ours: SocketAddr, space: Arc<Space>, sh
             continue; // oversized: no resolver sends these
         }
         let query = buf[..n].to_vec();
-        let reply = respond(&query, &shared.names.borrow());
+        let reply = respond_for(&query, &shared.names.borrow(), space.workload.as_deref());
         match reply {
             Reply::Local(b) => {
                 shared.counts.answered.inc();
@@ -651,13 +685,14 @@ async fn serve_tcp_conn(
     mut s: TcpStream,
     origin: Option<SocketAddr>,
     ours: SocketAddr,
+    space: Arc<Space>,
     shared: Arc<Shared>,
 ) {
     loop {
         let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut s)).await else {
             return;
         };
-        let reply = respond(&query, &shared.names.borrow());
+        let reply = respond_for(&query, &shared.names.borrow(), space.workload.as_deref());
         let out = match reply {
             Reply::Local(b) => {
                 shared.counts.answered.inc();
@@ -686,7 +721,7 @@ async fn serve_tcp_conn(
     }
 }
 
-async fn serve_tcp(l: TcpListener, ours: SocketAddr, netns: u64, shared: Arc<Shared>) {
+async fn serve_tcp(l: TcpListener, ours: SocketAddr, space: Arc<Space>, shared: Arc<Shared>) {
     let mut logged = None;
     loop {
         let (s, peer) = match l.accept().await {
@@ -696,13 +731,13 @@ async fn serve_tcp(l: TcpListener, ours: SocketAddr, netns: u64, shared: Arc<Sha
                 continue;
             }
         };
-        let origin = shared.orig.take_tcp(netns, peer);
+        let origin = shared.orig.take_tcp(space.netns, peer);
         let Some(ticket) = shared.tcp_conns.try_take(peer.ip(), 1) else {
             continue;
         };
-        let shared = shared.clone();
+        let (shared, space) = (shared.clone(), space.clone());
         tokio::spawn(async move {
-            serve_tcp_conn(s, origin, ours, shared).await;
+            serve_tcp_conn(s, origin, ours, space, shared).await;
             drop(ticket);
         });
     }
@@ -748,7 +783,7 @@ impl Dns {
         names: watch::Receiver<Arc<Names>>,
         telemetry: &Telemetry,
     ) -> Dns {
-        let main = Space::new(socks.clone(), netns).await;
+        let main = Space::new(socks.clone(), netns, None).await;
         let (fallback, fallback_rx) = watch::channel(Arc::new(Vec::new()));
         let shared = Arc::new(Shared {
             counts: Counts::new(telemetry),
@@ -864,7 +899,7 @@ impl Dns {
         let tcp = space.socks.listen(addr).await.with_context(hint)?;
         let tasks = vec![
             tokio::spawn(serve_udp(udp, addr, space.clone(), self.shared.clone())),
-            tokio::spawn(serve_tcp(tcp, addr, space.netns, self.shared.clone())),
+            tokio::spawn(serve_tcp(tcp, addr, space.clone(), self.shared.clone())),
         ];
         tracing::info!(listen = %addr, netns = space.netns, "DNS serving virtual hosts");
         Ok(Listening { addr, tasks })
@@ -882,7 +917,13 @@ impl Dns {
     /// them (the old ones are closed first: the workload's DNS is down for
     /// the moment in between, where the daemon's own namespace binds the new
     /// ones beside the old). Returns the addresses bound (none with DNS off).
-    pub async fn serve_in(&mut self, netns: u64, socks: &Sockets, dns: &DnsPlan) -> Result<Bound> {
+    pub async fn serve_in(
+        &mut self,
+        netns: u64,
+        socks: &Sockets,
+        dns: &DnsPlan,
+        workload: &str,
+    ) -> Result<Bound> {
         let want = if dns.enabled {
             dns.listeners()
         } else {
@@ -896,7 +937,7 @@ impl Dns {
                 serving.clear();
                 space.clone()
             }
-            None => Space::new(socks.clone(), netns).await,
+            None => Space::new(socks.clone(), netns, Some(workload.to_string())).await,
         };
         let mut bound = Vec::new();
         for addr in &want {
@@ -955,7 +996,11 @@ mod tests {
                 Some("2001:2::2".parse().unwrap()),
             ),
         );
-        Names { by_name, ttl: 7 }
+        Names {
+            by_name,
+            scoped: HashMap::new(),
+            ttl: 7,
+        }
     }
 
     fn query(name: &str, t: RecordType) -> Vec<u8> {

@@ -202,25 +202,61 @@ pub fn service(o: &mut String, s: &ServicePlan, out: &crate::state::Avoided) {
 
 /// Explain `target` (`host` or `host:port`) against `plan`.
 pub fn explain(plan: &Plan, target: &str) -> Result<String, String> {
-    explain_health(plan, target, &crate::state::Avoided::new())
+    explain_health(plan, target, &crate::state::Avoided::new(), None)
 }
 
 /// [`explain`], saying why each unhealthy endpoint in `out` is out (what
 /// the daemon recorded: an active check, an ejection by the proxy or the
 /// kernel).
+///
+/// With `workload` (`namespace/name` of a Pod in the inventory): the host as
+/// that workload sees it (a RouteTable with `workloadSelectors` that
+/// selects it, else the one for every caller); without: as a caller that
+/// is no workload sees it.
 pub fn explain_health(
     plan: &Plan,
     target: &str,
     out: &crate::state::Avoided,
+    workload: Option<&str>,
 ) -> Result<String, String> {
     let (host, port) = match target.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p.parse::<u16>().unwrap())),
         _ => (target, None),
     };
+    let w = match workload {
+        None => None,
+        Some(k) => Some(plan.workload(k).ok_or_else(|| {
+            let known: Vec<String> = plan.workloads.iter().map(|w| w.key()).collect();
+            format!(
+                "no Pod `{k}` (namespace/name) of cluster {} in the inventory; known: {}",
+                plan.node.cluster,
+                if known.is_empty() {
+                    "none (add `v1 Pod` objects)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?),
+    };
     let gateways = gateway_text(plan, host, port);
-    let Some(h) = plan.host(host) else {
+    let Some(h) = plan.host_for(host, w) else {
         if let Some(g) = gateways {
             return Ok(g);
+        }
+        let scoped = plan.hosts_named(host);
+        if !scoped.is_empty() {
+            return Err(format!(
+                "`{host}` is served only to the workloads its route tables' workloadSelectors \
+                 select ({}), and {} is not one of them",
+                scoped
+                    .iter()
+                    .map(|h| h.origin.resource())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                workload.map_or("a caller that is no workload".to_string(), |k| format!(
+                    "workload {k}"
+                ))
+            ));
         }
         let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(format!(
@@ -232,6 +268,17 @@ pub fn explain_health(
     let mut o = String::new();
     let _ = writeln!(o, "{} (defined by {})", h.name, h.origin);
     let _ = writeln!(o, "  VIPs: {} and {}", h.vip4, h.vip6);
+    if !h.workload_selectors.is_empty() {
+        let _ = writeln!(
+            o,
+            "  seen by the workloads its workloadSelectors select{}; others are refused",
+            workload
+                .map(|k| format!(" (as {k} sees it)"))
+                .unwrap_or_default()
+        );
+    } else if let Some(k) = workload {
+        let _ = writeln!(o, "  as {k} sees it: the table for every caller");
+    }
     let _ = writeln!(
         o,
         "  node: cluster {}, locality {}",
@@ -246,7 +293,10 @@ pub fn explain_health(
         .services
         .iter()
         .map(|s| &**s)
-        .filter(|s| s.host.eq_ignore_ascii_case(&h.name) && port.is_none_or(|p| p == s.port))
+        .filter(|s| {
+            (s.vip == std::net::IpAddr::V4(h.vip4) || s.vip == std::net::IpAddr::V6(h.vip6))
+                && port.is_none_or(|p| p == s.port)
+        })
         .collect();
     if services.is_empty() {
         let _ = writeln!(
@@ -267,7 +317,7 @@ pub fn explain_health(
             match plan
                 .l7
                 .iter()
-                .find(|l| l.port == s.port && l.host.eq_ignore_ascii_case(&s.host))
+                .find(|l| l.port == s.port && l.vips.contains(&s.vip))
             {
                 Some(l7) if s.vip.is_ipv4() => {
                     let _ = writeln!(o);

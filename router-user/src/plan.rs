@@ -136,6 +136,62 @@ pub struct HostPlan {
     pub origin: Origin,
     /// Ports served (at L4) on this host.
     pub ports: Vec<u16>,
+    /// A workload-scoped host (a RouteTable with `workloadSelectors`): only
+    /// the workloads one of these selects see it (its VIPs, its name). Empty:
+    /// every caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workload_selectors: Vec<WorkloadSelectorPlan>,
+}
+
+impl HostPlan {
+    /// Does `w` (None: a caller that is no workload) see this host?
+    pub fn visible_to(&self, w: Option<&WorkloadPlan>) -> bool {
+        self.workload_selectors.is_empty()
+            || w.is_some_and(|w| self.workload_selectors.iter().any(|s| s.selects(w)))
+    }
+}
+
+/// One of a RouteTable's `workloadSelectors`: every field given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkloadSelectorPlan {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+impl WorkloadSelectorPlan {
+    pub fn selects(&self, w: &WorkloadPlan) -> bool {
+        self.name.as_ref().is_none_or(|n| *n == w.name)
+            && self.namespace.as_ref().is_none_or(|n| *n == w.namespace)
+            && self.cluster.as_ref().is_none_or(|c| *c == w.cluster)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| w.labels.iter().any(|(wk, wv)| wk == k && wv == v))
+    }
+}
+
+/// A Pod of the inventory in this node's cluster: what `workloadSelectors`
+/// match, and what the workloads handed to the daemon are looked up by.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkloadPlan {
+    pub namespace: String,
+    pub name: String,
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<(String, String)>,
+}
+
+impl WorkloadPlan {
+    /// `namespace/name`, as the workloads hand-off names it.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// One `(VIP, port, protocol)`: a header and a slot table in the kernel.
@@ -157,6 +213,10 @@ pub struct ServicePlan {
     /// listener instead of using slots.
     #[serde(default)]
     pub proxied: bool,
+    /// Its host is workload-scoped ([`HostPlan::workload_selectors`]): the
+    /// kernel serves it only to the workloads that see it.
+    #[serde(default)]
+    pub scoped: bool,
 }
 
 impl ServicePlan {
@@ -556,16 +616,43 @@ pub struct Plan {
     /// The access log (an AccessLogPolicy), if any.
     #[serde(default)]
     pub access_log: Option<AccessLogPlan>,
+    /// The inventory's Pods in this node's cluster, sorted by (namespace,
+    /// name): what workload-scoped hosts are matched against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadPlan>,
     pub notices: Vec<Notice>,
 }
 
 impl Plan {
+    /// The host `name` as a caller that is no workload sees it.
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        self.host_for(name, None)
+    }
+
+    /// Every host named `name`: the one for every caller and the
+    /// workload-scoped ones (adjacent: hosts sort by name, then scope).
+    pub fn hosts_named(&self, name: &str) -> &[Arc<HostPlan>] {
         let key = name.to_ascii_lowercase();
-        self.hosts
-            .binary_search_by(|h| h.name.to_ascii_lowercase().cmp(&key))
-            .ok()
-            .map(|i| &*self.hosts[i])
+        let lower = |h: &Arc<HostPlan>| h.name.to_ascii_lowercase();
+        let from = self.hosts.partition_point(|h| lower(h) < key);
+        let to = from + self.hosts[from..].partition_point(|h| lower(h) == key);
+        &self.hosts[from..to]
+    }
+
+    /// The host `name` as workload `w` (None: a caller that is no workload)
+    /// sees it: the first scoped one that selects it, else the one for
+    /// every caller.
+    pub fn host_for(&self, name: &str, w: Option<&WorkloadPlan>) -> Option<&HostPlan> {
+        let all = self.hosts_named(name);
+        all.iter()
+            .find(|h| !h.workload_selectors.is_empty() && h.visible_to(w))
+            .or_else(|| all.iter().find(|h| h.workload_selectors.is_empty()))
+            .map(|h| &**h)
+    }
+
+    /// The inventory's Pod `namespace/name`.
+    pub fn workload(&self, key: &str) -> Option<&WorkloadPlan> {
+        find_workload(&self.workloads, key)
     }
     pub fn service(&self, vip: IpAddr, port: u16, proto: Proto) -> Option<&ServicePlan> {
         self.services
@@ -589,6 +676,66 @@ impl Plan {
         v.dedup();
         v.into_iter().cloned().collect()
     }
+}
+
+/// What decides which workloads see which hosts: the workload-scoped
+/// hosts and the inventory's Pods, as a plan has them (what the daemon keeps
+/// to answer for workloads that come and go between plans).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scopes {
+    pub hosts: Vec<Arc<HostPlan>>,
+    pub workloads: Vec<WorkloadPlan>,
+}
+
+impl Scopes {
+    pub fn of(plan: &Plan) -> Scopes {
+        Scopes {
+            hosts: plan
+                .hosts
+                .iter()
+                .filter(|h| !h.workload_selectors.is_empty())
+                .cloned()
+                .collect(),
+            workloads: plan.workloads.clone(),
+        }
+    }
+
+    /// Which workload namespaces (cookies) see which workload-scoped VIPs:
+    /// for each workload served (`namespace/name` and its namespace's
+    /// cookie), the VIPs of every scoped host that selects it. A workload
+    /// the inventory has no Pod for sees none.
+    pub fn visibility<'a>(
+        &self,
+        served: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> std::collections::BTreeSet<(u64, IpAddr)> {
+        let mut out = std::collections::BTreeSet::new();
+        if self.hosts.is_empty() {
+            return out;
+        }
+        for (key, cookie) in served {
+            let Some(w) = find_workload(&self.workloads, key) else {
+                continue;
+            };
+            for h in self.hosts.iter().filter(|h| h.visible_to(Some(w))) {
+                out.insert((cookie, IpAddr::V4(h.vip4)));
+                out.insert((cookie, IpAddr::V6(h.vip6)));
+            }
+        }
+        out
+    }
+
+    /// Is `namespace/name` a Pod of the inventory?
+    pub fn knows(&self, key: &str) -> bool {
+        find_workload(&self.workloads, key).is_some()
+    }
+}
+
+/// Pod `namespace/name` in `ws` (sorted by namespace and name).
+fn find_workload<'a>(ws: &'a [WorkloadPlan], key: &str) -> Option<&'a WorkloadPlan> {
+    let (ns, name) = key.split_once('/')?;
+    ws.binary_search_by(|w| (w.namespace.as_str(), w.name.as_str()).cmp(&(ns, name)))
+        .ok()
+        .map(|i| &ws[i])
 }
 
 /// `*.example.com` matches `a.example.com` and `a.b.example.com` (one or more

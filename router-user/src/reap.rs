@@ -140,6 +140,7 @@ mod tests {
                     })
                     .collect(),
                 proxied: false,
+                scoped: false,
             })],
             ..Plan::default()
         }

@@ -227,6 +227,38 @@ impl Docs for Service {
     }
 }
 
+/// A `v1 Pod` of the inventory (namespace `t`, no cluster: the node's),
+/// with labels for `workloadSelectors`.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    meta: Meta,
+}
+
+impl Pod {
+    pub fn new(name: &str) -> Self {
+        Pod {
+            meta: Meta::new(name),
+        }
+    }
+    /// A Pod of another cluster than the node's.
+    pub fn cluster(mut self, c: &str) -> Self {
+        self.meta.cluster = Some(c.into());
+        self
+    }
+}
+
+impl Object for Pod {
+    fn meta(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+}
+
+impl Docs for Pod {
+    fn docs(&self) -> Vec<Value> {
+        vec![self.meta.doc("v1", "Pod", Map::new())]
+    }
+}
+
 /// A `kubernetes.io/tls` Secret (values as `stringData`: PEM text).
 #[derive(Clone, Debug)]
 pub struct TlsSecret {
@@ -678,6 +710,20 @@ impl RouteTable {
     }
     pub fn tls(mut self, r: TlsRoute) -> Self {
         push(&mut self.0.spec, "tls", Value::Object(r.0));
+        self
+    }
+    /// Apply only to the workloads whose Pods have these labels (one
+    /// `workloadSelectors` entry).
+    pub fn for_workloads(mut self, labels: &[(&str, &str)]) -> Self {
+        let labels: Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        push(
+            &mut self.0.spec,
+            "workloadSelectors",
+            json!({"selector": {"labels": labels}}),
+        );
         self
     }
 }

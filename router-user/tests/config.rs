@@ -903,3 +903,154 @@ fn gateway_addresses_default_to_ipv4_and_take_a_dual_stack_list() {
     ));
     assert_eq!(p.proxy.gateway_addresses.len(), 2);
 }
+
+/// `workloadSelectors`: a scoped table's host is a host of its own (its own
+/// VIPs), seen by the workloads it selects; a name served by a scoped table
+/// and by one for every caller resolves per workload; a host only scoped
+/// tables serve does not exist for anyone else. The kernel's, the DNS
+/// server's and `explain`'s answers all come from these plan functions.
+#[test]
+fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
+    let api = |v: &str| Dest::service("api").port(8080).subset("version", v);
+    let text = Config::new()
+        .node("c1", "r1", "z1")
+        .with(Service::new("c1", "api").named_port("http", 8080, "TCP"))
+        .with(
+            Slice::new("c1", "api", "api-v1")
+                .label("version", "v1")
+                .named_port("http", 8080, "TCP")
+                .endpoint("10.0.0.1", "z1"),
+        )
+        .with(
+            Slice::new("c1", "api", "api-v2")
+                .label("version", "v2")
+                .named_port("http", 8080, "TCP")
+                .endpoint("10.0.0.2", "z1"),
+        )
+        .with(Pod::new("p1").label("app", "a"))
+        .with(Pod::new("p2").label("app", "b"))
+        .with(Pod::new("elsewhere").label("app", "b").cluster("c2"))
+        .with(
+            RouteTable::new("shop")
+                .host("shop.mesh")
+                .tcp(TcpRoute::new().to(&[api("v1")])),
+        )
+        .with(
+            RouteTable::new("shop-b")
+                .host("shop.mesh")
+                .for_workloads(&[("app", "b")])
+                .tcp(TcpRoute::new().to(&[api("v2")])),
+        )
+        .with(
+            RouteTable::new("secret")
+                .host("secret.mesh")
+                .for_workloads(&[("app", "a")])
+                .tcp(TcpRoute::new().to(&[api("v1")])),
+        )
+        .with(
+            RouteTable::new("nobody")
+                .host("nobody.mesh")
+                .for_workloads(&[("app", "z")])
+                .tcp(TcpRoute::new().to(&[api("v1")])),
+        )
+        .yaml();
+    let p = plan(&text);
+    let keys: Vec<String> = p.workloads.iter().map(|w| w.key()).collect();
+    assert_eq!(keys, ["t/p1", "t/p2"], "only this cluster's Pods");
+    let (p1, p2) = (p.workload("t/p1").cloned(), p.workload("t/p2").cloned());
+    let shop = p.hosts_named("shop.mesh");
+    assert_eq!(shop.len(), 2);
+    assert_ne!(
+        shop[0].vip4, shop[1].vip4,
+        "a scoped host has VIPs of its own"
+    );
+    let for_all = p.host("shop.mesh").unwrap();
+    assert!(for_all.workload_selectors.is_empty());
+    assert_eq!(
+        p.host_for("shop.mesh", p1.as_ref()).unwrap().vip4,
+        for_all.vip4
+    );
+    let for_b = p.host_for("shop.mesh", p2.as_ref()).unwrap();
+    assert_ne!(for_b.vip4, for_all.vip4, "p2 is selected by shop-b");
+    let svc = p
+        .service(for_b.vip4.into(), 8080, Proto::Tcp)
+        .expect("shop-b's service");
+    assert!(svc.scoped);
+    assert_eq!(svc.slots[0].endpoint.to_string(), "10.0.0.2:8080");
+    assert!(
+        !p.service(for_all.vip4.into(), 8080, Proto::Tcp)
+            .unwrap()
+            .scoped
+    );
+    assert!(
+        p.host("secret.mesh").is_none(),
+        "no table serves it to every caller"
+    );
+    let secret = p.host_for("secret.mesh", p1.as_ref()).expect("p1 sees it");
+    assert!(p.host_for("secret.mesh", p2.as_ref()).is_none());
+
+    // What the kernel gets: each served workload's namespace and the scoped
+    // VIPs it sees (a workload without a Pod sees none).
+    let vis =
+        router_user::plan::Scopes::of(&p).visibility([("t/p1", 11), ("t/p2", 22), ("t/ghost", 33)]);
+    let want: std::collections::BTreeSet<(u64, std::net::IpAddr)> = [
+        (11, secret.vip4.into()),
+        (11, secret.vip6.into()),
+        (22, for_b.vip4.into()),
+        (22, for_b.vip6.into()),
+    ]
+    .into();
+    assert_eq!(vis, want);
+
+    // What the DNS server answers each.
+    let names = router_user::dns::Names::from_plan(&p);
+    assert_eq!(names.lookup("shop.mesh", None).unwrap().0, for_all.vip4);
+    assert_eq!(
+        names.lookup("shop.mesh", Some("t/p1")).unwrap().0,
+        for_all.vip4
+    );
+    assert_eq!(
+        names.lookup("shop.mesh", Some("t/p2")).unwrap().0,
+        for_b.vip4
+    );
+    assert_eq!(
+        names.lookup("secret.mesh", Some("t/p1")).unwrap().0,
+        secret.vip4
+    );
+    assert!(names.lookup("secret.mesh", Some("t/p2")).is_none());
+    assert!(names.lookup("secret.mesh", None).is_none());
+
+    let notice = p
+        .notices
+        .iter()
+        .find(|n| n.origin.name == "nobody")
+        .expect("a notice for the table that selects no Pod");
+    assert!(
+        notice.message.contains("select no Pod of cluster c1"),
+        "{}",
+        notice.message
+    );
+    assert!(
+        !p.notices
+            .iter()
+            .any(|n| n.message.contains("not applied one by one")),
+        "selectors are applied now"
+    );
+
+    // Two tables for every caller still may not share a host.
+    let twice = Config::new()
+        .node("c1", "r1", "z1")
+        .with(Service::new("c1", "api").named_port("http", 8080, "TCP"))
+        .with(
+            RouteTable::new("a")
+                .host("x.mesh")
+                .tcp(TcpRoute::new().to(&[Dest::service("api").port(8080)])),
+        )
+        .with(
+            RouteTable::new("b")
+                .host("x.mesh")
+                .tcp(TcpRoute::new().to(&[Dest::service("api").port(8080)])),
+        )
+        .yaml();
+    assert!(errors(&twice).contains("host `x.mesh` is already served (east-west)"));
+}

@@ -33,15 +33,15 @@ fn config() -> String {
 
 /// A pod: its own namespace (routes to the world only), its own cgroup
 /// under the test's, and its own resolv.conf (the test's resolver).
-struct Pod {
+struct PodNs {
     name: String,
     cgroup: Cgroup,
     ns: Netns,
     _etc: EtcNetns,
 }
 
-impl Pod {
-    fn new(world: &World, n: u8) -> Pod {
+impl PodNs {
+    fn new(world: &World, n: u8) -> PodNs {
         let ns = world.other_node(n).unwrap();
         let cgroup = Cgroup::new(&format!("{}/pod{n}", world.tag)).unwrap();
         let etc = EtcNetns(std::path::PathBuf::from("/etc/netns").join(&ns.name));
@@ -51,7 +51,7 @@ impl Pod {
             format!("nameserver {RESOLVER}\noptions timeout:1 attempts:2\n"),
         )
         .unwrap();
-        Pod {
+        PodNs {
             name: format!("pod{n}"),
             cgroup,
             ns,
@@ -109,7 +109,7 @@ fn status(dig_output: &str) -> String {
 }
 
 /// The pod answers virtual names itself and reaches the L7 host by name.
-fn assert_served(pod: &Pod) {
+fn assert_served(pod: &PodNs) {
     let dig = pod.dig("shop.t.mesh");
     assert_eq!(status(&dig), "NOERROR", "{}: {dig}", pod.name);
     assert!(
@@ -145,7 +145,7 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
     let _dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
     world.resolv_conf(RESOLVER).unwrap();
     world.dir.write("config/all.yaml", &config()).unwrap();
-    let pods: Vec<Pod> = (1..=3).map(|n| Pod::new(&world, n)).collect();
+    let pods: Vec<PodNs> = (1..=3).map(|n| PodNs::new(&world, n)).collect();
     let mut d = Routerd::start(
         &world.tag,
         &world.dir.path.join("config"),
@@ -279,4 +279,166 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
         let ss = p.listening();
         assert!(!ss.contains(":53 ") && !ss.contains(":1000 "), "{ss}");
     }
+}
+
+/// Three pods labelled app=a, b and c (`pod3`'s label given): `shop` for
+/// every caller (v1), `shop-b` for app=b (v2, the same host name), and
+/// `secret`, an L4 host for app=a only.
+fn scoped_config(pod3_app: &str) -> String {
+    let api = |v: &str| Dest::service("api").port(8080).subset("version", v);
+    let mut c = Config::new()
+        .node("c1", "east", "e1")
+        .with(Service::new("c1", "api").named_port("http", 8080, "TCP"));
+    for (v, ip) in [("v1", "10.1.0.1"), ("v2", "10.1.0.2")] {
+        c = c.with(
+            Slice::new("c1", "api", &format!("api-{v}"))
+                .label("version", v)
+                .named_port("http", 8080, "TCP")
+                .endpoint(ip, "e1"),
+        );
+    }
+    let l7 = |name: &str, v: &str| {
+        RouteTable::new(name)
+            .host("shop.t.mesh")
+            .http(HttpRoute::new().name("api").prefix("/api").to(&[api(v)]))
+    };
+    c.with(Pod::new("pod1").label("app", "a"))
+        .with(Pod::new("pod2").label("app", "b"))
+        .with(Pod::new("pod3").label("app", pod3_app))
+        .with(l7("shop", "v1"))
+        .with(l7("shop-b", "v2").for_workloads(&[("app", "b")]))
+        .with(
+            RouteTable::new("secret")
+                .host("secret.t.mesh")
+                .for_workloads(&[("app", "a")])
+                .tcp(TcpRoute::new().to(&[api("v1")])),
+        )
+        .yaml()
+}
+
+/// Which backend answered `url` in `pod` ("" when the connection failed).
+fn who(pod: &PodNs, url: &str) -> String {
+    let (code, body) = pod.get(url);
+    if code == 0 {
+        return String::new();
+    }
+    serde_json::from_str::<Answer>(&body)
+        .map(|a| a.id)
+        .unwrap_or_else(|e| panic!("{}: {url}: {e}: {body}", pod.name))
+}
+
+#[test]
+fn workload_selectors_decide_what_each_pod_sees() {
+    require_root();
+    let world = World::new(&[
+        Listen::tcp("10.1.0.1:8080", "v1"),
+        Listen::tcp("10.1.0.2:8080", "v2"),
+    ])
+    .unwrap();
+    let _dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
+    world.resolv_conf(RESOLVER).unwrap();
+    let cfg_dir = world.dir.path.join("config");
+    world
+        .dir
+        .write("config/all.yaml", &scoped_config("c"))
+        .unwrap();
+    let pods: Vec<PodNs> = (1..=3).map(|n| PodNs::new(&world, n)).collect();
+    let mut d = Routerd::start(&world.tag, &cfg_dir, &world.cgroup.path, &[]).unwrap();
+    let from = d.log_len();
+    for p in &pods {
+        routerd_cli(
+            &d,
+            &[
+                "workload",
+                "add",
+                "--namespace",
+                "t",
+                "--name",
+                &p.name,
+                "--netns",
+                &p.netns(),
+            ],
+        );
+    }
+    for p in &pods {
+        served(&d, from, &p.name);
+    }
+    let plan = plan(&cfg_dir).unwrap();
+    // Only workloads see it: `vip` (as a caller that is no workload sees
+    // the name) knows nothing of it.
+    let secret = std::net::SocketAddr::new(plan.hosts_named("secret.t.mesh")[0].vip4.into(), 8080);
+    let shop_url = "http://shop.t.mesh:8080/api/x";
+
+    // One name, two tables: pod2 (app=b) gets shop-b's, the others shop's.
+    assert_eq!(who(&pods[0], shop_url), "v1");
+    assert_eq!(who(&pods[1], shop_url), "v2");
+    assert_eq!(who(&pods[2], shop_url), "v1");
+    // The node itself (no workload) gets the table for every caller.
+    let (code, body, ..) = curl(&world, &[shop_url], true);
+    assert_eq!(
+        (
+            code,
+            serde_json::from_str::<Answer>(&body).unwrap().id.as_str()
+        ),
+        (200, "v1")
+    );
+
+    // secret.t.mesh exists for pod1 only: by name and by VIP (L4, kernel).
+    assert!(
+        pods[0]
+            .dig("secret.t.mesh")
+            .contains(&secret.ip().to_string())
+    );
+    assert_eq!(who(&pods[0], "http://secret.t.mesh:8080/x"), "v1");
+    for p in &pods[1..] {
+        assert_eq!(status(&p.dig("secret.t.mesh")), "NXDOMAIN", "{}", p.name);
+        let (code, _) = p.get(&format!("http://{secret}/x"));
+        assert_eq!(code, 0, "{}: the scoped VIP is refused", p.name);
+    }
+    let (code, ..) = curl(&world, &[&format!("http://{secret}/x")], true);
+    assert_eq!(code, 0, "the node is no workload: refused");
+
+    // What explain says each sees.
+    let explain = |w: &str| {
+        Command::new(bin("routerd"))
+            .args([
+                "explain",
+                "shop.t.mesh",
+                "--workload",
+                w,
+                "--files",
+                "--config",
+            ])
+            .arg(&cfg_dir)
+            .output()
+            .unwrap()
+    };
+    let out = String::from_utf8_lossy(&explain("t/pod2").stdout).into_owned();
+    assert!(out.contains("RouteTable t/shop-b"), "{out}");
+    let out = String::from_utf8_lossy(&explain("t/pod1").stdout).into_owned();
+    assert!(
+        out.contains("RouteTable t/shop ") && out.contains("the table for every caller"),
+        "{out}"
+    );
+
+    // pod3's labels change in the inventory: it now sees shop-b's table.
+    let from = d.log_len();
+    world
+        .dir
+        .write("config/all.yaml", &scoped_config("b"))
+        .unwrap();
+    assert!(d.wait_outcome(from).unwrap().is_applied());
+    assert_eq!(who(&pods[2], shop_url), "v2");
+    assert_eq!(who(&pods[0], shop_url), "v1");
+
+    // A restart keeps the scoped VIPs working for the pods (L4) while the
+    // daemon is away, and serves them again.
+    d.kill9();
+    assert_eq!(who(&pods[0], &format!("http://{secret}/x")), "v1");
+    let (code, _) = pods[1].get(&format!("http://{secret}/x"));
+    assert_eq!(code, 0);
+    d.spawn().unwrap();
+    assert_eq!(who(&pods[0], "http://secret.t.mesh:8080/x"), "v1");
+    assert_eq!(who(&pods[2], shop_url), "v2");
+    d.stop().unwrap();
 }

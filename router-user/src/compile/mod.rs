@@ -383,6 +383,7 @@ impl<'a> Compiler<'a> {
             destinations: fresh(per_dest.into_iter().map(|(p, _, _)| p)),
             slots: to_slots(&shares),
             proxied: false,
+            scoped: false,
         }
     }
 }
@@ -445,6 +446,22 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// The key of a host's entry in [`virtual_hosts`]: its lower-cased name,
+/// and for a workload-scoped table's host, the table after a space (which
+/// sorts before every character of a host name, so that a name's entries
+/// stay together, the one for every caller first).
+pub fn host_key(name: &str, scoped_by: Option<&Resource<RouteTableSpec>>) -> String {
+    match scoped_by {
+        None => name.to_ascii_lowercase(),
+        Some(rt) => format!(
+            "{} {}/{}",
+            name.to_ascii_lowercase(),
+            rt.namespace(),
+            rt.name()
+        ),
+    }
+}
+
 /// Where a virtual host's config comes from.
 pub struct HostSrc<'a> {
     /// As first spelled (host names are case-insensitive).
@@ -466,7 +483,7 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
         name: &str,
     ) -> &'m mut HostSrc<'a> {
         hosts
-            .entry(name.to_ascii_lowercase())
+            .entry(host_key(name, None))
             .or_insert_with(|| HostSrc {
                 name: name.to_string(),
                 vd: None,
@@ -505,7 +522,25 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
                 });
                 continue;
             }
-            host(&mut hosts, &h.value).rt = Some(rt);
+            match rt.spec.workload_scope() {
+                None => host(&mut hosts, &h.value).rt = Some(rt),
+                Some(_) => {
+                    // A host of its own, with its own VIPs, seen by the
+                    // selected workloads only; it shares the name's
+                    // VirtualDestination or ExternalService, if any.
+                    let shared = hosts.get(&host_key(&h.value, None));
+                    let (vd, es) = (shared.and_then(|s| s.vd), shared.and_then(|s| s.es));
+                    hosts.insert(
+                        host_key(&h.value, Some(rt)),
+                        HostSrc {
+                            name: h.value.clone(),
+                            vd,
+                            es,
+                            rt: Some(rt),
+                        },
+                    );
+                }
+            }
         }
     }
     (hosts, notices)
@@ -705,6 +740,7 @@ fn host_unit(
                             destinations: Vec::new(),
                             slots: Vec::new(),
                             proxied: true,
+                            scoped: false,
                         });
                     }
                     l7.push(L7Service {
@@ -831,6 +867,16 @@ fn host_unit(
         c.notice(&s.origin, msg);
     }
     services.sort_by_key(|a| (a.vip, a.port, a.proto));
+    let workload_selectors = src
+        .rt
+        .and_then(|rt| rt.spec.workload_scope())
+        .map(crate::config::workloads::selector_plans)
+        .unwrap_or_default();
+    if !workload_selectors.is_empty() {
+        for s in &mut services {
+            s.scoped = true;
+        }
+    }
     Ok(HostUnit {
         at: HostAt::of(src),
         host: Arc::new(HostPlan {
@@ -839,6 +885,7 @@ fn host_unit(
             vip6: v6,
             origin,
             ports: served,
+            workload_selectors,
         }),
         services: fresh(services.into_iter().map(Arc::new)),
         l7,

@@ -253,6 +253,7 @@ impl Compiled {
                 outliers: Vec::new(),
                 close_removed: v.settings.close_connections_to_removed_endpoints,
                 access_log: access_log(v),
+                workloads: crate::config::workloads::pods(&v.config, &v.settings.node.cluster),
                 notices: Vec::new(),
             },
         };

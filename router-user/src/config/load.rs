@@ -402,6 +402,21 @@ fn parse_secret<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<Se
     })
 }
 
+/// A Pod: only its metadata is kept.
+#[expect(
+    clippy::extra_unused_type_parameters,
+    reason = "the kind table calls every parser as `parse::<Spec>`"
+)]
+fn parse_pod<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<PodBody>> {
+    let d = parse_typed::<PodDoc>(cx, diags)?;
+    Some(Resource {
+        origin: origin(cx, &d.kind, &d.metadata),
+        line_base: cx.doc.first_line - 1,
+        meta: d.metadata,
+        spec: PodBody,
+    })
+}
+
 /// An EndpointSlice: its fields are at the top level.
 #[expect(
     clippy::extra_unused_type_parameters,

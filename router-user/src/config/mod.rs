@@ -18,6 +18,7 @@ pub mod source;
 pub mod store;
 pub mod types;
 pub mod validate;
+pub mod workloads;
 
 use std::path::Path;
 
@@ -182,6 +183,7 @@ macro_rules! for_each_kind {
             Service, K8S_CORE, services, ServiceSpec, parse_spec;
             EndpointSlice, K8S_DISCOVERY, endpoint_slices, EndpointSliceBody, parse_endpoint_slice;
             Secret, K8S_CORE, secrets, SecretBody, parse_secret;
+            Pod, K8S_CORE, pods, PodBody, parse_pod;
             RouterConfig, ROUTER_API, router_configs, RouterConfigSpec, parse_spec;
         }
     };

@@ -344,6 +344,43 @@ pub struct TlsRoute {
     pub forward_to: Option<ForwardTo>,
 }
 
+impl RouteTableSpec {
+    /// The selectors that scope the table to some workloads, when they do:
+    /// `None` when there are none or one selects everything (Gloo: the table
+    /// applies to every workload; here, to every caller in the cgroup).
+    pub fn workload_scope(&self) -> Option<&[WorkloadSelector]> {
+        let s = self.workload_selectors.as_deref()?;
+        (!s.is_empty() && !s.iter().any(WorkloadSelector::selects_all)).then_some(s)
+    }
+}
+
+/// One of a RouteTable's `workloadSelectors`: the Pods it selects.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub selector: ObjectSelector,
+    /// `KUBE` (the default): Pods. Others (`VM`, `EXTERNAL_WORKLOAD`) select
+    /// nothing on this node.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Parsed (a notice): the whole workload is selected, not one port.
+    #[serde(default)]
+    pub port: Ignored,
+}
+
+impl WorkloadSelector {
+    /// Selects every workload: no label, name, namespace or cluster.
+    pub fn selects_all(&self) -> bool {
+        let s = &self.selector;
+        s.labels.is_empty()
+            && s.name.is_none()
+            && s.namespace.is_none()
+            && s.cluster.is_none()
+            && self.kind.as_deref().is_none_or(|k| k == "KUBE")
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteTableSpec {
@@ -351,9 +388,11 @@ pub struct RouteTableSpec {
     pub hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub virtual_gateways: Vec<ObjectRef>,
-    /// Parsed; every process in the attached cgroup gets the table.
+    /// The workloads (Pods handed to routerd) the table applies to; none,
+    /// or a selector that selects everything (`{}`): every caller. See
+    /// [`RouteTableSpec::workload_scope`].
     #[serde(default)]
-    pub workload_selectors: Option<Vec<IgnoredAny>>,
+    pub workload_selectors: Option<Vec<WorkloadSelector>>,
     #[serde(default)]
     /// (Boxed: most tables have none, and the store keeps every table.)
     pub default_destination: Option<Box<Spanned<DestinationRef>>>,
@@ -829,6 +868,25 @@ pub struct EndpointPort {
     #[serde(default)]
     pub app_protocol: Option<String>,
 }
+
+/// A `v1 Pod` of the inventory: a workload, by name, namespace, cluster
+/// (`metadata.clusterName`; none: this node's) and labels, for
+/// `workloadSelectors`. Its spec and status are not read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Ignored,
+    #[serde(default)]
+    pub status: Ignored,
+}
+
+/// What routerd keeps of a Pod besides its metadata: nothing.
+#[derive(Clone, Debug, Default)]
+pub struct PodBody;
 
 /// EndpointSlice has no `spec`: its fields are at the top level.
 #[derive(Clone, Debug, Deserialize)]

@@ -228,6 +228,7 @@ fn duplicates(v: &mut Validator<'_>) {
     each!(cfg.mirror_policies);
     each!(cfg.cors_policies);
     each!(cfg.access_log_policies);
+    each!(cfg.pods);
 }
 
 fn virtual_destination(v: &mut Validator<'_>, vd: &Resource<VirtualDestinationSpec>) {
@@ -567,9 +568,7 @@ fn route_table(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>, is_child: b
             "is delegated to and also has hosts; as a child its hosts are ignored",
         );
     }
-    if rt.spec.workload_selectors.is_some() {
-        v.notice(rt, rt.origin.line, "workloadSelectors are not applied one by one: the table serves every process in the attached cgroup (and, with virtualGateways, its gateways too)");
-    }
+    workload_selectors(v, rt);
     for gw in &rt.spec.virtual_gateways {
         if gw.cluster.is_some() {
             v.notice(rt, rt.origin.line, format!("virtualGateways entry {}: `cluster` is not applied: a VirtualGateway's listeners open on this node, whichever cluster it names", gw.name));
@@ -812,6 +811,57 @@ fn canonical_matchers(r: &routes::FlatRoute<'_>) -> String {
     alts.join("|")
 }
 
+/// `workloadSelectors`, canonical (for comparing two tables' scopes).
+fn selector_text(sels: &[WorkloadSelector]) -> String {
+    let mut each: Vec<String> = sels
+        .iter()
+        .map(|s| {
+            let sel = &s.selector;
+            let mut labels: Vec<String> =
+                sel.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            format!(
+                "{{kind {}, cluster {}, namespace {}, name {}, labels {}}}",
+                s.kind.as_deref().unwrap_or("KUBE"),
+                sel.cluster.as_deref().unwrap_or("*"),
+                sel.namespace.as_deref().unwrap_or("*"),
+                sel.name.as_deref().unwrap_or("*"),
+                labels.join(",")
+            )
+        })
+        .collect();
+    each.sort();
+    each.dedup();
+    each.join(" or ")
+}
+
+/// A table's `workloadSelectors`: what is not applied, and whether they
+/// select any Pod of this node's cluster in the inventory.
+fn workload_selectors(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>) {
+    let Some(sels) = &rt.spec.workload_selectors else {
+        return;
+    };
+    for s in sels {
+        if let Some(k) = s.kind.as_deref().filter(|k| *k != "KUBE") {
+            v.notice(rt, rt.origin.line, format!("workloadSelectors kind {k} selects nothing on this node: routerd serves Pods (KUBE)"));
+        }
+        if s.port.is_some() {
+            v.notice(rt, rt.origin.line, "workloadSelectors `port` is not applied: a selected workload sees the table on every port");
+        }
+    }
+    let Some(scope) = rt.spec.workload_scope() else {
+        return;
+    };
+    let node = &v.settings.node.cluster;
+    let sels = super::workloads::selector_plans(scope);
+    let selected = super::workloads::pods(v.cfg, node)
+        .iter()
+        .any(|p| sels.iter().any(|s| s.selects(p)));
+    if !selected {
+        v.notice(rt, rt.origin.line, format!("workloadSelectors select no Pod of cluster {node} in the inventory: the table's hosts are served to no workload here (add the Pods, as `v1 Pod` objects, or widen the selectors)"));
+    }
+}
+
 fn route_host_uniqueness(v: &mut Validator<'_>) {
     // East-west tables (no virtualGateways) share one host space; each
     // gateway has its own.
@@ -830,7 +880,13 @@ fn route_host_uniqueness(v: &mut Validator<'_>) {
             })
             .collect();
         if scopes.is_empty() || rt.spec.workload_selectors.is_some() {
-            scopes.push("east-west".into());
+            // A workload-scoped table has a host of its own: it may share
+            // the name with the table for every caller, and with tables
+            // scoped by other selectors.
+            scopes.push(match rt.spec.workload_scope() {
+                None => "east-west".into(),
+                Some(sels) => format!("east-west, for workloads {}", selector_text(sels)),
+            });
         }
         for h in &rt.spec.hosts {
             for scope in &scopes {

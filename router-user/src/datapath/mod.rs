@@ -32,7 +32,7 @@ use aya::{
 use router_common::{
     Backend, BackendHealth, BackendStats, GlobalConfig, GlobalStats, KernelEjection, Listeners,
     META_PATH_LEN, Meta, OrigDst, OrigKey, PIN_SUBDIR, PINNED_MAPS, PROGRAMS, SOCK_ADDR_PROGRAMS,
-    SOCK_OPS_PROGRAM, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue,
+    SOCK_OPS_PROGRAM, SlotKey, SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue, VisKey,
 };
 
 /// The kernel object, embedded at build time by build.rs from
@@ -109,6 +109,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub global_stats: PerCpuArray<MapData, GlobalStats>,
     pub backend_health: Array<MapData, BackendHealth>,
+    pub visible: HashMap<MapData, VisKey, u32>,
 }
 
 fn open_pinned<T>(pins: &Pins, name: &str) -> Result<T>
@@ -148,6 +149,7 @@ impl Maps {
             backend_stats: open_pinned(pins, MAP_BACKEND_STATS)?,
             global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
             backend_health: open_pinned(pins, MAP_BACKEND_HEALTH)?,
+            visible: open_pinned(pins, MAP_VISIBLE)?,
         })
     }
 
@@ -177,6 +179,8 @@ pub struct Datapath {
     /// Kept while the daemon runs so aya-log can read the programs' log ring.
     pub ebpf: Option<Ebpf>,
     mirror: sync::Mirror,
+    /// What `MAP_VISIBLE` holds (None: not read back yet).
+    visible: Option<std::collections::BTreeSet<VisKey>>,
 }
 
 /// Read the maps back and delete what no header reaches (garbage of a sync
@@ -275,6 +279,7 @@ impl Datapath {
                     startup: Startup::Adopted,
                     ebpf: None,
                     mirror,
+                    visible: None,
                 });
             }
         }
@@ -325,6 +330,7 @@ impl Datapath {
             startup,
             ebpf: Some(ebpf),
             mirror,
+            visible: None,
         })
     }
 
@@ -478,6 +484,34 @@ impl Datapath {
                 Err(e) => return Err(e.into()),
             },
         }
+        Ok(())
+    }
+
+    /// Make `MAP_VISIBLE` hold exactly `want` (which workload namespaces see
+    /// which scoped VIPs): new pairs written first, then the ones gone
+    /// deleted. The first call reads the map back, so that pairs a previous
+    /// daemon left for workloads that are gone are deleted too.
+    pub fn set_visible(&mut self, want: std::collections::BTreeSet<VisKey>) -> Result<()> {
+        let held = match self.visible.take() {
+            Some(h) => h,
+            None => self.maps.visible.keys().filter_map(|k| k.ok()).collect(),
+        };
+        for k in want.difference(&held) {
+            self.maps.visible.insert(*k, 1, 0).with_context(|| {
+                format!(
+                    "writing {} (the workloads' scoped VIPs; {} entries at most)",
+                    router_common::MAP_VISIBLE,
+                    router_common::MAX_VISIBLE
+                )
+            })?;
+        }
+        for k in held.difference(&want) {
+            match self.maps.visible.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.visible = Some(want);
         Ok(())
     }
 

@@ -56,6 +56,17 @@ pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// The `MAP_VISIBLE` key: namespace `netns` sees the scoped VIP `vip`.
+pub fn vis_key(netns: u64, vip: IpAddr) -> router_common::VisKey {
+    let (addr, family) = ip_words(vip);
+    router_common::VisKey {
+        netns,
+        addr,
+        family,
+        _pad: [0; 7],
+    }
+}
+
 pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
     if family == FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
@@ -801,6 +812,10 @@ impl<'m> Writer<'m> {
         let slots = ids?;
         let flags = if s.proxied {
             router_common::SVC_F_PROXY
+        } else {
+            0
+        } | if s.scoped {
+            router_common::SVC_F_SCOPED
         } else {
             0
         };
