@@ -342,7 +342,7 @@ fn visible(ctx: &SockAddrContext, key: &SvcKey) -> bool {
         _pad: [0; 7],
     };
     // SAFETY: only the presence is read.
-    unsafe { VISIBLE.get(&k) }.is_some()
+    unsafe { VISIBLE.get(k) }.is_some()
 }
 
 /// The O(1) lookup: header, one slot, one backend. `pick` is a 32-bit value

@@ -34,6 +34,14 @@ pub fn check(plan: &Plan, elapsed: Duration) -> String {
                 ports.join(",")
             }
         );
+        if !h.workload_selectors.is_empty() {
+            let _ = writeln!(
+                o,
+                "    only for workloads selected by {}: {}",
+                h.origin.resource(),
+                selected(plan, h)
+            );
+        }
     }
     for l in &plan.l7 {
         let _ = writeln!(
@@ -70,4 +78,19 @@ pub fn check(plan: &Plan, elapsed: Duration) -> String {
         let _ = writeln!(o, "note: {n}");
     }
     o
+}
+
+/// The Pods of the plan a scoped host's selectors select, named.
+fn selected(plan: &Plan, h: &crate::plan::HostPlan) -> String {
+    let names: Vec<String> = plan
+        .workloads
+        .iter()
+        .filter(|w| h.visible_to(Some(w)))
+        .map(|w| w.key())
+        .collect();
+    if names.is_empty() {
+        "no Pod in the inventory".into()
+    } else {
+        names.join(", ")
+    }
 }

@@ -195,6 +195,16 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// The shipped CNI plugin (`deploy/cni/routerd-workload`): beside the
+/// binaries in a VM, else in the source tree.
+pub fn cni_plugin() -> PathBuf {
+    let beside = bin_dir().join("routerd-workload");
+    if beside.exists() {
+        return beside;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/routerd-workload")
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
@@ -430,6 +440,61 @@ pub struct EtcNetns(pub PathBuf);
 impl Drop for EtcNetns {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pod: a network namespace of its own (routes to the world only), its
+/// own cgroup under the test's, its own resolv.conf ([`World::pod`]).
+/// Fields drop in order: the cgroup's processes are killed before the
+/// namespace goes.
+pub struct PodNs {
+    pub name: String,
+    pub cgroup: Cgroup,
+    pub ns: Netns,
+    _etc: EtcNetns,
+}
+
+impl PodNs {
+    /// The path routerd is handed (`routerd workload add --netns`).
+    pub fn netns(&self) -> String {
+        format!("/var/run/netns/{}", self.ns.name)
+    }
+
+    /// `program` run inside the pod: its namespace and its cgroup.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name]).arg(program);
+        self.cgroup.enter(&mut cmd);
+        cmd
+    }
+
+    /// `dig` for `name` through the pod's resolver (captured when routerd
+    /// serves the pod): its whole output.
+    pub fn dig(&self, name: &str) -> String {
+        let out = self
+            .cmd("dig")
+            .args(["+time=1", "+tries=2", name])
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An HTTP GET through curl: status code (0: no connection) and body.
+    pub fn get(&self, url: &str) -> (u16, String) {
+        let out = self
+            .cmd("curl")
+            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("curl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The TCP and UDP sockets listening in the pod's namespace (`ss`).
+    pub fn listening(&self) -> String {
+        run(Command::new("ip").args(["netns", "exec", &self.ns.name, "ss", "-Hltun"]))
+            .unwrap_or_default()
     }
 }
 
@@ -765,6 +830,26 @@ impl World {
         self.world.ip(&["addr", "add", &b, "dev", &vb])?;
         self.world.ip(&["link", "set", &vb, "up"])?;
         Ok(ns)
+    }
+
+    /// A pod ([`PodNs`]) named `pod<n>`: another namespace beside `node`
+    /// (see [`World::other_node`]), a child cgroup of the test's and a
+    /// resolv.conf naming `resolver`.
+    pub fn pod(&self, n: u8, resolver: &str) -> Result<PodNs> {
+        let ns = self.other_node(n)?;
+        let cgroup = Cgroup::new(&format!("{}/pod{n}", self.tag))?;
+        let etc = EtcNetns(PathBuf::from("/etc/netns").join(&ns.name));
+        std::fs::create_dir_all(&etc.0)?;
+        std::fs::write(
+            etc.0.join("resolv.conf"),
+            format!("nameserver {resolver}\noptions timeout:1 attempts:2\n"),
+        )?;
+        Ok(PodNs {
+            name: format!("pod{n}"),
+            cgroup,
+            ns,
+            _etc: etc,
+        })
     }
 
     /// A command run in namespace `ns`, inside the test cgroup.

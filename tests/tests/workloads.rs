@@ -31,73 +31,15 @@ fn config() -> String {
         .yaml()
 }
 
-/// A pod: its own namespace (routes to the world only), its own cgroup
-/// under the test's, and its own resolv.conf (the test's resolver).
-struct PodNs {
-    name: String,
-    cgroup: Cgroup,
-    ns: Netns,
-    _etc: EtcNetns,
-}
-
-impl PodNs {
-    fn new(world: &World, n: u8) -> PodNs {
-        let ns = world.other_node(n).unwrap();
-        let cgroup = Cgroup::new(&format!("{}/pod{n}", world.tag)).unwrap();
-        let etc = EtcNetns(std::path::PathBuf::from("/etc/netns").join(&ns.name));
-        std::fs::create_dir_all(&etc.0).unwrap();
-        std::fs::write(
-            etc.0.join("resolv.conf"),
-            format!("nameserver {RESOLVER}\noptions timeout:1 attempts:2\n"),
-        )
-        .unwrap();
-        PodNs {
-            name: format!("pod{n}"),
-            cgroup,
-            ns,
-            _etc: etc,
-        }
-    }
-
-    fn netns(&self) -> String {
-        format!("/var/run/netns/{}", self.ns.name)
-    }
-
-    /// `program` run inside the pod: its namespace and its cgroup.
-    fn cmd(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.name, program]);
-        self.cgroup.enter(&mut cmd);
-        cmd
-    }
-
-    /// `dig +short` for `name` through the pod's resolver (captured when
-    /// routerd serves the pod).
-    fn dig(&self, name: &str) -> String {
-        let out = self
-            .cmd("dig")
-            .args(["+time=1", "+tries=2", name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// An HTTP GET through curl: status code and body.
-    fn get(&self, url: &str) -> (u16, String) {
-        let out = self
-            .cmd("curl")
-            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", url])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    /// The TCP and UDP sockets listening in the pod's namespace.
-    fn listening(&self) -> String {
-        run(Command::new("ip").args(["netns", "exec", &self.ns.name, "ss", "-Hltun"])).unwrap()
-    }
+/// routerd's open descriptors and threads.
+fn fds_threads(d: &Routerd) -> (usize, usize) {
+    let pid = d.pid().unwrap();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .unwrap()
+            .count()
+    };
+    (count("fd"), count("task"))
 }
 
 fn status(dig_output: &str) -> String {
@@ -145,7 +87,7 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
     let _dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
     world.resolv_conf(RESOLVER).unwrap();
     world.dir.write("config/all.yaml", &config()).unwrap();
-    let pods: Vec<PodNs> = (1..=3).map(|n| PodNs::new(&world, n)).collect();
+    let pods: Vec<PodNs> = (1..=3).map(|n| world.pod(n, RESOLVER).unwrap()).collect();
     let mut d = Routerd::start(
         &world.tag,
         &world.dir.path.join("config"),
@@ -178,9 +120,33 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
         assert!(out.contains("handed to routerd"), "{out}");
     }
     let dir = d.state_dir.join("workloads");
-    let record = serde_json::json!({"namespace": "t", "name": "pod3", "netns": pods[2].netns()});
-    std::fs::write(dir.join(".t_pod3.json.tmp"), record.to_string()).unwrap();
-    std::fs::rename(dir.join(".t_pod3.json.tmp"), dir.join("t_pod3.json")).unwrap();
+    // The shipped CNI plugin, run as a container runtime runs a chained
+    // plugin: it passes the previous plugin's result on.
+    let conf = r#"{"cniVersion": "1.0.0", "name": "pods", "type": "routerd-workload", "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.255.254.9/30"}]}}"#;
+    let cni = |command: &str| {
+        let mut c = Command::new(cni_plugin())
+            .env("CNI_COMMAND", command)
+            .env("CNI_NETNS", pods[2].netns())
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=t;K8S_POD_NAME=pod3",
+            )
+            .env("ROUTERD_WORKLOADS_DIR", &dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "CNI {command}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let result = cni("ADD");
+    assert!(
+        result.contains("10.255.254.9/30"),
+        "the previous result passes on: {result}"
+    );
     // A record whose namespace does not exist: reported, the others unharmed.
     std::fs::write(
         dir.join("t_ghost.json"),
@@ -265,6 +231,48 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
     assert_served(&pods[0]);
     assert_served(&pods[2]);
 
+    // Pods leave and come back twice: what routerd holds after they left
+    // is the same each time (no descriptor, no thread left behind; the
+    // proxy's pooled connections to endpoints stay as they were).
+    let leave_and_return = || {
+        let from = d.log_len();
+        for p in [&pods[0], &pods[2]] {
+            std::fs::rename(
+                dir.join(format!("t_{}.json", p.name)),
+                d.state_dir.join(&p.name),
+            )
+            .unwrap();
+        }
+        for p in [&pods[0], &pods[2]] {
+            let want = format!("t/{}", p.name);
+            d.wait_event(
+                from,
+                |e| matches!(e, Event::WorkloadForgotten { workload } if *workload == want),
+            )
+            .unwrap();
+        }
+        // The listeners' tasks end as they are aborted: let them.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let gone = fds_threads(&d);
+        let from = d.log_len();
+        for p in [&pods[0], &pods[2]] {
+            std::fs::rename(
+                d.state_dir.join(&p.name),
+                dir.join(format!("t_{}.json", p.name)),
+            )
+            .unwrap();
+            served(&d, from, &p.name);
+        }
+        gone
+    };
+    let first = leave_and_return();
+    let second = leave_and_return();
+    assert_eq!(
+        first, second,
+        "(descriptors, threads) with every pod gone, twice"
+    );
+    assert_served(&pods[0]);
+
     // A restart keeps the pods it was handed: their listeners open again.
     d.terminate().unwrap();
     let from = d.log_len();
@@ -273,6 +281,15 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
         served(&d, from, &p.name);
         assert_served(p);
     }
+    // The CNI plugin's CHECK and DEL: the record is there, then gone.
+    cni("CHECK");
+    let from = d.log_len();
+    cni("DEL");
+    d.wait_event(
+        from,
+        |e| matches!(e, Event::WorkloadForgotten { workload } if workload == "t/pod3"),
+    )
+    .unwrap();
     d.stop().unwrap();
     std::fs::remove_dir_all(d.state_dir.join("workloads")).unwrap();
     for p in &pods {
@@ -342,7 +359,7 @@ fn workload_selectors_decide_what_each_pod_sees() {
         .dir
         .write("config/all.yaml", &scoped_config("c"))
         .unwrap();
-    let pods: Vec<PodNs> = (1..=3).map(|n| PodNs::new(&world, n)).collect();
+    let pods: Vec<PodNs> = (1..=3).map(|n| world.pod(n, RESOLVER).unwrap()).collect();
     let mut d = Routerd::start(&world.tag, &cfg_dir, &world.cgroup.path, &[]).unwrap();
     let from = d.log_len();
     for p in &pods {

@@ -394,6 +394,9 @@ fn build_initramfs(
     copy_with_libs(&which("dnsmasq")?, "/usr/sbin/dnsmasq", &root)?;
     copy_with_libs(&which("dig")?, "/usr/bin/dig", &root)?;
     copy_with_libs(&which("getent")?, "/usr/bin/getent", &root)?;
+    // The workloads tests: what listens in a pod's namespace, and the
+    // shipped CNI plugin (a busybox sh script).
+    copy_with_libs(&which("ss")?, "/usr/bin/ss", &root)?;
     for (file, text) in [
         ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
         ("etc/group", "root:x:0:\n"),
@@ -407,6 +410,10 @@ fn build_initramfs(
     for b in &bins.bins {
         std::fs::copy(b, root.join("bin").join(b.file_name().unwrap()))?;
     }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/routerd-workload"),
+        root.join("bin/routerd-workload"),
+    )?;
     for t in &bins.tests {
         // l4-<hash> -> l4
         let name = t.file_name().unwrap().to_string_lossy();

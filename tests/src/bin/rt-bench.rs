@@ -33,9 +33,13 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,http,control,churn"
+        default_value = "connect,http,control,churn,workloads"
     )]
     suites: Vec<String>,
+    /// Workloads (pods, each its own network namespace) in the workloads
+    /// suite.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
     /// Numbers of services (virtual hosts) to load for the connect suite.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
     services: Vec<usize>,
@@ -706,10 +710,7 @@ fn connect_suite(args: &Args, md: &mut String) -> Result<()> {
 
         let vip = vip(&plan, &format!("h{}.bench.mesh", n / 2), 8080, false).to_string();
         let clusterip = format!("{}:8080", cluster_ip(n / 2));
-        let ms = args.millis.to_string();
-        let b = |addr: &str| -> Vec<String> {
-            vec!["bench".into(), addr.into(), "--millis".into(), ms.clone()]
-        };
+        let b = |addr: &str| connect_args(addr, args);
         let contenders = vec![
             ("direct", &world, b(BACKEND), None),
             ("VIP (routerd)", &world, b(&vip), None),
@@ -1119,6 +1120,234 @@ fn control_suite(args: &Args, md: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// rt-probe's arguments for the connect measurement against `addr`.
+fn connect_args(addr: &str, args: &Args) -> Vec<String> {
+    vec![
+        "bench".into(),
+        addr.into(),
+        "--millis".into(),
+        args.millis.to_string(),
+    ]
+}
+
+/// The workloads suite's config: the bench service under a host for every
+/// caller and a host for the `app: bench` workload only, and `pods` Pods
+/// (`pod0`..) besides the `bench` one.
+fn workloads_config(pods: usize) -> String {
+    let mut c = bench_router()
+        .with(rt_forward("open", "open.bench.mesh", "bench"))
+        .with(rt_forward("scoped", "scoped.bench.mesh", "bench").for_workloads(&[("app", "bench")]))
+        .with(Pod::new("bench").label("app", "bench"));
+    for i in 0..pods {
+        c = c.with(Pod::new(&format!("pod{i}")).label("app", "other"));
+    }
+    c.yaml()
+}
+
+/// A workload's hand-off record, written as a CNI plugin would (a
+/// temporary file, then a rename).
+fn hand_off(dir: &Path, name: &str, netns: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let rec = serde_json::json!({"namespace": "t", "name": name, "netns": netns});
+    let tmp = dir.join(format!(".t_{name}.json.tmp"));
+    std::fs::write(&tmp, rec.to_string())?;
+    std::fs::rename(&tmp, dir.join(format!("t_{name}.json")))?;
+    Ok(())
+}
+
+/// routerd's descriptors and threads now.
+fn fds_threads(pid: u32) -> (usize, usize) {
+    let count = |d: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{d}"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    (count("fd"), count("task"))
+}
+
+/// Many workloads on one node: start to ready with their records waiting,
+/// each one added while routerd runs, what they cost, and the connect path
+/// with per-workload visibility (a scoped VIP) beside one without.
+fn workloads_suite(args: &Args, md: &mut String) -> Result<()> {
+    let n = args.pods;
+    let world = bench_world("sink")?;
+    world.dir.write("config/bench.yaml", &workloads_config(n))?;
+    let cfg = world.dir.path.join("config");
+    // The daemon's own listeners in an empty namespace: the bench client's
+    // (the node's) is handed over as the workload `t/bench`.
+    let daemon_ns = Netns::new(format!("{}d", world.tag))?;
+    let daemon_ns_path = format!("/var/run/netns/{}", daemon_ns.name);
+    let pods: Vec<Netns> = (0..n)
+        .map(|i| Netns::new(format!("{}p{i}", world.tag)))
+        .collect::<Result<_>>()?;
+    let node_ns = format!("/var/run/netns/{}", world.node.name);
+    let start = |records: bool| -> Result<(Routerd, f64)> {
+        let mut d = Routerd::new(
+            &world.tag,
+            &cfg,
+            &world.cgroup.path,
+            &["--no-watch", "--listen-netns", &daemon_ns_path],
+        );
+        d.echo.store(false, std::sync::atomic::Ordering::Relaxed);
+        let dir = d.state_dir.join("workloads");
+        let _ = std::fs::remove_dir_all(&dir);
+        hand_off(&dir, "bench", &node_ns)?;
+        if records {
+            for (i, p) in pods.iter().enumerate() {
+                hand_off(
+                    &dir,
+                    &format!("pod{i}"),
+                    &format!("/var/run/netns/{}", p.name),
+                )?;
+            }
+        }
+        let t = Instant::now();
+        d.spawn()?;
+        Ok((d, t.elapsed().as_secs_f64() * 1e3))
+    };
+    let served = |d: &Routerd| {
+        d.events(0)
+            .iter()
+            .filter(|e| matches!(e, Event::WorkloadServed { .. }))
+            .count()
+    };
+    // Start to ready with every record waiting (all served before ready).
+    let (mut full, full_ms) = start(true)?;
+    anyhow::ensure!(
+        served(&full) == n + 1,
+        "routerd served {} of {} workloads",
+        served(&full),
+        n + 1
+    );
+    let full_mem = memory(full.pid().unwrap_or(0));
+    let full_ft = fds_threads(full.pid().unwrap_or(0));
+    full.stop()?;
+    drop(full);
+    // One workload, then the others added one by one while it runs.
+    let (d, one_ms) = start(false)?;
+    let pid = d.pid().unwrap_or(0);
+    let one_mem = memory(pid);
+    let one_ft = fds_threads(pid);
+    let dir = d.state_dir.join("workloads");
+    let mut add_ms = Vec::new();
+    let mut in_routerd = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let from = d.log_len();
+        let t = Instant::now();
+        hand_off(
+            &dir,
+            &format!("pod{i}"),
+            &format!("/var/run/netns/{}", p.name),
+        )?;
+        let want = format!("t/pod{i}");
+        let e = d.wait_event(
+            from,
+            |e| matches!(e, Event::WorkloadServed { workload, .. } if *workload == want),
+        )?;
+        add_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Event::WorkloadServed { elapsed_ms, .. } = e {
+            in_routerd.push(elapsed_ms);
+        }
+    }
+    let all_mem = memory(pid);
+    let all_ft = fds_threads(pid);
+
+    let plan = plan(&cfg)?;
+    let open = vip(&plan, "open.bench.mesh", 8080, false).to_string();
+    let scoped =
+        std::net::SocketAddr::new(plan.hosts_named("scoped.bench.mesh")[0].vip4.into(), 8080)
+            .to_string();
+    let b = |addr: &str| connect_args(addr, args);
+    let contenders = vec![
+        ("direct", &world, b(BACKEND), None),
+        ("VIP for every caller", &world, b(&open), None),
+        ("workload-scoped VIP", &world, b(&scoped), None),
+    ];
+    let rows = compare("connect", args.rounds, &contenders)?;
+    drop(d);
+
+    let pct = |v: &[f64], p: f64| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let _ = writeln!(
+        md,
+        "## Workloads: pods in network namespaces of their own
+"
+    );
+    let _ = writeln!(
+        md,
+        "{n} pods, each its own network namespace, handed to routerd through the workloads \
+         directory (a JSON record written whole, as a CNI plugin would), plus the bench client's \
+         namespace as the workload `t/bench`. routerd opens a DNS (UDP+TCP) and an L7 proxy \
+         (IPv4+IPv6) listener inside each, a thread per namespace makes them there.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| | start to ready (ms) | RSS (MiB) | descriptors | threads |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    let rows_of = [
+        (
+            "1 workload".to_string(),
+            format!("{one_ms:.0}"),
+            one_mem,
+            one_ft,
+        ),
+        (
+            format!("{} workloads, records waiting at start", n + 1),
+            format!("{full_ms:.0}"),
+            full_mem,
+            full_ft,
+        ),
+        (
+            format!("{} workloads, added one by one while running", n + 1),
+            String::new(),
+            all_mem,
+            all_ft,
+        ),
+    ];
+    for (what, ready, mem, (fds, threads)) in rows_of {
+        let rss = mib(mem.0 * 1024.0);
+        let _ = writeln!(md, "| {what} | {ready} | {rss} | {fds} | {threads} |");
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Adding a workload while routerd runs ({n} adds, one at a time): record written to \
+         `workload_served` seen (inotify, listeners opened in the pod, the kernel's entry, the \
+         event through routerd's log) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; inside routerd \
+         p50 {:.1} ms, p99 {:.1} ms.\n",
+        pct(&add_ms, 0.5),
+        pct(&add_ms, 0.99),
+        pct(&add_ms, 1.0),
+        pct(&in_routerd, 0.5),
+        pct(&in_routerd, 0.99)
+    );
+    let _ = writeln!(
+        md,
+        "Connect path from the workload `t/bench` (as the connect suite: blocking connect + RST \
+         close, one client process): a VIP for every caller, and a VIP of a RouteTable with \
+         workloadSelectors that select it (one more hash lookup, `ROUTER_VIS_V3`, keyed by the \
+         caller's namespace cookie and the VIP).\n"
+    );
+    table(
+        md,
+        "",
+        "connects",
+        &rows,
+        &[
+            ("VIP for every caller", "unscoped VIP"),
+            ("direct", "direct"),
+        ],
+    );
+    let _ = writeln!(md);
+    Ok(())
+}
+
 /// Sustained endpoint churn against the largest control world.
 fn churn_suite(args: &Args, md: &mut String) -> Result<()> {
     let n = *args
@@ -1319,7 +1548,10 @@ fn bench() -> Result<()> {
             "http" => http_suite(&args, &mut md)?,
             "control" => control_suite(&args, &mut md)?,
             "churn" => churn_suite(&args, &mut md)?,
-            other => bail!("unknown suite {other:?}: expected connect, http, control or churn"),
+            "workloads" => workloads_suite(&args, &mut md)?,
+            other => bail!(
+                "unknown suite {other:?}: expected connect, http, control, churn or workloads"
+            ),
         }
     }
     print!("{md}");

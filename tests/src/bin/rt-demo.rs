@@ -134,22 +134,50 @@ fn show_curls(
     Ok(seen)
 }
 
-/// `routerd explain` of what the demo's daemon serves (its state dir).
+/// `routerd explain` of what the demo's daemon serves (its state dir), with
+/// more arguments, its first `lines` lines.
+fn explain_with(
+    bin: &std::path::Path,
+    routerd: &Routerd,
+    config: &std::path::Path,
+    args: &[&str],
+    lines: usize,
+) -> Result<()> {
+    let out = run(Command::new(bin)
+        .arg("explain")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(&routerd.state_dir))?;
+    for l in out.lines().take(lines) {
+        println!("  | {l}");
+    }
+    Ok(())
+}
+
+/// `routerd explain` of `target`, whole.
 fn explain(
     bin: &std::path::Path,
     routerd: &Routerd,
     config: &std::path::Path,
     target: &str,
 ) -> Result<()> {
-    let out = run(Command::new(bin)
-        .args(["explain", target, "--config"])
-        .arg(config)
-        .arg("--state-dir")
-        .arg(&routerd.state_dir))?;
-    for l in out.lines() {
-        println!("  | {l}");
+    explain_with(bin, routerd, config, &[target], usize::MAX)
+}
+
+/// reviews' connections by version (v2 is the one endpoint 10.1.1.31).
+fn reviews_versions(probes: &[Probe]) -> BTreeMap<&'static str, usize> {
+    let mut by_version = BTreeMap::new();
+    for p in probes {
+        let v = match p.answer.as_ref().map(|a| a.local.as_str()) {
+            Some("10.1.1.31:9080") => "v2",
+            Some(_) => "v1",
+            None => "failed",
+        };
+        *by_version.entry(v).or_default() += 1;
     }
-    Ok(())
+    by_version
 }
 
 /// One curl, printed: status, a response header, and who answered.
@@ -398,20 +426,67 @@ fn demo() -> Result<()> {
     );
     let vip_r = SocketAddr::new(resolve(&world, "reviews.shop.mesh.internal")?, 9080);
     let probes = world.probe(&["tcp", &vip_r.to_string(), "--count", "200"])?;
-    let mut by_version: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in &probes {
-        let v = match p.answer.as_ref().map(|a| a.local.as_str()) {
-            Some("10.1.1.31:9080") => "v2",
-            Some(_) => "v1",
-            None => "failed",
-        };
-        *by_version.entry(v).or_default() += 1;
-    }
     println!(
         "  rt-probe tcp {vip_r} x200 -> {:?} by backend, {:?} by version",
         tally(&probes),
-        by_version
+        reviews_versions(&probes)
     );
+
+    heading(
+        "workloads: two pods, each in its own network namespace; one name, two route tables \
+         (workloadSelectors)",
+    );
+    let pods = [world.pod(1, RESOLVER)?, world.pod(2, RESOLVER)?];
+    let names = ["frontend-1", "frontend-preview"];
+    for (p, name) in pods.iter().zip(names) {
+        let mark = routerd.log_len();
+        run(Command::new(&routerd_bin)
+            .args(["workload", "add", "--namespace", "shop", "--name", name])
+            .args(["--netns", &p.netns(), "--cgroup"])
+            .arg(&p.cgroup.path)
+            .arg("--state-dir")
+            .arg(&routerd.state_dir))?;
+        let want = format!("shop/{name}");
+        let e = routerd.wait_event(
+            mark,
+            |e| matches!(e, Event::WorkloadServed { workload, .. } if *workload == want),
+        )?;
+        if let Event::WorkloadServed { listeners, .. } = e {
+            println!(
+                "  routerd workload add --name {name} --netns {} -> listeners inside the pod: {}",
+                p.netns(),
+                listeners.join(", ")
+            );
+        }
+    }
+    for (p, name) in pods.iter().zip(names) {
+        let out = run(p
+            .cmd("getent")
+            .args(["ahostsv4", "reviews.shop.mesh.internal"]))?;
+        let ip = out.split_whitespace().next().unwrap_or("?").to_string();
+        let probes = parse_probes(&run(p.cmd(bin("rt-probe")).args([
+            "tcp",
+            &format!("{ip}:9080"),
+            "--count",
+            "50",
+        ]))?)?;
+        println!(
+            "  in {name}: reviews.shop.mesh.internal -> {ip}; rt-probe x50 -> {:?} by version",
+            reviews_versions(&probes)
+        );
+    }
+    println!("  routerd explain reviews.shop.mesh.internal --workload shop/frontend-preview:");
+    explain_with(
+        &routerd_bin,
+        &routerd,
+        &config,
+        &[
+            "reviews.shop.mesh.internal",
+            "--workload",
+            "shop/frontend-preview",
+        ],
+        6,
+    )?;
 
     heading("echo: UDP through a VIP; the reply comes from the VIP");
     let vip_e = SocketAddr::new(resolve(&world, "echo.shop.mesh.internal")?, 9000);
@@ -553,6 +628,7 @@ fn demo() -> Result<()> {
     heading("cleanup");
     routerd.stop()?;
     drop(routerd);
+    drop(pods);
     drop(world);
     println!("  removed the namespaces, the cgroup, the pinned maps and links, and the temp files");
     Ok(())
