@@ -111,12 +111,17 @@ pub const MAP_EJECTIONS: &str = map_name!("EJECT");
 /// namespace has an entry for the VIP; others are refused as if the VIP
 /// did not exist.
 pub const MAP_VISIBLE: &str = map_name!("VIS");
+/// `VisKey -> u32` (1): the workloads' own addresses (their Pods' IPs), by
+/// the workload's network namespace. A service whose header has
+/// [`SVC_F_OWN`] does not send a workload to its own address when another
+/// endpoint can be found.
+pub const MAP_OWN: &str = map_name!("OWN");
 
 /// The kernel object's maps: `(key the eBPF sources name it by, map name)`.
 /// router-ebpf's build script turns this table into the `router_map!`
 /// macro that puts each name on its map definition, so the names exist
 /// here only.
-pub const KERNEL_MAPS: [(&str, &str); 16] = [
+pub const KERNEL_MAPS: [(&str, &str); 17] = [
     ("services", MAP_SERVICES),
     ("slots", MAP_SLOTS),
     ("backends", MAP_BACKENDS),
@@ -133,10 +138,11 @@ pub const KERNEL_MAPS: [(&str, &str); 16] = [
     ("backend_health", MAP_BACKEND_HEALTH),
     ("ejections", MAP_EJECTIONS),
     ("visible", MAP_VISIBLE),
+    ("own", MAP_OWN),
 ];
 
 /// Every map the daemon pins, in the order it creates them.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -153,6 +159,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     MAP_BACKEND_HEALTH,
     MAP_EJECTIONS,
     MAP_VISIBLE,
+    MAP_OWN,
 ];
 
 /// The cgroup sock_addr programs, by ELF symbol name.
@@ -213,6 +220,8 @@ pub const MAX_LISTENER_NETNS: u32 = 4_096;
 /// (workload namespace, scoped VIP) pairs: e.g. 200 pods each seeing 160
 /// scoped VIPs (both families).
 pub const MAX_VISIBLE: u32 = 65_536;
+/// (workload namespace, own address) pairs.
+pub const MAX_OWN: u32 = 16_384;
 /// Bytes of the kernel-ejection ring buffer (a page multiple; 32-byte events
 /// plus an 8-byte header: 1,600 ejections before the daemon reads).
 pub const EJECTIONS_RING_BYTES: u32 = 65_536;
@@ -263,6 +272,12 @@ pub const SVC_F_PROXY: u16 = 1;
 /// entry in [`MAP_VISIBLE`] for the VIP may use it; the others are refused
 /// with [`ERRNO_UNKNOWN_VIP`], as if it did not exist.
 pub const SVC_F_SCOPED: u16 = 2;
+/// `SvcHeader::flags`: some endpoint of the service is a workload's own
+/// address (a Pod's IP): the connect hook checks [`MAP_OWN`] for the
+/// endpoint it picked and the caller's namespace, and picks again (up to
+/// [`EJECT_PROBES`] slots, as for ejected endpoints) when it is the
+/// caller's own; the only endpoint left, it keeps it.
+pub const SVC_F_OWN: u16 = 4;
 
 /// `RevNat::flags`: the connection was handed to one of the daemon's
 /// listeners (the L7 proxy or DNS); `tcp_ops` records its original

@@ -74,10 +74,10 @@ use router_common::{
     BANK_SLOTS, Backend, BackendHealth, BackendStats, CFG_REFUSE_UNKNOWN_VIP, CFG_VALID, DNS_PORT,
     EJECT_PROBES, EJECTIONS_RING_BYTES, ERRNO_DAEMON_DOWN, ERRNO_NO_BACKEND, ERRNO_UNKNOWN_VIP,
     FAIL_RESET, FAIL_SYN_TIMEOUT, FAMILY_V4, FAMILY_V6, GlobalConfig, GlobalStats, KernelEjection,
-    LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST,
+    LSN_F_DNS, LSN_F_PROXY, Listeners, MAX_BACKENDS, MAX_LISTENER_NETNS, MAX_ORIG_DST, MAX_OWN,
     MAX_SERVICES, MAX_SLOT_ENTRIES, MAX_UDP_REVNAT, MAX_VISIBLE, Meta, OrigDst, OrigKey, PROTO_UDP,
-    REV_F_DAEMON, REV_F_FAILED, REV_F_WATCH, RevNat, SVC_F_PROXY, SVC_F_SCOPED, SlotKey, SvcHeader,
-    SvcKey, SvcStats, UdpRevKey, UdpRevValue, VisKey, addr,
+    REV_F_DAEMON, REV_F_FAILED, REV_F_WATCH, RevNat, SVC_F_OWN, SVC_F_PROXY, SVC_F_SCOPED, SlotKey,
+    SvcHeader, SvcKey, SvcStats, UdpRevKey, UdpRevValue, VisKey, addr,
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -145,6 +145,10 @@ router_map!(
 router_map!(
     visible,
     static VISIBLE: HashMap<VisKey, u32, { MAX_VISIBLE as usize }, NO_PREALLOC> = HashMap::new();
+);
+router_map!(
+    own,
+    static OWN: HashMap<VisKey, u32, { MAX_OWN as usize }, NO_PREALLOC> = HashMap::new();
 );
 router_map!(
     ejections,
@@ -334,15 +338,21 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &GlobalConfig, key: &SvcKey) -> Opti
 /// more hash lookup, only for scoped services.)
 #[inline(always)]
 fn visible(ctx: &SockAddrContext, key: &SvcKey) -> bool {
-    let k = VisKey {
+    // SAFETY: only the presence is read.
+    unsafe { VISIBLE.get(caller_key(ctx, key.addr, key.family)) }.is_some()
+}
+
+/// `(the caller's network namespace, an address)`: the key of the
+/// workloads' maps.
+#[inline(always)]
+fn caller_key(ctx: &SockAddrContext, addr: [u32; 4], family: u8) -> VisKey {
+    VisKey {
         // SAFETY: helper call on the sock_addr ctx.
         netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
-        addr: key.addr,
-        family: key.family,
+        addr,
+        family,
         _pad: [0; 7],
-    };
-    // SAFETY: only the presence is read.
-    unsafe { VISIBLE.get(k) }.is_some()
+    }
 }
 
 /// The O(1) lookup: header, one slot, one backend. `pick` is a 32-bit value
@@ -386,8 +396,12 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         );
         return Verdict::Refuse(ERRNO_NO_BACKEND);
     };
+    let own = flags & SVC_F_OWN != 0;
     let (backend_id, backend) = if backend.eject_after != 0 && ejected(backend_id) {
-        avoid_ejected(svc_id, base, count, (backend_id, backend))
+        bump_backend(backend_id, |s| s.ejected_skips += 1);
+        pick_again(ctx, own, svc_id, base, count, (backend_id, backend))
+    } else if own && is_own(ctx, &backend) {
+        pick_again(ctx, own, svc_id, base, count, (backend_id, backend))
     } else {
         (backend_id, backend)
     };
@@ -431,9 +445,19 @@ fn ejected(id: u32) -> bool {
 /// daemon compiled still hold); if every one is ejected too, keep the first
 /// pick (the kernel never refuses on its own: the daemon decides whether a
 /// whole tier is out).
+///
+/// The same for a workload's own address (`own`: the service has one among
+/// its endpoints): a caller is not sent to itself when another endpoint can
+/// be found.
 #[inline(always)]
-fn avoid_ejected(svc_id: u32, base: u32, count: u32, first: (u32, Backend)) -> (u32, Backend) {
-    bump_backend(first.0, |s| s.ejected_skips += 1);
+fn pick_again(
+    ctx: &SockAddrContext,
+    own: bool,
+    svc_id: u32,
+    base: u32,
+    count: u32,
+    first: (u32, Backend),
+) -> (u32, Backend) {
     for _ in 0..EJECT_PROBES {
         // SAFETY: helper call.
         let pick = unsafe { bpf_get_prandom_u32() };
@@ -443,12 +467,21 @@ fn avoid_ejected(svc_id: u32, base: u32, count: u32, first: (u32, Backend)) -> (
         };
         if let Some((id, b)) = slot_backend(slot)
             && (b.eject_after == 0 || !ejected(id))
+            && !(own && is_own(ctx, &b))
         {
             return (id, b);
         }
     }
     bump_global(|s| s.ejected_fallback += 1);
     first
+}
+
+/// Is `b` the caller's own address (its namespace is a workload's, and the
+/// address one of its Pod's)?
+#[inline(always)]
+fn is_own(ctx: &SockAddrContext, b: &Backend) -> bool {
+    // SAFETY: only the presence is read.
+    unsafe { OWN.get(caller_key(ctx, b.addr, b.family)) }.is_some()
 }
 
 #[inline(always)]

@@ -515,19 +515,22 @@ impl Serving {
         opened
     }
 
-    /// The kernel's `MAP_VISIBLE` for the workloads served and the plan's
-    /// scoped hosts.
+    /// The kernel's `MAP_VISIBLE` and `MAP_OWN` for the workloads served,
+    /// the plan's scoped hosts and its Pods' addresses.
     fn sync_visible(&mut self) -> Result<()> {
         if !self.visible_ready {
             return Ok(());
         }
-        let want = self
-            .scopes
-            .visibility(self.workloads.iter().map(|(k, p)| (k.as_str(), p.netns)))
-            .into_iter()
-            .map(|(netns, vip)| datapath::sync::vis_key(netns, vip))
-            .collect();
-        self.dp.set_visible(want)
+        let served = || self.workloads.iter().map(|(k, p)| (k.as_str(), p.netns));
+        let keys = |pairs: std::collections::BTreeSet<(u64, std::net::IpAddr)>| {
+            pairs
+                .into_iter()
+                .map(|(netns, ip)| datapath::sync::vis_key(netns, ip))
+                .collect()
+        };
+        let visible = keys(self.scopes.visibility(served()));
+        let own = keys(self.scopes.own_addresses(served()));
+        self.dp.set_workload_keys(visible, own)
     }
 
     fn close_in(&mut self, netns: u64) {

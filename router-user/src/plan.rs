@@ -185,6 +185,9 @@ pub struct WorkloadPlan {
     pub cluster: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<(String, String)>,
+    /// Its addresses (`status.podIPs`): the workload's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
 }
 
 impl WorkloadPlan {
@@ -620,6 +623,11 @@ pub struct Plan {
     /// name): what workload-scoped hosts are matched against.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadPlan>,
+    /// A workload may be sent to its own address through a VIP
+    /// (RouterConfig `spec.workloadHairpin`); false: the kernel picks
+    /// another endpoint of the service when there is one.
+    #[serde(default)]
+    pub workload_hairpin: bool,
     pub notices: Vec<Notice>,
 }
 
@@ -685,6 +693,7 @@ impl Plan {
 pub struct Scopes {
     pub hosts: Vec<Arc<HostPlan>>,
     pub workloads: Vec<WorkloadPlan>,
+    pub hairpin: bool,
 }
 
 impl Scopes {
@@ -697,7 +706,24 @@ impl Scopes {
                 .cloned()
                 .collect(),
             workloads: plan.workloads.clone(),
+            hairpin: plan.workload_hairpin,
         }
+    }
+
+    /// The served workloads' own addresses, by namespace cookie: what the
+    /// kernel avoids sending a workload to (none with hairpin allowed).
+    pub fn own_addresses<'a>(
+        &self,
+        served: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> std::collections::BTreeSet<(u64, IpAddr)> {
+        if self.hairpin {
+            return Default::default();
+        }
+        served
+            .into_iter()
+            .filter_map(|(key, cookie)| Some((find_workload(&self.workloads, key)?, cookie)))
+            .flat_map(|(w, cookie)| w.ips.iter().map(move |ip| (cookie, *ip)))
+            .collect()
     }
 
     /// Which workload namespaces (cookies) see which workload-scoped VIPs:

@@ -232,13 +232,20 @@ impl Docs for Service {
 #[derive(Clone, Debug)]
 pub struct Pod {
     meta: Meta,
+    ips: Vec<String>,
 }
 
 impl Pod {
     pub fn new(name: &str) -> Self {
         Pod {
             meta: Meta::new(name),
+            ips: Vec::new(),
         }
+    }
+    /// An address of the Pod (`status.podIPs`).
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.ips.push(ip.into());
+        self
     }
     /// A Pod of another cluster than the node's.
     pub fn cluster(mut self, c: &str) -> Self {
@@ -255,7 +262,15 @@ impl Object for Pod {
 
 impl Docs for Pod {
     fn docs(&self) -> Vec<Value> {
-        vec![self.meta.doc("v1", "Pod", Map::new())]
+        let mut body = Map::new();
+        if !self.ips.is_empty() {
+            let ips: Vec<Value> = self.ips.iter().map(|ip| json!({"ip": ip})).collect();
+            body.insert(
+                "status".into(),
+                json!({"podIP": self.ips[0], "podIPs": ips}),
+            );
+        }
+        vec![self.meta.doc("v1", "Pod", body)]
     }
 }
 

@@ -927,7 +927,12 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
                 .named_port("http", 8080, "TCP")
                 .endpoint("10.0.0.2", "z1"),
         )
-        .with(Pod::new("p1").label("app", "a"))
+        .with(
+            Pod::new("p1")
+                .label("app", "a")
+                .ip("10.0.0.9")
+                .ip("fd00::9"),
+        )
         .with(Pod::new("p2").label("app", "b"))
         .with(Pod::new("elsewhere").label("app", "b").cluster("c2"))
         .with(
@@ -1001,6 +1006,22 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
     ]
     .into();
     assert_eq!(vis, want);
+
+    // Their own addresses (the Pods' IPs), unless hairpin is allowed.
+    let own = router_user::plan::Scopes::of(&p).own_addresses([("t/p1", 11), ("t/p2", 22)]);
+    let want: std::collections::BTreeSet<(u64, std::net::IpAddr)> = [
+        (11, "10.0.0.9".parse().unwrap()),
+        (11, "fd00::9".parse().unwrap()),
+    ]
+    .into();
+    assert_eq!(own, want);
+    let hairpin = plan(&text.replacen("zone: z1", "zone: z1\n  workloadHairpin: true", 1));
+    assert!(hairpin.workload_hairpin);
+    assert!(
+        router_user::plan::Scopes::of(&hairpin)
+            .own_addresses([("t/p1", 11)])
+            .is_empty()
+    );
 
     // What the DNS server answers each.
     let names = router_user::dns::Names::from_plan(&p);

@@ -649,8 +649,14 @@ impl World {
     /// One more `rt-backend` process the caller owns (kill it to take its
     /// endpoints down). Its addresses must already be on the world's loopback.
     pub fn spawn_backend(&self, listens: &[Listen], extra: &[&str]) -> Result<Proc> {
+        self.spawn_backend_in(&self.world, listens, extra)
+    }
+
+    /// [`World::spawn_backend`] in namespace `ns` (a pod serving on its
+    /// own address).
+    pub fn spawn_backend_in(&self, ns: &Netns, listens: &[Listen], extra: &[&str]) -> Result<Proc> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.world.name])
+        cmd.args(["netns", "exec", &ns.name])
             .arg(bin("rt-backend"))
             .arg("--cert-dir")
             .arg(&self.dir.path)

@@ -301,6 +301,9 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
 /// Three pods labelled app=a, b and c (`pod3`'s label given): `shop` for
 /// every caller (v1), `shop-b` for app=b (v2, the same host name), and
 /// `secret`, an L4 host for app=a only.
+/// pod1's address (`World::pod(1)`: `other_node(1)`'s).
+const POD1_IP: &str = "10.255.254.5";
+
 fn scoped_config(pod3_app: &str) -> String {
     let api = |v: &str| Dest::service("api").port(8080).subset("version", v);
     let mut c = Config::new()
@@ -319,7 +322,22 @@ fn scoped_config(pod3_app: &str) -> String {
             .host("shop.t.mesh")
             .http(HttpRoute::new().name("api").prefix("/api").to(&[api(v)]))
     };
-    c.with(Pod::new("pod1").label("app", "a"))
+    // `peer`: one endpoint is pod1 itself (its address, World::pod(1)), the
+    // other in the world.
+    c = c
+        .with(Service::new("c1", "peer").named_port("http", 8080, "TCP"))
+        .with(
+            Slice::new("c1", "peer", "peer")
+                .named_port("http", 8080, "TCP")
+                .endpoint(POD1_IP, "e1")
+                .endpoint("10.1.0.3", "e1"),
+        )
+        .with(
+            RouteTable::new("peer")
+                .host("peer.t.mesh")
+                .tcp(TcpRoute::new().to(&[Dest::service("peer").port(8080)])),
+        );
+    c.with(Pod::new("pod1").label("app", "a").ip(POD1_IP))
         .with(Pod::new("pod2").label("app", "b"))
         .with(Pod::new("pod3").label("app", pod3_app))
         .with(l7("shop", "v1"))
@@ -350,6 +368,7 @@ fn workload_selectors_decide_what_each_pod_sees() {
     let world = World::new(&[
         Listen::tcp("10.1.0.1:8080", "v1"),
         Listen::tcp("10.1.0.2:8080", "v2"),
+        Listen::tcp("10.1.0.3:8080", "far"),
     ])
     .unwrap();
     let _dnsmasq = world.dnsmasq(RESOLVER, &[]).unwrap();
@@ -414,6 +433,34 @@ fn workload_selectors_decide_what_each_pod_sees() {
     }
     let (code, ..) = curl(&world, &[&format!("http://{secret}/x")], true);
     assert_eq!(code, 0, "the node is no workload: refused");
+
+    // pod1's own address is one of peer's two endpoints: pod1 is never sent
+    // to itself, pod2 gets both.
+    // (pod2 reaches pod1 through the world, which routes between them.)
+    world.world.sysctl("net.ipv4.ip_forward=1").unwrap();
+    let _self_backend = world
+        .spawn_backend_in(
+            &pods[0].ns,
+            &[Listen::tcp(&format!("{POD1_IP}:8080"), "self")],
+            &[],
+        )
+        .unwrap();
+    let peer = vip(&plan, "peer.t.mesh", 8080, false).to_string();
+    let answers = |p: &PodNs| {
+        let out = run(p.cmd(bin("rt-probe")).args(["tcp", &peer, "--count", "40"])).unwrap();
+        tally(&parse_probes(&out).unwrap())
+    };
+    let from_pod1 = answers(&pods[0]);
+    assert_eq!(
+        from_pod1.keys().collect::<Vec<_>>(),
+        ["far"],
+        "pod1 is not its own peer: {from_pod1:?}"
+    );
+    let from_pod2 = answers(&pods[1]);
+    assert!(
+        from_pod2.contains_key("self") && from_pod2.contains_key("far"),
+        "{from_pod2:?}"
+    );
 
     // What explain says each sees.
     let explain = |w: &str| {

@@ -254,6 +254,7 @@ impl Compiled {
                 close_removed: v.settings.close_connections_to_removed_endpoints,
                 access_log: access_log(v),
                 workloads: crate::config::workloads::pods(&v.config, &v.settings.node.cluster),
+                workload_hairpin: v.settings.workload_hairpin,
                 notices: Vec::new(),
             },
         };

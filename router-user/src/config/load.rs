@@ -409,11 +409,18 @@ fn parse_secret<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<Se
 )]
 fn parse_pod<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<PodBody>> {
     let d = parse_typed::<PodDoc>(cx, diags)?;
+    let mut ips: Vec<std::net::IpAddr> = d
+        .status
+        .iter()
+        .flat_map(|s| s.pod_ip.into_iter().chain(s.pod_ips.iter().map(|p| p.ip)))
+        .collect();
+    ips.sort();
+    ips.dedup();
     Some(Resource {
         origin: origin(cx, &d.kind, &d.metadata),
         line_base: cx.doc.first_line - 1,
         meta: d.metadata,
-        spec: PodBody,
+        spec: PodBody { ips },
     })
 }
 

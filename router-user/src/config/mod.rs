@@ -269,6 +269,8 @@ pub struct Settings {
     /// Percent; 0: no panic mode.
     pub healthy_panic_threshold: u32,
     pub close_connections_to_removed_endpoints: bool,
+    /// `spec.workloadHairpin`.
+    pub workload_hairpin: bool,
     /// `spec.synRetransmitTimeout` in ms; 0: Linux's initial RTO.
     pub syn_timeout_ms: u32,
     pub dns: DnsPlan,
@@ -284,6 +286,7 @@ impl Default for Settings {
             refuse_unknown_vips: true,
             healthy_panic_threshold: 50,
             close_connections_to_removed_endpoints: false,
+            workload_hairpin: false,
             syn_timeout_ms: 0,
             dns: DnsPlan::default(),
             proxy: ProxyPlan::default(),
@@ -475,6 +478,7 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
     };
     s.close_connections_to_removed_endpoints =
         rc.close_connections_to_removed_endpoints.unwrap_or(false);
+    s.workload_hairpin = rc.workload_hairpin.unwrap_or(false);
     if let Some(d) = rc.syn_retransmit_timeout {
         match syn_timeout_error(d.millis()) {
             Some(e) => diags.push(&file, line, res.clone(), e),

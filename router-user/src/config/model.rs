@@ -881,12 +881,33 @@ pub struct PodDoc {
     #[serde(default)]
     pub spec: Ignored,
     #[serde(default)]
-    pub status: Ignored,
+    pub status: Option<PodStatus>,
 }
 
-/// What routerd keeps of a Pod besides its metadata: nothing.
+/// A Pod's `status`: its addresses. Written by the cluster, so its other
+/// fields (phase, conditions, container statuses, ...) are accepted and
+/// not read, as `kubectl get -o yaml` prints them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodIp {
+    pub ip: std::net::IpAddr,
+}
+
+/// What routerd keeps of a Pod besides its metadata: its addresses (the
+/// workload's own: see `spec.workloadHairpin` of RouterConfig).
 #[derive(Clone, Debug, Default)]
-pub struct PodBody;
+pub struct PodBody {
+    pub ips: Vec<std::net::IpAddr>,
+}
 
 /// EndpointSlice has no `spec`: its fields are at the top level.
 #[derive(Clone, Debug, Deserialize)]
@@ -1015,6 +1036,11 @@ pub struct RouterConfigSpec {
     /// Labels of this node's workloads (for `priorityLabels`).
     #[serde(default)]
     pub labels: Labels,
+    /// A workload (a Pod handed to routerd) that dials a VIP whose
+    /// endpoints include its own address may be sent to itself. Default
+    /// false: the kernel picks another endpoint when there is one.
+    #[serde(default)]
+    pub workload_hairpin: Option<bool>,
     #[serde(default)]
     pub vip_ranges: Option<VipRangesSpec>,
     /// Istio applies locality priorities only to destinations with outlier

@@ -48,6 +48,7 @@ pub fn pods(cfg: &Resources, node: &str) -> Vec<WorkloadPlan> {
             name: p.name().to_string(),
             cluster: node.to_string(),
             labels: sorted(&p.meta.labels),
+            ips: p.spec.ips.clone(),
         })
         .collect();
     out.sort();

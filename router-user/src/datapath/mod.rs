@@ -110,6 +110,7 @@ pub struct Maps {
     pub global_stats: PerCpuArray<MapData, GlobalStats>,
     pub backend_health: Array<MapData, BackendHealth>,
     pub visible: HashMap<MapData, VisKey, u32>,
+    pub own: HashMap<MapData, VisKey, u32>,
 }
 
 fn open_pinned<T>(pins: &Pins, name: &str) -> Result<T>
@@ -150,6 +151,7 @@ impl Maps {
             global_stats: open_pinned(pins, MAP_GLOBAL_STATS)?,
             backend_health: open_pinned(pins, MAP_BACKEND_HEALTH)?,
             visible: open_pinned(pins, MAP_VISIBLE)?,
+            own: open_pinned(pins, MAP_OWN)?,
         })
     }
 
@@ -179,8 +181,9 @@ pub struct Datapath {
     /// Kept while the daemon runs so aya-log can read the programs' log ring.
     pub ebpf: Option<Ebpf>,
     mirror: sync::Mirror,
-    /// What `MAP_VISIBLE` holds (None: not read back yet).
+    /// What `MAP_VISIBLE` and `MAP_OWN` hold (None: not read back yet).
     visible: Option<std::collections::BTreeSet<VisKey>>,
+    own: Option<std::collections::BTreeSet<VisKey>>,
 }
 
 /// Read the maps back and delete what no header reaches (garbage of a sync
@@ -280,6 +283,7 @@ impl Datapath {
                     ebpf: None,
                     mirror,
                     visible: None,
+                    own: None,
                 });
             }
         }
@@ -331,6 +335,7 @@ impl Datapath {
             ebpf: Some(ebpf),
             mirror,
             visible: None,
+            own: None,
         })
     }
 
@@ -487,32 +492,26 @@ impl Datapath {
         Ok(())
     }
 
-    /// Make `MAP_VISIBLE` hold exactly `want` (which workload namespaces see
-    /// which scoped VIPs): new pairs written first, then the ones gone
-    /// deleted. The first call reads the map back, so that pairs a previous
-    /// daemon left for workloads that are gone are deleted too.
-    pub fn set_visible(&mut self, want: std::collections::BTreeSet<VisKey>) -> Result<()> {
-        let held = match self.visible.take() {
-            Some(h) => h,
-            None => self.maps.visible.keys().filter_map(|k| k.ok()).collect(),
-        };
-        for k in want.difference(&held) {
-            self.maps.visible.insert(*k, 1, 0).with_context(|| {
-                format!(
-                    "writing {} (the workloads' scoped VIPs; {} entries at most)",
-                    router_common::MAP_VISIBLE,
-                    router_common::MAX_VISIBLE
-                )
-            })?;
-        }
-        for k in held.difference(&want) {
-            match self.maps.visible.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.visible = Some(want);
-        Ok(())
+    /// Make `MAP_VISIBLE` hold exactly `visible` (which workload namespaces
+    /// see which scoped VIPs) and `MAP_OWN` exactly `own` (each workload
+    /// namespace's own addresses): new pairs written first, then the ones
+    /// gone deleted. The first call reads the maps back, so that pairs a
+    /// previous daemon left for workloads that are gone are deleted too.
+    pub fn set_workload_keys(
+        &mut self,
+        visible: std::collections::BTreeSet<VisKey>,
+        own: std::collections::BTreeSet<VisKey>,
+    ) -> Result<()> {
+        use router_common::{MAP_OWN, MAP_VISIBLE, MAX_OWN, MAX_VISIBLE};
+        let m = &mut self.maps;
+        sync_keys(
+            &mut m.visible,
+            &mut self.visible,
+            visible,
+            MAP_VISIBLE,
+            MAX_VISIBLE,
+        )?;
+        sync_keys(&mut m.own, &mut self.own, own, MAP_OWN, MAX_OWN)
     }
 
     fn bump_generation(&mut self) -> Result<()> {
@@ -529,6 +528,34 @@ impl Datapath {
     pub fn generation(&self) -> u64 {
         self.maps.read_meta().map(|m| m.generation).unwrap_or(0)
     }
+}
+
+/// A set of keys in `map` (value 1), written to be `want`: new keys first,
+/// then the ones gone deleted. `held` is what the map holds (None: read it
+/// back first, so that keys a previous daemon left are deleted too).
+fn sync_keys(
+    map: &mut HashMap<MapData, VisKey, u32>,
+    held: &mut Option<std::collections::BTreeSet<VisKey>>,
+    want: std::collections::BTreeSet<VisKey>,
+    name: &str,
+    max: u32,
+) -> Result<()> {
+    let had = match held.take() {
+        Some(h) => h,
+        None => map.keys().filter_map(|k| k.ok()).collect(),
+    };
+    for k in want.difference(&had) {
+        map.insert(*k, 1, 0)
+            .with_context(|| format!("writing {name} ({max} entries at most)"))?;
+    }
+    for k in had.difference(&want) {
+        match map.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    *held = Some(want);
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

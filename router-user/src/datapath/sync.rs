@@ -665,10 +665,25 @@ struct Writer<'m> {
     max_backends: u32,
     next_backend: u32,
     next_svc: u32,
+    /// The workloads' own addresses (the plan's Pods' IPs, none with
+    /// hairpin allowed): a service with one among its endpoints gets
+    /// `SVC_F_OWN`.
+    own: std::collections::HashSet<IpAddr>,
+}
+
+/// The plan's workloads' own addresses the kernel avoids sending them to.
+fn own_addresses(plan: &Plan) -> std::collections::HashSet<IpAddr> {
+    if plan.workload_hairpin {
+        return Default::default();
+    }
+    plan.workloads
+        .iter()
+        .flat_map(|w| w.ips.iter().copied())
+        .collect()
 }
 
 impl<'m> Writer<'m> {
-    fn new(maps: &'m mut Maps, mirror: &'m mut Mirror) -> Self {
+    fn new(maps: &'m mut Maps, mirror: &'m mut Mirror, plan: &Plan) -> Self {
         // Ids index the per-CPU counter arrays, whose sizes were fixed at load.
         let (max_services, max_backends) = (maps.svc_stats.len(), maps.backend_stats.len());
         Writer {
@@ -683,6 +698,7 @@ impl<'m> Writer<'m> {
             max_backends,
             next_backend: 1,
             next_svc: 1,
+            own: own_addresses(plan),
         }
     }
 
@@ -818,6 +834,12 @@ impl<'m> Writer<'m> {
             router_common::SVC_F_SCOPED
         } else {
             0
+        } | if !self.own.is_empty()
+            && s.slots.iter().any(|x| self.own.contains(&x.endpoint.ip()))
+        {
+            router_common::SVC_F_OWN
+        } else {
+            0
         };
         let (svc_id, old) = match self.mirror.services.get(&key) {
             Some(st) => {
@@ -948,7 +970,7 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         .map_err(DoesNotFit)?;
     let clusters = plan.clusters();
     let localities = plan.localities();
-    let mut w = Writer::new(maps, mirror);
+    let mut w = Writer::new(maps, mirror, plan);
     // 1. Backends.
     w.outliers(plan);
     let mut used: BTreeSet<SocketAddr> = BTreeSet::new();
@@ -1044,7 +1066,7 @@ pub fn apply_changes(
         .into());
     }
     let (clusters, localities) = (mirror.clusters.clone(), mirror.localities.clone());
-    let mut w = Writer::new(maps, mirror);
+    let mut w = Writer::new(maps, mirror, plan);
     w.outliers(plan);
     for a in backends {
         if let Some(b) = find_backend(a) {
