@@ -382,16 +382,28 @@ struct Pod {
     listeners: Vec<String>,
 }
 
-fn listener_names(b: &Bound) -> Vec<String> {
-    let dns = [b.dns4, b.dns6]
-        .into_iter()
-        .flatten()
-        .map(|a| format!("dns:{a}"));
-    let proxy = [b.proxy4, b.proxy6]
-        .into_iter()
-        .flatten()
-        .map(|a| format!("proxy:{a}"));
-    dns.chain(proxy).collect()
+/// The listener settings in force: what workloads' namespaces get (DNS,
+/// the east-west proxy, and the gateway listeners whose VirtualGateway
+/// selects them).
+struct Listening {
+    dns: crate::plan::DnsPlan,
+    proxy: crate::plan::ProxyPlan,
+    gateways: Vec<crate::plan::GatewayListener>,
+}
+
+impl Listening {
+    fn of(plan: &Plan) -> Listening {
+        Listening {
+            dns: plan.dns.clone(),
+            proxy: plan.proxy.clone(),
+            gateways: plan
+                .gateways
+                .iter()
+                .filter(|g| !g.workload_selectors.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// Everything that serves: the datapath and the listeners, driven by plans.
@@ -407,7 +419,7 @@ struct Serving {
     /// Where the kernel sends DNS and L7 connections now.
     bound: Bound,
     /// The listener settings in force (what workloads' namespaces get).
-    listening: (crate::plan::DnsPlan, crate::plan::ProxyPlan),
+    listening: Listening,
     /// The workloads served, by `namespace/name`.
     workloads: BTreeMap<workload::Key, Pod>,
     /// Which workloads see which hosts, as the applied plan says.
@@ -488,18 +500,24 @@ impl Serving {
             workload: w.clone(),
             _socks: socks,
             netns,
-            listeners: listener_names(&bound),
+            listeners: self.listener_names(netns, &bound),
         })
     }
 
     /// DNS and proxy listeners in namespace `netns` as `listening` says,
     /// and the kernel's entry for it; nothing left open on failure.
     async fn open_in(&mut self, netns: u64, socks: &Sockets, workload: &str) -> Result<Bound> {
-        let (dns, proxy) = &self.listening;
-        let opened = match self.dns.serve_in(netns, socks, dns, workload).await {
+        let l = &self.listening;
+        let w = self.scopes.workload(workload);
+        let gateways: Vec<&crate::plan::GatewayListener> = l
+            .gateways
+            .iter()
+            .filter(|g| w.is_some() && g.opens_in(w))
+            .collect();
+        let opened = match self.dns.serve_in(netns, socks, &l.dns, workload).await {
             Ok(d) => self
                 .proxy
-                .serve_in(netns, socks, proxy)
+                .serve_in(netns, socks, &l.proxy, &gateways)
                 .await
                 .map(|p| Bound {
                     proxy4: p.proxy4,
@@ -533,6 +551,24 @@ impl Serving {
         self.dp.set_workload_keys(visible, own)
     }
 
+    /// What listens in namespace `netns`: DNS, the proxy, gateways.
+    fn listener_names(&self, netns: u64, b: &Bound) -> Vec<String> {
+        let dns = [b.dns4, b.dns6]
+            .into_iter()
+            .flatten()
+            .map(|a| format!("dns:{a}"));
+        let proxy = [b.proxy4, b.proxy6]
+            .into_iter()
+            .flatten()
+            .map(|a| format!("proxy:{a}"));
+        let gateways = self
+            .proxy
+            .gateways_in(netns)
+            .into_iter()
+            .map(|a| format!("gateway:{a}"));
+        dns.chain(proxy).chain(gateways).collect()
+    }
+
     fn close_in(&mut self, netns: u64) {
         let _ = self.dp.set_listeners(netns, None);
         self.dns.leave(netns);
@@ -550,8 +586,9 @@ impl Serving {
             let socks = self.workloads[&key]._socks.clone();
             match self.open_in(netns, &socks, &key).await {
                 Ok(b) => {
+                    let names = self.listener_names(netns, &b);
                     if let Some(p) = self.workloads.get_mut(&key) {
-                        p.listeners = listener_names(&b);
+                        p.listeners = names;
                     }
                 }
                 Err(e) => Event::WorkloadFailed {
@@ -602,7 +639,7 @@ impl Serving {
             self.dp.set_listeners(self.netns, Some(&self.bound))?;
             self.proxy.retire(plan);
             self.dns.retire();
-            self.listening = (plan.dns.clone(), plan.proxy.clone());
+            self.listening = Listening::of(plan);
             self.move_workloads().await;
         }
         if delta.all || delta.watched {
@@ -836,7 +873,7 @@ impl Daemon {
             names: names_tx,
             watched: watched_tx,
             bound: Bound::default(),
-            listening: (serving_plan.dns.clone(), serving_plan.proxy.clone()),
+            listening: Listening::of(&serving_plan),
             workloads: BTreeMap::new(),
             scopes: crate::plan::Scopes::of(&serving_plan),
             visible_ready: false,

@@ -752,7 +752,12 @@ impl Scopes {
 
     /// Is `namespace/name` a Pod of the inventory?
     pub fn knows(&self, key: &str) -> bool {
-        find_workload(&self.workloads, key).is_some()
+        self.workload(key).is_some()
+    }
+
+    /// The inventory's Pod `namespace/name`.
+    pub fn workload(&self, key: &str) -> Option<&WorkloadPlan> {
+        find_workload(&self.workloads, key)
     }
 }
 
@@ -1059,6 +1064,21 @@ pub struct GatewayListener {
     pub tls: Option<TlsFiles>,
     pub https_redirect: bool,
     pub hosts: Vec<GatewayHost>,
+    /// The VirtualGateway's `workloads`: the listener opens inside the
+    /// network namespace of each workload served that one selects; empty:
+    /// in the daemon's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workload_selectors: Vec<WorkloadSelectorPlan>,
+}
+
+impl GatewayListener {
+    /// Does it open in workload `w`'s namespace (None: the daemon's)?
+    pub fn opens_in(&self, w: Option<&WorkloadPlan>) -> bool {
+        match w {
+            None => self.workload_selectors.is_empty(),
+            Some(w) => self.workload_selectors.iter().any(|s| s.selects(w)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,15 @@ pub trait Ports: Sized {
     }
 }
 
+/// A workload selector by labels (`{"selector": {"labels": ...}}`).
+fn selector(labels: &[(&str, &str)]) -> Value {
+    let labels: Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    json!({"selector": {"labels": labels}})
+}
+
 /// Append to the list `field` of `m` (created empty).
 fn push(m: &mut Map<String, Value>, field: &str, v: Value) {
     m.entry(field)
@@ -730,15 +739,7 @@ impl RouteTable {
     /// Apply only to the workloads whose Pods have these labels (one
     /// `workloadSelectors` entry).
     pub fn for_workloads(mut self, labels: &[(&str, &str)]) -> Self {
-        let labels: Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect();
-        push(
-            &mut self.0.spec,
-            "workloadSelectors",
-            json!({"selector": {"labels": labels}}),
-        );
+        push(&mut self.0.spec, "workloadSelectors", selector(labels));
         self
     }
 }
@@ -761,6 +762,12 @@ impl Gateway {
             m.insert("allowedRouteTables".into(), json!([{ "host": host }]));
         }
         push(&mut self.0.spec, "listeners", l);
+        self
+    }
+    /// Open the listeners in the namespaces of the workloads (gateway
+    /// pods) with these labels (one `workloads` entry).
+    pub fn for_workloads(mut self, labels: &[(&str, &str)]) -> Self {
+        push(&mut self.0.spec, "workloads", selector(labels));
         self
     }
     /// A plain HTTP listener.

@@ -355,7 +355,7 @@ spec:
     assert!(
         n.iter()
             .any(|l| l.contains("VirtualGateway payments/ingress")
-                && l.contains("spec.workloads is not applied")),
+                && l.contains("spec.workloads selects no Pod")),
         "{n:?}"
     );
 }

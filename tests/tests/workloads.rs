@@ -303,6 +303,8 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
 /// `secret`, an L4 host for app=a only.
 /// pod1's address (`World::pod(1)`: `other_node(1)`'s).
 const POD1_IP: &str = "10.255.254.5";
+/// pod2's address.
+const POD2_IP: &str = "10.255.254.9";
 
 fn scoped_config(pod3_app: &str) -> String {
     let api = |v: &str| Dest::service("api").port(8080).subset("version", v);
@@ -342,6 +344,18 @@ fn scoped_config(pod3_app: &str) -> String {
         .with(Pod::new("pod3").label("app", pod3_app))
         .with(l7("shop", "v1"))
         .with(l7("shop-b", "v2").for_workloads(&[("app", "b")]))
+        // A gateway pod: the listener opens inside the app=b pods.
+        .with(
+            Gateway::new("gw")
+                .http(8088, "*.gw.test")
+                .for_workloads(&[("app", "b")]),
+        )
+        .with(
+            RouteTable::new("gw-shop")
+                .host("shop.gw.test")
+                .gateway("gw")
+                .http(HttpRoute::new().name("api").prefix("/api").to(&[api("v1")])),
+        )
         .with(
             RouteTable::new("secret")
                 .host("secret.t.mesh")
@@ -462,6 +476,39 @@ fn workload_selectors_decide_what_each_pod_sees() {
         "{from_pod2:?}"
     );
 
+    // The VirtualGateway's listener is inside pod2 (app=b), reached on its
+    // address; not in pod1, not in the daemon's namespace.
+    assert!(
+        pods[1].listening().contains("0.0.0.0:8088"),
+        "{}",
+        pods[1].listening()
+    );
+    assert!(!pods[0].listening().contains(":8088"));
+    let node_ss =
+        run(Command::new("ip").args(["netns", "exec", &world.node.name, "ss", "-Hltn"])).unwrap();
+    assert!(!node_ss.contains(":8088"), "{node_ss}");
+    let gw = run(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &world.world.name,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .args([
+            "-H",
+            "Host: shop.gw.test",
+            &format!("http://{POD2_IP}:8088/api/x"),
+        ]))
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Answer>(&gw).unwrap().id,
+        "v1",
+        "{gw}"
+    );
+
     // What explain says each sees.
     let explain = |w: &str| {
         Command::new(bin("routerd"))
@@ -494,6 +541,10 @@ fn workload_selectors_decide_what_each_pod_sees() {
     assert!(d.wait_outcome(from).unwrap().is_applied());
     assert_eq!(who(&pods[2], shop_url), "v2");
     assert_eq!(who(&pods[0], shop_url), "v1");
+    assert!(
+        pods[2].listening().contains("0.0.0.0:8088"),
+        "the gateway opened in pod3 too"
+    );
 
     // A restart keeps the scoped VIPs working for the pods (L4) while the
     // daemon is away, and serves them again.

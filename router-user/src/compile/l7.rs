@@ -424,6 +424,11 @@ impl<'a> Compiler<'a> {
                     });
                 }
                 out.push(GatewayListener {
+                    workload_selectors: gw
+                        .spec
+                        .workload_scope()
+                        .map(crate::config::workloads::selector_plans)
+                        .unwrap_or_default(),
                     gateway: format!("{}/{}", gw.namespace(), gw.name()),
                     origin,
                     port,

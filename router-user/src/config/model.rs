@@ -349,8 +349,23 @@ impl RouteTableSpec {
     /// `None` when there are none or one selects everything (Gloo: the table
     /// applies to every workload; here, to every caller in the cgroup).
     pub fn workload_scope(&self) -> Option<&[WorkloadSelector]> {
-        let s = self.workload_selectors.as_deref()?;
-        (!s.is_empty() && !s.iter().any(WorkloadSelector::selects_all)).then_some(s)
+        scope_of(self.workload_selectors.as_deref())
+    }
+}
+
+/// Selectors that select some workloads only: not none, and none of them
+/// selecting everything.
+fn scope_of(sels: Option<&[WorkloadSelector]>) -> Option<&[WorkloadSelector]> {
+    let s = sels?;
+    (!s.is_empty() && !s.iter().any(WorkloadSelector::selects_all)).then_some(s)
+}
+
+impl VirtualGatewaySpec {
+    /// The gateway workloads its listeners open in, when `workloads`
+    /// selects some (none, or a selector that selects everything: the
+    /// node's namespace).
+    pub fn workload_scope(&self) -> Option<&[WorkloadSelector]> {
+        scope_of(self.workloads.as_deref())
     }
 }
 
@@ -581,8 +596,11 @@ impl Listener {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VirtualGatewaySpec {
+    /// The workloads (Pods handed to routerd: gateway pods) whose network
+    /// namespaces the listeners open in; none, or a selector that selects
+    /// everything: the node's (the daemon's listening namespace).
     #[serde(default)]
-    pub workloads: Option<Vec<IgnoredAny>>,
+    pub workloads: Option<Vec<WorkloadSelector>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<Listener>>,
 }

@@ -835,6 +835,14 @@ fn selector_text(sels: &[WorkloadSelector]) -> String {
     each.join(" or ")
 }
 
+/// Do `scope`'s selectors select a Pod of this node's cluster?
+fn selects_a_pod(v: &Validator<'_>, scope: &[WorkloadSelector]) -> bool {
+    let sels = super::workloads::selector_plans(scope);
+    super::workloads::pods(v.cfg, &v.settings.node.cluster)
+        .iter()
+        .any(|p| sels.iter().any(|s| s.selects(p)))
+}
+
 /// A table's `workloadSelectors`: what is not applied, and whether they
 /// select any Pod of this node's cluster in the inventory.
 fn workload_selectors(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>) {
@@ -853,11 +861,7 @@ fn workload_selectors(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>) {
         return;
     };
     let node = &v.settings.node.cluster;
-    let sels = super::workloads::selector_plans(scope);
-    let selected = super::workloads::pods(v.cfg, node)
-        .iter()
-        .any(|p| sels.iter().any(|s| s.selects(p)));
-    if !selected {
+    if !selects_a_pod(v, scope) {
         v.notice(rt, rt.origin.line, format!("workloadSelectors select no Pod of cluster {node} in the inventory: the table's hosts are served to no workload here (add the Pods, as `v1 Pod` objects, or widen the selectors)"));
     }
 }
@@ -911,8 +915,11 @@ fn route_host_uniqueness(v: &mut Validator<'_>) {
 }
 
 fn virtual_gateway(v: &mut Validator<'_>, gw: &Resource<VirtualGatewaySpec>) {
-    if gw.spec.workloads.is_some() {
-        v.notice(gw, gw.origin.line, "spec.workloads is not applied: routerd opens the gateway's listeners on this node, whatever workloads it names");
+    if let Some(scope) = gw.spec.workload_scope()
+        && !selects_a_pod(v, scope)
+    {
+        let node = &v.settings.node.cluster;
+        v.notice(gw, gw.origin.line, format!("spec.workloads selects no Pod of cluster {node} in the inventory: the listeners open nowhere on this node (add the gateway's Pods, as `v1 Pod` objects, or widen the selectors)"));
     }
     if gw.spec.listeners.is_empty() {
         v.err(

@@ -163,6 +163,24 @@ struct Shape {
     files: Option<TlsFiles>,
 }
 
+impl Shape {
+    /// How `g` serves (its TLS files read now).
+    fn of(g: &GatewayListener) -> Result<Shape> {
+        let tls = g
+            .tls
+            .as_ref()
+            .map(load_tls)
+            .transpose()
+            .with_context(|| format!("gateway {} port {}", g.gateway, g.port))?;
+        Ok(Shape {
+            http: g.http,
+            passthrough: g.passthrough,
+            tls,
+            files: g.tls.clone(),
+        })
+    }
+}
+
 /// Accept tasks of one bound socket; aborted on drop.
 struct Running {
     addr: SocketAddr,
@@ -179,6 +197,15 @@ struct Gateway {
     /// One socket per address of `spec.proxy.gatewayAddresses`.
     running: Vec<Running>,
     shape: watch::Sender<Shape>,
+}
+
+/// What a workload's gateway listeners were opened for (opened again when
+/// it changes).
+#[derive(Debug, PartialEq)]
+struct GatewaySig {
+    addrs: Vec<IpAddr>,
+    /// (port, http, passthrough, TLS files) of each listener.
+    listeners: Vec<(u16, bool, bool, Option<TlsFiles>)>,
 }
 
 /// Settings that do not come from the plan.
@@ -207,6 +234,9 @@ pub struct Proxy {
     next_east_west: Option<Vec<Running>>,
     /// East-west listeners inside workloads' namespaces, by cookie.
     workloads: BTreeMap<u64, Vec<Running>>,
+    /// Gateway listeners inside workloads' namespaces (gateway pods), by
+    /// cookie, with what they were opened for.
+    workload_gateways: BTreeMap<u64, (GatewaySig, Vec<Running>)>,
     gateways: BTreeMap<u16, Gateway>,
     /// The access log's writer (its path; None: stdout) and queue, while a
     /// plan asks for one.
@@ -638,6 +668,7 @@ impl Proxy {
             east_west: Vec::new(),
             next_east_west: None,
             workloads: BTreeMap::new(),
+            workload_gateways: BTreeMap::new(),
             gateways: BTreeMap::new(),
             log_writer: None,
         }
@@ -759,19 +790,10 @@ impl Proxy {
         // Sockets for addresses a serving port does not have yet.
         let mut added: Vec<(u16, Running)> = Vec::new();
         let addrs = &plan.proxy.gateway_addresses;
-        for g in &plan.gateways {
-            let tls = g
-                .tls
-                .as_ref()
-                .map(load_tls)
-                .transpose()
-                .with_context(|| format!("gateway {} port {}", g.gateway, g.port))?;
-            let shape = Shape {
-                http: g.http,
-                passthrough: g.passthrough,
-                tls,
-                files: g.tls.clone(),
-            };
+        // Gateways whose `workloads` select gateway pods open there (see
+        // `gateways_inside`), not here.
+        for g in plan.gateways.iter().filter(|g| g.opens_in(None)) {
+            let shape = Shape::of(g)?;
             let bind = |a: SocketAddr| {
                 let socks = self.socks.clone();
                 async move {
@@ -851,7 +873,10 @@ impl Proxy {
         netns: u64,
         socks: &Sockets,
         proxy: &ProxyPlan,
+        gateways: &[&GatewayListener],
     ) -> Result<Bound> {
+        self.gateways_inside(netns, socks, &proxy.gateway_addresses, gateways)
+            .await?;
         let want = proxy.listeners();
         let same = self
             .workloads
@@ -874,6 +899,65 @@ impl Proxy {
     /// go on).
     pub fn leave(&mut self, netns: u64) {
         self.workloads.remove(&netns);
+        self.workload_gateways.remove(&netns);
+    }
+
+    /// The gateway listeners of a gateway workload (a VirtualGateway whose
+    /// `workloads` select it), opened in its namespace on
+    /// `spec.proxy.gatewayAddresses`; opened again (closed first) when they
+    /// change. They serve the same tables as the node's gateway listeners
+    /// would (by port). A certificate renewed in place is read on the next
+    /// plan that changes the listener, not on SIGHUP.
+    async fn gateways_inside(
+        &mut self,
+        netns: u64,
+        socks: &Sockets,
+        addrs: &[IpAddr],
+        gateways: &[&GatewayListener],
+    ) -> Result<()> {
+        let sig = GatewaySig {
+            addrs: addrs.to_vec(),
+            listeners: gateways
+                .iter()
+                .map(|g| (g.port, g.http, g.passthrough, g.tls.clone()))
+                .collect(),
+        };
+        if self
+            .workload_gateways
+            .get(&netns)
+            .is_some_and(|(s, _)| *s == sig)
+        {
+            return Ok(());
+        }
+        self.workload_gateways.remove(&netns);
+        if gateways.is_empty() {
+            return Ok(());
+        }
+        let mut running = Vec::new();
+        for g in gateways {
+            let (tx, _) = watch::channel(Shape::of(g)?);
+            for ip in addrs {
+                let a = SocketAddr::new(*ip, g.port);
+                let l = socks.listen(a).await.with_context(|| {
+                    format!(
+                        "binding gateway {} listener {a} in the workload's network namespace: is \
+                         the port in use there?",
+                        g.gateway
+                    )
+                })?;
+                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe()));
+            }
+        }
+        self.workload_gateways.insert(netns, (sig, running));
+        Ok(())
+    }
+
+    /// The gateway listeners open in a workload's namespace.
+    pub fn gateways_in(&self, netns: u64) -> Vec<SocketAddr> {
+        self.workload_gateways
+            .get(&netns)
+            .map(|(_, r)| r.iter().map(|r| r.addr).collect())
+            .unwrap_or_default()
     }
 
     /// Close what the plan no longer uses (call after the kernel moved).
@@ -881,7 +965,12 @@ impl Proxy {
         if let Some(next) = self.next_east_west.take() {
             self.east_west = next;
         }
-        let keep: std::collections::BTreeSet<u16> = plan.gateways.iter().map(|g| g.port).collect();
+        let keep: std::collections::BTreeSet<u16> = plan
+            .gateways
+            .iter()
+            .filter(|g| g.opens_in(None))
+            .map(|g| g.port)
+            .collect();
         self.gateways.retain(|p, _| keep.contains(p));
         let addrs = &plan.proxy.gateway_addresses;
         for g in self.gateways.values_mut() {
