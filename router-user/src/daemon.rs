@@ -509,6 +509,13 @@ impl Serving {
     async fn open_in(&mut self, netns: u64, socks: &Sockets, workload: &str) -> Result<Bound> {
         let l = &self.listening;
         let w = self.scopes.workload(workload);
+        // Its own addresses: the proxy avoids them as the kernel does.
+        let own = crate::proxy::handler::OwnAddrs(
+            w.filter(|_| !self.scopes.hairpin)
+                .map(|w| w.ips.clone())
+                .unwrap_or_default()
+                .into(),
+        );
         let gateways: Vec<&crate::plan::GatewayListener> = l
             .gateways
             .iter()
@@ -517,7 +524,7 @@ impl Serving {
         let opened = match self.dns.serve_in(netns, socks, &l.dns, workload).await {
             Ok(d) => self
                 .proxy
-                .serve_in(netns, socks, &l.proxy, &gateways)
+                .serve_in(netns, socks, &l.proxy, &gateways, own)
                 .await
                 .map(|p| Bound {
                     proxy4: p.proxy4,
@@ -1253,6 +1260,19 @@ async fn sync_workloads(
     }
     // The scoped VIPs of every workload served, once (at start-up, the
     // previous daemon's entries stay until every workload is back).
+    if !serving.visible_ready {
+        // And the listener entries of namespaces no workload has any more.
+        let keep: BTreeSet<u64> = std::iter::once(serving.netns)
+            .chain(serving.workloads.values().map(|p| p.netns))
+            .collect();
+        match serving.dp.keep_listeners(&keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "removed the listener entries of {n} namespace(s) no workload has any more"
+            ),
+            Err(e) => tracing::warn!("could not remove stale listener entries: {e:#}"),
+        }
+    }
     serving.visible_ready = true;
     if let Err(e) = serving.sync_visible() {
         tracing::warn!("could not write the workloads' scoped VIPs: {e:#}");

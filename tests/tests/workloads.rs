@@ -20,15 +20,24 @@ fn config() -> String {
                 .named_port("http", 8080, "TCP")
                 .endpoint("10.1.0.1", "e1"),
         )
-        .with(
-            RouteTable::new("shop").host("shop.t.mesh").http(
-                HttpRoute::new()
-                    .name("api")
-                    .prefix("/api")
-                    .to(&[Dest::service("api").port(8080)]),
-            ),
-        )
+        .with(l7_table(
+            "shop",
+            "shop.t.mesh",
+            "/api",
+            Dest::service("api").port(8080),
+        ))
         .yaml()
+}
+
+/// A table for `host` whose one route sends requests under `prefix` to
+/// `dest` (a path matcher: the L7 proxy serves it).
+fn l7_table(name: &str, host: &str, prefix: &str, dest: Dest) -> RouteTable {
+    RouteTable::new(name).host(host).http(
+        HttpRoute::new()
+            .name(prefix.trim_start_matches('/'))
+            .prefix(prefix)
+            .to(&[dest]),
+    )
 }
 
 /// routerd's open descriptors and threads.
@@ -319,11 +328,7 @@ fn scoped_config(pod3_app: &str) -> String {
                 .endpoint(ip, "e1"),
         );
     }
-    let l7 = |name: &str, v: &str| {
-        RouteTable::new(name)
-            .host("shop.t.mesh")
-            .http(HttpRoute::new().name("api").prefix("/api").to(&[api(v)]))
-    };
+    let l7 = |name: &str, v: &str| l7_table(name, "shop.t.mesh", "/api", api(v));
     // `peer`: one endpoint is pod1 itself (its address, World::pod(1)), the
     // other in the world.
     c = c
@@ -338,7 +343,13 @@ fn scoped_config(pod3_app: &str) -> String {
             RouteTable::new("peer")
                 .host("peer.t.mesh")
                 .tcp(TcpRoute::new().to(&[Dest::service("peer").port(8080)])),
-        );
+        )
+        .with(l7_table(
+            "peer7",
+            "peer7.t.mesh",
+            "/x",
+            Dest::service("peer").port(8080),
+        ));
     c.with(Pod::new("pod1").label("app", "a").ip(POD1_IP))
         .with(Pod::new("pod2").label("app", "b"))
         .with(Pod::new("pod3").label("app", pod3_app))
@@ -475,6 +486,22 @@ fn workload_selectors_decide_what_each_pod_sees() {
         from_pod2.contains_key("self") && from_pod2.contains_key("far"),
         "{from_pod2:?}"
     );
+    // The same through the L7 proxy (pod1's own listener picks per request).
+    assert!(
+        plan.l7.iter().any(|l| l.host == "peer7.t.mesh"),
+        "peer7 is an L7 host"
+    );
+    let l7: Vec<String> = (0..12)
+        .map(|_| who(&pods[0], "http://peer7.t.mesh:8080/x"))
+        .collect();
+    assert!(l7.iter().all(|w| w == "far"), "pod1 through L7: {l7:?}");
+    let l7: Vec<String> = (0..12)
+        .map(|_| who(&pods[1], "http://peer7.t.mesh:8080/x"))
+        .collect();
+    assert!(
+        l7.iter().any(|w| w == "self"),
+        "pod2 through L7 reaches pod1: {l7:?}"
+    );
 
     // The VirtualGateway's listener is inside pod2 (app=b), reached on its
     // address; not in pod1, not in the daemon's namespace.
@@ -552,8 +579,13 @@ fn workload_selectors_decide_what_each_pod_sees() {
     assert_eq!(who(&pods[0], &format!("http://{secret}/x")), "v1");
     let (code, _) = pods[1].get(&format!("http://{secret}/x"));
     assert_eq!(code, 0);
+    // pod2 goes away while no daemon runs: the next one serves the others
+    // and drops pod2's listener entry (its DNS is no longer captured to a
+    // listener nobody holds: the real resolver answers).
+    std::fs::remove_file(d.state_dir.join("workloads/t_pod2.json")).unwrap();
     d.spawn().unwrap();
     assert_eq!(who(&pods[0], "http://secret.t.mesh:8080/x"), "v1");
     assert_eq!(who(&pods[2], shop_url), "v2");
+    assert_eq!(status(&pods[1].dig("shop.t.mesh")), "NXDOMAIN");
     d.stop().unwrap();
 }

@@ -514,6 +514,24 @@ impl Datapath {
         sync_keys(&mut m.own, &mut self.own, own, MAP_OWN, MAX_OWN)
     }
 
+    /// Delete the listener entries of every namespace but `keep` (entries a
+    /// previous daemon left for workloads that went away while it was not
+    /// running: their namespaces are gone, and cookies are never reused, but
+    /// the map has room for 4,096). How many went.
+    pub fn keep_listeners(&mut self, keep: &std::collections::BTreeSet<u64>) -> Result<usize> {
+        let stale: Vec<u64> = self
+            .maps
+            .listeners
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in &stale {
+            self.set_listeners(*k, None)?;
+        }
+        Ok(stale.len())
+    }
+
     fn bump_generation(&mut self) -> Result<()> {
         let mut meta = self.maps.read_meta()?;
         meta.generation += 1;

@@ -263,6 +263,18 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// connection's admission ticket, waits until every copy is gone) and ends
 /// after `idle` with no bytes either way (`activity` watches the client's
 /// socket).
+/// A client workload's own addresses (its Pod's IPs), on the requests of
+/// its connections: [`pick`] sends none there when another endpoint can be
+/// picked (what the kernel does for L4: RouterConfig `workloadHairpin`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnAddrs(pub Arc<[IpAddr]>);
+
+impl OwnAddrs {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Clone)]
 pub struct TunnelScope {
     pub hold: tokio::sync::mpsc::Sender<()>,
@@ -401,8 +413,13 @@ fn cors_preflight(c: &CorsPolicy, origin: &str) -> Response<Body> {
 }
 
 /// Pick one of the destinations by weight (those with endpoints), then one
-/// endpoint by share, avoiding `avoid` when there is a choice (retries).
-pub(super) fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7Dest, SocketAddr)> {
+/// endpoint by share, avoiding `avoid` when there is a choice (retries),
+/// and the client's `own` addresses when there is another endpoint.
+pub(super) fn pick<'a>(
+    dests: &'a [L7Dest],
+    avoid: Option<SocketAddr>,
+    own: &[IpAddr],
+) -> Option<(&'a L7Dest, SocketAddr)> {
     let live: Vec<&L7Dest> = dests
         .iter()
         .filter(|d| d.weight > 0 && !d.endpoints.is_empty())
@@ -424,11 +441,15 @@ pub(super) fn pick(dests: &[L7Dest], avoid: Option<SocketAddr>) -> Option<(&L7De
             }
         })
         .copied()?;
-    let eps: Vec<_> = dest
+    let mut eps: Vec<_> = dest
         .endpoints
         .iter()
         .filter(|e| Some(e.endpoint) != avoid || dest.endpoints.len() == 1)
         .collect();
+    let not_own = |e: &&crate::plan::SlotShare| !own.contains(&e.endpoint.ip());
+    if !own.is_empty() && eps.iter().any(not_own) {
+        eps.retain(not_own);
+    }
     let total: u64 = eps.iter().map(|e| u64::from(e.slots)).sum();
     let mut y = fastrand::u64(0..total.max(1));
     let ep = eps
@@ -689,6 +710,7 @@ async fn forward<B: ClientBodyIn>(
     let retry = route.policies.retry.clone();
     let mirror = route.policies.mirror.clone().filter(|m| chance(m.percent));
     let (mut parts, body) = req.into_parts();
+    let own = parts.extensions.remove::<OwnAddrs>().unwrap_or_default();
     // An upgrade (a WebSocket) when the client's connection can hand
     // itself over (HTTP/1.1, served with upgrades).
     let upgrade = upgrade_of(parts.version, &parts.headers).and_then(|p| {
@@ -769,7 +791,7 @@ async fn forward<B: ClientBodyIn>(
 
     if let (Some(m), Some(ReqBody::Buffered(b))) = (&mirror, &prep.body) {
         // Envoy's shadow convention: the mirrored request's host gets "-shadow".
-        if let Some((dest, ep)) = pick(std::slice::from_ref(&m.dest), None) {
+        if let Some((dest, ep)) = pick(std::slice::from_ref(&m.dest), None, &[]) {
             let mut copy = Prepared {
                 method: prep.method.clone(),
                 path_and_query: prep.path_and_query.clone(),
@@ -809,7 +831,7 @@ async fn forward<B: ClientBodyIn>(
         if attempt > 0 {
             metrics.retries.inc();
         }
-        let Some((dest, ep)) = pick(&f.dests, last_ep) else {
+        let Some((dest, ep)) = pick(&f.dests, last_ep, &own.0) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
         };
         if let Some(c) = f

@@ -138,10 +138,11 @@ impl Tables {
 }
 
 /// Which table a connection is served by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Key {
-    /// The VIP:port the client dialled.
-    EastWest(SocketAddr),
+    /// The VIP:port the client dialled, and the client workload's own
+    /// addresses (none: not a workload, or hairpin allowed).
+    EastWest(SocketAddr, handler::OwnAddrs),
     Gateway(u16),
 }
 
@@ -232,8 +233,9 @@ pub struct Proxy {
     /// The east-west listeners serving, and those bound for the next plan.
     east_west: Vec<Running>,
     next_east_west: Option<Vec<Running>>,
-    /// East-west listeners inside workloads' namespaces, by cookie.
-    workloads: BTreeMap<u64, Vec<Running>>,
+    /// East-west listeners inside workloads' namespaces, by cookie, and the
+    /// workload's own addresses they were opened with.
+    workloads: BTreeMap<u64, (Vec<Running>, handler::OwnAddrs)>,
     /// Gateway listeners inside workloads' namespaces (gateway pods), by
     /// cookie, with what they were opened for.
     workload_gateways: BTreeMap<u64, (GatewaySig, Vec<Running>)>,
@@ -375,6 +377,15 @@ async fn serve_http<I>(
         let routing = routing.borrow().clone();
         let ctx = ctx.clone();
         req.extensions_mut().insert(scope.clone());
+        let key = match &key {
+            Key::EastWest(vip, own) => {
+                if !own.is_empty() {
+                    req.extensions_mut().insert(own.clone());
+                }
+                Key::EastWest(*vip, handler::OwnAddrs::default())
+            }
+            k => k.clone(),
+        };
         async move { Ok::<_, Infallible>(route_request(&routing, &ctx, key, scheme, peer, req).await) }
     });
     let builder = http_builder();
@@ -401,7 +412,7 @@ async fn route_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match key {
-        Key::EastWest(vip) => match routing.east_west.get(&vip) {
+        Key::EastWest(vip, _) => match routing.east_west.get(&vip) {
             Some(s) => handler::handle(ctx, &s.table, req, s.port, scheme, peer).await,
             None => handler::text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -525,7 +536,7 @@ async fn forward_raw(
     ctx: &Ctx,
 ) {
     use tokio::io::AsyncWriteExt;
-    let Some((_, ep)) = handler::pick(dests, None) else {
+    let Some((_, ep)) = handler::pick(dests, None, &[]) else {
         return;
     };
     match ctx.pool.connect(ep).await {
@@ -584,7 +595,16 @@ impl Acceptor {
     /// East-west: the kernel recorded what each client dialled; a
     /// connection it did not hand over (someone dialling the port directly)
     /// has no entry and is closed.
-    fn spawn_east_west(self, l: TcpListener, orig: Arc<OrigTable>, netns: u64) -> Running {
+    ///
+    /// `own`: the client workload's own addresses (the proxy sends none of
+    /// its requests there when another endpoint can be picked).
+    fn spawn_east_west(
+        self,
+        l: TcpListener,
+        orig: Arc<OrigTable>,
+        netns: u64,
+        own: handler::OwnAddrs,
+    ) -> Running {
         accept_loop(l, "L7 proxy", move |stream, peer| {
             let Some(vip) = orig.take_tcp(netns, peer) else {
                 tracing::debug!(%peer, "closing a proxy connection the kernel did not hand over");
@@ -593,12 +613,12 @@ impl Acceptor {
             let Some(ticket) = self.conns.try_take(ConnKey::Service(vip), 1) else {
                 return; // over a cap: closed
             };
-            let (routing, ctx) = (self.routing.clone(), self.ctx.clone());
+            let (routing, ctx, own) = (self.routing.clone(), self.ctx.clone(), own.clone());
             let idle = *self.idle.borrow();
             tokio::spawn(async move {
                 let activity = Activity::default();
                 let io = Watched::new(stream, activity.clone());
-                let key = Key::EastWest(vip);
+                let key = Key::EastWest(vip, own);
                 serve_http(io, activity, idle, peer, key, "http", routing, ctx).await;
                 drop(ticket);
             });
@@ -694,11 +714,17 @@ impl Proxy {
         socks: &Sockets,
         netns: u64,
         want: &ProxyPlan,
+        own: &handler::OwnAddrs,
     ) -> Result<Vec<Running>> {
         let mut out = Vec::new();
         for a in want.listeners() {
             match socks.listen(a).await {
-                Ok(l) => out.push(self.acceptor().spawn_east_west(l, self.orig.clone(), netns)),
+                Ok(l) => out.push(self.acceptor().spawn_east_west(
+                    l,
+                    self.orig.clone(),
+                    netns,
+                    own.clone(),
+                )),
                 Err(e)
                     if a.is_ipv6()
                         && matches!(
@@ -780,8 +806,13 @@ impl Proxy {
         let needs_bind = !want.iter().all(|a| serving.contains(a)) || self.east_west.is_empty();
         let next = if needs_bind {
             Some(
-                self.bind_east_west(&self.socks, self.opts.netns, &plan.proxy)
-                    .await?,
+                self.bind_east_west(
+                    &self.socks,
+                    self.opts.netns,
+                    &plan.proxy,
+                    &handler::OwnAddrs::default(),
+                )
+                .await?,
             )
         } else {
             None
@@ -874,6 +905,7 @@ impl Proxy {
         socks: &Sockets,
         proxy: &ProxyPlan,
         gateways: &[&GatewayListener],
+        own: handler::OwnAddrs,
     ) -> Result<Bound> {
         self.gateways_inside(netns, socks, &proxy.gateway_addresses, gateways)
             .await?;
@@ -881,13 +913,13 @@ impl Proxy {
         let same = self
             .workloads
             .get(&netns)
-            .is_some_and(|r| r.iter().map(|r| r.addr).eq(want.iter().copied()));
+            .is_some_and(|(r, o)| *o == own && r.iter().map(|r| r.addr).eq(want.iter().copied()));
         if !same {
             self.workloads.remove(&netns);
-            let running = self.bind_east_west(socks, netns, proxy).await?;
-            self.workloads.insert(netns, running);
+            let running = self.bind_east_west(socks, netns, proxy, &own).await?;
+            self.workloads.insert(netns, (running, own));
         }
-        let on = &self.workloads[&netns];
+        let on = &self.workloads[&netns].0;
         Ok(Bound {
             proxy4: on.iter().map(|r| r.addr).find(SocketAddr::is_ipv4),
             proxy6: on.iter().map(|r| r.addr).find(SocketAddr::is_ipv6),
