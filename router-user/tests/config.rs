@@ -933,7 +933,7 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
                 .ip("10.0.0.9")
                 .ip("fd00::9"),
         )
-        .with(Pod::new("p2").label("app", "b"))
+        .with(Pod::new("p2").label("app", "b").label("tier", "web"))
         .with(Pod::new("elsewhere").label("app", "b").cluster("c2"))
         .with(
             RouteTable::new("shop")
@@ -1056,6 +1056,34 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
             .iter()
             .any(|n| n.message.contains("not applied one by one")),
         "selectors are applied now"
+    );
+
+    // Two scoped tables for one host that select the same Pod: a notice.
+    let also = Config::new().with(
+        RouteTable::new("shop-all-pods")
+            .host("shop.mesh")
+            .for_workloads(&[("tier", "web")])
+            .tcp(TcpRoute::new().to(&[api("v1")])),
+    );
+    let overlap = plan(&format!("{text}{}", also.yaml()));
+    let for_p2 = overlap
+        .host_for("shop.mesh", overlap.workload("t/p2"))
+        .unwrap();
+    assert_eq!(
+        for_p2.origin.name, "shop-all-pods",
+        "the notice says what DNS does"
+    );
+    let n: Vec<&String> = overlap
+        .notices
+        .iter()
+        .map(|n| &n.message)
+        .filter(|m| m.contains("is also selected by"))
+        .collect();
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(
+        n[0].contains("Pod t/p2 is also selected by RouteTable t/shop-all-pods"),
+        "{}",
+        n[0]
     );
 
     // Two tables for every caller still may not share a host.

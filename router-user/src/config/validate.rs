@@ -85,6 +85,7 @@ pub fn validate(
         );
     }
     route_host_uniqueness(&mut v);
+    scoped_overlaps(&mut v);
     for gw in &cfg.virtual_gateways {
         virtual_gateway(&mut v, gw);
     }
@@ -863,6 +864,47 @@ fn workload_selectors(v: &mut Validator<'_>, rt: &Resource<RouteTableSpec>) {
     let node = &v.settings.node.cluster;
     if !selects_a_pod(v, scope) {
         v.notice(rt, rt.origin.line, format!("workloadSelectors select no Pod of cluster {node} in the inventory: the table's hosts are served to no workload here (add the Pods, as `v1 Pod` objects, or widen the selectors)"));
+    }
+}
+
+/// Two workload-scoped tables for one host that select the same Pod: the
+/// Pod gets the first by namespace/name (its DNS answer; the kernel lets
+/// both VIPs through). Said in a notice on the other table.
+fn scoped_overlaps(v: &mut Validator<'_>) {
+    let pods = super::workloads::pods(v.cfg, &v.settings.node.cluster);
+    if pods.is_empty() {
+        return;
+    }
+    let mut by_host: BTreeMap<String, Vec<&Resource<RouteTableSpec>>> = BTreeMap::new();
+    for rt in &v.cfg.route_tables {
+        if rt.spec.workload_scope().is_some() {
+            for h in &rt.spec.hosts {
+                by_host
+                    .entry(h.value.to_ascii_lowercase())
+                    .or_default()
+                    .push(rt);
+            }
+        }
+    }
+    for (host, mut tables) in by_host.into_iter().filter(|(_, t)| t.len() > 1) {
+        tables.sort_by_key(|rt| (rt.namespace().to_string(), rt.name().to_string()));
+        let sels: Vec<_> = tables
+            .iter()
+            .map(|rt| {
+                super::workloads::selector_plans(rt.spec.workload_scope().unwrap_or_default())
+            })
+            .collect();
+        for p in &pods {
+            let picked: Vec<usize> = (0..tables.len())
+                .filter(|i| sels[*i].iter().any(|s| s.selects(p)))
+                .collect();
+            if let [first, rest @ ..] = picked.as_slice() {
+                for i in rest {
+                    let (winner, rt) = (tables[*first], tables[*i]);
+                    v.notice(rt, rt.origin.line, format!("host `{host}`: Pod {} is also selected by {}, whose table it gets (the first by namespace/name); select it in one of them only", p.key(), winner.display()));
+                }
+            }
+        }
     }
 }
 
