@@ -338,17 +338,17 @@ fn dns_listener(ctx: &SockAddrContext, cfg: &GlobalConfig, key: &SvcKey) -> Opti
 /// more hash lookup, only for scoped services.)
 #[inline(always)]
 fn visible(ctx: &SockAddrContext, key: &SvcKey) -> bool {
+    // SAFETY: helper call on the sock_addr ctx.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     // SAFETY: only the presence is read.
-    unsafe { VISIBLE.get(caller_key(ctx, key.addr, key.family)) }.is_some()
+    unsafe { VISIBLE.get(ns_key(netns, key.addr, key.family)) }.is_some()
 }
 
-/// `(the caller's network namespace, an address)`: the key of the
-/// workloads' maps.
+/// `(a network namespace, an address)`: the key of the workloads' maps.
 #[inline(always)]
-fn caller_key(ctx: &SockAddrContext, addr: [u32; 4], family: u8) -> VisKey {
+fn ns_key(netns: u64, addr: [u32; 4], family: u8) -> VisKey {
     VisKey {
-        // SAFETY: helper call on the sock_addr ctx.
-        netns: unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+        netns,
         addr,
         family,
         _pad: [0; 7],
@@ -396,14 +396,25 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
         );
         return Verdict::Refuse(ERRNO_NO_BACKEND);
     };
-    let own = flags & SVC_F_OWN != 0;
+    // The caller's namespace, read once, when the service has a workload's
+    // own address among its endpoints.
+    let own_ns = if flags & SVC_F_OWN != 0 {
+        // SAFETY: helper call on the sock_addr ctx.
+        Some(unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) })
+    } else {
+        None
+    };
+    let first = (backend_id, backend);
     let (backend_id, backend) = if backend.eject_after != 0 && ejected(backend_id) {
         bump_backend(backend_id, |s| s.ejected_skips += 1);
-        pick_again(ctx, own, svc_id, base, count, (backend_id, backend))
-    } else if own && is_own(ctx, &backend) {
-        pick_again(ctx, own, svc_id, base, count, (backend_id, backend))
+        pick_again(own_ns, svc_id, base, count).unwrap_or_else(|| {
+            bump_global(|s| s.ejected_fallback += 1);
+            first
+        })
+    } else if own_ns.is_some_and(|ns| is_own(ns, &backend)) {
+        pick_again(own_ns, svc_id, base, count).unwrap_or(first)
     } else {
-        (backend_id, backend)
+        first
     };
     bump_svc(svc_id, |s| match kind {
         Kind::Connect => s.connects += 1,
@@ -443,21 +454,14 @@ fn ejected(id: u32) -> bool {
 /// The first pick's backend is ejected: try up to `EJECT_PROBES` other
 /// random slots of the same table (so the weights and the locality tier the
 /// daemon compiled still hold); if every one is ejected too, keep the first
-/// pick (the kernel never refuses on its own: the daemon decides whether a
-/// whole tier is out).
+/// pick (None here: the kernel never refuses on its own, the daemon decides
+/// whether a whole tier is out).
 ///
-/// The same for a workload's own address (`own`: the service has one among
-/// its endpoints): a caller is not sent to itself when another endpoint can
-/// be found.
+/// The same for a workload's own address (`own_ns`: the caller's namespace,
+/// when the service has a workload's address among its endpoints): a caller
+/// is not sent to itself when another endpoint can be found.
 #[inline(always)]
-fn pick_again(
-    ctx: &SockAddrContext,
-    own: bool,
-    svc_id: u32,
-    base: u32,
-    count: u32,
-    first: (u32, Backend),
-) -> (u32, Backend) {
+fn pick_again(own_ns: Option<u64>, svc_id: u32, base: u32, count: u32) -> Option<(u32, Backend)> {
     for _ in 0..EJECT_PROBES {
         // SAFETY: helper call.
         let pick = unsafe { bpf_get_prandom_u32() };
@@ -467,21 +471,20 @@ fn pick_again(
         };
         if let Some((id, b)) = slot_backend(slot)
             && (b.eject_after == 0 || !ejected(id))
-            && !(own && is_own(ctx, &b))
+            && !own_ns.is_some_and(|ns| is_own(ns, &b))
         {
-            return (id, b);
+            return Some((id, b));
         }
     }
-    bump_global(|s| s.ejected_fallback += 1);
-    first
+    None
 }
 
 /// Is `b` the caller's own address (its namespace is a workload's, and the
 /// address one of its Pod's)?
 #[inline(always)]
-fn is_own(ctx: &SockAddrContext, b: &Backend) -> bool {
+fn is_own(netns: u64, b: &Backend) -> bool {
     // SAFETY: only the presence is read.
-    unsafe { OWN.get(caller_key(ctx, b.addr, b.family)) }.is_some()
+    unsafe { OWN.get(ns_key(netns, b.addr, b.family)) }.is_some()
 }
 
 #[inline(always)]

@@ -377,7 +377,7 @@ async fn check_privileged_port(socks: &Sockets, port: u16) {
 struct Pod {
     workload: Workload,
     /// Kept for the life of the workload: its thread stays in the namespace.
-    _socks: Sockets,
+    socks: Sockets,
     netns: u64,
     listeners: Vec<String>,
 }
@@ -498,7 +498,7 @@ impl Serving {
         let bound = self.open_in(netns, &socks, &w.key()).await?;
         Ok(Pod {
             workload: w.clone(),
-            _socks: socks,
+            socks,
             netns,
             listeners: self.listener_names(netns, &bound),
         })
@@ -590,7 +590,7 @@ impl Serving {
             .map(|(k, p)| (k.clone(), p.netns))
             .collect();
         for (key, netns) in pods {
-            let socks = self.workloads[&key]._socks.clone();
+            let socks = self.workloads[&key].socks.clone();
             match self.open_in(netns, &socks, &key).await {
                 Ok(b) => {
                     let names = self.listener_names(netns, &b);

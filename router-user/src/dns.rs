@@ -73,9 +73,9 @@ pub struct Names {
     /// Lower-case name without the trailing dot -> (IPv4 VIP, IPv6 VIP if
     /// the host has an IPv6 service).
     pub by_name: HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>,
-    /// Workload-scoped hosts: (workload `namespace/name`, name) -> the
+    /// Workload-scoped hosts: workload `namespace/name` -> name -> the
     /// VIPs that workload sees under the name (before `by_name`).
-    pub scoped: HashMap<(String, String), (Ipv4Addr, Option<Ipv6Addr>)>,
+    pub scoped: HashMap<String, HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>>,
     pub ttl: u32,
 }
 
@@ -103,7 +103,9 @@ impl Names {
             // chooses: the first that selects a workload is its answer.
             for w in plan.workloads.iter().filter(|w| h.visible_to(Some(w))) {
                 scoped
-                    .entry((w.key(), h.name.to_ascii_lowercase()))
+                    .entry(w.key())
+                    .or_insert_with(HashMap::new)
+                    .entry(h.name.to_ascii_lowercase())
                     .or_insert_with(|| vips(h));
             }
         }
@@ -121,13 +123,10 @@ impl Names {
         name: &str,
         workload: Option<&str>,
     ) -> Option<(Ipv4Addr, Option<Ipv6Addr>)> {
-        if let Some(w) = workload
-            && !self.scoped.is_empty()
-            && let Some(v) = self.scoped.get(&(w.to_string(), name.to_string()))
-        {
-            return Some(*v);
-        }
-        self.by_name.get(name).copied()
+        workload
+            .and_then(|w| self.scoped.get(w)?.get(name))
+            .or_else(|| self.by_name.get(name))
+            .copied()
     }
 }
 

@@ -721,7 +721,7 @@ impl Scopes {
         }
         served
             .into_iter()
-            .filter_map(|(key, cookie)| Some((find_workload(&self.workloads, key)?, cookie)))
+            .filter_map(|(key, cookie)| Some((self.workload(key)?, cookie)))
             .flat_map(|(w, cookie)| w.ips.iter().map(move |ip| (cookie, *ip)))
             .collect()
     }
@@ -739,7 +739,7 @@ impl Scopes {
             return out;
         }
         for (key, cookie) in served {
-            let Some(w) = find_workload(&self.workloads, key) else {
+            let Some(w) = self.workload(key) else {
                 continue;
             };
             for h in self.hosts.iter().filter(|h| h.visible_to(Some(w))) {

@@ -912,6 +912,13 @@ fn gateway_addresses_default_to_ipv4_and_take_a_dual_stack_list() {
 #[test]
 fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
     let api = |v: &str| Dest::service("api").port(8080).subset("version", v);
+    // A table for `host`, to api `v`, for the workloads labelled `label`.
+    let scoped = |name: &str, host: &str, label: (&str, &str), v: &str| {
+        RouteTable::new(name)
+            .host(host)
+            .for_workloads(&[label])
+            .tcp(TcpRoute::new().to(&[api(v)]))
+    };
     let text = Config::new()
         .node("c1", "r1", "z1")
         .with(Service::new("c1", "api").named_port("http", 8080, "TCP"))
@@ -940,24 +947,9 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
                 .host("shop.mesh")
                 .tcp(TcpRoute::new().to(&[api("v1")])),
         )
-        .with(
-            RouteTable::new("shop-b")
-                .host("shop.mesh")
-                .for_workloads(&[("app", "b")])
-                .tcp(TcpRoute::new().to(&[api("v2")])),
-        )
-        .with(
-            RouteTable::new("secret")
-                .host("secret.mesh")
-                .for_workloads(&[("app", "a")])
-                .tcp(TcpRoute::new().to(&[api("v1")])),
-        )
-        .with(
-            RouteTable::new("nobody")
-                .host("nobody.mesh")
-                .for_workloads(&[("app", "z")])
-                .tcp(TcpRoute::new().to(&[api("v1")])),
-        )
+        .with(scoped("shop-b", "shop.mesh", ("app", "b"), "v2"))
+        .with(scoped("secret", "secret.mesh", ("app", "a"), "v1"))
+        .with(scoped("nobody", "nobody.mesh", ("app", "z"), "v1"))
         .yaml();
     let p = plan(&text);
     let keys: Vec<String> = p.workloads.iter().map(|w| w.key()).collect();
@@ -1059,12 +1051,7 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
     );
 
     // Two scoped tables for one host that select the same Pod: a notice.
-    let also = Config::new().with(
-        RouteTable::new("shop-all-pods")
-            .host("shop.mesh")
-            .for_workloads(&[("tier", "web")])
-            .tcp(TcpRoute::new().to(&[api("v1")])),
-    );
+    let also = Config::new().with(scoped("shop-all-pods", "shop.mesh", ("tier", "web"), "v1"));
     let overlap = plan(&format!("{text}{}", also.yaml()));
     let for_p2 = overlap
         .host_for("shop.mesh", overlap.workload("t/p2"))

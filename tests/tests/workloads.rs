@@ -81,6 +81,24 @@ fn routerd_cli(d: &Routerd, args: &[&str]) -> String {
     .unwrap()
 }
 
+/// `routerd workload add` for pod `p` in namespace `t`, with `extra`
+/// arguments: what it printed.
+fn add_workload(d: &Routerd, p: &PodNs, extra: &[&str]) -> String {
+    let netns = p.netns();
+    let mut args = vec![
+        "workload",
+        "add",
+        "--namespace",
+        "t",
+        "--name",
+        &p.name,
+        "--netns",
+        &netns,
+    ];
+    args.extend_from_slice(extra);
+    routerd_cli(d, &args)
+}
+
 fn served(d: &Routerd, from: usize, pod: &str) -> Event {
     d.wait_event(
         from,
@@ -111,21 +129,8 @@ fn pods_in_their_own_namespaces_get_dns_and_l7_listeners_of_their_own() {
     // Two pods by the CLI, one by a record written as a CNI script would.
     let from = d.log_len();
     for p in &pods[..2] {
-        let out = routerd_cli(
-            &d,
-            &[
-                "workload",
-                "add",
-                "--namespace",
-                "t",
-                "--name",
-                &p.name,
-                "--netns",
-                &p.netns(),
-                "--cgroup",
-                &p.cgroup.path.display().to_string(),
-            ],
-        );
+        let cgroup = p.cgroup.path.display().to_string();
+        let out = add_workload(&d, p, &["--cgroup", &cgroup]);
         assert!(out.contains("handed to routerd"), "{out}");
     }
     let dir = d.state_dir.join("workloads");
@@ -407,19 +412,7 @@ fn workload_selectors_decide_what_each_pod_sees() {
     let mut d = Routerd::start(&world.tag, &cfg_dir, &world.cgroup.path, &[]).unwrap();
     let from = d.log_len();
     for p in &pods {
-        routerd_cli(
-            &d,
-            &[
-                "workload",
-                "add",
-                "--namespace",
-                "t",
-                "--name",
-                &p.name,
-                "--netns",
-                &p.netns(),
-            ],
-        );
+        add_workload(&d, p, &[]);
     }
     for p in &pods {
         served(&d, from, &p.name);

@@ -138,11 +138,10 @@ impl Tables {
 }
 
 /// Which table a connection is served by.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
-    /// The VIP:port the client dialled, and the client workload's own
-    /// addresses (none: not a workload, or hairpin allowed).
-    EastWest(SocketAddr, handler::OwnAddrs),
+    /// The VIP:port the client dialled.
+    EastWest(SocketAddr),
     Gateway(u16),
 }
 
@@ -361,6 +360,9 @@ async fn serve_http<I>(
     scheme: &'static str,
     routing: watch::Receiver<Arc<Tables>>,
     ctx: Arc<Ctx>,
+    // The client workload's own addresses (none: not a workload, or hairpin
+    // allowed), on each request for the handler's pick.
+    own: handler::OwnAddrs,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -377,15 +379,9 @@ async fn serve_http<I>(
         let routing = routing.borrow().clone();
         let ctx = ctx.clone();
         req.extensions_mut().insert(scope.clone());
-        let key = match &key {
-            Key::EastWest(vip, own) => {
-                if !own.is_empty() {
-                    req.extensions_mut().insert(own.clone());
-                }
-                Key::EastWest(*vip, handler::OwnAddrs::default())
-            }
-            k => k.clone(),
-        };
+        if !own.is_empty() {
+            req.extensions_mut().insert(own.clone());
+        }
         async move { Ok::<_, Infallible>(route_request(&routing, &ctx, key, scheme, peer, req).await) }
     });
     let builder = http_builder();
@@ -412,7 +408,7 @@ async fn route_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match key {
-        Key::EastWest(vip, _) => match routing.east_west.get(&vip) {
+        Key::EastWest(vip) => match routing.east_west.get(&vip) {
             Some(s) => handler::handle(ctx, &s.table, req, s.port, scheme, peer).await,
             None => handler::text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -618,8 +614,8 @@ impl Acceptor {
             tokio::spawn(async move {
                 let activity = Activity::default();
                 let io = Watched::new(stream, activity.clone());
-                let key = Key::EastWest(vip, own);
-                serve_http(io, activity, idle, peer, key, "http", routing, ctx).await;
+                let key = Key::EastWest(vip);
+                serve_http(io, activity, idle, peer, key, "http", routing, ctx, own).await;
                 drop(ticket);
             });
         })
@@ -649,13 +645,35 @@ impl Acceptor {
                         if let Ok(Ok(s)) = tokio::time::timeout(TLS_HANDSHAKE, acc.accept(io)).await
                         {
                             let idle = (idle, tcp_idle);
-                            serve_http(s, activity, idle, peer, key, "https", routing, ctx).await;
+                            serve_http(
+                                s,
+                                activity,
+                                idle,
+                                peer,
+                                key,
+                                "https",
+                                routing,
+                                ctx,
+                                Default::default(),
+                            )
+                            .await;
                         }
                     }
                     (true, None) => {
                         let io = Watched::new(stream, activity.clone());
                         let idle = (idle, tcp_idle);
-                        serve_http(io, activity, idle, peer, key, "http", routing, ctx).await
+                        serve_http(
+                            io,
+                            activity,
+                            idle,
+                            peer,
+                            key,
+                            "http",
+                            routing,
+                            ctx,
+                            Default::default(),
+                        )
+                        .await
                     }
                 }
                 drop(ticket);
