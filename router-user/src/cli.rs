@@ -130,6 +130,10 @@ enum Cmd {
         /// listeners inside each (default: <state-dir>/workloads).
         #[arg(long)]
         workloads_dir: Option<PathBuf>,
+        /// Worker threads of the L7 proxy, each serving its share of the
+        /// connections on its own (default: one per CPU).
+        #[arg(long)]
+        proxy_threads: Option<usize>,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -323,6 +327,7 @@ pub fn main() -> ExitCode {
             allow_untrusted_config,
             metrics_addr,
             workloads_dir,
+            proxy_threads,
         } => (|| {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -349,6 +354,8 @@ pub fn main() -> ExitCode {
                 watch: !no_watch,
                 allow_untrusted_config,
                 metrics_addr,
+                proxy_threads: proxy_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             }))?;
             Ok(ExitCode::SUCCESS)
         })(),

@@ -74,6 +74,8 @@ pub struct RunOptions {
     /// The workloads hand-off directory (`--workloads-dir`; see
     /// [`crate::workload`]).
     pub workloads_dir: PathBuf,
+    /// Worker threads of the L7 proxy (`--proxy-threads`).
+    pub proxy_threads: usize,
 }
 
 /// Load, validate and compile (`routerd check`, `explain`, tests); the
@@ -851,8 +853,9 @@ impl Daemon {
                 max_conns: fds.proxy_conns,
                 netns,
                 telemetry: telemetry.clone(),
+                threads: opts.proxy_threads,
             },
-        );
+        )?;
         // Health: checks and ejections publish the endpoints to avoid.
         let (watched_tx, watched_rx) = watch::channel(watched(&serving_plan));
         let (avoid_tx, avoid) = watch::channel(BTreeSet::<SocketAddr>::new());

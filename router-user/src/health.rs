@@ -76,12 +76,20 @@ impl Observations {
         self.events.set(tx).ok().map(|_| rx)
     }
 
+    /// Count one outcome. The health task hears of it unless it is a
+    /// success after a success: that changes nothing for outlier detection
+    /// ([`Ejector::record`] only resets the endpoint's error runs, which are
+    /// zero then), and sending it woke the daemon's runtime on every request
+    /// (a context switch per request in the HTTP bench). Sent under the
+    /// lock, so the task hears outcomes in the order they were counted.
     pub fn record(&self, ep: SocketAddr, o: Outcome) {
-        if let Some(tx) = self.events.get() {
-            let _ = tx.send((ep, o));
-        }
         let mut m = self.stats.lock().unwrap();
         let s = m.entry(ep).or_default();
+        if (o != Outcome::Ok || s.consecutive_errors > 0)
+            && let Some(tx) = self.events.get()
+        {
+            let _ = tx.send((ep, o));
+        }
         s.requests += 1;
         match o {
             Outcome::Ok => s.consecutive_errors = 0,
@@ -669,6 +677,33 @@ mod tests {
 
     fn ep(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    /// The health task hears every failure and the success that ends a
+    /// run of them; successes after successes are only counted.
+    #[test]
+    fn observations_send_what_outlier_detection_needs() {
+        let obs = Observations::default();
+        let mut rx = obs.subscribe().expect("the first subscriber");
+        let mut heard = || std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>();
+        obs.record(ep(1), Outcome::Ok);
+        assert_eq!(heard(), vec![]);
+        obs.record(ep(1), Outcome::Status5xx(503));
+        obs.record(ep(2), Outcome::Ok);
+        obs.record(ep(1), Outcome::Reset);
+        obs.record(ep(1), Outcome::Ok);
+        obs.record(ep(1), Outcome::Ok);
+        assert_eq!(
+            heard(),
+            vec![
+                (ep(1), Outcome::Status5xx(503)),
+                (ep(1), Outcome::Reset),
+                (ep(1), Outcome::Ok),
+            ]
+        );
+        let s = obs.snapshot();
+        assert_eq!((s[&ep(1)].requests, s[&ep(1)].consecutive_errors), (5, 0));
+        assert_eq!(s[&ep(2)].requests, 1);
     }
 
     fn od(n: u8, errors: u32, gw: u32, max_pct: u32) -> OutlierPlan {

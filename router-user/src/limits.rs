@@ -291,7 +291,7 @@ pub fn return_freed_memory() {
     unsafe {
         libmimalloc_sys::mi_collect(true)
     };
-    purge_arenas_at_once();
+    purge_arenas_soon();
 }
 
 /// mimalloc's `mi_option_purge_delay` and `mi_option_arena_purge_mult`
@@ -300,20 +300,26 @@ pub fn return_freed_memory() {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(feature = "mimalloc")]
 const MI_OPTION_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
+/// How long a freed page stays with the allocator after start-up
+/// ([`purge_arenas_soon`]).
+#[cfg(feature = "mimalloc")]
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
-/// From now on, give pages back to the system as they are freed. mimalloc
-/// returns a free page to its arena and purges it (`madvise`) only after
-/// `purge_delay x arena_purge_mult` (1 s), and only when the allocator
-/// runs again, so a daemon that went idle kept what it had freed. Set once
-/// start-up is done (after `mi_collect` has purged what start-up freed):
-/// purging at once during start-up would keep 14 MiB less RSS and 30 MiB
-/// less peak at the bench's 10,000 route tables, but cost 100 ms of
-/// start-up (freed pages faulted in again by the compile). Pages a
-/// thread's heap keeps for reuse are unaffected, so the proxy's request
-/// path does not purge more often (the bench's HTTP suite measured the
-/// same with and without). The options are recognised by their defaults
-/// first: another mimalloc version is left alone.
-fn purge_arenas_at_once() {
+/// From now on, give pages back to the system soon after they are freed.
+/// mimalloc returns a free page to its arena and purges it (`madvise`) only
+/// after `purge_delay x arena_purge_mult` (1 s), and only when the
+/// allocator runs again, so a daemon that went idle kept what it had
+/// freed. Set once start-up is done (after `mi_collect` has purged what
+/// start-up freed): purging early during start-up would keep 14 MiB less
+/// RSS and 30 MiB less peak at the bench's 10,000 route tables, but cost
+/// 100 ms of start-up (freed pages faulted in again by the compile).
+/// Not at once (a multiplier of 0) but after `PURGE_DELAY_MS`: purging at
+/// once put an `madvise`, a TLB shootdown across CPUs and a page fault on
+/// the L7 proxy's request path whenever a page of its per-request objects
+/// emptied (about 5% of its CPU time in the HTTP bench's profile); a page
+/// reused within the delay is never purged. The options are recognised by
+/// their defaults first: another mimalloc version is left alone.
+fn purge_arenas_soon() {
     #[cfg(feature = "mimalloc")]
     // SAFETY: reading and setting an option only touches mimalloc's table.
     unsafe {
@@ -321,7 +327,7 @@ fn purge_arenas_at_once() {
         if mi_option_get(MI_OPTION_PURGE_DELAY) == 1000
             && mi_option_get(MI_OPTION_ARENA_PURGE_MULT) == 1
         {
-            mi_option_set(MI_OPTION_ARENA_PURGE_MULT, 0);
+            mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         } else {
             tracing::debug!(
                 "mimalloc: options 15 and 24 are not the purge delays here; left alone"

@@ -18,9 +18,12 @@ enum SockReq {
         SocketAddr,
         oneshot::Sender<std::io::Result<std::net::UdpSocket>>,
     ),
+    /// `n` listeners on one address (more than one: SO_REUSEPORT, the
+    /// kernel spreads connections over them).
     Listen(
         SocketAddr,
-        oneshot::Sender<std::io::Result<std::net::TcpListener>>,
+        usize,
+        oneshot::Sender<std::io::Result<Vec<std::net::TcpListener>>>,
     ),
     Stream(bool, oneshot::Sender<std::io::Result<std::net::TcpStream>>),
     Diag(oneshot::Sender<std::io::Result<std::os::fd::OwnedFd>>),
@@ -62,9 +65,13 @@ fn serve(req: SockReq) {
             });
             let _ = reply.send(s);
         }
-        SockReq::Listen(addr, reply) => {
-            let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM).and_then(|s| {
+        SockReq::Listen(addr, n, reply) => {
+            let one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+                let s = marked(domain(addr.is_ipv6()), socket2::Type::STREAM)?;
                 s.set_reuse_address(true)?;
+                if n > 1 {
+                    s.set_reuse_port(true)?;
+                }
                 // `[::]:p` beside `0.0.0.0:p` (a dual-stack gateway): the
                 // IPv6 socket must not claim IPv4 too.
                 if addr.is_ipv6() {
@@ -73,8 +80,18 @@ fn serve(req: SockReq) {
                 s.bind(&addr.into())?;
                 s.listen(1024)?;
                 Ok(s.into())
+            };
+            // The others on the first's address (its port, if `addr` asked
+            // for any).
+            let all = one(addr).and_then(|first| {
+                let at = first.local_addr()?;
+                let mut all = vec![first];
+                for _ in 1..n {
+                    all.push(one(at)?);
+                }
+                Ok(all)
             });
-            let _ = reply.send(s);
+            let _ = reply.send(all);
         }
         SockReq::Stream(v6, reply) => {
             let _ = reply.send(marked(domain(v6), socket2::Type::STREAM).map(Into::into));
@@ -163,7 +180,18 @@ impl Sockets {
         UdpSocket::from_std(self.ask(|tx| SockReq::Udp(bind, tx)).await?)
     }
     pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
-        TcpListener::from_std(self.ask(|tx| SockReq::Listen(addr, tx)).await?)
+        let mut one = self.ask(|tx| SockReq::Listen(addr, 1, tx)).await?;
+        TcpListener::from_std(one.remove(0))
+    }
+    /// `n` listeners on `addr` sharing its port (SO_REUSEPORT when `n` > 1:
+    /// the kernel spreads connections over them), not yet registered with
+    /// any runtime: one per proxy worker ([`crate::proxy::workers`]).
+    pub async fn listen_shared(
+        &self,
+        addr: SocketAddr,
+        n: usize,
+    ) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.ask(|tx| SockReq::Listen(addr, n.max(1), tx)).await
     }
     /// A NETLINK_SOCK_DIAG socket in the namespace (see [`crate::reap`]).
     pub async fn diag(&self) -> std::io::Result<std::os::fd::OwnedFd> {

@@ -199,6 +199,17 @@ impl Telemetry {
     /// One answer from `ep` (`None`: the exchange failed).
     pub fn upstream_answered(&self, ep: SocketAddr, status: Option<u16>) {
         let i = status.map_or(5, |s| usize::from(s / 100).clamp(1, 5) - 1);
+        // Counted under the read lock when the endpoint is known: no
+        // reference count taken and dropped per request.
+        if let Some(c) = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ep)
+        {
+            c[i].inc();
+            return;
+        }
         self.upstream(ep)[i].inc();
     }
 

@@ -5,6 +5,7 @@
 //! (header manipulation, CORS) . Failures the proxy sees are reported to
 //! [`Observations`] for outlier detection.
 use std::{
+    borrow::Cow,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
@@ -225,16 +226,21 @@ fn status(code: u16) -> StatusCode {
 }
 
 /// Hop-by-hop headers never cross a proxy (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+// Header names the request path writes, made once (a `&str` name is
+// parsed and hashed again on every use).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The items of a comma-separated list header (every line of it), trimmed.
 fn list_items(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
@@ -252,7 +258,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     h.remove(header::TRANSFER_ENCODING);
@@ -721,11 +727,11 @@ async fn forward<B: ClientBodyIn>(
     let mirror = mirror.filter(|_| upgrade.is_none());
     let path = parts.uri.path();
     let new_path = if let Some(to) = &f.path_rewrite {
-        engine::rewrite_prefix(path, hit, to)
+        Cow::Owned(engine::rewrite_prefix(path, hit, to))
     } else if let Some(r) = &extras.rewrite {
-        r.apply(path)
+        Cow::Owned(r.apply(path))
     } else {
-        path.to_string()
+        Cow::Borrowed(path)
     };
     let path_and_query = match upstream_path(&new_path, parts.uri.query()) {
         Ok(pq) => pq,
@@ -744,17 +750,29 @@ async fn forward<B: ClientBodyIn>(
         headers.insert(header::UPGRADE, proto.clone());
     }
     let mut upgrade = upgrade.map(|(_, client, scope)| (client, scope));
-    let original_host = request_host(&parts.uri, &headers);
-    if let Some(h) = &original_host {
+    // The Host sent: an absolute URI's authority, or the (first) Host
+    // header, once. Nothing to write when there is one Host header and no
+    // authority.
+    let host_twice = headers.get_all(header::HOST).iter().nth(1).is_some();
+    let original_host = if mirror.is_some() || host_twice || parts.uri.authority().is_some() {
+        request_host(&parts.uri, &headers)
+    } else {
+        None
+    };
+    if (host_twice || parts.uri.authority().is_some())
+        && let Some(h) = &original_host
+    {
         set(&mut headers, "host", h);
     }
-    append(&mut headers, "x-forwarded-for", &peer.ip().to_string());
+    if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
+        headers.append(X_FORWARDED_FOR, v);
+    }
     // Envoy's convention: a request without an id gets one; trace context
     // (traceparent, tracestate, B3) passes through untouched.
-    if !headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&request_id())
+    if !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::try_from(request_id())
     {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID, v);
     }
     if let Some(hp) = &route.policies.headers {
         for n in &hp.remove_request {
@@ -1287,7 +1305,7 @@ mod tests {
     }
 
     fn ctx(up: Arc<Scripted>, timeouts: Timeouts) -> Ctx {
-        let pool = Upstreams::new(Sockets::start(None).unwrap(), UpstreamOptions::default());
+        let pool = Upstreams::new(Sockets::start(None).unwrap(), UpstreamOptions::default(), 1);
         Ctx {
             pool,
             http: up,

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod handler;
 pub mod sni;
 pub mod upstream;
+pub mod workers;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -48,6 +49,7 @@ use access_log::AccessLog;
 use handler::Ctx;
 pub use handler::{Compiled, Observations, Outcome, Timeouts};
 use upstream::{Body, UpstreamOptions, Upstreams};
+use workers::Workers;
 
 use crate::{
     datapath::{OrigTable, sync::Bound},
@@ -181,15 +183,18 @@ impl Shape {
     }
 }
 
-/// Accept tasks of one bound socket; aborted on drop.
+/// The accept tasks of one listening address (one per worker); aborted on
+/// drop.
 struct Running {
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -219,9 +224,12 @@ pub struct ProxyOptions {
     pub netns: u64,
     /// Where requests are counted.
     pub telemetry: Arc<Telemetry>,
+    /// Worker threads serving connections ([`workers`]).
+    pub threads: usize,
 }
 
 pub struct Proxy {
+    workers: Arc<Workers>,
     socks: Sockets,
     ctx: Arc<Ctx>,
     routing: watch::Sender<Arc<Tables>>,
@@ -561,30 +569,53 @@ struct Acceptor {
     ctx: Arc<Ctx>,
     conns: Arc<Admission<ConnKey>>,
     idle: watch::Receiver<(Duration, Duration)>,
+    workers: Arc<Workers>,
 }
 
-/// Accept on `l` until the task is aborted, backing off on resource errors
-/// (`what` names the listener in the log), and hand each connection to
-/// `each`.
+/// Accept on `ls` (one listener per worker, [`Sockets::listen_shared`]),
+/// each on its worker, until the tasks are aborted, backing off on resource
+/// errors (`what` names the listener in the log), and hand each connection
+/// to `each`, on the worker that accepted it (a `tokio::spawn` there stays
+/// there).
 fn accept_loop(
-    l: TcpListener,
+    ls: Vec<std::net::TcpListener>,
     what: &'static str,
-    mut each: impl FnMut(tokio::net::TcpStream, SocketAddr) + Send + 'static,
-) -> Running {
-    let addr = l.local_addr().expect("a bound listener has an address");
-    let task = tokio::spawn(async move {
-        let mut logged = None;
-        loop {
-            match l.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    each(stream, peer);
+    workers: &Workers,
+    each: impl Fn(tokio::net::TcpStream, SocketAddr) + Send + Sync + 'static,
+) -> Result<Running> {
+    let addr = ls
+        .first()
+        .context("no listener bound")?
+        .local_addr()
+        .context("a bound listener has an address")?;
+    let each = Arc::new(each);
+    let tasks = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let each = each.clone();
+            workers.spawn_on(i, async move {
+                let l = match TcpListener::from_std(l) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("{what} {addr}: cannot accept connections: {e}");
+                        return;
+                    }
+                };
+                let mut logged = None;
+                loop {
+                    match l.accept().await {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            each(stream, peer);
+                        }
+                        Err(e) => limits::accept_backoff(&e, what, &mut logged).await,
+                    }
                 }
-                Err(e) => limits::accept_backoff(&e, what, &mut logged).await,
-            }
-        }
-    });
-    Running { addr, task }
+            })
+        })
+        .collect();
+    Ok(Running { addr, tasks })
 }
 
 impl Acceptor {
@@ -596,12 +627,13 @@ impl Acceptor {
     /// its requests there when another endpoint can be picked).
     fn spawn_east_west(
         self,
-        l: TcpListener,
+        l: Vec<std::net::TcpListener>,
         orig: Arc<OrigTable>,
         netns: u64,
         own: handler::OwnAddrs,
-    ) -> Running {
-        accept_loop(l, "L7 proxy", move |stream, peer| {
+    ) -> Result<Running> {
+        let workers = self.workers.clone();
+        accept_loop(l, "L7 proxy", &workers, move |stream, peer| {
             let Some(vip) = orig.take_tcp(netns, peer) else {
                 tracing::debug!(%peer, "closing a proxy connection the kernel did not hand over");
                 return;
@@ -621,8 +653,14 @@ impl Acceptor {
         })
     }
 
-    fn spawn_gateway(self, l: TcpListener, port: u16, shape: watch::Receiver<Shape>) -> Running {
-        accept_loop(l, "gateway listener", move |stream, peer| {
+    fn spawn_gateway(
+        self,
+        l: Vec<std::net::TcpListener>,
+        port: u16,
+        shape: watch::Receiver<Shape>,
+    ) -> Result<Running> {
+        let workers = self.workers.clone();
+        accept_loop(l, "gateway listener", &workers, move |stream, peer| {
             let Some(ticket) = self.conns.try_take(ConnKey::Peer(peer.ip()), 1) else {
                 return; // over a cap: closed
             };
@@ -683,8 +721,14 @@ impl Acceptor {
 }
 
 impl Proxy {
-    pub fn new(socks: Sockets, orig: Arc<OrigTable>, plan: &ProxyPlan, opts: ProxyOptions) -> Self {
-        let pool = Upstreams::new(socks.clone(), UpstreamOptions::default());
+    pub fn new(
+        socks: Sockets,
+        orig: Arc<OrigTable>,
+        plan: &ProxyPlan,
+        opts: ProxyOptions,
+    ) -> Result<Self> {
+        let workers = Arc::new(Workers::start(opts.threads)?);
+        let pool = Upstreams::new(socks.clone(), UpstreamOptions::default(), workers.slots());
         let ctx = Arc::new(Ctx {
             http: Arc::new(pool.clone()),
             pool,
@@ -695,7 +739,8 @@ impl Proxy {
         });
         let (routing, _) = watch::channel(Arc::new(Tables::default()));
         let (idle, _) = watch::channel((plan.idle(), plan.tcp_idle()));
-        Proxy {
+        Ok(Proxy {
+            workers,
             socks,
             ctx,
             routing,
@@ -709,7 +754,7 @@ impl Proxy {
             workload_gateways: BTreeMap::new(),
             gateways: BTreeMap::new(),
             log_writer: None,
-        }
+        })
     }
 
     pub fn observations(&self) -> Observations {
@@ -722,6 +767,7 @@ impl Proxy {
             ctx: self.ctx.clone(),
             conns: self.conns.clone(),
             idle: self.idle.subscribe(),
+            workers: self.workers.clone(),
         }
     }
 
@@ -736,13 +782,13 @@ impl Proxy {
     ) -> Result<Vec<Running>> {
         let mut out = Vec::new();
         for a in want.listeners() {
-            match socks.listen(a).await {
+            match socks.listen_shared(a, self.workers.threads()).await {
                 Ok(l) => out.push(self.acceptor().spawn_east_west(
                     l,
                     self.orig.clone(),
                     netns,
                     own.clone(),
-                )),
+                )?),
                 Err(e)
                     if a.is_ipv6()
                         && matches!(
@@ -843,10 +889,11 @@ impl Proxy {
         // `gateways_inside`), not here.
         for g in plan.gateways.iter().filter(|g| g.opens_in(None)) {
             let shape = Shape::of(g)?;
+            let workers = self.workers.threads();
             let bind = |a: SocketAddr| {
                 let socks = self.socks.clone();
                 async move {
-                    socks.listen(a).await.with_context(|| {
+                    socks.listen_shared(a, workers).await.with_context(|| {
                         format!(
                             "binding gateway {} listener {a}: is the port in use, or is {} \
                              not an address of this namespace (spec.proxy.gatewayAddresses)?",
@@ -875,7 +922,7 @@ impl Proxy {
                     if running.running.iter().all(|r| r.addr != a) {
                         let l = bind(a).await?;
                         let rx = running.shape.subscribe();
-                        added.push((g.port, self.acceptor().spawn_gateway(l, g.port, rx)));
+                        added.push((g.port, self.acceptor().spawn_gateway(l, g.port, rx)?));
                     }
                 }
                 continue;
@@ -884,7 +931,7 @@ impl Proxy {
             let mut running = Vec::new();
             for ip in addrs {
                 let l = bind(SocketAddr::new(*ip, g.port)).await?;
-                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe()));
+                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe())?);
             }
             opened.push((g.port, Gateway { running, shape: tx }));
         }
@@ -988,14 +1035,14 @@ impl Proxy {
             let (tx, _) = watch::channel(Shape::of(g)?);
             for ip in addrs {
                 let a = SocketAddr::new(*ip, g.port);
-                let l = socks.listen(a).await.with_context(|| {
+                let l = socks.listen_shared(a, self.workers.threads()).await.with_context(|| {
                     format!(
                         "binding gateway {} listener {a} in the workload's network namespace: is \
                          the port in use there?",
                         g.gateway
                     )
                 })?;
-                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe()));
+                running.push(self.acceptor().spawn_gateway(l, g.port, tx.subscribe())?);
             }
         }
         self.workload_gateways.insert(netns, (sig, running));

@@ -129,16 +129,22 @@ fn broken(e: hyper::Error) -> UpstreamError {
 pub struct Upstreams {
     pub socks: Sockets,
     opts: UpstreamOptions,
-    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Idle HTTP/1.1 connections, one pool per proxy worker
+    /// ([`super::workers::current`]): a connection's driver runs on the
+    /// worker that opened it, and only that worker takes it again.
+    h1: Vec<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
 impl Upstreams {
-    pub fn new(socks: Sockets, opts: UpstreamOptions) -> Arc<Self> {
+    /// `slots`: how many pools of idle connections ([`super::workers::Workers::slots`]).
+    pub fn new(socks: Sockets, opts: UpstreamOptions, slots: usize) -> Arc<Self> {
         Arc::new(Upstreams {
             socks,
             opts,
-            h1: Mutex::new(HashMap::new()),
+            h1: (0..slots.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             h2: Mutex::new(HashMap::new()),
         })
     }
@@ -210,11 +216,16 @@ impl Upstreams {
         Ok(conn)
     }
 
+    /// The calling worker's pool of idle HTTP/1.1 connections.
+    fn pool(&self) -> &Mutex<HashMap<SocketAddr, Vec<Idle>>> {
+        &self.h1[super::workers::current() % self.h1.len()]
+    }
+
     /// A pooled connection to `ep` that can take a request now. One still
     /// reading its last response stays for later; closed and expired ones
     /// go. (One clock read per call, not one per entry.)
     fn take_idle(&self, ep: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let mut pool = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         let list = pool.get_mut(&ep)?;
         let now = Instant::now();
         let mut i = list.len();
@@ -238,7 +249,7 @@ impl Upstreams {
     /// that (one did: a spawn, a wake-up and a lock per request, a few per
     /// cent of the proxy's time in the HTTP bench).
     fn recycle(&self, ep: SocketAddr, conn: http1::SendRequest<Body>) {
-        let mut pool = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         let list = pool.entry(ep).or_default();
         if list.len() < self.opts.max_idle_per_endpoint {
             list.push(Idle {

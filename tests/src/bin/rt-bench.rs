@@ -374,11 +374,11 @@ fn measure(world: &World, args: &[String]) -> Result<Bench> {
 /// arguments, and the proxy process whose CPU time it costs (if any).
 type Contender<'a> = (&'static str, &'a World, Vec<String>, Option<u32>);
 
-/// CPU time (user and system, clock ticks) of process `pid` and of every
-/// process below it, from /proc (nginx's workers are its master's
-/// children; routerd's and haproxy's threads are in their process's own
-/// figures).
-fn tree_ticks(pid: u32) -> u64 {
+/// Process `pid` and every process below it (nginx's workers are its
+/// master's children), each with its CPU time (user and system, clock
+/// ticks) from /proc; routerd's and haproxy's threads are in their
+/// process's own figures.
+fn process_tree(pid: u32) -> Vec<(u32, u64)> {
     let stat = |p: u32| -> Option<(u32, u64)> {
         let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
         // After the command's closing parenthesis: state, ppid, ... with
@@ -397,19 +397,24 @@ fn tree_ticks(pid: u32) -> u64 {
             all.push((p, ppid, t));
         }
     }
-    let mut tree = vec![pid];
-    let mut total = 0;
-    while let Some(p) = tree.pop() {
+    let mut todo = vec![pid];
+    let mut tree = Vec::new();
+    while let Some(p) = todo.pop() {
         for (q, ppid, t) in &all {
             if *q == p {
-                total += t;
+                tree.push((p, *t));
             }
             if *ppid == p {
-                tree.push(*q);
+                todo.push(*q);
             }
         }
     }
-    total
+    tree
+}
+
+/// CPU time (clock ticks) of process `pid` and of every process below it.
+fn tree_ticks(pid: u32) -> u64 {
+    process_tree(pid).iter().map(|(_, t)| t).sum()
 }
 
 /// Alternate the contenders `rounds` times; one row per contender (medians).
@@ -890,8 +895,12 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
         md,
     )?;
     if let Some(pid) = routerd.pid() {
-        let args = c_keepalive(&l7, args);
-        profile_section(md, &world, &args, pid)?;
+        let proxies = [
+            ("routerd (L7)", c_keepalive(&l7, args), pid),
+            ("nginx", c_keepalive(nginx_at, args), nginx.0.id()),
+            ("haproxy", c_keepalive(haproxy_at, args), haproxy.0.id()),
+        ];
+        profile_section(md, &world, &proxies)?;
     }
     Ok(())
 }
@@ -914,11 +923,43 @@ fn c_keepalive(addr: &str, args: &Args) -> Vec<String> {
     .collect()
 }
 
-/// Where routerd's time goes in the L7 keep-alive measurement: `perf
-/// record` on the process during one more run, summarised by where the
-/// samples fall (the kernel, routerd's code, the C library) and the
-/// hottest functions. perf is Debian's `linux-perf` (`cargo xtask bench` installs it).
-fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) -> Result<()> {
+/// Where each proxy's time goes in the keep-alive measurement: system
+/// calls and context switches per request (`perf stat` on the proxy's
+/// processes during one more run of each), then `perf record` on routerd
+/// during one more run, summarised by where the samples fall (the kernel,
+/// routerd's code, the C library) and the hottest functions. perf is
+/// Debian's `linux-perf` (`cargo xtask bench` installs it). `proxies`:
+/// name, rt-probe's arguments, process; routerd first.
+fn profile_section(
+    md: &mut String,
+    world: &World,
+    proxies: &[(&str, Vec<String>, u32)],
+) -> Result<()> {
+    let _ = writeln!(md, "### Where routerd's time goes (L7, keep-alive)\n");
+    let _ = writeln!(
+        md,
+        "`perf stat` on each proxy's processes during one more keep-alive measurement: system \
+         calls and context switches (voluntary and not) per request.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| proxy | requests/s | system calls per request | context switches per request |\n\
+         |---|---:|---:|---:|"
+    );
+    for (name, args, pid) in proxies {
+        let (b, calls, switches) = syscall_counts(world, args, *pid)?;
+        let n = (b.connects as f64).max(1.0);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.2} | {:.2} |",
+            b.rate,
+            calls / n,
+            switches / n
+        );
+    }
+    let _ = writeln!(md);
+    let (_, args, pid) = &proxies[0];
+    let pid = *pid;
     let data = world.dir.path.join("perf.data");
     let mut rec = Command::new("perf")
         .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
@@ -966,7 +1007,6 @@ fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) ->
     let dsos = report("dso", &[])?;
     let syms = report("symbol", &["--dsos", "routerd"])?;
     let kernel = report("symbol", &["--dsos", "[kernel.kallsyms]"])?;
-    let _ = writeln!(md, "### Where routerd's time goes (L7, keep-alive)\n");
     let _ = writeln!(
         md,
         "`perf record` on routerd during one more keep-alive measurement of the L7 contender \
@@ -991,6 +1031,51 @@ fn profile_section(md: &mut String, world: &World, args: &[String], pid: u32) ->
     }
     let _ = writeln!(md);
     Ok(())
+}
+
+/// One measurement with `perf stat` counting the system calls and context
+/// switches of process `pid` and its children: the result, the calls and
+/// the switches.
+fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f64, f64)> {
+    let pids: Vec<String> = process_tree(pid)
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    let out = world.dir.path.join(format!("perf-stat-{pid}.csv"));
+    let mut stat = Command::new("perf")
+        .args([
+            "stat",
+            "-x",
+            ",",
+            "-e",
+            "raw_syscalls:sys_enter,context-switches",
+            "-p",
+        ])
+        .arg(pids.join(","))
+        .arg("-o")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf stat (Debian's linux-perf; `cargo xtask bench` installs it)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let b = measure(world, args)?;
+    // SAFETY: SIGINT to our own child: perf prints its counts and exits.
+    unsafe { libc::kill(stat.id() as i32, libc::SIGINT) };
+    stat.wait()?;
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let count = |event: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.split(',').nth(2) == Some(event))
+            .and_then(|l| l.split(',').next()?.parse().ok())
+            .with_context(|| format!("no count of {event} in perf stat's output:\n{text}"))
+    };
+    Ok((
+        b,
+        count("raw_syscalls:sys_enter")?,
+        count("context-switches")?,
+    ))
 }
 
 /// `n` route tables `r<i>`, each the only route of host `r<i>.bench.mesh`
