@@ -411,8 +411,10 @@ fn decide(ctx: &SockAddrContext, key: &SvcKey, pick: u32, kind: Kind) -> Verdict
             bump_global(|s| s.ejected_fallback += 1);
             first
         })
-    } else if own_ns.is_some_and(|ns| is_own(ns, &backend)) {
-        pick_again(own_ns, svc_id, base, count).unwrap_or(first)
+    } else if let Some(ns) = own_ns.filter(|ns| is_own(*ns, &backend)) {
+        pick_again(own_ns, svc_id, base, count)
+            .or_else(|| walk_for_other(ns, svc_id, base, count, pick % count))
+            .unwrap_or(first)
     } else {
         first
     };
@@ -472,6 +474,37 @@ fn pick_again(own_ns: Option<u64>, svc_id: u32, base: u32, count: u32) -> Option
         if let Some((id, b)) = slot_backend(slot)
             && (b.eject_after == 0 || !ejected(id))
             && !own_ns.is_some_and(|ns| is_own(ns, &b))
+        {
+            return Some((id, b));
+        }
+    }
+    None
+}
+
+/// Slots [`walk_for_other`] looks at, at most.
+const OWN_WALK: u32 = 32;
+
+/// Every random probe found the caller's own address too: walk the table
+/// from the first pick (`from`, its offset), at most `OWN_WALK` slots, for
+/// any other endpoint. Random probes alone left a pod its own peer now and
+/// then (two endpoints of equal weight: one connect in 512, seen in the
+/// workloads test), which the rule forbids while another endpoint exists;
+/// the walk finds one in every table of up to `OWN_WALK + 1` slots (equal
+/// shares take one slot per endpoint), and in larger ones unless the
+/// `OWN_WALK` slots after the first pick are all the caller's.
+#[inline(always)]
+fn walk_for_other(ns: u64, svc_id: u32, base: u32, count: u32, from: u32) -> Option<(u32, Backend)> {
+    for i in 1..=OWN_WALK {
+        if i >= count {
+            return None;
+        }
+        let slot = SlotKey {
+            svc_id,
+            slot: base + (from + i) % count,
+        };
+        if let Some((id, b)) = slot_backend(slot)
+            && (b.eject_after == 0 || !ejected(id))
+            && !is_own(ns, &b)
         {
             return Some((id, b));
         }
