@@ -694,19 +694,68 @@ impl KernelSignals {
     }
 }
 
+/// Read and remove the entry `key` of a hash map in one system call
+/// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, Linux 5.14 for hash maps; routerd
+/// needs 5.18), which aya offers for queues and stacks only. The L7 proxy
+/// takes each accepted connection's original destination this way: one
+/// system call instead of a lookup and a delete, and no lock (the proxy's
+/// workers accept at the same time).
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> std::io::Result<V> {
+    use aya::maps::IterableMap;
+    use std::os::fd::{AsFd, AsRawFd};
+    /// The map-element member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = ElemAttr {
+        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    // SAFETY: `attr` points at a key and a value buffer of the map's sizes
+    // (aya checked them against K and V when it opened the typed map),
+    // both live for the call; the kernel reads `size_of::<ElemAttr>()`
+    // bytes of `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the value (V is plain data; zeroed anyway).
+    Ok(unsafe { value.assume_init() })
+}
+
 /// What clients handed to one of the daemon's listeners originally dialled:
 /// TCP connections by the client's address ([`router_common::MAP_ORIG_DST`],
 /// filled by the `tcp_ops` sock_ops program), captured UDP DNS queries by
 /// the client socket's cookie ([`router_common::MAP_UDP_REVNAT`]).
 pub struct OrigTable {
-    tcp: std::sync::Mutex<HashMap<MapData, OrigKey, OrigDst>>,
+    tcp: HashMap<MapData, OrigKey, OrigDst>,
     udp: HashMap<MapData, UdpRevKey, UdpRevValue>,
 }
 
 impl OrigTable {
     pub fn open(pins: &Pins) -> Result<Self> {
         Ok(OrigTable {
-            tcp: std::sync::Mutex::new(open_pinned(pins, router_common::MAP_ORIG_DST)?),
+            tcp: open_pinned(pins, router_common::MAP_ORIG_DST)?,
             udp: open_pinned(pins, router_common::MAP_UDP_REVNAT)?,
         })
     }
@@ -723,9 +772,7 @@ impl OrigTable {
             family,
             _pad: [0; 5],
         };
-        let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
-        let v = m.get(&key, 0).ok()?;
-        let _ = m.remove(&key);
+        let v = lookup_and_delete(&self.tcp, &key).ok()?;
         (v.family != 0)
             .then(|| SocketAddr::new(sync::words_ip(v.addr, v.family), sync::port_host(v.port)))
     }
