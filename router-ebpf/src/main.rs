@@ -493,7 +493,13 @@ const OWN_WALK: u32 = 32;
 /// shares take one slot per endpoint), and in larger ones unless the
 /// `OWN_WALK` slots after the first pick are all the caller's.
 #[inline(always)]
-fn walk_for_other(ns: u64, svc_id: u32, base: u32, count: u32, from: u32) -> Option<(u32, Backend)> {
+fn walk_for_other(
+    ns: u64,
+    svc_id: u32,
+    base: u32,
+    count: u32,
+    from: u32,
+) -> Option<(u32, Backend)> {
     for i in 1..=OWN_WALK {
         if i >= count {
             return None;

@@ -1385,7 +1385,8 @@ fn workloads_suite(args: &Args, md: &mut String) -> Result<()> {
         "{n} pods, each its own network namespace, handed to routerd through the workloads \
          directory (a JSON record written whole, as a CNI plugin would), plus the bench client's \
          namespace as the workload `t/bench`. routerd opens a DNS (UDP+TCP) and an L7 proxy \
-         (IPv4+IPv6) listener inside each, a thread per namespace makes them there.\n"
+         (IPv4+IPv6, one socket of each per proxy worker) listener inside each, a thread per \
+         namespace makes them there.\n"
     );
     let _ = writeln!(
         md,
