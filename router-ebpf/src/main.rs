@@ -481,8 +481,10 @@ fn pick_again(own_ns: Option<u64>, svc_id: u32, base: u32, count: u32) -> Option
     None
 }
 
-/// Slots [`walk_for_other`] looks at, at most.
-const OWN_WALK: u32 = 32;
+/// Slots [`walk_for_other`] looks at, at most. Each one is verified as
+/// its own copy of the loop body (in both connect programs): 32 added
+/// about 100 ms to loading the programs, 8 adds a few.
+const OWN_WALK: u32 = 8;
 
 /// Every random probe found the caller's own address too: walk the table
 /// from the first pick (`from`, its offset), at most `OWN_WALK` slots, for
