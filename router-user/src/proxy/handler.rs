@@ -753,15 +753,14 @@ async fn forward<B: ClientBodyIn>(
     // The Host sent: an absolute URI's authority, or the (first) Host
     // header, once. Nothing to write when there is one Host header and no
     // authority.
-    let host_twice = headers.get_all(header::HOST).iter().nth(1).is_some();
-    let original_host = if mirror.is_some() || host_twice || parts.uri.authority().is_some() {
+    let rewrite_host =
+        parts.uri.authority().is_some() || headers.get_all(header::HOST).iter().nth(1).is_some();
+    let original_host = if mirror.is_some() || rewrite_host {
         request_host(&parts.uri, &headers)
     } else {
         None
     };
-    if (host_twice || parts.uri.authority().is_some())
-        && let Some(h) = &original_host
-    {
+    if rewrite_host && let Some(h) = &original_host {
         set(&mut headers, "host", h);
     }
     if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {

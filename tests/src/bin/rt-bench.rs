@@ -978,18 +978,20 @@ fn profile_section(
     let (_, args, pid) = &proxies[0];
     let pid = *pid;
     let data = world.dir.path.join("perf.data");
-    let mut rec = Command::new("perf")
-        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf (Debian's linux-perf; `cargo xtask bench` installs it)")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let b = measure(world, args)?;
-    // SAFETY: SIGINT to our own child: perf writes its data and exits.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    rec.wait()?;
+    let data_arg = data.display().to_string();
+    let b = measure_under_perf(
+        world,
+        args,
+        &[
+            "record",
+            "-F",
+            "999",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            &data_arg,
+        ],
+    )?;
     let report = |sort: &str, extra: &[&str]| -> Result<Vec<(f64, String)>> {
         let out = Command::new("perf")
             .args([
@@ -1050,6 +1052,24 @@ fn profile_section(
     Ok(())
 }
 
+/// One measurement (rt-probe's `args`) while `perf <perf_args>` watches,
+/// started 300 ms before it and stopped (SIGINT: perf writes what it has
+/// and exits) after it.
+fn measure_under_perf(world: &World, args: &[String], perf_args: &[&str]) -> Result<Bench> {
+    let mut perf = Command::new("perf")
+        .args(perf_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf (Debian's linux-perf; `cargo xtask bench` installs it)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let b = measure(world, args);
+    // SAFETY: SIGINT to our own child.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    perf.wait()?;
+    b
+}
+
 /// One measurement with `perf stat` counting the system calls and context
 /// switches of process `pid` and its children: the result, the calls and
 /// the switches.
@@ -1059,27 +1079,21 @@ fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f6
         .map(|(p, _)| p.to_string())
         .collect();
     let out = world.dir.path.join(format!("perf-stat-{pid}.csv"));
-    let mut stat = Command::new("perf")
-        .args([
+    let b = measure_under_perf(
+        world,
+        args,
+        &[
             "stat",
             "-x",
             ",",
             "-e",
             "raw_syscalls:sys_enter,context-switches",
             "-p",
-        ])
-        .arg(pids.join(","))
-        .arg("-o")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf stat (Debian's linux-perf; `cargo xtask bench` installs it)")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let b = measure(world, args)?;
-    // SAFETY: SIGINT to our own child: perf prints its counts and exits.
-    unsafe { libc::kill(stat.id() as i32, libc::SIGINT) };
-    stat.wait()?;
+            &pids.join(","),
+            "-o",
+            &out.display().to_string(),
+        ],
+    )?;
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     let count = |event: &str| -> Result<f64> {
