@@ -285,13 +285,16 @@ pub async fn accept_backoff(e: &io::Error, what: &str, last_log: &mut Option<Ins
 /// Give the memory that start-up freed back to the system: parsing and the
 /// first compile allocate far more than the daemon keeps, and the allocator
 /// would otherwise hold the freed pages (tens of MiB at 100,000 endpoints).
+/// From now on freed pages are purged after `PURGE_DELAY_MS`, not at once
+/// as during start-up ([`tune_allocator`]).
 pub fn return_freed_memory() {
     #[cfg(feature = "mimalloc")]
     // SAFETY: mi_collect only walks the allocator's own state.
     unsafe {
         libmimalloc_sys::mi_collect(true)
     };
-    purge_arenas_soon();
+    #[cfg(feature = "mimalloc")]
+    set_purge_delay(PURGE_DELAY_MS);
 }
 
 /// mimalloc's `mi_option_purge_delay` and `mi_option_arena_purge_mult`
@@ -300,34 +303,49 @@ pub fn return_freed_memory() {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(feature = "mimalloc")]
 const MI_OPTION_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
-/// How long a freed page stays with the allocator after start-up
-/// ([`purge_arenas_soon`]).
+/// How long a freed page stays with the allocator once start-up is done
+/// ([`return_freed_memory`]).
 #[cfg(feature = "mimalloc")]
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// Whether options 15 and 24 held v3's defaults when [`tune_allocator`]
+/// looked (another mimalloc version, or a `MIMALLOC_PURGE_DELAY` set by
+/// hand, is left alone).
+#[cfg(feature = "mimalloc")]
+static PURGE_OPTIONS_KNOWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
-/// From now on, give pages back to the system soon after they are freed.
-/// mimalloc returns a free page to its arena and purges it (`madvise`) only
-/// after `purge_delay x arena_purge_mult` (1 s), and only when the
-/// allocator runs again, so a daemon that went idle kept what it had
-/// freed. Set once start-up is done (after `mi_collect` has purged what
-/// start-up freed): purging early during start-up would keep 14 MiB less
-/// RSS and 30 MiB less peak at the bench's 10,000 route tables, but cost
-/// 100 ms of start-up (freed pages faulted in again by the compile).
-/// Not at once (a multiplier of 0) but after `PURGE_DELAY_MS`: purging at
-/// once put an `madvise`, a TLB shootdown across CPUs and a page fault on
-/// the L7 proxy's request path whenever a page of its per-request objects
-/// emptied (about 5% of its CPU time in the HTTP bench's profile); a page
-/// reused within the delay is never purged. The options are recognised by
-/// their defaults first: another mimalloc version is left alone.
-fn purge_arenas_soon() {
-    #[cfg(feature = "mimalloc")]
+/// When freed pages go back to the system. mimalloc returns a free page to
+/// its arena and purges it (`madvise`) only after `purge_delay x
+/// arena_purge_mult` (1 s by default), and only when the allocator runs
+/// again, so a daemon that went idle kept what it had freed.
+/// - During start-up, at once (0): the garbage of parsing and of the first
+///   compile is purged as it is freed, on whichever thread frees it. With the
+///   default, the daemon kept 15 MiB more at the bench's 10,000 route tables
+///   (`RssAnon` 151 against 136 MiB once ready, five alternated runs), and
+///   `mi_collect(true)` afterwards, even on every thread, gave back only
+///   3 MiB of it. The price is start-up time: about 150 ms there (medians
+///   1726 against 1877 ms; validation and compile fault in again pages that
+///   were purged), less than one in ten of start-up. Purging at once during
+///   reading only (the parsers' garbage) kept half of the gain.
+/// - Once start-up is done, after `PURGE_DELAY_MS`: purging at once put an
+///   `madvise`, a TLB shootdown across CPUs and a page fault on the L7
+///   proxy's request path whenever a page of its per-request objects emptied
+///   (about 5% of its CPU time in the HTTP bench's profile); a page reused
+///   within the delay is never purged.
+#[cfg(feature = "mimalloc")]
+fn set_purge_delay(ms: std::ffi::c_long) {
+    use std::sync::atomic::Ordering::Relaxed;
     // SAFETY: reading and setting an option only touches mimalloc's table.
     unsafe {
         use libmimalloc_sys::{mi_option_get, mi_option_set};
-        if mi_option_get(MI_OPTION_PURGE_DELAY) == 1000
+        if !PURGE_OPTIONS_KNOWN.load(Relaxed)
+            && mi_option_get(MI_OPTION_PURGE_DELAY) == 1000
             && mi_option_get(MI_OPTION_ARENA_PURGE_MULT) == 1
         {
-            mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+            PURGE_OPTIONS_KNOWN.store(true, Relaxed);
+        }
+        if PURGE_OPTIONS_KNOWN.load(Relaxed) {
+            mi_option_set(MI_OPTION_PURGE_DELAY, ms);
         } else {
             tracing::debug!(
                 "mimalloc: options 15 and 24 are not the purge delays here; left alone"
@@ -342,8 +360,11 @@ fn purge_arenas_soon() {
 /// touch zeroes 2 MiB. At the bench's 10,000 services that held about 12 MiB
 /// more RSS after start-up and made start-up vary by 400 ms from run to run
 /// (a fifth of its CPU time in the kernel's `clear_page`). A failure (an old
-/// kernel) changes nothing else.
+/// kernel) changes nothing else. Also: freed pages are purged at once until
+/// start-up is done (`set_purge_delay`).
 pub fn tune_allocator() {
+    #[cfg(feature = "mimalloc")]
+    set_purge_delay(0);
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     if rc != 0 {

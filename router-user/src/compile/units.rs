@@ -107,7 +107,7 @@ pub struct Compiled {
     base_notices: Vec<Notice>,
     notice_count: BTreeMap<NoticeKey, (Notice, u32)>,
     /// Backend address -> how many kernel services' slot tables use it.
-    backend_refs: HashMap<SocketAddr, u32>,
+    backend_refs: HashMap<AddrKey, u32>,
     checks: ByUnit<SocketAddr, HealthCheckPlan>,
     outliers: ByUnit<String, OutlierPlan>,
     plan: Plan,
@@ -263,7 +263,7 @@ impl Compiled {
         let mut backends: BTreeMap<SocketAddr, Arc<BackendPlan>> = BTreeMap::new();
         for s in &c.plan.services {
             for b in service_backends(s) {
-                *c.backend_refs.entry(b.addr).or_insert(0) += 1;
+                *c.backend_refs.entry(b.addr.into()).or_insert(0) += 1;
                 backends.entry(b.addr).or_insert_with(|| Arc::clone(b));
             }
         }
@@ -457,10 +457,11 @@ impl Compiled {
                 delta.proxy = true;
             }
             for b in service_backends(s) {
-                let n = self.backend_refs.get_mut(&b.addr).expect("counted");
+                let k = AddrKey::from(b.addr);
+                let n = self.backend_refs.get_mut(&k).expect("counted");
                 *n -= 1;
                 if *n == 0 {
-                    self.backend_refs.remove(&b.addr);
+                    self.backend_refs.remove(&k);
                 }
                 touched_backends.entry(b.addr).or_insert(None);
             }
@@ -480,7 +481,7 @@ impl Compiled {
                 delta.proxy = true;
             }
             for b in service_backends(s) {
-                *self.backend_refs.entry(b.addr).or_insert(0) += 1;
+                *self.backend_refs.entry(b.addr.into()).or_insert(0) += 1;
                 touched_backends.insert(b.addr, Some(Arc::clone(b)));
             }
             let i = self
@@ -492,7 +493,7 @@ impl Compiled {
         }
         for (addr, info) in touched_backends {
             let pos = self.plan.backends.binary_search_by_key(&addr, |b| b.addr);
-            let live = self.backend_refs.contains_key(&addr);
+            let live = self.backend_refs.contains_key(&addr.into());
             match (pos, live) {
                 (Ok(i), false) => {
                     self.plan.backends.remove(i);

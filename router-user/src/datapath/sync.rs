@@ -42,7 +42,7 @@ use router_common::{
 use serde::Serialize;
 
 use super::Maps;
-use crate::plan::{BackendPlan, Locality, OutlierPlan, Plan, Proto, ServicePlan};
+use crate::plan::{AddrKey, BackendPlan, Locality, OutlierPlan, Plan, Proto, ServicePlan};
 
 /// An IP as the kernel's four network-order words, plus the family tag.
 pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
@@ -151,7 +151,7 @@ pub struct Mirror {
     /// By endpoint address. A hash map: at 100,000 backends a B-tree's
     /// nodes of eleven 64-byte entries cost a third more, and nothing
     /// needs them in order.
-    backends: HashMap<SocketAddr, Held>,
+    backends: HashMap<AddrKey, Held>,
     backend_ids: BTreeSet<u32>,
     services: BTreeMap<SvcKey, SvcState>,
     svc_ids: BTreeSet<u32>,
@@ -314,7 +314,7 @@ impl Mirror {
         debug_assert_eq!(m.zero_from, StatIds::default());
         for item in maps.backends.iter() {
             let (id, b) = item.context("reading the backends map")?;
-            m.backends.insert(backend_addr(&b), Held::of(id, &b));
+            m.backends.insert(backend_addr(&b).into(), Held::of(id, &b));
             m.backend_ids.insert(id);
         }
         for item in maps.services.iter() {
@@ -380,7 +380,7 @@ impl Mirror {
             .values()
             .flat_map(|s| s.slots.iter().copied())
             .collect();
-        let orphans: Vec<SocketAddr> = self
+        let orphans: Vec<AddrKey> = self
             .backends
             .iter()
             .filter(|(_, h)| !used.contains(&h.id))
@@ -530,11 +530,11 @@ fn check_capacity(
         + mirror
             .backends
             .keys()
-            .filter(|a| !backends.contains(a))
+            .filter(|a| !backends.contains(&SocketAddr::from(**a)))
             .count();
     let new_backends = backends
         .iter()
-        .filter(|a| !mirror.backends.contains_key(a))
+        .filter(|a| !mirror.backends.contains_key(&AddrKey::from(**a)))
         .count();
     // A plan that needs no new entry always fits (writing the last good
     // plan back after a failure must not be refused by whatever filled the
@@ -719,13 +719,14 @@ impl<'m> Writer<'m> {
             }
             .eject(self.mirror.eject.get(&b.addr).copied())
         };
-        match self.mirror.backends.get(&b.addr).copied() {
+        let key = AddrKey::from(b.addr);
+        match self.mirror.backends.get(&key).copied() {
             Some(old) => {
                 let new = want(old.id);
                 if old != new {
                     self.backends.push(new.id, new.backend(b.addr));
                     self.r.backends_changed += 1;
-                    self.mirror.backends.insert(b.addr, new);
+                    self.mirror.backends.insert(key, new);
                 }
                 Ok(new.id)
             }
@@ -755,7 +756,7 @@ impl<'m> Writer<'m> {
                 self.backends.push(id, new.backend(b.addr));
                 self.r.backends_added += 1;
                 self.mirror.backend_ids.insert(id);
-                self.mirror.backends.insert(b.addr, new);
+                self.mirror.backends.insert(key, new);
                 Ok(id)
             }
         }
@@ -779,21 +780,21 @@ impl<'m> Writer<'m> {
         self.mirror.eject = eject;
         self.mirror.outliers = plan.outliers.clone();
         for a in touched {
-            let Some(old) = self.mirror.backends.get(&a).copied() else {
+            let Some(old) = self.mirror.backends.get(&a.into()).copied() else {
                 continue;
             };
             let new = old.eject(self.mirror.eject.get(&a).copied());
             if new != old {
                 self.backends.push(new.id, new.backend(a));
                 self.r.backends_changed += 1;
-                self.mirror.backends.insert(a, new);
+                self.mirror.backends.insert(a.into(), new);
             }
         }
     }
 
     /// Retire a backend nothing points at any more.
     fn retire_backend(&mut self, addr: &SocketAddr) {
-        if let Some(Held { id, .. }) = self.mirror.backends.remove(addr) {
+        if let Some(Held { id, .. }) = self.mirror.backends.remove(&AddrKey::from(*addr)) {
             self.retire.backends.push(id);
             self.r.backends_removed += 1;
         }
@@ -809,7 +810,7 @@ impl<'m> Writer<'m> {
             .map(|share| {
                 self.mirror
                     .backends
-                    .get(&share.endpoint)
+                    .get(&share.endpoint.into())
                     .map(|h| (h.id, share.slots))
                     .with_context(|| {
                         format!(
@@ -1008,8 +1009,8 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         .mirror
         .backends
         .keys()
+        .map(|k| SocketAddr::from(*k))
         .filter(|a| !used.contains(a))
-        .copied()
         .collect();
     for addr in unused {
         w.retire_backend(&addr);
@@ -1052,7 +1053,7 @@ pub fn apply_changes(
     // Capacity: what is new here against what the maps hold.
     let new_backends = backends
         .iter()
-        .filter(|a| find_backend(a).is_some() && !mirror.backends.contains_key(a))
+        .filter(|a| find_backend(a).is_some() && !mirror.backends.contains_key(&AddrKey::from(**a)))
         .count();
     if new_backends > 0 && mirror.backends.len() + new_backends >= maps.backend_stats.len() as usize
     {
