@@ -86,12 +86,16 @@ impl fmt::Display for Proto {
 }
 
 /// Where a piece of the plan came from: `Kind namespace/name` at `file:line`.
+/// Cheap to clone (no allocation): every stored object has one, and the
+/// inventory's Services, the plan's services and notices copy theirs; kind,
+/// namespace and file are shared by all the origins that have them
+/// (`config::types::intern`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Origin {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub file: String,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub file: Arc<str>,
     pub line: u64,
 }
 

@@ -359,7 +359,7 @@ fn delegation_flattens_in_table_weight_order_and_combines_matchers() {
     let svc = p
         .service(p.host("a.mesh").unwrap().vip4.into(), 80, Proto::Tcp)
         .unwrap();
-    assert_eq!(svc.origin.name, "heavy");
+    assert_eq!(&*svc.origin.name, "heavy");
 }
 
 #[test]
@@ -1036,7 +1036,7 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
     let notice = p
         .notices
         .iter()
-        .find(|n| n.origin.name == "nobody")
+        .find(|n| &*n.origin.name == "nobody")
         .expect("a notice for the table that selects no Pod");
     assert!(
         notice.message.contains("select no Pod of cluster c1"),
@@ -1057,7 +1057,7 @@ fn workload_selectors_give_the_selected_pods_hosts_of_their_own() {
         .host_for("shop.mesh", overlap.workload("t/p2"))
         .unwrap();
     assert_eq!(
-        for_p2.origin.name, "shop-all-pods",
+        &*for_p2.origin.name, "shop-all-pods",
         "the notice says what DNS does"
     );
     let n: Vec<&String> = overlap

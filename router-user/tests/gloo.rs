@@ -91,7 +91,7 @@ spec:
             .expect("shop.mesh is served by the L7 proxy");
     let route = &l7.routes[0];
     assert_eq!(
-        (route.origin.namespace.as_str(), route.origin.name.as_str()),
+        (&*route.origin.namespace, &*route.origin.name),
         ("payments", "payments-routes"),
         "the child table in another namespace is the one that routes"
     );
@@ -465,7 +465,7 @@ spec:
     // The origin names the route's own line in the List.
     let route_line = list.lines().position(|l| l == "    - forwardTo:").unwrap() as u64 + 1;
     assert_eq!(b.services[0].origin.line, route_line);
-    assert_eq!(b.services[0].origin.kind, "RouteTable");
+    assert_eq!(&*b.services[0].origin.kind, "RouteTable");
 
     // An error inside an item names its line in the file, and its column
     // as written there (the item's indentation counted).

@@ -89,7 +89,7 @@ struct PortRouting<'a> {
 
 fn to_diag(o: &Origin, msg: String) -> Diagnostic {
     Diagnostic {
-        file: o.file.clone(),
+        file: o.file.to_string(),
         line: o.line,
         column: 0,
         resource: Some(o.resource()),
@@ -415,7 +415,7 @@ fn to_slots(shares: &[(SocketAddr, Share)]) -> Vec<SlotShare> {
 /// (or on the flags, when there is none).
 fn settings_error(v: &Validated, message: String) -> ConfigError {
     let (file, line, resource) = match v.config.router() {
-        Some(r) => (r.origin.file.clone(), r.origin.line, Some(r.display())),
+        Some(r) => (r.origin.file.to_string(), r.origin.line, Some(r.display())),
         None => ("<flags>".to_string(), 0, None),
     };
     ConfigError {

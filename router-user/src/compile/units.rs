@@ -43,12 +43,12 @@ type NoticeKey = (String, u64, String, String, String, String);
 
 fn notice_key(n: &Notice) -> NoticeKey {
     (
-        n.origin.file.clone(),
+        n.origin.file.to_string(),
         n.origin.line,
         n.message.clone(),
-        n.origin.kind.clone(),
-        n.origin.namespace.clone(),
-        n.origin.name.clone(),
+        n.origin.kind.to_string(),
+        n.origin.namespace.to_string(),
+        n.origin.name.to_string(),
     )
 }
 
@@ -220,6 +220,10 @@ impl Compiled {
             for d in &u.deps {
                 readers.entry(d.clone()).or_default().push(key.clone());
             }
+        }
+        // Most services have one reader: a vector of one, not of four.
+        for hosts in readers.values_mut() {
+            hosts.shrink_to_fit();
         }
         services.sort_by_key(|s| svc_id(s));
         let mut c = Compiled {

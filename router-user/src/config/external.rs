@@ -24,11 +24,7 @@ use crate::plan::{Locality, Proto, VipRanges};
 
 /// An ExternalService's inventory id (no cluster: it is in none).
 pub fn service_id(es: &Resource<ExternalServiceSpec>) -> ServiceId {
-    ServiceId {
-        cluster: String::new(),
-        namespace: es.namespace().to_string(),
-        name: es.name().to_string(),
-    }
+    ServiceId::new("", es.namespace(), es.name())
 }
 
 /// The name an ExternalService port goes by in its entry.

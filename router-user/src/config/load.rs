@@ -347,11 +347,12 @@ fn parse_typed<T: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> O
 }
 
 fn origin(cx: &DocCtx<'_, '_>, kind: &str, meta: &ObjectMeta) -> Origin {
+    use super::types::intern;
     Origin {
-        kind: kind.to_string(),
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name: meta.name.clone(),
-        file: cx.file.to_string(),
+        kind: intern(kind),
+        namespace: intern(meta.namespace.as_deref().unwrap_or("default")),
+        name: meta.name.as_str().into(),
+        file: intern(cx.file),
         line: content_line(cx.doc),
     }
 }

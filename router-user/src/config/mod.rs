@@ -445,7 +445,7 @@ fn settings(cfg: &Resources, o: &Overrides, diags: &mut diag::Diags) -> Settings
         }
     }
     let (file, line, res) = match cfg.router() {
-        Some(r) => (r.origin.file.clone(), r.origin.line, Some(r.display())),
+        Some(r) => (r.origin.file.to_string(), r.origin.line, Some(r.display())),
         None => ("<flags>".to_string(), 0, None),
     };
     let ranges = rc.vip_ranges.clone().unwrap_or_default();

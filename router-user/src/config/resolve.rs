@@ -101,15 +101,11 @@ pub fn find_service<'a>(
 ) -> Result<&'a SvcEntry, String> {
     let namespace = r.namespace.clone().unwrap_or_else(|| ns.to_string());
     if let Some(c) = r.cluster.as_ref().filter(|c| !c.is_empty()) {
-        let id = ServiceId {
-            cluster: c.clone(),
-            namespace: namespace.clone(),
-            name: r.name.clone(),
-        };
+        let id = ServiceId::new(c, &namespace, &r.name);
         return inv.get(&id).ok_or_else(|| {
             let elsewhere: Vec<String> = inv
                 .named(&namespace, &r.name)
-                .map(|s| s.id.cluster.clone())
+                .map(|s| s.id.cluster.to_string())
                 .collect();
             let hint = if elsewhere.is_empty() {
                 "check the name and namespace, or add the Service and its EndpointSlices to the inventory".to_string()
@@ -122,7 +118,7 @@ pub fn find_service<'a>(
     let matches: Vec<&SvcEntry> = inv.named(&namespace, &r.name).collect();
     if let Some(s) = matches
         .iter()
-        .find(|s| !settings.node.cluster.is_empty() && s.id.cluster == settings.node.cluster)
+        .find(|s| !settings.node.cluster.is_empty() && *s.id.cluster == *settings.node.cluster)
     {
         return Ok(s);
     }
@@ -138,7 +134,7 @@ pub fn find_service<'a>(
              none of which is this node's cluster: add `cluster:` to the ref",
             r.name,
             many.iter()
-                .map(|s| s.id.cluster.as_str())
+                .map(|s| &*s.id.cluster)
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
@@ -151,11 +147,7 @@ pub fn find_external<'a>(
     r: &ObjectRef,
     ns: &str,
 ) -> Result<&'a SvcEntry, String> {
-    let id = ServiceId {
-        cluster: String::new(),
-        namespace: r.namespace.clone().unwrap_or_else(|| ns.to_string()),
-        name: r.name.clone(),
-    };
+    let id = ServiceId::new("", r.namespace.as_deref().unwrap_or(ns), &r.name);
     inv.get(&id).ok_or_else(|| {
         format!(
             "refers to ExternalService {}/{}, which does not exist: check the name and namespace",

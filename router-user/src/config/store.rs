@@ -15,7 +15,8 @@ use crate::plan::Origin;
 /// directory is read), then by line.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pos {
-    pub file: String,
+    /// Shared with the object's `Origin`.
+    pub file: std::sync::Arc<str>,
     pub line: u64,
 }
 

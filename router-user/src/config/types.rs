@@ -426,6 +426,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_are_kept_once() {
+        let a = intern("interned-namespace");
+        let b = intern(&String::from("interned-namespace"));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "interned-namespace");
+        assert!(!std::sync::Arc::ptr_eq(&a, &intern("another-namespace")));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
@@ -587,4 +596,76 @@ impl<'de> Deserialize<'de> for Labels {
         }
         d.deserialize_map(V)
     }
+}
+
+/// One shared copy of each distinct value many objects repeat. Values no
+/// object holds any more are dropped when the set has doubled since it was
+/// last swept: what comes and goes (namespaces, a slice's labels) must not
+/// make it grow forever.
+#[derive(Debug)]
+pub struct Interner<T: ?Sized> {
+    set: std::collections::HashSet<std::sync::Arc<T>>,
+    after_sweep: usize,
+}
+
+// Not derived: that would ask `T: Clone`; the copies share the values.
+impl<T: ?Sized> Clone for Interner<T> {
+    fn clone(&self) -> Self {
+        Interner {
+            set: self.set.clone(),
+            after_sweep: self.after_sweep,
+        }
+    }
+}
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Interner {
+            set: Default::default(),
+            after_sweep: 0,
+        }
+    }
+}
+
+impl<T: ?Sized + std::hash::Hash + Eq> Interner<T> {
+    /// The shared copy of `value` (`make` makes one when there is none).
+    pub fn intern(
+        &mut self,
+        value: &T,
+        make: impl FnOnce() -> std::sync::Arc<T>,
+    ) -> std::sync::Arc<T> {
+        use std::sync::Arc;
+        if let Some(a) = self.set.get(value) {
+            return Arc::clone(a);
+        }
+        let a = make();
+        self.set.insert(Arc::clone(&a));
+        if self.set.len() > 2 * self.after_sweep + 64 {
+            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.after_sweep = self.set.len();
+        }
+        a
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    pub fn contains(&self, value: &T) -> bool {
+        self.set.contains(value)
+    }
+}
+
+/// The one shared copy of `s` among the names many objects repeat (cluster
+/// and namespace names, kinds, file names): 10,000 Services in one
+/// namespace keep one string, not 10,000.
+pub fn intern(s: &str) -> std::sync::Arc<str> {
+    static NAMES: std::sync::Mutex<Option<Interner<str>>> = std::sync::Mutex::new(None);
+    let mut g = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(Default::default)
+        .intern(s, || std::sync::Arc::from(s))
 }
