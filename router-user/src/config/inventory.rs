@@ -204,10 +204,15 @@ impl IpUse {
             self.listings += 1;
         }
         if !self.services.iter().any(|x| **x == **id) {
-            let mut v = std::mem::take(&mut self.services).into_vec();
-            v.push(id.clone());
-            self.services = v.into_boxed_slice();
+            self.edit_services(|v| v.push(id.clone()));
         }
+    }
+
+    /// Change the boxed slice as a vector (it stays exactly as long).
+    fn edit_services(&mut self, f: impl FnOnce(&mut Vec<Arc<ServiceId>>)) {
+        let mut v = std::mem::take(&mut self.services).into_vec();
+        f(&mut v);
+        self.services = v.into_boxed_slice();
     }
 }
 
@@ -428,9 +433,7 @@ impl Inventory {
         for ep in &entry.endpoints {
             if let Some(u) = self.by_ip.get_mut(&ep.ip) {
                 if u.services.iter().any(|x| **x == *id) {
-                    let mut v = std::mem::take(&mut u.services).into_vec();
-                    v.retain(|x| **x != *id);
-                    u.services = v.into_boxed_slice();
+                    u.edit_services(|v| v.retain(|x| **x != *id));
                 }
                 if !id.is_external() {
                     u.listings -= 1;

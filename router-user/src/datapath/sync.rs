@@ -525,16 +525,16 @@ fn check_capacity(
     max_services: u32,
     max_backends: u32,
 ) -> Result<()> {
-    let backends: BTreeSet<SocketAddr> = plan.backends.iter().map(|b| b.addr).collect();
+    let backends: BTreeSet<AddrKey> = plan.backends.iter().map(|b| b.addr.into()).collect();
     let union_backends = backends.len()
         + mirror
             .backends
             .keys()
-            .filter(|a| !backends.contains(&SocketAddr::from(**a)))
+            .filter(|a| !backends.contains(a))
             .count();
     let new_backends = backends
         .iter()
-        .filter(|a| !mirror.backends.contains_key(&AddrKey::from(**a)))
+        .filter(|a| !mirror.backends.contains_key(a))
         .count();
     // A plan that needs no new entry always fits (writing the last good
     // plan back after a failure must not be refused by whatever filled the
@@ -793,8 +793,8 @@ impl<'m> Writer<'m> {
     }
 
     /// Retire a backend nothing points at any more.
-    fn retire_backend(&mut self, addr: &SocketAddr) {
-        if let Some(Held { id, .. }) = self.mirror.backends.remove(&AddrKey::from(*addr)) {
+    fn retire_backend(&mut self, key: AddrKey) {
+        if let Some(Held { id, .. }) = self.mirror.backends.remove(&key) {
             self.retire.backends.push(id);
             self.r.backends_removed += 1;
         }
@@ -974,10 +974,10 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
     let mut w = Writer::new(maps, mirror, plan);
     // 1. Backends.
     w.outliers(plan);
-    let mut used: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut used: BTreeSet<AddrKey> = BTreeSet::new();
     for b in &plan.backends {
         w.backend(b, &clusters, &localities)?;
-        used.insert(b.addr);
+        used.insert(b.addr.into());
     }
     w.flush_backends()?;
     // 2. Services.
@@ -1005,15 +1005,15 @@ pub fn apply(maps: &mut Maps, mirror: &mut Mirror, plan: &Plan) -> Result<SyncRe
         w.remove_service(&key)?;
     }
     // 5. Backends nothing points at any more: retired too.
-    let unused: Vec<SocketAddr> = w
+    let unused: Vec<AddrKey> = w
         .mirror
         .backends
         .keys()
-        .map(|k| SocketAddr::from(*k))
         .filter(|a| !used.contains(a))
+        .copied()
         .collect();
-    for addr in unused {
-        w.retire_backend(&addr);
+    for key in unused {
+        w.retire_backend(key);
     }
     w.mirror.clusters = clusters;
     w.mirror.localities = localities;
@@ -1094,7 +1094,7 @@ pub fn apply_changes(
     w.flush_services()?;
     for a in backends {
         if find_backend(a).is_none() {
-            w.retire_backend(a);
+            w.retire_backend(AddrKey::from(*a));
         }
     }
     Ok(w.finish())
