@@ -434,19 +434,35 @@ fn parse_endpoint_slice<S>(
     cx: &DocCtx<'_, '_>,
     diags: &mut Diags,
 ) -> Option<Resource<EndpointSliceBody>> {
-    let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
+    let d = match super::block::endpoint_slice(&cx.doc.text) {
+        Some(d) => d,
+        None => {
+            let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
+            super::block::SliceDoc {
+                kind: d.kind,
+                metadata: d.metadata,
+                address_type: d.address_type,
+                endpoints: d
+                    .endpoints
+                    .into_iter()
+                    .map(|ep| (ep.value, ep.referenced.line()))
+                    .collect(),
+                ports: d.ports,
+            }
+        }
+    };
     let origin = origin(cx, &d.kind, &d.metadata);
     let line_base = cx.doc.first_line - 1;
     let mut zones = Vec::new();
     let endpoints = d
         .endpoints
         .into_iter()
-        .map(|ep| {
-            let line = match ep.referenced.line() {
+        .map(|(ep, line)| {
+            let line = match line {
                 0 => origin.line,
                 l => line_base + l,
             };
-            super::SliceEndpoint::new(ep.value, line, &mut zones)
+            super::SliceEndpoint::new(ep, line, &mut zones)
         })
         .collect();
     Some(Resource {

@@ -5,6 +5,7 @@
 //! Two phases, as in ztunnel: everything is converted and validated first,
 //! outside any lock; only a config without errors reaches the compiler, and
 //! only a compiled plan reaches the kernel. A rejected config changes nothing.
+mod block;
 pub mod diag;
 pub mod external;
 pub mod inventory;
