@@ -258,7 +258,7 @@ pub fn explain_health(
                 ))
             ));
         }
-        let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+        let known: Vec<&str> = plan.hosts.iter().map(|h| &*h.name).collect();
         return Err(format!(
             "no virtual host `{host}` in this config, and no gateway listener serves it; \
              known virtual hosts: {}",
@@ -331,7 +331,7 @@ pub fn explain_health(
             service(&mut o, s, out);
         }
     }
-    for n in plan.notices.iter().filter(|n| n.message.contains(&h.name)) {
+    for n in plan.notices.iter().filter(|n| n.message.contains(&*h.name)) {
         let _ = writeln!(o, "  note: {n}");
     }
     if let Some(g) = gateways {

@@ -89,7 +89,7 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
     let plan = crate::state::read_plan(state_dir);
     let clusters = plan.as_ref().map(|p| p.clusters()).unwrap_or_default();
     let localities = plan.as_ref().map(|p| p.localities()).unwrap_or_default();
-    let hosts: BTreeMap<(SocketAddr, Proto), String> = plan
+    let hosts: BTreeMap<(SocketAddr, Proto), std::sync::Arc<str>> = plan
         .iter()
         .flat_map(|p| p.services.iter())
         .map(|s| ((SocketAddr::new(s.vip, s.port), s.proto), s.host.clone()))
@@ -106,7 +106,9 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
             id: s.svc_id,
             vip: s.vip,
             proto: s.proto,
-            host: hosts.get(&(s.vip, s.proto)).cloned().unwrap_or_default(),
+            host: hosts
+                .get(&(s.vip, s.proto))
+                .map_or_else(String::new, |h| h.to_string()),
             slots: s.slots,
             connects: s.connects,
             datagrams: s.datagrams,

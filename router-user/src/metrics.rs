@@ -36,7 +36,7 @@ pub struct KernelCollector {
     pins: Pins,
     sizes: Sizes,
     /// (VIP:port, proto) -> host, from the applied plan.
-    names: RwLock<HashMap<(SocketAddr, Proto), String>>,
+    names: RwLock<HashMap<(SocketAddr, Proto), std::sync::Arc<str>>>,
 }
 
 impl std::fmt::Debug for KernelCollector {
@@ -123,7 +123,9 @@ impl Collector for KernelCollector {
             vec![
                 (
                     "host",
-                    names.get(&(s.vip, s.proto)).cloned().unwrap_or_default(),
+                    names
+                        .get(&(s.vip, s.proto))
+                        .map_or_else(String::new, |h| h.to_string()),
                 ),
                 ("port", s.vip.port().to_string()),
                 ("proto", s.proto.to_string()),

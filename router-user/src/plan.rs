@@ -133,7 +133,7 @@ impl Default for VipRanges {
 /// One virtual host name and its VIPs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
-    pub name: String,
+    pub name: Arc<str>,
     pub vip4: Ipv4Addr,
     pub vip6: Ipv6Addr,
     /// The resource that defines the name (VirtualDestination or RouteTable).
@@ -208,7 +208,7 @@ pub struct ServicePlan {
     pub port: u16,
     pub proto: Proto,
     /// Virtual host name.
-    pub host: String,
+    pub host: Arc<str>,
     /// The resource (and route, for route tables) that decided this.
     pub origin: Origin,
     pub route: Option<String>,
@@ -275,7 +275,7 @@ pub enum LocalityMode {
 pub struct DestinationPlan {
     /// E.g. `VirtualDestination bookinfo/app-b port 8080` or
     /// `Service cluster-1/default/app-a port 8080`.
-    pub label: String,
+    pub label: Arc<str>,
     /// Share of the service's traffic, out of the sum over its destinations.
     pub weight: u32,
     pub mode: LocalityMode,
@@ -290,7 +290,7 @@ pub struct TierPlan {
     /// Rank after compaction (0 is preferred).
     pub priority: u32,
     /// Why these endpoints share this rank (e.g. "same region and zone").
-    pub reason: String,
+    pub reason: Arc<str>,
     /// Percentage of the destination's traffic this tier receives (Envoy's
     /// priority load with overprovisioning factor 1.4, or a distribute weight).
     pub load_percent: u32,

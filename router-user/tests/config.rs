@@ -483,7 +483,7 @@ fn with_outlier_detection_the_closest_tier_takes_everything() {
     let tiers: Vec<(u32, usize, &str)> = d
         .tiers
         .iter()
-        .map(|t| (t.load_percent, t.endpoints.len(), t.reason.as_str()))
+        .map(|t| (t.load_percent, t.endpoints.len(), &*t.reason))
         .collect();
     assert_eq!(
         tiers,
@@ -534,7 +534,7 @@ fn failover_policies_order_regions_distribute_and_priority_labels() {
     let reasons: Vec<String> = p.services[0].destinations[0]
         .tiers
         .iter()
-        .map(|t| t.reason.clone())
+        .map(|t| t.reason.to_string())
         .collect();
     assert_eq!(reasons[2], "failover target 1 (region r2)");
     // Distribute: 80% to z1, 20% to region r2, whatever the health order.

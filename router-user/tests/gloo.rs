@@ -198,7 +198,7 @@ fn used(p: &Plan) -> Vec<String> {
     let s = p
         .services
         .iter()
-        .find(|s| s.host == "payments.mesh" && s.port == 80 && s.vip.is_ipv4())
+        .find(|s| *s.host == *"payments.mesh" && s.port == 80 && s.vip.is_ipv4())
         .expect("payments.mesh:80");
     s.slots
         .iter()
@@ -823,7 +823,7 @@ fn partially_weighted_failover_targets_share_the_remainder() {
     let s = p
         .services
         .iter()
-        .find(|s| s.host == "payments.mesh" && s.port == 80 && s.vip.is_ipv4())
+        .find(|s| *s.host == *"payments.mesh" && s.port == 80 && s.vip.is_ipv4())
         .expect("payments.mesh:80");
     let total: u32 = s.slots.iter().map(|x| x.slots).sum();
     let share = |ip: &str| {
@@ -962,7 +962,7 @@ fn slots_of(p: &Plan, host: &str, port: u16) -> Vec<(String, u32)> {
     let s = p
         .services
         .iter()
-        .find(|s| s.host == host && s.port == port && s.vip.is_ipv4())
+        .find(|s| *s.host == *host && s.port == port && s.vip.is_ipv4())
         .unwrap_or_else(|| panic!("no service {host}:{port}"));
     s.slots
         .iter()

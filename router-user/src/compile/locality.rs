@@ -252,7 +252,7 @@ pub fn tiers(
             let members: Vec<usize> = (0..cands.len()).filter(|j| ranked[*j].0 == *rank).collect();
             TierPlan {
                 priority: i as u32,
-                reason: ranked[members[0]].1.clone(),
+                reason: crate::config::types::intern(&ranked[members[0]].1),
                 load_percent: 0,
                 panic: false,
                 endpoints: members.iter().map(|j| endpoint_plan(&cands[*j])).collect(),

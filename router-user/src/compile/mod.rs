@@ -330,7 +330,7 @@ impl<'a> Compiler<'a> {
             }
         }
         let plan = DestinationPlan {
-            label: d.label(),
+            label: crate::config::types::intern(&d.label()),
             weight,
             mode,
             tiers,
@@ -344,7 +344,7 @@ impl<'a> Compiler<'a> {
     /// (a connection cannot be "failed" for a share).
     fn service(
         &self,
-        host: &str,
+        host: &Arc<str>,
         vip: IpAddr,
         port: u16,
         proto: Proto,
@@ -377,7 +377,7 @@ impl<'a> Compiler<'a> {
             vip,
             port,
             proto,
-            host: host.to_string(),
+            host: host.clone(),
             origin: r.origin.clone(),
             route: r.route.clone(),
             destinations: fresh(per_dest.into_iter().map(|(p, _, _)| p)),
@@ -640,6 +640,8 @@ fn host_unit(
     let mut errors = Vec::new();
     // (port, proto) -> routing
     let mut ports: BTreeMap<(u16, Proto), PortRouting<'_>> = BTreeMap::new();
+    // One copy of the name for the host and each of its services.
+    let name: Arc<str> = src.name.as_str().into();
     let origin;
     if let Some(rt) = src.rt {
         origin = rt.origin.clone();
@@ -734,7 +736,7 @@ fn host_unit(
                             vip: *vip,
                             port: p,
                             proto: Proto::Tcp,
-                            host: src.name.clone(),
+                            host: name.clone(),
                             origin: route.origin.clone(),
                             route: Some(route.name.clone()),
                             destinations: Vec::new(),
@@ -815,7 +817,7 @@ fn host_unit(
             // A v4 service always exists (so a host with no endpoints at all
             // answers EHOSTUNREACH); a v6 one only if v6 endpoints exist.
             if family_known || (!is6 && !r.dests.iter().any(|(d, _)| c.has_family(d, true))) {
-                services.push(c.service(&src.name, vip, *port, *proto, r));
+                services.push(c.service(&name, vip, *port, *proto, r));
                 made = true;
             }
         }
@@ -880,7 +882,7 @@ fn host_unit(
     Ok(HostUnit {
         at: HostAt::of(src),
         host: Arc::new(HostPlan {
-            name: src.name.clone(),
+            name,
             vip4: v4,
             vip6: v6,
             origin,

@@ -8,7 +8,6 @@
 //! standard fields we do not use as `Ignored`, so `kubectl get -o yaml` output
 //! loads unchanged.
 use serde::{Deserialize, de::IgnoredAny};
-pub use serde_saphyr::Spanned;
 
 pub use super::types::*;
 

@@ -88,9 +88,11 @@ macro_rules! object_enum {
             $($kind,)*
         }
 
-        /// One object of any kind.
+        /// One object of any kind. It lives only on its way to the store
+        /// (a parse result, a change), which keeps each kind in its own
+        /// vector: the size of the largest variant costs nothing there.
         #[derive(Clone, Debug)]
-        #[allow(clippy::upper_case_acronyms)]
+        #[allow(clippy::upper_case_acronyms, clippy::large_enum_variant)]
         pub enum Object {
             $($kind(Resource<$spec>),)*
         }

@@ -669,3 +669,41 @@ pub fn intern(s: &str) -> std::sync::Arc<str> {
     g.get_or_insert_with(Default::default)
         .intern(s, || std::sync::Arc::from(s))
 }
+
+/// A value with the line it was written on (1-based, in its document; 0
+/// when unknown). serde_saphyr's `Spanned` reads it; this keeps only the
+/// line of the two 28-byte locations that one holds (the line is all that
+/// errors name): 52 bytes less for each host, route and destination kept
+/// in the store, 15 MB at 100,000 route tables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub referenced: Line,
+}
+
+/// A line number in a document (see [`Spanned`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Line(u32);
+
+impl Line {
+    pub fn line(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Spanned {
+            referenced: Line(u32::try_from(s.referenced.line()).unwrap_or(u32::MAX)),
+            value: s.value,
+        })
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Spanned<T> {
+    /// The value only, as serde_saphyr's does.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
