@@ -72,7 +72,8 @@ const MAX_TCP_CONNS_PER_PEER: usize = 64;
 pub struct Names {
     /// Lower-case name without the trailing dot -> (IPv4 VIP, IPv6 VIP if
     /// the host has an IPv6 service).
-    pub by_name: HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>,
+    /// (The host's own name when it is lower-case: no copy of it.)
+    pub by_name: HashMap<std::sync::Arc<str>, (Ipv4Addr, Option<Ipv6Addr>)>,
     /// Workload-scoped hosts: workload `namespace/name` -> name -> the
     /// VIPs that workload sees under the name (before `by_name`).
     pub scoped: HashMap<String, HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>>,
@@ -96,7 +97,12 @@ impl Names {
         let mut scoped = HashMap::new();
         for h in &plan.hosts {
             if h.workload_selectors.is_empty() {
-                by_name.insert(h.name.to_ascii_lowercase(), vips(h));
+                let key = if h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    h.name.to_ascii_lowercase().into()
+                } else {
+                    h.name.clone()
+                };
+                by_name.insert(key, vips(h));
                 continue;
             }
             // Hosts of one name are adjacent, in the order `host_for`
@@ -984,12 +990,9 @@ mod tests {
 
     fn names() -> Names {
         let mut by_name = HashMap::new();
+        by_name.insert("web.mesh".into(), ("240.240.0.1".parse().unwrap(), None));
         by_name.insert(
-            "web.mesh".to_string(),
-            ("240.240.0.1".parse().unwrap(), None),
-        );
-        by_name.insert(
-            "dual.mesh".to_string(),
+            "dual.mesh".into(),
             (
                 "240.240.0.2".parse().unwrap(),
                 Some("2001:2::2".parse().unwrap()),

@@ -550,16 +550,17 @@ pub fn virtual_hosts(v: &Validated) -> (BTreeMap<String, HostSrc<'_>>, Vec<Notic
 /// without collecting every host).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostAt {
-    pub name: String,
+    /// The same `Arc` as the unit's `HostPlan::name`.
+    pub name: Arc<str>,
     pub vd: Option<crate::config::store::Pos>,
     pub es: Option<crate::config::store::Pos>,
     pub rt: Option<crate::config::store::Pos>,
 }
 
 impl HostAt {
-    pub fn of(src: &HostSrc<'_>) -> Self {
+    pub fn of(src: &HostSrc<'_>, name: &Arc<str>) -> Self {
         HostAt {
-            name: src.name.clone(),
+            name: name.clone(),
             vd: src.vd.map(|r| crate::config::store::Pos::of(&r.origin)),
             es: src.es.map(|r| crate::config::store::Pos::of(&r.origin)),
             rt: src.rt.map(|r| crate::config::store::Pos::of(&r.origin)),
@@ -582,7 +583,7 @@ impl HostAt {
             None => None,
         };
         Some(HostSrc {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             vd,
             es,
             rt,
@@ -880,7 +881,7 @@ fn host_unit(
         }
     }
     Ok(HostUnit {
-        at: HostAt::of(src),
+        at: HostAt::of(src, &name),
         host: Arc::new(HostPlan {
             name,
             vip4: v4,

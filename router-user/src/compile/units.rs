@@ -27,7 +27,7 @@ use crate::{
 /// gateways).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum UnitKey {
-    Host(String),
+    Host(Arc<str>),
     Gateways,
 }
 
@@ -97,12 +97,12 @@ impl Delta {
 pub struct Compiled {
     /// (Boxed: a B-tree node holds eleven entries inline, and a unit is
     /// 272 bytes; at 100,000 hosts the half-empty nodes cost 20 MB more.)
-    units: BTreeMap<String, Box<HostUnit>>,
+    units: BTreeMap<Arc<str>, Box<HostUnit>>,
     gateways: GatewayUnit,
     /// service -> the hosts that read its endpoints.
-    readers: HashMap<ServiceId, Vec<String>>,
+    readers: HashMap<ServiceId, Vec<Arc<str>>>,
     /// Host key -> its place in `plan.hosts`.
-    host_pos: HashMap<String, usize>,
+    host_pos: HashMap<Arc<str>, usize>,
     /// Notices that are no unit's (validation's, host collection's).
     base_notices: Vec<Notice>,
     notice_count: BTreeMap<NoticeKey, (Notice, u32)>,
@@ -151,6 +151,17 @@ fn service_backends(s: &ServicePlan) -> impl Iterator<Item = &Arc<BackendPlan>> 
         .map(|e| &e.backend)
 }
 
+/// A unit's key: its host's lower-cased name, the same `Arc` as the
+/// host's name when that is lower-case already (one copy of the name for
+/// the key, the host, its services and the indexes below).
+fn unit_key(key: &str, u: &HostUnit) -> Arc<str> {
+    if *u.host.name == *key {
+        u.host.name.clone()
+    } else {
+        key.into()
+    }
+}
+
 impl Compiled {
     /// Compile every unit and assemble the plan.
     pub fn build(v: &Validated, health: &Health) -> Result<Compiled, ConfigError> {
@@ -171,7 +182,7 @@ impl Compiled {
         for ((key, _), u) in each.into_iter().zip(compiled) {
             match u {
                 Ok(u) => {
-                    units.insert(key.clone(), Box::new(u));
+                    units.insert(unit_key(key, &u), Box::new(u));
                 }
                 Err(e) => errors.extend(e),
             }
@@ -203,11 +214,11 @@ impl Compiled {
 
     fn assemble(
         v: &Validated,
-        units: BTreeMap<String, Box<HostUnit>>,
+        units: BTreeMap<Arc<str>, Box<HostUnit>>,
         gateways: GatewayUnit,
         base_notices: Vec<Notice>,
     ) -> Compiled {
-        let mut readers: HashMap<ServiceId, Vec<String>> = HashMap::new();
+        let mut readers: HashMap<ServiceId, Vec<Arc<str>>> = HashMap::new();
         let mut host_pos = HashMap::new();
         let mut hosts = Vec::with_capacity(units.len());
         let mut services = Vec::new();
@@ -310,7 +321,7 @@ impl Compiled {
     pub fn readers_of<'s>(
         &self,
         services: impl IntoIterator<Item = &'s ServiceId>,
-    ) -> BTreeSet<String> {
+    ) -> BTreeSet<Arc<str>> {
         let mut out = BTreeSet::new();
         for s in services {
             if let Some(hosts) = self.readers.get(s) {
@@ -403,7 +414,7 @@ impl Compiled {
         Ok(delta)
     }
 
-    fn replace_unit(&mut self, key: String, new: HostUnit, delta: &mut Delta) {
+    fn replace_unit(&mut self, key: Arc<str>, new: HostUnit, delta: &mut Delta) {
         let old = self
             .units
             .remove(&key)
