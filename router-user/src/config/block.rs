@@ -336,7 +336,7 @@ fn meta(n: &Node<'_>) -> Option<ObjectMeta> {
     for (k, v) in map(n)? {
         match *k {
             "name" => name = Some(string(v)?),
-            "namespace" => m.namespace = Some(string(v)?),
+            "namespace" => m.namespace = Some(string(v)?.into()),
             "labels" => m.labels = labels(v)?,
             "annotations" => m.annotations = labels(v)?,
             "clusterName" => m.cluster_name = Some(string(v)?),
@@ -354,7 +354,7 @@ fn meta(n: &Node<'_>) -> Option<ObjectMeta> {
             _ => return None,
         }
     }
-    m.name = name?;
+    m.name = name?.into();
     Some(m)
 }
 

@@ -346,20 +346,26 @@ fn parse_typed<T: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> O
     }
 }
 
-fn origin(cx: &DocCtx<'_, '_>, kind: &str, meta: &ObjectMeta) -> Origin {
+/// Where the object is, sharing its name with `meta` (and its namespace,
+/// interned in `meta` too).
+fn origin(cx: &DocCtx<'_, '_>, kind: &str, meta: &mut ObjectMeta) -> Origin {
     use super::types::intern;
+    let namespace = intern(meta.namespace.as_deref().unwrap_or("default"));
+    if meta.namespace.is_some() {
+        meta.namespace = Some(namespace.clone());
+    }
     Origin {
         kind: intern(kind),
-        namespace: intern(meta.namespace.as_deref().unwrap_or("default")),
-        name: meta.name.as_str().into(),
+        namespace,
+        name: meta.name.clone(),
         file: intern(cx.file),
         line: content_line(cx.doc),
     }
 }
 
-fn resource<S>(cx: &DocCtx<'_, '_>, d: Doc<S>) -> Resource<S> {
+fn resource<S>(cx: &DocCtx<'_, '_>, mut d: Doc<S>) -> Resource<S> {
     Resource {
-        origin: origin(cx, &d.kind, &d.metadata),
+        origin: origin(cx, &d.kind, &mut d.metadata),
         meta: d.metadata,
         spec: d.spec,
         line_base: cx.doc.first_line - 1,
@@ -390,9 +396,9 @@ fn parse_spec<S: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Op
     reason = "the kind table calls every parser as `parse::<Spec>`"
 )]
 fn parse_secret<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<SecretBody>> {
-    let d = parse_typed::<SecretDoc>(cx, diags)?;
+    let mut d = parse_typed::<SecretDoc>(cx, diags)?;
     Some(Resource {
-        origin: origin(cx, &d.kind, &d.metadata),
+        origin: origin(cx, &d.kind, &mut d.metadata),
         line_base: cx.doc.first_line - 1,
         meta: d.metadata,
         spec: SecretBody {
@@ -409,7 +415,7 @@ fn parse_secret<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<Se
     reason = "the kind table calls every parser as `parse::<Spec>`"
 )]
 fn parse_pod<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<PodBody>> {
-    let d = parse_typed::<PodDoc>(cx, diags)?;
+    let mut d = parse_typed::<PodDoc>(cx, diags)?;
     let mut ips: Vec<std::net::IpAddr> = d
         .status
         .iter()
@@ -418,7 +424,7 @@ fn parse_pod<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<PodBo
     ips.sort();
     ips.dedup();
     Some(Resource {
-        origin: origin(cx, &d.kind, &d.metadata),
+        origin: origin(cx, &d.kind, &mut d.metadata),
         line_base: cx.doc.first_line - 1,
         meta: d.metadata,
         spec: PodBody { ips },
@@ -434,7 +440,7 @@ fn parse_endpoint_slice<S>(
     cx: &DocCtx<'_, '_>,
     diags: &mut Diags,
 ) -> Option<Resource<EndpointSliceBody>> {
-    let d = match super::block::endpoint_slice(&cx.doc.text) {
+    let mut d = match super::block::endpoint_slice(&cx.doc.text) {
         Some(d) => d,
         None => {
             let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
@@ -451,7 +457,7 @@ fn parse_endpoint_slice<S>(
             }
         }
     };
-    let origin = origin(cx, &d.kind, &d.metadata);
+    let origin = origin(cx, &d.kind, &mut d.metadata);
     let line_base = cx.doc.first_line - 1;
     let mut zones = Vec::new();
     let endpoints = d

@@ -24,9 +24,9 @@ pub const ROUTER_API: &str = "routerd.io/v1alpha1";
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObjectMeta {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     #[serde(default)]
-    pub namespace: Option<String>,
+    pub namespace: Option<std::sync::Arc<str>>,
     #[serde(default)]
     pub labels: Labels,
     #[serde(default)]
