@@ -1,6 +1,6 @@
-//! A fast path for the documents machines write in bulk: EndpointSlices in
-//! the block style that `kubectl get -o yaml` and inventory exporters
-//! print. At 10,000 route tables the inventory is 12 MB of the config's
+//! A fast path for the documents machines write in bulk: EndpointSlices
+//! and Services in the block style that `kubectl get -o yaml` and
+//! inventory exporters print. At 10,000 route tables the inventory is 12 MB of the config's
 //! 14, and serde_saphyr reads it at about 20 MB/s per core: most of
 //! start-up. This reader handles a strict subset of YAML (block mappings
 //! and sequences, one scalar per line, plain or quoted without escapes,
@@ -14,8 +14,8 @@
 //! line. The property test `the_fast_path_reads_slices_as_serde_does`
 //! checks that whatever this reader accepts, serde reads the same.
 use super::model::{
-    AddressType, Endpoint, EndpointConditions, EndpointPort, Ignored, K8sProtocol, Labels,
-    ObjectMeta,
+    AddressType, Doc, Endpoint, EndpointConditions, EndpointPort, Ignored, IntOrString,
+    K8sProtocol, Labels, ObjectMeta, ServicePort, ServiceSpec, Spanned,
 };
 
 /// Documents with more nodes go to serde (whose budget allows 250,000).
@@ -399,6 +399,15 @@ fn endpoint(n: &Node<'_>) -> Option<Endpoint> {
     Some(e)
 }
 
+fn protocol(n: &Node<'_>) -> Option<K8sProtocol> {
+    match plain(n)? {
+        "TCP" => Some(K8sProtocol::Tcp),
+        "UDP" => Some(K8sProtocol::Udp),
+        "SCTP" => Some(K8sProtocol::Sctp),
+        _ => None,
+    }
+}
+
 fn endpoint_port(n: &Node<'_>) -> Option<EndpointPort> {
     let mut p = EndpointPort::default();
     let mut number = None;
@@ -406,20 +415,103 @@ fn endpoint_port(n: &Node<'_>) -> Option<EndpointPort> {
         match *k {
             "name" => p.name = Some(string(v)?),
             "port" => number = Some(port(v)?),
-            "protocol" => {
-                p.protocol = Some(match plain(v)? {
-                    "TCP" => K8sProtocol::Tcp,
-                    "UDP" => K8sProtocol::Udp,
-                    "SCTP" => K8sProtocol::Sctp,
-                    _ => return None,
-                })
-            }
+            "protocol" => p.protocol = Some(protocol(v)?),
             "appProtocol" => p.app_protocol = Some(string(v)?),
             _ => return None,
         }
     }
     p.port = number?;
     Some(p)
+}
+
+/// `targetPort`: a number (plain digits) or a name (quoted, or plainly a
+/// string), as the untagged `IntOrString` reads them.
+fn int_or_string(n: &Node<'_>) -> Option<IntOrString> {
+    match n {
+        Node::Scalar(s) if !s.quoted && s.text.bytes().all(|b| b.is_ascii_digit()) => {
+            if s.text.len() > 1 && s.text.starts_with('0') {
+                return None;
+            }
+            s.text.parse().ok().map(IntOrString::Int)
+        }
+        _ => string(n).map(IntOrString::Str),
+    }
+}
+
+fn service_port(n: &Node<'_>) -> Option<ServicePort> {
+    let mut p = ServicePort::default();
+    let mut number = None;
+    for (k, v) in map(n)? {
+        match *k {
+            "name" => p.name = Some(string(v)?),
+            "port" => number = Some(port(v)?),
+            "targetPort" => p.target_port = Some(int_or_string(v)?),
+            "protocol" => p.protocol = Some(protocol(v)?),
+            "appProtocol" => p.app_protocol = Some(string(v)?),
+            "nodePort" => p.node_port = ignored(v)?,
+            _ => return None,
+        }
+    }
+    p.port = number?;
+    Some(p)
+}
+
+fn service_spec(n: &Node<'_>) -> Option<ServiceSpec> {
+    let mut s = ServiceSpec::default();
+    for (k, v) in map(n)? {
+        match *k {
+            "ports" => {
+                s.ports = seq(v)?
+                    .iter()
+                    .map(|(line, p)| Some(Spanned::at(service_port(p)?, *line)))
+                    .collect::<Option<_>>()?
+            }
+            "selector" => s.selector = labels(v)?,
+            "type" => s.type_ = Some(string(v)?),
+            "publishNotReadyAddresses" => s.publish_not_ready_addresses = Some(boolean(v)?),
+            "clusterIP" => s.cluster_ip = ignored(v)?,
+            "clusterIPs" => s.cluster_ips = ignored(v)?,
+            "externalIPs" => s.external_ips = ignored(v)?,
+            "externalName" => s.external_name = ignored(v)?,
+            "sessionAffinity" => s.session_affinity = ignored(v)?,
+            "sessionAffinityConfig" => s.session_affinity_config = ignored(v)?,
+            "loadBalancerIP" => s.load_balancer_ip = ignored(v)?,
+            "loadBalancerSourceRanges" => s.load_balancer_source_ranges = ignored(v)?,
+            "loadBalancerClass" => s.load_balancer_class = ignored(v)?,
+            "allocateLoadBalancerNodePorts" => s.allocate_load_balancer_node_ports = ignored(v)?,
+            "ipFamilies" => s.ip_families = ignored(v)?,
+            "ipFamilyPolicy" => s.ip_family_policy = ignored(v)?,
+            "internalTrafficPolicy" => s.internal_traffic_policy = ignored(v)?,
+            "externalTrafficPolicy" => s.external_traffic_policy = ignored(v)?,
+            "healthCheckNodePort" => s.health_check_node_port = ignored(v)?,
+            "trafficDistribution" => s.traffic_distribution = ignored(v)?,
+            _ => return None,
+        }
+    }
+    Some(s)
+}
+
+/// `text` (one document) as a Service, or `None`: then serde reads it.
+pub(super) fn service(text: &str) -> Option<Doc<ServiceSpec>> {
+    let doc = parse(text)?;
+    let (mut api, mut kind, mut metadata, mut spec, mut status) = (None, None, None, None, None);
+    for (k, v) in map(&doc)? {
+        match *k {
+            "apiVersion" => api = Some(string(v)?),
+            "kind" => kind = Some(string(v)?),
+            "metadata" => metadata = Some(meta(v)?),
+            "spec" => spec = Some(service_spec(v)?),
+            "status" => status = Some(ignored(v)?),
+            _ => return None,
+        }
+    }
+    Some(Doc {
+        api_version: api?,
+        kind: kind?,
+        metadata: metadata?,
+        spec: spec?,
+        status: status.flatten(),
+    })
 }
 
 /// An EndpointSlice document read by the fast path: what
@@ -748,6 +840,13 @@ mod tests {
             "labels: {}",
             "conditions: {}",
             "endpoints: []",
+            "targetPort: 08080",
+            "targetPort: 1.5",
+            "nodePort:",
+            "selector: {}",
+            "spec:",
+            "status: {}",
+            "type: 5",
         ];
         let edit = pick(rng, &edits);
         match rng.u8(..3) {
@@ -789,12 +888,15 @@ mod tests {
     }
 
     /// Whatever the fast path accepts, serde reads the same (values, and
-    /// each endpoint's line), over generated slices in many layouts and
-    /// over edits of them that are wrong or outside the subset; and the
-    /// fast path does accept every unedited slice.
-    #[test]
-    fn the_fast_path_reads_slices_as_serde_does() {
-        let (mut fast, mut edited_fast, mut edited_serde_only) = (0, 0, 0);
+    /// lines), over 4,000 documents from `generate` in many layouts, half
+    /// of them edited to be wrong or outside the subset; and the fast path
+    /// does accept every unedited one.
+    fn agree(
+        generate: fn(&mut fastrand::Rng) -> Y,
+        fast: fn(&str) -> Option<String>,
+        serde: fn(&str) -> Result<String, String>,
+    ) {
+        let (mut accepted, mut edited_accepted, mut edited_refused) = (0, 0, 0);
         for seed in 0..4000u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let st = Style {
@@ -807,18 +909,16 @@ mod tests {
             if rng.u8(..4) == 0 {
                 text.push_str("# exported\n\n");
             }
-            write(&slice(&mut rng), 0, &st, &mut rng, &mut text);
+            write(&generate(&mut rng), 0, &st, &mut rng, &mut text);
             let edited = seed % 2 == 1;
             if edited {
                 text = mutate(&mut rng, &text);
             }
-            let quick = by_fast_path(&text);
-            let serde = by_serde(&text);
-            match (&quick, &serde) {
+            match (fast(&text), serde(&text)) {
                 (Some(q), Ok(s)) => {
                     assert_eq!(q, s, "seed {seed}:\n{text}");
-                    fast += 1;
-                    edited_fast += usize::from(edited);
+                    accepted += 1;
+                    edited_accepted += usize::from(edited);
                 }
                 (Some(q), Err(e)) => {
                     panic!("seed {seed}: the fast path read {q}\nbut serde: {e}\n{text}")
@@ -826,20 +926,107 @@ mod tests {
                 (None, _) => {
                     assert!(
                         edited,
-                        "seed {seed}: the fast path refused an unedited slice:\n{text}"
+                        "seed {seed}: the fast path refused an unedited document:\n{text}"
                     );
-                    edited_serde_only += 1;
+                    edited_refused += 1;
                 }
             }
         }
-        // The edits are not all refused (a repeated item is fine) nor all
-        // accepted.
         eprintln!(
-            "{fast} read by the fast path ({edited_fast} of them edited), {edited_serde_only} left to serde"
+            "{accepted} read by the fast path ({edited_accepted} of them edited), \
+             {edited_refused} left to serde"
         );
+        // The edits are neither all refused (a repeated item is fine) nor
+        // all accepted.
         assert!(
-            fast >= 2000 && edited_fast > 100 && edited_serde_only > 500,
-            "{fast} {edited_fast} {edited_serde_only}"
+            accepted >= 2000 && edited_accepted > 100 && edited_refused > 500,
+            "{accepted} {edited_accepted} {edited_refused}"
+        );
+    }
+
+    #[test]
+    fn the_fast_path_reads_slices_as_serde_does() {
+        agree(slice, by_fast_path, by_serde);
+    }
+
+    /// A Service as exporters write it, in the fast path's subset.
+    fn service(rng: &mut fastrand::Rng) -> Y {
+        let mut meta = vec![("name".to_string(), s(pick(rng, &["s1", "web", "'quoted'"])))];
+        if rng.bool() {
+            meta.push(("namespace".into(), s("t")));
+        }
+        if rng.bool() {
+            meta.push(("labels".into(), some_labels(rng)));
+        }
+        if rng.bool() {
+            meta.push(("clusterName".into(), s("c1")));
+        }
+        let mut ports = Vec::new();
+        for _ in 0..rng.usize(0..3) {
+            let mut p = vec![("port".to_string(), s(pick(rng, &["80", "8080", "65535"])))];
+            if rng.bool() {
+                p.push(("name".into(), s(pick(rng, &["http", "\"grpc\"", "p"]))));
+            }
+            if rng.bool() {
+                let t = pick(rng, &["8080", "\"8080\"", "http", "'web'", "0"]);
+                p.push(("targetPort".into(), s(t)));
+            }
+            if rng.bool() {
+                p.push(("protocol".into(), s(pick(rng, &["TCP", "UDP"]))));
+            }
+            if rng.u8(..4) == 0 {
+                p.push(("appProtocol".into(), s("kubernetes.io/h2c")));
+                p.push(("nodePort".into(), s("30080")));
+            }
+            ports.push(shuffled(rng, p));
+        }
+        let mut spec = Vec::new();
+        if !ports.is_empty() || rng.bool() {
+            spec.push(("ports".to_string(), Y::L(ports)));
+        }
+        if rng.bool() {
+            spec.push(("selector".into(), some_labels(rng)));
+        }
+        if rng.bool() {
+            spec.push(("type".into(), s(pick(rng, &["ClusterIP", "LoadBalancer"]))));
+            spec.push(("clusterIP".into(), s("10.96.0.10")));
+            spec.push(("clusterIPs".into(), Y::L(vec![s("10.96.0.10")])));
+            spec.push(("ipFamilies".into(), Y::L(vec![s("IPv4")])));
+            spec.push(("ipFamilyPolicy".into(), s("SingleStack")));
+            spec.push(("sessionAffinity".into(), s("None")));
+            spec.push(("internalTrafficPolicy".into(), s("Cluster")));
+        }
+        if rng.u8(..4) == 0 {
+            spec.push((
+                "publishNotReadyAddresses".into(),
+                s(pick(rng, &["true", "false"])),
+            ));
+        }
+        let mut top = vec![
+            ("apiVersion".to_string(), s("v1")),
+            ("kind".into(), s("Service")),
+            ("metadata".into(), shuffled(rng, meta)),
+            ("spec".into(), shuffled(rng, spec)),
+        ];
+        if rng.bool() {
+            top.push((
+                "status".into(),
+                Y::M(vec![("loadBalancer".into(), Y::M(Vec::new()))]),
+            ));
+        }
+        shuffled(rng, top)
+    }
+
+    #[test]
+    fn the_fast_path_reads_services_as_serde_does() {
+        agree(
+            service,
+            |t| super::service(t).map(|d| format!("{d:?}")),
+            |t| {
+                serde_saphyr::from_str::<Doc<ServiceSpec>>(t)
+                    .map(|d| format!("{d:?}"))
+                    .map_err(|e| e.to_string())
+            },
         );
     }
 

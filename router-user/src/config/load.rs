@@ -390,6 +390,18 @@ fn parse_spec<S: DeserializeOwned>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Op
     parse_typed::<Doc<S>>(cx, diags).map(|d| resource(cx, d))
 }
 
+/// A Service: by the block fast path when it can, else by serde.
+#[expect(
+    clippy::extra_unused_type_parameters,
+    reason = "the kind table calls every parser as `parse::<Spec>`"
+)]
+fn parse_service<S>(cx: &DocCtx<'_, '_>, diags: &mut Diags) -> Option<Resource<ServiceSpec>> {
+    match super::block::service(&cx.doc.text) {
+        Some(d) => Some(resource(cx, d)),
+        None => parse_spec::<ServiceSpec>(cx, diags),
+    }
+}
+
 /// A Secret: its fields are at the top level.
 #[expect(
     clippy::extra_unused_type_parameters,

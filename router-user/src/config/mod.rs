@@ -181,7 +181,7 @@ macro_rules! for_each_kind {
             MirrorPolicy, GLOO_TRAFFIC, mirror_policies, RoutePolicySpec<MirrorConfig>, parse_spec;
             CORSPolicy, GLOO_SECURITY, cors_policies, RoutePolicySpec<CorsConfig>, parse_spec;
             AccessLogPolicy, GLOO_OBSERVABILITY, access_log_policies, AccessLogPolicySpec, parse_spec;
-            Service, K8S_CORE, services, ServiceSpec, parse_spec;
+            Service, K8S_CORE, services, ServiceSpec, parse_service;
             EndpointSlice, K8S_DISCOVERY, endpoint_slices, EndpointSliceBody, parse_endpoint_slice;
             Secret, K8S_CORE, secrets, SecretBody, parse_secret;
             Pod, K8S_CORE, pods, PodBody, parse_pod;

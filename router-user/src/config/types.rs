@@ -691,13 +691,20 @@ impl Line {
     }
 }
 
+impl<T> Spanned<T> {
+    /// `value` written on `line` of its document.
+    pub fn at(value: T, line: u64) -> Self {
+        Spanned {
+            value,
+            referenced: Line(u32::try_from(line).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
-        Ok(Spanned {
-            referenced: Line(u32::try_from(s.referenced.line()).unwrap_or(u32::MAX)),
-            value: s.value,
-        })
+        Ok(Spanned::at(s.value, s.referenced.line()))
     }
 }
 
