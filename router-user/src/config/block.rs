@@ -14,8 +14,8 @@
 //! line. The property test `the_fast_path_reads_slices_as_serde_does`
 //! checks that whatever this reader accepts, serde reads the same.
 use super::model::{
-    AddressType, Doc, Endpoint, EndpointConditions, EndpointPort, Ignored, IntOrString,
-    K8sProtocol, Labels, ObjectMeta, ServicePort, ServiceSpec, Spanned,
+    AddressType, Doc, Endpoint, EndpointConditions, EndpointPort, EndpointSliceDoc, Ignored,
+    IntOrString, K8sProtocol, Labels, ObjectMeta, ServicePort, ServiceSpec, Spanned,
 };
 
 /// Documents with more nodes go to serde (whose budget allows 250,000).
@@ -514,19 +514,8 @@ pub(super) fn service(text: &str) -> Option<Doc<ServiceSpec>> {
     })
 }
 
-/// An EndpointSlice document read by the fast path: what
-/// `model::EndpointSliceDoc` holds, each endpoint with its line in the
-/// document.
-pub(super) struct SliceDoc {
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub address_type: AddressType,
-    pub endpoints: Vec<(Endpoint, u64)>,
-    pub ports: Vec<EndpointPort>,
-}
-
 /// `text` (one document) as an EndpointSlice, or `None`: then serde reads it.
-pub(super) fn endpoint_slice(text: &str) -> Option<SliceDoc> {
+pub(super) fn endpoint_slice(text: &str) -> Option<EndpointSliceDoc> {
     let doc = parse(text)?;
     let (mut api, mut kind, mut metadata, mut address_type) = (None, None, None, None);
     let (mut endpoints, mut ports) = (Vec::new(), Vec::new());
@@ -546,7 +535,7 @@ pub(super) fn endpoint_slice(text: &str) -> Option<SliceDoc> {
             "endpoints" => {
                 endpoints = seq(v)?
                     .iter()
-                    .map(|(line, e)| Some((endpoint(e)?, *line)))
+                    .map(|(line, e)| Some(Spanned::at(endpoint(e)?, *line)))
                     .collect::<Option<_>>()?
             }
             "ports" => {
@@ -558,8 +547,8 @@ pub(super) fn endpoint_slice(text: &str) -> Option<SliceDoc> {
             _ => return None,
         }
     }
-    api?;
-    Some(SliceDoc {
+    Some(EndpointSliceDoc {
+        api_version: api?,
         kind: kind?,
         metadata: metadata?,
         address_type: address_type?,
@@ -571,7 +560,6 @@ pub(super) fn endpoint_slice(text: &str) -> Option<SliceDoc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::EndpointSliceDoc;
 
     /// A YAML tree for the generator: scalars as they are to be written.
     enum Y {
@@ -866,25 +854,13 @@ mod tests {
 
     /// What serde_saphyr reads, in the fast path's shape.
     fn by_serde(text: &str) -> Result<String, String> {
-        let d: EndpointSliceDoc = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        let endpoints: Vec<_> = d
-            .endpoints
-            .into_iter()
-            .map(|e| (e.value, e.referenced.line()))
-            .collect();
-        Ok(format!(
-            "{:?}",
-            (d.kind, d.metadata, d.address_type, endpoints, d.ports)
-        ))
+        serde_saphyr::from_str::<EndpointSliceDoc>(text)
+            .map(|d| format!("{d:?}"))
+            .map_err(|e| e.to_string())
     }
 
     fn by_fast_path(text: &str) -> Option<String> {
-        endpoint_slice(text).map(|d| {
-            format!(
-                "{:?}",
-                (d.kind, d.metadata, d.address_type, d.endpoints, d.ports)
-            )
-        })
+        endpoint_slice(text).map(|d| format!("{d:?}"))
     }
 
     /// Whatever the fast path accepts, serde reads the same (values, and
@@ -1057,9 +1033,9 @@ endpoints:
         assert!(endpoint_slice(text).is_none(), "a flow sequence is serde's");
         let text = text.replace("[\"10.0.0.2\"]", "\n  - \"10.0.0.2\"");
         let d = endpoint_slice(&text).unwrap();
-        let lines: Vec<u64> = d.endpoints.iter().map(|(_, l)| *l).collect();
+        let lines: Vec<u64> = d.endpoints.iter().map(|e| e.referenced.line()).collect();
         assert_eq!(lines, [14, 20]);
-        assert_eq!(d.endpoints[1].0.addresses, ["10.0.0.2"]);
+        assert_eq!(d.endpoints[1].value.addresses, ["10.0.0.2"]);
         assert_eq!(d.ports[0].port, 8080);
         assert_eq!(by_fast_path(&text), by_serde(&text).ok());
     }

@@ -454,20 +454,7 @@ fn parse_endpoint_slice<S>(
 ) -> Option<Resource<EndpointSliceBody>> {
     let mut d = match super::block::endpoint_slice(&cx.doc.text) {
         Some(d) => d,
-        None => {
-            let d = parse_typed::<EndpointSliceDoc>(cx, diags)?;
-            super::block::SliceDoc {
-                kind: d.kind,
-                metadata: d.metadata,
-                address_type: d.address_type,
-                endpoints: d
-                    .endpoints
-                    .into_iter()
-                    .map(|ep| (ep.value, ep.referenced.line()))
-                    .collect(),
-                ports: d.ports,
-            }
-        }
+        None => parse_typed::<EndpointSliceDoc>(cx, diags)?,
     };
     let origin = origin(cx, &d.kind, &mut d.metadata);
     let line_base = cx.doc.first_line - 1;
@@ -475,12 +462,12 @@ fn parse_endpoint_slice<S>(
     let endpoints = d
         .endpoints
         .into_iter()
-        .map(|(ep, line)| {
-            let line = match line {
+        .map(|ep| {
+            let line = match ep.referenced.line() {
                 0 => origin.line,
                 l => line_base + l,
             };
-            super::SliceEndpoint::new(ep, line, &mut zones)
+            super::SliceEndpoint::new(ep.value, line, &mut zones)
         })
         .collect();
     Some(Resource {
