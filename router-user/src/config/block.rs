@@ -1,18 +1,22 @@
 //! A fast path for the documents machines write in bulk: EndpointSlices
 //! and Services in the block style that `kubectl get -o yaml` and
-//! inventory exporters print. At 10,000 route tables the inventory is 12 MB of the config's
-//! 14, and serde_saphyr reads it at about 20 MB/s per core: most of
-//! start-up. This reader handles a strict subset of YAML (block mappings
-//! and sequences, one scalar per line, plain or quoted without escapes,
-//! `[]` and `{}`, comments) and builds the same values the serde path does.
+//! inventory exporters print. At 10,000 route tables the inventory is 12
+//! MB of the config's 14, and serde_saphyr reads it at about 20 MB/s per
+//! core: most of start-up. This reader handles a strict subset of YAML
+//! (block mappings and sequences, one scalar per line, plain or quoted
+//! without escapes, `[]` and `{}`, comments) and builds the same values
+//! the serde path does.
 //!
 //! It never decides that a document is wrong. Anything outside the subset
 //! (flow collections, anchors, tags, block or multi-line scalars, escapes,
 //! tabs, duplicate keys, a key the model does not know, a scalar whose type
 //! is not plain to see, a missing field) gives `None`, and the document is
 //! parsed by serde_saphyr as before, which then reports the error with its
-//! line. The property test `the_fast_path_reads_slices_as_serde_does`
-//! checks that whatever this reader accepts, serde reads the same.
+//! line. The property tests `the_fast_path_reads_slices_as_serde_does` and
+//! `the_fast_path_reads_services_as_serde_does` check that whatever this
+//! reader accepts, serde reads the same. To add a kind: its typed reader
+//! here (unknown keys give `None`), its parser in `load` trying this first,
+//! and a generator for the property test.
 use super::model::{
     AddressType, Doc, Endpoint, EndpointConditions, EndpointPort, EndpointSliceDoc, Ignored,
     IntOrString, K8sProtocol, Labels, ObjectMeta, ServicePort, ServiceSpec, Spanned,
