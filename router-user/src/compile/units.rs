@@ -38,17 +38,19 @@ fn svc_id(s: &ServicePlan) -> SvcId {
     (s.vip, s.port, s.proto)
 }
 
-/// A notice's place in the plan's sorted list.
-type NoticeKey = (String, u64, String, String, String, String);
+/// A notice's place in the plan's sorted list (the origin's shared names,
+/// compared as strings).
+type NoticeKey = (Arc<str>, u64, String, Arc<str>, Arc<str>, Arc<str>);
 
 fn notice_key(n: &Notice) -> NoticeKey {
+    let o = &n.origin;
     (
-        n.origin.file.to_string(),
-        n.origin.line,
+        o.file.clone(),
+        o.line,
         n.message.clone(),
-        n.origin.kind.to_string(),
-        n.origin.namespace.to_string(),
-        n.origin.name.to_string(),
+        o.kind.clone(),
+        o.namespace.clone(),
+        o.name.clone(),
     )
 }
 

@@ -80,19 +80,18 @@ fn strip_comment(text: &str) -> &str {
 fn lines(text: &str) -> Option<Vec<Line<'_>>> {
     let mut out = Vec::new();
     for (no, raw) in (1u64..).zip(text.lines()) {
-        let body = raw.trim_start_matches(' ');
-        if body.starts_with('\t') {
-            return None;
-        }
-        if body.is_empty() || body.starts_with('#') {
+        let rest = raw.trim_start_matches(' ');
+        if rest.is_empty() || rest.starts_with('#') {
             continue;
         }
-        let body = strip_comment(body);
+        // A tab anywhere but in a comment (indentation, a separator) is
+        // serde's to judge.
+        let body = strip_comment(rest);
         if body.contains('\t') {
             return None;
         }
         out.push(Line {
-            indent: raw.len() - raw.trim_start_matches(' ').len(),
+            indent: raw.len() - rest.len(),
             text: body,
             no,
         });
@@ -1037,7 +1036,7 @@ endpoints:
         assert!(endpoint_slice(text).is_none(), "a flow sequence is serde's");
         let text = text.replace("[\"10.0.0.2\"]", "\n  - \"10.0.0.2\"");
         let d = endpoint_slice(&text).unwrap();
-        let lines: Vec<u64> = d.endpoints.iter().map(|e| e.referenced.line()).collect();
+        let lines: Vec<u64> = d.endpoints.iter().map(|e| e.line()).collect();
         assert_eq!(lines, [14, 20]);
         assert_eq!(d.endpoints[1].value.addresses, ["10.0.0.2"]);
         assert_eq!(d.ports[0].port, 8080);

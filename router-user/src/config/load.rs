@@ -463,7 +463,7 @@ fn parse_endpoint_slice<S>(
         .endpoints
         .into_iter()
         .map(|ep| {
-            let line = match ep.referenced.line() {
+            let line = match ep.line() {
                 0 => origin.line,
                 l => line_base + l,
             };

@@ -42,7 +42,7 @@ pub struct Resource<S> {
 impl<S> Resource<S> {
     /// Absolute line of a value inside this resource.
     pub fn line_of<T>(&self, v: &Spanned<T>) -> u64 {
-        let l = v.referenced.line();
+        let l = v.line();
         if l == 0 {
             self.origin.line
         } else {

@@ -678,17 +678,7 @@ pub fn intern(s: &str) -> std::sync::Arc<str> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Spanned<T> {
     pub value: T,
-    pub referenced: Line,
-}
-
-/// A line number in a document (see [`Spanned`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Line(u32);
-
-impl Line {
-    pub fn line(self) -> u64 {
-        u64::from(self.0)
-    }
+    line: u32,
 }
 
 impl<T> Spanned<T> {
@@ -696,8 +686,13 @@ impl<T> Spanned<T> {
     pub fn at(value: T, line: u64) -> Self {
         Spanned {
             value,
-            referenced: Line(u32::try_from(line).unwrap_or(u32::MAX)),
+            line: u32::try_from(line).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Its line in its document (0: unknown).
+    pub fn line(&self) -> u64 {
+        u64::from(self.line)
     }
 }
 
