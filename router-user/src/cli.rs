@@ -31,9 +31,10 @@ struct Cli {
 
 #[derive(Args, Clone, Debug)]
 struct ConfigArgs {
-    /// Config file or directory of *.yaml files.
-    #[arg(long, short = 'c', default_value = "configs")]
-    config: PathBuf,
+    /// Config file or directory of *.yaml files (default: configs; for
+    /// `run --store`, none: the config comes from etcd alone).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
     /// This node's cluster (overrides RouterConfig spec.cluster).
     #[arg(long)]
     cluster: Option<String>,
@@ -61,6 +62,13 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The config path, or its default.
+    fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("configs"))
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             cluster: self.cluster.clone(),
@@ -77,6 +85,40 @@ impl ConfigArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+struct StoreArgs {
+    /// etcd holding the config: etcd://host:port[,host:port...]/<prefix>
+    /// (one prefix per mesh; README, "Many nodes: etcd").
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// CA certificate (PEM) that signed the etcd members' certificates;
+    /// turns TLS on.
+    #[arg(long, value_name = "PEM")]
+    store_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate auth.
+    #[arg(long, value_name = "PEM", requires = "store_key")]
+    store_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "PEM", requires = "store_cert")]
+    store_key: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn options(&self) -> anyhow::Result<Option<crate::kvstore::StoreOptions>> {
+        let Some(url) = &self.store else {
+            if self.store_ca.is_some() || self.store_cert.is_some() {
+                anyhow::bail!("--store-ca and --store-cert need --store");
+            }
+            return Ok(None);
+        };
+        let mut o = crate::kvstore::StoreOptions::parse(url).map_err(anyhow::Error::msg)?;
+        o.ca = self.store_ca.clone();
+        o.cert = self.store_cert.clone();
+        o.key = self.store_key.clone();
+        Ok(Some(o))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
 struct PinArgs {
     /// bpffs directory for pinned maps and links (the layout version is appended).
     #[arg(long, default_value = "/sys/fs/bpf/router")]
@@ -86,7 +128,9 @@ struct PinArgs {
     state_dir: PathBuf,
 }
 
+// (Built once per process: the size of its largest variant costs nothing.)
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Run the daemon: attach, apply the config, reload on change and SIGHUP.
     Run {
@@ -134,6 +178,37 @@ enum Cmd {
         /// connections on its own (default: one per CPU).
         #[arg(long)]
         proxy_threads: Option<usize>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// With --store: where the node keeps its copy of etcd's keys, to
+        /// start from while etcd cannot be reached.
+        #[arg(long, default_value = "/var/lib/routerd/store-snapshot")]
+        store_snapshot: PathBuf,
+    },
+    /// Validate a config as `check` does, with what etcd holds of the
+    /// other scopes, and write it to etcd in one transaction (objects gone
+    /// from it are deleted); an invalid config writes nothing.
+    Publish {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The mesh-wide config (file or directory of *.yaml files).
+        #[arg(
+            long,
+            short = 'c',
+            required_unless_present = "inventory",
+            conflicts_with = "inventory"
+        )]
+        config: Option<PathBuf>,
+        /// One cluster's inventory (Services, EndpointSlices, Pods), under
+        /// its own prefix; needs --cluster.
+        #[arg(long, requires = "cluster")]
+        inventory: Option<PathBuf>,
+        /// The cluster whose inventory --inventory is.
+        #[arg(long, requires = "inventory")]
+        cluster: Option<String>,
+        /// Validate and count what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the config and print the plan summary (nothing is applied).
     Check {
@@ -290,7 +365,7 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 
 fn check(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     let t = std::time::Instant::now();
-    match daemon::build_plan(&args.config, &args.overrides(), &Health::default()) {
+    match daemon::build_plan(&args.path(), &args.overrides(), &Health::default()) {
         Err(e) => {
             eprint!("{e}");
             Ok(ExitCode::from(1))
@@ -328,7 +403,18 @@ pub fn main() -> ExitCode {
             metrics_addr,
             workloads_dir,
             proxy_threads,
+            store,
+            store_snapshot,
         } => (|| {
+            let store = store.options()?.map(|store| daemon::StoreRun {
+                store,
+                snapshot: store_snapshot,
+            });
+            let files = match (&config.config, &store) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(_)) => None,
+                (None, None) => Some(config.path()),
+            };
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => sys::cgroup2_mount()?,
@@ -340,7 +426,8 @@ pub fn main() -> ExitCode {
                 .build()?;
             rt.block_on(daemon::run(RunOptions {
                 overrides: config.overrides(),
-                config: config.config,
+                config: files,
+                store,
                 cgroup,
                 pins: Pins::new(pins.pin_root),
                 sizes: datapath::Sizes {
@@ -360,6 +447,42 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         })(),
         Cmd::Check { config, json } => check(&config, json),
+        Cmd::Publish {
+            store,
+            config,
+            inventory,
+            cluster,
+            dry_run,
+        } => (|| {
+            let Some(o) = store.options()? else {
+                anyhow::bail!("publish needs --store etcd://host:port/<prefix>");
+            };
+            let (dir, scope) = match (config, inventory, cluster) {
+                (Some(c), _, _) => (c, crate::config::etcd::Scope::Mesh),
+                (None, Some(i), Some(c)) => (i, crate::config::etcd::Scope::Cluster(c)),
+                _ => anyhow::bail!("publish needs --config DIR, or --cluster NAME --inventory DIR"),
+            };
+            let p = crate::kvstore::Publish {
+                dir,
+                scope,
+                dry_run,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match rt.block_on(crate::kvstore::publish(&o, &p)) {
+                Ok(r) => {
+                    print!("{}", report::published(&o.url(), &p, &r));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::kvstore::PublishError::Invalid(e)) => {
+                    eprint!("{e}");
+                    eprintln!("nothing was written to {}", o.url());
+                    Ok(ExitCode::from(1))
+                }
+                Err(crate::kvstore::PublishError::Other(e)) => Err(e),
+            }
+        })(),
         Cmd::Explain {
             target,
             config,
@@ -387,11 +510,11 @@ pub fn main() -> ExitCode {
                     ),
                 ),
                 None => (
-                    daemon::build_plan(&config.config, &config.overrides(), &Health::default())
+                    daemon::build_plan(&config.path(), &config.overrides(), &Health::default())
                         .map_err(anyhow::Error::msg)?,
                     format!(
                         "from the config files at {} ({}): every endpoint counted healthy",
-                        config.config.display(),
+                        config.path().display(),
                         if files {
                             "--files".to_string()
                         } else {

@@ -1,5 +1,5 @@
-//! The config side of the daemon: the file source, the store as
-//! validated ([`Live`]), and the compiled units with their plan
+//! The config side of the daemon: the sources (the config files, etcd, or
+//! both), the store as validated ([`Live`]), and the compiled units with their plan
 //! ([`Compiled`]). A change is prepared (read what changed, apply it to the
 //! store, validate and compile what it feeds), then committed once the
 //! datapath took it, or rolled back; `tests/incremental.rs` drives this same
@@ -13,6 +13,7 @@ use crate::{
     },
     config::{
         ConfigError, Overrides, Resources,
+        etcd::{Accepted, EtcdReading, EtcdSource},
         live::{Applied, Live},
         load::LoadOptions,
         source::{FileSource, Reading},
@@ -25,13 +26,19 @@ use crate::{
 /// compiled units with their plan. A change is prepared (nothing accepted
 /// yet), then committed once the datapath took it, or rolled back.
 pub struct Control {
-    pub source: FileSource,
+    /// The config files (`--config`), if read.
+    files: Option<FileSource>,
+    /// etcd (`--store`), if followed.
+    etcd: Option<EtcdSource>,
     overrides: Overrides,
     /// `None` until a config validates (a restart with a bad config).
     live: Option<Live>,
     compiled: Option<Compiled>,
-    /// The source's reading of a prepared change, to record on commit.
-    reading: Option<Reading>,
+    /// The sources' readings of a prepared change, to record on commit.
+    reading: Option<(Option<Reading>, Option<EtcdReading>)>,
+    /// What etcd's accepted keys were (values, and the revision), for the
+    /// node's local snapshot: taken by [`Control::take_store_writes`].
+    store_writes: Option<Accepted>,
     /// The plan before a prepared build (to take it back).
     previous: Option<Compiled>,
 }
@@ -45,13 +52,80 @@ pub enum Prepared {
 
 impl Control {
     pub fn new(path: &Path, opts: LoadOptions, overrides: &Overrides) -> Self {
+        let mut c = Control::without_files(overrides);
+        c.files = Some(FileSource::new(path, opts));
+        c
+    }
+
+    /// No source yet: add etcd with [`Control::follow`].
+    pub fn without_files(overrides: &Overrides) -> Self {
         Control {
-            source: FileSource::new(path, opts),
+            files: None,
+            etcd: None,
             overrides: overrides.clone(),
             live: None,
             compiled: None,
             reading: None,
+            store_writes: None,
             previous: None,
+        }
+    }
+
+    /// Read etcd too.
+    pub fn follow(&mut self, s: EtcdSource) {
+        self.etcd = Some(s);
+    }
+
+    pub fn etcd(&self) -> Option<&EtcdSource> {
+        self.etcd.as_ref()
+    }
+
+    pub fn etcd_mut(&mut self) -> Option<&mut EtcdSource> {
+        self.etcd.as_mut()
+    }
+
+    /// Look at every file again (SIGHUP).
+    pub fn rescan(&mut self) {
+        if let Some(f) = &mut self.files {
+            f.rescan();
+        }
+    }
+
+    /// The watcher saw these paths change.
+    pub fn changed(&mut self, paths: Vec<std::path::PathBuf>) {
+        if let Some(f) = &mut self.files {
+            f.changed(paths);
+        }
+    }
+
+    /// etcd's keys as accepted since the last call (for the snapshot).
+    pub fn take_store_writes(&mut self) -> Option<Accepted> {
+        self.store_writes.take()
+    }
+
+    /// Both sources' readings; their errors together.
+    fn read_sources(&self) -> Result<(Option<Reading>, Option<EtcdReading>), ConfigError> {
+        let files = self.files.as_ref().map(FileSource::read).transpose();
+        let etcd = self.etcd.as_ref().map(EtcdSource::read).transpose();
+        match (files, etcd) {
+            (Ok(f), Ok(e)) => Ok((f, e)),
+            (Err(mut a), Err(b)) => {
+                a.errors.extend(b.errors);
+                Err(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    fn commit_sources(&mut self, files: Option<Reading>, etcd: Option<EtcdReading>) {
+        if let (Some(s), Some(mut r)) = (&mut self.files, files) {
+            s.commit(&mut r);
+        }
+        if let (Some(s), Some(mut r)) = (&mut self.etcd, etcd) {
+            s.commit(&mut r);
+            let w = self.store_writes.get_or_insert_with(Default::default);
+            w.values.append(&mut r.values);
+            w.revision = w.revision.max(r.revision);
         }
     }
 
@@ -67,9 +141,17 @@ impl Control {
         phases: &mut Phases,
     ) -> Result<Prepared, ConfigError> {
         let t = Instant::now();
-        let mut reading = self.source.read()?;
-        let changes = std::mem::take(&mut reading.changes);
-        let files = std::mem::take(&mut reading.names);
+        let (mut reading, mut etcd) = self.read_sources()?;
+        let mut changes = Vec::new();
+        let mut files = None;
+        if let Some(r) = &mut reading {
+            changes = std::mem::take(&mut r.changes);
+            files = r.names.take();
+        }
+        if let Some(e) = &mut etcd {
+            changes.append(&mut e.changes);
+        }
+        let reading = (reading, etcd);
         phases.read_ms = ms(t);
         let Some(live) = &mut self.live else {
             // The first config that validates.
@@ -90,7 +172,7 @@ impl Control {
             return Ok(Prepared::Changes(Delta::everything()));
         };
         if changes.is_empty() {
-            self.source.commit(&mut reading);
+            self.commit_sources(reading.0, reading.1);
             return Ok(Prepared::Nothing);
         }
         if let Some(files) = files {
@@ -182,8 +264,8 @@ impl Control {
 
     /// The datapath took the prepared change.
     pub fn commit(&mut self) {
-        if let Some(mut r) = self.reading.take() {
-            self.source.commit(&mut r);
+        if let Some((files, etcd)) = self.reading.take() {
+            self.commit_sources(files, etcd);
         }
         if let Some(l) = &mut self.live {
             l.commit();

@@ -53,9 +53,20 @@ use crate::{
     workload::{self, Workload},
 };
 
+/// A node following etcd (`--store`).
+#[derive(Clone, Debug)]
+pub struct StoreRun {
+    pub store: crate::kvstore::StoreOptions,
+    /// The local snapshot's directory (`--store-snapshot`).
+    pub snapshot: PathBuf,
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// The config files (`--config`; `None`: etcd only).
+    pub config: Option<PathBuf>,
+    /// etcd (`--store`).
+    pub store: Option<StoreRun>,
     pub overrides: Overrides,
     pub cgroup: PathBuf,
     pub pins: Pins,
@@ -292,6 +303,8 @@ pub enum Trigger {
     Resolved,
     /// A file under the config path changed.
     FileChange,
+    /// etcd's keys changed (a publish, a cluster's inventory).
+    StoreChange,
     /// SIGHUP.
     Signal,
 }
@@ -302,6 +315,7 @@ impl Trigger {
             Trigger::Health => "endpoint health change",
             Trigger::Resolved => "external host resolved",
             Trigger::FileChange => "config change",
+            Trigger::StoreChange => "store change",
             Trigger::Signal => "SIGHUP",
         }
     }
@@ -686,6 +700,107 @@ pub struct Daemon {
     tls: TlsWatch,
     beat: (Arc<AtomicBool>, std::thread::JoinHandle<()>),
     workloads: WorkloadWatch,
+    /// etcd, when followed.
+    store: Option<StoreFollow>,
+}
+
+/// A node's link to etcd: the watch task's batches and state, and the
+/// local snapshot's writer.
+struct StoreFollow {
+    url: String,
+    rx: mpsc::UnboundedReceiver<crate::config::etcd::Batch>,
+    link: watch::Receiver<crate::kvstore::Link>,
+    snapshot: std::sync::mpsc::Sender<crate::config::etcd::Accepted>,
+    /// Started from the snapshot, and etcd has not been listed since.
+    from_snapshot: bool,
+}
+
+/// The next batch from etcd (never, when not followed).
+async fn next_batch(s: &mut Option<StoreFollow>) -> Option<crate::config::etcd::Batch> {
+    match s {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What etcd's side brought: a batch, or (`None`) a change of the link.
+async fn next_from_store(
+    s: &mut Option<StoreFollow>,
+) -> Option<Option<crate::config::etcd::Batch>> {
+    let Some(s) = s else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        b = s.rx.recv() => b.map(Some),
+        Ok(()) = s.link.changed() => Some(None),
+    }
+}
+
+/// Write the snapshot's changes in order, off the serving path.
+fn spawn_snapshot_writer(
+    snap: crate::kvstore::Snapshot,
+) -> Result<std::sync::mpsc::Sender<crate::config::etcd::Accepted>> {
+    let (tx, rx) = std::sync::mpsc::channel::<crate::config::etcd::Accepted>();
+    std::thread::Builder::new()
+        .name("store-snapshot".into())
+        .spawn(move || {
+            while let Ok(a) = rx.recv() {
+                if let Err(e) = snap.write(&a.values, a.revision) {
+                    tracing::warn!(
+                        "could not write the local snapshot of etcd's keys in {}: {e:#}; a \
+                         restart while etcd is down would start from an older one",
+                        snap.dir().display()
+                    );
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Connect to etcd and list the layout's keys (at most `wait`); or, when
+/// etcd cannot be reached, the local snapshot (with a warning). The source
+/// gets the list; returns the revision listed (`None`: from the snapshot).
+async fn first_list(
+    run: &StoreRun,
+    src: &mut crate::config::etcd::EtcdSource,
+    wait: Duration,
+) -> Result<Option<i64>> {
+    use crate::{config::etcd::Batch, kvstore};
+    let listed = tokio::time::timeout(wait, async {
+        let c = kvstore::connect(&run.store).await?;
+        kvstore::list(&c, &run.store.layout).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {wait:?}")));
+    match listed {
+        Ok((revision, kvs)) => {
+            src.received(Batch::List { revision, kvs });
+            Ok(Some(revision))
+        }
+        Err(e) => {
+            let snap = kvstore::Snapshot::new(&run.snapshot);
+            match snap.read(&run.store.layout) {
+                Ok(b) => {
+                    let rev = match &b {
+                        Batch::List { revision, .. } => *revision,
+                        _ => 0,
+                    };
+                    tracing::warn!(
+                        store = %run.store.url(),
+                        "etcd cannot be reached ({e:#}): starting from the local snapshot in {} \
+                         (revision {rev}); the node catches up when etcd is back",
+                        run.snapshot.display()
+                    );
+                    src.received(b);
+                    Ok(None)
+                }
+                Err(s) => Err(e.context(format!(
+                    "etcd cannot be reached, and there is no local snapshot to start from ({s:#}); \
+                     start etcd (or fix --store), then routerd"
+                ))),
+            }
+        }
+    }
 }
 
 /// The workloads hand-off directory, watched.
@@ -751,13 +866,25 @@ impl Daemon {
     pub async fn start(opts: RunOptions) -> Result<Daemon> {
         let started = Instant::now();
         let fds = limits::raise_nofile();
-        let mut control = Control::new(
-            &opts.config,
-            LoadOptions {
-                trusted_only: !opts.allow_untrusted_config,
-            },
-            &opts.overrides,
-        );
+        let mut control = match &opts.config {
+            Some(path) => Control::new(
+                path,
+                LoadOptions {
+                    trusted_only: !opts.allow_untrusted_config,
+                },
+                &opts.overrides,
+            ),
+            None => Control::without_files(&opts.overrides),
+        };
+        // etcd: the keys listed before the first compile (or the snapshot).
+        let mut store_from = None;
+        let mut from_snapshot = false;
+        if let Some(run) = &opts.store {
+            let mut src = crate::config::etcd::EtcdSource::new(run.store.layout.clone());
+            store_from = first_list(run, &mut src, Duration::from_secs(3)).await?;
+            from_snapshot = store_from.is_none();
+            control.follow(src);
+        }
         let mut phases = Phases::default();
         // The datapath opens (programs verified, maps created: 150 ms at the
         // bench's sizes) while the config is read and compiled.
@@ -833,6 +960,7 @@ impl Daemon {
             Trigger::Health.reason(),
             Trigger::Resolved.reason(),
             Trigger::FileChange.reason(),
+            Trigger::StoreChange.reason(),
             Trigger::Signal.reason(),
         ]);
         let (names_tx, names_rx) = watch::channel(Arc::new(Names::from_plan(&serving_plan)));
@@ -930,8 +1058,8 @@ impl Daemon {
         serving.dp.retire_old_layouts();
         state_dir_ready(&opts.state_dir)?;
         std::fs::write(pid_file(&opts.state_dir), std::process::id().to_string())?;
-        let (watcher, changes) = if opts.watch {
-            let (w, rx) = watch(&opts.config)?;
+        let (watcher, changes) = if let (true, Some(path)) = (opts.watch, &opts.config) {
+            let (w, rx) = watch(path)?;
             (Some(w), rx)
         } else {
             (None, mpsc::unbounded_channel().1)
@@ -949,7 +1077,37 @@ impl Daemon {
             fd_limit: fds.limit,
         }
         .emit();
-        Ok(Daemon {
+        let store = match &opts.store {
+            Some(run) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                // (The first list was start-up's, unless from the snapshot.)
+                let (link_tx, link) = watch::channel(crate::kvstore::Link {
+                    lists: u64::from(store_from.is_some()),
+                    ..Default::default()
+                });
+                tokio::spawn(crate::kvstore::follow(
+                    run.store.clone(),
+                    store_from,
+                    tx,
+                    link_tx,
+                ));
+                let snapshot = spawn_snapshot_writer(crate::kvstore::Snapshot::new(&run.snapshot))?;
+                if let Some(w) = control.take_store_writes()
+                    && !from_snapshot
+                {
+                    let _ = snapshot.send(w);
+                }
+                Some(StoreFollow {
+                    url: run.store.url(),
+                    rx,
+                    link,
+                    snapshot,
+                    from_snapshot,
+                })
+            }
+            None => None,
+        };
+        let mut d = Daemon {
             opts,
             serving,
             control,
@@ -962,7 +1120,46 @@ impl Daemon {
             tls,
             beat: (stop_beat, beat),
             workloads,
-        })
+            store,
+        };
+        d.store_status();
+        Ok(d)
+    }
+
+    /// Take in a batch from etcd; whether it has keys to read.
+    fn take_batch(&mut self, b: crate::config::etcd::Batch) -> bool {
+        if let (Some(st), crate::config::etcd::Batch::List { .. }) = (&mut self.store, &b) {
+            st.from_snapshot = false;
+        }
+        let more = self.control.etcd_mut().is_some_and(|s| s.received(b));
+        if !more {
+            self.store_status();
+        }
+        more
+    }
+
+    /// Record where the node stands against etcd, and send what was
+    /// accepted to the snapshot.
+    fn store_status(&mut self) {
+        let Some(st) = &self.store else { return };
+        if let Some(w) = self.control.take_store_writes() {
+            let _ = st.snapshot.send(w);
+        }
+        let Some(src) = self.control.etcd() else {
+            return;
+        };
+        let link = st.link.borrow().clone();
+        let status = state::StoreStatus {
+            store: st.url.clone(),
+            served_revision: src.served(),
+            store_revision: src.seen(),
+            connected: link.connected,
+            error: link.error,
+            lists: link.lists,
+            objects: src.len(),
+            from_snapshot: st.from_snapshot,
+        };
+        state::write_store_status(&self.opts.state_dir, &status);
     }
 
     /// Apply triggers until SIGTERM or SIGINT. Bursts are coalesced: file
@@ -984,6 +1181,20 @@ impl Daemon {
                 Some(paths) = self.changes.recv() => {
                     self.note_paths(paths);
                     Trigger::FileChange
+                }
+                Some(got) = next_from_store(&mut self.store) => {
+                    match got {
+                        Some(b) => {
+                            if !self.take_batch(b) {
+                                continue;
+                            }
+                            Trigger::StoreChange
+                        }
+                        None => {
+                            self.store_status();
+                            continue;
+                        }
+                    }
                 }
                 () = self.tls.changed() => {
                     // A tool may write the certificate, then the key: let
@@ -1009,7 +1220,7 @@ impl Daemon {
             };
             let mut trigger = first;
             let start = Instant::now();
-            let mut quiet = if trigger == Trigger::FileChange {
+            let mut quiet = if matches!(trigger, Trigger::FileChange | Trigger::StoreChange) {
                 FILE_QUIET
             } else {
                 MIN_INTERVAL.saturating_sub(last_compile.elapsed())
@@ -1025,6 +1236,12 @@ impl Daemon {
                         trigger = trigger.max(Trigger::FileChange);
                         // Still busy: wait until quiet, within the cap.
                         quiet = FILE_QUIET.min(FILE_DEBOUNCE_MAX.saturating_sub(start.elapsed()));
+                    }
+                    Some(b) = next_batch(&mut self.store) => {
+                        if self.take_batch(b) {
+                            trigger = trigger.max(Trigger::StoreChange);
+                            quiet = FILE_QUIET.min(FILE_DEBOUNCE_MAX.saturating_sub(start.elapsed()));
+                        }
                     }
                 }
             }
@@ -1046,9 +1263,9 @@ impl Daemon {
 
     fn note_paths(&mut self, paths: Vec<PathBuf>) {
         if paths.is_empty() {
-            self.control.source.rescan();
+            self.control.rescan();
         } else {
-            self.control.source.changed(paths);
+            self.control.changed(paths);
         }
     }
 
@@ -1063,7 +1280,7 @@ impl Daemon {
             resolved: (**self.resolved.borrow_and_update()).clone(),
         };
         if trigger == Trigger::Signal {
-            self.control.source.rescan();
+            self.control.rescan();
         }
         // A health change alone recompiles the config in service: a bad
         // edit on disk waits for its own trigger.
@@ -1081,6 +1298,7 @@ impl Daemon {
         let delta = match reload.prepared {
             Prepared::Nothing => {
                 self.health = health;
+                self.store_status();
                 if trigger == Trigger::Signal
                     && let Some(plan) = self.control.plan()
                 {
@@ -1120,6 +1338,7 @@ impl Daemon {
                 }
                 applied_event(why, &self.serving, &plan, &report, phases, t);
                 self.serving.count_reload(why, "applied", t, Some(&plan));
+                self.store_status();
                 let want = Lookups::of(&plan, self.opts.listen_netns.as_deref());
                 self.lookups.send_if_modified(|cur| {
                     let changed = *cur != want;

@@ -11,6 +11,7 @@ pub mod events;
 pub mod explain;
 pub mod health;
 pub mod inspect;
+pub mod kvstore;
 pub mod limits;
 pub mod metrics;
 pub mod netns;

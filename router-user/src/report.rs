@@ -94,3 +94,35 @@ fn selected(plan: &Plan, h: &crate::plan::HostPlan) -> String {
         names.join(", ")
     }
 }
+
+/// What `routerd publish` prints.
+pub fn published(
+    store: &str,
+    p: &crate::kvstore::Publish,
+    r: &crate::kvstore::Published,
+) -> String {
+    let what = format!(
+        "{} from {} ({} objects)",
+        p.scope,
+        p.dir.display(),
+        r.objects
+    );
+    if r.added + r.changed + r.removed == 0 {
+        return format!(
+            "{store} holds {what} already (revision {}): nothing to write\n",
+            r.revision
+        );
+    }
+    let counts = format!(
+        "{} added, {} changed, {} removed",
+        r.added, r.changed, r.removed
+    );
+    if p.dry_run {
+        format!("valid; would write {what} to {store}: {counts} (--dry-run: nothing written)\n")
+    } else {
+        format!(
+            "published {what} to {store} at revision {}: {counts}\n",
+            r.revision
+        )
+    }
+}

@@ -23,6 +23,46 @@ pub fn health_file(state_dir: &Path) -> PathBuf {
     state_dir.join("health.json")
 }
 
+pub fn store_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("store.json")
+}
+
+/// Where a node that follows etcd stands (`routerd inspect` shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreStatus {
+    /// `etcd://members/prefix`.
+    pub store: String,
+    /// The revision of the config this node serves.
+    pub served_revision: i64,
+    /// The latest revision the store reported.
+    pub store_revision: i64,
+    pub connected: bool,
+    /// The last failure, while not connected.
+    pub error: Option<String>,
+    /// Lists of the whole prefix (at start, and after each compaction
+    /// past this node's revision).
+    pub lists: u64,
+    /// Objects the node holds from the store.
+    pub objects: usize,
+    /// Started from the local snapshot, not yet caught up with etcd.
+    pub from_snapshot: bool,
+}
+
+/// Record where the node stands against etcd (best effort).
+pub fn write_store_status(state_dir: &Path, s: &StoreStatus) {
+    if let Err(e) = write_json(state_dir, &store_file(state_dir), s) {
+        tracing::warn!(
+            "could not record the store status in {}: {e:#}",
+            store_file(state_dir).display()
+        );
+    }
+}
+
+pub fn read_store_status(state_dir: &Path) -> Option<StoreStatus> {
+    let text = std::fs::read_to_string(store_file(state_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Why the daemon's health task keeps each endpoint it avoids out of the
 /// slot tables (an active check, an ejection by the proxy or the kernel).
 pub type Avoided = BTreeMap<SocketAddr, String>;

@@ -477,9 +477,9 @@ fn run(ops: &[Op]) {
         let (new_files, touched) = write(&dir, &world, &files);
         files = new_files;
         if matches!(op, Op::Sighup) {
-            control.source.rescan();
+            control.rescan();
         } else {
-            control.source.changed(touched);
+            control.changed(touched);
         }
         let r = control.prepare(files_changed, &applied, &health, &mut phases);
         let full = if files_changed {

@@ -13,6 +13,7 @@
 //!   at the start of the next one.
 pub mod churn;
 pub mod drill;
+pub mod etcd;
 pub mod grpc;
 pub mod prom;
 

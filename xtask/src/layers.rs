@@ -21,7 +21,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["config"],
     &["compile"],
     // The config side, incremental: source, store, units.
-    &["control"],
+    &["control", "kvstore"],
     // Runtime: the datapath, then what serves on top of it.
     &["datapath"],
     &["health"],

@@ -127,6 +127,12 @@ fn setup() -> Result<()> {
         // service).
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
+        // routerd's etcd client compiles etcd's protos at build time.
+        ("protoc", "protobuf-compiler"),
+        // The etcd tests and the fleet drill start real members (never
+        // as a service), and read them with etcdctl.
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
     ])?;
     Ok(())
 }

@@ -289,8 +289,10 @@ fn build_static() -> Result<Binaries> {
 /// that TCG's 10-50x slowdown would turn into noise; the kernel behaviour they
 /// rely on is covered in the VMs by the l4, lifecycle and health suites.
 ///
-/// `metrics` runs a real Prometheus, which the VM images do not carry.
-const HOST_ONLY: &[&str] = &["drills", "metrics"];
+/// `metrics` runs a real Prometheus, and `etcd` a real etcd cluster, which
+/// the VM images do not carry; what `etcd` tests is the control plane in
+/// user space (the kernel side it feeds is the l4 suite's).
+const HOST_ONLY: &[&str] = &["drills", "metrics", "etcd"];
 
 /// Copy `bin` to `root/<dest>` and every shared library it needs (from ldd)
 /// to the same path under `root`.

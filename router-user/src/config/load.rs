@@ -643,6 +643,73 @@ pub(super) fn parse_doc(file: &str, doc: &RawDoc<'_>, diags: &mut Diags) -> Opti
     parse_kind(&kind, &cx, diags)
 }
 
+/// One document of a config path, parsed, with its text: what `routerd
+/// publish` writes, one key each.
+pub struct Document {
+    pub object: Object,
+    /// Its file's path relative to the config path (a single file: its name).
+    pub rel: String,
+    pub first_line: u64,
+    pub indent: u64,
+    pub text: String,
+}
+
+/// Every document under `path`, read and parsed as the file source reads
+/// them, with the files' names; any error fails the whole.
+pub fn documents(
+    path: &Path,
+    opts: LoadOptions,
+) -> Result<(Vec<Document>, Vec<String>), super::ConfigError> {
+    let mut diags = Diags::default();
+    let shown = path.display().to_string();
+    let files = match config_files(path, opts) {
+        Ok(f) => f,
+        Err(e) => {
+            diags.push(&shown, 0, None, e);
+            return diags.into_result(Default::default());
+        }
+    };
+    let mut out = Vec::new();
+    let mut names = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        let text = match read_config_file(f) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(&name, 0, None, e);
+                continue;
+            }
+        };
+        let rel = if path.is_dir() {
+            f.strip_prefix(path).unwrap_or(f).display().to_string()
+        } else {
+            f.file_name()
+                .map_or(name.clone(), |n| n.to_string_lossy().into_owned())
+        };
+        for doc in split_documents(&text) {
+            if let Some(object) = parse_doc(&name, &doc, &mut diags) {
+                out.push(Document {
+                    object,
+                    rel: rel.clone(),
+                    first_line: doc.first_line,
+                    indent: doc.indent,
+                    text: doc.text.into_owned(),
+                });
+            }
+        }
+        names.push(name);
+    }
+    if files.is_empty() {
+        diags.push(
+            &shown,
+            0,
+            None,
+            "no *.yaml or *.yml files found; expected at least one",
+        );
+    }
+    diags.into_result((out, names))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

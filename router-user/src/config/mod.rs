@@ -7,6 +7,7 @@
 //! only a compiled plan reaches the kernel. A rejected config changes nothing.
 mod block;
 pub mod diag;
+pub mod etcd;
 pub mod external;
 pub mod inventory;
 pub mod live;

@@ -1,0 +1,308 @@
+//! routerd on etcd (issue 13): `routerd publish` writes a validated config
+//! to a real 3-member etcd in one transaction, and a node started with
+//! `--store` (no config files) follows it: publishes apply incrementally,
+//! an invalid publish writes nothing, a member killed under the node is
+//! survived, a node whose member is down starts from its snapshot, and a
+//! compaction past its revision is a relist, not a flush.
+use std::time::Duration;
+
+use router_tests::{etcd::Etcd, *};
+
+/// The world of `lifecycle`: `web.t.mesh` over endpoints in the node's
+/// zone (e1), another zone (e2) and another region (west).
+fn world_config(ready_e1: bool) -> String {
+    two_zones(ready_e1)
+        .with(web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+        .with(locality_policy())
+        .yaml()
+}
+
+fn listens() -> Vec<Listen> {
+    vec![
+        Listen::tcp("10.1.0.1:8080", "e1"),
+        Listen::tcp("10.1.1.1:8080", "e2"),
+        Listen::tcp("10.2.0.1:8080", "west"),
+    ]
+}
+
+/// The config split as a mesh publishes it: the mesh-wide objects, and
+/// each cluster's inventory.
+fn write_split(dir: &TempDir, ready_e1: bool) {
+    let mut mesh = String::new();
+    let mut inv: std::collections::BTreeMap<&str, String> = Default::default();
+    for doc in world_config(ready_e1).split("---\n") {
+        if doc.trim().is_empty() {
+            continue;
+        }
+        let inventory = doc.contains("kind: Service\n") || doc.contains("kind: EndpointSlice\n");
+        let out = match (
+            inventory,
+            ["c1", "c2"]
+                .iter()
+                .find(|c| doc.contains(&format!("clusterName: {c}\n"))),
+        ) {
+            (true, Some(c)) => inv.entry(c).or_default(),
+            _ => &mut mesh,
+        };
+        out.push_str(doc);
+        out.push_str("---\n");
+    }
+    dir.write("mesh/web.yaml", &mesh).unwrap();
+    for (c, text) in inv {
+        dir.write(&format!("inventory/{c}/web.yaml"), &text)
+            .unwrap();
+    }
+}
+
+/// `routerd publish` with `args`; (exit code, stdout, stderr).
+fn publish(etcd: &Etcd, url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("routerd"))
+        .arg("publish")
+        .args(etcd.store_args(url))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn publish_ok(etcd: &Etcd, url: &str, args: &[&str]) -> String {
+    let (code, out, err) = publish(etcd, url, args);
+    assert_eq!(code, 0, "publish {args:?} failed: {out}{err}");
+    out
+}
+
+/// Publish both clusters' inventories, then the mesh-wide config.
+fn publish_all(etcd: &Etcd, url: &str, dir: &TempDir) {
+    for c in ["c1", "c2"] {
+        let inv = dir.path.join(format!("inventory/{c}"));
+        publish_ok(
+            etcd,
+            url,
+            &["--cluster", c, "--inventory", inv.to_str().unwrap()],
+        );
+    }
+    publish_ok(
+        etcd,
+        url,
+        &["--config", dir.path.join("mesh").to_str().unwrap()],
+    );
+}
+
+/// A node on the store alone (no config files).
+fn node(world: &World, etcd: &Etcd, url: &str, snapshot: &std::path::Path) -> Routerd {
+    let mut extra: Vec<String> = etcd.store_args(url);
+    extra.push("--store-snapshot".into());
+    extra.push(snapshot.display().to_string());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut r = Routerd::new(
+        &world.tag,
+        std::path::Path::new("unused"),
+        &world.cgroup.path,
+        &extra,
+    );
+    // No --config: the store is the only source.
+    let at = r.args.iter().position(|a| a == "--config").unwrap();
+    r.args.drain(at..at + 2);
+    r.spawn().unwrap();
+    r
+}
+
+fn web_vip(r: &Routerd) -> std::net::SocketAddr {
+    let plan = router_user::state::read_plan(&r.state_dir).expect("the node recorded its plan");
+    vip(&plan, "web.t.mesh", 8080, false)
+}
+
+fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
+    let t = tally(
+        &world
+            .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
+            .unwrap(),
+    );
+    assert_eq!(t.len(), 1, "expected one backend: {t:?}");
+    t.into_keys().next().unwrap()
+}
+
+fn status(r: &Routerd) -> router_user::state::StoreStatus {
+    router_user::state::read_store_status(&r.state_dir).expect("the node records store.json")
+}
+
+/// Wait until the node says it serves `revision` (and is connected).
+fn wait_served(r: &Routerd, revision: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(r);
+        if s.served_revision >= revision && s.connected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not reach revision {revision}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
+    require_root();
+    let world = World::new(&listens()).unwrap();
+    let mut etcd = Etcd::start(3, false).unwrap();
+    let url = etcd.url("mesh");
+    write_split(&world.dir, true);
+    publish_all(&etcd, &url, &world.dir);
+    let snap = world.dir.path.join("snapshot");
+    let r = node(&world, &etcd, &url, &snap);
+    let vip = web_vip(&r);
+    assert_eq!(only(&world, vip, 10), "e1");
+    let s = status(&r);
+    assert_eq!(s.served_revision, etcd.revision().unwrap(), "{s:?}");
+    assert!(s.objects >= 5, "{s:?}");
+
+    // Cluster c1's inventory changes (e1 not ready): applied, incrementally.
+    write_split(&world.dir, false);
+    let mark = r.log_len();
+    let out = publish_ok(
+        &etcd,
+        &url,
+        &[
+            "--cluster",
+            "c1",
+            "--inventory",
+            world.dir.path.join("inventory/c1").to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("1 changed"), "{out}");
+    r.wait_event(mark, Event::is_applied).unwrap();
+    assert_eq!(only(&world, vip, 10), "e2");
+
+    // An invalid mesh-wide config: the same file:line errors as check,
+    // and nothing written anywhere.
+    let before = etcd.revision().unwrap();
+    let generation = r.inspect().unwrap().generation;
+    world
+        .dir
+        .write(
+            "mesh/bad.yaml",
+            "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hosts: [x.t.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: nope}}]}\n",
+        )
+        .unwrap();
+    let (code, out, err) = publish(
+        &etcd,
+        &url,
+        &["--config", world.dir.path.join("mesh").to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("bad.yaml:7"), "names the file and line: {err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(etcd.revision().unwrap(), before, "nothing was written");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        r.inspect().unwrap().generation,
+        generation,
+        "nothing changed on the node"
+    );
+    std::fs::remove_file(world.dir.path.join("mesh/bad.yaml")).unwrap();
+
+    // A member killed under the node (whichever it follows): the node
+    // keeps serving, and follows the next publish through the others.
+    etcd.kill(0);
+    assert_eq!(only(&world, vip, 5), "e2");
+    write_split(&world.dir, true);
+    let mark = r.log_len();
+    let url12 = etcd.url_of(&[1, 2], "mesh");
+    publish_ok(
+        &etcd,
+        &url12,
+        &[
+            "--cluster",
+            "c1",
+            "--inventory",
+            world.dir.path.join("inventory/c1").to_str().unwrap(),
+        ],
+    );
+    r.wait_event(mark, Event::is_applied).unwrap();
+    assert_eq!(only(&world, vip, 10), "e1");
+    wait_served(&r, etcd.revision().unwrap());
+    // The snapshot holds every key the node accepted.
+    let files = std::fs::read_dir(&snap).unwrap().count();
+    assert!(files > s.objects, "{files} files in the snapshot");
+}
+
+#[test]
+fn tls_a_node_starts_from_its_snapshot_and_a_compaction_is_a_relist() {
+    require_root();
+    let world = World::new(&listens()).unwrap();
+    let mut etcd = Etcd::start(3, true).unwrap();
+    let url = etcd.url("mesh");
+    write_split(&world.dir, true);
+    publish_all(&etcd, &url, &world.dir);
+    // The node follows member 2 only.
+    let url2 = etcd.url_of(&[2], "mesh");
+    let snap = world.dir.path.join("snapshot");
+    let mut r = node(&world, &etcd, &url2, &snap);
+    let vip = web_vip(&r);
+    assert_eq!(only(&world, vip, 10), "e1");
+    wait_served(&r, etcd.revision().unwrap());
+
+    // Its member goes; config changes and is compacted meanwhile.
+    etcd.kill(2);
+    let url01 = etcd.url_of(&[0, 1], "mesh");
+    let c1 = world.dir.path.join("inventory/c1");
+    let c1 = c1.to_str().unwrap();
+    write_split(&world.dir, false);
+    publish_ok(&etcd, &url01, &["--cluster", "c1", "--inventory", c1]);
+    // (A key outside the prefix moves the revision on, so that compacting
+    // at the latest one removes the publish's revision too.)
+    etcd.ctl(&["put", "/elsewhere/key", "x"]).unwrap();
+    let rev = etcd.revision().unwrap();
+    etcd.ctl(&["compact", &rev.to_string(), "--physical"])
+        .unwrap();
+    assert_eq!(
+        only(&world, vip, 5),
+        "e1",
+        "the last accepted config keeps serving"
+    );
+    // The member is back: the node's watch resumes from a compacted
+    // revision, so it lists again and applies what changed (no flush).
+    let mark = r.log_len();
+    etcd.restart(2).unwrap();
+    r.wait_log(mark, "compacted past this node's revision")
+        .unwrap();
+    let applied = r.wait_event(mark, Event::is_applied).unwrap();
+    assert!(
+        matches!(&applied, Event::Applied { removed: 0, .. }),
+        "{applied:?}"
+    );
+    assert_eq!(only(&world, vip, 10), "e2");
+    wait_served(&r, rev);
+    let s = status(&r);
+    assert!(
+        s.lists >= 2,
+        "listed at start and after the compaction: {s:?}"
+    );
+
+    // A restart while its member is down: from the snapshot, with a
+    // warning, serving what the node last accepted.
+    etcd.kill(2);
+    write_split(&world.dir, true);
+    publish_ok(&etcd, &url01, &["--cluster", "c1", "--inventory", c1]);
+    let mark = r.log_len();
+    r.terminate().unwrap();
+    r.spawn().unwrap();
+    r.wait_log(mark, "starting from the local snapshot")
+        .unwrap();
+    assert_eq!(only(&world, vip, 5), "e2");
+    assert!(status(&r).from_snapshot);
+    // The member is back: the node catches up.
+    let mark = r.log_len();
+    etcd.restart(2).unwrap();
+    r.wait_event(mark, Event::is_applied).unwrap();
+    assert_eq!(only(&world, vip, 10), "e1");
+    wait_served(&r, etcd.revision().unwrap());
+    assert!(!status(&r).from_snapshot);
+}
