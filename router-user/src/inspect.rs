@@ -80,6 +80,9 @@ pub struct Report {
     pub ejected_fallback: u64,
     /// Kernel ejections the daemon was not told of (ring buffer full).
     pub ejections_lost: u64,
+    /// Where the node stands against etcd, when it follows it (`--store`).
+    #[serde(default)]
+    pub store: Option<crate::state::StoreStatus>,
 }
 
 pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
@@ -169,7 +172,39 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
         out_of_service: crate::state::read_health(state_dir),
         ejected_fallback: g.ejected_fallback,
         ejections_lost: g.ejections_lost,
+        store: crate::state::read_store_status(state_dir),
     })
+}
+
+/// The node against etcd, in one line.
+pub fn render_store(s: &crate::state::StoreStatus) -> String {
+    let behind = s.store_revision - s.served_revision;
+    format!(
+        "config from {}: serving revision {}, store at {}{}; {}; {} objects, {} list(s){}",
+        s.store,
+        s.served_revision,
+        s.store_revision,
+        if behind > 0 {
+            format!(" ({behind} behind)")
+        } else {
+            " (up to date)".to_string()
+        },
+        if s.connected {
+            "connected".to_string()
+        } else {
+            format!(
+                "NOT CONNECTED ({}): serving the last accepted config",
+                s.error.as_deref().unwrap_or("connecting")
+            )
+        },
+        s.objects,
+        s.lists,
+        if s.from_snapshot {
+            "; started from the local snapshot"
+        } else {
+            ""
+        }
+    )
 }
 
 pub fn render(r: &Report) -> String {
@@ -179,6 +214,9 @@ pub fn render(r: &Report) -> String {
         "datapath {} attached to cgroup {} (generation {})",
         r.dir, r.cgroup, r.generation
     );
+    if let Some(s) = &r.store {
+        let _ = writeln!(o, "{}", render_store(s));
+    }
     let _ = writeln!(
         o,
         "{:<44} {:<30} {:>6} {:>9} {:>9} {:>10}",

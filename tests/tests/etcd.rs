@@ -127,8 +127,12 @@ fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
     t.into_keys().next().unwrap()
 }
 
+/// Where the node stands against etcd, as `routerd inspect --json` says.
 fn status(r: &Routerd) -> router_user::state::StoreStatus {
-    router_user::state::read_store_status(&r.state_dir).expect("the node records store.json")
+    r.inspect()
+        .unwrap()
+        .store
+        .expect("inspect shows the store of a node that follows etcd")
 }
 
 /// Wait until the node says it serves `revision` (and is connected).
@@ -162,6 +166,21 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     let s = status(&r);
     assert_eq!(s.served_revision, etcd.revision().unwrap(), "{s:?}");
     assert!(s.objects >= 5, "{s:?}");
+    let text = run(std::process::Command::new(bin("routerd")).args([
+        "inspect",
+        "--pin-root",
+        &r.pin_root.display().to_string(),
+        "--state-dir",
+        &r.state_dir.display().to_string(),
+    ]))
+    .unwrap();
+    assert!(
+        text.contains(&format!(
+            "config from {url}: serving revision {0}, store at {0} ",
+            s.served_revision
+        )) && text.contains("(up to date); connected"),
+        "{text}"
+    );
 
     // Cluster c1's inventory changes (e1 not ready): applied, incrementally.
     write_split(&world.dir, false);
