@@ -1036,6 +1036,14 @@ impl Routerd {
         }
     }
 
+    /// Read no config files: the store (`--store`, among `extra`) is the
+    /// only source.
+    pub fn without_config(&mut self) {
+        if let Some(at) = self.args.iter().position(|a| a == "--config") {
+            self.args.drain(at..at + 2);
+        }
+    }
+
     /// (Re)start the process with the same arguments and wait until ready.
     pub fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin("routerd"));

@@ -105,9 +105,7 @@ fn node(world: &World, etcd: &Etcd, url: &str, snapshot: &std::path::Path) -> Ro
         &world.cgroup.path,
         &extra,
     );
-    // No --config: the store is the only source.
-    let at = r.args.iter().position(|a| a == "--config").unwrap();
-    r.args.drain(at..at + 2);
+    r.without_config();
     r.spawn().unwrap();
     r
 }

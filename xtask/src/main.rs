@@ -34,7 +34,12 @@ enum Cmd {
     },
     /// The demo: a two-cluster world in network namespaces, routerd on
     /// configs/, real clients by VIP; cleans up after itself.
-    Demo,
+    Demo {
+        /// The same demo with the config in etcd: a 3-member etcd with TLS,
+        /// `routerd publish`, and routerd following it (no config files).
+        #[arg(long)]
+        store: bool,
+    },
     /// Formatting and clippy (-D warnings) for both workspaces.
     Lint,
     /// Benchmarks, side by side with the alternatives; writes docs/benchmarks.md.
@@ -350,13 +355,14 @@ fn fuzz(secs: u64, targets: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn demo() -> Result<()> {
+fn demo(store: bool) -> Result<()> {
     require_root("the demo")?;
     build(false)?;
     let root = root();
     run(Command::new(root.join("target/debug/rt-demo"))
         .current_dir(&root)
         .args(["--config", "configs"])
+        .args(store.then_some("--store"))
         .env("RUST_BACKTRACE", "0")
         .env("ROUTERD_QUIET", "1"))
 }
@@ -413,7 +419,7 @@ fn dispatch() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Build { release } => build(release),
-        Cmd::Demo => demo(),
+        Cmd::Demo { store } => demo(store),
         Cmd::Lint => lint(),
         Cmd::VmTest { kernels, suites } => {
             build_ebpf()?;

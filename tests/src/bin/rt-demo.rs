@@ -15,6 +15,24 @@ struct Args {
     /// The example config.
     #[arg(long, default_value = "configs")]
     config: PathBuf,
+    /// Serve the config from etcd: a 3-member etcd with TLS, the config
+    /// published to it, routerd following it (no config files).
+    #[arg(long)]
+    store: bool,
+}
+
+/// `routerd publish` of the demo's config to the demo's etcd; prints what
+/// it says.
+fn publish(bin: &std::path::Path, etcd: &etcd::Etcd, config: &std::path::Path) -> Result<()> {
+    let out = run(Command::new(bin)
+        .arg("publish")
+        .args(etcd.store_args(&etcd.url("mesh")))
+        .arg("--config")
+        .arg(config))?;
+    for l in out.lines() {
+        println!("  {l}");
+    }
+    Ok(())
 }
 
 /// Copy the example config to a directory of root's that only root can
@@ -348,12 +366,28 @@ fn demo() -> Result<()> {
         .local_addr()?
         .port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let mut routerd = Routerd::start(
-        &world.tag,
-        &config,
-        &world.cgroup.path,
-        &["--metrics-addr", &metrics_addr],
-    )?;
+    let mut extra = vec!["--metrics-addr".to_string(), metrics_addr.clone()];
+    let etcd = if args.store {
+        heading("etcd: a 3-member cluster on loopback with TLS; the config is published to it");
+        let etcd = etcd::Etcd::start(3, true)?;
+        println!(
+            "  etcd members at {} (client certificates signed by a CA made for the demo)",
+            etcd.url("mesh")
+        );
+        publish(&routerd_bin, &etcd, &config)?;
+        extra.extend(etcd.store_args(&etcd.url("mesh")));
+        extra.push("--store-snapshot".into());
+        extra.push(world.dir.path.join("store-snapshot").display().to_string());
+        Some(etcd)
+    } else {
+        None
+    };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut routerd = Routerd::new(&world.tag, &config, &world.cgroup.path, &extra);
+    if etcd.is_some() {
+        routerd.without_config();
+    }
+    routerd.spawn()?;
     println!(
         "started: routerd {} (ready in {:.0} ms)",
         routerd.args.join(" "),
@@ -544,16 +578,25 @@ fn demo() -> Result<()> {
         p.error.clone().unwrap_or_default()
     );
 
-    heading(
-        "live failover: app-b's cluster-1 instance becomes ready (config edited, routerd reloads)",
-    );
+    heading(if etcd.is_some() {
+        "live failover: app-b's cluster-1 instance becomes ready (config edited and published; \
+         routerd follows etcd)"
+    } else {
+        "live failover: app-b's cluster-1 instance becomes ready (config edited, routerd reloads)"
+    });
     let mark = routerd.log_len();
     set_app_b_ready(&config, true)?;
+    if let Some(etcd) = &etcd {
+        publish(&routerd_bin, etcd, &config)?;
+    }
     routerd.wait_event(mark, |e| matches!(e, Event::Applied { .. }))?;
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (the same zone is preferred again)");
     let mark = routerd.log_len();
     set_app_b_ready(&config, false)?;
+    if let Some(etcd) = &etcd {
+        publish(&routerd_bin, etcd, &config)?;
+    }
     routerd.wait_event(mark, |e| matches!(e, Event::Applied { .. }))?;
     let b = show_curls(&world, "app-b.shop.mesh.internal", 8080, false, 3)?;
     println!("  => {b:?} (back to cluster-2)");
@@ -630,6 +673,7 @@ fn demo() -> Result<()> {
     drop(routerd);
     drop(pods);
     drop(world);
+    drop(etcd);
     println!("  removed the namespaces, the cgroup, the pinned maps and links, and the temp files");
     Ok(())
 }
