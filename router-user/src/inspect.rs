@@ -416,7 +416,41 @@ mod tests {
             out_of_service: BTreeMap::new(),
             ejected_fallback: 0,
             ejections_lost: 0,
+            store: None,
         }
+    }
+
+    #[test]
+    fn the_store_line_says_how_far_behind_and_why() {
+        let mut s = crate::state::StoreStatus {
+            store: "etcd://a:2379/mesh".into(),
+            served_revision: 40,
+            store_revision: 42,
+            connected: false,
+            error: Some("tcp connect error".into()),
+            lists: 2,
+            objects: 7,
+            from_snapshot: true,
+        };
+        assert_eq!(
+            render_store(&s),
+            "config from etcd://a:2379/mesh: serving revision 40, store at 42 (2 behind); NOT \
+             CONNECTED (tcp connect error): serving the last accepted config; 7 objects, 2 \
+             list(s); started from the local snapshot"
+        );
+        s.served_revision = 42;
+        s.connected = true;
+        s.from_snapshot = false;
+        assert!(render_store(&s).contains("store at 42 (up to date); connected; 7 objects"));
+        let mut r = report(&[]);
+        r.store = Some(s);
+        assert!(
+            render(&r)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("config from etcd://a:2379/mesh")
+        );
     }
 
     #[test]

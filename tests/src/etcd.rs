@@ -144,6 +144,12 @@ impl Etcd {
             // One publish is one transaction (README, "Many nodes: etcd").
             .args(["--max-txn-ops", "100000"])
             .args(["--max-request-bytes", "67108864"])
+            .args([
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000",
+            ])
             // Elections in well under a second on loopback.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args([

@@ -145,3 +145,37 @@ fn flags_in_other_programs_commands_are_not_ours() {
         ]
     );
 }
+
+/// The deployment examples run `routerd run` with flags it has.
+#[test]
+fn the_deploy_examples_use_routerds_flags() {
+    let mut routerd = BTreeMap::new();
+    flags(&router_user::cli::command(), &mut routerd);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/");
+    let mut seen = 0;
+    for f in [
+        "systemd/routerd.service",
+        "kubernetes/routerd-daemonset.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}{f}")).expect(f);
+        for (i, line) in text.lines().enumerate() {
+            // Comments show other programs' commands (kubectl, systemctl).
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            for word in line.split([' ', '=', '"', '[', ']', ',']) {
+                if let Some(flag) = word.strip_prefix("--")
+                    && !flag.is_empty()
+                {
+                    seen += 1;
+                    assert!(
+                        routerd.contains_key(flag),
+                        "deploy/{f}:{}: --{flag} is not a flag of routerd",
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+    assert!(seen > 10, "the examples pass flags ({seen})");
+}
