@@ -1070,13 +1070,6 @@ impl Daemon {
         }
         let mut workloads = WorkloadWatch::new(&opts.workloads_dir, !opts.allow_untrusted_config)?;
         sync_workloads(&mut serving, &mut workloads, false, &opts.state_dir).await;
-        Event::Ready {
-            startup: startup.to_string(),
-            compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
-            listeners: serving.proxy.ports(),
-            fd_limit: fds.limit,
-        }
-        .emit();
         let store = match &opts.store {
             Some(run) => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -1122,7 +1115,15 @@ impl Daemon {
             workloads,
             store,
         };
+        // (Where it stands against etcd is recorded before it says ready.)
         d.store_status();
+        Event::Ready {
+            startup: startup.to_string(),
+            compile_and_load_ms: started.elapsed().as_secs_f64() * 1e3,
+            listeners: d.serving.proxy.ports(),
+            fd_limit: fds.limit,
+        }
+        .emit();
         Ok(d)
     }
 
@@ -1157,6 +1158,7 @@ impl Daemon {
             error: link.error,
             lists: link.lists,
             objects: src.len(),
+            pending: src.pending_len(),
             from_snapshot: st.from_snapshot,
         };
         state::write_store_status(&self.opts.state_dir, &status);

@@ -178,24 +178,23 @@ pub fn read(pins: &Pins, state_dir: &Path) -> Result<Report> {
 
 /// The node against etcd, in one line.
 pub fn render_store(s: &crate::state::StoreStatus) -> String {
-    let behind = s.store_revision - s.served_revision;
     format!(
-        "config from {}: serving revision {}, store at {}{}; {}; {} objects, {} list(s){}",
+        "config from {}: serving revision {} (store at {}); {}; {} objects, {} list(s){}",
         s.store,
         s.served_revision,
         s.store_revision,
-        if behind > 0 {
-            format!(" ({behind} behind)")
-        } else {
-            " (up to date)".to_string()
-        },
-        if s.connected {
-            "connected".to_string()
-        } else {
+        if !s.connected {
             format!(
                 "NOT CONNECTED ({}): serving the last accepted config",
                 s.error.as_deref().unwrap_or("connecting")
             )
+        } else if s.pending > 0 {
+            format!(
+                "connected, {} key(s) received and not applied (refused? see the log)",
+                s.pending
+            )
+        } else {
+            "connected, up to date".to_string()
         },
         s.objects,
         s.lists,
@@ -430,18 +429,20 @@ mod tests {
             error: Some("tcp connect error".into()),
             lists: 2,
             objects: 7,
+            pending: 0,
             from_snapshot: true,
         };
         assert_eq!(
             render_store(&s),
-            "config from etcd://a:2379/mesh: serving revision 40, store at 42 (2 behind); NOT \
-             CONNECTED (tcp connect error): serving the last accepted config; 7 objects, 2 \
-             list(s); started from the local snapshot"
+            "config from etcd://a:2379/mesh: serving revision 40 (store at 42); NOT CONNECTED \
+             (tcp connect error): serving the last accepted config; 7 objects, 2 list(s); \
+             started from the local snapshot"
         );
-        s.served_revision = 42;
         s.connected = true;
         s.from_snapshot = false;
-        assert!(render_store(&s).contains("store at 42 (up to date); connected; 7 objects"));
+        assert!(render_store(&s).contains("(store at 42); connected, up to date; 7 objects"));
+        s.pending = 3;
+        assert!(render_store(&s).contains("connected, 3 key(s) received and not applied"));
         let mut r = report(&[]);
         r.store = Some(s);
         assert!(

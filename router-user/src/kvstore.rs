@@ -231,7 +231,9 @@ pub async fn follow(
             Err(e) => {
                 down(&e);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // At most a second: a node cut off converges within about
+                // a second of the link coming back.
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -44,6 +44,10 @@ pub struct StoreStatus {
     pub lists: u64,
     /// Objects the node holds from the store.
     pub objects: usize,
+    /// Keys received and not applied yet (a change being applied, or one
+    /// the node refused: its errors are in the log).
+    #[serde(default)]
+    pub pending: usize,
     /// Started from the local snapshot, not yet caught up with etcd.
     pub from_snapshot: bool,
 }

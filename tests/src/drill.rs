@@ -29,6 +29,12 @@ pub struct Scale {
     pub churn_services: usize,
     pub churn_rate: u64,
     pub churn_secs: f64,
+    /// The fleet drill: nodes, publishes measured, seconds a node is cut
+    /// off from etcd, new connections per second on each loaded node.
+    pub fleet_nodes: usize,
+    pub fleet_publishes: usize,
+    pub fleet_cut_secs: u64,
+    pub fleet_rate: u64,
 }
 
 impl Scale {
@@ -40,6 +46,10 @@ impl Scale {
         churn_services: 500,
         churn_rate: 200,
         churn_secs: 5.0,
+        fleet_nodes: 6,
+        fleet_publishes: 10,
+        fleet_cut_secs: 5,
+        fleet_rate: 50,
     };
     pub const FULL: Scale = Scale {
         reloads: 300,
@@ -49,6 +59,10 @@ impl Scale {
         churn_services: 10_000,
         churn_rate: 500,
         churn_secs: 30.0,
+        fleet_nodes: 20,
+        fleet_publishes: 100,
+        fleet_cut_secs: 30,
+        fleet_rate: 100,
     };
 }
 
@@ -59,17 +73,21 @@ pub struct Figures {
     pub rows: Vec<(&'static str, String)>,
     /// Runs side by side (a header, then one row per run), after the rows.
     pub table: Vec<Vec<String>>,
+    /// Files to write beside the report (name, content: a plot), shown
+    /// after the table.
+    pub files: Vec<(String, String)>,
 }
 
 impl Figures {
-    fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         Figures {
             name,
             rows: Vec::new(),
             table: Vec::new(),
+            files: Vec::new(),
         }
     }
-    fn add(&mut self, k: &'static str, v: impl ToString) {
+    pub(crate) fn add(&mut self, k: &'static str, v: impl ToString) {
         self.rows.push((k, v.to_string()));
     }
     fn churn(&mut self, c: &Churn) {
@@ -102,7 +120,17 @@ impl Load {
         rate: u64,
         conns: u64,
     ) -> Result<Load> {
-        let mut cmd = world.client(bin("rt-probe"));
+        Self::start_cmd(world.client(bin("rt-probe")), targets, rate, conns)
+    }
+
+    /// The same, with `cmd` (rt-probe, in the namespace and cgroup it
+    /// should run in).
+    pub fn start_cmd(
+        mut cmd: std::process::Command,
+        targets: &[(SocketAddr, &[&str])],
+        rate: u64,
+        conns: u64,
+    ) -> Result<Load> {
         cmd.args([
             "churn",
             "--conns",
@@ -913,13 +941,14 @@ pub fn endpoint_churn(s: Scale) -> Result<Figures> {
 
 /// Every drill, in order.
 pub type DrillFn = fn(Scale) -> Result<Figures>;
-pub const ALL: [(&str, DrillFn); 6] = [
+pub const ALL: [(&str, DrillFn); 7] = [
     ("reload_churn", reload_churn),
     ("kill_restart", kill_restart),
     ("endpoint_failover", endpoint_failover),
     ("hostile_configs", hostile_configs),
     ("size_limits", size_limits),
     ("endpoint_churn", endpoint_churn),
+    ("fleet", crate::fleet::fleet),
 ];
 
 /// Markdown for the report.
@@ -938,6 +967,9 @@ pub fn markdown(results: &[Figures]) -> String {
                 md += &format!("| {} |\n", r.join(" | "));
             }
             md += "\n";
+        }
+        for (name, _) in &f.files {
+            md += &format!("![{}]({name})\n\n", f.name);
         }
     }
     md

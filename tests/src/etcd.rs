@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{TempDir, unique};
+use crate::{Listen, Routerd, TempDir, bin, local_vd, locality_policy, two_zones, unique, web};
 
 /// The files of the TLS set-up.
 #[derive(Clone, Debug)]
@@ -278,6 +278,54 @@ impl Etcd {
         self.spawn(i)
     }
 
+    /// `routerd publish` to `url` with `args`: (exit code, stdout, stderr).
+    pub fn publish(&self, url: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = Command::new(bin("routerd"))
+            .arg("publish")
+            .args(self.store_args(url))
+            .args(args)
+            .output()
+            .context("running routerd publish")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// [`Etcd::publish`], which must succeed: what it printed.
+    pub fn publish_ok(&self, url: &str, args: &[&str]) -> Result<String> {
+        let (code, out, err) = self.publish(url, args)?;
+        if code != 0 {
+            bail!("publish {args:?} failed ({code}): {out}{err}");
+        }
+        Ok(out)
+    }
+
+    /// Which member leads now.
+    pub fn leader(&self) -> Result<usize> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        for e in v.as_array().context("etcdctl endpoint status: a list")? {
+            let st = &e["Status"];
+            if st["header"]["member_id"] == st["leader"] {
+                let ep = e["Endpoint"].as_str().unwrap_or_default();
+                let port: u16 = ep.rsplit(':').next().unwrap_or_default().parse()?;
+                return self
+                    .members
+                    .iter()
+                    .position(|m| m.client_port == port)
+                    .context("the leader is no member of ours");
+            }
+        }
+        bail!("no member says it leads: {out}")
+    }
+
+    /// Each member's client port.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client_port).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }
@@ -293,4 +341,88 @@ impl Drop for Etcd {
             self.kill(i);
         }
     }
+}
+
+/// The world of the etcd tests and the fleet drill (the lifecycle tests'):
+/// `web.t.mesh` over endpoints in the node's zone (e1), another zone (e2)
+/// and another region (west).
+pub fn mesh_config(ready_e1: bool) -> String {
+    two_zones(ready_e1)
+        .with(web("c2", "west", "web-2", &[("10.2.0.1", "w1", true)]))
+        .with(local_vd("web", "web.t.mesh", "web", 8080, "HTTP"))
+        .with(locality_policy())
+        .yaml()
+}
+
+/// Its backends.
+pub fn mesh_listens() -> Vec<Listen> {
+    vec![
+        Listen::tcp("10.1.0.1:8080", "e1"),
+        Listen::tcp("10.1.1.1:8080", "e2"),
+        Listen::tcp("10.2.0.1:8080", "west"),
+    ]
+}
+
+/// [`mesh_config`] split as a mesh publishes it: `mesh/` (the mesh-wide
+/// objects) and `inventory/<cluster>/` (each cluster's).
+pub fn write_mesh(dir: &TempDir, ready_e1: bool) -> Result<()> {
+    let mut mesh = String::new();
+    let mut inv: std::collections::BTreeMap<&str, String> = Default::default();
+    for doc in mesh_config(ready_e1).split("---\n") {
+        if doc.trim().is_empty() {
+            continue;
+        }
+        let inventory = doc.contains("kind: Service\n") || doc.contains("kind: EndpointSlice\n");
+        let cluster = ["c1", "c2"]
+            .into_iter()
+            .find(|c| doc.contains(&format!("clusterName: {c}\n")));
+        let out = match (inventory, cluster) {
+            (true, Some(c)) => inv.entry(c).or_default(),
+            _ => &mut mesh,
+        };
+        out.push_str(doc);
+        out.push_str("---\n");
+    }
+    dir.write("mesh/web.yaml", &mesh)?;
+    for (c, text) in inv {
+        dir.write(&format!("inventory/{c}/web.yaml"), &text)?;
+    }
+    Ok(())
+}
+
+/// Publish both clusters' inventories, then the mesh-wide config, from
+/// [`write_mesh`]'s directory.
+pub fn publish_mesh(etcd: &Etcd, url: &str, dir: &TempDir) -> Result<()> {
+    for c in ["c1", "c2"] {
+        let inv = dir.path.join(format!("inventory/{c}"));
+        etcd.publish_ok(
+            url,
+            &["--cluster", c, "--inventory", &inv.display().to_string()],
+        )?;
+    }
+    etcd.publish_ok(
+        url,
+        &["--config", &dir.path.join("mesh").display().to_string()],
+    )?;
+    Ok(())
+}
+
+/// A node on the store alone (no config files), started and ready.
+pub fn store_node(
+    tag: &str,
+    cgroup: &std::path::Path,
+    etcd: &Etcd,
+    url: &str,
+    snapshot: &std::path::Path,
+    extra: &[&str],
+) -> Result<Routerd> {
+    let mut args: Vec<String> = etcd.store_args(url);
+    args.push("--store-snapshot".into());
+    args.push(snapshot.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut r = Routerd::new(tag, std::path::Path::new("unused"), cgroup, &args);
+    r.without_config();
+    r.spawn()?;
+    Ok(r)
 }

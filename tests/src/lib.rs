@@ -14,6 +14,7 @@
 pub mod churn;
 pub mod drill;
 pub mod etcd;
+pub mod fleet;
 pub mod grpc;
 pub mod prom;
 

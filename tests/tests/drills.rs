@@ -3,7 +3,7 @@
 //! dies, hostile configs arrive, configs outgrow the maps and endpoints
 //! churn over hundreds of services. Each fails on
 //! any failed or misrouted connection.
-use router_tests::{drill::*, require_root};
+use router_tests::{drill::*, fleet, require_root};
 
 fn run(f: DrillFn) {
     require_root();
@@ -39,4 +39,9 @@ fn configs_that_outgrow_the_maps_are_refused_whole() {
 #[test]
 fn endpoint_churn_under_load_loses_nothing_and_keeps_up() {
     run(endpoint_churn);
+}
+
+#[test]
+fn a_fleet_on_etcd_converges_through_failures_and_loses_nothing() {
+    run(fleet::fleet);
 }

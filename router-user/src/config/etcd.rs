@@ -448,8 +448,13 @@ pub struct EtcdSource {
     accepted: HashMap<String, KeyState>,
     /// Keys changed and not yet accepted, with their value (`None`: gone).
     pending: BTreeMap<String, Option<String>>,
-    /// The revision of the last accepted read, and the latest seen.
+    /// The revision of the config accepted: of the last list or events
+    /// accepted (a progress notice moves nothing here: etcd may send one
+    /// before it says that a resumed watch's revision was compacted).
     served: i64,
+    /// The highest revision a list or events brought.
+    brought: i64,
+    /// The latest revision the store said it is at (progress notices too).
     seen: i64,
 }
 
@@ -460,6 +465,7 @@ impl EtcdSource {
             accepted: HashMap::new(),
             pending: BTreeMap::new(),
             served: 0,
+            brought: 0,
             seen: 0,
         }
     }
@@ -492,12 +498,19 @@ impl EtcdSource {
         !self.pending.is_empty()
     }
 
+    /// Keys received and not accepted yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Take in what the watch brought; whether there are keys to read now
-    /// (with none, the node is at the store's revision already).
+    /// (with none after a list or events, the node serves their revision
+    /// already).
     pub fn received(&mut self, b: Batch) -> bool {
+        let progress = matches!(b, Batch::Progress { .. });
         self.take(b);
-        if self.pending.is_empty() {
-            self.served = self.served.max(self.seen);
+        if self.pending.is_empty() && !progress {
+            self.served = self.served.max(self.brought);
         }
         !self.pending.is_empty()
     }
@@ -527,12 +540,14 @@ impl EtcdSource {
                         self.pending.insert(k, Some(v));
                     }
                 }
+                self.brought = self.brought.max(revision);
                 self.seen = self.seen.max(revision);
             }
             Batch::Events { revision, events } => {
                 for (k, v) in events {
                     self.pending.insert(k, v);
                 }
+                self.brought = self.brought.max(revision);
                 self.seen = self.seen.max(revision);
             }
             Batch::Progress { revision } => self.seen = self.seen.max(revision),
@@ -544,7 +559,7 @@ impl EtcdSource {
     pub fn read(&self) -> Result<EtcdReading, ConfigError> {
         let mut diags = Diags::default();
         let mut r = EtcdReading {
-            revision: self.seen,
+            revision: self.brought,
             ..Default::default()
         };
         let items: Vec<(&String, &Option<String>)> = self.pending.iter().collect();

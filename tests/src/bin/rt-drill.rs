@@ -66,11 +66,18 @@ fn main() -> std::process::ExitCode {
         let _ = writeln!(md, "**FAILED** {f}\n");
     }
     print!("{md}");
-    if let Some(out) = &args.out
-        && let Err(e) = std::fs::write(out, &md)
-    {
-        eprintln!("rt-drill: writing {}: {e}", out.display());
-        return std::process::ExitCode::FAILURE;
+    if let Some(out) = &args.out {
+        let dir = out.parent().unwrap_or(std::path::Path::new("."));
+        let files = results.iter().flat_map(|f| &f.files);
+        for (name, text) in files
+            .map(|(n, t)| (dir.join(n), t))
+            .chain([(out.clone(), &md)])
+        {
+            if let Err(e) = std::fs::write(&name, text) {
+                eprintln!("rt-drill: writing {}: {e}", name.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        }
     }
     if failed.is_empty() {
         std::process::ExitCode::SUCCESS
