@@ -1161,6 +1161,14 @@ impl Daemon {
             pending: src.pending_len(),
             from_snapshot: st.from_snapshot,
         };
+        let t = &self.serving.telemetry;
+        t.store_served_revision.set(status.served_revision);
+        t.store_revision.set(status.store_revision);
+        t.store_connected.set(i64::from(status.connected));
+        t.store_pending_keys
+            .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
+        t.store_lists
+            .inc_by(status.lists.saturating_sub(t.store_lists.get()));
         state::write_store_status(&self.opts.state_dir, &status);
     }
 

@@ -111,6 +111,12 @@ pub struct Telemetry {
     pub avoided_endpoints: Gauge,
     pub out_of_service: Family<OutLabels, Gauge>,
     pub access_log_lines: Family<ResultLabels, Counter>,
+    /// With `--store`: where the node stands against etcd (0 without).
+    pub store_served_revision: Gauge,
+    pub store_revision: Gauge,
+    pub store_connected: Gauge,
+    pub store_pending_keys: Gauge,
+    pub store_lists: Counter,
     build: Family<BuildLabels, Gauge>,
 }
 
@@ -133,6 +139,11 @@ impl Default for Telemetry {
             avoided_endpoints: Gauge::default(),
             out_of_service: Family::default(),
             access_log_lines: Family::default(),
+            store_served_revision: Gauge::default(),
+            store_revision: Gauge::default(),
+            store_connected: Gauge::default(),
+            store_pending_keys: Gauge::default(),
+            store_lists: Counter::default(),
             build: Family::default(),
         };
         t.build
@@ -310,6 +321,31 @@ impl Telemetry {
             "access_log_lines",
             "Access log lines (AccessLogPolicy), by result: written, or dropped (the queue to the writer was full, or the file could not be written)",
             self.access_log_lines.clone(),
+        );
+        r.register(
+            "store_served_revision",
+            "With --store: the etcd revision of the config this node serves (of the last change to its keys it applied)",
+            self.store_served_revision.clone(),
+        );
+        r.register(
+            "store_revision",
+            "With --store: the latest revision etcd reported (progress is asked for every 500 ms)",
+            self.store_revision.clone(),
+        );
+        r.register(
+            "store_connected",
+            "With --store: 1 while the node follows etcd, 0 while it cannot reach it (it serves its last accepted config)",
+            self.store_connected.clone(),
+        );
+        r.register(
+            "store_pending_keys",
+            "With --store: keys received from etcd and not applied (a change being applied, or one refused: see the log)",
+            self.store_pending_keys.clone(),
+        );
+        r.register(
+            "store_lists",
+            "With --store: lists of the whole prefix (at start, and after each compaction past this node's revision)",
+            self.store_lists.clone(),
         );
         r.register(
             "build_info",

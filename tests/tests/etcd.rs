@@ -81,7 +81,20 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     write_split(&world.dir, true);
     publish_all(&etcd, &url, &world.dir);
     let snap = world.dir.path.join("snapshot");
-    let r = node(&world, &etcd, &url, &snap);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let r = store_node(
+        &world.tag,
+        &world.cgroup.path,
+        &etcd,
+        &url,
+        &snap,
+        &["--metrics-addr", &metrics],
+    )
+    .unwrap();
     let vip = web_vip(&r);
     assert_eq!(only(&world, vip, 10), "e1");
     let s = status(&r);
@@ -102,6 +115,23 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
         )),
         "{text}"
     );
+
+    // The same as metrics.
+    let text = run(std::process::Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{metrics}/metrics"),
+    ]))
+    .unwrap();
+    for want in [
+        format!("routerd_store_served_revision {}", s.served_revision),
+        "routerd_store_connected 1".to_string(),
+        "routerd_store_pending_keys 0".to_string(),
+        "routerd_store_lists_total 1".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} in:\n{text}");
+    }
 
     // Cluster c1's inventory changes (e1 not ready): applied, incrementally.
     write_split(&world.dir, false);
