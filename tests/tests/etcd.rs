@@ -178,6 +178,37 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     );
     std::fs::remove_file(world.dir.path.join("mesh/bad.yaml")).unwrap();
 
+    // A bad key written by hand (not through publish): the node refuses
+    // it, naming the key, keeps serving, and says it holds a key it did
+    // not apply; the key deleted, it is up to date again.
+    let bad = "/mesh/v1/config/RouteTable/t/bad";
+    let mark = r.log_len();
+    etcd.ctl(&["put", bad, "kind: RouteTable\nspec: [\n"])
+        .unwrap();
+    let refused = r.wait_event(mark, Event::is_rejected).unwrap();
+    assert!(
+        refused
+            .errors()
+            .iter()
+            .any(|e| e.contains(&format!("etcd:{bad}:"))),
+        "{refused:?}"
+    );
+    assert_eq!(only(&world, vip, 5), "e2");
+    std::thread::sleep(Duration::from_millis(1200));
+    let st = status(&r);
+    assert_eq!(st.pending, 1, "{st:?}");
+    assert_eq!(
+        r.events(mark).iter().filter(|e| e.is_rejected()).count(),
+        1,
+        "refused once, not again on every progress notice"
+    );
+    let mark = r.log_len();
+    etcd.ctl(&["del", bad]).unwrap();
+    r.wait_event(mark, |e| e.is_no_change() || e.is_applied())
+        .unwrap();
+    wait_served(&r, etcd.revision().unwrap());
+    assert_eq!(status(&r).pending, 0);
+
     // A member killed under the node (whichever it follows): the node
     // keeps serving, and follows the next publish through the others.
     etcd.kill(0);

@@ -503,13 +503,18 @@ impl EtcdSource {
         self.pending.len()
     }
 
-    /// Take in what the watch brought; whether there are keys to read now
+    /// Take in what the watch brought; whether it brought keys to read
     /// (with none after a list or events, the node serves their revision
-    /// already).
+    /// already). A progress notice never asks for a read: keys a refused
+    /// read left pending wait for the next change, not for the next
+    /// notice (every 500 ms, each a whole validation and a log line).
     pub fn received(&mut self, b: Batch) -> bool {
         let progress = matches!(b, Batch::Progress { .. });
         self.take(b);
-        if self.pending.is_empty() && !progress {
+        if progress {
+            return false;
+        }
+        if self.pending.is_empty() {
             self.served = self.served.max(self.brought);
         }
         !self.pending.is_empty()
@@ -825,6 +830,10 @@ mod tests {
         let e = s.read().unwrap_err().to_string();
         assert!(e.contains("etcd key /m/v1/config/RouteTable/apps/other names RouteTable apps/other, but holds RouteTable apps/web"), "{e}");
         assert!(s.has_pending());
+        // Progress notices do not ask to read the refused keys again, and
+        // move nothing served.
+        assert!(!s.received(Batch::Progress { revision: 9 }));
+        assert_eq!((s.served(), s.seen()), (0, 9));
         // The fix arrives: read whole again.
         s.received(Batch::Events {
             revision: 4,
