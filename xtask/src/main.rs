@@ -311,6 +311,8 @@ fn drill(rest: &[String]) -> Result<()> {
 }
 
 fn fuzz(secs: u64, targets: &[String]) -> Result<()> {
+    // router-user's build needs the kernel object and protoc (set-up).
+    build_ebpf()?;
     let root = root();
     let works = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
     if !works(Command::new("cargo").args(["fuzz", "--version"])) {
