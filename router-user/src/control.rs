@@ -122,9 +122,9 @@ impl Control {
             s.commit(&mut r);
         }
         if let (Some(s), Some(mut r)) = (&mut self.etcd, etcd) {
-            s.commit(&mut r);
+            let mut values = s.commit(&mut r);
             let w = self.store_writes.get_or_insert_with(Default::default);
-            w.values.append(&mut r.values);
+            w.values.append(&mut values);
             w.revision = w.revision.max(r.revision);
         }
     }

@@ -433,10 +433,9 @@ pub struct Accepted {
 #[derive(Debug, Default)]
 pub struct EtcdReading {
     pub changes: Vec<Change>,
-    /// Keys read: their new state (`None`: gone).
-    keys: Vec<(String, Option<KeyState>)>,
-    /// The values read (`None`: gone), for the node's local snapshot.
-    pub values: Vec<(String, Option<String>)>,
+    /// Keys read: their new state (`None`: gone, or a key that holds no
+    /// object), and the hash of the value read (`None`: deleted).
+    keys: Vec<(String, Option<KeyState>, Option<u64>)>,
     /// The revision the store is at once these are applied.
     pub revision: i64,
 }
@@ -587,8 +586,9 @@ impl EtcdSource {
                     at: a.at.clone(),
                 });
             }
+            let read_hash = value.as_deref().map(value_hash);
             match (value, o) {
-                (None, _) => r.keys.push((key.clone(), None)),
+                (None, _) => r.keys.push((key.clone(), None, None)),
                 (Some(v), Some(o)) => {
                     let (kind, at) = (o.kind(), Pos::of(o.origin()));
                     if let Some(other) = taken.insert((kind, at.clone()), key) {
@@ -609,14 +609,16 @@ impl EtcdSource {
                             kind,
                             at,
                         }),
+                        read_hash,
                     ));
                     r.changes.push(Change::Upsert(Box::new(o)));
                 }
                 (Some(_), None) => {
-                    // Errors were reported (or a meta key, which holds no object).
+                    // Errors were reported (the read fails), or a meta key,
+                    // which holds no object: read, and done with.
+                    r.keys.push((key.clone(), None, read_hash));
                 }
             }
-            r.values.push((key.clone(), value.clone()));
         }
         if !taken.is_empty() {
             for (k, a) in &self.accepted {
@@ -642,24 +644,33 @@ impl EtcdSource {
         diags.into_result(r)
     }
 
-    /// The store accepted `r`'s changes.
-    pub fn commit(&mut self, r: &mut EtcdReading) {
-        for (k, a) in std::mem::take(&mut r.keys) {
-            self.pending.remove(&k);
+    /// The store accepted `r`'s changes: the keys as accepted, with their
+    /// values (`None`: gone) moved out of the pending set, for the node's
+    /// snapshot. (A key that changed again since it was read stays
+    /// pending.)
+    pub fn commit(&mut self, r: &mut EtcdReading) -> Vec<(String, Option<String>)> {
+        let mut values = Vec::with_capacity(r.keys.len());
+        for (k, a, read) in std::mem::take(&mut r.keys) {
+            let same = self
+                .pending
+                .get(&k)
+                .is_some_and(|v| v.as_deref().map(value_hash) == read);
+            // The store holds what was read, whatever came since.
             match a {
                 Some(a) => {
-                    self.accepted.insert(k, a);
+                    self.accepted.insert(k.clone(), a);
                 }
                 None => {
                     self.accepted.remove(&k);
                 }
             }
-        }
-        // Keys that hold no object (meta) are read, and done with.
-        for (k, _) in &r.values {
-            self.pending.remove(k);
+            if same {
+                let v = self.pending.remove(&k).flatten();
+                values.push((k, v));
+            }
         }
         self.served = self.served.max(r.revision);
+        values
     }
 }
 
