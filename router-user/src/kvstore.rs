@@ -11,8 +11,8 @@
 //! - [`publish`]: validate a directory with what the store holds of the
 //!   other scopes, exactly as `routerd check` validates, then write the
 //!   difference in one transaction that also bumps the publish marker, and
-//!   only if the marker is still the one read (two publishers never
-//!   interleave).
+//!   only if no key of the layout changed since the revision it read
+//!   (two publishers never interleave).
 //! - The node's local snapshot ([`Snapshot`]): the accepted keys in 256
 //!   shard files, so a node that starts while etcd is down serves its last
 //!   state.
@@ -597,9 +597,34 @@ pub async fn publish(o: &StoreOptions, p: &Publish) -> Result<Published, Publish
 }
 
 async fn publish_once(o: &StoreOptions, p: &Publish) -> Result<Published, PublishError> {
-    let layout = &o.layout;
     let c = connect(o).await?;
-    let (revision, kvs) = list(&c, layout).await?;
+    let staged = stage(&c, o, p).await?;
+    if staged.ops.is_empty() || p.dry_run {
+        return Ok(staged.out);
+    }
+    write(&c, o, p, staged).await
+}
+
+/// A publish read and validated, not written yet.
+pub struct Staged {
+    ops: Vec<TxnOp>,
+    /// The revision the store was read at.
+    revision: i64,
+    out: Published,
+}
+
+impl Staged {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Read the store, validate `p.dir` with what it holds of the other
+/// scopes, and compute the difference to write.
+pub async fn stage(c: &Client, o: &StoreOptions, p: &Publish) -> Result<Staged, PublishError> {
+    let layout = &o.layout;
+    let (revision, kvs) = list(c, layout).await?;
     let mut cfg = Resources::default();
     let mut diags = Diags::default();
     let local = local_docs(p, layout, &mut cfg, &mut diags)?;
@@ -646,17 +671,26 @@ async fn publish_once(o: &StoreOptions, p: &Publish) -> Result<Published, Publis
             ops.push(TxnOp::delete(k.clone(), None));
         }
     }
-    if ops.is_empty() || p.dry_run {
-        return Ok(out);
-    }
-    // The marker: every publish writes it, and only if it is as read.
+    Ok(Staged { ops, revision, out })
+}
+
+/// Write a staged publish in one transaction, only if no key of the layout
+/// changed since the read it was validated against (every publish writes
+/// the marker, so a publish in between always shows).
+pub async fn write(
+    c: &Client,
+    o: &StoreOptions,
+    p: &Publish,
+    staged: Staged,
+) -> Result<Published, PublishError> {
+    let layout = &o.layout;
+    let Staged {
+        mut ops,
+        revision,
+        mut out,
+    } = staged;
     let marker = layout.marker();
     let mut kv = c.kv_client();
-    let m = kv
-        .get(marker.clone(), None)
-        .await
-        .context("reading the publish marker")?;
-    let marker_rev = m.kvs().first().map_or(0, |kv| kv.mod_revision());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -670,10 +704,10 @@ async fn publish_once(o: &StoreOptions, p: &Publish) -> Result<Published, Publis
         "changed": out.changed,
         "removed": out.removed,
     });
-    ops.push(TxnOp::put(marker.clone(), note.to_string(), None));
+    ops.push(TxnOp::put(marker, note.to_string(), None));
     let n = ops.len();
     let txn = Txn::new()
-        .when([Compare::mod_revision(marker, CompareOp::Equal, marker_rev)])
+        .when([Compare::mod_revision(layout.root(), CompareOp::Less, revision + 1).with_prefix()])
         .and_then(ops);
     let r = kv.txn(txn).await.map_err(|e| {
         let s = e.to_string();
@@ -691,7 +725,7 @@ async fn publish_once(o: &StoreOptions, p: &Publish) -> Result<Published, Publis
     })?;
     if !r.succeeded() {
         return Err(PublishError::Other(anyhow::anyhow!(
-            "another publish wrote to {} while this one validated (the marker {} moved past revision {marker_rev}); nothing was written: run the publish again",
+            "another publish wrote to {} after this one read it at revision {revision} (the marker {} moved); nothing was written: run the publish again",
             o.url(),
             layout.marker()
         )));

@@ -307,3 +307,53 @@ fn tls_a_node_starts_from_its_snapshot_and_a_compaction_is_a_relist() {
     wait_served(&r, etcd.revision().unwrap());
     assert!(!status(&r).from_snapshot);
 }
+
+/// Two publishers: one reads and validates, another publishes meanwhile;
+/// the first one's transaction is refused (it was validated against a
+/// store that is gone) and writes nothing.
+#[test]
+fn a_publish_validated_before_another_one_landed_writes_nothing() {
+    use router_user::{config::etcd::Scope, kvstore};
+    let etcd = Etcd::start(1, false).unwrap();
+    let url = etcd.url("mesh");
+    let dir = TempDir::new(&format!("{}-race", unique())).unwrap();
+    write_mesh(&dir, true).unwrap();
+    publish_mesh(&etcd, &url, &dir).unwrap();
+    write_mesh(&dir, false).unwrap();
+    let c1 = dir.path.join("inventory/c1");
+    let o = kvstore::StoreOptions::parse(&url).unwrap();
+    let p = kvstore::Publish {
+        dir: c1.clone(),
+        scope: Scope::Cluster("c1".into()),
+        dry_run: false,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = kvstore::connect(&o).await.unwrap();
+        let staged = kvstore::stage(&c, &o, &p).await.unwrap();
+        assert!(
+            !staged.is_empty(),
+            "e1 turned not ready: one slice to write"
+        );
+        // The other publisher lands first.
+        etcd.publish_ok(
+            &url,
+            &["--cluster", "c1", "--inventory", c1.to_str().unwrap()],
+        )
+        .unwrap();
+        let before = etcd.revision().unwrap();
+        match kvstore::write(&c, &o, &p, staged).await {
+            Err(kvstore::PublishError::Other(e)) => {
+                assert!(e.to_string().contains("another publish wrote"), "{e:#}")
+            }
+            other => panic!(
+                "the stale publish was written: {:?}",
+                other.map(|r| r.revision)
+            ),
+        }
+        assert_eq!(etcd.revision().unwrap(), before, "nothing was written");
+    });
+}
