@@ -715,14 +715,6 @@ struct StoreFollow {
     from_snapshot: bool,
 }
 
-/// The next batch from etcd (never, when not followed).
-async fn next_batch(s: &mut Option<StoreFollow>) -> Option<crate::config::etcd::Batch> {
-    match s {
-        Some(s) => s.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What etcd's side brought: a batch, or (`None`) a change of the link.
 async fn next_from_store(
     s: &mut Option<StoreFollow>,
@@ -1247,7 +1239,9 @@ impl Daemon {
                         // Still busy: wait until quiet, within the cap.
                         quiet = FILE_QUIET.min(FILE_DEBOUNCE_MAX.saturating_sub(start.elapsed()));
                     }
-                    Some(b) = next_batch(&mut self.store) => {
+                    // (A change of the link alone waits: the status is
+                    // written after the reload.)
+                    Some(Some(b)) = next_from_store(&mut self.store) => {
                         if self.take_batch(b) {
                             trigger = trigger.max(Trigger::StoreChange);
                             quiet = FILE_QUIET.min(FILE_DEBOUNCE_MAX.saturating_sub(start.elapsed()));

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 
 use crate::{
-    drill::{Figures, Load, Scale},
+    drill::{Figures, Load, Scale, percentile},
     etcd::{Etcd, mesh_listens, publish_mesh, store_node, write_mesh},
     *,
 };
@@ -159,14 +159,6 @@ fn converge(nodes: &[Node], revision: i64, t0: Instant, within: Duration) -> Res
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(at.into_iter().map(|a| a.unwrap_or_default()).collect())
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Per node, p50 and p99 of publish -> applied, as an SVG bar chart.

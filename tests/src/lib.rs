@@ -902,6 +902,18 @@ pub fn parse_probes(out: &str) -> Result<Vec<Probe>> {
 }
 
 /// Count answers per backend id.
+/// `n` TCP connections to `vip` from the world's client: the one backend
+/// that answered them all (panics if more than one did).
+pub fn only(world: &World, vip: SocketAddr, n: usize) -> String {
+    let t = tally(
+        &world
+            .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
+            .unwrap(),
+    );
+    assert_eq!(t.len(), 1, "expected one backend: {t:?}");
+    t.into_keys().next().unwrap()
+}
+
 pub fn tally(probes: &[Probe]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for p in probes {

@@ -8,44 +8,9 @@ use std::time::Duration;
 
 use router_tests::{etcd::*, *};
 
-fn write_split(dir: &TempDir, ready_e1: bool) {
-    write_mesh(dir, ready_e1).unwrap();
-}
-
-fn publish(etcd: &Etcd, url: &str, args: &[&str]) -> (i32, String, String) {
-    etcd.publish(url, args).unwrap()
-}
-
-fn publish_ok(etcd: &Etcd, url: &str, args: &[&str]) -> String {
-    etcd.publish_ok(url, args).unwrap()
-}
-
-fn publish_all(etcd: &Etcd, url: &str, dir: &TempDir) {
-    publish_mesh(etcd, url, dir).unwrap();
-}
-
-/// A node on the store alone (no config files).
-fn node(world: &World, etcd: &Etcd, url: &str, snapshot: &std::path::Path) -> Routerd {
-    store_node(&world.tag, &world.cgroup.path, etcd, url, snapshot, &[]).unwrap()
-}
-
-fn listens() -> Vec<Listen> {
-    mesh_listens()
-}
-
 fn web_vip(r: &Routerd) -> std::net::SocketAddr {
     let plan = router_user::state::read_plan(&r.state_dir).expect("the node recorded its plan");
     vip(&plan, "web.t.mesh", 8080, false)
-}
-
-fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
-    let t = tally(
-        &world
-            .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
-            .unwrap(),
-    );
-    assert_eq!(t.len(), 1, "expected one backend: {t:?}");
-    t.into_keys().next().unwrap()
 }
 
 /// Where the node stands against etcd, as `routerd inspect --json` says.
@@ -75,11 +40,11 @@ fn wait_served(r: &Routerd, revision: i64) {
 #[test]
 fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     require_root();
-    let world = World::new(&listens()).unwrap();
+    let world = World::new(&mesh_listens()).unwrap();
     let mut etcd = Etcd::start(3, false).unwrap();
     let url = etcd.url("mesh");
-    write_split(&world.dir, true);
-    publish_all(&etcd, &url, &world.dir);
+    write_mesh(&world.dir, true).unwrap();
+    publish_mesh(&etcd, &url, &world.dir).unwrap();
     let snap = world.dir.path.join("snapshot");
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -134,18 +99,19 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     }
 
     // Cluster c1's inventory changes (e1 not ready): applied, incrementally.
-    write_split(&world.dir, false);
+    write_mesh(&world.dir, false).unwrap();
     let mark = r.log_len();
-    let out = publish_ok(
-        &etcd,
-        &url,
-        &[
-            "--cluster",
-            "c1",
-            "--inventory",
-            world.dir.path.join("inventory/c1").to_str().unwrap(),
-        ],
-    );
+    let out = etcd
+        .publish_ok(
+            &url,
+            &[
+                "--cluster",
+                "c1",
+                "--inventory",
+                world.dir.path.join("inventory/c1").to_str().unwrap(),
+            ],
+        )
+        .unwrap();
     assert!(out.contains("1 changed"), "{out}");
     r.wait_event(mark, Event::is_applied).unwrap();
     assert_eq!(only(&world, vip, 10), "e2");
@@ -161,11 +127,12 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
             "apiVersion: networking.gloo.solo.io/v2\nkind: RouteTable\nmetadata: {name: x, namespace: t}\nspec:\n  hosts: [x.t.mesh]\n  tcp:\n  - forwardTo: {destinations: [{ref: {name: nope}}]}\n",
         )
         .unwrap();
-    let (code, out, err) = publish(
-        &etcd,
-        &url,
-        &["--config", world.dir.path.join("mesh").to_str().unwrap()],
-    );
+    let (code, out, err) = etcd
+        .publish(
+            &url,
+            &["--config", world.dir.path.join("mesh").to_str().unwrap()],
+        )
+        .unwrap();
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("bad.yaml:7"), "names the file and line: {err}");
     assert!(err.contains("nothing was written"), "{err}");
@@ -213,11 +180,10 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
     // keeps serving, and follows the next publish through the others.
     etcd.kill(0);
     assert_eq!(only(&world, vip, 5), "e2");
-    write_split(&world.dir, true);
+    write_mesh(&world.dir, true).unwrap();
     let mark = r.log_len();
     let url12 = etcd.url_of(&[1, 2], "mesh");
-    publish_ok(
-        &etcd,
+    etcd.publish_ok(
         &url12,
         &[
             "--cluster",
@@ -225,7 +191,8 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
             "--inventory",
             world.dir.path.join("inventory/c1").to_str().unwrap(),
         ],
-    );
+    )
+    .unwrap();
     r.wait_event(mark, Event::is_applied).unwrap();
     assert_eq!(only(&world, vip, 10), "e1");
     wait_served(&r, etcd.revision().unwrap());
@@ -237,15 +204,15 @@ fn a_node_follows_publishes_and_an_invalid_publish_writes_nothing() {
 #[test]
 fn tls_a_node_starts_from_its_snapshot_and_a_compaction_is_a_relist() {
     require_root();
-    let world = World::new(&listens()).unwrap();
+    let world = World::new(&mesh_listens()).unwrap();
     let mut etcd = Etcd::start(3, true).unwrap();
     let url = etcd.url("mesh");
-    write_split(&world.dir, true);
-    publish_all(&etcd, &url, &world.dir);
+    write_mesh(&world.dir, true).unwrap();
+    publish_mesh(&etcd, &url, &world.dir).unwrap();
     // The node follows member 2 only.
     let url2 = etcd.url_of(&[2], "mesh");
     let snap = world.dir.path.join("snapshot");
-    let mut r = node(&world, &etcd, &url2, &snap);
+    let mut r = store_node(&world.tag, &world.cgroup.path, &etcd, &url2, &snap, &[]).unwrap();
     let vip = web_vip(&r);
     assert_eq!(only(&world, vip, 10), "e1");
     wait_served(&r, etcd.revision().unwrap());
@@ -255,8 +222,9 @@ fn tls_a_node_starts_from_its_snapshot_and_a_compaction_is_a_relist() {
     let url01 = etcd.url_of(&[0, 1], "mesh");
     let c1 = world.dir.path.join("inventory/c1");
     let c1 = c1.to_str().unwrap();
-    write_split(&world.dir, false);
-    publish_ok(&etcd, &url01, &["--cluster", "c1", "--inventory", c1]);
+    write_mesh(&world.dir, false).unwrap();
+    etcd.publish_ok(&url01, &["--cluster", "c1", "--inventory", c1])
+        .unwrap();
     // (A key outside the prefix moves the revision on, so that compacting
     // at the latest one removes the publish's revision too.)
     etcd.ctl(&["put", "/elsewhere/key", "x"]).unwrap();
@@ -290,8 +258,9 @@ fn tls_a_node_starts_from_its_snapshot_and_a_compaction_is_a_relist() {
     // A restart while its member is down: from the snapshot, with a
     // warning, serving what the node last accepted.
     etcd.kill(2);
-    write_split(&world.dir, true);
-    publish_ok(&etcd, &url01, &["--cluster", "c1", "--inventory", c1]);
+    write_mesh(&world.dir, true).unwrap();
+    etcd.publish_ok(&url01, &["--cluster", "c1", "--inventory", c1])
+        .unwrap();
     let mark = r.log_len();
     r.terminate().unwrap();
     r.spawn().unwrap();

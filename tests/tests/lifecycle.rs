@@ -44,16 +44,6 @@ fn start(watch: bool) -> (World, Routerd, std::net::SocketAddr) {
     (world, routerd, vip)
 }
 
-fn only(world: &World, vip: std::net::SocketAddr, n: usize) -> String {
-    let t = tally(
-        &world
-            .probe(&["tcp", &vip.to_string(), "--count", &n.to_string()])
-            .unwrap(),
-    );
-    assert_eq!(t.len(), 1, "expected one backend: {t:?}");
-    t.into_keys().next().unwrap()
-}
-
 #[test]
 fn reload_moves_new_connections_to_the_next_tier_and_keeps_established_ones() {
     let (world, routerd, vip) = start(false);

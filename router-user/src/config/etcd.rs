@@ -27,14 +27,12 @@
 //!
 //! A future layout goes under `<prefix>/v2/`; a node reads only the
 //! version it knows.
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    hash::{Hash, Hasher},
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
     diag::{ConfigError, Diags},
     load::{RawDoc, parse_doc, split_documents},
+    source::doc_hash,
     store::{Change, Kind, Object, Pos},
 };
 
@@ -276,12 +274,6 @@ pub fn decode<'a>(key: &str, value: &'a str) -> Decoded<'a> {
         indent,
         text,
     }
-}
-
-fn value_hash(v: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
 }
 
 /// An object's cluster (`metadata.clusterName`), for the inventory kinds.
@@ -537,7 +529,7 @@ impl EtcdSource {
                     if self
                         .accepted
                         .get(&k)
-                        .is_some_and(|a| a.hash == value_hash(&v))
+                        .is_some_and(|a| a.hash == doc_hash(&v))
                     {
                         self.pending.remove(&k);
                     } else {
@@ -586,7 +578,7 @@ impl EtcdSource {
                     at: a.at.clone(),
                 });
             }
-            let read_hash = value.as_deref().map(value_hash);
+            let read_hash = value.as_deref().map(doc_hash);
             match (value, o) {
                 (None, _) => r.keys.push((key.clone(), None, None)),
                 (Some(v), Some(o)) => {
@@ -605,7 +597,7 @@ impl EtcdSource {
                     r.keys.push((
                         key.clone(),
                         Some(KeyState {
-                            hash: value_hash(v),
+                            hash: doc_hash(v),
                             kind,
                             at,
                         }),
@@ -654,7 +646,7 @@ impl EtcdSource {
             let same = self
                 .pending
                 .get(&k)
-                .is_some_and(|v| v.as_deref().map(value_hash) == read);
+                .is_some_and(|v| v.as_deref().map(doc_hash) == read);
             // The store holds what was read, whatever came since.
             match a {
                 Some(a) => {

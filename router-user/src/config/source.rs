@@ -89,7 +89,7 @@ pub struct FileSource {
     total: u64,
 }
 
-fn doc_hash(text: &str) -> u64 {
+pub(super) fn doc_hash(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
