@@ -72,6 +72,14 @@ struct Args {
     /// directory and exit (to profile routerd on it: `routerd check` or `run`).
     #[arg(long)]
     write_control_world: Option<PathBuf>,
+    /// Keep the http suite's `perf record` of routerd (with call graphs)
+    /// at this path, for `perf report -i PATH`.
+    #[arg(long)]
+    perf_data: Option<PathBuf>,
+    /// More arguments for the http suite's routerd (e.g.
+    /// `--proxy-threads=1`), to compare settings.
+    #[arg(long, allow_hyphen_values = true)]
+    routerd_arg: Vec<String>,
 }
 
 const BACKEND: &str = "10.9.0.1:8080";
@@ -342,6 +350,8 @@ struct Row {
     /// CPU time of the contender's proxy process (and its children) per
     /// request, microseconds; None: no proxy process.
     cpu_us: Option<f64>,
+    /// The part of it spent in the kernel (system time).
+    sys_us: Option<f64>,
 }
 
 /// A world with one backend on CPU 0 (`sink`: accept and drop; `tcp`: HTTP).
@@ -378,18 +388,21 @@ type Contender<'a> = (&'static str, &'a World, Vec<String>, Option<u32>);
 /// master's children), each with its CPU time (user and system, clock
 /// ticks) from /proc; routerd's and haproxy's threads are in their
 /// process's own figures.
-fn process_tree(pid: u32) -> Vec<(u32, u64)> {
-    let stat = |p: u32| -> Option<(u32, u64)> {
+fn process_tree(pid: u32) -> Vec<(u32, Ticks)> {
+    let stat = |p: u32| -> Option<(u32, Ticks)> {
         let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
         // After the command's closing parenthesis: state, ppid, ... with
         // utime and stime the 12th and 13th fields from there.
         let rest = &text[text.rfind(')')? + 2..];
         let f: Vec<&str> = rest.split(' ').collect();
         let ppid = f.get(1)?.parse().ok()?;
-        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let ticks = Ticks {
+            user: f.get(11)?.parse().ok()?,
+            system: f.get(12)?.parse().ok()?,
+        };
         Some((ppid, ticks))
     };
-    let mut all: Vec<(u32, u32, u64)> = Vec::new();
+    let mut all: Vec<(u32, u32, Ticks)> = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
             && let Some((ppid, t)) = stat(p)
@@ -412,23 +425,40 @@ fn process_tree(pid: u32) -> Vec<(u32, u64)> {
     tree
 }
 
-/// CPU time (clock ticks) of process `pid` and of every process below it.
-fn tree_ticks(pid: u32) -> u64 {
-    process_tree(pid).iter().map(|(_, t)| t).sum()
+/// CPU time in clock ticks: user and system.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+/// CPU time of process `pid` and of every process below it.
+fn tree_ticks(pid: u32) -> Ticks {
+    process_tree(pid)
+        .iter()
+        .fold(Ticks::default(), |a, (_, t)| Ticks {
+            user: a.user + t.user,
+            system: a.system + t.system,
+        })
 }
 
 /// Alternate the contenders `rounds` times; one row per contender (medians).
 fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<Vec<Row>> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut results: Vec<Vec<(Bench, Option<f64>)>> = vec![Vec::new(); contenders.len()];
+    // Per contender and round: the measurement, and the proxy's CPU and
+    // system time per request (us).
+    type Cpu = Option<(f64, f64)>;
+    let mut results: Vec<Vec<(Bench, Cpu)>> = vec![Vec::new(); contenders.len()];
     for _ in 0..rounds {
         for (i, (_, world, args, pid)) in contenders.iter().enumerate() {
             let before = pid.map(tree_ticks);
             let b = measure(world, args)?;
             let cpu = pid.zip(before).map(|(p, t0)| {
-                let ticks = tree_ticks(p).saturating_sub(t0) as f64;
-                ticks / hz * 1e6 / (b.connects.max(1) as f64)
+                let t1 = tree_ticks(p);
+                let per = |ticks: u64| ticks as f64 / hz * 1e6 / (b.connects.max(1) as f64);
+                let system = t1.system.saturating_sub(t0.system);
+                (per(t1.user.saturating_sub(t0.user) + system), per(system))
             });
             results[i].push((b, cpu));
         }
@@ -443,7 +473,8 @@ fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<V
             p50: median(bs.iter().map(|(b, _)| b.p50_us).collect()),
             p99: median(bs.iter().map(|(b, _)| b.p99_us).collect()),
             errors: bs.iter().map(|(b, _)| b.errors).sum(),
-            cpu_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| *c).collect())),
+            cpu_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| c.map(|c| c.0)).collect())),
+            sys_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| c.map(|c| c.1)).collect())),
         })
         .collect())
 }
@@ -459,13 +490,17 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
     let _ = writeln!(
         md,
         "| {first} | contender | {unit}/s |{vs} p50 (us) | p99 (us) | errors |{}",
-        if cpu { " proxy CPU (us/request) |" } else { "" }
+        if cpu {
+            " proxy CPU (us/request) | of which in the kernel |"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,
         "|---|---|---:|{}---:|---:|---:|{}",
         "---:|".repeat(baselines.len()),
-        if cpu { "---:|" } else { "" }
+        if cpu { "---:|---:|" } else { "" }
     );
     for r in rows {
         let ratios: String = baselines
@@ -480,10 +515,10 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
                 }
             })
             .collect();
-        let cpu = match (cpu, r.cpu_us) {
-            (false, _) => String::new(),
-            (true, None) => " - |".to_string(),
-            (true, Some(c)) => format!(" {c:.1} |"),
+        let cpu = match (cpu, r.cpu_us, r.sys_us) {
+            (false, ..) => String::new(),
+            (true, Some(c), Some(s)) => format!(" {c:.1} | {s:.1} |"),
+            (true, ..) => " - | - |".to_string(),
         };
         let _ = writeln!(
             md,
@@ -793,12 +828,9 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
     world.dir.write("config/bench.yaml", &http_config())?;
     let cfg = world.dir.path.join("config");
     let plan = plan(&cfg)?;
-    let routerd = Routerd::start(
-        &world.tag,
-        &cfg,
-        &world.cgroup.path,
-        &["--no-watch", "--no-dns"],
-    )?;
+    let mut extra = vec!["--no-watch", "--no-dns"];
+    extra.extend(args.routerd_arg.iter().map(String::as_str));
+    let routerd = Routerd::start(&world.tag, &cfg, &world.cgroup.path, &extra)?;
     let l4 = vip(&plan, "l4.bench.mesh", 8080, false).to_string();
     let l7 = vip(&plan, "l7.bench.mesh", 8080, false).to_string();
 
@@ -900,7 +932,7 @@ fn http_suite(args: &Args, md: &mut String) -> Result<()> {
             ("nginx", c_keepalive(nginx_at, args), nginx.0.id()),
             ("haproxy", c_keepalive(haproxy_at, args), haproxy.0.id()),
         ];
-        profile_section(md, &world, &proxies)?;
+        profile_section(md, &world, &proxies, args.perf_data.as_deref())?;
     }
     Ok(())
 }
@@ -934,6 +966,7 @@ fn profile_section(
     md: &mut String,
     world: &World,
     proxies: &[(&str, Vec<String>, u32)],
+    keep: Option<&Path>,
 ) -> Result<()> {
     let _ = writeln!(md, "### Where routerd's time goes (L7, keep-alive)\n");
     let _ = writeln!(
@@ -949,9 +982,19 @@ fn profile_section(
          SO_REUSEPORT socket (a connection never leaves its thread), only failures (and the \
          success that ends a run of them) reach the health task, a one-second tick per \
          worker keeps the timer from waking itself, and freed pages are purged after 10 ms \
-         instead of at once (an madvise and a TLB shootdown on the request path). What is \
-         left is mostly the kernel's TCP work on loopback (sending a response runs the \
-         receiver's side too) and hyper's per-request tasks and buffers.\n"
+         instead of at once (an madvise and a TLB shootdown on the request path).\n"
+    );
+    let _ = writeln!(
+        md,
+        "What is left, in the tables below: the kernel's share (socket writes, reads and \
+         waiting for events) is the same work for the three proxies, most of each one's CPU \
+         time, since each relays every request over two TCP connections on \
+         loopback and a write there runs the receiver's network stack too. routerd differs in \
+         user space: hyper's HTTP/1 dispatch on both sides, the endpoint connection's own \
+         task (a request and its response cross between two tasks through hyper's channels), \
+         header maps, allocation and clock reads, spread thin. A proxy whose whole CPU time per request is below the \
+         kernel column of another cannot come from user-space work: it needs the local legs \
+         to skip the TCP stack (sockmap redirection between local sockets).\n"
     );
     let _ = writeln!(
         md,
@@ -975,23 +1018,43 @@ fn profile_section(
         );
     }
     let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Where each proxy's CPU time goes, by what it is doing (`perf record -g` on the proxy's \
+         processes during one more keep-alive measurement; a sample counts under the first of \
+         these its kernel call chain passes through, the rest is its own code and libraries), \
+         in microseconds per request. Writes and reads are the TCP work of sending and \
+         receiving on the two connections of each request; on loopback a write also runs the \
+         receiving side's network stack.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| proxy | requests/s | socket writes | socket reads | waiting for events | other \
+         kernel | user space | total |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, args, pid) in proxies {
+        let (b, us) = activities(world, args, *pid)?;
+        let cells: String = us.iter().map(|u| format!(" {u:.1} |")).collect();
+        let total: f64 = us.iter().sum();
+        let _ = writeln!(md, "| {name} | {:.0} |{cells} {total:.1} |", b.rate);
+    }
+    let _ = writeln!(md);
     let (_, args, pid) = &proxies[0];
     let pid = *pid;
     let data = world.dir.path.join("perf.data");
     let data_arg = data.display().to_string();
-    let b = measure_under_perf(
-        world,
-        args,
-        &[
-            "record",
-            "-F",
-            "999",
-            "-p",
-            &pid.to_string(),
-            "-o",
-            &data_arg,
-        ],
-    )?;
+    let pid_arg = pid.to_string();
+    let hz = PERF_HZ.to_string();
+    let mut record = vec!["record", "-F", &hz, "-p", &pid_arg, "-o", &data_arg];
+    if keep.is_some() {
+        // Call graphs from the stack copies (routerd has no frame pointers).
+        record.extend(["--call-graph", "dwarf,16384"]);
+    }
+    let b = measure_under_perf(world, args, &record)?;
+    if let Some(to) = keep {
+        std::fs::copy(&data, to)
+            .with_context(|| format!("copying perf.data to {}", to.display()))?;
+    }
     let report = |sort: &str, extra: &[&str]| -> Result<Vec<(f64, String)>> {
         let out = Command::new("perf")
             .args([
@@ -1070,14 +1133,81 @@ fn measure_under_perf(world: &World, args: &[String], perf_args: &[&str]) -> Res
     b
 }
 
-/// One measurement with `perf stat` counting the system calls and context
-/// switches of process `pid` and its children: the result, the calls and
-/// the switches.
-fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f64, f64)> {
+/// Process `pid` and every process below it, as perf's `-p` takes them.
+fn tree_pid_list(pid: u32) -> String {
     let pids: Vec<String> = process_tree(pid)
         .iter()
         .map(|(p, _)| p.to_string())
         .collect();
+    pids.join(",")
+}
+
+/// Sampling rate of the profiles (per second of CPU time).
+const PERF_HZ: f64 = 999.0;
+
+/// One measurement with `perf record -g` on process `pid` and its
+/// children: the result, and the microseconds of their CPU time per
+/// request in socket writes, socket reads, waiting for events (epoll and
+/// the switches it sleeps in), the rest of the kernel, and user space.
+fn activities(world: &World, args: &[String], pid: u32) -> Result<(Bench, [f64; 5])> {
+    let pids = tree_pid_list(pid);
+    let data = world.dir.path.join(format!("perf-activity-{pid}.data"));
+    let b = measure_under_perf(
+        world,
+        args,
+        &[
+            "record",
+            "-g",
+            "-F",
+            &PERF_HZ.to_string(),
+            "-p",
+            &pids,
+            "-o",
+            &data.display().to_string(),
+        ],
+    )?;
+    // Kernel entry points, in the order a sample is counted (a write that
+    // ends in a switch is a write).
+    const CLASSES: [&[&str]; 3] = [
+        &["sock_write_iter", "__sys_sendto", "__sys_sendmsg"],
+        &["sock_read_iter", "__sys_recvfrom", "__sys_recvmsg"],
+        &["do_epoll_wait"],
+    ];
+    let out = Command::new("perf")
+        .args(["script", "-F", "ip,sym,dso", "-i"])
+        .arg(&data)
+        .output()
+        .context("perf script")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counts = [0u64; 5];
+    for sample in text.split("\n\n").filter(|s| !s.trim().is_empty()) {
+        let i = CLASSES
+            .iter()
+            .position(|names| {
+                sample
+                    .lines()
+                    .any(|l| names.iter().any(|n| l.split_whitespace().nth(1) == Some(n)))
+            })
+            .unwrap_or_else(|| {
+                // The sample's own frame: in the kernel, or not.
+                let leaf = sample.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                if leaf.contains("[kernel.kallsyms]") {
+                    3
+                } else {
+                    4
+                }
+            });
+        counts[i] += 1;
+    }
+    let n = (b.connects as f64).max(1.0);
+    Ok((b, counts.map(|c| c as f64 / PERF_HZ * 1e6 / n)))
+}
+
+/// One measurement with `perf stat` counting the system calls and context
+/// switches of process `pid` and its children: the result, the calls and
+/// the switches.
+fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f64, f64)> {
+    let pids = tree_pid_list(pid);
     let out = world.dir.path.join(format!("perf-stat-{pid}.csv"));
     let b = measure_under_perf(
         world,
@@ -1089,7 +1219,7 @@ fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f6
             "-e",
             "raw_syscalls:sys_enter,context-switches",
             "-p",
-            &pids.join(","),
+            &pids,
             "-o",
             &out.display().to_string(),
         ],
