@@ -348,10 +348,16 @@ struct Row {
     p99: f64,
     errors: u64,
     /// CPU time of the contender's proxy process (and its children) per
-    /// request, microseconds; None: no proxy process.
-    cpu_us: Option<f64>,
-    /// The part of it spent in the kernel (system time).
-    sys_us: Option<f64>,
+    /// request; None: no proxy process.
+    cpu: Option<Cpu>,
+}
+
+/// CPU time per request, microseconds: in all, and the part of it spent
+/// in the kernel (system time).
+#[derive(Clone, Copy)]
+struct Cpu {
+    total_us: f64,
+    kernel_us: f64,
 }
 
 /// A world with one backend on CPU 0 (`sink`: accept and drop; `tcp`: HTTP).
@@ -446,10 +452,8 @@ fn tree_ticks(pid: u32) -> Ticks {
 fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<Vec<Row>> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    // Per contender and round: the measurement, and the proxy's CPU and
-    // system time per request (us).
-    type Cpu = Option<(f64, f64)>;
-    let mut results: Vec<Vec<(Bench, Cpu)>> = vec![Vec::new(); contenders.len()];
+    // Per contender and round: the measurement and the proxy's CPU.
+    let mut results: Vec<Vec<(Bench, Option<Cpu>)>> = vec![Vec::new(); contenders.len()];
     for _ in 0..rounds {
         for (i, (_, world, args, pid)) in contenders.iter().enumerate() {
             let before = pid.map(tree_ticks);
@@ -458,7 +462,10 @@ fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<V
                 let t1 = tree_ticks(p);
                 let per = |ticks: u64| ticks as f64 / hz * 1e6 / (b.connects.max(1) as f64);
                 let system = t1.system.saturating_sub(t0.system);
-                (per(t1.user.saturating_sub(t0.user) + system), per(system))
+                Cpu {
+                    total_us: per(t1.user.saturating_sub(t0.user) + system),
+                    kernel_us: per(system),
+                }
             });
             results[i].push((b, cpu));
         }
@@ -473,8 +480,15 @@ fn compare(group: &str, rounds: usize, contenders: &[Contender<'_>]) -> Result<V
             p50: median(bs.iter().map(|(b, _)| b.p50_us).collect()),
             p99: median(bs.iter().map(|(b, _)| b.p99_us).collect()),
             errors: bs.iter().map(|(b, _)| b.errors).sum(),
-            cpu_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| c.map(|c| c.0)).collect())),
-            sys_us: pid.map(|_| median(bs.iter().filter_map(|(_, c)| c.map(|c| c.1)).collect())),
+            cpu: pid.map(|_| {
+                let med = |f: fn(&Cpu) -> f64| {
+                    median(bs.iter().filter_map(|(_, c)| c.as_ref().map(f)).collect())
+                };
+                Cpu {
+                    total_us: med(|c| c.total_us),
+                    kernel_us: med(|c| c.kernel_us),
+                }
+            }),
         })
         .collect())
 }
@@ -486,7 +500,7 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
         .iter()
         .map(|(_, l)| format!(" vs {l} |"))
         .collect();
-    let cpu = rows.iter().any(|r| r.cpu_us.is_some());
+    let cpu = rows.iter().any(|r| r.cpu.is_some());
     let _ = writeln!(
         md,
         "| {first} | contender | {unit}/s |{vs} p50 (us) | p99 (us) | errors |{}",
@@ -515,10 +529,10 @@ fn table(md: &mut String, first: &str, unit: &str, rows: &[Row], baselines: &[(&
                 }
             })
             .collect();
-        let cpu = match (cpu, r.cpu_us, r.sys_us) {
-            (false, ..) => String::new(),
-            (true, Some(c), Some(s)) => format!(" {c:.1} | {s:.1} |"),
-            (true, ..) => " - | - |".to_string(),
+        let cpu = match (cpu, r.cpu) {
+            (false, _) => String::new(),
+            (true, Some(c)) => format!(" {:.1} | {:.1} |", c.total_us, c.kernel_us),
+            (true, None) => " - | - |".to_string(),
         };
         let _ = writeln!(
             md,
