@@ -1013,22 +1013,30 @@ fn profile_section(
     let _ = writeln!(
         md,
         "`perf stat` on each proxy's processes during one more keep-alive measurement: system \
-         calls and context switches (voluntary and not) per request.\n"
+         calls per request, all of them and by kind (socket reads: read, readv, recvfrom, \
+         recvmsg; socket writes: write, writev, sendto, sendmsg; waits: epoll_wait, epoll_pwait, \
+         epoll_pwait2), and context switches (voluntary and not) per request. A proxy that \
+         relays each request over two connections needs at least two reads and two writes.\n"
     );
     let _ = writeln!(
         md,
-        "| proxy | requests/s | system calls per request | context switches per request |\n\
-         |---|---:|---:|---:|"
+        "| proxy | requests/s | system calls per request | reads | writes | waits | other | \
+         context switches per request |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (name, args, pid) in proxies {
-        let (b, calls, switches) = syscall_counts(world, args, *pid)?;
+        let (b, c) = syscall_counts(world, args, *pid)?;
         let n = (b.connects as f64).max(1.0);
+        let other = c.calls - c.reads - c.writes - c.waits;
         let _ = writeln!(
             md,
-            "| {name} | {:.0} | {:.2} | {:.2} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             b.rate,
-            calls / n,
-            switches / n
+            c.calls / n,
+            c.reads / n,
+            c.writes / n,
+            c.waits / n,
+            other / n,
+            c.switches / n
         );
     }
     let _ = writeln!(md);
@@ -1217,12 +1225,40 @@ fn activities(world: &World, args: &[String], pid: u32) -> Result<(Bench, [f64; 
     Ok((b, counts.map(|c| c as f64 / PERF_HZ * 1e6 / n)))
 }
 
-/// One measurement with `perf stat` counting the system calls and context
-/// switches of process `pid` and its children: the result, the calls and
-/// the switches.
-fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f64, f64)> {
+/// System calls and context switches of a proxy's processes over one
+/// measurement, counted by `perf stat` on the kernel's tracepoints.
+struct SyscallCounts {
+    calls: f64,
+    reads: f64,
+    writes: f64,
+    waits: f64,
+    switches: f64,
+}
+
+/// The system calls a proxy reads a socket with, writes one with, and
+/// waits for events with (the tracepoints' names after `sys_enter_`).
+const READ_CALLS: [&str; 4] = ["read", "readv", "recvfrom", "recvmsg"];
+const WRITE_CALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
+const WAIT_CALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
+
+/// One measurement (rt-probe's `args`) with `perf stat` counting the
+/// system calls (all, and by kind) and context switches of process `pid`
+/// and its children.
+fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, SyscallCounts)> {
     let pids = tree_pid_list(pid);
     let out = world.dir.path.join(format!("perf-stat-{pid}.csv"));
+    let kinds = [&READ_CALLS[..], &WRITE_CALLS[..], &WAIT_CALLS[..]];
+    let events: Vec<String> = [
+        "raw_syscalls:sys_enter".to_string(),
+        "context-switches".into(),
+    ]
+    .into_iter()
+    .chain(
+        kinds
+            .iter()
+            .flat_map(|k| k.iter().map(|c| format!("syscalls:sys_enter_{c}"))),
+    )
+    .collect();
     let b = measure_under_perf(
         world,
         args,
@@ -1231,7 +1267,7 @@ fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f6
             "-x",
             ",",
             "-e",
-            "raw_syscalls:sys_enter,context-switches",
+            &events.join(","),
             "-p",
             &pids,
             "-o",
@@ -1246,11 +1282,20 @@ fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, f6
             .and_then(|l| l.split(',').next()?.parse().ok())
             .with_context(|| format!("no count of {event} in perf stat's output:\n{text}"))
     };
-    Ok((
-        b,
-        count("raw_syscalls:sys_enter")?,
-        count("context-switches")?,
-    ))
+    let sum = |calls: &[&str]| -> Result<f64> {
+        calls
+            .iter()
+            .map(|c| count(&format!("syscalls:sys_enter_{c}")))
+            .sum()
+    };
+    let counts = SyscallCounts {
+        calls: count("raw_syscalls:sys_enter")?,
+        reads: sum(&READ_CALLS)?,
+        writes: sum(&WRITE_CALLS)?,
+        waits: sum(&WAIT_CALLS)?,
+        switches: count("context-switches")?,
+    };
+    Ok((b, counts))
 }
 
 /// `n` route tables `r<i>`, each the only route of host `r<i>.bench.mesh`
