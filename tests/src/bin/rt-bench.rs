@@ -1013,10 +1013,12 @@ fn profile_section(
     let _ = writeln!(
         md,
         "`perf stat` on each proxy's processes during one more keep-alive measurement: system \
-         calls per request, all of them and by kind (socket reads: read, readv, recvfrom, \
-         recvmsg; socket writes: write, writev, sendto, sendmsg; waits: epoll_wait, epoll_pwait, \
-         epoll_pwait2), and context switches (voluntary and not) per request. A proxy that \
-         relays each request over two connections needs at least two reads and two writes.\n"
+         calls per request, all of them and by kind (socket reads: {}; socket writes: {}; \
+         waits: {}), and context switches (voluntary and not) per request. A proxy that \
+         relays each request over two connections needs at least two reads and two writes.\n",
+        READ_CALLS.join(", "),
+        WRITE_CALLS.join(", "),
+        WAIT_CALLS.join(", ")
     );
     let _ = writeln!(
         md,
@@ -1241,22 +1243,28 @@ const READ_CALLS: [&str; 4] = ["read", "readv", "recvfrom", "recvmsg"];
 const WRITE_CALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
 const WAIT_CALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
+/// The tracepoint `perf stat` counts entries to system call `call` with.
+fn syscall_tracepoint(call: &str) -> String {
+    format!("syscalls:sys_enter_{call}")
+}
+
 /// One measurement (rt-probe's `args`) with `perf stat` counting the
 /// system calls (all, and by kind) and context switches of process `pid`
 /// and its children.
 fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, SyscallCounts)> {
     let pids = tree_pid_list(pid);
     let out = world.dir.path.join(format!("perf-stat-{pid}.csv"));
-    let kinds = [&READ_CALLS[..], &WRITE_CALLS[..], &WAIT_CALLS[..]];
     let events: Vec<String> = [
         "raw_syscalls:sys_enter".to_string(),
         "context-switches".into(),
     ]
     .into_iter()
     .chain(
-        kinds
+        READ_CALLS
             .iter()
-            .flat_map(|k| k.iter().map(|c| format!("syscalls:sys_enter_{c}"))),
+            .chain(&WRITE_CALLS)
+            .chain(&WAIT_CALLS)
+            .map(|c| syscall_tracepoint(c)),
     )
     .collect();
     let b = measure_under_perf(
@@ -1283,10 +1291,7 @@ fn syscall_counts(world: &World, args: &[String], pid: u32) -> Result<(Bench, Sy
             .with_context(|| format!("no count of {event} in perf stat's output:\n{text}"))
     };
     let sum = |calls: &[&str]| -> Result<f64> {
-        calls
-            .iter()
-            .map(|c| count(&format!("syscalls:sys_enter_{c}")))
-            .sum()
+        calls.iter().map(|c| count(&syscall_tracepoint(c))).sum()
     };
     let counts = SyscallCounts {
         calls: count("raw_syscalls:sys_enter")?,
